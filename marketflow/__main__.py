@@ -1,0 +1,5 @@
+import sys
+
+from marketflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""Normalized records that cross channels between actors (SPEC §4).
+
+Everything here is a msgspec Struct: cheap to build, cheap to encode, immutable. Prices and amounts are
+`Decimal` built from the exchange's own string, so `"65114.20"` round-trips as `"65114.20"`. Times are
+integer microseconds since the Unix epoch (UTC): `ts` is the exchange's time, `recv_ts` our receipt.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+
+Side = Literal["buy", "sell"]
+
+
+class Trade(msgspec.Struct, frozen=True, gc=False):
+    """One trade. Identity is `(exchange, symbol, id)`; `side` is the taker's side."""
+
+    exchange: str
+    symbol: str
+    id: str
+    price: Decimal
+    amount: Decimal
+    side: Side
+    ts: int
+    recv_ts: int
+
+
+class RawFrames(msgspec.Struct, frozen=True, gc=False):
+    """A batch of undecoded WebSocket text frames from one connection, as received.
+
+    `feed` names the feed (e.g. `bybit-spot`); `recv_ts` is when the batch was read, in µs. The frames are
+    kept as bytes so decoding happens once, in the normalizer, straight into venue Structs.
+    """
+
+    feed: str
+    exchange: str
+    market: str
+    recv_ts: int
+    frames: list[bytes]
+
+
+def now_us() -> int:
+    """Wall-clock time in integer microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+def us_to_iso(us: int) -> str:
+    """ISO 8601 UTC with millisecond precision, e.g. `2026-08-09T12:00:19.680Z` (SPEC §4)."""
+    dt = datetime.fromtimestamp(us // 1_000_000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{(us // 1000) % 1000:03d}Z"
+
+
+def spot_symbol(base: str, quote: str) -> str:
+    return f"{base}-{quote}"
+
+
+def perp_symbol(base: str, quote: str) -> str:
+    return f"{base}-{quote}-PERP"
+
+
+# Quote assets we recognise when splitting a native symbol such as `BTCUSDT`; longest match wins.
+QUOTE_ASSETS: tuple[str, ...] = (
+    "FDUSD",
+    "USDT",
+    "USDC",
+    "TUSD",
+    "USDE",
+    "BUSD",
+    "EUR",
+    "TRY",
+    "BRL",
+    "BTC",
+    "ETH",
+    "BNB",
+    "DAI",
+    "USD",
+)
+
+
+class SymbolError(ValueError):
+    """A symbol could not be understood."""
+
+
+def split_native(native: str) -> tuple[str, str]:
+    """Split a native symbol like `BTCUSDT` into `("BTC", "USDT")` by its quote asset."""
+    upper = native.upper()
+    for quote in sorted(QUOTE_ASSETS, key=len, reverse=True):
+        if upper.endswith(quote) and len(upper) > len(quote):
+            return upper[: -len(quote)], quote
+    raise SymbolError(f"cannot tell base and quote apart in symbol {native!r}")
+
+
+def normalize_symbol(symbol: str, *, perpetual: bool) -> str:
+    """Accept native (`BTCUSDT`) or normalized (`BTC-USDT`, `BTC-USDT-PERP`) and return normalized."""
+    text = symbol.strip().upper()
+    if not text:
+        raise SymbolError("empty symbol")
+    if "-" in text:
+        parts = text.split("-")
+        if perpetual:
+            if len(parts) == 2:
+                parts.append("PERP")
+            if len(parts) != 3 or parts[2] != "PERP" or not parts[0] or not parts[1]:
+                raise SymbolError(f"{symbol!r} is not a perpetual symbol like BTC-USDT-PERP")
+        elif len(parts) != 2 or not parts[0] or not parts[1]:
+            raise SymbolError(f"{symbol!r} is not a spot symbol like BTC-USDT")
+        return "-".join(parts)
+    base, quote = split_native(text)
+    return perp_symbol(base, quote) if perpetual else spot_symbol(base, quote)
+
+
+def native_symbol(normalized: str) -> str:
+    """`BTC-USDT` / `BTC-USDT-PERP` → `BTCUSDT` (Bybit and Binance write both the same way)."""
+    parts = normalized.split("-")
+    return parts[0] + parts[1]

@@ -1,0 +1,171 @@
+"""SQLite storage, the embedded default: WAL, one writer thread, idempotent batched inserts.
+
+The schema comes from `schema.py` (SQLAlchemy Core creates it); the insert statement is compiled from the
+same table once and run with the stdlib driver's `executemany` — SQLAlchemy's own executemany measured
+~18% slower here for the same work.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import trio
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from marketflow.model import Trade
+from marketflow.storage.schema import metadata, trades
+
+
+class StorageError(Exception):
+    """The database refused or failed an operation; the message names the database and the cause."""
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///./var/x.db` → `./var/x.db`; `sqlite:///:memory:` → `:memory:`."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise StorageError(f"not a SQLite URL: {url!r} (expected sqlite:///PATH)")
+    return url[len(prefix) :]
+
+
+def _compile_insert() -> str:
+    stmt = sqlite_dialect.insert(trades).on_conflict_do_nothing()
+    return str(stmt.compile(dialect=sqlite_dialect.dialect(paramstyle="qmark")))
+
+
+_INSERT_TRADES = _compile_insert()
+
+
+class SqliteTradeStore:
+    """Writes and reads trades in one SQLite file. All calls run in one worker thread, one at a time."""
+
+    engine_name = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        self._conn: sqlite3.Connection | None = None
+        self._limiter = trio.CapacityLimiter(1)
+
+    @property
+    def display_url(self) -> str:
+        return self.url
+
+    async def open(self) -> None:
+        """Create the file, the schema and the writer connection."""
+        await trio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+
+    def _open_sync(self) -> None:
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(self.url)
+            try:
+                with engine.begin() as ddl:
+                    metadata.create_all(ddl)
+            finally:
+                engine.dispose()
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+        except (sqlite3.Error, sa.exc.SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        self._conn = conn
+
+    async def write_trades(self, batch: Sequence[Trade]) -> int:
+        """Insert a batch in one transaction; returns how many rows were new (duplicates are skipped)."""
+        return await trio.to_thread.run_sync(self._write_sync, batch, limiter=self._limiter)
+
+    def _write_sync(self, batch: Sequence[Trade]) -> int:
+        conn = self._conn
+        if conn is None:
+            raise StorageError("SQLite store used before open()")
+        rows = [
+            (t.exchange, t.symbol, t.ts, t.id, str(t.price), str(t.amount), t.side, t.recv_ts) for t in batch
+        ]
+        try:
+            before = conn.total_changes
+            conn.execute("BEGIN")
+            try:
+                conn.executemany(_INSERT_TRADES, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return conn.total_changes - before
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite insert into {self.path} failed: {exc}") from exc
+
+    async def close(self) -> None:
+        await trio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def query_trades(
+        self,
+        exchange: str | None = None,
+        symbol: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int | None = None,
+    ) -> list[Trade]:
+        """Trades newest first (by ts, then id), filtered; a separate read connection, so writes go on."""
+        return await trio.to_thread.run_sync(self._query_sync, exchange, symbol, since, until, limit)
+
+    def _query_sync(
+        self,
+        exchange: str | None,
+        symbol: str | None,
+        since: int | None,
+        until: int | None,
+        limit: int | None,
+    ) -> list[Trade]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for sql, value in (
+            ("exchange = ?", exchange),
+            ("symbol = ?", symbol),
+            ("ts >= ?", since),
+            ("ts < ?", until),
+        ):
+            if value is not None:
+                clauses.append(sql)
+                params.append(value)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        tail = " LIMIT ?" if limit is not None else ""
+        if limit is not None:
+            params.append(limit)
+        sql = (
+            "SELECT exchange, symbol, id, price, amount, side, ts, recv_ts FROM trades"
+            + where
+            + " ORDER BY ts DESC, id DESC"
+            + tail
+        )
+        try:
+            conn = sqlite3.connect(self.path)
+            try:
+                rows = conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite query on {self.path} failed: {exc}") from exc
+        return [Trade(r[0], r[1], r[2], Decimal(r[3]), Decimal(r[4]), r[5], r[6], r[7]) for r in rows]
+
+    async def count_trades(self) -> int:
+        def count() -> int:
+            conn = sqlite3.connect(self.path)
+            try:
+                return int(conn.execute("SELECT count(*) FROM trades").fetchone()[0])
+            finally:
+                conn.close()
+
+        return await trio.to_thread.run_sync(count)

@@ -1,0 +1,162 @@
+"""Bybit v5 parsing from real-shaped frames (PROTOCOLS.md §1), both categories."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from marketflow.exchanges import bybit
+from marketflow.exchanges.base import Ack, Pong, UnknownControl
+from marketflow.model import Trade
+
+LINEAR_DOC = (
+    b'{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1672304486868,'
+    b'"data":[{"T":1672304486865,"s":"BTCUSDT","S":"Buy","v":"0.001","p":"16578.50","L":"PlusTick",'
+    b'"i":"20f43950-d8dd-5b31-9112-a178eb6023af","BT":false,"seq":1783284617}]}'
+)
+LINEAR_LIVE = (
+    b'{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1758841135824,"data":[{"T":1758841135823,'
+    b'"s":"BTCUSDT","S":"Buy","v":"0.020","p":"109378.90","L":"ZeroPlusTick",'
+    b'"i":"2a74ac78-691c-5b54-9dbe-5aafe8364627","BT":false,"RPI":false,"seq":457514743450}]}'
+)
+SPOT_LIVE = (
+    b'{"topic":"publicTrade.BTCUSDT","ts":1789875217841,"type":"snapshot","data":[{"BT":false,"RPI":false,'
+    b'"S":"Sell","T":1789875217840,"i":"2290000001211680903","p":"80413.3","s":"BTCUSDT",'
+    b'"seq":114263055846,"v":"0.06"},{"BT":false,"RPI":false,"S":"Buy","T":1789875217840,'
+    b'"i":"2290000001211680919","p":"80413.4","s":"BTCUSDT","seq":114263055850,"v":"0.004904"}]}'
+)
+
+
+def decode(
+    market: str, frames: list[bytes], symbols: dict[str, str] | None = None
+) -> tuple[list[Trade], bybit.FrameDecoder]:
+    perp = market == "linear"
+    decoder = bybit.FrameDecoder(
+        "bybit", market, symbols or {"BTCUSDT": "BTC-USDT-PERP" if perp else "BTC-USDT"}
+    )
+    out: list[Trade] = []
+    decoder.decode(frames, 123, out)
+    return out, decoder
+
+
+def test_linear_doc_frame_exact() -> None:
+    trades, decoder = decode("linear", [LINEAR_DOC])
+    assert trades == [
+        Trade(
+            "bybit",
+            "BTC-USDT-PERP",
+            "20f43950-d8dd-5b31-9112-a178eb6023af",
+            Decimal("16578.50"),
+            Decimal("0.001"),
+            "buy",
+            1672304486865000,
+            123,
+        )
+    ]
+    # The exchange's string survives exactly, trailing zero included.
+    assert str(trades[0].price) == "16578.50"
+    assert decoder.counters.trades == 1 and decoder.counters.malformed == 0
+
+
+def test_linear_live_frame_with_rpi_field() -> None:
+    trades, _ = decode("linear", [LINEAR_LIVE])
+    assert [(t.id, str(t.price), str(t.amount), t.side) for t in trades] == [
+        ("2a74ac78-691c-5b54-9dbe-5aafe8364627", "109378.90", "0.020", "buy")
+    ]
+
+
+def test_spot_frame_several_trades_ids_stay_strings() -> None:
+    trades, _ = decode("spot", [SPOT_LIVE])
+    assert [(t.symbol, t.id, str(t.price), str(t.amount), t.side, t.ts) for t in trades] == [
+        ("BTC-USDT", "2290000001211680903", "80413.3", "0.06", "sell", 1789875217840000),
+        ("BTC-USDT", "2290000001211680919", "80413.4", "0.004904", "buy", 1789875217840000),
+    ]
+    # Above 2^53: a float would have rounded it.
+    assert int(trades[0].id) > 2**53 and isinstance(trades[0].id, str)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"topic":"publicTrade.BTCUSDT","ts":1,"data":[{"T":1,"s":"BTCUSDT","S":"Up","v":"1","p":"2","i":"x"}]}',
+        b'{"topic":"publicTrade.BTCUSDT","ts":1,"data":[{"T":1,"s":"BTCUSDT","S":"Buy","v":"1","p":"abc","i":"x"}]}',
+        b'{"topic":"publicTrade.BTCUSDT","ts":1,"data":[{"T":1,"s":"BTCUSDT","v":"1","p":"2","i":"x"}]}',
+        b'{"topic":"publicTrade.BTCUSDT",',
+        b"not json at all",
+        b"\x00\x01\x02",
+    ],
+)
+def test_malformed_frames_are_counted_not_fatal(frame: bytes) -> None:
+    trades, decoder = decode("spot", [frame, SPOT_LIVE])
+    assert len(trades) == 2  # the good frame after the bad one still counts
+    assert decoder.counters.malformed == 1
+    assert decoder.counters.last_error
+
+
+def test_unknown_symbol_and_other_topics_are_counted() -> None:
+    other = SPOT_LIVE.replace(b"publicTrade.BTCUSDT", b"publicTrade.DOGEUSDT")
+    ticker = b'{"topic":"tickers.BTCUSDT","ts":1,"type":"snapshot","data":{"symbol":"BTCUSDT"}}'
+    trades, decoder = decode("spot", [other, ticker])
+    assert trades == []
+    assert decoder.counters.unknown_topics == 1
+    assert decoder.counters.ignored == 1
+
+
+def test_subscribe_requests_chunk_by_ten_with_ids() -> None:
+    natives = [f"SYM{i}USDT" for i in range(23)]
+    session = bybit.Session("spot", natives, ("trades",))
+    requests = session.subscribe_requests()
+    assert [len(r.topics) for r in requests] == [10, 10, 3]
+    assert len({r.req_id for r in requests}) == 3
+    first = json.loads(requests[0].payload)
+    assert first == {"req_id": requests[0].req_id, "op": "subscribe", "args": list(requests[0].topics)}
+    assert requests[2].topics[-1] == "publicTrade.SYM22USDT"
+
+
+def test_is_data_and_pongs_in_every_shape() -> None:
+    session = bybit.Session("linear", ["BTCUSDT"], ("trades",))
+    assert session.is_data(LINEAR_DOC)
+    spot_pong = b'{"success":true,"ret_msg":"pong","conn_id":"0970e817","op":"ping"}'
+    linear_pong = b'{"success":true,"ret_msg":"pong","conn_id":"4657","req_id":"","op":"ping"}'
+    option_pong = b'{"args":["1672916271846"],"op":"pong"}'
+    for frame in (spot_pong, linear_pong, option_pong):
+        assert not session.is_data(frame)
+        assert isinstance(session.control(frame), Pong)
+
+
+def test_acks_success_and_rejections() -> None:
+    session = bybit.Session("spot", ["BTCUSDT"], ("trades",))
+    ok_spot = b'{"success":true,"ret_msg":"subscribe","conn_id":"2324","req_id":"sub-1","op":"subscribe"}'
+    assert session.control(ok_spot) == Ack("sub-1", True, "subscribe", ())
+    ok_linear = b'{"success":true,"ret_msg":"","conn_id":"3cd8","req_id":"","op":"subscribe"}'
+    assert session.control(ok_linear) == Ack(None, True, "", ())
+    too_many = b'{"success":false,"ret_msg":"args size >10","conn_id":"x","op":"subscribe"}'
+    assert session.control(too_many) == Ack(None, False, "args size >10", ())
+    unknown = (
+        b'{"success":false,"ret_msg":"error:handler not found,topic:publicTrade.NOTASYMBOL",'
+        b'"conn_id":"x","req_id":"sub-2","op":"subscribe"}'
+    )
+    ack = session.control(unknown)
+    assert ack == Ack(
+        "sub-2", False, "error:handler not found,topic:publicTrade.NOTASYMBOL", ("publicTrade.NOTASYMBOL",)
+    )
+
+
+def test_unknown_control_frames() -> None:
+    session = bybit.Session("spot", ["BTCUSDT"], ("trades",))
+    assert isinstance(session.control(b"garbage"), UnknownControl)
+    assert isinstance(session.control(b'{"op":"auth","success":true}'), UnknownControl)
+    # A data frame whose keys come in another order is recognised as data by the control decoder.
+    reordered = b'{"ts":1,"topic":"publicTrade.BTCUSDT","type":"snapshot","data":[]}'
+    assert not session.is_data(reordered)
+    event = session.control(reordered)
+    assert isinstance(event, UnknownControl) and event.reason.startswith("data frame")
+
+
+def test_ws_url_override_and_unknown_market() -> None:
+    assert bybit.ws_url("spot") == "wss://stream.bybit.com/v5/public/spot"
+    assert bybit.ws_url("linear", "ws://127.0.0.1:9/v5/public/linear") == "ws://127.0.0.1:9/v5/public/linear"
+    with pytest.raises(ValueError, match="no market 'inverse'"):
+        bybit.ws_url("inverse")

@@ -1,0 +1,170 @@
+"""The SQLite store and the writer actor: idempotent, exact, batched, flushed on time and on close."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from marketflow.model import Trade
+from marketflow.runtime.backoff import Backoff
+from marketflow.runtime.bus import Bus, Overflow
+from marketflow.storage import open_store
+from marketflow.storage.sqlite import SqliteTradeStore, StorageError
+from marketflow.storage.writer import StorageWriter
+
+
+def trade(i: int, *, symbol: str = "BTC-USDT", price: str = "65114.20", ts: int | None = None) -> Trade:
+    return Trade(
+        "bybit",
+        symbol,
+        str(2**60 + i),
+        Decimal(price),
+        Decimal("0.001000"),
+        "buy" if i % 2 else "sell",
+        ts if ts is not None else 1_700_000_000_000_000 + i * 1000,
+        1_700_000_000_000_500 + i * 1000,
+    )
+
+
+def rows(path: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT exchange, symbol, id, price, amount, side, ts, recv_ts FROM trades ORDER BY ts"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+async def test_store_is_idempotent_and_exact(tmp_path: Path) -> None:
+    store = SqliteTradeStore(f"sqlite:///{tmp_path}/a/b/t.db")
+    await store.open()
+    batch = [trade(i) for i in range(10)]
+    assert await store.write_trades(batch) == 10
+    assert await store.write_trades(batch[5:] + [trade(10)]) == 1  # duplicates are skipped, new one kept
+    await store.close()
+    got = rows(tmp_path / "a/b/t.db")
+    assert len(got) == 11
+    assert got[0] == (
+        "bybit",
+        "BTC-USDT",
+        str(2**60),
+        "65114.20",
+        "0.001000",
+        "sell",
+        1_700_000_000_000_000,
+        1_700_000_000_000_500,
+    )
+    newest = await store.query_trades(symbol="BTC-USDT", limit=2)
+    assert [t.id for t in newest] == [str(2**60 + 10), str(2**60 + 9)]
+    assert newest[0] == trade(10)
+
+
+async def test_open_store_rejects_unknown_urls() -> None:
+    with pytest.raises(StorageError, match="unsupported storage URL 'mysql://x'"):
+        open_store("mysql://x")
+
+
+async def test_store_open_failure_names_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    store = SqliteTradeStore(f"sqlite:///{blocker}/sub/t.db")
+    with pytest.raises(StorageError, match="cannot open SQLite database"):
+        await store.open()
+
+
+async def wait_real(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait in real time (the virtual clock stands still) for a worker thread's effect."""
+    for _ in range(int(seconds / 0.005)):
+        if condition():
+            return
+        await trio.to_thread.run_sync(time.sleep, 0.005)
+    raise AssertionError("condition not met in time")
+
+
+async def test_writer_flushes_exactly_at_the_interval(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    db = tmp_path / "t.db"
+    bus: Bus[Trade] = Bus("trades")
+    writer = StorageWriter(
+        SqliteTradeStore(f"sqlite:///{db}"),
+        bus.subscribe("storage", 8, Overflow.BLOCK),
+        batch_max=1000,
+        flush_interval_s=0.25,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await bus.publish([trade(0), trade(1)])
+        await wait_real(lambda: writer.statistics().buffered == 2)
+        mock_clock.jump(0.249)
+        await trio.testing.wait_all_tasks_blocked()
+        assert writer.statistics().rows_written == 0 and rows(db) == []
+        mock_clock.jump(0.001)  # exactly the flush interval after the first row arrived
+        await wait_real(lambda: writer.statistics().rows_written == 2)
+        assert len(rows(db)) == 2
+        bus.close()
+    assert writer.statistics().state == "stopped"
+
+
+async def test_writer_commits_full_batches_and_everything_on_close(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    bus: Bus[Trade] = Bus("trades")
+    writer = StorageWriter(
+        SqliteTradeStore(f"sqlite:///{db}"),
+        bus.subscribe("storage", 8, Overflow.BLOCK),
+        batch_max=100,
+        flush_interval_s=3600,
+    )
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            for start in range(0, 250, 50):
+                await bus.publish([trade(i) for i in range(start, start + 50)])
+            bus.close()
+    stats = writer.statistics()
+    assert stats.rows_written == 250 and stats.batches >= 3 and stats.buffered == 0
+    assert len(rows(db)) == 250
+
+
+class FlakyStore(SqliteTradeStore):
+    """The real SQLite store with injected outages: the first `failures` writes raise."""
+
+    def __init__(self, url: str, failures: int) -> None:
+        super().__init__(url)
+        self.failures = failures
+
+    async def write_trades(self, batch: Sequence[Trade]) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise StorageError("injected: database is locked")
+        return await super().write_trades(batch)
+
+
+async def test_writer_retries_with_backoff_and_loses_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    bus: Bus[Trade] = Bus("trades")
+    store = FlakyStore(f"sqlite:///{db}", failures=3)
+    writer = StorageWriter(
+        store,
+        bus.subscribe("storage", 8, Overflow.BLOCK),
+        batch_max=10,
+        flush_interval_s=0.01,
+        backoff=Backoff(0.01, 0.02),
+    )
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await bus.publish([trade(i) for i in range(25)])
+            bus.close()
+    stats = writer.statistics()
+    assert stats.errors == 3
+    assert stats.last_error == "StorageError: injected: database is locked"
+    assert stats.rows_written == 25 and len(rows(db)) == 25

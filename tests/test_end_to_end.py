@@ -1,0 +1,136 @@
+"""Simulator → daemon → SQLite over real sockets: every trade the simulator sent is stored exactly once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import trio
+
+from marketflow.daemon import Daemon
+from marketflow.sim import Faults, SimConfig, SimServer, SimTrade
+from tests.conftest import sim_config, stored_rows, wait_for
+
+PERP = {"spot": "", "linear": "-PERP"}
+
+
+def expected_rows(trades: list[SimTrade]) -> list[tuple[str, str, str, str, str, str, int]]:
+    return [
+        (
+            "bybit",
+            t.symbol.removesuffix("USDT") + "-USDT" + PERP[t.category],
+            t.id,
+            t.price,
+            t.size,
+            t.side.lower(),
+            t.ts_ms * 1000,
+        )
+        for t in trades
+    ]
+
+
+async def wait_stored(daemon: Daemon, sim: SimServer, db: Path) -> None:
+    """Until the writer has committed as many rows as the simulator delivered (and it stopped sending)."""
+    while True:
+        await trio.sleep(0.05)
+        delivered = len(sim.delivered_trades())
+        if delivered and len(stored_rows(db)) >= delivered:
+            return
+
+
+def assert_exactly_once(sim: SimServer, db: Path) -> None:
+    rows = stored_rows(db)
+    expected = expected_rows(sim.delivered_trades())
+    duplicates = [key for key, n in Counter((r[0], r[1], r[2]) for r in rows).items() if n > 1]
+    assert duplicates == []
+    assert sorted(rows) == sorted(expected)
+
+
+async def test_every_trade_stored_exactly_once_both_categories(tmp_path: Path) -> None:
+    sim = SimServer(SimConfig(seed=11, rate=200, max_frames=150))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.run)
+            daemon = Daemon(sim_config(tmp_path, sim, flush_interval_s=0.05))
+            await nursery.start(daemon.run)
+            await wait_stored(daemon, sim, tmp_path / "marketflow.db")
+            await daemon.stop()
+            nursery.cancel_scope.cancel()
+    delivered = sim.delivered_trades()
+    assert {t.category for t in delivered} == {"spot", "linear"}
+    assert len(delivered) >= 4 * 150  # 4 topics x 150 frames, at least one trade each
+    assert_exactly_once(sim, tmp_path / "marketflow.db")
+
+
+async def test_stored_exactly_once_across_injected_disconnects(tmp_path: Path) -> None:
+    sim = SimServer(SimConfig(seed=12, rate=100, max_frames=300))
+    db = tmp_path / "marketflow.db"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.run)
+            daemon = Daemon(sim_config(tmp_path, sim, flush_interval_s=0.05))
+            await nursery.start(daemon.run)
+            for _ in range(2):
+                await trio.sleep(0.5)
+                assert sim.drop_connections() == 2
+            await wait_stored(daemon, sim, db)
+            stats = {c.name: c for c in daemon.supervisor.statistics().children}
+            await daemon.stop()
+            nursery.cancel_scope.cancel()
+    for name in ("bybit-spot", "bybit-linear"):
+        assert stats[name].restarts >= 2
+        assert daemon.feed_counters[name].connects >= 3
+    assert_exactly_once(sim, db)
+
+
+async def test_malformed_frames_are_counted_and_the_feed_goes_on(tmp_path: Path) -> None:
+    sim = SimServer(SimConfig(seed=13, rate=200, max_frames=100, faults=Faults(malformed_every=10)))
+    db = tmp_path / "marketflow.db"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.run)
+            daemon = Daemon(sim_config(tmp_path, sim, flush_interval_s=0.05))
+            await nursery.start(daemon.run)
+            await wait_stored(daemon, sim, db)
+            normalizer = next(c for c in daemon.supervisor.statistics().children if c.name == "normalizer")
+            await daemon.stop()
+            nursery.cancel_scope.cancel()
+    assert normalizer.restarts == 0
+    decoded = normalizer.actor.feeds  # type: ignore[union-attr]
+    assert sum(f.malformed for f in decoded.values()) > 0
+    assert_exactly_once(sim, db)
+
+
+async def test_rejected_topic_is_visible_not_silent(tmp_path: Path) -> None:
+    sim = SimServer(SimConfig(seed=14, rate=50, faults=Faults(reject_topics=("publicTrade.ETHUSDT",))))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.run)
+            daemon = Daemon(sim_config(tmp_path, sim, markets=("linear",)))
+            await nursery.start(daemon.run)
+            counters = daemon.feed_counters["bybit-linear"]
+            await wait_for(lambda: counters.state == "streaming")
+            assert counters.rejected == {
+                "publicTrade.ETHUSDT": "error:handler not found,topic:publicTrade.ETHUSDT"
+            }
+            assert counters.subscribed == ["publicTrade.BTCUSDT"]
+            await daemon.stop()
+            nursery.cancel_scope.cancel()
+
+
+async def test_stall_trips_the_watchdog_and_the_feed_reconnects(tmp_path: Path) -> None:
+    sim = SimServer(SimConfig(seed=15, rate=50))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.run)
+            daemon = Daemon(sim_config(tmp_path, sim, markets=("spot",)))
+            await nursery.start(daemon.run)
+            counters = daemon.feed_counters["bybit-spot"]
+            await trio.sleep(0.3)
+            sim.stall(3.0)  # longer than the feed's 2 s stale timeout
+            await wait_for(lambda: counters.connects >= 2)
+            assert (
+                counters.last_error is not None and "stale: nothing received for 2.0 s" in counters.last_error
+            )
+            await daemon.stop()
+            nursery.cancel_scope.cancel()
