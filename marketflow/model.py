@@ -30,6 +30,30 @@ class Trade(msgspec.Struct, frozen=True, gc=False):
     recv_ts: int
 
 
+Level = tuple[Decimal, Decimal]
+"""One price level: (price, amount). An amount of zero deletes the level."""
+
+
+class BookUpdate(msgspec.Struct, frozen=True, gc=False):
+    """One order-book message from an exchange, normalized but not yet applied.
+
+    `snapshot` replaces the whole book (Bybit `snapshot` or `u == 1`, a Binance REST snapshot). The ids
+    carry each venue's sequence rule: Binance `first_id`/`last_id` = `U`/`u` and USD-M `prev_id` = `pu`;
+    Bybit `first_id` = `last_id` = `u`; a Binance REST snapshot has both = `lastUpdateId`.
+    """
+
+    exchange: str
+    symbol: str
+    snapshot: bool
+    first_id: int
+    last_id: int
+    prev_id: int | None
+    bids: list[Level]
+    asks: list[Level]
+    ts: int
+    recv_ts: int
+
+
 class RawFrames(msgspec.Struct, frozen=True, gc=False):
     """A batch of undecoded WebSocket text frames from one connection, as received.
 
