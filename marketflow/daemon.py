@@ -22,10 +22,9 @@ from marketflow.exchanges.base import FrameDecoder
 from marketflow.model import RawFrames, Trade, native_symbol
 from marketflow.pipeline.feed import Feed, FeedCounters
 from marketflow.pipeline.normalizer import Normalizer
-from marketflow.runtime.backoff import Backoff
 from marketflow.runtime.bus import Bus, Overflow
 from marketflow.runtime.supervisor import ChildSpec, Restart, Supervisor, SupervisorPolicy
-from marketflow.storage import open_store
+from marketflow.storage import make_writer, open_store
 from marketflow.storage.writer import StorageWriter, TradeStore
 
 log = logging.getLogger("marketflow.daemon")
@@ -70,14 +69,7 @@ class Daemon:
         self.supervisor = Supervisor("daemon", _policy(config), children)
 
     def _make_writer(self) -> StorageWriter:
-        s = self.config.storage
-        return StorageWriter(
-            self.store,
-            self._trade_sub,
-            batch_max=s.batch_max,
-            flush_interval_s=s.flush_interval_s,
-            backoff=Backoff(self.config.supervisor.backoff_initial_s, self.config.supervisor.backoff_max_s),
-        )
+        return make_writer(self.config, self.store, self._trade_sub)
 
     def _make_normalizer(self) -> Normalizer:
         return Normalizer(self._raw_sub, self.trade_bus, self.decoders)
