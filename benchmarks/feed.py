@@ -1,0 +1,212 @@
+"""Feed benchmark: simulator at full speed → transport → Bybit decode → normalizer → SQLite.
+
+    python -m benchmarks.feed [--frames N] [--market spot|linear] [--json PATH]
+
+The simulator runs in its own process (`marketflow sim --rate 0`), so the CPU figures are this process's
+alone: what marketflow spends per frame and per trade at each stage. Each stage is measured on a fresh
+simulator with the same seed, so every stage sees the same frames. Throughput is capped by whichever side
+is slower; the `client CPU` column says how busy marketflow was (100% = marketflow was the bottleneck).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from marketflow.config import FeedConfig, default_config
+from marketflow.daemon import Daemon
+from marketflow.exchanges import bybit
+from marketflow.exchanges.ws import connect_ws
+from marketflow.model import RawFrames, Trade
+from marketflow.pipeline.feed import Feed, FeedCounters
+from marketflow.pipeline.normalizer import Normalizer
+from marketflow.runtime.bus import Bus, Overflow, receive_batches
+
+SYMBOL = "BTCUSDT"
+
+
+class Simulator:
+    """`marketflow sim` in a subprocess, serving one symbol as fast as it is read, up to `frames`."""
+
+    def __init__(self, frames: int, seed: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "marketflow", "sim", "--port", "0", "--rate", "0", "--seed", str(seed),
+             "--symbols", SYMBOL, "--max-frames", str(frames)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None
+        self.urls: dict[str, str] = {}
+        for line in self.proc.stdout:
+            parts = line.split()
+            if parts[:1] == ["bybit"]:
+                self.urls[parts[1]] = parts[2]
+            if parts[:1] == ["http"]:
+                break
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@attrs.frozen
+class StageResult:
+    stage: str
+    frames: int
+    trades: int
+    wall_s: float
+    cpu_s: float
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "frames": self.frames,
+            "trades": self.trades,
+            "frames_per_s": self.frames / self.wall_s,
+            "trades_per_s": self.trades / self.wall_s,
+            "cpu_us_per_frame": self.cpu_s / self.frames * 1e6,
+            "cpu_us_per_trade": self.cpu_s / self.trades * 1e6 if self.trades else None,
+            "client_cpu_pct": 100 * self.cpu_s / self.wall_s,
+        }
+
+
+async def _subscribe(url: str) -> Any:
+    conn = await connect_ws(url)
+    session = bybit.Session("spot" if url.endswith("spot") else "linear", [SYMBOL], ("trades",))
+    for request in session.subscribe_requests():
+        await conn.send_text(request.payload)
+    return conn, session
+
+
+async def stage_transport(url: str, frames: int, decode: bool) -> tuple[int, int]:
+    conn, session = await _subscribe(url)
+    market = "spot" if url.endswith("spot") else "linear"
+    decoder = bybit.FrameDecoder("bybit", market, {SYMBOL: "BTC-USDT"})
+    data_frames = trades = 0
+    async with conn:
+        while data_frames < frames:
+            messages = await conn.receive_messages()
+            data = [m for m in messages if session.is_data(m)]
+            data_frames += len(data)
+            if decode:
+                out: list[Trade] = []
+                decoder.decode(data, 0, out)
+                trades += len(out)
+    return data_frames, trades
+
+
+async def stage_pipeline(url: str, frames: int) -> tuple[int, int]:
+    market = "spot" if url.endswith("spot") else "linear"
+    raw: Bus[RawFrames] = Bus("raw")
+    trades_bus: Bus[Trade] = Bus("trades")
+    raw_sub = raw.subscribe("normalizer", 256, Overflow.BLOCK)
+    sink = trades_bus.subscribe("sink", 256, Overflow.BLOCK)
+    counters = FeedCounters()
+    feed = Feed(name="bybit", exchange="bybit", market=market, url=url,
+                session_factory=lambda: bybit.Session(market, [SYMBOL], ("trades",)),
+                bus=raw, counters=counters, stale_timeout_s=30, ping_interval_s=20)
+    normalizer = Normalizer(raw_sub, trades_bus, {"bybit": bybit.FrameDecoder("bybit", market, {SYMBOL: "BTC-USDT"})})
+    got = 0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(normalizer.run)
+        await nursery.start(feed.run)
+        receiver = sink.receiver()
+        while counters.data_frames < frames:
+            for batch in await receive_batches(receiver):
+                got += len(batch)
+        feed.request_stop()
+        raw.close()
+        while True:
+            try:
+                for batch in await receive_batches(receiver):
+                    got += len(batch)
+            except trio.EndOfChannel:
+                break
+            if normalizer.statistics().batches and not raw_sub.statistics().queued_batches:
+                trades_bus.close()
+    return counters.data_frames, got
+
+
+async def stage_storage(url: str, frames: int, db_dir: Path) -> tuple[int, int]:
+    market = "spot" if url.endswith("spot") else "linear"
+    base = default_config(env={})
+    symbol = "BTC-USDT" if market == "spot" else "BTC-USDT-PERP"
+    config = attrs.evolve(
+        base,
+        feeds=(FeedConfig("bybit", market, (symbol,), ws_url=url),),
+        storage=attrs.evolve(base.storage, url=f"sqlite:///{db_dir}/bench.db"),
+        daemon=attrs.evolve(base.daemon, state_dir=str(db_dir)),
+    )
+    daemon = Daemon(config)
+    counters = daemon.feed_counters[f"bybit-{market}"]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        while counters.data_frames < frames:
+            await trio.sleep(0.01)
+        await daemon.stop()
+    # Stopping flushed every row; the count is what was committed.
+    conn = sqlite3.connect(db_dir / "bench.db")
+    try:
+        rows = int(conn.execute("SELECT count(*) FROM trades").fetchone()[0])
+    finally:
+        conn.close()
+    return counters.data_frames, rows
+
+
+def measure(name: str, market: str, frames: int, seed: int, body: Callable[[str], Awaitable[tuple[int, int]]]) -> StageResult:
+    sim = Simulator(frames, seed)
+    try:
+        url = sim.urls[market]
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        got_frames, got_trades = trio.run(body, url)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    finally:
+        sim.close()
+    return StageResult(name, got_frames, got_trades, wall, cpu)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=100_000)
+    parser.add_argument("--market", choices=["spot", "linear"], default="spot")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    n, market, seed = args.frames, args.market, args.seed
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [
+            measure("transport", market, n, seed, lambda url: stage_transport(url, n, decode=False)),
+            measure("+ bybit decode", market, n, seed, lambda url: stage_transport(url, n, decode=True)),
+            measure("+ feed/normalizer actors", market, n, seed, lambda url: stage_pipeline(url, n)),
+            measure("+ SQLite writer (daemon)", market, n, seed, lambda url: stage_storage(url, n, Path(tmp))),
+        ]
+    rows = [r.row() for r in results]
+    print(f"feed benchmark: bybit {market} {SYMBOL}, {n} frames per stage, simulator in its own process, "
+          f"{os.cpu_count()} cores")
+    print(f"{'stage':<28}{'frames/s':>11}{'trades/s':>11}{'µs/frame':>10}{'µs/trade':>10}{'client CPU':>12}")
+    for row in rows:
+        per_trade = row["cpu_us_per_trade"]
+        print(f"{row['stage']:<28}{row['frames_per_s']:>11,.0f}{row['trades_per_s']:>11,.0f}"
+              f"{row['cpu_us_per_frame']:>10.2f}{per_trade if per_trade is not None else float('nan'):>10.2f}"
+              f"{row['client_cpu_pct']:>11.0f}%")
+    base = rows[0]["cpu_us_per_frame"]
+    print("CPU per frame relative to the transport alone: "
+          + ", ".join(f"{r['stage']} {r['cpu_us_per_frame'] / base:.2f}x" for r in rows))
+    if args.json:
+        args.json.write_text(json.dumps({"market": market, "frames": n, "stages": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The command line as a user runs it: real subprocesses, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from marketflow.sim import SimConfig, SimServer
+from tests.conftest import stored_rows, wait_for
+
+PY = sys.executable
+
+
+def marketflow(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MARKETFLOW_CONFIG": "", "MARKETFLOW_STORAGE_URL": ""}
+    return subprocess.run(
+        [PY, "-m", "marketflow", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_check_config_names_file_line_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "m.toml"
+    config.write_text('[daemon]\nlog_level = "info"\n\n[[feeds]]\nexchange = "bybit"\nmarket = "spot"\nsymbls = ["BTCUSDT"]\n')
+    result = marketflow("check-config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{config}:7: feeds[0].symbls: unknown key, did you mean 'symbols'?" in result.stderr
+    assert f"{config}:4: feeds[0].symbols: required key is missing" in result.stderr
+
+
+def test_check_config_accepts_the_shipped_file(tmp_path: Path) -> None:
+    shipped = Path(__file__).parent.parent / "configs" / "marketflow.toml"
+    result = marketflow("check-config", str(shipped), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_bad_usage_exits_2(tmp_path: Path) -> None:
+    assert marketflow("frobnicate", cwd=tmp_path).returncode == 2
+    assert marketflow("run", "--config", str(tmp_path / "missing.toml"), cwd=tmp_path).returncode == 2
+
+
+def test_demo_runs_offline_and_leaves_trades(tmp_path: Path) -> None:
+    result = marketflow("demo", "--duration", "4", "--rate", "50", cwd=tmp_path, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert "ws://127.0.0.1:" in result.stdout
+    db = tmp_path / "var" / "demo.db"
+    conn = sqlite3.connect(db)
+    try:
+        count, symbols = conn.execute("SELECT count(*), count(DISTINCT symbol) FROM trades").fetchone()
+    finally:
+        conn.close()
+    assert count > 0 and symbols == 4
+    assert f"{count} trades stored in" in result.stdout
+
+
+async def test_run_stops_cleanly_on_sigterm_with_every_trade_committed(tmp_path: Path) -> None:
+    sim = SimServer(SimConfig(seed=21, rate=100, max_frames=200))
+    db = tmp_path / "mf.db"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.run)
+            config = tmp_path / "marketflow.toml"
+            config.write_text(
+                f'[daemon]\nstate_dir = "{tmp_path}"\nlog_format = "json"\n'
+                f'[storage]\nurl = "sqlite:///{db}"\nflush_interval_s = 5\n'
+                f'[[feeds]]\nexchange = "bybit"\nmarket = "linear"\nsymbols = ["BTCUSDT"]\n'
+                f'ws_url = "{sim.bybit_ws_url("linear")}"\n'
+            )
+            env = {**os.environ, "MARKETFLOW_STORAGE_URL": ""}
+            proc = await trio.lowlevel.open_process(
+                [PY, "-m", "marketflow", "run", "--config", str(config)],
+                cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+            )
+            # The flush interval is long, so rows still pending when SIGTERM lands must be flushed by it.
+            await wait_for(lambda: sim.statistics().frames_sent >= 200, 0.05)
+            proc.send_signal(signal.SIGTERM)
+            code = await proc.wait()
+            assert proc.stderr is not None
+            logs = (await proc.stderr.receive_some(1 << 20)).decode()
+            nursery.cancel_scope.cancel()
+    assert code == 0, logs
+    assert '"msg": "stopping", "signal": "SIGTERM"' in logs
+    assert len(stored_rows(db)) == len(sim.delivered_trades()) > 0

@@ -1,0 +1,69 @@
+"""Structured logs: JSON lines with fields, repeated errors rate-limited, secrets never printed."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from marketflow.logs import JsonFormatter, RateLimitFilter, configure_logging, redact
+
+
+def test_redact_hides_url_passwords_and_key_values() -> None:
+    assert redact("postgresql://mf:s3cr3t@db:5432/mf") == "postgresql://mf:***@db:5432/mf"
+    assert redact("connect failed: api_key=abc123&x=1 password=hunter2") == (
+        "connect failed: api_key=***&x=1 password=***"
+    )
+    assert redact("sqlite:///./var/marketflow.db") == "sqlite:///./var/marketflow.db"
+
+
+def record(msg: str, level: int = logging.ERROR, **extra: object) -> logging.LogRecord:
+    rec = logging.LogRecord("marketflow.test", level, __file__, 1, msg, None, None)
+    for key, value in extra.items():
+        setattr(rec, key, value)
+    return rec
+
+
+def test_rate_limit_counts_suppressed_and_reports_them() -> None:
+    now = [0.0]
+    limiter = RateLimitFilter(burst=3, interval_s=60, clock=lambda: now[0])
+    passed = [limiter.filter(record("storage write failed")) for _ in range(10)]
+    assert passed == [True] * 3 + [False] * 7
+    # Another message has its own budget; info and below are never limited.
+    assert limiter.filter(record("feed connected"))
+    assert all(limiter.filter(record("storage write failed", logging.INFO)) for _ in range(10))
+    now[0] = 60.0
+    again = record("storage write failed")
+    assert limiter.filter(again)
+    assert again.suppressed == 7  # type: ignore[attr-defined]
+
+
+def test_json_lines_carry_fields_and_never_secrets() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    logging.getLogger("marketflow.storage").error(
+        "storage write failed",
+        extra={"url": "postgresql://mf:pw@db/mf", "frame": b'{"topic":1}', "topics": ("a", "b")},
+    )
+    configure_logging("info", "json", stream=stream)  # idempotent: one handler, not two
+    logging.getLogger("marketflow.feed").info("feed connected", extra={"feed": "bybit-spot"})
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 2
+    first = lines[0]
+    assert first["level"] == "error" and first["logger"] == "marketflow.storage"
+    assert first["msg"] == "storage write failed"
+    assert first["url"] == "postgresql://mf:***@db/mf"
+    assert first["frame"] == '{"topic":1}' and first["topics"] == ["a", "b"]
+    assert first["ts"].endswith("Z")
+    assert lines[1]["feed"] == "bybit-spot"
+
+
+def test_exceptions_are_formatted_in_json() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        rec = logging.LogRecord("marketflow", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    out = json.loads(JsonFormatter().format(rec))
+    assert "ValueError: boom" in out["exc"]
