@@ -44,11 +44,6 @@ BOOK_DEPTHS: Final[Mapping[str, tuple[int, ...]]] = {
     "bybit": (1, 50, 200, 1000),
     "binance": (5, 10, 20, 50, 100, 500, 1000, 5000),
 }
-# Channels the contract names but this release cannot serve yet. Delete an entry when its channel lands;
-# nothing else refers to it.
-UNAVAILABLE_CHANNELS: Final[Mapping[str, str]] = {
-    "book": "the book channel is not available in this version yet",
-}
 _FLOAT_DECIMAL: Final = 'write decimals as strings, e.g. "10", so they stay exact'
 _FEED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _INTERVAL = re.compile(r"([1-9][0-9]*)([smhd])")
@@ -97,6 +92,7 @@ class StorageConfig:
     batch_max: int = 5000
     flush_interval_s: float = 0.25
     buffer_max: int = 1_000_000
+    retention_days: int = 0
 
 
 @attrs.frozen
@@ -419,6 +415,7 @@ _STORAGE: Final[Mapping[str, _Check]] = {
     "batch_max": _integer(1),
     "flush_interval_s": _seconds,
     "buffer_max": _integer(0),
+    "retention_days": _integer(0),
 }
 _SUPERVISOR: Final[Mapping[str, _Check]] = {
     "backoff_initial_s": _seconds,
@@ -610,8 +607,6 @@ class _Checker:
                 self.report((*path, index), f"must be one of {', '.join(CHANNELS)}, got {_describe(item)}")
             elif item in value[:index]:
                 self.report((*path, index), f"duplicate channel {item!r}")
-            elif item in UNAVAILABLE_CHANNELS:
-                self.report((*path, index), UNAVAILABLE_CHANNELS[item])
         if len(self.issues) > bad:
             raise _Rejected()
         return tuple(value)

@@ -1,8 +1,9 @@
 """The daemon: wires the actor tree from a `Config` and runs it under one supervisor.
 
-Start order (and so the reverse shutdown order): storage writer, normalizer, feeds. Stopping a feed
-cancels its connection; stopping the normalizer closes the raw bus, so it decodes what is queued and
-returns; stopping the writer closes the trade bus, so it commits everything and returns.
+Start order (and so the reverse shutdown order): gap ledger, storage writer, book keeper, backfiller,
+normalizer, feeds (one child per exchange connection). Stopping a feed closes its connection; stopping the
+normalizer closes the raw bus, so it decodes what is queued and returns; the book keeper and the writer
+end when their buses close, the writer after committing everything.
 """
 
 from __future__ import annotations
@@ -19,15 +20,26 @@ import trio
 from marketflow import exchanges
 from marketflow.config import Config, FeedConfig
 from marketflow.exchanges.base import FrameDecoder
-from marketflow.model import RawFrames, Trade, native_symbol
+from marketflow.model import BookUpdate, RawFrames, Trade, native_symbol
+from marketflow.pipeline.backfill import Backfiller, CatchUp
+from marketflow.pipeline.bookkeeper import BookKeeper, BookSpec
 from marketflow.pipeline.feed import Feed, FeedCounters
+from marketflow.pipeline.gaps import GapLedger
 from marketflow.pipeline.normalizer import Normalizer
+from marketflow.pipeline.rest import RestClient, WeightBudget
 from marketflow.runtime.bus import Bus, Overflow
 from marketflow.runtime.supervisor import ChildSpec, Restart, Supervisor, SupervisorPolicy
 from marketflow.storage import make_writer, open_store
 from marketflow.storage.writer import StorageWriter, TradeStore
+from marketflow.systemd import Notifier
 
 log = logging.getLogger("marketflow.daemon")
+
+# Share of each venue's published REST weight limit we allow ourselves (the rest is headroom for other
+# clients on the same IP and for the venue's own accounting differences).
+REST_BUDGET_SHARE = 0.5
+REST_LIMIT_PER_MINUTE = {("binance", "spot"): 6000, ("binance", "usdm"): 2400}
+BYBIT_REQUESTS_PER_MINUTE = 600
 
 
 def _policy(config: Config) -> SupervisorPolicy:
@@ -41,6 +53,23 @@ def _policy(config: Config) -> SupervisorPolicy:
     )
 
 
+@attrs.frozen
+class Connection:
+    """One supervised connection of a configured feed."""
+
+    name: str
+    feed: FeedConfig
+    url: str
+    topics: tuple[str, ...]
+    natives: tuple[str, ...]
+
+
+@attrs.frozen
+class Health:
+    status: str  # healthy | degraded | unhealthy
+    problems: dict[str, str]
+
+
 class Daemon:
     """The whole running system for one configuration."""
 
@@ -51,53 +80,150 @@ class Daemon:
         capacity = config.daemon.channel_capacity
         self.raw_bus: Bus[RawFrames] = Bus("raw")
         self.trade_bus: Bus[Trade] = Bus("trades")
+        self.book_bus: Bus[BookUpdate] = Bus("books")
         self._raw_sub = self.raw_bus.subscribe("normalizer", capacity, Overflow.BLOCK)
         self._trade_sub = self.trade_bus.subscribe("storage", capacity, Overflow.BLOCK)
+        self._book_sub = self.book_bus.subscribe("books", capacity, Overflow.BLOCK)
         self.store: TradeStore = open_store(config.storage.url)
         self.decoders: dict[str, FrameDecoder] = {}
         self.feed_counters: dict[str, FeedCounters] = {}
+        self.feeds: dict[str, Feed] = {}
+        self.connections: dict[str, Connection] = {}
+        self.rest_clients: dict[tuple[str, str], RestClient] = {}
+        self.ledger = GapLedger(getattr(self.store, "write_gaps", None))
+        book_specs: list[BookSpec] = []
+        for feed in config.feeds:
+            book_specs.extend(self._plan_feed(feed))
+        self.books = BookKeeper(
+            self._book_sub,
+            book_specs,
+            self.ledger,
+            self.rest_clients,
+            self.resubscribe,
+            persist=getattr(self.store, "write_book_snapshots", None),
+        )
+        self.backfiller = Backfiller(self.trade_bus, self.ledger, self.rest_clients, self.decoders)
         shutdown = config.daemon.shutdown_timeout_s
         children = [
+            ChildSpec("gaps", lambda: self.ledger, Restart.PERMANENT, shutdown),
             ChildSpec(
                 "storage", self._make_writer, Restart.PERMANENT, shutdown, on_stop=self.trade_bus.close
             ),
+            ChildSpec("books", lambda: self.books, Restart.PERMANENT, shutdown, on_stop=self.book_bus.close),
+            ChildSpec("backfill", lambda: self.backfiller, Restart.PERMANENT, shutdown),
             ChildSpec(
                 "normalizer", self._make_normalizer, Restart.PERMANENT, shutdown, on_stop=self.raw_bus.close
             ),
         ]
-        children.extend(self._feed_spec(feed) for feed in config.feeds)
+        children.extend(
+            ChildSpec(name, self._feed_factory(conn), Restart.PERMANENT, shutdown)
+            for name, conn in self.connections.items()
+        )
         self.supervisor = Supervisor("daemon", _policy(config), children)
+
+    def _rest_client(self, venue: ModuleType, feed: FeedConfig) -> None:
+        key = (feed.exchange, feed.market)
+        if key in self.rest_clients:
+            return
+        limit = REST_LIMIT_PER_MINUTE.get(key, BYBIT_REQUESTS_PER_MINUTE)
+        budget = WeightBudget(int(limit * REST_BUDGET_SHARE))
+        self.rest_clients[key] = RestClient(venue.rest_url(feed.market, feed.rest_url), budget)
+
+    def _plan_feed(self, feed: FeedConfig) -> list[BookSpec]:
+        """Register the feed's connections and decoders; return the books it carries."""
+        venue: ModuleType = exchanges.venue(feed.exchange)
+        self._rest_client(venue, feed)
+        natives = [native_symbol(s) for s in feed.symbols]
+        by_native = dict(zip(natives, feed.symbols, strict=True))
+        specs: list[BookSpec] = []
+        for plan in venue.connections(feed.market, natives, feed.channels, feed.book_depth, feed.ws_url):
+            name = feed.name + plan.suffix
+            self.connections[name] = Connection(name, feed, plan.url, plan.topics, plan.natives)
+            self.decoders[name] = venue.FrameDecoder(feed.exchange, feed.market, by_native)
+            self.feed_counters.setdefault(name, FeedCounters())
+            if "book" in plan.channels:
+                for topic in plan.topics:
+                    native = _book_native(feed.exchange, topic)
+                    if native is not None:
+                        specs.append(
+                            BookSpec(feed.exchange, feed.market, by_native[native], native, name, topic)
+                        )
+        return specs
+
+    def _feed_factory(self, conn: Connection) -> Any:
+        venue: ModuleType = exchanges.venue(conn.feed.exchange)
+        counters = self.feed_counters[conn.name]
+
+        def make_feed() -> Feed:
+            feed = Feed(
+                name=conn.name,
+                exchange=conn.feed.exchange,
+                market=conn.feed.market,
+                url=conn.url,
+                session_factory=lambda: venue.Session(conn.feed.market, conn.topics),
+                bus=self.raw_bus,
+                counters=counters,
+                stale_timeout_s=conn.feed.stale_timeout_s,
+                ping_interval_s=conn.feed.ping_interval_s,
+                ssl_context=self._ssl_context,
+                on_reconnect=self._on_reconnect,
+                on_disconnect=self.books.feed_disconnected,
+            )
+            self.feeds[conn.name] = feed
+            return feed
+
+        return make_feed
 
     def _make_writer(self) -> StorageWriter:
         return make_writer(self.config, self.store, self._trade_sub)
 
     def _make_normalizer(self) -> Normalizer:
-        return Normalizer(self._raw_sub, self.trade_bus, self.decoders)
-
-    def _feed_spec(self, feed: FeedConfig) -> ChildSpec:
-        venue: ModuleType = exchanges.venue(feed.exchange)
-        natives = [native_symbol(s) for s in feed.symbols]
-        self.decoders[feed.name] = venue.FrameDecoder(
-            feed.exchange, feed.market, dict(zip(natives, feed.symbols, strict=True))
+        return Normalizer(
+            self._raw_sub,
+            self.trade_bus,
+            self.decoders,
+            books=self.book_bus,
+            on_trade_gaps=self.backfiller.request_trade_gaps,
         )
-        counters = self.feed_counters.setdefault(feed.name, FeedCounters())
-        url = venue.ws_url(feed.market, feed.ws_url)
 
-        def make_feed() -> Feed:
-            return Feed(
-                name=feed.name,
-                exchange=feed.exchange,
-                market=feed.market,
-                url=url,
-                session_factory=lambda: venue.Session(feed.market, natives, feed.channels),
-                bus=self.raw_bus,
-                counters=counters,
-                stale_timeout_s=feed.stale_timeout_s,
-                ping_interval_s=feed.ping_interval_s,
-                ssl_context=self._ssl_context,
+    async def resubscribe(self, connection: str, topics: list[str]) -> bool:
+        """Resubscribe topics on a connection's live feed (Bybit book resync)."""
+        feed = self.feeds.get(connection)
+        return False if feed is None else await feed.resubscribe(topics)
+
+    def _on_reconnect(self, connection: str, down_since: int, up_at: int) -> None:
+        """A connection is back: record the outage per symbol; Bybit trades are caught up over REST."""
+        conn = self.connections[connection]
+        feed = conn.feed
+        by_native = {native_symbol(s): s for s in feed.symbols}
+        symbols = tuple((native, by_native[native]) for native in conn.natives)
+        channels = {
+            "trades" if "@aggTrade" in t or t.startswith("publicTrade.") else "book" for t in conn.topics
+        }
+        for _, symbol in symbols:
+            if "book" in channels:
+                self.ledger.close(
+                    self.ledger.open(feed.exchange, symbol, "book", "disconnected", start=down_since),
+                    end=up_at,
+                )
+        if "trades" not in channels:
+            return
+        if feed.exchange == "bybit":
+            records = tuple(
+                self.ledger.open(feed.exchange, symbol, "trades", "disconnected", start=down_since)
+                for _, symbol in symbols
             )
-
-        return ChildSpec(feed.name, make_feed, Restart.PERMANENT, self.config.daemon.shutdown_timeout_s)
+            self.backfiller.request_catch_up(CatchUp(connection, feed.market, symbols, records, down_since))
+        else:
+            for _, symbol in symbols:
+                record = self.ledger.open(
+                    feed.exchange,
+                    symbol,
+                    "trades",
+                    "disconnected; missed trades are recovered by aggregate id",
+                    start=down_since,
+                )
+                self.ledger.close(record, end=up_at)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every actor; returns after `stop()` has shut them all down."""
@@ -106,39 +232,94 @@ class Daemon:
             extra={
                 "config": self.config.source or "<built-in defaults>",
                 "storage": self.store.display_url,
-                "feeds": [f.name for f in self.config.feeds],
+                "connections": list(self.connections),
             },
         )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.supervisor.run)
-            log.info("marketflow running")
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.supervisor.run)
+                log.info("marketflow running")
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                for client in self.rest_clients.values():
+                    await client.aclose()
         log.info("marketflow stopped")
 
     async def stop(self) -> None:
         """Graceful stop: feeds first, then drain the normalizer, then flush storage."""
         await self.supervisor.stop()
 
+    def health(self) -> Health:
+        """healthy; degraded when a circuit is open, a feed is down or a book is resyncing; unhealthy
+        when storage is not running."""
+        children = {c.name: c for c in self.supervisor.statistics().children}
+        problems: dict[str, str] = {}
+        storage = children.get("storage")
+        if storage is None or storage.state != "running":
+            problems["storage"] = "not running" if storage is None else storage.state
+        for name in self.connections:
+            child = children.get(name)
+            if child is not None and child.circuit != "closed":
+                problems[name] = f"circuit {child.circuit}"
+            elif self.feed_counters[name].state != "streaming":
+                problems[name] = self.feed_counters[name].state
+        for key, stats in self.books.statistics().books.items():
+            if str(stats.state) != "synced":
+                problems[f"book {key}"] = str(stats.state)
+        status = "unhealthy" if "storage" in problems else "degraded" if problems else "healthy"
+        return Health(status, problems)
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS= and logs."""
+        streaming = sum(1 for c in self.feed_counters.values() if c.state == "streaming")
+        trades = sum(c.data_frames for c in self.feed_counters.values())
+        health = self.health()
+        return (
+            f"{health.status}; {streaming}/{len(self.feed_counters)} connections streaming; "
+            f"{trades} data frames; {len(health.problems)} problems"
+        )
+
     def statistics(self) -> dict[str, Any]:
         return {
             "supervisor": attrs.asdict(self.supervisor.statistics(), recurse=False),
-            "buses": [self.raw_bus.statistics(), self.trade_bus.statistics()],
+            "buses": [self.raw_bus.statistics(), self.trade_bus.statistics(), self.book_bus.statistics()],
         }
 
 
-async def serve(config: Config) -> None:
-    """Run the daemon until SIGTERM or SIGINT, then stop it within `daemon.shutdown_timeout_s`."""
+def _book_native(exchange: str, topic: str) -> str | None:
+    """The native symbol of a book topic (`orderbook.50.BTCUSDT`, `btcusdt@depth@100ms`), else None."""
+    if exchange == "bybit":
+        return topic.rpartition(".")[2] if topic.startswith("orderbook.") else None
+    sym, _, kind = topic.partition("@")
+    return sym.upper() if kind.startswith("depth") else None
+
+
+async def serve(config: Config, notifier: Notifier | None = None) -> None:
+    """Run the daemon until SIGTERM or SIGINT, then stop it within `daemon.shutdown_timeout_s`.
+
+    Under systemd (`Type=notify`) it reports READY=1 once every actor started, WATCHDOG=1 while healthy,
+    RELOADING=1/READY=1 around a SIGHUP, STOPPING=1 on the way out, and a one-line STATUS= summary.
+    """
+    notifier = notifier or Notifier()
     daemon = Daemon(config)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)
+            notifier.ready(daemon.summary())
+            nursery.start_soon(
+                notifier.watchdog, lambda: daemon.health().status != "unhealthy", daemon.summary
+            )
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    notifier.reloading()
                     # Reloading lands with the symbols API; until then SIGHUP must not kill the daemon.
                     log.warning("SIGHUP received: live reload is not available in this version; ignored")
+                    notifier.ready(daemon.summary())
                     continue
                 log.info("stopping", extra={"signal": signal.Signals(signum).name})
                 break
+            notifier.stopping()
             with trio.move_on_after(config.daemon.shutdown_timeout_s) as scope:
                 await daemon.stop()
             if scope.cancelled_caught:
@@ -146,4 +327,5 @@ async def serve(config: Config) -> None:
                     "shutdown deadline passed; cancelling what is left",
                     extra={"shutdown_timeout_s": config.daemon.shutdown_timeout_s},
                 )
-                nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+    notifier.close()

@@ -54,6 +54,22 @@ class BookUpdate(msgspec.Struct, frozen=True, gc=False):
     recv_ts: int
 
 
+class GapRecord(msgspec.Struct, frozen=True):
+    """A stretch of time a channel of a symbol may be missing data, and what was recovered.
+
+    `channel` is `trades` or `book`; `end` is None while the gap is open; `recovered` counts trades
+    fetched back (books cannot be backfilled: they are re-snapshotted, so `recovered` stays 0).
+    """
+
+    exchange: str
+    symbol: str
+    channel: str
+    start: int
+    end: int | None
+    reason: str
+    recovered: int = 0
+
+
 class RawFrames(msgspec.Struct, frozen=True, gc=False):
     """A batch of undecoded WebSocket text frames from one connection, as received.
 

@@ -176,6 +176,14 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
         "[storage]\nbuffer_max = -1\n",
         ["m.toml:2: storage.buffer_max: must be an integer >= 0, got integer -1"],
     ),
+    "retention_days negative": (
+        "[storage]\nretention_days = -1\n",
+        ["m.toml:2: storage.retention_days: must be an integer >= 0, got integer -1"],
+    ),
+    "retention_days is whole days": (
+        "[storage]\nretention_days = 1.5\n",
+        ["m.toml:2: storage.retention_days: must be an integer >= 0, got float 1.5"],
+    ),
     # [supervisor]
     "backoff_initial_s zero": (
         "[supervisor]\nbackoff_initial_s = 0\n",
@@ -279,10 +287,6 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
     "unknown channel": (
         FEED + 'channels = ["trades", "quotes"]\n',
         ['m.toml:5: feeds[0].channels[1]: must be one of trades, book, got string "quotes"'],
-    ),
-    "book channel not in this version": (
-        FEED + 'channels = ["trades", "book"]\n',
-        ["m.toml:5: feeds[0].channels[1]: the book channel is not available in this version yet"],
     ),
     "duplicate channel": (
         FEED + 'channels = ["trades", "trades"]\n',
@@ -634,6 +638,11 @@ bin_size = { "BTC-USDT" = "0.5" }
         source="m.toml",
     )
     assert (config.http.host, config.http.port) == ("::1", 0)
+
+
+def test_retention_days_defaults_to_keeping_everything() -> None:
+    assert StorageConfig().retention_days == 0 and parse("").storage.retention_days == 0
+    assert parse("[storage]\nretention_days = 30\n").storage.retention_days == 30
 
 
 def test_listen_host_and_port() -> None:

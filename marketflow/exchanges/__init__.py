@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from marketflow.exchanges import bybit
+from marketflow.exchanges import binance, bybit
 
-VENUES: dict[str, ModuleType] = {bybit.EXCHANGE: bybit}
+VENUES: dict[str, ModuleType] = {bybit.EXCHANGE: bybit, binance.EXCHANGE: binance}
 
 
 def venue(exchange: str) -> ModuleType:

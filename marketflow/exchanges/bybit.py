@@ -1,12 +1,16 @@
-"""Bybit v5 public streams: spot and linear `publicTrade` (PROTOCOLS.md §1).
+"""Bybit v5 public streams: spot and linear `publicTrade` and `orderbook.{depth}` (PROTOCOLS.md §1).
 
 Frames are decoded straight into small Structs: first the envelope with `data` left raw, then `data` by the
-topic's kind. Spot trade ids are numeric strings above 2^53 and stay strings; linear ids are UUIDs.
+topic's kind. Spot trade ids are numeric strings above 2^53 and stay strings; linear ids are UUIDs, so
+unlike Binance there is no id continuity to check: after a reconnect the feed's missed trades are fetched
+from `/v5/market/recent-trade` and admitted only if newer than the last trade seen and not seen already.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Literal
 
@@ -14,13 +18,15 @@ import msgspec
 
 from marketflow.exchanges.base import (
     Ack,
+    ConnectionPlan,
     ControlEvent,
     DecodeCounters,
+    Decoded,
     Pong,
     SubscribeRequest,
     UnknownControl,
 )
-from marketflow.model import Trade
+from marketflow.model import BookUpdate, Level, Trade
 
 EXCHANGE = "bybit"
 MARKETS: dict[str, bool] = {"spot": False, "linear": True}
@@ -34,6 +40,11 @@ DEFAULT_REST = "https://api.bybit.com"
 MAX_ARGS_PER_REQUEST = 10
 HEARTBEAT = b'{"req_id":"hb","op":"ping"}'
 _TRADE_PREFIX = "publicTrade."
+_BOOK_PREFIX = "orderbook."
+# Trade ids remembered per symbol to tell backfilled trades we already have from new ones.
+RECENT_IDS = 20_000
+RECENT_TRADE_PATH = "/v5/market/recent-trade"
+RECENT_TRADE_LIMIT = {"spot": 60, "linear": 1000}
 
 log = logging.getLogger("marketflow.exchanges.bybit")
 
@@ -45,8 +56,34 @@ def ws_url(market: str, override: str | None = None) -> str:
     return override or DEFAULT_WS[market]
 
 
+def rest_url(market: str, override: str | None = None) -> str:
+    if market not in MARKETS:
+        raise ValueError(f"bybit has no market {market!r}; expected one of {sorted(MARKETS)}")
+    return (override or DEFAULT_REST).rstrip("/")
+
+
 def trade_topic(native: str) -> str:
     return _TRADE_PREFIX + native
+
+
+def book_topic(native: str, depth: int) -> str:
+    return f"{_BOOK_PREFIX}{depth}.{native}"
+
+
+def connections(
+    market: str,
+    natives: Sequence[str],
+    channels: Sequence[str],
+    book_depth: int,
+    ws_override: str | None = None,
+) -> list[ConnectionPlan]:
+    """One connection per feed: every topic of the market on its stream URL."""
+    topics = [trade_topic(n) for n in natives] if "trades" in channels else []
+    if "book" in channels:
+        topics += [book_topic(n, book_depth) for n in natives]
+    return [
+        ConnectionPlan("", ws_url(market, ws_override), tuple(topics), frozenset(channels), tuple(natives))
+    ]
 
 
 class _Control(msgspec.Struct):
@@ -76,33 +113,58 @@ class _Trade(msgspec.Struct):
     i: str
 
 
+class _Book(msgspec.Struct):
+    s: str
+    b: list[Level]
+    a: list[Level]
+    u: int
+    seq: int = 0
+
+
 _control_decoder = msgspec.json.Decoder(_Control)
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _trades_decoder = msgspec.json.Decoder(list[_Trade])
+_book_decoder = msgspec.json.Decoder(_Book)
 _SIDES: dict[str, Literal["buy", "sell"]] = {"Buy": "buy", "Sell": "sell"}
 
 
 class Session:
     """Protocol rules for one Bybit connection (one market, several symbols)."""
 
-    def __init__(self, market: str, natives: list[str], channels: tuple[str, ...]) -> None:
+    def __init__(self, market: str, topics: Sequence[str]) -> None:
         if market not in MARKETS:
             raise ValueError(f"bybit has no market {market!r}")
         self.market = market
-        self.topics: list[str] = []
-        if "trades" in channels:
-            self.topics.extend(trade_topic(n) for n in natives)
+        self.topics = list(topics)
         self._next_req = 0
 
-    def subscribe_requests(self) -> list[SubscribeRequest]:
+    @property
+    def send_interval_s(self) -> float:
+        return 0.0
+
+    @property
+    def max_lifetime_s(self) -> float | None:
+        return None
+
+    def _requests(self, op: str, topics: Sequence[str]) -> list[SubscribeRequest]:
         requests = []
-        for start in range(0, len(self.topics), MAX_ARGS_PER_REQUEST):
-            chunk = tuple(self.topics[start : start + MAX_ARGS_PER_REQUEST])
+        for start in range(0, len(topics), MAX_ARGS_PER_REQUEST):
+            chunk = tuple(topics[start : start + MAX_ARGS_PER_REQUEST])
             self._next_req += 1
-            req_id = f"sub-{self._next_req}"
-            payload = msgspec.json.encode({"req_id": req_id, "op": "subscribe", "args": list(chunk)})
+            req_id = f"{op[:5]}-{self._next_req}"
+            payload = msgspec.json.encode({"req_id": req_id, "op": op, "args": list(chunk)})
             requests.append(SubscribeRequest(req_id, chunk, payload))
         return requests
+
+    def subscribe_requests(self) -> list[SubscribeRequest]:
+        return self._requests("subscribe", self.topics)
+
+    def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        return self._requests("unsubscribe", topics)
+
+    def resubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        """Unsubscribe then subscribe again: Bybit answers a new subscription with a fresh snapshot."""
+        return self._requests("unsubscribe", topics) + self._requests("subscribe", topics)
 
     def heartbeat(self) -> bytes:
         return HEARTBEAT
@@ -138,32 +200,58 @@ def _rejected_topics(reason: str) -> tuple[str, ...]:
 
 
 class FrameDecoder:
-    """Bybit data frames → normalized trades for one feed (`symbols` maps native → normalized)."""
+    """Bybit data frames → normalized trades and book updates of one feed (native → normalized symbols)."""
 
     def __init__(self, exchange: str, market: str, symbols: dict[str, str]) -> None:
         self.exchange = exchange
         self.market = market
         self.symbols = dict(symbols)
         self.counters = DecodeCounters()
+        # Per native symbol: the newest trade time seen and the ids seen recently, for backfill.
+        self.last_ts: dict[str, int] = {}
+        self._recent: dict[str, tuple[set[str], deque[str]]] = {}
 
-    def decode(self, frames: list[bytes], recv_ts: int, out: list[Trade]) -> None:
+    def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
         symbols = self.symbols
-        exchange = self.exchange
-        sides = _SIDES
         for frame in frames:
             counters.frames += 1
             try:
                 env = _envelope_decoder.decode(frame)
                 topic = env.topic
-                if not topic.startswith(_TRADE_PREFIX):
+                if topic.startswith(_TRADE_PREFIX):
+                    native = topic[len(_TRADE_PREFIX) :]
+                    symbol = symbols.get(native)
+                    if symbol is None:
+                        counters.unknown_topics += 1
+                        continue
+                    self._trades(native, symbol, _trades_decoder.decode(env.data), recv_ts, out)
+                elif topic.startswith(_BOOK_PREFIX):
+                    native = topic.rpartition(".")[2]
+                    symbol = symbols.get(native)
+                    if symbol is None:
+                        counters.unknown_topics += 1
+                        continue
+                    book = _book_decoder.decode(env.data)
+                    # `u == 1` is a service restart: the message is a snapshot whatever its type says.
+                    snapshot = env.type == "snapshot" or book.u == 1
+                    out.books.append(
+                        BookUpdate(
+                            self.exchange,
+                            symbol,
+                            snapshot,
+                            book.u,
+                            book.u,
+                            None,
+                            book.b,
+                            book.a,
+                            env.ts * 1000,
+                            recv_ts,
+                        )
+                    )
+                    counters.book_updates += 1
+                else:
                     counters.ignored += 1
-                    continue
-                symbol = symbols.get(topic[len(_TRADE_PREFIX) :])
-                if symbol is None:
-                    counters.unknown_topics += 1
-                    continue
-                trades = _trades_decoder.decode(env.data)
             except msgspec.DecodeError as exc:
                 counters.malformed += 1
                 counters.last_error = str(exc)
@@ -171,8 +259,79 @@ class FrameDecoder:
                     "malformed bybit frame ignored",
                     extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
                 )
+
+    def _trades(self, native: str, symbol: str, trades: list[_Trade], recv_ts: int, out: Decoded) -> None:
+        if not trades:
+            return
+        seen, order = self._recent_ids(native)
+        exchange = self.exchange
+        sides = _SIDES
+        for t in trades:
+            if t.i in seen:
+                self.counters.duplicates += 1
                 continue
-            out.extend(
-                Trade(exchange, symbol, t.i, t.p, t.v, sides[t.S], t.T * 1000, recv_ts) for t in trades
-            )
-            counters.trades += len(trades)
+            self._remember(seen, order, t.i)
+            out.trades.append(Trade(exchange, symbol, t.i, t.p, t.v, sides[t.S], t.T * 1000, recv_ts))
+            self.counters.trades += 1
+        last = trades[-1].T * 1000
+        if last > self.last_ts.get(native, 0):
+            self.last_ts[native] = last
+
+    def _recent_ids(self, native: str) -> tuple[set[str], deque[str]]:
+        recent = self._recent.get(native)
+        if recent is None:
+            recent = self._recent[native] = (set(), deque())
+        return recent
+
+    @staticmethod
+    def _remember(seen: set[str], order: deque[str], trade_id: str) -> None:
+        seen.add(trade_id)
+        order.append(trade_id)
+        if len(order) > RECENT_IDS:
+            seen.discard(order.popleft())
+
+    def admit_backfill(self, native: str, trades: list[Trade], since_ts: int) -> list[Trade]:
+        """Backfilled trades we do not have: not seen recently and not older than `since_ts`."""
+        seen, order = self._recent_ids(native)
+        admitted = []
+        for t in sorted(trades, key=lambda t: t.ts):
+            if t.ts < since_ts or t.id in seen:
+                continue
+            self._remember(seen, order, t.id)
+            admitted.append(t)
+        return admitted
+
+
+class _RestTrade(msgspec.Struct):
+    execId: str
+    price: Decimal
+    size: Decimal
+    side: Literal["Buy", "Sell"]
+    time: str
+
+
+class _RestTrades(msgspec.Struct):
+    items: list[_RestTrade] = msgspec.field(name="list")
+
+
+class _RestResponse(msgspec.Struct):
+    retCode: int
+    retMsg: str
+    result: msgspec.Raw = msgspec.Raw(b"null")
+
+
+def parse_recent_trades(body: bytes, exchange: str, symbol: str, recv_ts: int) -> list[Trade]:
+    """`GET /v5/market/recent-trade` → trades, oldest first. A non-zero `retCode` raises ValueError."""
+    try:
+        response = msgspec.json.decode(body, type=_RestResponse)
+        if response.retCode != 0:
+            raise ValueError(f"bybit recent-trade refused: retCode {response.retCode}: {response.retMsg}")
+        result = msgspec.json.decode(response.result, type=_RestTrades)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"bybit recent-trade answer not understood: {exc}") from exc
+    trades = [
+        Trade(exchange, symbol, t.execId, t.price, t.size, _SIDES[t.side], int(t.time) * 1000, recv_ts)
+        for t in result.items
+    ]
+    trades.reverse()
+    return trades

@@ -1,22 +1,34 @@
 """The feed actor: one exchange connection, kept subscribed, publishing raw frames in batches.
 
-A feed instance lives for one connection. When the connection fails (closed, broken, stale, no ack) it
-raises `FeedError` and its supervisor starts a fresh one after a backoff with full jitter — that is the
-reconnect loop, and it resubscribes every time. Counters live in a `FeedCounters` the daemon keeps across
-instances, so statistics survive reconnects.
+A feed instance lives as long as its connections do. When the live connection fails (closed, broken,
+stale, no ack) the feed raises `FeedError` and its supervisor starts a fresh one after a backoff with full
+jitter — that is the reconnect loop, and it resubscribes every time. Counters live in a `FeedCounters` the
+daemon keeps across instances, so statistics survive reconnects.
+
+Venues that cut connections at a fixed age (Binance: 24 h) or announce a restart (`serverShutdown`) get a
+replacement connection opened and subscribed *before* the old one closes. The replacement's frames are
+held back until the old connection has ended, then published in order; the overlap is de-duplicated
+downstream (trade ids, book update ids).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import attrs
 import trio
 
-from marketflow.exchanges.base import Ack, Pong, Session, UnknownControl
+from marketflow.exchanges.base import (
+    Ack,
+    ControlEvent,
+    Pong,
+    Reconnect,
+    Session,
+    SubscribeRequest,
+    UnknownControl,
+)
 from marketflow.exchanges.ws import FeedError, WsConnection, connect_ws
 from marketflow.model import RawFrames, now_us
 from marketflow.runtime.bus import Bus
@@ -25,6 +37,7 @@ log = logging.getLogger("marketflow.feed")
 
 CONNECT_TIMEOUT_S = 10.0
 ACK_TIMEOUT_S = 10.0
+ROTATE_RETRY_S = 5.0
 
 
 @attrs.define
@@ -33,6 +46,7 @@ class FeedCounters:
 
     connects: int = 0
     disconnects: int = 0
+    rotations: int = 0
     messages: int = 0
     data_frames: int = 0
     bytes: int = 0
@@ -40,6 +54,7 @@ class FeedCounters:
     unknown_control: int = 0
     state: str = "idle"
     connected_at: int | None = None
+    down_since: int | None = None
     last_message_at: int | None = None
     last_error: str | None = None
     subscribed: list[str] = attrs.Factory(list)
@@ -55,6 +70,7 @@ class FeedStatistics:
     state: str
     connects: int
     disconnects: int
+    rotations: int
     messages: int
     data_frames: int
     bytes: int
@@ -65,6 +81,23 @@ class FeedStatistics:
     last_error: str | None
     subscribed_topics: tuple[str, ...]
     rejected_topics: dict[str, str]
+
+
+@attrs.define(eq=False)
+class _Link:
+    """One WebSocket connection of the feed and what it still owes (acks, held-back frames)."""
+
+    conn: WsConnection
+    session: Session
+    live: bool
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    done: trio.Event = attrs.Factory(trio.Event)
+    lock: trio.StrictFIFOLock = attrs.Factory(trio.StrictFIFOLock)
+    retired: bool = False
+    held: list[RawFrames] = attrs.Factory(list)
+    pending: dict[str, tuple[SubscribeRequest, float]] = attrs.Factory(dict)
+    order: list[str] = attrs.Factory(list)
+    last_send: float = float("-inf")
 
 
 class Feed:
@@ -83,6 +116,9 @@ class Feed:
         stale_timeout_s: float,
         ping_interval_s: float,
         ssl_context: ssl.SSLContext | None = None,
+        max_lifetime_s: float | None = None,
+        on_reconnect: Callable[[str, int, int], None] | None = None,
+        on_disconnect: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self.exchange = exchange
@@ -94,11 +130,31 @@ class Feed:
         self._stale_timeout_s = stale_timeout_s
         self._ping_interval_s = ping_interval_s
         self._ssl_context = ssl_context
+        self._max_lifetime_s = max_lifetime_s
+        self._on_reconnect = on_reconnect
+        self._on_disconnect = on_disconnect
         self._scope = trio.CancelScope()
+        self._live: _Link | None = None
+        self._rotate_now = trio.Event()
 
     def request_stop(self) -> None:
-        """Stopping a feed needs no draining: close the connection now (what was read is published)."""
+        """Stopping a feed needs no draining: close the connections now (what was read is published)."""
         self._scope.cancel()
+
+    def request_rotation(self) -> None:
+        """Open a replacement connection, then retire the current one (no data is missed)."""
+        self._rotate_now.set()
+
+    async def resubscribe(self, topics: Sequence[str]) -> bool:
+        """Resubscribe topics on the live connection (Bybit answers with a fresh book snapshot).
+
+        Returns False when there is no live connection — a new one subscribes to everything anyway.
+        """
+        link = self._live
+        if link is None:
+            return False
+        await self._send_requests(link, link.session.resubscribe_requests(topics))
+        return True
 
     def statistics(self) -> FeedStatistics:
         c = self._counters
@@ -110,6 +166,7 @@ class Feed:
             state=c.state,
             connects=c.connects,
             disconnects=c.disconnects,
+            rotations=c.rotations,
             messages=c.messages,
             data_frames=c.data_frames,
             bytes=c.bytes,
@@ -123,32 +180,13 @@ class Feed:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self._scope:
-            await self._run(task_status)
-
-    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         counters = self._counters
-        counters.state = "connecting"
         try:
-            with trio.fail_after(CONNECT_TIMEOUT_S):
-                conn = await connect_ws(self.url, ssl_context=self._ssl_context)
-        except trio.TooSlowError as exc:
-            counters.state = "down"
-            counters.last_error = f"connect timed out after {CONNECT_TIMEOUT_S} s"
-            raise FeedError(f"{self.url}: {counters.last_error}") from exc
-        except FeedError as exc:
-            counters.state = "down"
-            counters.last_error = str(exc)
-            raise
-        counters.connects += 1
-        counters.connected_at = now_us()
-        log.info("feed connected", extra={"feed": self.name, "url": self.url})
-        try:
-            async with conn, trio.open_nursery() as nursery:
-                session = self._session_factory()
-                await self._subscribe(conn, session, task_status)
-                nursery.start_soon(self._heartbeat, conn, session)
-                await self._pump(conn, session)
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    self._live = await nursery.start(self._connection, True)
+                    task_status.started()
+                    nursery.start_soon(self._rotator, nursery)
         except ExceptionGroup as group:
             # The pump's read failure and the heartbeat's send failure can arrive together: report one
             # FeedError (the group stays attached as its cause); anything else propagates untouched.
@@ -160,79 +198,139 @@ class Feed:
                 first = first.exceptions[0]
             counters.last_error = str(first)
             raise FeedError(str(first)) from group
+        except FeedError as exc:
+            counters.last_error = str(exc)
+            raise
         finally:
+            was_live = self._live is not None
+            self._live = None
             counters.state = "down"
-            counters.disconnects += 1
             counters.subscribed = []
+            if counters.down_since is None:
+                counters.down_since = now_us()
+            if was_live and self._on_disconnect is not None:
+                self._on_disconnect(self.name)
 
-    async def _subscribe(
-        self, conn: WsConnection, session: Session, task_status: trio.TaskStatus[None]
-    ) -> None:
-        """Send every subscribe request and read until each is acked, publishing data meanwhile."""
+    async def _connection(self, live: bool, *, task_status: trio.TaskStatus[_Link]) -> None:
+        """Connect, subscribe (publishing or holding back data meanwhile), then pump until retired."""
         counters = self._counters
-        counters.state = "subscribing"
-        requests = session.subscribe_requests()
-        pending = {r.req_id: r for r in requests}
-        order = [r.req_id for r in requests]
-        for request in requests:
-            await conn.send_text(request.payload)
-        counters.rejected = {}
-        subscribed: list[str] = []
-        with trio.move_on_after(ACK_TIMEOUT_S) as scope:
-            while pending:
-                messages = await conn.receive_messages()
-                for event in await self._handle(messages, session):
-                    if not isinstance(event, Ack):
-                        continue
-                    req_id = (
-                        event.req_id
-                        if event.req_id in pending
-                        else next((r for r in order if r in pending), None)
+        if live:
+            counters.state = "connecting"
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                conn = await connect_ws(self.url, ssl_context=self._ssl_context)
+        except trio.TooSlowError as exc:
+            raise FeedError(f"{self.url}: connect timed out after {CONNECT_TIMEOUT_S} s") from exc
+        counters.connects += 1
+        link = _Link(conn, self._session_factory(), live)
+        try:
+            with link.scope:
+                async with conn, trio.open_nursery() as nursery:
+                    await self._subscribe(link)
+                    log.info(
+                        "feed subscribed",
+                        extra={"feed": self.name, "url": self.url, "topics": len(counters.subscribed)},
                     )
-                    if req_id is None:
-                        continue
-                    request = pending.pop(req_id)
-                    if event.success:
-                        subscribed.extend(request.topics)
-                        continue
-                    refused = event.rejected or request.topics
-                    subscribed.extend(t for t in request.topics if t not in refused)
-                    for topic in refused:
-                        counters.rejected[topic] = event.reason
-                    log.error(
-                        "subscription rejected",
-                        extra={"feed": self.name, "topics": list(refused), "reason": event.reason},
-                    )
-        if scope.cancelled_caught:
-            missing = sorted(t for r in pending.values() for t in r.topics)
-            raise FeedError(f"{self.url}: no subscribe ack within {ACK_TIMEOUT_S} s for {missing}")
-        counters.subscribed = subscribed
-        counters.state = "streaming"
-        task_status.started()
+                    task_status.started(link)
+                    nursery.start_soon(self._heartbeat, link)
+                    await self._pump(link)
+        finally:
+            link.done.set()
+            if link.live and not link.retired:
+                counters.disconnects += 1
 
-    async def _pump(self, conn: WsConnection, session: Session) -> None:
+    async def _subscribe(self, link: _Link) -> None:
+        """Send every subscribe request and read until each is acked."""
+        counters = self._counters
+        if link.live:
+            counters.state = "subscribing"
+        await self._send_requests(link, link.session.subscribe_requests())
+        rejected: dict[str, str] = {}
+        with trio.move_on_after(ACK_TIMEOUT_S):
+            while link.pending:
+                messages = await link.conn.receive_messages()
+                for event in await self._handle(link, messages):
+                    self._settle(link, event, rejected)
+        if link.pending:
+            missing = sorted(t for r, _ in link.pending.values() for t in r.topics)
+            raise FeedError(f"{self.url}: no subscribe ack within {ACK_TIMEOUT_S} s for {missing}")
+        counters.rejected = rejected
+        counters.subscribed = [t for t in link.session.topics if t not in rejected]
+        now = now_us()
+        counters.connected_at = now
+        counters.state = "streaming"
+        if counters.down_since is not None:
+            down_since, counters.down_since = counters.down_since, None
+            if self._on_reconnect is not None:
+                self._on_reconnect(self.name, down_since, now)
+
+    async def _send_requests(self, link: _Link, requests: list[SubscribeRequest]) -> None:
+        """Send control requests no faster than the venue's inbound limit; their acks are tracked."""
+        interval = link.session.send_interval_s
+        for request in requests:
+            wait = link.last_send + interval - trio.current_time()
+            if wait > 0:
+                await trio.sleep(wait)
+            link.pending[request.req_id] = (request, trio.current_time())
+            link.order.append(request.req_id)
+            await link.conn.send_text(request.payload)
+            link.last_send = trio.current_time()
+
+    def _settle(self, link: _Link, event: ControlEvent, rejected: dict[str, str]) -> None:
+        if isinstance(event, Reconnect):
+            log.warning("feed asked to reconnect", extra={"feed": self.name, "reason": event.reason})
+            self._rotate_now.set()
+            return
+        if not isinstance(event, Ack):
+            return
+        # Match by id; a venue that does not echo ids acks in order.
+        req_id = (
+            event.req_id
+            if event.req_id in link.pending
+            else next((r for r in link.order if r in link.pending), None)
+        )
+        if req_id is None:
+            return
+        request, _ = link.pending.pop(req_id)
+        link.order.remove(req_id)
+        if event.success:
+            return
+        refused = event.rejected or request.topics
+        for topic in refused:
+            rejected[topic] = event.reason
+        self._counters.rejected.update(rejected)
+        self._counters.subscribed = [t for t in self._counters.subscribed if t not in rejected]
+        log.error(
+            "subscription rejected",
+            extra={"feed": self.name, "topics": list(refused), "reason": event.reason},
+        )
+
+    async def _pump(self, link: _Link) -> None:
         stale = self._stale_timeout_s
         while True:
             with trio.move_on_after(stale) as scope:
-                messages = await conn.receive_messages()
+                messages = await link.conn.receive_messages()
             if scope.cancelled_caught:
                 raise FeedError(f"{self.url}: stale: nothing received for {stale} s")
-            for event in await self._handle(messages, session):
-                if isinstance(event, Ack) and not event.success:
-                    log.error(
-                        "late subscription rejection", extra={"feed": self.name, "reason": event.reason}
-                    )
+            for event in await self._handle(link, messages):
+                self._settle(link, event, {})
+            if link.pending:
+                oldest = min(sent for _, sent in link.pending.values())
+                if trio.current_time() - oldest > ACK_TIMEOUT_S:
+                    missing = sorted(t for r, _ in link.pending.values() for t in r.topics)
+                    raise FeedError(f"{self.url}: no ack within {ACK_TIMEOUT_S} s for {missing}")
 
-    async def _handle(self, messages: list[bytes], session: Session) -> list[Any]:
-        """Publish the data frames of one read as one batch; return the control events."""
+    async def _handle(self, link: _Link, messages: list[bytes]) -> list[ControlEvent]:
+        """Publish (or hold back) the data frames of one read as one batch; return the control events."""
         counters = self._counters
         now = now_us()
         counters.last_message_at = now
         if not messages:
             return []
         counters.messages += len(messages)
+        session = link.session
         data: list[bytes] = []
-        events: list[Any] = []
+        events: list[ControlEvent] = []
         for message in messages:
             counters.bytes += len(message)
             if session.is_data(message):
@@ -254,13 +352,54 @@ class Feed:
             events.append(event)
         if data:
             counters.data_frames += len(data)
-            await self._bus.publish([RawFrames(self.name, self.exchange, self.market, now, data)])
+            await self._emit(link, [RawFrames(self.name, self.exchange, self.market, now, data)])
         return events
 
-    async def _heartbeat(self, conn: WsConnection, session: Session) -> None:
-        payload = session.heartbeat()
+    async def _emit(self, link: _Link, batch: list[RawFrames]) -> None:
+        async with link.lock:
+            if not link.live:
+                link.held.extend(batch)
+                return
+            if link.held:
+                batch = link.held + batch
+                link.held = []
+            if batch:
+                # Shielded: a batch is either given to every subscriber or to none, even when the
+                # connection is being retired or the feed stopped.
+                with trio.CancelScope(shield=True):
+                    await self._bus.publish(batch)
+
+    async def _heartbeat(self, link: _Link) -> None:
+        payload = link.session.heartbeat()
         if payload is None:
             return
         while True:
             await trio.sleep(self._ping_interval_s)
-            await conn.send_text(payload)
+            await link.conn.send_text(payload)
+
+    async def _rotator(self, nursery: trio.Nursery) -> None:
+        while True:
+            link = self._live
+            assert link is not None
+            lifetime = self._max_lifetime_s or link.session.max_lifetime_s
+            with trio.move_on_after(lifetime if lifetime is not None else float("inf")):
+                await self._rotate_now.wait()
+            self._rotate_now = trio.Event()
+            try:
+                replacement: _Link = await nursery.start(self._connection, False)
+            except (FeedError, ExceptionGroup) as exc:
+                log.warning(
+                    "replacement connection failed; keeping the current one",
+                    extra={"feed": self.name, "error": str(exc), "retry_in_s": ROTATE_RETRY_S},
+                )
+                await trio.sleep(ROTATE_RETRY_S)
+                self._rotate_now.set()
+                continue
+            link.retired = True
+            link.scope.cancel()
+            await link.done.wait()
+            replacement.live = True
+            self._live = replacement
+            self._counters.rotations += 1
+            await self._emit(replacement, [])
+            log.info("feed connection replaced", extra={"feed": self.name, "url": self.url})

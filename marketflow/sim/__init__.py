@@ -1,7 +1,8 @@
-"""Offline exchange simulator speaking Bybit v5's public WebSocket protocol (SPEC §9, PROTOCOLS §1 and §6).
+"""Offline exchange simulator: Bybit v5 and Binance spot / USD-M public streams and REST (SPEC §9, PROTOCOLS).
 
 `SimServer(SimConfig(...))` is `nursery.start`-able; `marketflow sim` runs it from the command line through
-`add_arguments` / `run_from_args`.
+`add_arguments` / `run_from_args`. Names: exchange `bybit` (markets `spot`, `linear`, `inverse`) or
+`binance` (markets `spot`, `usdm`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import tempfile
 
 import trio
 
-from marketflow.sim import bybit
+from marketflow.sim import binance, bybit
 from marketflow.sim.faults import Faults, MalformedKind
+from marketflow.sim.http import HttpRequest, HttpResponse
 from marketflow.sim.market import SimTrade
-from marketflow.sim.server import HttpRequest, HttpResponse, SimConfig, SimServer, SimStatistics
+from marketflow.sim.server import SimConfig, SimServer, SimStatistics
 
 DEFAULT_PORT = 8765
 
@@ -54,6 +56,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tls", action="store_true", help="serve wss/https with a throwaway CA (needs trustme)"
     )
+    parser.add_argument(
+        "--skip-every", type=int, default=None, metavar="N", help="skip every N-th update of each book"
+    )
+    parser.add_argument(
+        "--trade-while-unsubscribed",
+        action="store_true",
+        help="tapes and books keep moving once started, even with nobody subscribed",
+    )
+    parser.add_argument(
+        "--book-rate",
+        type=float,
+        default=10.0,
+        metavar="N",
+        help="book updates/s per book; 0 = as fast as read",
+    )
 
 
 def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -65,6 +82,7 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
         stall_for_s=args.stall_for,
         reject_topics=tuple(args.reject_topic),
         slow_pong_s=args.slow_pong,
+        skip_every_n_updates=args.skip_every,
     )
     return SimConfig(
         host=args.host,
@@ -75,6 +93,8 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
         max_frames=args.max_frames,
         faults=faults,
         record_delivered=False,  # nobody can ask a command-line server for its ground truth
+        trade_while_unsubscribed=args.trade_while_unsubscribed,
+        book_rate=args.book_rate,
     )
 
 
@@ -106,6 +126,9 @@ async def run_from_args(args: argparse.Namespace) -> None:
         await nursery.start(server.run)
         for category in bybit.CATEGORIES:
             print(f"bybit {category:<8}{server.bybit_ws_url(category)}", flush=True)
+        for market in binance.MARKETS:
+            rest = server.binance_rest_base(market)
+            print(f"binance {market:<6}{server.binance_ws_base(market)}  rest {rest}", flush=True)
         print(f"http           {server.http_url}", flush=True)
 
 

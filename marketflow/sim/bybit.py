@@ -3,21 +3,43 @@
 Paths pick the category; JSON ops `subscribe` / `unsubscribe` / `ping` get acks and pongs shaped per
 category (spot differs from linear / inverse). `publicTrade.<SYMBOL>` frames copy the live captures in key
 order: linear `topic, type, ts, data` with `L`; spot `topic, ts, type, data` with sorted trade keys and no
-`L`. `orderbook.<depth>.<SYMBOL>` is accepted and reported to the host, which has no book data yet.
+`L`. `orderbook.<depth>.<SYMBOL>` (PROTOCOLS §1.6) is a `BybitBookStream` on the simulator's book: a snapshot
+of the top `depth` levels on subscribe, then a delta per book update that changed the top `depth`, with
+`u` = previous + 1. Depth 1 is snapshot-only, re-sent on change and every 3 s unchanged with the same `u`.
+Key order copies the captures: spot and every depth-1 frame put `ts` before `type`; linear / inverse put
+`type` first and carry `cts` (spot captures have no `cts`, so spot frames leave it out).
 """
 
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
 import msgspec
+import trio
 
+from marketflow.sim.book import BookStream, BookTick, Crossing, SimBook
 from marketflow.sim.faults import MalformedKind
-from marketflow.sim.market import ROW_ID, ROW_PRICE, ROW_SEQ, ROW_SIDE, ROW_SIZE, ROW_T, ROW_TICK, TradeRow
+from marketflow.sim.http import ws_text_frame
+from marketflow.sim.market import (
+    ROW_ID,
+    ROW_PRICE,
+    ROW_SEQ,
+    ROW_SIDE,
+    ROW_SIZE,
+    ROW_T,
+    ROW_TICK,
+    Formats,
+    FrameEncoder,
+    FrameSink,
+    TradeRow,
+    WireFrame,
+    stable_crc,
+)
 
 SPOT = "spot"
 LINEAR = "linear"
@@ -30,6 +52,9 @@ WS_PATHS: dict[str, str] = {
 CATEGORIES: tuple[str, ...] = (SPOT, LINEAR, INVERSE)
 ORDERBOOK_DEPTHS: frozenset[str] = frozenset({"1", "50", "200", "1000"})
 SPOT_MAX_ARGS = 10
+EXCHANGE = "bybit"
+U_BASE = 100_000_000
+LEVEL1_RESEND_S = 3.0  # an unchanged orderbook.1 is pushed again after this long
 
 PayloadEncoder = Callable[[list[TradeRow], int], bytes]
 
@@ -87,6 +112,11 @@ class TradePayloadEncoder:
         return ((self._head % ts_ms) + body + "]}").encode()
 
 
+def framed(encode: Callable[[list[TradeRow], int], bytes]) -> FrameEncoder:
+    """A payload encoder turned into a wire encoder (one text frame per call)."""
+    return lambda rows, ts: ws_text_frame(encode(rows, ts))
+
+
 def malformed_payload(kind: MalformedKind, category: str, symbol: str, ts_ms: int) -> tuple[bytes, bool]:
     """A broken frame of `kind` for `symbol`'s trade topic: (payload, is_binary)."""
     if kind is MalformedKind.NOT_JSON:
@@ -126,14 +156,23 @@ class BybitHost(Protocol):
 
     def send_control_later(self, payload: bytes, delay: float) -> None: ...
 
-    def subscribe_trades(self, category: str, symbol: str, encoder: Callable[[], PayloadEncoder]) -> None: ...
+    def subscribe_trades(
+        self, exchange: str, category: str, symbol: str, channel: str, encoder: Callable[[], FrameEncoder]
+    ) -> None:
+        """Receive the tape's frames on `channel` (a name unique on this connection), encoded by `encoder`."""
 
-    def unsubscribe_trades(self, category: str, symbol: str) -> None: ...
+    def subscribe_book(
+        self,
+        exchange: str,
+        category: str,
+        symbol: str,
+        channel: str,
+        combined: bool,
+        factory: Callable[[SimBook], BookStream],
+    ) -> None:
+        """Receive the book stream named `channel` (created by `factory` if new)."""
 
-    def subscribe_book(self, category: str, symbol: str, depth: int) -> None:
-        """Hook for order books (no book data yet)."""
-
-    def unsubscribe_book(self, category: str, symbol: str, depth: int) -> None: ...
+    def unsubscribe(self, channel: str) -> None: ...
 
     def note_ping(self) -> None: ...
 
@@ -235,26 +274,27 @@ class BybitSession:
             self._error("args size >10", "subscribe", req_id)  # the whole request is refused
             return
         errors: list[str] = []
-        accepted = 0
+        accepted: list[str] = []
         for topic in args:
             problem = self._check_topic(topic)
             if problem is not None:
                 errors.append(problem)
                 continue
             self.topics.add(topic)
-            accepted += 1
-            self._attach(topic)
-        self.host.note_subscribes(accepted, len(errors))
+            accepted.append(topic)
+        self.host.note_subscribes(len(accepted), len(errors))
         if errors:
             self._error(";".join(errors), "subscribe", req_id)
         else:
             self.host.send_control(self._reply(True, "subscribe" if self.spot else "", "subscribe", req_id))
+        for topic in accepted:  # after the ack, so a book snapshot follows it
+            self._attach(topic)
 
     def _unsubscribe(self, args: list[str], req_id: Any) -> None:
         for topic in args:
             if topic in self.topics:
                 self.topics.discard(topic)
-                self._detach(topic)
+                self.host.unsubscribe(topic)
         self.host.send_control(self._reply(True, "unsubscribe" if self.spot else "", "unsubscribe", req_id))
 
     def _attach(self, topic: str) -> None:
@@ -262,19 +302,173 @@ class BybitSession:
         category = self.category
         if parts[0] == "publicTrade":
             symbol = parts[1]
-            self.host.subscribe_trades(category, symbol, lambda: TradePayloadEncoder(category, symbol))
+            self.host.subscribe_trades(
+                EXCHANGE, category, symbol, topic, lambda: framed(TradePayloadEncoder(category, symbol))
+            )
         else:
-            self.host.subscribe_book(category, parts[2], int(parts[1]))
-
-    def _detach(self, topic: str) -> None:
-        parts = topic.split(".")
-        if parts[0] == "publicTrade":
-            self.host.unsubscribe_trades(self.category, parts[1])
-        else:
-            self.host.unsubscribe_book(self.category, parts[2], int(parts[1]))
+            depth = int(parts[1])
+            self.host.subscribe_book(
+                EXCHANGE,
+                category,
+                parts[2],
+                topic,
+                False,
+                lambda book: BybitBookStream(category, depth, book),
+            )
 
     def malformed_frame(self, kind: MalformedKind, symbol: str, ts_ms: int) -> tuple[bytes, bool]:
         return malformed_payload(kind, self.category, symbol, ts_ms)
+
+    def on_control(self, ping: bool, payload: bytes) -> None:
+        """Protocol pings are answered by the protocol; Bybit counts nothing."""
+
+    async def run(self) -> None:
+        """Bybit has no per-connection timers beyond the server's idle watchdog."""
+
+
+def _levels(formats: Formats, levels: list[tuple[int, int]]) -> str:
+    prices = formats.prices
+    sizes = formats.sizes
+    price = formats.price
+    size = formats.size
+    return ",".join(
+        [
+            '["' + (prices.get(p) or price(p)) + '","' + ((sizes.get(q) or size(q)) if q else "0") + '"]'
+            for p, q in levels
+        ]
+    )
+
+
+def _changes(old: dict[int, int], new: dict[int, int]) -> dict[int, int]:
+    """What turns a published top-N `old` into `new`: changed or new levels, and deletes (size 0)."""
+    out = dict(new.items() - old.items())
+    for price in old.keys() - new.keys():
+        out[price] = 0
+    return out
+
+
+class BybitBookStream:
+    """`orderbook.<depth>.<SYMBOL>` on one book: the top `depth` levels as a snapshot, then deltas.
+
+    The stream keeps the top N it has published, so its deltas always turn a subscriber's book into the
+    true top N: a level pushed out of the top N is deleted, one that moves in is sent. A subscriber that
+    joins gets a snapshot of the published state and the current `u`.
+    """
+
+    def __init__(self, category: str, depth: int, book: SimBook) -> None:
+        self.category = category
+        self.depth = depth
+        self.book = book
+        self.formats = Formats(book.instrument)
+        symbol = book.symbol
+        self.topic = topic = "orderbook.%d.%s" % (depth, symbol)  # noqa: UP031
+        self.u = U_BASE + stable_crc(topic + category) % 100_000_000  # u = 1 would mean "restarted"
+        self.bids: dict[int, int] = {}
+        self.asks: dict[int, int] = {}
+        self.skipped = 0
+        self._skip = 0
+        self._crossing = Crossing()
+        self._cross_size = max(1, int(book.instrument.mean_size_steps))
+        self._sinks: set[FrameSink] = set()
+        self._last_sent = 0.0
+        ts_first = category == SPOT or depth == 1
+        head = '{"topic":"' + topic + ('","ts":%d,"type":"%s"' if ts_first else '","type":"%s","ts":%d')
+        self._ts_first = ts_first
+        self._head = head + ',"data":{"s":"' + symbol + '","b":['
+
+    def active(self) -> bool:
+        return bool(self._sinks)
+
+    def sinks(self) -> set[FrameSink]:
+        return self._sinks
+
+    def add_sink(self, sink: FrameSink, combined: bool) -> WireFrame | None:
+        if not self._sinks:  # (re)activated: publish the book as it is now
+            self.bids, self.asks = self.book.top_maps(self.depth)
+            self.u += 1
+        self._sinks.add(sink)
+        return self._frame("snapshot", self.bids, self.asks, self._now_ms())
+
+    def remove_sink(self, sink: FrameSink) -> None:
+        self._sinks.discard(sink)
+
+    @staticmethod
+    def _now_ms() -> int:
+        return time.time_ns() // 1_000_000
+
+    def _frame(self, kind: str, bids: dict[int, int], asks: dict[int, int], ts: int) -> WireFrame:
+        head = self._head % ((ts, kind) if self._ts_first else (kind, ts))
+        body = (
+            head
+            + _levels(self.formats, sorted(bids.items(), reverse=True))
+            + '],"a":['
+            + _levels(self.formats, sorted(asks.items()))
+            + '],"u":%d,"seq":%d' % (self.u, self.book.last_id)  # noqa: UP031
+        )
+        tail = "}}" if self.category == SPOT else '},"cts":%d}' % (ts - 1)  # noqa: UP031
+        self._last_sent = trio.current_time()
+        return WireFrame(ws_text_frame((body + tail).encode()), self.topic)
+
+    def _publish(self, frame: WireFrame) -> None:
+        frames = [frame]
+        for sink in self._sinks:
+            sink.push_frames(frames)
+
+    def on_tick(self, tick: BookTick, ts_ms: int) -> None:
+        if tick.skip:
+            self._skip += 1
+        crossing = self._crossing
+        crossing.pending = crossing.pending or tick.cross
+        bids, asks = self.book.top_maps(self.depth)
+        if tick.restart:  # the service restarted: a snapshot with u = 1, deltas go on from 2
+            self.u = 1
+            self.bids, self.asks = bids, asks
+            crossing.price = None  # the subscribers' books are replaced
+            self._publish(self._frame("snapshot", bids, asks, ts_ms))
+            return
+        if self.depth == 1:
+            if bids == self.bids and asks == self.asks and not crossing.outstanding:
+                self.on_idle(ts_ms)
+                return
+            self.u += 1
+            self.bids, self.asks = bids, asks
+            if self._take_skip():
+                return
+            shown = bids
+            if crossing.outstanding:  # level 1 of the crossed book is the crossing bid alone
+                changes: dict[int, int] = {}
+                crossing.apply(bids, min(asks), self._cross_size, changes)
+                if crossing.price is not None:
+                    shown = {crossing.price: changes[crossing.price]}
+            self._publish(self._frame("snapshot", shown, asks, ts_ms))
+            return
+        bid_changes = _changes(self.bids, bids)
+        ask_changes = _changes(self.asks, asks)
+        if not bid_changes and not ask_changes and not crossing.outstanding:
+            return
+        self.u += 1
+        self.bids, self.asks = bids, asks
+        if self._take_skip():
+            return
+        if crossing.outstanding:
+            crossing.apply(bids, min(asks), self._cross_size, bid_changes)
+        self._publish(self._frame("delta", bid_changes, ask_changes, ts_ms))
+
+    def on_idle(self, ts_ms: int) -> None:
+        """Level 1 is pushed again, same `u`, when it has not changed for 3 s."""
+        if self.depth == 1 and trio.current_time() - self._last_sent >= LEVEL1_RESEND_S:
+            self._publish(self._frame("snapshot", self.bids, self.asks, ts_ms))
+
+    def crossing_outstanding(self) -> bool:
+        return self._crossing.outstanding
+
+    def _take_skip(self) -> bool:
+        if self._skip:
+            self._skip -= 1
+            self.skipped += 1
+            self._last_sent = trio.current_time()
+            return True
+        return False
 
 
 __all__ = [
@@ -283,11 +477,13 @@ __all__ = [
     "LINEAR",
     "SPOT",
     "WS_PATHS",
+    "BybitBookStream",
     "BybitHost",
     "BybitRules",
     "BybitSession",
     "TradePayloadEncoder",
     "conn_id_for",
+    "framed",
     "malformed_payload",
     "ws_path",
 ]

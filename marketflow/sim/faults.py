@@ -1,7 +1,9 @@
 """Fault configuration for the simulator and the runtime state that injects the faults.
 
 Faults are part of the server, not of a venue: drops and stalls hit every connection, malformed frames are
-rotated per connection (the venue module decides what each kind looks like on its wire).
+rotated per connection (the venue module decides what each kind looks like on its wire). Book faults
+(skipped updates; crossed books, stale snapshots and Bybit restarts through `SimServer` methods) live on
+the books themselves (`marketflow.sim.book`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Faults:
     """Subscribes to these topics fail as if the topic were unknown."""
     slow_pong_s: float = attrs.field(default=0.0, validator=_not_negative)
     """Delay every JSON pong by this long."""
+    skip_every_n_updates: int | None = attrs.field(default=None, validator=_positive_or_none)
+    """Every book's N-th, 2N-th, … update is generated but not sent (a sequence gap on every stream)."""
 
 
 class MalformedKind(enum.Enum):

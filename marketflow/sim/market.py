@@ -1,13 +1,14 @@
-"""The simulator's deterministic market: one trade tape per (category, symbol), published as shared frames.
+"""The simulator's deterministic market: one trade tape per (exchange, category, symbol), published as frames.
 
-A tape is a `random.Random` seeded from the run's seed and a CRC of the tape's name (never `hash()`, which
-is salted per process), so the same seed always yields the same ids, prices, sizes, sides and grouping into
-frames. Only the timestamps are real wall-clock time. Prices and sizes are integers of ticks formatted with
-fixed decimals, so the strings are exact.
+A tape is a `random.Random` seeded from the run's seed and the tape's name (str seeds go through SHA-512,
+never `hash()`, which is salted per process), so the same seed always yields the same ids, prices, sizes,
+sides and grouping into frames. Only the timestamps are real wall-clock time. Prices and sizes are integers
+of ticks formatted with fixed decimals, so the strings are exact.
 
-A `TradeFeed` runs while a topic has subscribers: it cuts the tape into frames at the configured rate (or as
-fast as the subscribers drain them when the rate is 0) and hands every subscriber the same frame objects,
-whose wire bytes are encoded once.
+A `TradeFeed` runs while a tape has subscribers (or for good once started, with `keep_running`): it cuts
+the tape into frames at the configured rate (or as fast as the subscribers drain them when the rate is 0)
+and hands every subscriber of a channel the same frame objects, whose wire bytes are encoded once per
+channel. Every generated trade also goes into the tape's bounded history, which the REST endpoints serve.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import math
 import random
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
 import attrs
 import trio
 
 # A generated trade, kept as a plain tuple because the hot path builds hundreds of thousands per second:
-# (id, price, size, side, T ms, seq, tick direction).
-TradeRow = tuple[str, str, str, str, int, int, str]
+# (id, price, size, side, T ms, seq, tick direction, last). Bybit: `seq` is the cross sequence and `last`
+# repeats it. Binance: `id` is the aggregate id, `seq`/`last` its first/last trade id (`f`/`l`).
+TradeRow = tuple[str, str, str, str, int, int, str, int]
 ROW_ID: Final = 0
 ROW_PRICE: Final = 1
 ROW_SIZE: Final = 2
@@ -32,6 +34,7 @@ ROW_SIDE: Final = 3
 ROW_T: Final = 4
 ROW_SEQ: Final = 5
 ROW_TICK: Final = 6
+ROW_LAST: Final = 7
 
 MAX_TRADES_PER_FRAME = 1024  # Bybit splits bigger bursts (PROTOCOLS §1.3)
 BURST_FRAMES = 128  # frames cut per wake-up when the rate is 0
@@ -41,14 +44,25 @@ CATCH_UP_FRAMES = 4096  # paced: most frames cut in one wake-up before the sched
 SPOT_ID_BASE = 2290000001211680903  # looks like a live spot id; far above 2**53 on purpose
 SPOT_SEQ_BASE = 114263055846
 DERIVATIVE_SEQ_BASE = 457514743450
+BINANCE_AGG_BASE = {"spot": 3412663610, "usdm": 3141966230}  # live `a` values
+BINANCE_TRADE_BASE = {"spot": 4504797980, "usdm": 7297376181}  # live `f` values
+
+IDS_NUMERIC = "numeric"  # Bybit spot: increasing numeric strings with gaps
+IDS_UUID = "uuid"  # Bybit derivatives
+IDS_BINANCE = "binance"  # contiguous aggregate ids, each covering 1+ contiguous trade ids
 
 FrameEncoder = Callable[[list[TradeRow], int], bytes]
-"""Venue encoder: (trades, envelope ts in ms) → the complete wire bytes of one WebSocket frame."""
+"""Channel encoder: (trades, event ts in ms) → complete wire bytes (one or more WebSocket frames)."""
 
 
 @attrs.frozen
 class SimTrade:
-    """One trade as the simulator generated it; `symbol` is native, `ts_ms` is the trade's `T`."""
+    """One trade as the simulator generated it; `symbol` is native, `ts_ms` is the trade's `T`.
+
+    `exchange` is `bybit` (category `spot` / `linear` / `inverse`) or `binance` (category `spot` / `usdm`).
+    For Binance a SimTrade is one aggTrade: `id` is the aggregate id `a`, `seq`/`last_seq` are `f`/`l`.
+    For Bybit `seq` is the cross sequence and `last_seq` equals it.
+    """
 
     category: str
     symbol: str
@@ -58,11 +72,17 @@ class SimTrade:
     side: str
     ts_ms: int
     seq: int
+    exchange: str = "bybit"
+    last_seq: int = attrs.field(default=attrs.Factory(lambda self: int(self.seq), takes_self=True))
 
 
 @attrs.frozen
 class Instrument:
-    """How one tape prices and sizes its trades; a price is `ticks * 10**-tick_decimals`."""
+    """How one tape prices and sizes its trades.
+
+    A price is `ticks * 10**-tick_decimals`, shown with `price_decimals`; a size is
+    `steps * 10**-size_decimals`, shown with `size_pad` extra zeros (Binance spot's "0.00062000").
+    """
 
     symbol: str
     start_ticks: int
@@ -70,7 +90,8 @@ class Instrument:
     price_decimals: int
     size_decimals: int
     mean_size_steps: float
-    numeric_ids: bool  # spot: increasing numeric strings; derivatives: UUIDs
+    ids: str
+    size_pad: int = 0
 
 
 def stable_crc(text: str) -> int:
@@ -78,50 +99,100 @@ def stable_crc(text: str) -> int:
     return zlib.crc32(text.encode())
 
 
-def instrument_for(category: str, symbol: str) -> Instrument:
-    """The instrument spec of `symbol` on `category` (`spot`, or a derivative category)."""
+def instrument_for(category: str, symbol: str, exchange: str = "bybit") -> Instrument:
+    """The instrument spec of `symbol` on `exchange`'s `category` (Bybit spot/linear/…, Binance spot/usdm)."""
     spot = category == "spot"
+    if exchange == "binance":
+        if symbol.startswith("BTC"):  # spot "97674.73000000" / "0.00062000"; usdm "68005.00" / "2.695"
+            if spot:
+                return Instrument(symbol, 6_500_000, 2, 8, 5, 2_000.0, IDS_BINANCE, 3)
+            return Instrument(symbol, 650_000, 1, 2, 3, 50.0, IDS_BINANCE)
+        if symbol.startswith("ETH"):
+            if spot:
+                return Instrument(symbol, 300_000, 2, 8, 4, 5_000.0, IDS_BINANCE, 4)
+            return Instrument(symbol, 300_000, 2, 2, 3, 500.0, IDS_BINANCE)
+        start = (1 + stable_crc(symbol) % 500) * 10_000
+        return Instrument(symbol, start, 4, 8 if spot else 4, 1, 100.0, IDS_BINANCE, 7 if spot else 0)
     if symbol.startswith("BTC"):
         if spot:  # "80413.3", "0.004904"
-            return Instrument(symbol, 650_000, 1, 1, 6, 5_000.0, True)
-        return Instrument(symbol, 650_000, 1, 2, 3, 20.0, False)  # "65114.20", "0.020"
+            return Instrument(symbol, 650_000, 1, 1, 6, 5_000.0, IDS_NUMERIC)
+        return Instrument(symbol, 650_000, 1, 2, 3, 20.0, IDS_UUID)  # "65114.20", "0.020"
     if symbol.startswith("ETH"):
         if spot:
-            return Instrument(symbol, 300_000, 2, 2, 5, 20_000.0, True)
-        return Instrument(symbol, 300_000, 2, 2, 2, 30.0, False)
+            return Instrument(symbol, 300_000, 2, 2, 5, 20_000.0, IDS_NUMERIC)
+        return Instrument(symbol, 300_000, 2, 2, 2, 30.0, IDS_UUID)
     # Anything else: a price between 1 and 500 from the name, 4 decimals.
     start = (1 + stable_crc(symbol) % 500) * 10_000
-    return Instrument(symbol, start, 4, 4, 1, 100.0, spot)
+    return Instrument(symbol, start, 4, 4, 1, 100.0, IDS_NUMERIC if spot else IDS_UUID)
+
+
+class Formats:
+    """Exact price and size strings of one instrument, cached (a random walk revisits values a lot)."""
+
+    def __init__(self, instrument: Instrument) -> None:
+        self.instrument = instrument
+        self.prices: dict[int, str] = {}
+        self.sizes: dict[int, str] = {}
+        self._price_scale = 10 ** (instrument.price_decimals - instrument.tick_decimals)
+        self._size_decimals = instrument.size_decimals + instrument.size_pad
+        self._size_scale: int = 10**instrument.size_pad
+        self.zero_size = self.size(0)
+
+    def price(self, ticks: int) -> str:
+        decimals = self.instrument.price_decimals
+        whole, frac = divmod(ticks * self._price_scale, 10**decimals)
+        text = self.prices[ticks] = "%d.%0*d" % (whole, decimals, frac)  # noqa: UP031
+        return text
+
+    def size(self, steps: int) -> str:
+        decimals = self._size_decimals
+        whole, frac = divmod(steps * self._size_scale, 10**decimals)
+        text = self.sizes[steps] = "%d.%0*d" % (whole, decimals, frac)  # noqa: UP031
+        return text
+
+    def size_steps(self, text: str) -> int:
+        """Inverse of `size`."""
+        return int(text.replace(".", "")) // self._size_scale
 
 
 _UUID_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 class TradeTape:
-    """The deterministic trade sequence of one (category, symbol).
+    """The deterministic trade sequence of one (exchange, category, symbol).
 
     Three random streams (walk and sizes, trade ids, grouping into frames) keep the tape the same however
     it is cut: taking 128 frames at once yields exactly what taking them one by one would.
     """
 
-    def __init__(self, seed: int, category: str, instrument: Instrument) -> None:
+    def __init__(
+        self, seed: int, category: str, instrument: Instrument, *, exchange: str = "bybit", history: int = 0
+    ) -> None:
+        self.exchange = exchange
         self.category = category
         self.instrument = instrument
+        self.formats = Formats(instrument)
         self.symbol = symbol = instrument.symbol
-        crc = stable_crc(category + ":" + symbol)
-        # str seeds go through SHA-512, so they are stable across processes (unlike hash()).
-        name = "%d:%s:%s:" % (seed, category, symbol)  # noqa: UP031
+        label = category if exchange == "bybit" else exchange + "-" + category
+        crc = stable_crc(label + ":" + symbol)
+        name = "%d:%s:%s:" % (seed, label, symbol)  # noqa: UP031
         self._rng = random.Random(name + "walk")
         self._id_rng = random.Random(name + "ids")
         self._group_rng = random.Random(name + "frames")
         self._ticks = instrument.start_ticks
         self._last_move = 1
-        self._next_id = SPOT_ID_BASE + (crc % 1000) * 1_000_000_000_000
-        self._seq = (SPOT_SEQ_BASE if instrument.numeric_ids else DERIVATIVE_SEQ_BASE) + crc % 1_000_000
+        if instrument.ids == IDS_BINANCE:
+            self._next_id = BINANCE_AGG_BASE.get(category, 1_000_000) + (crc % 1000) * 1_000_000
+            self._seq = BINANCE_TRADE_BASE.get(category, 2_000_000) + (crc % 1000) * 1_000_000
+        else:
+            self._next_id = SPOT_ID_BASE + (crc % 1000) * 1_000_000_000_000
+            base = SPOT_SEQ_BASE if instrument.ids == IDS_NUMERIC else DERIVATIVE_SEQ_BASE
+            self._seq = base + crc % 1_000_000
         self._last_t = 0
         self._last_ts = 0
-        self._prices: dict[int, str] = {}  # ticks → formatted price; a random walk revisits prices a lot
-        self._sizes: dict[int, str] = {}
+        self.history_limit = history
+        self.history: list[TradeRow] = []
+        """The most recent generated trades (at most about `history_limit`), oldest first."""
 
     def frame_sizes(self, count: int, low: int, high: int) -> list[int]:
         """How many trades each of the next `count` frames carries."""
@@ -135,18 +206,15 @@ class TradeTape:
         self._last_ts = ts
         return ts
 
-    def _price(self, ticks: int) -> str:
-        inst = self.instrument
-        units = ticks * 10 ** (inst.price_decimals - inst.tick_decimals)
-        whole, frac = divmod(units, 10**inst.price_decimals)
-        text = self._prices[ticks] = "%d.%0*d" % (whole, inst.price_decimals, frac)  # noqa: UP031
-        return text
-
-    def _size(self, steps: int) -> str:
-        decimals = self.instrument.size_decimals
-        whole, frac = divmod(steps, 10**decimals)
-        text = self._sizes[steps] = "%d.%0*d" % (whole, decimals, frac)  # noqa: UP031
-        return text
+    def record(self, rows: list[TradeRow]) -> None:
+        """Keep `rows` in the bounded history (trimmed in chunks, so appending stays cheap)."""
+        limit = self.history_limit
+        if limit <= 0:
+            return
+        history = self.history
+        history += rows
+        if len(history) > limit + (limit >> 2) + 1:
+            del history[: len(history) - limit]
 
     def take(self, count: int, ts_ms: int) -> list[TradeRow]:
         """The next `count` trades, matched one ms before `ts_ms` (never going back in time)."""
@@ -155,16 +223,19 @@ class TradeTape:
         start = self.instrument.start_ticks
         band = start * 0.2
         mean_size = self.instrument.mean_size_steps
-        prices = self._prices
-        sizes = self._sizes
+        formats = self.formats
+        prices = formats.prices
+        sizes = formats.sizes
         t = max(ts_ms - 1, self._last_t)
         self._last_t = t
         ticks = self._ticks
         last_move = self._last_move
         next_id = self._next_id
         seq = self._seq
-        numeric = self.instrument.numeric_ids
-        if not numeric:
+        ids = self.instrument.ids
+        numeric = ids == IDS_NUMERIC
+        binance = ids == IDS_BINANCE
+        if ids == IDS_UUID:
             # One draw for all the UUIDs; consumed from the low end, so batch size does not matter.
             hexes = self._id_rng.getrandbits(128 * count).to_bytes(16 * count, "little").hex()
             variant = _UUID_VARIANT
@@ -186,9 +257,16 @@ class TradeTape:
                     side, tick, last_move = "Buy", "PlusTick", 1
                 else:
                     side, tick, last_move = "Sell", "MinusTick", -1
-            price = prices.get(ticks) or self._price(ticks)
+            price = prices.get(ticks) or formats.price(ticks)
             steps = 1 + int(-mean_size * log(1.0 - random_()))
-            size = sizes.get(steps) or self._size(steps)
+            size = sizes.get(steps) or formats.size(steps)
+            if binance:
+                # One taker order: a contiguous aggregate id over 1+ contiguous fills, mostly one.
+                next_id += 1
+                fills = min(steps, 1 + int(random_() * random_() * 4))
+                append((str(next_id), price, size, side, t, seq + 1, tick, seq + fills))
+                seq += fills
+                continue
             if numeric:
                 next_id += 1 + int(random_() * 16)
                 trade_id = str(next_id)
@@ -200,7 +278,7 @@ class TradeTape:
                     h[:8] + "-" + h[8:12] + "-5" + h[13:16] + "-" + variant[h[16]] + h[17:20] + "-" + h[20:]
                 )
             seq += 1 + int(random_() * 8)
-            append((trade_id, price, size, side, t, seq, tick))
+            append((trade_id, price, size, side, t, seq, tick, seq))
         self._ticks = ticks
         self._last_move = last_move
         self._next_id = next_id
@@ -209,23 +287,83 @@ class TradeTape:
 
 
 class TapeFrame:
-    """One published frame: shared by every subscriber of its topic, encoded once."""
+    """One published frame: shared by every subscriber of a channel, encoded once per channel.
 
-    __slots__ = ("category", "delivered", "gen", "symbol", "trades", "wire")
+    A frame cut off a tape is the *origin*; other channels of the same tape (e.g. Binance's combined
+    wrapper, or `@trade` next to `@aggTrade`) get views with their own wire bytes and `origin` set, so the
+    ground truth counts each trade once however many channels carried it.
+    """
 
-    def __init__(self, gen: int, category: str, symbol: str, trades: list[TradeRow], wire: bytes) -> None:
+    __slots__ = (
+        "category",
+        "delivered",
+        "exchange",
+        "gen",
+        "origin",
+        "symbol",
+        "topic",
+        "trades",
+        "ts",
+        "wire",
+    )
+
+    def __init__(
+        self,
+        gen: int,
+        category: str,
+        symbol: str,
+        trades: list[TradeRow],
+        wire: bytes,
+        *,
+        exchange: str = "bybit",
+        ts: int = 0,
+        topic: str = "",
+        origin: TapeFrame | None = None,
+    ) -> None:
         self.gen = gen  # generation order across all tapes
         self.category = category
         self.symbol = symbol
         self.trades = trades
         self.wire = wire
+        self.exchange = exchange
+        self.ts = ts
+        self.topic = topic  # the subscription channel this frame was encoded for
+        self.origin = origin
         self.delivered = False
+
+    def view(self, wire: bytes, topic: str) -> TapeFrame:
+        return TapeFrame(
+            self.gen,
+            self.category,
+            self.symbol,
+            self.trades,
+            wire,
+            exchange=self.exchange,
+            ts=self.ts,
+            topic=topic,
+            origin=self,
+        )
+
+
+def channel_key(name: str, combined: bool) -> str:
+    """A connection's name for one subscription: the topic, marked when frames are Binance-wrapped."""
+    return name + "#combined" if combined else name
+
+
+class WireFrame:
+    """A pre-framed message that is not a trade frame (order-book data), tagged with its channel."""
+
+    __slots__ = ("topic", "wire")
+
+    def __init__(self, wire: bytes, topic: str) -> None:
+        self.wire = wire
+        self.topic = topic
 
 
 class FrameSink(Protocol):
     """A subscriber of a feed (a client connection)."""
 
-    def push_frames(self, frames: list[TapeFrame]) -> None: ...
+    def push_frames(self, frames: list[TapeFrame] | list[WireFrame]) -> None: ...
 
     def backlog(self) -> int: ...
 
@@ -236,70 +374,107 @@ class FrameSink(Protocol):
 class Market:
     """All tapes of one simulator run plus the counters that order their frames."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, *, history: int = 100_000) -> None:
         self.seed = seed
-        self._tapes: dict[tuple[str, str], TradeTape] = {}
+        self.history = history
+        self._tapes: dict[tuple[str, str, str], TradeTape] = {}
         self.frames_generated = 0
         self.trades_generated = 0
 
-    def tape(self, category: str, symbol: str) -> TradeTape:
-        key = (category, symbol)
+    def tape(self, category: str, symbol: str, exchange: str = "bybit") -> TradeTape:
+        key = (exchange, category, symbol)
         tape = self._tapes.get(key)
         if tape is None:
-            tape = self._tapes[key] = TradeTape(self.seed, category, instrument_for(category, symbol))
+            instrument = instrument_for(category, symbol, exchange)
+            tape = TradeTape(self.seed, category, instrument, exchange=exchange, history=self.history)
+            self._tapes[key] = tape
         return tape
 
-    def cut_frames(
-        self, tape: TradeTape, encode: FrameEncoder, count: int, trades_per_frame: tuple[int, int]
-    ) -> list[TapeFrame]:
-        """Cut `count` frames off `tape` now and encode them."""
+    def find_tape(self, exchange: str, category: str, symbol: str) -> TradeTape | None:
+        return self._tapes.get((exchange, category, symbol))
+
+    def cut_frames(self, tape: TradeTape, count: int, trades_per_frame: tuple[int, int]) -> list[TapeFrame]:
+        """Cut `count` frames off `tape` now (not encoded yet) and keep their trades in its history."""
         low, high = trades_per_frame
         now_ms = time.time_ns() // 1_000_000
         ts = tape.stamp(now_ms)
         gen = self.frames_generated
         category = tape.category
         symbol = tape.symbol
+        exchange = tape.exchange
         frames: list[TapeFrame] = []
         sizes = tape.frame_sizes(count, low, high)
         rows = tape.take(sum(sizes), ts)
+        tape.record(rows)
         at = 0
         for size in sizes:
             chunk = rows[at : at + size]
             at += size
-            frames.append(TapeFrame(gen, category, symbol, chunk, encode(chunk, ts)))
+            frames.append(TapeFrame(gen, category, symbol, chunk, b"", exchange=exchange, ts=ts))
             gen += 1
         self.frames_generated = gen
         self.trades_generated += len(rows)
         return frames
 
 
+class FeedChannel:
+    """The subscribers of a tape that share one encoding (a topic, or a stream in one wrapper style)."""
+
+    __slots__ = ("encode", "sinks", "topic")
+
+    def __init__(self, topic: str, encode: FrameEncoder) -> None:
+        self.topic = topic
+        self.encode = encode
+        self.sinks: set[FrameSink] = set()
+
+
 class TradeFeed:
-    """Publishes one topic's tape to its subscribers while there are any.
+    """Publishes one tape to its subscribers while there are any.
 
     `rate` is frames per second; 0 means as fast as the slowest subscriber drains them (benchmarks). The
-    feed stops for good after `max_frames` frames; subscribers stay connected.
+    feed stops for good after `max_frames` frames; subscribers stay connected. With `keep_running` a paced
+    feed, once started, keeps cutting frames with nobody subscribed (they only reach the history).
     """
 
     def __init__(
         self,
         market: Market,
         tape: TradeTape,
-        encode: FrameEncoder,
         *,
         rate: float,
         trades_per_frame: tuple[int, int],
         max_frames: int | None,
+        keep_running: bool = False,
     ) -> None:
         self.market = market
         self.tape = tape
-        self.encode = encode
         self.rate = rate
         low, high = trades_per_frame
         self.trades_per_frame = (max(1, low), min(high, MAX_TRADES_PER_FRAME))
         self.max_frames = max_frames
-        self.subscribers: set[FrameSink] = set()
+        self.keep_running = keep_running
+        self.channels: dict[str, FeedChannel] = {}
         self.frames_published = 0
         self.running = False
+
+    def subscribe(self, sink: FrameSink, topic: str, encoder: Callable[[], FrameEncoder]) -> None:
+        channel = self.channels.get(topic)
+        if channel is None:
+            channel = self.channels[topic] = FeedChannel(topic, encoder())
+        channel.sinks.add(sink)
+
+    def unsubscribe(self, sink: FrameSink, topic: str) -> None:
+        channel = self.channels.get(topic)
+        if channel is not None:
+            channel.sinks.discard(sink)
+
+    def sinks(self) -> Iterator[FrameSink]:
+        for channel in self.channels.values():
+            yield from channel.sinks
+
+    @property
+    def subscribed(self) -> bool:
+        return any(channel.sinks for channel in self.channels.values())
 
     @property
     def exhausted(self) -> bool:
@@ -309,11 +484,25 @@ class TradeFeed:
         if self.max_frames is not None:
             count = min(count, self.max_frames - self.frames_published)
         self.frames_published += count
-        return self.market.cut_frames(self.tape, self.encode, count, self.trades_per_frame)
+        return self.market.cut_frames(self.tape, count, self.trades_per_frame)
 
     def _publish(self, frames: list[TapeFrame]) -> None:
-        for sink in self.subscribers:
-            sink.push_frames(frames)
+        first = True
+        for channel in self.channels.values():
+            if not channel.sinks:
+                continue
+            encode = channel.encode
+            topic = channel.topic
+            if first:  # the common case of one channel: the origin frames themselves go out
+                first = False
+                for frame in frames:
+                    frame.wire = encode(frame.trades, frame.ts)
+                    frame.topic = topic
+                out = frames
+            else:
+                out = [frame.view(encode(frame.trades, frame.ts), topic) for frame in frames]
+            for sink in channel.sinks:
+                sink.push_frames(out)
 
     async def run(self) -> None:
         """Publish until nobody is subscribed or the feed is exhausted; start again with a new `run`."""
@@ -329,9 +518,9 @@ class TradeFeed:
     async def _run_paced(self) -> None:
         interval = 1.0 / self.rate
         next_at = trio.current_time() + interval
-        while self.subscribers and not self.exhausted:
+        while (self.subscribed or self.keep_running) and not self.exhausted:
             await trio.sleep_until(next_at)
-            if not self.subscribers:
+            if not (self.subscribed or self.keep_running):
                 return
             now = trio.current_time()
             due = math.floor((now - next_at) / interval) + 1
@@ -342,40 +531,52 @@ class TradeFeed:
             self._publish(self._cut(due))
 
     async def _run_burst(self) -> None:
-        while self.subscribers and not self.exhausted:
+        # Never without subscribers: "as fast as possible" for nobody would only burn the CPU.
+        while self.subscribed and not self.exhausted:
             self._publish(self._cut(BURST_FRAMES))
-            for sink in list(self.subscribers):
+            for sink in list(self.sinks()):
                 if sink.backlog() > BURST_BACKLOG:
                     await sink.wait_backlog_at_most(BURST_BACKLOG)
             await trio.lowlevel.checkpoint()
 
 
-def to_sim_trades(frames: list[TapeFrame], category: str | None = None) -> list[SimTrade]:
+def row_to_sim_trade(exchange: str, category: str, symbol: str, row: TradeRow) -> SimTrade:
+    return SimTrade(
+        category,
+        symbol,
+        row[ROW_ID],
+        row[ROW_PRICE],
+        row[ROW_SIZE],
+        row[ROW_SIDE],
+        row[ROW_T],
+        row[ROW_SEQ],
+        exchange,
+        row[ROW_LAST],
+    )
+
+
+def to_sim_trades(
+    frames: list[TapeFrame], category: str | None = None, exchange: str | None = None
+) -> list[SimTrade]:
     """Ground-truth records for `frames`, in generation order."""
     out: list[SimTrade] = []
     for frame in sorted(frames, key=lambda f: f.gen):
         if category is not None and frame.category != category:
             continue
+        if exchange is not None and frame.exchange != exchange:
+            continue
         out.extend(
-            SimTrade(
-                frame.category,
-                frame.symbol,
-                row[ROW_ID],
-                row[ROW_PRICE],
-                row[ROW_SIZE],
-                row[ROW_SIDE],
-                row[ROW_T],
-                row[ROW_SEQ],
-            )
-            for row in frame.trades
+            row_to_sim_trade(frame.exchange, frame.category, frame.symbol, row) for row in frame.trades
         )
     return out
 
 
 __all__ = [
     "MAX_TRADES_PER_FRAME",
+    "FeedChannel",
     "FrameEncoder",
     "FrameSink",
+    "Formats",
     "Instrument",
     "Market",
     "SimTrade",
@@ -383,7 +584,10 @@ __all__ = [
     "TradeFeed",
     "TradeRow",
     "TradeTape",
+    "WireFrame",
+    "channel_key",
     "instrument_for",
+    "row_to_sim_trade",
     "stable_crc",
     "to_sim_trades",
 ]

@@ -1,10 +1,10 @@
 """The simulator's server: one TCP port, HTTP/1.1 routed by path, WebSocket upgrades on venue WS paths.
 
-The request head is read here (so REST and WebSocket share the port); a WebSocket upgrade on a known path
-is handed to the `websockets` Sans-I/O `ServerProtocol`, which then parses client frames, answers protocol
-pings and runs the close handshake. Market-data frames are framed once per published frame (server frames
-are unmasked and no extension is negotiated, so their bytes are the same for every subscriber) and each
-connection writes a whole queue of them with one `send_all`.
+The request head is read by `marketflow.sim.http` (so REST and WebSocket share the port); a WebSocket
+upgrade on a known path is handed to the `websockets` Sans-I/O `ServerProtocol`, which then parses client
+frames, answers protocol pings and runs the close handshake. Market-data frames are framed once per
+published frame (server frames are unmasked and no extension is negotiated, so their bytes are the same
+for every subscriber) and each connection writes a whole queue of them with one `send_all`.
 """
 
 from __future__ import annotations
@@ -15,43 +15,47 @@ import logging
 import re
 import ssl
 import time
-import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable
 
 import attrs
-import msgspec
 import trio
-from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
-from marketflow.sim import bybit
+from marketflow.sim import binance, bybit
+from marketflow.sim.book import BookFeed, SimBook
 from marketflow.sim.faults import (
     Faults,
-    MalformedKind,
-    MalformedSchedule,
     StallGate,
     run_scheduled_faults,
     strings,
 )
+from marketflow.sim.http import (
+    Counters,
+    HttpRequest,
+    HttpResponse,
+    Incoming,
+    RestHandler,
+    Session,
+    WsConnection,
+    serve_http,
+)
 from marketflow.sim.market import (
     MAX_TRADES_PER_FRAME,
+    Formats,
     Market,
     SimTrade,
     TapeFrame,
     TradeFeed,
-    TradeRow,
+    instrument_for,
+    row_to_sim_trade,
     to_sim_trades,
 )
+from marketflow.sim.rest import RestApi
 
 log = logging.getLogger("marketflow.sim")
 _protocol_log = logging.getLogger("marketflow.sim.websocket")  # websockets logs every open/close at INFO
 
-MAX_HEAD_BYTES = 16 * 1024
-MAX_BODY_BYTES = 1024 * 1024
-HEAD_TIMEOUT_S = 30.0
 RECEIVE_SIZE = 64 * 1024
 MAX_CLIENT_MESSAGE = 1024 * 1024
 MAX_BACKLOG_FRAMES = 100_000  # a client this far behind is cut off, as a real venue would
@@ -59,6 +63,7 @@ CLOSE_GRACE_S = 2.0
 _SYMBOL = re.compile(r"[A-Z0-9]+")
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _CLIENT_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
+MARKETS = {"bybit": bybit.CATEGORIES, "binance": binance.MARKETS}
 
 
 def _check_range(_: object, attribute: attrs.Attribute[tuple[int, int]], value: tuple[int, int]) -> None:
@@ -73,6 +78,10 @@ def _check_symbols(_: object, attribute: attrs.Attribute[tuple[str, ...]], value
             raise ValueError(f"symbols: {symbol!r} is not an upper-case native symbol like BTCUSDT")
 
 
+_positive = attrs.validators.gt(0.0)
+_optional_positive = attrs.validators.optional(_positive)
+
+
 @attrs.frozen
 class SimConfig:
     """How the simulator listens, what it lists, how fast it trades and which faults it injects."""
@@ -81,18 +90,33 @@ class SimConfig:
     port: int = 0
     seed: int = 1
     rate: float = attrs.field(default=10.0, validator=attrs.validators.ge(0.0))
-    """publicTrade frames per second per subscribed topic; 0 = as fast as the clients read (benchmarks)."""
+    """Trade frames per second per subscribed tape; 0 = as fast as the clients read (benchmarks)."""
     symbols: tuple[str, ...] = attrs.field(
         default=("BTCUSDT", "ETHUSDT"), converter=strings, validator=_check_symbols
     )
     max_frames: int | None = None
-    """Per topic: stop generating after this many frames (connections stay open)."""
+    """Per tape: stop generating after this many frames (connections stay open)."""
     spot_trades_per_frame: tuple[int, int] = attrs.field(default=(1, 8), validator=_check_range)
     linear_trades_per_frame: tuple[int, int] = attrs.field(default=(1, 3), validator=_check_range)
-    idle_timeout_s: float = attrs.field(default=600.0, validator=attrs.validators.gt(0.0))
+    binance_trades_per_frame: tuple[int, int] = attrs.field(default=(1, 4), validator=_check_range)
+    """aggTrades per cut; each aggTrade is its own WebSocket frame."""
+    idle_timeout_s: float = attrs.field(default=600.0, validator=_positive)
     faults: Faults = Faults()
     record_delivered: bool = True
     """Keep every delivered trade for `delivered_trades()`; turn off for long runs and benchmarks."""
+    trade_while_unsubscribed: bool = False
+    """Tapes and books, once started, keep moving with nobody subscribed (so clients can miss trades)."""
+    trade_history: int = attrs.field(default=100_000, validator=attrs.validators.ge(0))
+    """Trades kept per tape for REST and `generated_trades()`."""
+    book_rate: float = attrs.field(default=10.0, validator=attrs.validators.ge(0.0))
+    """Book updates per second per book; 0 = as fast as the clients read."""
+    book_levels: int = attrs.field(default=200, validator=attrs.validators.ge(10))
+    """Levels per side each book keeps about."""
+    binance_ping_interval_s: float | None = attrs.field(default=None, validator=_optional_positive)
+    """None = the real interval: spot 20 s, USD-M 180 s."""
+    binance_pong_timeout_s: float | None = attrs.field(default=None, validator=_optional_positive)
+    """None = the real deadline: spot 60 s, USD-M 600 s."""
+    binance_max_lifetime_s: float = attrs.field(default=86_400.0, validator=_positive)
 
 
 @attrs.frozen
@@ -106,111 +130,18 @@ class SimStatistics:
     pings: int
     malformed_sent: int
     drops: int
+    book_frames_sent: int = 0
+    pings_sent: int = 0
+    rate_limited: int = 0
+    rest_requests: int = 0
+    rest_throttled: int = 0
 
 
-@attrs.frozen
-class HttpRequest:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-
-
-@attrs.frozen
-class HttpResponse:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-
-
-RestHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
-NOT_FOUND = HttpResponse(404, b'{"retCode":10001,"retMsg":"unknown path"}')
-
-
-class Session(Protocol):
-    """A venue's side of one WebSocket connection."""
-
-    def on_message(self, data: bytes | str) -> None: ...
-
-    def malformed_frame(self, kind: MalformedKind, symbol: str, ts_ms: int) -> tuple[bytes, bool]: ...
-
-
-def ws_text_frame(payload: bytes) -> bytes:
-    """An unmasked, unfragmented WebSocket text frame (what a server sends)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
-
-
-def _framed(encode: Callable[[list[TradeRow], int], bytes]) -> Callable[[list[TradeRow], int], bytes]:
-    return lambda rows, ts: ws_text_frame(encode(rows, ts))
-
-
-@attrs.frozen
-class _Incoming:
-    head: bytes
-    version: str
-    http: HttpRequest
-
-    @property
-    def path(self) -> str:
-        return self.http.path
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-async def _read_head(stream: trio.abc.Stream, buffer: bytes) -> tuple[bytes, bytes] | None:
-    """Read until the end of an HTTP request head: (head including CRLFCRLF, bytes after it); None on EOF."""
-    data = bytearray(buffer)
-    while True:
-        end = data.find(b"\r\n\r\n")
-        if end >= 0:
-            return bytes(data[: end + 4]), bytes(data[end + 4 :])
-        if len(data) > MAX_HEAD_BYTES:
-            raise _BadRequest(431, "request head too large")
-        chunk = await stream.receive_some(RECEIVE_SIZE)
-        if not chunk:
-            return None
-        data += chunk
-
-
-def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
-    """(method, target, version, lower-cased headers) of a request head."""
-    try:
-        lines = head.decode("latin-1").split("\r\n")
-        method, target, version = lines[0].split(" ")
-    except ValueError:
-        raise _BadRequest(400, "malformed request line") from None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if line:
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise _BadRequest(400, "malformed header line")
-            headers[name.strip().lower()] = value.strip()
-    return method, target, version, headers
-
-
-def _http_response(response: HttpResponse, *, keep_alive: bool) -> bytes:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large"}
-    head = (
-        f"HTTP/1.1 {response.status} {reason.get(response.status, 'Status')}\r\n"
-        f"Content-Type: {response.content_type}\r\nContent-Length: {len(response.body)}\r\n"
-        f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
-    )
-    return head.encode("latin-1") + response.body
+SessionFactory = Callable[[WsConnection], Session]
 
 
 class SimServer:
-    """An offline exchange speaking Bybit v5's public WebSocket protocol (and, later, more venues).
+    """An offline exchange: Bybit v5 and Binance spot / USD-M public streams and REST on one port.
 
     `nursery.start(server.run)` binds and returns once the port is known; the server runs until cancelled.
     """
@@ -220,24 +151,36 @@ class SimServer:
         self.ssl_context = ssl_context
         self.host = "127.0.0.1" if config.host in ("", "0.0.0.0", "::") else config.host
         self.port = config.port
-        self.market = Market(config.seed)
-        self.rest_routes: dict[str, RestHandler] = {}
-        self._ws_routes: dict[str, Callable[[_WsConnection], Session]] = {
-            path: self._bybit_session_factory(category) for path, category in bybit.WS_PATHS.items()
-        }
+        self.market = Market(config.seed, history=config.trade_history)
+        symbols = frozenset(config.symbols)
+        self.rest = RestApi(self.market, self.book_feed, symbols)
+        self.rest_routes: dict[str, RestHandler] = self.rest.routes()
         self._rules = bybit.BybitRules(
-            symbols=frozenset(config.symbols),
+            symbols=symbols,
             reject_topics=frozenset(config.faults.reject_topics),
             slow_pong_s=config.faults.slow_pong_s,
         )
-        self._feeds: dict[tuple[str, str], TradeFeed] = {}
-        self._connections: set[_WsConnection] = set()
+        self._binance_rules = {
+            market: binance.BinanceRules(
+                market,
+                symbols,
+                config.binance_ping_interval_s or binance.PING_INTERVAL_S[market],
+                config.binance_pong_timeout_s or binance.PONG_TIMEOUT_S[market],
+                config.binance_max_lifetime_s,
+                config.book_rate,
+                frozenset(config.faults.reject_topics),
+            )
+            for market in binance.MARKETS
+        }
+        self._feeds: dict[tuple[str, str, str], TradeFeed] = {}
+        self._books: dict[tuple[str, str, str], BookFeed] = {}
+        self._connections: set[WsConnection] = set()
         self._delivered: list[TapeFrame] = []
-        self._stall = StallGate()
+        self.stall_gate = StallGate()
+        self.counters = Counters()
+        self.idle_timeout_s = config.idle_timeout_s
+        self.malformed_every = config.faults.malformed_every
         self._nursery: trio.Nursery | None = None
-        self._numbers = 0
-        self.connections_total = self.frames_sent = self.trades_sent = 0
-        self.subscribes = self.rejected_subscribes = self.pings = self.malformed_sent = self.drops = 0
 
     # -- addresses -----------------------------------------------------------------------------------
 
@@ -246,45 +189,104 @@ class SimServer:
         scheme = "https" if self.ssl_context is not None else "http"
         return f"{scheme}://{self.host}:{self.port}"
 
+    def _ws_root(self) -> str:
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{self.host}:{self.port}"
+
     def bybit_ws_url(self, category: str) -> str:
         """The full stream URL of a Bybit category, e.g. `ws://127.0.0.1:PORT/v5/public/spot`."""
         if category not in bybit.CATEGORIES:
             raise ValueError(f"unknown Bybit category {category!r}; expected one of {bybit.CATEGORIES}")
-        scheme = "wss" if self.ssl_context is not None else "ws"
-        return f"{scheme}://{self.host}:{self.port}{bybit.ws_path(category)}"
+        return self._ws_root() + bybit.ws_path(category)
+
+    def binance_ws_base(self, market: str) -> str:
+        """The WebSocket base of a Binance market: `ws://HOST:PORT` (spot) or `ws://HOST:PORT/usdm`."""
+        self._check("binance", market)
+        return self._ws_root() + ("" if market == binance.SPOT else binance.USDM_PREFIX)
+
+    def binance_rest_base(self, market: str) -> str:
+        """The REST base of a Binance market (both on the root: `/api/v3/…` and `/fapi/v1/…`)."""
+        self._check("binance", market)
+        return self.http_url
 
     def add_rest_route(self, path: str, handler: RestHandler) -> None:
         """Answer HTTP requests on `path` (any method, query ignored for routing) with `handler`."""
         self.rest_routes[path] = handler
 
-    # -- ground truth, statistics, runtime faults -----------------------------------------------------
+    # -- ground truth, statistics --------------------------------------------------------------------
 
-    def delivered_trades(self, category: str | None = None) -> list[SimTrade]:
-        """Every trade written to at least one client socket, in generation order, once each."""
+    def _check(self, exchange: str, market: str, symbol: str | None = None) -> None:
+        if market not in MARKETS.get(exchange, ()):
+            raise ValueError(f"unknown exchange/market {exchange!r}/{market!r}; expected one of {MARKETS}")
+        if symbol is not None and symbol not in self.config.symbols:
+            raise ValueError(f"{symbol!r} is not listed; the simulator lists {self.config.symbols}")
+
+    def delivered_trades(self, category: str | None = None, *, exchange: str | None = None) -> list[SimTrade]:
+        """Every trade written to at least one client socket, in generation order, once each.
+
+        `category` is the market (`spot` matches both exchanges' spot unless `exchange` is given too).
+        """
         if not self.config.record_delivered:
             raise RuntimeError("delivered trades are not kept: SimConfig.record_delivered is False")
-        return to_sim_trades(self._delivered, category)
+        return to_sim_trades(self._delivered, category, exchange)
+
+    def generated_trades(self, exchange: str, market: str, symbol: str) -> list[SimTrade]:
+        """The tape's trades, delivered or not (the last `SimConfig.trade_history` of them), oldest first."""
+        self._check(exchange, market, symbol)
+        tape = self.market.find_tape(exchange, market, symbol)
+        if tape is None:
+            return []
+        return [row_to_sim_trade(exchange, market, symbol, row) for row in tape.history]
 
     def generated_count(self) -> int:
         """Trades generated so far, delivered or not."""
         return self.market.trades_generated
+
+    def book(self, exchange: str, market: str, symbol: str) -> SimBook:
+        """The simulated book of (exchange, market, symbol), created in its initial state if new."""
+        return self.book_feed(exchange, market, symbol).book
+
+    def true_book(
+        self, exchange: str, market: str, symbol: str, depth: int
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], int]:
+        """The book's top `depth` levels now, as the venue formats them, and its update id.
+
+        The id is Binance's `lastUpdateId`, or for Bybit the `seq` of the latest update.
+        """
+        self._check(exchange, market, symbol)
+        book = self.book(exchange, market, symbol)
+        formats = Formats(book.instrument)
+        bids, asks = book.top(depth)
+        return (
+            [(formats.price(p), formats.size(q)) for p, q in bids],
+            [(formats.price(p), formats.size(q)) for p, q in asks],
+            book.last_id,
+        )
 
     @property
     def connections(self) -> int:
         return len(self._connections)
 
     def statistics(self) -> SimStatistics:
+        c = self.counters
         return SimStatistics(
             connections=len(self._connections),
-            connections_total=self.connections_total,
-            frames_sent=self.frames_sent,
-            trades_sent=self.trades_sent,
-            subscribes=self.subscribes,
-            rejected_subscribes=self.rejected_subscribes,
-            pings=self.pings,
-            malformed_sent=self.malformed_sent,
-            drops=self.drops,
+            connections_total=c.connections_total,
+            frames_sent=c.frames_sent,
+            trades_sent=c.trades_sent,
+            subscribes=c.subscribes,
+            rejected_subscribes=c.rejected_subscribes,
+            pings=c.pings,
+            malformed_sent=c.malformed_sent,
+            drops=c.drops,
+            book_frames_sent=c.book_frames_sent,
+            pings_sent=c.pings_sent,
+            rate_limited=c.rate_limited,
+            rest_requests=self.rest.requests,
+            rest_throttled=self.rest.throttled,
         )
+
+    # -- runtime faults ------------------------------------------------------------------------------
 
     def drop_connections(self) -> int:
         """Abort every client connection's TCP without a WebSocket close frame; return how many."""
@@ -292,17 +294,48 @@ class SimServer:
         for conn in list(self._connections):
             if conn.abort():
                 dropped += 1
-        self.drops += dropped
+        self.counters.drops += dropped
         return dropped
 
     def stall(self, seconds: float) -> None:
         """Every connection sends nothing (no data, no pongs) for `seconds`; queued frames follow after."""
-        self._stall.stall(seconds)
+        self.stall_gate.stall(seconds)
 
     def inject_malformed(self, count: int = 1) -> None:
         """Each current connection follows its next data frame with `count` malformed frames."""
         for conn in self._connections:
             conn.malformed.inject(count)
+
+    def skip_update(self, exchange: str, market: str, symbol: str) -> None:
+        """The book's next update is generated but not sent on any of its streams (a sequence gap)."""
+        self._check(exchange, market, symbol)
+        self.book(exchange, market, symbol).skip_next += 1
+
+    def cross_book(self, exchange: str, market: str, symbol: str) -> None:
+        """Every stream of the book sends one message that crosses it (a bid above the best ask) and
+        repairs it in its next message. Only the wire shows it: snapshots and `true_book` stay sane."""
+        self._check(exchange, market, symbol)
+        self.book(exchange, market, symbol).cross_next = True
+
+    def stale_snapshot(self, exchange: str, market: str, symbol: str, updates_back: int = 5) -> None:
+        """The next REST depth snapshot of the book is the book as it was `updates_back` updates ago."""
+        self._check(exchange, market, symbol)
+        self.book(exchange, market, symbol).stale_next = max(1, updates_back)
+
+    def bybit_restart(self, market: str, symbol: str) -> None:
+        """Every Bybit depth stream of the book next sends a snapshot with `u` = 1, then deltas from 2."""
+        self._check("bybit", market, symbol)
+        self.book("bybit", market, symbol).restart_next = True
+
+    def server_shutdown(self, close_after_s: float = 0.5) -> int:
+        """Send `serverShutdown` to every Binance connection, close them `close_after_s` later; how many."""
+        ts_ms = time.time_ns() // 1_000_000
+        told = 0
+        for conn in list(self._connections):
+            if isinstance(conn.session, binance.BinanceSession) and not conn.session.closing:
+                conn.session.server_shutdown(ts_ms, close_after_s)
+                told += 1
+        return told
 
     # -- serving -------------------------------------------------------------------------------------
 
@@ -345,7 +378,12 @@ class SimServer:
         if self.ssl_context is not None:
             stream = trio.SSLStream(tcp, self.ssl_context, server_side=True, https_compatible=True)
         try:
-            await self._serve(stream)
+            await serve_http(
+                stream,
+                is_websocket=self._is_websocket,
+                rest_route=self.rest_routes.get,
+                serve_websocket=self._serve_websocket,
+            )
         except* _CLIENT_GONE as group:
             log.debug("simulator: client went away: %r", group.exceptions[0])
         except* Exception:
@@ -353,60 +391,39 @@ class SimServer:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.abc.Stream) -> None:
-        buffer = b""
-        while True:  # HTTP keep-alive; a WebSocket upgrade ends the loop
-            incoming: tuple[_Incoming, bytes] | None = None
-            with trio.move_on_after(HEAD_TIMEOUT_S):
-                try:
-                    incoming = await self._read_request(stream, buffer)
-                except _BadRequest as exc:
-                    body = msgspec.json.encode({"retCode": 10001, "retMsg": str(exc)})
-                    await stream.send_all(_http_response(HttpResponse(exc.status, body), keep_alive=False))
-                    return
-            if incoming is None:
-                return  # the client closed, or sent nothing useful for too long
-            request, buffer = incoming
-            session_factory = self._ws_routes.get(request.path)
-            if session_factory is not None:
-                await self._serve_websocket(stream, request.head + buffer, session_factory)
-                return
-            handler = self.rest_routes.get(request.path)
-            response = NOT_FOUND if handler is None else await handler(request.http)
-            connection = request.http.headers.get("connection", "").lower()
-            keep_alive = request.version == "HTTP/1.1" and connection != "close"
-            await stream.send_all(_http_response(response, keep_alive=keep_alive))
-            if not keep_alive:
-                return
+    @staticmethod
+    def _is_websocket(path: str) -> bool:
+        return path in bybit.WS_PATHS or binance.is_ws_path(path)
 
-    async def _read_request(self, stream: trio.abc.Stream, buffer: bytes) -> tuple[_Incoming, bytes] | None:
-        """The next request and the bytes after it; a WebSocket path's body is left to the protocol."""
-        read = await _read_head(stream, buffer)
-        if read is None:
-            return None
-        head, buffer = read
-        method, target, version, headers = _parse_head(head)
-        path, _, query = target.partition("?")
-        body = b""
-        if path not in self._ws_routes:
-            try:
-                length = int(headers.get("content-length", "0"))
-            except ValueError:
-                raise _BadRequest(400, "bad content-length") from None
-            if not 0 <= length <= MAX_BODY_BYTES:
-                raise _BadRequest(400, "bad content-length")
-            while len(buffer) < length:
-                chunk = await stream.receive_some(RECEIVE_SIZE)
-                if not chunk:
-                    return None
-                buffer += chunk
-            body, buffer = buffer[:length], buffer[length:]
-        http = HttpRequest(method, path, urllib.parse.parse_qs(query), headers, body)
-        return _Incoming(head, version, http), buffer
+    def _ws_route(self, http: HttpRequest) -> SessionFactory | HttpResponse:
+        """The session for a WebSocket request, or the refusal of its handshake."""
+        category = bybit.WS_PATHS.get(http.path)
+        if category is not None:
+            rules = self._rules
 
-    async def _serve_websocket(
-        self, stream: trio.abc.Stream, raw: bytes, session_factory: Callable[[_WsConnection], Session]
-    ) -> None:
+            def open_bybit(conn: WsConnection) -> Session:
+                return bybit.BybitSession(
+                    category, bybit.conn_id_for(self.config.seed, conn.number), conn, rules
+                )
+
+            return open_bybit
+        target = binance.parse_ws_target(http.path, http.query)
+        if target is None:
+            return HttpResponse(404, b"not found")
+        rules_ = self._binance_rules[target.market]
+        specs = binance.validate_streams(rules_, target.streams)
+        if specs is None or len(target.streams) > binance.MAX_STREAMS:
+            return HttpResponse(400, b'{"code":2,"msg":"Invalid request: invalid stream"}')
+
+        def open_binance(conn: WsConnection) -> Session:
+            session = binance.BinanceSession(rules_, target, conn)
+            session.open(specs)
+            return session
+
+        return open_binance
+
+    async def _serve_websocket(self, stream: trio.abc.Stream, raw: bytes, request: Incoming) -> None:
+        route = self._ws_route(request.http)
         proto = ServerProtocol(max_size=MAX_CLIENT_MESSAGE, logger=_protocol_log)
         proto.receive_data(raw)
         events = proto.events_received()
@@ -415,306 +432,90 @@ class SimServer:
             if out:
                 await stream.send_all(out)
             return
-        response = proto.accept(events[0])
+        if isinstance(route, HttpResponse):
+            response = proto.reject(route.status, route.body.decode())
+        else:
+            response = proto.accept(events[0])
         proto.send_response(response)
         handshake = proto.data_to_send()
         await stream.send_all(b"".join(handshake))
-        if response.status_code != 101 or b"" in handshake:
+        if response.status_code != 101 or b"" in handshake or isinstance(route, HttpResponse):
             return  # refused, or failed already (a bad frame came right behind the request)
-        self._numbers += 1
-        self.connections_total += 1
-        conn = _WsConnection(self, stream, proto, self._numbers)
-        conn.session = session_factory(conn)
+        self.counters.connections_total += 1
+        conn = WsConnection(self, stream, proto, self.counters.connections_total)
         self._connections.add(conn)
         try:
+            conn.session = route(conn)
             await conn.run(events[1:])
         finally:
             self._connections.discard(conn)
-            conn.close()
-
-    def _bybit_session_factory(self, category: str) -> Callable[[_WsConnection], Session]:
-        def open_session(conn: _WsConnection) -> Session:
-            conn_id = bybit.conn_id_for(self.config.seed, conn.number)
-            return bybit.BybitSession(category, conn_id, conn, self._rules)
-
-        return open_session
+            conn.detach()
 
     # -- feeds ---------------------------------------------------------------------------------------
 
-    def _trades_per_frame(self, category: str) -> tuple[int, int]:
+    def _trades_per_frame(self, exchange: str, category: str) -> tuple[int, int]:
+        if exchange == binance.EXCHANGE:
+            return self.config.binance_trades_per_frame
         if category == bybit.SPOT:
             return self.config.spot_trades_per_frame
         return self.config.linear_trades_per_frame
 
-    def _trade_feed(
-        self, category: str, symbol: str, encoder: Callable[[], Callable[[list[TradeRow], int], bytes]]
-    ) -> TradeFeed:
-        key = (category, symbol)
+    def trade_feed(self, exchange: str, category: str, symbol: str) -> TradeFeed:
+        key = (exchange, category, symbol)
         feed = self._feeds.get(key)
         if feed is None:
             feed = self._feeds[key] = TradeFeed(
                 self.market,
-                self.market.tape(category, symbol),
-                _framed(encoder()),
+                self.market.tape(category, symbol, exchange),
                 rate=self.config.rate,
-                trades_per_frame=self._trades_per_frame(category),
+                trades_per_frame=self._trades_per_frame(exchange, category),
                 max_frames=self.config.max_frames,
+                keep_running=self.config.trade_while_unsubscribed,
             )
         return feed
 
-    def _start_feed(self, feed: TradeFeed) -> None:
-        if not feed.running and not feed.exhausted and self._nursery is not None:
+    def book_feed(self, exchange: str, category: str, symbol: str) -> BookFeed:
+        key = (exchange, category, symbol)
+        feed = self._books.get(key)
+        if feed is None:
+            book = SimBook(
+                self.config.seed,
+                exchange,
+                category,
+                instrument_for(category, symbol, exchange),
+                levels=self.config.book_levels,
+                skip_every=self.config.faults.skip_every_n_updates,
+            )
+            feed = self._books[key] = BookFeed(
+                book, rate=self.config.book_rate, keep_running=self.config.trade_while_unsubscribed
+            )
+        return feed
+
+    def start_feed(self, feed: TradeFeed | BookFeed) -> None:
+        if not feed.running and self._nursery is not None:
+            if isinstance(feed, TradeFeed) and feed.exhausted:
+                return
             feed.running = True  # before the task starts, so a second subscriber does not start another
             self._nursery.start_soon(feed.run)
 
-    def _note_sent(self, frames: list[TapeFrame]) -> None:
-        self.frames_sent += len(frames)
+    def note_sent(self, frames: list[TapeFrame]) -> None:
+        counters = self.counters
+        counters.frames_sent += len(frames)
         record = self.config.record_delivered
         trades = 0
         for frame in frames:
             trades += len(frame.trades)
-            if not frame.delivered:
-                frame.delivered = True
+            origin = frame.origin or frame
+            if not origin.delivered:
+                origin.delivered = True
                 if record:
-                    self._delivered.append(frame)
-        self.trades_sent += trades
-
-
-class _WsConnection:
-    """One client WebSocket: a reader (client frames → session), a writer (queue → socket), a watchdog."""
-
-    def __init__(
-        self, server: SimServer, stream: trio.abc.Stream, proto: ServerProtocol, number: int
-    ) -> None:
-        self.server = server
-        self.number = number
-        self.session: Session
-        self.malformed = MalformedSchedule(server.config.faults.malformed_every)
-        self._stream = stream
-        self._proto = proto
-        self._scope = trio.CancelScope()
-        self._nursery: trio.Nursery | None = None
-        self._outbox: list[TapeFrame | bytes] = []
-        self._backlog = 0  # data frames in the outbox
-        self._work = trio.Event()
-        self._flush = False  # the protocol has bytes of its own to send (pong, close)
-        self._drained = trio.Event()
-        self._closed = False
-        self._feeds: dict[tuple[str, str], TradeFeed] = {}
-        self._fragments: list[bytes] = []
-        self._last_activity = trio.current_time()
-
-    async def run(self, pipelined: Iterable[object]) -> None:
-        with self._scope:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._on_frames(pipelined)
-                nursery.start_soon(self._read_loop)
-                nursery.start_soon(self._write_loop)
-                nursery.start_soon(self._idle_watchdog)
-
-    def abort(self) -> bool:
-        """End the connection now, without a close frame; False if it was already ending."""
-        if self._closed or self._scope.cancel_called:
-            return False
-        self._scope.cancel()
-        return True
-
-    def close(self) -> None:
-        """Detach from every feed and wake anyone waiting on this connection's queue."""
-        self._closed = True
-        for feed in self._feeds.values():
-            feed.subscribers.discard(self)
-        self._feeds.clear()
-        self._outbox.clear()
-        self._drained.set()
-
-    # -- FrameSink -----------------------------------------------------------------------------------
-
-    def push_frames(self, frames: list[TapeFrame]) -> None:
-        if self._closed:
-            return
-        self._outbox += frames
-        self._backlog += len(frames)
-        self._work.set()
-        if self._backlog > MAX_BACKLOG_FRAMES:
-            log.warning(
-                "simulator: connection %d is %d frames behind; cutting it", self.number, self._backlog
-            )
-            self.abort()
-
-    def backlog(self) -> int:
-        return self._backlog
-
-    async def wait_backlog_at_most(self, frames: int) -> None:
-        while self._backlog > frames and not self._closed:
-            await self._drained.wait()
-
-    # -- BybitHost -----------------------------------------------------------------------------------
-
-    def send_control(self, payload: bytes) -> None:
-        if not self._closed:
-            self._outbox.append(payload)
-            self._work.set()
-
-    def send_control_later(self, payload: bytes, delay: float) -> None:
-        async def later() -> None:
-            await trio.sleep(delay)
-            self.send_control(payload)
-
-        if self._nursery is not None:
-            self._nursery.start_soon(later)
-
-    def subscribe_trades(
-        self, category: str, symbol: str, encoder: Callable[[], Callable[[list[TradeRow], int], bytes]]
-    ) -> None:
-        feed = self.server._trade_feed(category, symbol, encoder)
-        self._feeds[(category, symbol)] = feed
-        feed.subscribers.add(self)
-        self.server._start_feed(feed)
-
-    def unsubscribe_trades(self, category: str, symbol: str) -> None:
-        feed = self._feeds.pop((category, symbol), None)
-        if feed is not None:
-            feed.subscribers.discard(self)
-        # Frames already queued for that topic are dropped, as if the unsubscribe raced nothing.
-        self._outbox = [
-            i
-            for i in self._outbox
-            if not isinstance(i, TapeFrame) or i.symbol != symbol or i.category != category
-        ]
-        self._backlog = sum(1 for i in self._outbox if type(i) is TapeFrame)
-
-    def subscribe_book(self, category: str, symbol: str, depth: int) -> None:
-        """Order books arrive in a later round; the subscription is acknowledged and silent."""
-
-    def unsubscribe_book(self, category: str, symbol: str, depth: int) -> None:
-        """See `subscribe_book`."""
-
-    def note_ping(self) -> None:
-        self.server.pings += 1
-        self._last_activity = trio.current_time()
-
-    def note_subscribes(self, accepted: int, rejected: int) -> None:
-        self.server.subscribes += accepted
-        self.server.rejected_subscribes += rejected
-
-    # -- tasks ---------------------------------------------------------------------------------------
-
-    def _wake_writer(self) -> None:
-        self._flush = True
-        self._work.set()
-
-    def _on_frames(self, events: Iterable[object]) -> None:
-        for frame in events:
-            if not isinstance(frame, Frame):
-                continue
-            opcode = frame.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                if frame.fin:
-                    self.session.on_message(bytes(frame.data))
-                else:
-                    self._fragments = [bytes(frame.data)]
-            elif opcode is Opcode.CONT:
-                self._fragments.append(bytes(frame.data))
-                if frame.fin:
-                    message, self._fragments = b"".join(self._fragments), []
-                    self.session.on_message(message)
-            elif opcode is Opcode.PING:
-                self.server.pings += 1  # the protocol queued the pong already
-                self._last_activity = trio.current_time()
-                self._wake_writer()
-            elif opcode is Opcode.CLOSE:
-                self._wake_writer()  # the protocol queued the close reply and the end of stream
-
-    async def _read_loop(self) -> None:
-        proto = self._proto
-        while True:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
-            if not data:
-                proto.receive_eof()
-                self._scope.cancel()
-                return
-            proto.receive_data(data)
-            self._on_frames(proto.events_received())
-            if proto.parser_exc is not None:
-                self._wake_writer()  # the protocol failed the connection: flush its close frame
-
-    async def _write_loop(self) -> None:
-        proto = self._proto
-        stream = self._stream
-        gate = self.server._stall
-        malformed = self.malformed
-        while True:
-            if not self._outbox and not self._flush:
-                self._work = trio.Event()
-                await self._work.wait()
-            await gate.wait_open()
-            items, self._outbox = self._outbox, []
-            self._flush = False
-            if self._backlog:
-                self._backlog = 0
-                drained, self._drained = self._drained, trio.Event()
-                drained.set()
-            chunks = proto.data_to_send()
-            end_of_stream = bool(chunks) and chunks[-1] == b""
-            if end_of_stream:
-                chunks.pop()
-            sent: list[TapeFrame] = []
-            if proto.state is OPEN:
-                for item in items:
-                    if isinstance(item, TapeFrame):
-                        chunks.append(item.wire)
-                        sent.append(item)
-                        if malformed.armed:
-                            due = malformed.after_data_frame()
-                            if due:
-                                self._send_malformed(item, due)
-                                chunks += proto.data_to_send()
-                    else:
-                        proto.send_text(item)
-                        chunks += proto.data_to_send()
-            if chunks:
-                await stream.send_all(b"".join(chunks))
-                self._last_activity = trio.current_time()
-                if sent:
-                    self.server._note_sent(sent)
-            if end_of_stream:
-                self._scope.cancel()
-                return
-
-    def _send_malformed(self, after: TapeFrame, count: int) -> None:
-        ts_ms = time.time_ns() // 1_000_000
-        for _ in range(count):
-            payload, binary = self.session.malformed_frame(self.malformed.next_kind(), after.symbol, ts_ms)
-            if binary:
-                self._proto.send_binary(payload)
-            else:
-                self._proto.send_text(payload)
-        self.server.malformed_sent += count
-
-    async def _idle_watchdog(self) -> None:
-        idle = self.server.config.idle_timeout_s
-        while True:
-            deadline = self._last_activity + idle
-            if trio.current_time() >= deadline:
-                break
-            await trio.sleep_until(deadline)
-        log.info("simulator: closing connection %d: idle for %.0f s", self.number, idle)
-        if self._proto.state is OPEN:
-            self._proto.send_close(CloseCode.NORMAL_CLOSURE, "idle timeout")
-            self._wake_writer()
-        await trio.sleep(CLOSE_GRACE_S)
-        self._scope.cancel()
+                    self._delivered.append(origin)
+        counters.trades_sent += trades
 
 
 __all__ = [
-    "NOT_FOUND",
-    "HttpRequest",
-    "HttpResponse",
-    "RestHandler",
+    "MARKETS",
     "SimConfig",
     "SimServer",
     "SimStatistics",
-    "ws_text_frame",
 ]

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from marketflow.exchanges import bybit
-from marketflow.exchanges.base import Ack, Pong, UnknownControl
+from marketflow.exchanges.base import Ack, Decoded, Pong, UnknownControl
 from marketflow.model import Trade
 
 LINEAR_DOC = (
@@ -36,9 +36,9 @@ def decode(
     decoder = bybit.FrameDecoder(
         "bybit", market, symbols or {"BTCUSDT": "BTC-USDT-PERP" if perp else "BTC-USDT"}
     )
-    out: list[Trade] = []
+    out = Decoded()
     decoder.decode(frames, 123, out)
-    return out, decoder
+    return out.trades, decoder
 
 
 def test_linear_doc_frame_exact() -> None:
@@ -106,7 +106,7 @@ def test_unknown_symbol_and_other_topics_are_counted() -> None:
 
 def test_subscribe_requests_chunk_by_ten_with_ids() -> None:
     natives = [f"SYM{i}USDT" for i in range(23)]
-    session = bybit.Session("spot", natives, ("trades",))
+    session = bybit.Session("spot", [bybit.trade_topic(n) for n in natives])
     requests = session.subscribe_requests()
     assert [len(r.topics) for r in requests] == [10, 10, 3]
     assert len({r.req_id for r in requests}) == 3
@@ -116,7 +116,7 @@ def test_subscribe_requests_chunk_by_ten_with_ids() -> None:
 
 
 def test_is_data_and_pongs_in_every_shape() -> None:
-    session = bybit.Session("linear", ["BTCUSDT"], ("trades",))
+    session = bybit.Session("linear", ["publicTrade.BTCUSDT"])
     assert session.is_data(LINEAR_DOC)
     spot_pong = b'{"success":true,"ret_msg":"pong","conn_id":"0970e817","op":"ping"}'
     linear_pong = b'{"success":true,"ret_msg":"pong","conn_id":"4657","req_id":"","op":"ping"}'
@@ -127,7 +127,7 @@ def test_is_data_and_pongs_in_every_shape() -> None:
 
 
 def test_acks_success_and_rejections() -> None:
-    session = bybit.Session("spot", ["BTCUSDT"], ("trades",))
+    session = bybit.Session("spot", ["publicTrade.BTCUSDT"])
     ok_spot = b'{"success":true,"ret_msg":"subscribe","conn_id":"2324","req_id":"sub-1","op":"subscribe"}'
     assert session.control(ok_spot) == Ack("sub-1", True, "subscribe", ())
     ok_linear = b'{"success":true,"ret_msg":"","conn_id":"3cd8","req_id":"","op":"subscribe"}'
@@ -145,7 +145,7 @@ def test_acks_success_and_rejections() -> None:
 
 
 def test_unknown_control_frames() -> None:
-    session = bybit.Session("spot", ["BTCUSDT"], ("trades",))
+    session = bybit.Session("spot", ["publicTrade.BTCUSDT"])
     assert isinstance(session.control(b"garbage"), UnknownControl)
     assert isinstance(session.control(b'{"op":"auth","success":true}'), UnknownControl)
     # A data frame whose keys come in another order is recognised as data by the control decoder.
@@ -160,3 +160,56 @@ def test_ws_url_override_and_unknown_market() -> None:
     assert bybit.ws_url("linear", "ws://127.0.0.1:9/v5/public/linear") == "ws://127.0.0.1:9/v5/public/linear"
     with pytest.raises(ValueError, match="no market 'inverse'"):
         bybit.ws_url("inverse")
+
+
+SPOT_BOOK_SNAPSHOT = (
+    b'{"topic":"orderbook.50.ETHUSDT","ts":1789875210000,"type":"snapshot","data":{"s":"ETHUSDT",'
+    b'"b":[["2191.5","3.25"],["2191.4","1.0"],["2191.0","0.5"]],"a":[["2191.6","2.0"],["2191.7","4.0"]],'
+    b'"u":219167606,"seq":181840388171}}'
+)
+SPOT_BOOK_DELTA = (
+    b'{"topic":"orderbook.50.ETHUSDT","ts":1789875210020,"type":"delta","data":{"s":"ETHUSDT",'
+    b'"b":[["2191.5","0.0"],["2191.2","9.0"]],"a":[],"u":219167607,"seq":181840388311}}'
+)
+
+
+def test_book_snapshot_delta_and_restart() -> None:
+    decoder = bybit.FrameDecoder("bybit", "spot", {"ETHUSDT": "ETH-USDT"})
+    out = Decoded()
+    restart = SPOT_BOOK_DELTA.replace(b'"u":219167607', b'"u":1')
+    decoder.decode([SPOT_BOOK_SNAPSHOT, SPOT_BOOK_DELTA, restart], 9, out)
+    snap, delta, again = out.books
+    assert (snap.snapshot, snap.first_id, snap.last_id, snap.prev_id) == (True, 219167606, 219167606, None)
+    assert snap.bids[0] == (Decimal("2191.5"), Decimal("3.25")) and snap.ts == 1789875210000000
+    assert (delta.snapshot, delta.last_id, delta.asks) == (False, 219167607, [])
+    assert delta.bids == [(Decimal("2191.5"), Decimal("0.0")), (Decimal("2191.2"), Decimal("9.0"))]
+    assert again.snapshot is True  # u == 1: the service restarted, the message replaces the book
+
+
+def test_trades_deduplicated_and_backfill_admission() -> None:
+    trades, decoder = decode("spot", [SPOT_LIVE, SPOT_LIVE])
+    assert len(trades) == 2 and decoder.counters.duplicates == 2
+    assert decoder.last_ts["BTCUSDT"] == 1789875217840000
+    rest = (
+        b'{"retCode":0,"retMsg":"OK","result":{"category":"spot","list":['
+        b'{"execId":"2290000001211680950","symbol":"BTCUSDT","price":"80413.5","size":"0.1","side":"Buy",'
+        b'"time":"1789875217900","isBlockTrade":false},'
+        b'{"execId":"2290000001211680919","symbol":"BTCUSDT","price":"80413.4","size":"0.004904","side":"Buy",'
+        b'"time":"1789875217840","isBlockTrade":false},'
+        b'{"execId":"2290000001211600000","symbol":"BTCUSDT","price":"80400.0","size":"1","side":"Sell",'
+        b'"time":"1789875200000","isBlockTrade":false}]},"retExtInfo":{},"time":1789875218000}'
+    )
+    fetched = bybit.parse_recent_trades(rest, "bybit", "BTC-USDT", 5)
+    assert [t.id for t in fetched] == ["2290000001211600000", "2290000001211680919", "2290000001211680950"]
+    admitted = decoder.admit_backfill("BTCUSDT", fetched, since_ts=1789875210000000)
+    # Already seen: dropped; older than the disconnect margin: dropped; new: admitted, and only once.
+    assert [(t.id, str(t.price), t.side) for t in admitted] == [("2290000001211680950", "80413.5", "buy")]
+    assert decoder.admit_backfill("BTCUSDT", fetched, since_ts=0) == [fetched[0]]
+    with pytest.raises(ValueError, match="retCode 10001: params error"):
+        bybit.parse_recent_trades(b'{"retCode":10001,"retMsg":"params error","result":{}}', "bybit", "X", 1)
+
+
+def test_resubscribe_is_unsubscribe_then_subscribe() -> None:
+    session = bybit.Session("linear", ["orderbook.50.BTCUSDT"])
+    ops = [json.loads(r.payload)["op"] for r in session.resubscribe_requests(["orderbook.50.BTCUSDT"])]
+    assert ops == ["unsubscribe", "subscribe"]

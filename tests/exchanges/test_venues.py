@@ -6,7 +6,7 @@ import pytest
 
 from marketflow.exchanges import VENUES, venue
 
-REQUIRED = ("EXCHANGE", "MARKETS", "ws_url", "Session", "FrameDecoder")
+REQUIRED = ("EXCHANGE", "MARKETS", "ws_url", "rest_url", "connections", "Session", "FrameDecoder")
 
 
 @pytest.mark.parametrize("name", sorted(VENUES))
@@ -17,11 +17,17 @@ def test_venue_exports_the_common_names(name: str) -> None:
     assert name == module.EXCHANGE
     for market in module.MARKETS:
         assert module.ws_url(market).startswith("wss://")
-        session = module.Session(market, ["BTCUSDT"], ("trades",))
-        assert session.subscribe_requests()
+        assert module.rest_url(market).startswith("https://")
+        plans = module.connections(market, ["BTCUSDT", "ETHUSDT"], ("trades", "book"), 50, None)
+        assert {n for p in plans for n in p.natives} == {"BTCUSDT", "ETHUSDT"}
+        assert {c for p in plans for c in p.channels} == {"trades", "book"}
+        for plan in plans:
+            session = module.Session(market, plan.topics)
+            assert session.subscribe_requests()
+            assert session.send_interval_s >= 0
         assert hasattr(module.FrameDecoder(name, market, {}), "counters")
 
 
 def test_unknown_venue_names_the_known_ones() -> None:
-    with pytest.raises(KeyError, match="unknown exchange 'kraken'; known: \\['bybit'"):
+    with pytest.raises(KeyError, match="unknown exchange 'kraken'; known: \\['binance', 'bybit'"):
         venue("kraken")

@@ -1,0 +1,313 @@
+"""Binance spot and USD-M public streams: aggTrade and diff depth (PROTOCOLS.md §2, §3).
+
+Combined streams (`/stream`) with SUBSCRIBE messages carrying integer ids, each result checked. USD-M is
+split by routed paths: depth on `/public`, trades on `/market` (an unrouted connection only receives
+`/public` streams). A connection holds at most 1024 streams; more are sharded. Aggregate trade ids are
+contiguous per symbol, so the decoder drops duplicates (the overlap of a connection and its replacement)
+and reports jumps as `TradeGap`s for backfill.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from decimal import Decimal
+
+import msgspec
+
+from marketflow.exchanges.base import (
+    Ack,
+    ConnectionPlan,
+    ControlEvent,
+    DecodeCounters,
+    Decoded,
+    Reconnect,
+    SubscribeRequest,
+    TradeGap,
+    UnknownControl,
+)
+from marketflow.model import BookUpdate, Level, Trade
+
+EXCHANGE = "binance"
+MARKETS: dict[str, bool] = {"spot": False, "usdm": True}
+DEFAULT_WS = {"spot": "wss://stream.binance.com:9443", "usdm": "wss://fstream.binance.com"}
+DEFAULT_REST = {"spot": "https://api.binance.com", "usdm": "https://fapi.binance.com"}
+MAX_STREAMS_PER_CONNECTION = 1024
+# Streams per SUBSCRIBE message: small enough that one refused stream names its neighbours clearly.
+STREAMS_PER_REQUEST = 100
+# Inbound message limits per connection (spot 5/s, USD-M 10/s, pongs included): stay well under.
+SEND_INTERVAL_S = {"spot": 0.25, "usdm": 0.125}
+# Connections are cut at 24 h; replace them ten minutes before.
+MAX_LIFETIME_S = 24 * 3600 - 600
+TRADE_STREAM = "aggTrade"
+DEPTH_STREAM = "depth@100ms"
+
+log = logging.getLogger("marketflow.exchanges.binance")
+
+
+def _check(market: str) -> None:
+    if market not in MARKETS:
+        raise ValueError(f"binance has no market {market!r}; expected one of {sorted(MARKETS)}")
+
+
+def ws_url(market: str, override: str | None = None) -> str:
+    """The base URL the feed appends its paths to (`/stream`, or `/public/stream` on USD-M)."""
+    _check(market)
+    return (override or DEFAULT_WS[market]).rstrip("/")
+
+
+def rest_url(market: str, override: str | None = None) -> str:
+    _check(market)
+    return (override or DEFAULT_REST[market]).rstrip("/")
+
+
+def trade_topic(native: str) -> str:
+    return f"{native.lower()}@{TRADE_STREAM}"
+
+
+def depth_topic(native: str) -> str:
+    return f"{native.lower()}@{DEPTH_STREAM}"
+
+
+def connections(
+    market: str,
+    natives: Sequence[str],
+    channels: Sequence[str],
+    book_depth: int,
+    ws_override: str | None = None,
+) -> list[ConnectionPlan]:
+    """USD-M: trades on `/market`, depth on `/public`; spot: one path. Shards past 1024 streams."""
+    base = ws_url(market, ws_override)
+    by_stream = {n.lower(): n for n in natives}
+    groups: list[tuple[str, str, list[str], frozenset[str]]] = []
+    trades = [trade_topic(n) for n in natives] if "trades" in channels else []
+    depth = [depth_topic(n) for n in natives] if "book" in channels else []
+    if market == "usdm":
+        if trades:
+            groups.append(("/market", base + "/market/stream", trades, frozenset({"trades"})))
+        if depth:
+            groups.append(("/public", base + "/public/stream", depth, frozenset({"book"})))
+    elif trades or depth:
+        groups.append(("", base + "/stream", trades + depth, frozenset(channels)))
+    plans: list[ConnectionPlan] = []
+    for suffix, url, topics, chans in groups:
+        for shard, start in enumerate(range(0, len(topics), MAX_STREAMS_PER_CONNECTION)):
+            name = suffix + (f"#{shard + 1}" if shard else "")
+            chunk = tuple(topics[start : start + MAX_STREAMS_PER_CONNECTION])
+            shard_natives = tuple(dict.fromkeys(by_stream[t.partition("@")[0]] for t in chunk))
+            plans.append(ConnectionPlan(name, url, chunk, chans, shard_natives))
+    return plans
+
+
+class _Result(msgspec.Struct):
+    id: int | str | None = None
+    result: msgspec.Raw | None = None
+    error: _Error | None = None
+    stream: str | None = None
+    e: str | None = None
+
+
+class _Error(msgspec.Struct):
+    code: int = 0
+    msg: str = ""
+
+
+class _Combined(msgspec.Struct):
+    stream: str
+    data: msgspec.Raw
+
+
+class _AggTrade(msgspec.Struct):
+    a: int
+    p: Decimal
+    q: Decimal
+    T: int
+    m: bool
+
+
+class _Depth(msgspec.Struct):
+    E: int
+    U: int
+    u: int
+    b: list[Level]
+    a: list[Level]
+    pu: int | None = None
+    T: int | None = None
+
+
+_result_decoder = msgspec.json.Decoder(_Result)
+_combined_decoder = msgspec.json.Decoder(_Combined)
+_agg_decoder = msgspec.json.Decoder(_AggTrade)
+_depth_decoder = msgspec.json.Decoder(_Depth)
+
+
+class Session:
+    """Protocol rules for one Binance combined-stream connection."""
+
+    def __init__(self, market: str, topics: Sequence[str]) -> None:
+        _check(market)
+        self.market = market
+        self.topics = list(topics)
+        self._next_id = 0
+
+    @property
+    def send_interval_s(self) -> float:
+        return SEND_INTERVAL_S[self.market]
+
+    @property
+    def max_lifetime_s(self) -> float:
+        return MAX_LIFETIME_S
+
+    def _requests(self, method: str, topics: Sequence[str]) -> list[SubscribeRequest]:
+        requests = []
+        for start in range(0, len(topics), STREAMS_PER_REQUEST):
+            chunk = tuple(topics[start : start + STREAMS_PER_REQUEST])
+            self._next_id += 1
+            payload = msgspec.json.encode({"method": method, "params": list(chunk), "id": self._next_id})
+            requests.append(SubscribeRequest(str(self._next_id), chunk, payload))
+        return requests
+
+    def subscribe_requests(self) -> list[SubscribeRequest]:
+        return self._requests("SUBSCRIBE", self.topics)
+
+    def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        return self._requests("UNSUBSCRIBE", topics)
+
+    def resubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        # A diff-depth stream needs no resubscribe to resync: the book is re-seeded from a REST snapshot.
+        return []
+
+    def heartbeat(self) -> bytes | None:
+        # Binance pings us (protocol ping frames); the transport answers each with a pong.
+        return None
+
+    def is_data(self, message: bytes) -> bool:
+        return message.startswith(b'{"stream":"') and not message.startswith(b'{"stream":"!')
+
+    def control(self, message: bytes) -> ControlEvent:
+        try:
+            msg = _result_decoder.decode(message)
+        except msgspec.DecodeError as exc:
+            return UnknownControl(f"undecodable frame: {exc}")
+        if msg.e == "serverShutdown" or msg.stream == "!serverShutdown":
+            return Reconnect("serverShutdown")
+        if msg.stream is not None:
+            return UnknownControl("data frame with its stream out of the usual place")
+        if msg.error is not None:
+            reason = f"code {msg.error.code}: {msg.error.msg}"
+            return Ack(None if msg.id is None else str(msg.id), False, reason)
+        if msg.id is not None:
+            return Ack(str(msg.id), True, "")
+        return UnknownControl("unexpected control frame")
+
+
+class FrameDecoder:
+    """Combined-stream frames → trades (deduplicated, gaps reported) and book updates for one feed."""
+
+    def __init__(self, exchange: str, market: str, symbols: dict[str, str]) -> None:
+        _check(market)
+        self.exchange = exchange
+        self.market = market
+        # Stream names carry the symbol in lower case.
+        self.symbols = {native.lower(): normalized for native, normalized in symbols.items()}
+        self.natives = {native.lower(): native for native in symbols}
+        self.last_trade: dict[str, tuple[int, int]] = {}
+        self.counters = DecodeCounters()
+
+    def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
+        counters = self.counters
+        for frame in frames:
+            counters.frames += 1
+            try:
+                env = _combined_decoder.decode(frame)
+                sym, _, kind = env.stream.partition("@")
+                symbol = self.symbols.get(sym)
+                if symbol is None:
+                    counters.unknown_topics += 1
+                    continue
+                if kind == TRADE_STREAM:
+                    self._trade(sym, symbol, _agg_decoder.decode(env.data), recv_ts, out)
+                elif kind.startswith("depth"):
+                    d = _depth_decoder.decode(env.data)
+                    ts = (d.T if d.T is not None else d.E) * 1000
+                    out.books.append(
+                        BookUpdate(self.exchange, symbol, False, d.U, d.u, d.pu, d.b, d.a, ts, recv_ts)
+                    )
+                    counters.book_updates += 1
+                else:
+                    counters.ignored += 1
+            except msgspec.DecodeError as exc:
+                counters.malformed += 1
+                counters.last_error = str(exc)
+                log.warning(
+                    "malformed binance frame ignored",
+                    extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
+                )
+
+    def _trade(self, sym: str, symbol: str, t: _AggTrade, recv_ts: int, out: Decoded) -> None:
+        ts = t.T * 1000
+        last = self.last_trade.get(sym)
+        if last is not None:
+            last_id, last_ts = last
+            if t.a <= last_id:
+                self.counters.duplicates += 1
+                return
+            if t.a > last_id + 1:
+                out.trade_gaps.append(
+                    TradeGap(
+                        self.exchange, self.market, symbol, self.natives[sym], last_id + 1, t.a, last_ts, ts
+                    )
+                )
+        self.last_trade[sym] = (t.a, ts)
+        out.trades.append(
+            Trade(self.exchange, symbol, str(t.a), t.p, t.q, "sell" if t.m else "buy", ts, recv_ts)
+        )
+        self.counters.trades += 1
+
+
+def parse_rest_agg_trades(body: bytes, exchange: str, symbol: str, recv_ts: int) -> list[Trade]:
+    """`GET /api/v3/aggTrades` (or `/fapi/v1/aggTrades`) → trades, oldest first."""
+    try:
+        rows = msgspec.json.decode(body, type=list[_AggTrade])
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"binance aggTrades answer not understood: {exc}") from exc
+    return [
+        Trade(exchange, symbol, str(t.a), t.p, t.q, "sell" if t.m else "buy", t.T * 1000, recv_ts)
+        for t in rows
+    ]
+
+
+class _RestDepth(msgspec.Struct):
+    lastUpdateId: int
+    bids: list[Level]
+    asks: list[Level]
+    E: int | None = None
+    T: int | None = None
+
+
+def parse_rest_depth(body: bytes, exchange: str, symbol: str, recv_ts: int) -> BookUpdate:
+    """`GET /api/v3/depth` (or `/fapi/v1/depth`) → a snapshot `BookUpdate` with `lastUpdateId` as its ids."""
+    try:
+        d = msgspec.json.decode(body, type=_RestDepth)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"binance depth snapshot not understood: {exc}") from exc
+    ts = (d.T or d.E or recv_ts // 1000) * 1000
+    return BookUpdate(
+        exchange, symbol, True, d.lastUpdateId, d.lastUpdateId, None, d.bids, d.asks, ts, recv_ts
+    )
+
+
+DEPTH_PATH = {"spot": "/api/v3/depth", "usdm": "/fapi/v1/depth"}
+AGG_TRADES_PATH = {"spot": "/api/v3/aggTrades", "usdm": "/fapi/v1/aggTrades"}
+# Snapshot limit and its request weight (PROTOCOLS §2.6, §3).
+SNAPSHOT_LIMIT = {"spot": 1000, "usdm": 1000}
+WEIGHT_PER_MINUTE = {"spot": 6000, "usdm": 2400}
+
+
+def depth_weight(market: str, limit: int) -> int:
+    if market == "spot":
+        return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
+    return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+
+
+AGG_TRADES_WEIGHT = {"spot": 4, "usdm": 20}

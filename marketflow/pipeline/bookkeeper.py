@@ -1,0 +1,284 @@
+"""The book keeper actor: applies book updates per symbol, checks every one, resyncs only what broke.
+
+Each symbol has its own synchronizer (`books.py`) with its venue's sequence rule. A gap or a crossed book
+puts that symbol alone into `resyncing` (its book is emptied, so nothing built across the gap can be read),
+opens a record in the gap ledger, and starts a recovery: Binance books are re-seeded from a REST snapshot
+(through the exchange market's weight budget, a few at a time, so a mass reconnect cannot cause a
+snapshot storm); Bybit topics are resubscribed, which makes Bybit send a fresh snapshot. When the book is
+synced again the ledger record is closed. Synced books are written as top-N snapshots periodically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import attrs
+import trio
+
+from marketflow.exchanges import binance
+from marketflow.model import BookUpdate, GapRecord, Level, now_us
+from marketflow.pipeline.books import (
+    BinanceSpotBook,
+    BinanceUsdmBook,
+    BookState,
+    BookStatistics,
+    BybitBook,
+    Gap,
+    Synchronizer,
+)
+from marketflow.pipeline.gaps import GapLedger
+from marketflow.pipeline.rest import RestClient, RestError
+from marketflow.runtime.bus import Subscription, receive_batches
+
+log = logging.getLogger("marketflow.books")
+
+SNAPSHOT_CONCURRENCY = 4
+SNAPSHOT_RETRY_S = 1.0
+
+
+@attrs.frozen
+class BookSpec:
+    """Where one symbol's book comes from."""
+
+    exchange: str
+    market: str
+    symbol: str
+    native: str
+    feed: str  # the connection that carries its updates
+    topic: str
+
+
+@attrs.frozen
+class BookSnapshotRow:
+    exchange: str
+    symbol: str
+    ts: int
+    depth: int
+    bids: list[Level]
+    asks: list[Level]
+
+
+@attrs.frozen
+class BookView:
+    exchange: str
+    symbol: str
+    status: str  # synced | resyncing | waiting
+    bids: list[Level]
+    asks: list[Level]
+    ts: int | None
+    last_id: int | None
+
+
+@attrs.frozen
+class KeeperStatistics:
+    name: str
+    books: dict[str, BookStatistics]
+    snapshot_requests: int
+    snapshot_failures: int
+    resubscribes: int
+    snapshots_written: int
+
+
+def make_synchronizer(exchange: str, market: str) -> Synchronizer:
+    if exchange == "bybit":
+        return BybitBook()
+    if market == "usdm":
+        return BinanceUsdmBook()
+    return BinanceSpotBook()
+
+
+class BookKeeper:
+    """Owns every live book of the daemon."""
+
+    def __init__(
+        self,
+        subscription: Subscription[BookUpdate],
+        specs: Sequence[BookSpec],
+        ledger: GapLedger,
+        clients: Mapping[tuple[str, str], RestClient],
+        resubscribe: Callable[[str, list[str]], Awaitable[bool]],
+        *,
+        persist: Callable[[list[BookSnapshotRow]], Awaitable[None]] | None = None,
+        snapshot_interval_s: float = 10.0,
+        snapshot_depth: int = 20,
+        name: str = "books",
+    ) -> None:
+        self.name = name
+        self._subscription = subscription
+        self._specs = {(s.exchange, s.symbol): s for s in specs}
+        self._books: dict[tuple[str, str], Synchronizer] = {
+            key: make_synchronizer(s.exchange, s.market) for key, s in self._specs.items()
+        }
+        self._updated: dict[tuple[str, str], int] = {}
+        self._open_gaps: dict[tuple[str, str], GapRecord] = {}
+        self._fetching: set[tuple[str, str]] = set()
+        self._ledger = ledger
+        self._clients = clients
+        self._resubscribe = resubscribe
+        self._persist = persist
+        self._snapshot_interval_s = snapshot_interval_s
+        self._snapshot_depth = snapshot_depth
+        self._limiter = trio.CapacityLimiter(SNAPSHOT_CONCURRENCY)
+        self._nursery: trio.Nursery | None = None
+        self._snapshot_requests = 0
+        self._snapshot_failures = 0
+        self._resubscribes = 0
+        self._snapshots_written = 0
+
+    # -- reads (API, analytics) -------------------------------------------------------------------
+
+    def view(self, exchange: str, symbol: str, depth: int | None = None) -> BookView | None:
+        """The book as it may be served: empty with its status unless synced; None if not kept."""
+        key = (exchange, symbol)
+        sync = self._books.get(key)
+        if sync is None:
+            return None
+        if sync.state is not BookState.SYNCED:
+            return BookView(exchange, symbol, str(sync.state), [], [], self._updated.get(key), None)
+        bids, asks = sync.book.levels() if depth is None else sync.book.top(depth)
+        return BookView(exchange, symbol, "synced", bids, asks, self._updated.get(key), sync.last_id)
+
+    def keys(self) -> list[tuple[str, str]]:
+        return list(self._books)
+
+    def statistics(self) -> KeeperStatistics:
+        return KeeperStatistics(
+            self.name,
+            {f"{ex}:{sym}": sync.statistics() for (ex, sym), sync in self._books.items()},
+            self._snapshot_requests,
+            self._snapshot_failures,
+            self._resubscribes,
+            self._snapshots_written,
+        )
+
+    # -- events from feeds ------------------------------------------------------------------------
+
+    def feed_disconnected(self, feed: str) -> None:
+        """The connection carrying these books dropped: they are stale until resynced."""
+        for key, spec in self._specs.items():
+            if spec.feed == feed:
+                self._books[key].reset()
+        self._kick_snapshots()
+
+    # -- the actor --------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        receiver = self._subscription.receiver()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self._persist is not None:
+                nursery.start_soon(self._snapshot_writer)
+            task_status.started()
+            with receiver:
+                while True:
+                    try:
+                        batches = await receive_batches(receiver)
+                    except trio.EndOfChannel:
+                        break
+                    for batch in batches:
+                        self._apply(batch)
+                    self._kick_snapshots()
+            nursery.cancel_scope.cancel()
+
+    def request_stop(self) -> None:
+        """The book bus closing ends the actor; nothing to flush (snapshots are periodic samples)."""
+
+    def _apply(self, batch: list[BookUpdate]) -> None:
+        books = self._books
+        updated = self._updated
+        for update in batch:
+            key = (update.exchange, update.symbol)
+            sync = books.get(key)
+            if sync is None:
+                continue
+            before = sync.state
+            gap = sync.on_update(update)
+            updated[key] = update.ts
+            if gap is not None:
+                self._on_gap(key, gap)
+            elif before is not BookState.SYNCED and sync.state is BookState.SYNCED:
+                self._on_synced(key)
+
+    def _on_gap(self, key: tuple[str, str], gap: Gap) -> None:
+        spec = self._specs[key]
+        if key not in self._open_gaps:
+            self._open_gaps[key] = self._ledger.open(spec.exchange, spec.symbol, "book", gap.reason)
+        log.warning(
+            "book resyncing", extra={"exchange": spec.exchange, "symbol": spec.symbol, "reason": gap.reason}
+        )
+        if spec.exchange == "bybit" and self._nursery is not None:
+            self._nursery.start_soon(self._resubscribe_topic, spec)
+
+    def _on_synced(self, key: tuple[str, str]) -> None:
+        record = self._open_gaps.pop(key, None)
+        if record is not None:
+            self._ledger.close(record)
+
+    async def _resubscribe_topic(self, spec: BookSpec) -> None:
+        self._resubscribes += 1
+        try:
+            await self._resubscribe(spec.feed, [spec.topic])
+        except Exception as exc:  # the feed's connection broke meanwhile: its reconnect resubscribes anyway
+            log.warning(
+                "resubscribe failed", extra={"feed": spec.feed, "topic": spec.topic, "error": str(exc)}
+            )
+
+    def _kick_snapshots(self) -> None:
+        if self._nursery is None:
+            return
+        for key, sync in self._books.items():
+            if key not in self._fetching and sync.needs_snapshot():
+                self._fetching.add(key)
+                sync.snapshot_requested()
+                self._nursery.start_soon(self._fetch_snapshot, key)
+
+    async def _fetch_snapshot(self, key: tuple[str, str]) -> None:
+        spec = self._specs[key]
+        sync = self._books[key]
+        client = self._clients.get((spec.exchange, spec.market))
+        try:
+            if client is None:
+                raise RestError(f"no REST endpoint for {spec.exchange} {spec.market}")
+            limit = binance.SNAPSHOT_LIMIT[spec.market]
+            async with self._limiter:
+                self._snapshot_requests += 1
+                body = await client.get(
+                    binance.DEPTH_PATH[spec.market],
+                    {"symbol": spec.native, "limit": limit},
+                    binance.depth_weight(spec.market, limit),
+                )
+            snapshot = binance.parse_rest_depth(body, spec.exchange, spec.symbol, now_us())
+        except (RestError, ValueError) as exc:
+            self._snapshot_failures += 1
+            log.warning("book snapshot failed", extra={"symbol": spec.symbol, "error": str(exc)})
+            sync.snapshot_failed()
+            await trio.sleep(SNAPSHOT_RETRY_S)
+        else:
+            before = sync.state
+            gap = sync.on_snapshot(snapshot)
+            if gap is not None:
+                self._on_gap(key, gap)
+            elif before is not BookState.SYNCED and sync.state is BookState.SYNCED:
+                self._updated[key] = snapshot.ts
+                self._on_synced(key)
+        finally:
+            self._fetching.discard(key)
+        self._kick_snapshots()
+
+    async def _snapshot_writer(self) -> None:
+        assert self._persist is not None
+        while True:
+            await trio.sleep(self._snapshot_interval_s)
+            rows = []
+            ts = now_us()
+            for (exchange, symbol), sync in self._books.items():
+                if sync.state is BookState.SYNCED:
+                    bids, asks = sync.book.top(self._snapshot_depth)
+                    rows.append(BookSnapshotRow(exchange, symbol, ts, self._snapshot_depth, bids, asks))
+            if rows:
+                try:
+                    await self._persist(rows)
+                    self._snapshots_written += len(rows)
+                except Exception as exc:  # a sample lost is not data lost; the next interval tries again
+                    log.error("book snapshots not saved", extra={"error": f"{type(exc).__name__}: {exc}"})

@@ -1,0 +1,143 @@
+"""The gap ledger: every disconnect, book resync and trade-id gap, with what was recovered.
+
+Records are opened and closed by whoever notices them (feeds, the book keeper, the backfiller) through
+synchronous calls that never wait; the ledger keeps the recent ones in memory for the API and hands every
+new or changed record to `persist` in batches (the storage engine's `write_gaps`, an upsert by identity).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from marketflow.model import GapRecord, now_us
+
+log = logging.getLogger("marketflow.gaps")
+
+GapKey = tuple[str, str, str, int]
+
+
+@attrs.frozen
+class LedgerStatistics:
+    name: str
+    records: int
+    open: int
+    unsaved: int
+    persisted: int
+    errors: int
+
+
+class GapLedger:
+    """Keeps the last `keep` gap records and persists changes every `flush_interval_s`."""
+
+    def __init__(
+        self,
+        persist: Callable[[list[GapRecord]], Awaitable[None]] | None = None,
+        *,
+        keep: int = 10_000,
+        flush_interval_s: float = 1.0,
+        name: str = "gaps",
+    ) -> None:
+        self.name = name
+        self._persist = persist
+        self._keep = keep
+        self._flush_interval_s = flush_interval_s
+        self._records: OrderedDict[GapKey, GapRecord] = OrderedDict()
+        self._dirty: dict[GapKey, GapRecord] = {}
+        self._wake = trio.Event()
+        self._persisted = 0
+        self._errors = 0
+        self._scope = trio.CancelScope()
+
+    def request_stop(self) -> None:
+        """Stop now; what is unsaved is saved on the way out."""
+        self._scope.cancel()
+
+    @staticmethod
+    def key(record: GapRecord) -> GapKey:
+        return (record.exchange, record.symbol, record.channel, record.start)
+
+    def record(self, record: GapRecord) -> GapRecord:
+        """Add or replace a record (same exchange, symbol, channel and start)."""
+        key = self.key(record)
+        self._records[key] = record
+        self._records.move_to_end(key)
+        while len(self._records) > self._keep:
+            self._records.popitem(last=False)
+        self._dirty[key] = record
+        self._wake.set()
+        log.info(
+            "gap recorded" if record.end is None else "gap closed",
+            extra={
+                "exchange": record.exchange,
+                "symbol": record.symbol,
+                "channel": record.channel,
+                "reason": record.reason,
+                "recovered": record.recovered,
+            },
+        )
+        return record
+
+    def open(
+        self, exchange: str, symbol: str, channel: str, reason: str, start: int | None = None
+    ) -> GapRecord:
+        return self.record(GapRecord(exchange, symbol, channel, start or now_us(), None, reason))
+
+    def close(self, record: GapRecord, *, recovered: int = 0, end: int | None = None) -> GapRecord:
+        closed = GapRecord(
+            record.exchange,
+            record.symbol,
+            record.channel,
+            record.start,
+            end or now_us(),
+            record.reason,
+            record.recovered + recovered,
+        )
+        return self.record(closed)
+
+    def query(self, exchange: str | None = None, symbol: str | None = None) -> list[GapRecord]:
+        """Recent records, newest first, optionally for one exchange and/or symbol."""
+        return [
+            r
+            for r in reversed(self._records.values())
+            if (exchange is None or r.exchange == exchange) and (symbol is None or r.symbol == symbol)
+        ]
+
+    def statistics(self) -> LedgerStatistics:
+        open_count = sum(1 for r in self._records.values() if r.end is None)
+        return LedgerStatistics(
+            self.name, len(self._records), open_count, len(self._dirty), self._persisted, self._errors
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            with self._scope:
+                while True:
+                    await self._wake.wait()
+                    self._wake = trio.Event()
+                    await trio.sleep(self._flush_interval_s)
+                    await self._flush()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._dirty or self._persist is None:
+            return
+        batch = list(self._dirty.values())
+        self._dirty = {}
+        try:
+            await self._persist(batch)
+        except Exception as exc:  # keep the records; the next flush retries them
+            self._errors += 1
+            for record in batch:
+                self._dirty.setdefault(self.key(record), record)
+            self._wake.set()
+            log.error("gap ledger could not be saved", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return
+        self._persisted += len(batch)

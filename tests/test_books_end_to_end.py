@@ -1,0 +1,167 @@
+"""Books and trades from both exchanges against the simulator, with every book fault and a forced disconnect.
+
+Checks that only the faulty symbol resyncs, that books equal the simulator's true book after recovery,
+that the gap ledger holds each gap, and that stored Binance aggregate ids are contiguous after a disconnect.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import trio
+
+from marketflow.config import Config, FeedConfig, default_config
+from marketflow.daemon import Daemon
+from marketflow.pipeline.bookkeeper import BookView
+from marketflow.sim import SimConfig, SimServer
+from tests.conftest import wait_for
+
+NATIVES = ("BTCUSDT", "ETHUSDT")
+MARKETS = (("bybit", "spot"), ("bybit", "linear"), ("binance", "spot"), ("binance", "usdm"))
+PERPETUAL = {"spot": False, "linear": True, "usdm": True}
+
+
+def normalized(native: str, market: str) -> str:
+    return native.removesuffix("USDT") + "-USDT" + ("-PERP" if PERPETUAL[market] else "")
+
+
+def config_for(tmp_path: Path, sim: SimServer, markets: tuple[tuple[str, str], ...] = MARKETS) -> Config:
+    base = default_config(env={})
+    feeds = []
+    for exchange, market in markets:
+        ws = sim.bybit_ws_url(market) if exchange == "bybit" else sim.binance_ws_base(market)
+        rest = sim.http_url if exchange == "bybit" else sim.binance_rest_base(market)
+        feeds.append(
+            FeedConfig(
+                exchange=exchange, market=market, symbols=tuple(normalized(n, market) for n in NATIVES),
+                channels=("trades", "book"), book_depth=50, ws_url=ws, rest_url=rest, stale_timeout_s=3.0,
+            )
+        )
+    return attrs.evolve(
+        base,
+        daemon=attrs.evolve(base.daemon, state_dir=str(tmp_path), shutdown_timeout_s=5.0),
+        storage=attrs.evolve(base.storage, url=f"sqlite:///{tmp_path}/mf.db", flush_interval_s=0.05),
+        supervisor=attrs.evolve(base.supervisor, backoff_initial_s=0.05, backoff_max_s=0.2),
+        feeds=tuple(feeds),
+    )
+
+
+def as_strings(levels: list[tuple[object, object]]) -> list[tuple[str, str]]:
+    return [(str(p), str(q)) for p, q in levels]
+
+
+def matches_truth(daemon: Daemon, sim: SimServer, exchange: str, market: str, native: str, depth: int = 50) -> bool:
+    view = daemon.books.view(exchange, normalized(native, market), depth)
+    if view is None or view.status != "synced":
+        return False
+    bids, asks, _ = sim.true_book(exchange, market, native, depth)
+    return as_strings(view.bids) == bids and as_strings(view.asks) == asks
+
+
+async def all_match(daemon: Daemon, sim: SimServer, markets: tuple[tuple[str, str], ...] = MARKETS) -> None:
+    for exchange, market in markets:
+        for native in NATIVES:
+            await wait_for(lambda e=exchange, m=market, n=native: matches_truth(daemon, sim, e, m, n), 0.01)
+
+
+def book_gaps(daemon: Daemon) -> dict[str, int]:
+    return {key: stats.gaps for key, stats in daemon.books.statistics().books.items()}
+
+
+async def run_with(tmp_path: Path, sim_config: SimConfig, body: Callable[[Daemon, SimServer], object],
+                   markets: tuple[tuple[str, str], ...] = MARKETS) -> Daemon:
+    sim = SimServer(sim_config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.run)
+        daemon = Daemon(config_for(tmp_path, sim, markets))
+        await nursery.start(daemon.run)
+        with trio.fail_after(60):
+            await body(daemon, sim)  # type: ignore[misc]
+            await daemon.stop()
+        nursery.cancel_scope.cancel()
+    return daemon
+
+
+async def test_books_of_both_exchanges_equal_the_true_books(tmp_path: Path) -> None:
+    async def body(daemon: Daemon, sim: SimServer) -> None:
+        await all_match(daemon, sim)
+        await trio.sleep(1.0)  # a second of live deltas on every book, checked on every update
+        await all_match(daemon, sim)
+        assert set(book_gaps(daemon).values()) == {0}  # no false gap on continuous streams (USD-M U included)
+
+    await run_with(tmp_path, SimConfig(seed=41, rate=20, book_rate=20), body)
+
+
+async def test_each_book_fault_resyncs_only_its_symbol(tmp_path: Path) -> None:
+    skipped = ("update id jumped", "previous update id", "first event after snapshot")
+    faults = [
+        ("binance", "spot", "skip", skipped),
+        ("binance", "usdm", "skip", skipped),
+        ("bybit", "linear", "skip", skipped),
+        ("bybit", "spot", "cross", ("crossed book",)),
+        ("binance", "usdm", "cross", ("crossed book",)),
+    ]
+
+    async def body(daemon: Daemon, sim: SimServer) -> None:
+        await all_match(daemon, sim)
+        for exchange, market, kind, reason in faults:  # reason: what the record's reason starts with
+            symbol = normalized("BTCUSDT", market)
+            before = book_gaps(daemon)
+            (sim.skip_update if kind == "skip" else sim.cross_book)(exchange, market, "BTCUSDT")
+            key = f"{exchange}:{symbol}"
+            await wait_for(lambda k=key, b=before: book_gaps(daemon)[k] > b[k], 0.01)
+            after = book_gaps(daemon)
+            assert {k: v for k, v in after.items() if v != before[k]} == {key: before[key] + 1}
+            await all_match(daemon, sim)
+            records = [r for r in daemon.ledger.query(exchange, symbol) if r.channel == "book"]
+            assert records and records[0].reason.startswith(reason) and records[0].end is not None
+        # A Binance snapshot older than the buffered events is fetched again, and the book still recovers.
+        sim.stale_snapshot("binance", "spot", "ETHUSDT", updates_back=50)
+        sim.skip_update("binance", "spot", "ETHUSDT")
+        await wait_for(lambda: daemon.books.statistics().books["binance:ETH-USDT"].snapshots_too_old >= 1, 0.01)
+        # Bybit restarting its service (u == 1) is a snapshot, not a gap.
+        gaps = book_gaps(daemon)["bybit:ETH-USDT-PERP"]
+        sim.bybit_restart("linear", "ETHUSDT")
+        await trio.sleep(0.5)
+        await all_match(daemon, sim)
+        assert book_gaps(daemon)["bybit:ETH-USDT-PERP"] == gaps
+
+    await run_with(tmp_path, SimConfig(seed=42, rate=20, book_rate=20), body)
+
+
+def stored_ids(db: Path, exchange: str, symbol: str) -> list[str]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT id FROM trades WHERE exchange = ? AND symbol = ?", (exchange, symbol)).fetchall()
+    finally:
+        conn.close()
+    return [r[0] for r in rows]
+
+
+async def test_disconnect_is_backfilled_and_recorded(tmp_path: Path) -> None:
+    async def body(daemon: Daemon, sim: SimServer) -> None:
+        await wait_for(lambda: all(c.state == "streaming" for c in daemon.feed_counters.values()), 0.01)
+        await trio.sleep(0.5)
+        sim.drop_connections()
+        await trio.sleep(0.2)  # the tape keeps trading while nobody is connected
+        await wait_for(lambda: all(c.connects >= 2 and c.state == "streaming"
+                                   for c in daemon.feed_counters.values()), 0.01)
+        await trio.sleep(1.0)
+        await wait_for(lambda: daemon.backfiller.statistics().queued == 0, 0.05)
+        await trio.sleep(0.5)
+
+    daemon = await run_with(tmp_path, SimConfig(seed=43, rate=50, book_rate=10, trade_while_unsubscribed=True), body)
+    db = tmp_path / "mf.db"
+    for market in ("spot", "usdm"):
+        for native in NATIVES:
+            ids = sorted(int(i) for i in stored_ids(db, "binance", normalized(native, market)))
+            assert ids == list(range(ids[0], ids[-1] + 1)), f"{market} {native}: aggregate ids have holes"
+    recovered = [r for r in daemon.ledger.query() if r.channel == "trades" and r.recovered > 0]
+    assert {r.exchange for r in recovered} == {"binance", "bybit"}
+    assert any("aggregate trade ids" in r.reason for r in recovered)
+    disconnects = [r for r in daemon.ledger.query() if r.reason.startswith("disconnected")]
+    assert {(r.exchange, r.channel) for r in disconnects} >= {("bybit", "book"), ("bybit", "trades"),
+                                                              ("binance", "book"), ("binance", "trades")}
