@@ -165,3 +165,25 @@ async def test_disconnect_is_backfilled_and_recorded(tmp_path: Path) -> None:
     disconnects = [r for r in daemon.ledger.query() if r.reason.startswith("disconnected")]
     assert {(r.exchange, r.channel) for r in disconnects} >= {("bybit", "book"), ("bybit", "trades"),
                                                               ("binance", "book"), ("binance", "trades")}
+
+
+async def test_server_shutdown_is_met_with_a_replacement_first(tmp_path: Path) -> None:
+    binance_only = (("binance", "spot"), ("binance", "usdm"))
+
+    async def body(daemon: Daemon, sim: SimServer) -> None:
+        await all_match(daemon, sim, binance_only)
+        await trio.sleep(0.3)
+        assert sim.server_shutdown(close_after_s=0.5) == 3  # spot, usdm /market, usdm /public
+        await wait_for(lambda: all(c.rotations == 1 for c in daemon.feed_counters.values()), 0.01)
+        await trio.sleep(1.0)  # the old connections are gone; the replacements carry on
+        await all_match(daemon, sim, binance_only)
+
+    daemon = await run_with(tmp_path, SimConfig(seed=44, rate=50, book_rate=20), body, binance_only)
+    assert all(c.disconnects == 0 and c.connects == 2 for c in daemon.feed_counters.values())
+    assert set(book_gaps(daemon).values()) == {0}  # the overlap was de-duplicated, not taken for a gap
+    assert daemon.ledger.query() == []
+    db = tmp_path / "mf.db"
+    for market in ("spot", "usdm"):
+        for native in NATIVES:
+            ids = sorted(int(i) for i in stored_ids(db, "binance", normalized(native, market)))
+            assert ids == list(range(ids[0], ids[-1] + 1))

@@ -134,11 +134,13 @@ class Feed:
         self._on_reconnect = on_reconnect
         self._on_disconnect = on_disconnect
         self._scope = trio.CancelScope()
+        self._stopping = False
         self._live: _Link | None = None
         self._rotate_now = trio.Event()
 
     def request_stop(self) -> None:
         """Stopping a feed needs no draining: close the connections now (what was read is published)."""
+        self._stopping = True
         self._scope.cancel()
 
     def request_rotation(self) -> None:
@@ -236,7 +238,7 @@ class Feed:
                     await self._pump(link)
         finally:
             link.done.set()
-            if link.live and not link.retired:
+            if link.live and not link.retired and not self._stopping:
                 counters.disconnects += 1
 
     async def _subscribe(self, link: _Link) -> None:
