@@ -1,6 +1,10 @@
-"""Feed benchmark: simulator at full speed → transport → Bybit decode → normalizer → SQLite.
+"""Feed benchmark: simulator at full speed → transport → Bybit decode → normalizer → SQLite, and books.
 
-    python -m benchmarks.feed [--frames N] [--market spot|linear] [--json PATH]
+    python -m benchmarks.feed [--frames N] [--market spot|linear] [--book-updates N] [--json PATH]
+
+The book stage subscribes Binance spot diff depth at full speed, seeds the book from a REST snapshot and
+applies every update with the official algorithm's checks (decode + synchronizer), reporting book
+updates/s per core (= 1 / CPU per update).
 
 The simulator runs in its own process (`marketflow sim --rate 0`), so the CPU figures are this process's
 alone: what marketflow spends per frame and per trade at each stage. Each stage is measured on a fresh
@@ -23,14 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 import trio
 
 from marketflow.config import FeedConfig, default_config
 from marketflow.daemon import Daemon
-from marketflow.exchanges import bybit
+from marketflow.exchanges import binance, bybit
+from marketflow.exchanges.base import Decoded
 from marketflow.exchanges.ws import connect_ws
 from marketflow.model import RawFrames, Trade
 from marketflow.pipeline.feed import Feed, FeedCounters
+from marketflow.pipeline.books import BinanceSpotBook
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.runtime.bus import Bus, Overflow, receive_batches
 
@@ -40,11 +47,11 @@ SYMBOL = "BTCUSDT"
 class Simulator:
     """`marketflow sim` in a subprocess, serving one symbol as fast as it is read, up to `frames`."""
 
-    def __init__(self, frames: int, seed: int) -> None:
+    def __init__(self, frames: int, seed: int, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "marketflow", "sim", "--port", "0", "--rate", "0", "--seed", str(seed),
-             "--symbols", SYMBOL, "--max-frames", str(frames)],
-            stdout=subprocess.PIPE, text=True,
+             "--symbols", SYMBOL, "--max-frames", str(frames), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         assert self.proc.stdout is not None
         self.urls: dict[str, str] = {}
@@ -52,6 +59,9 @@ class Simulator:
             parts = line.split()
             if parts[:1] == ["bybit"]:
                 self.urls[parts[1]] = parts[2]
+            if parts[:1] == ["binance"]:
+                self.urls[f"binance-{parts[1]}"] = parts[2]
+                self.urls[f"binance-{parts[1]}-rest"] = parts[4]
             if parts[:1] == ["http"]:
                 break
 
@@ -83,7 +93,7 @@ class StageResult:
 
 async def _subscribe(url: str) -> Any:
     conn = await connect_ws(url)
-    session = bybit.Session("spot" if url.endswith("spot") else "linear", [SYMBOL], ("trades",))
+    session = bybit.Session("spot" if url.endswith("spot") else "linear", [bybit.trade_topic(SYMBOL)])
     for request in session.subscribe_requests():
         await conn.send_text(request.payload)
     return conn, session
@@ -100,9 +110,9 @@ async def stage_transport(url: str, frames: int, decode: bool) -> tuple[int, int
             data = [m for m in messages if session.is_data(m)]
             data_frames += len(data)
             if decode:
-                out: list[Trade] = []
+                out = Decoded()
                 decoder.decode(data, 0, out)
-                trades += len(out)
+                trades += len(out.trades)
     return data_frames, trades
 
 
@@ -111,30 +121,32 @@ async def stage_pipeline(url: str, frames: int) -> tuple[int, int]:
     raw: Bus[RawFrames] = Bus("raw")
     trades_bus: Bus[Trade] = Bus("trades")
     raw_sub = raw.subscribe("normalizer", 256, Overflow.BLOCK)
-    sink = trades_bus.subscribe("sink", 256, Overflow.BLOCK)
+    sink_sub = trades_bus.subscribe("sink", 256, Overflow.BLOCK)
     counters = FeedCounters()
     feed = Feed(name="bybit", exchange="bybit", market=market, url=url,
-                session_factory=lambda: bybit.Session(market, [SYMBOL], ("trades",)),
+                session_factory=lambda: bybit.Session(market, [bybit.trade_topic(SYMBOL)]),
                 bus=raw, counters=counters, stale_timeout_s=30, ping_interval_s=20)
     normalizer = Normalizer(raw_sub, trades_bus, {"bybit": bybit.FrameDecoder("bybit", market, {SYMBOL: "BTC-USDT"})})
     got = 0
-    async with trio.open_nursery() as nursery:
-        await nursery.start(normalizer.run)
-        await nursery.start(feed.run)
-        receiver = sink.receiver()
-        while counters.data_frames < frames:
-            for batch in await receive_batches(receiver):
+
+    async def sink() -> None:
+        nonlocal got
+        with sink_receiver:
+            async for batch in sink_receiver:
                 got += len(batch)
-        feed.request_stop()
-        raw.close()
-        while True:
-            try:
-                for batch in await receive_batches(receiver):
-                    got += len(batch)
-            except trio.EndOfChannel:
-                break
-            if normalizer.statistics().batches and not raw_sub.statistics().queued_batches:
-                trades_bus.close()
+
+    sink_receiver = sink_sub.receiver()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sink)
+        async with trio.open_nursery() as pipeline:
+            await pipeline.start(normalizer.run)
+            async with trio.open_nursery() as feeds:
+                await feeds.start(feed.run)
+                while counters.data_frames < frames:
+                    await trio.sleep(0.005)
+                feed.request_stop()
+            raw.close()  # the normalizer decodes what is queued, then returns
+        trades_bus.close()
     return counters.data_frames, got
 
 
@@ -164,10 +176,37 @@ async def stage_storage(url: str, frames: int, db_dir: Path) -> tuple[int, int]:
     return counters.data_frames, rows
 
 
-def measure(name: str, market: str, frames: int, seed: int, body: Callable[[str], Awaitable[tuple[int, int]]]) -> StageResult:
-    sim = Simulator(frames, seed)
+async def stage_books(base: str, rest: str, updates: int) -> tuple[int, int]:
+    """Binance spot depth at full speed: decode + the official local-book algorithm on every update."""
+    conn = await connect_ws(base + "/stream")
+    session = binance.Session("spot", [binance.depth_topic(SYMBOL)])
+    decoder = binance.FrameDecoder("binance", "spot", {SYMBOL: "BTC-USDT"})
+    sync = BinanceSpotBook()
+    for request in session.subscribe_requests():
+        await conn.send_text(request.payload)
+    applied = 0
+    async with conn, httpx.AsyncClient() as client:
+        while applied < updates:
+            messages = await conn.receive_messages()
+            out = Decoded()
+            decoder.decode([m for m in messages if session.is_data(m)], 0, out)
+            for update in out.books:
+                if sync.on_update(update) is not None:
+                    raise AssertionError("gap on a continuous stream")
+            if sync.needs_snapshot():  # first sync only: a gap on this stream raises above
+                sync.snapshot_requested()
+                body = (await client.get(rest + "/api/v3/depth", params={"symbol": SYMBOL, "limit": 1000})).content
+                sync.on_snapshot(binance.parse_rest_depth(body, "binance", "BTC-USDT", 0))
+            applied = sync.statistics().updates_applied
+    return applied, 0
+
+
+def measure(
+    name: str, market: str, frames: int, seed: int, body: Callable[[str], Awaitable[tuple[int, int]]], *extra: str
+) -> StageResult:
+    sim = Simulator(frames, seed, *extra)
     try:
-        url = sim.urls[market]
+        url = sim.urls[market] if market in sim.urls else sim.urls["binance-spot"] + " " + sim.urls["binance-spot-rest"]
         wall0, cpu0 = time.perf_counter(), time.process_time()
         got_frames, got_trades = trio.run(body, url)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -181,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=100_000)
     parser.add_argument("--market", choices=["spot", "linear"], default="spot")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--book-updates", type=int, default=50_000, help="book updates to apply (0: skip)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     n, market, seed = args.frames, args.market, args.seed
@@ -191,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             measure("+ feed/normalizer actors", market, n, seed, lambda url: stage_pipeline(url, n)),
             measure("+ SQLite writer (daemon)", market, n, seed, lambda url: stage_storage(url, n, Path(tmp))),
         ]
+        if args.book_updates:
+            books = measure("binance spot depth → book", "books", 0, seed,
+                            lambda url: stage_books(*url.split(), args.book_updates), "--book-rate", "0")
     rows = [r.row() for r in results]
     print(f"feed benchmark: bybit {market} {SYMBOL}, {n} frames per stage, simulator in its own process, "
           f"{os.cpu_count()} cores")
@@ -203,8 +246,17 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]["cpu_us_per_frame"]
     print("CPU per frame relative to the transport alone: "
           + ", ".join(f"{r['stage']} {r['cpu_us_per_frame'] / base:.2f}x" for r in rows))
+    book_row = None
+    if args.book_updates:
+        per_update = books.cpu_s / books.frames * 1e6
+        book_row = {"updates": books.frames, "updates_per_s": books.frames / books.wall_s,
+                    "cpu_us_per_update": per_update, "updates_per_s_per_core": 1e6 / per_update,
+                    "client_cpu_pct": 100 * books.cpu_s / books.wall_s}
+        print(f"books: binance spot depth@100ms at full speed, decode + official algorithm checks: "
+              f"{book_row['updates_per_s']:,.0f} updates/s ({book_row['client_cpu_pct']:.0f}% client CPU), "
+              f"{per_update:.2f} µs CPU per update = {book_row['updates_per_s_per_core']:,.0f} updates/s per core")
     if args.json:
-        args.json.write_text(json.dumps({"market": market, "frames": n, "stages": rows}, indent=2))
+        args.json.write_text(json.dumps({"market": market, "frames": n, "stages": rows, "books": book_row}, indent=2))
     return 0
 
 

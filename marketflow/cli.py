@@ -31,6 +31,7 @@ def _add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from marketflow.sim import add_arguments as add_sim_arguments
+    from marketflow.storage.migrate import add_db_arguments
 
     parser = argparse.ArgumentParser(
         prog="marketflow",
@@ -48,11 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=20.0, metavar="N", help="trade frames/s per symbol")
     demo.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
 
-    sim = sub.add_parser("sim", help="the exchange simulator alone (Bybit v5 protocol on one port)")
+    sim = sub.add_parser("sim", help="the exchange simulator alone (Bybit v5 and Binance on one port)")
     add_sim_arguments(sim)
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", metavar="PATH")
+
+    add_db_arguments(sub.add_parser("db", help="database schema: upgrade, current, check"))
     return parser
 
 
@@ -78,6 +81,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_config(args.path)
         print(f"{args.path}: OK ({len(config.feeds)} feeds)")
         return EXIT_OK
+    if args.command == "db":
+        from marketflow.storage.migrate import run_db_command
+
+        configure_logging("info", "console")
+        return run_db_command(args)
     if args.command == "sim":
         from marketflow.sim import run_from_args
 

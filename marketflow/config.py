@@ -105,6 +105,13 @@ class SupervisorConfig:
 
 
 @attrs.frozen
+class BooksConfig:
+    # Every synced book's top `snapshot_depth` levels are written to `book_snapshots` this often.
+    snapshot_interval_s: float = 10.0
+    snapshot_depth: int = 20
+
+
+@attrs.frozen
 class FeedConfig:
     exchange: str
     market: str
@@ -142,6 +149,7 @@ class Config:
     feeds: tuple[FeedConfig, ...]
     analytics: AnalyticsConfig
     source: str | None = None  # the file it was read from (parse_config: its `source` label)
+    books: BooksConfig = BooksConfig()
 
 
 DEFAULT_FEEDS: Final = (
@@ -424,7 +432,11 @@ _SUPERVISOR: Final[Mapping[str, _Check]] = {
     "circuit_window_s": _seconds,
     "circuit_open_s": _seconds,
 }
-_TOP_KEYS: Final = ("daemon", "http", "storage", "supervisor", "feeds", "analytics")
+_BOOKS: Final[Mapping[str, _Check]] = {
+    "snapshot_interval_s": _seconds,
+    "snapshot_depth": _integer(1),
+}
+_TOP_KEYS: Final = ("daemon", "http", "storage", "supervisor", "books", "feeds", "analytics")
 
 
 class _Checker:
@@ -484,6 +496,7 @@ class _Checker:
             given = "" if "backoff_max_s" in supervisor else " (the default)"
             reason = f"must be >= backoff_initial_s ({initial:g}), got {maximum:g}{given}"
             self.report(("supervisor", "backoff_max_s"), reason)
+        books = self.section(doc, "books", _BOOKS)
         feeds = self.feeds(doc)
         analytics = self.analytics(doc)
         if env.get(STORAGE_URL_ENV):
@@ -502,6 +515,7 @@ class _Checker:
             http=HttpConfig(**http),
             storage=StorageConfig(**storage),
             supervisor=SupervisorConfig(**supervisor),
+            books=BooksConfig(**books),
             feeds=DEFAULT_FEEDS if feeds is None else tuple(FeedConfig(**feed) for feed in feeds),
             analytics=AnalyticsConfig(**analytics),
         )

@@ -1,9 +1,9 @@
 """The daemon: wires the actor tree from a `Config` and runs it under one supervisor.
 
-Start order (and so the reverse shutdown order): gap ledger, storage writer, book keeper, backfiller,
-normalizer, feeds (one child per exchange connection). Stopping a feed closes its connection; stopping the
-normalizer closes the raw bus, so it decodes what is queued and returns; the book keeper and the writer
-end when their buses close, the writer after committing everything.
+Start order (and so the reverse shutdown order): gap ledger, storage writer, candle sink, analytics, book
+keeper, backfiller, normalizer, feeds (one child per exchange connection). Stopping a feed closes its
+connection; stopping the normalizer closes the raw bus, so it decodes what is queued and returns; the book
+keeper, analytics and the writer end when their buses close, the writer after committing everything.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import attrs
 import trio
 
 from marketflow import exchanges
+from marketflow.analytics.candles import Candle
+from marketflow.analytics.engine import AnalyticsEngine
 from marketflow.config import Config, FeedConfig
 from marketflow.exchanges.base import FrameDecoder
 from marketflow.model import BookUpdate, RawFrames, Trade, native_symbol
@@ -30,6 +32,7 @@ from marketflow.pipeline.rest import RestClient, WeightBudget
 from marketflow.runtime.bus import Bus, Overflow
 from marketflow.runtime.supervisor import ChildSpec, Restart, Supervisor, SupervisorPolicy
 from marketflow.storage import make_writer, open_store
+from marketflow.storage.sink import RecordSink
 from marketflow.storage.writer import StorageWriter, TradeStore
 from marketflow.systemd import Notifier
 
@@ -84,6 +87,8 @@ class Daemon:
         self._raw_sub = self.raw_bus.subscribe("normalizer", capacity, Overflow.BLOCK)
         self._trade_sub = self.trade_bus.subscribe("storage", capacity, Overflow.BLOCK)
         self._book_sub = self.book_bus.subscribe("books", capacity, Overflow.BLOCK)
+        # Analytics must never hold up the feeds: it reads live views with drop-oldest, counted.
+        self._analytics_sub = self.trade_bus.subscribe("analytics", capacity, Overflow.DROP_OLDEST)
         self.store: TradeStore = open_store(config.storage.url)
         self.decoders: dict[str, FrameDecoder] = {}
         self.feed_counters: dict[str, FeedCounters] = {}
@@ -101,13 +106,27 @@ class Daemon:
             self.rest_clients,
             self.resubscribe,
             persist=getattr(self.store, "write_book_snapshots", None),
+            snapshot_interval_s=config.books.snapshot_interval_s,
+            snapshot_depth=config.books.snapshot_depth,
         )
         self.backfiller = Backfiller(self.trade_bus, self.ledger, self.rest_clients, self.decoders)
+        self.candle_sink: RecordSink[Candle] = RecordSink(
+            "candles", getattr(self.store, "write_candles", None)
+        )
+        self.analytics = AnalyticsEngine(
+            self._analytics_sub, config.analytics, persist=self.candle_sink.submit
+        )
         shutdown = config.daemon.shutdown_timeout_s
         children = [
             ChildSpec("gaps", lambda: self.ledger, Restart.PERMANENT, shutdown),
             ChildSpec(
                 "storage", self._make_writer, Restart.PERMANENT, shutdown, on_stop=self.trade_bus.close
+            ),
+            ChildSpec("candles", lambda: self.candle_sink, Restart.PERMANENT, shutdown),
+            # Stopped after every trade publisher (normalizer, backfill): closing the trade bus lets
+            # analytics and then storage drain it to the end.
+            ChildSpec(
+                "analytics", lambda: self.analytics, Restart.PERMANENT, shutdown, on_stop=self.trade_bus.close
             ),
             ChildSpec("books", lambda: self.books, Restart.PERMANENT, shutdown, on_stop=self.book_bus.close),
             ChildSpec("backfill", lambda: self.backfiller, Restart.PERMANENT, shutdown),

@@ -6,6 +6,7 @@ that the gap ledger holds each gap, and that stored Binance aggregate ids are co
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -187,3 +188,45 @@ async def test_server_shutdown_is_met_with_a_replacement_first(tmp_path: Path) -
         for native in NATIVES:
             ids = sorted(int(i) for i in stored_ids(db, "binance", normalized(native, market)))
             assert ids == list(range(ids[0], ids[-1] + 1))
+
+
+def table(db: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+async def test_gaps_book_snapshots_and_candles_are_stored(tmp_path: Path) -> None:
+    from marketflow.config import AnalyticsConfig, BooksConfig
+
+    sim = SimServer(SimConfig(seed=45, rate=50, book_rate=20))
+    markets = (("bybit", "linear"), ("binance", "spot"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.run)
+        config = attrs.evolve(
+            config_for(tmp_path, sim, markets),
+            books=BooksConfig(snapshot_interval_s=0.2, snapshot_depth=5),
+            analytics=AnalyticsConfig(candle_intervals=("1s",)),
+        )
+        daemon = Daemon(config)
+        await nursery.start(daemon.run)
+        with trio.fail_after(30):
+            await all_match(daemon, sim, markets)
+            sim.skip_update("binance", "spot", "ETHUSDT")
+            await wait_for(lambda: any(r.end is not None for r in daemon.ledger.query("binance", "ETH-USDT")), 0.01)
+            await trio.sleep(2.5)  # a few closed 1 s candles and book snapshot rounds
+            await daemon.stop()
+        nursery.cancel_scope.cancel()
+    db = tmp_path / "mf.db"
+    gaps = table(db, 'SELECT exchange, symbol, channel, "end" IS NOT NULL, reason FROM gaps')
+    assert ("binance", "ETH-USDT", "book", 1) in [g[:4] for g in gaps]
+    snapshots = table(db, "SELECT exchange, symbol, depth, bids, asks FROM book_snapshots")
+    assert {(s[0], s[1]) for s in snapshots} >= {("bybit", "BTC-USDT-PERP"), ("binance", "BTC-USDT")}
+    exchange, symbol, depth, bids, asks = snapshots[-1]
+    assert depth == 5 and len(json.loads(str(bids))) == 5 and len(json.loads(str(asks))) == 5
+    candles = table(db, "SELECT exchange, symbol, interval, trades, open, vwap FROM candles")
+    assert candles and {c[2] for c in candles} == {"1s"}
+    # Exact decimals stored as the exchange wrote them (no float artefacts).
+    assert all("e" not in str(c[4]).lower() for c in candles)

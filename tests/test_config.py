@@ -11,6 +11,7 @@ import pytest
 
 from marketflow.config import (
     AnalyticsConfig,
+    BooksConfig,
     Config,
     ConfigError,
     ConfigIssue,
@@ -287,6 +288,14 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
     "unknown channel": (
         FEED + 'channels = ["trades", "quotes"]\n',
         ['m.toml:5: feeds[0].channels[1]: must be one of trades, book, got string "quotes"'],
+    ),
+    "books snapshot depth": (
+        '[books]\nsnapshot_depth = 0\n',
+        ["m.toml:2: books.snapshot_depth: must be an integer >= 1, got integer 0"],
+    ),
+    "books unknown key": (
+        '[books]\nsnapshot_every = 5\n',
+        ["m.toml:2: books.snapshot_every: unknown key, did you mean 'snapshot_depth'?"],
     ),
     "duplicate channel": (
         FEED + 'channels = ["trades", "trades"]\n',
@@ -597,6 +606,9 @@ backoff_max_s = 1
 circuit_failures = 3
 circuit_window_s = 9
 circuit_open_s = 7
+[books]
+snapshot_interval_s = 2.5
+snapshot_depth = 7
 [[feeds]]
 exchange = "binance"
 market = "spot"
@@ -636,6 +648,7 @@ bin_size = { "BTC-USDT" = "0.5" }
         ),
         AnalyticsConfig(("15s", "4h", "1d"), Decimal("1"), Decimal("250000"), {"BTC-USDT": Decimal("0.5")}),
         source="m.toml",
+        books=BooksConfig(2.5, 7),
     )
     assert (config.http.host, config.http.port) == ("::1", 0)
 

@@ -1,13 +1,27 @@
-"""Storage: one schema, SQLite (embedded default) and PostgreSQL engines, the writer actor."""
+"""Storage: one schema, SQLite (embedded default) and PostgreSQL engines, the writer actor and its spool."""
 
 from __future__ import annotations
+
+import os
 
 from marketflow.config import Config
 from marketflow.model import Trade
 from marketflow.runtime.backoff import Backoff
 from marketflow.runtime.bus import Subscription
-from marketflow.storage.sqlite import SqliteTradeStore, StorageError
-from marketflow.storage.writer import StorageWriter, TradeStore
+from marketflow.storage.migrate import display_url
+from marketflow.storage.spool import Spool
+from marketflow.storage.sqlite import SqliteTradeStore
+from marketflow.storage.writer import SchemaVersionError, StorageError, StorageWriter, TradeStore
+
+__all__ = [
+    "SchemaVersionError",
+    "StorageError",
+    "StorageWriter",
+    "TradeStore",
+    "make_writer",
+    "open_store",
+    "spool_directory",
+]
 
 
 def open_store(url: str) -> TradeStore:
@@ -15,8 +29,17 @@ def open_store(url: str) -> TradeStore:
     if url.startswith("sqlite:///"):
         return SqliteTradeStore(url)
     if url.startswith(("postgresql://", "postgresql+asyncpg://")):
-        raise StorageError("PostgreSQL storage is not available in this version yet; use a sqlite:/// URL")
-    raise StorageError(f"unsupported storage URL {url!r}: expected sqlite:///PATH or postgresql://...")
+        from marketflow.storage.postgres import PostgresTradeStore  # asyncpg only when it is used
+
+        return PostgresTradeStore(url)
+    raise StorageError(
+        f"unsupported storage URL {display_url(url)!r}: expected sqlite:///PATH or postgresql://..."
+    )
+
+
+def spool_directory(config: Config) -> str:
+    """Where the writer spools trades the database cannot take: `<daemon.state_dir>/spool/trades`."""
+    return os.path.join(config.daemon.state_dir, "spool", "trades")
 
 
 def make_writer(config: Config, store: TradeStore, subscription: Subscription[Trade]) -> StorageWriter:
@@ -28,4 +51,9 @@ def make_writer(config: Config, store: TradeStore, subscription: Subscription[Tr
         batch_max=s.batch_max,
         flush_interval_s=s.flush_interval_s,
         backoff=Backoff(config.supervisor.backoff_initial_s, config.supervisor.backoff_max_s),
+        spool=Spool(spool_directory(config)),
+        buffer_max=s.buffer_max,
+        # Half the shutdown deadline for the last database attempt leaves the rest for the spool.
+        shutdown_write_s=config.daemon.shutdown_timeout_s / 2,
+        retention_days=s.retention_days,
     )

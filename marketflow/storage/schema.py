@@ -5,6 +5,9 @@ would turn NUMERIC into a float). Times are integer microseconds since the epoch
 on PostgreSQL. The unique key of `trades` leads with time within a symbol — `(exchange, symbol, ts, id)` —
 so inserts land at the end of the index (measured 440k rows/s flat, against 95k falling to 47k for a key
 on random ids); it still makes the same trade twice one row, because a trade's exchange time never changes.
+
+Changes to these tables are migrations (`marketflow/storage/migrations/versions/`); a test checks that the
+migrated database and this metadata agree, on both engines.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Dialect,
+    Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -98,6 +102,7 @@ trades = Table(
     Column("side", String(4), nullable=False),
     Column("recv_ts", Micros(), nullable=False),
     UniqueConstraint("exchange", "symbol", "ts", "id", name="trades_identity"),
+    Index("trades_ts", "ts"),  # retention finds the oldest rows through it (migration 0002)
 )
 
 candles = Table(

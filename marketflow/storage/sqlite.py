@@ -1,8 +1,10 @@
 """SQLite storage, the embedded default: WAL, one writer thread, idempotent batched inserts.
 
-The schema comes from `schema.py` (SQLAlchemy Core creates it); the insert statement is compiled from the
-same table once and run with the stdlib driver's `executemany` — SQLAlchemy's own executemany measured
-~18% slower here for the same work.
+The schema is `schema.py`, created and versioned by the migrations (`migrate.prepare` initialises an empty
+file and refuses any other revision but the newest); the insert statement is compiled from the same table
+once and run with the stdlib driver's `executemany` — SQLAlchemy's own executemany measured ~18% slower
+here for the same work. Writes and retention pruning share the one writer connection and take turns
+(a FIFO limiter of one), so a prune batch delays a write by at most its own length.
 """
 
 from __future__ import annotations
@@ -13,16 +15,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 import trio
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from marketflow.model import Trade
-from marketflow.storage.schema import metadata, trades
+from marketflow.model import GapRecord, Trade
+from marketflow.storage import migrate, records
+from marketflow.storage.schema import trades
+from marketflow.storage.writer import StorageError
 
-
-class StorageError(Exception):
-    """The database refused or failed an operation; the message names the database and the cause."""
+__all__ = ["SqliteTradeStore", "StorageError", "sqlite_path"]
 
 
 def sqlite_path(url: str) -> str:
@@ -39,6 +40,7 @@ def _compile_insert() -> str:
 
 
 _INSERT_TRADES = _compile_insert()
+_PRUNE = "DELETE FROM trades WHERE rowid IN (SELECT rowid FROM trades WHERE ts < ? ORDER BY ts LIMIT ?)"
 
 
 class SqliteTradeStore:
@@ -61,20 +63,20 @@ class SqliteTradeStore:
         await trio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
 
     def _open_sync(self) -> None:
+        if self._conn is not None:
+            return
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(self.url)
-            try:
-                with engine.begin() as ddl:
-                    metadata.create_all(ddl)
-            finally:
-                engine.dispose()
+        except OSError as exc:
+            raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        migrate.prepare(self.url)  # raises SchemaVersionError unless the schema is the newest
+        try:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
-        except (sqlite3.Error, sa.exc.SQLAlchemyError, OSError) as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
         self._conn = conn
 
@@ -101,6 +103,50 @@ class SqliteTradeStore:
             return conn.total_changes - before
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite insert into {self.path} failed: {exc}") from exc
+
+    async def write_gaps(self, batch: Sequence[GapRecord]) -> None:
+        """Upsert gap ledger records (a record is replaced when it closes)."""
+        await self._execute_many(records.SQLITE["gaps"], records.gap_rows(batch))
+
+    async def write_book_snapshots(self, batch: Sequence[records.BookSnapshotRow]) -> None:
+        await self._execute_many(records.SQLITE["book_snapshots"], records.book_rows(batch))
+
+    async def write_candles(self, batch: Sequence[records.CandleRow]) -> None:
+        """Upsert candles (a late trade's correction replaces the stored candle)."""
+        await self._execute_many(records.SQLITE["candles"], records.candle_rows(batch, exact_text=True))
+
+    async def _execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            await trio.to_thread.run_sync(self._execute_many_sync, sql, rows, limiter=self._limiter)
+
+    def _execute_many_sync(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        conn = self._conn
+        if conn is None:
+            raise StorageError("SQLite store used before open()")
+        try:
+            conn.execute("BEGIN")
+            try:
+                conn.executemany(sql, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite write to {self.path} failed: {exc}") from exc
+
+    async def prune_trades(self, before_us: int, limit: int) -> int:
+        """Delete up to `limit` of the oldest trades with `ts < before_us`; returns how many went."""
+        return await trio.to_thread.run_sync(self._prune_sync, before_us, limit, limiter=self._limiter)
+
+    def _prune_sync(self, before_us: int, limit: int) -> int:
+        conn = self._conn
+        if conn is None:
+            raise StorageError("SQLite store used before open()")
+        try:
+            cursor = conn.execute(_PRUNE, (before_us, limit))
+            return cursor.rowcount
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite retention delete in {self.path} failed: {exc}") from exc
 
     async def close(self) -> None:
         await trio.to_thread.run_sync(self._close_sync, limiter=self._limiter)

@@ -1,14 +1,28 @@
-"""The storage writer actor: trade batches from the bus → the database, in bounded transactions.
+"""The storage writer actor: trade batches from the bus → the database, losing nothing when it fails.
 
-Rows are committed when `batch_max` are pending or `flush_interval_s` after the oldest pending row arrived,
-whichever comes first — so a SIGKILL loses at most one flush interval. When the database fails the writer
-keeps the rows and retries with backoff; it stops reading meanwhile, so the bus (BLOCK policy) pushes back
-on the feeds instead of dropping anything. When the bus closes it flushes everything and returns.
+Two tasks share the work, so reading never waits for the database:
+
+- the reader takes every batch from the subscription as it comes and cuts the stream into chunks, sealed
+  at `batch_max` trades or `flush_interval_s` after the chunk's first trade arrived, whichever is first;
+- the flusher commits sealed chunks in arrival order, one transaction each, retrying with backoff.
+
+Unwritten chunks form one FIFO: `head` (in memory) → the disk spool → `tail` (in memory, only while the
+spool is not empty). While memory holds more than `buffer_max` trades, further chunks go to the spool
+(append-only, fsync per chunk, checksummed: `spool.py`), which is replayed in order when the database
+answers again — also after a restart, before anything new. Writes are idempotent by trade identity, so a
+chunk written twice (a replay after a crash, a redundant daemon) is still one row per trade.
+
+Shutdown (the bus closes): the last chunk is sealed and memory goes to the database within
+`shutdown_write_s`; whatever it cannot take by then goes to the spool, which the next start replays.
+A SIGKILL loses what was received within one flush interval and, during an outage, what memory held
+(at most `buffer_max` trades; 0 spools every chunk the database did not take): the spool survives.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -18,8 +32,20 @@ import trio
 from marketflow.model import Trade, now_us
 from marketflow.runtime.backoff import Backoff
 from marketflow.runtime.bus import Subscription, receive_batches
+from marketflow.storage.spool import Spool
 
 log = logging.getLogger("marketflow.storage")
+
+DAY_US = 86_400_000_000
+LAST_RESORT_S = 5.0  # most a stopping writer spends putting what memory still holds on disk
+
+
+class StorageError(Exception):
+    """The database refused or failed an operation; the message names the database and the cause."""
+
+
+class SchemaVersionError(StorageError):
+    """The database's schema is not the one this marketflow writes; the message says what to do."""
 
 
 class TradeStore(Protocol):
@@ -32,11 +58,20 @@ class TradeStore(Protocol):
 
     async def write_trades(self, batch: Sequence[Trade]) -> int: ...
 
+    async def prune_trades(self, before_us: int, limit: int) -> int: ...
+
     async def close(self) -> None: ...
 
 
 @attrs.frozen
 class WriterStatistics:
+    """`/collectors/storage/stats`. Counts are trades unless named otherwise.
+
+    `buffered`: in memory, not yet committed; `spooled`: on disk, not yet committed; `lag_ms`: age of the
+    oldest uncommitted trade, or (nothing pending) how old the newest trade of the last batch was when it
+    was committed.
+    """
+
     name: str
     engine: str
     url: str
@@ -50,10 +85,17 @@ class WriterStatistics:
     buffered: int
     lag_ms: float | None
     last_batch_ms: float | None
+    spooled: int = 0
+    spooled_total: int = 0
+    replayed: int = 0
+    spool_corrupt: int = 0
+    spool_path: str | None = None
+    pruned: int = 0
+    prune_batches: int = 0
 
 
 class StorageWriter:
-    """Owns one store; batches trades from `subscription` into it."""
+    """Owns one store (and optionally a spool); batches trades from `subscription` into it."""
 
     def __init__(
         self,
@@ -64,6 +106,13 @@ class StorageWriter:
         flush_interval_s: float,
         backoff: Backoff | None = None,
         name: str = "storage",
+        spool: Spool | None = None,
+        buffer_max: int | None = None,
+        shutdown_write_s: float = 5.0,
+        retention_days: int = 0,
+        prune_interval_s: float = 60.0,
+        prune_batch: int = 5000,
+        prune_pause_s: float = 0.01,
     ) -> None:
         self.name = name
         self._store = store
@@ -71,7 +120,28 @@ class StorageWriter:
         self._batch_max = batch_max
         self._flush_interval_s = flush_interval_s
         self._backoff = backoff or Backoff(0.5, 30.0)
-        self._pending: list[Trade] = []
+        self._spool = spool
+        # Without a spool an overflow has nowhere to go: the reader then waits (pushing back on the bus).
+        self._buffer_max = math.inf if buffer_max is None else buffer_max
+        self._shutdown_write_s = shutdown_write_s
+        self._retention_us = retention_days * DAY_US
+        self._prune_interval_s = prune_interval_s
+        self._prune_batch = prune_batch
+        self._prune_pause_s = prune_pause_s
+
+        self._assembling: list[Trade] = []
+        self._head: deque[list[Trade]] = deque()
+        self._tail: deque[list[Trade]] = deque()
+        self._head_trades = 0
+        self._tail_trades = 0
+        self._memory_lock = trio.Lock()
+        self._work = trio.Event()
+        self._room = trio.Event()
+        self._input_done = trio.Event()
+        self._connected = trio.Event()
+        self._final_deadline = math.inf
+        self._attempt_scope: trio.CancelScope | None = None
+
         self._state = "starting"
         self._rows_received = 0
         self._rows_written = 0
@@ -79,10 +149,30 @@ class StorageWriter:
         self._batches = 0
         self._errors = 0
         self._last_error: str | None = None
-        self._lag_ms: float | None = None
+        self._last_lag_ms: float | None = None
         self._last_batch_ms: float | None = None
+        self._pruned = 0
+        self._prune_batches = 0
+
+    # -- statistics -----------------------------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        return len(self._assembling) + self._head_trades + self._tail_trades
+
+    def _oldest_pending_recv_ts(self) -> int | None:
+        if self._head:
+            return self._head[0][0].recv_ts
+        if self._spool:
+            return self._spool.statistics().oldest_recv_ts
+        if self._tail:
+            return self._tail[0][0].recv_ts
+        return self._assembling[0].recv_ts if self._assembling else None
 
     def statistics(self) -> WriterStatistics:
+        oldest = self._oldest_pending_recv_ts()
+        lag_ms = self._last_lag_ms if oldest is None else (now_us() - oldest) / 1000
+        spool = self._spool.statistics() if self._spool is not None else None
         return WriterStatistics(
             name=self.name,
             engine=self._store.engine_name,
@@ -94,27 +184,54 @@ class StorageWriter:
             batches=self._batches,
             errors=self._errors,
             last_error=self._last_error,
-            buffered=len(self._pending),
-            lag_ms=self._lag_ms,
+            buffered=self.buffered,
+            lag_ms=lag_ms,
             last_batch_ms=self._last_batch_ms,
+            spooled=spool.trades if spool else 0,
+            spooled_total=spool.appended_trades if spool else 0,
+            replayed=spool.replayed_trades if spool else 0,
+            spool_corrupt=spool.corrupt_records if spool else 0,
+            spool_path=spool.directory if spool else None,
+            pruned=self._pruned,
+            prune_batches=self._prune_batches,
         )
 
+    # -- the actor ------------------------------------------------------------------------------------------
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._store.open()
+        if self._spool is not None:
+            await self._spool.open()
         receiver = self._subscription.receiver()
-        self._state = "running"
+        self._state = "connecting"
+        # One attempt before reporting ready, so a normal start is connected; if the database is down the
+        # writer is ready anyway (the bus must be drained meanwhile) and the flusher keeps trying.
+        await self._try_open()
         task_status.started()
         try:
             with receiver:
-                await self._loop(receiver)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read, receiver)
+                    nursery.start_soon(self._flush_then_stop_pruning, nursery.cancel_scope)
+                    nursery.start_soon(self._prune_loop)
         finally:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True) as cleanup:
+                cleanup.deadline = trio.current_time() + LAST_RESORT_S
+                if self.buffered and self._spool is not None:
+                    await self._spool_last_resort()
                 await self._store.close()
+                if self._spool is not None:
+                    await self._spool.close()
             self._state = "stopped"
 
-    async def _loop(self, receiver: trio.MemoryReceiveChannel[list[Trade]]) -> None:
-        pending = self._pending
-        deadline = float("inf")
+    async def _flush_then_stop_pruning(self, scope: trio.CancelScope) -> None:
+        await self._flush()
+        scope.cancel()  # the reader is done too by now; only the pruner is left
+
+    # -- reader ---------------------------------------------------------------------------------------------
+
+    async def _read(self, receiver: trio.MemoryReceiveChannel[list[Trade]]) -> None:
+        assembling = self._assembling
+        deadline = math.inf
         while True:
             ended = False
             with trio.move_on_at(deadline):
@@ -123,46 +240,264 @@ class StorageWriter:
                 except trio.EndOfChannel:
                     ended = True
                 else:
-                    if not pending:
+                    if not assembling:
                         deadline = trio.current_time() + self._flush_interval_s
                     for batch in batches:
-                        pending.extend(batch)
+                        assembling.extend(batch)
                         self._rows_received += len(batch)
             if ended:
-                await self._flush_all()
-                return
-            if len(pending) >= self._batch_max or trio.current_time() >= deadline:
-                await self._flush_all()
-                deadline = float("inf")
+                break
+            if len(assembling) >= self._batch_max or trio.current_time() >= deadline:
+                await self._seal_all()
+                deadline = math.inf
+        await self._seal_all()
+        self._final_deadline = trio.current_time() + self._shutdown_write_s
+        self._input_done.set()
+        if self._attempt_scope is not None:
+            self._attempt_scope.deadline = min(self._attempt_scope.deadline, self._attempt_deadline())
+        self._wake()
 
-    async def _flush_all(self) -> None:
-        pending = self._pending
-        while pending:
-            chunk = pending[: self._batch_max]
-            await self._write_with_retry(chunk)
-            del pending[: len(chunk)]
+    async def _seal_all(self) -> None:
+        assembling = self._assembling
+        while assembling:
+            chunk = assembling[: self._batch_max]
+            del assembling[: len(chunk)]
+            await self._enqueue(chunk)
 
-    async def _write_with_retry(self, chunk: list[Trade]) -> None:
+    async def _enqueue(self, chunk: list[Trade]) -> None:
+        # Under the memory lock: which of head, spool and tail a chunk belongs to must not change while
+        # the flusher moves chunks between them.
+        async with self._memory_lock:
+            if self._spool or self._tail:
+                self._tail.append(chunk)  # the spool holds older trades: this waits behind them
+                self._tail_trades += len(chunk)
+            else:
+                self._head.append(chunk)
+                self._head_trades += len(chunk)
+            self._wake()
+            if self._spool is not None and self._head_trades + self._tail_trades > self._buffer_max:
+                await self._spill_newest()
+        while self._spool is None and self._head_trades + self._tail_trades > self._buffer_max:
+            self._room = trio.Event()
+            await self._room.wait()
+
+    async def _spill_newest(self) -> None:
+        """Memory over `buffer_max`: the newest chunks go to the end of the spool, in order (lock held)."""
+        assert self._spool is not None
+        while self._tail and self._head_trades + self._tail_trades > self._buffer_max:
+            await self._spool.append(self._tail[0])
+            self._tail_trades -= len(self._tail.popleft())
+            self._wake()
+        if self._tail or self._spool:
+            return
+        # Nothing spooled yet: the newest head chunks start the spool. The oldest stays: it may be in
+        # flight, and the flusher spills it itself if the write fails.
+        spill: list[list[Trade]] = []
+        while len(self._head) > 1 and self._head_trades > self._buffer_max:
+            chunk = self._head.pop()
+            self._head_trades -= len(chunk)
+            spill.append(chunk)
+        for chunk in reversed(spill):
+            await self._spool.append(chunk)
+            self._wake()
+
+    def _wake(self) -> None:
+        self._work.set()
+
+    # -- flusher --------------------------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
         while True:
-            started = trio.current_time()
+            if not self._connected.is_set():
+                if await self._try_open():
+                    continue
+            elif self._head:
+                chunk = self._head[0]
+                if await self._attempt(chunk):
+                    self._head.popleft()
+                    self._head_trades -= len(chunk)
+                    self._room.set()
+                    continue
+            elif self._input_done.is_set() and self._tail:
+                # Shutting down: memory first; the spool is durable and the next start replays it.
+                await self._tail_to_head()
+                continue
+            elif self._spool and not (
+                self._input_done.is_set() and trio.current_time() >= self._final_deadline
+            ):
+                batch = await self._spool.peek()
+                if batch is None:
+                    continue
+                if await self._attempt(batch, replay=True):
+                    await self._spool.consume()
+                    continue
+            elif self._tail:
+                await self._tail_to_head()  # the spool is drained: what waited behind it is next
+                continue
+            elif self._input_done.is_set():
+                return
+            else:
+                self._state = "running"
+                self._work = trio.Event()
+                await self._work.wait()
+                continue
+            # The last attempt failed.
+            if self._input_done.is_set() and self._spool is not None:
+                await self._spool_everything()
+                return
+            await self._spill_oldest()
+            delay = self._backoff.next_delay()
+            with trio.move_on_after(delay):
+                if self._spool is not None:
+                    await self._input_done.wait()  # shutting down: stop waiting, spool instead
+                else:
+                    await trio.sleep_forever()
+
+    def _attempt_deadline(self) -> float:
+        # Once the bus is closed, the database gets until the final deadline; then the spool takes over.
+        # Without a spool there is nowhere else to go, so it keeps trying until the supervisor cancels.
+        if self._input_done.is_set() and self._spool is not None:
+            return self._final_deadline
+        return math.inf
+
+    async def _tail_to_head(self) -> None:
+        async with self._memory_lock:
+            if self._head or (self._spool and not self._input_done.is_set()):
+                return  # the reader spilled meanwhile: look again
+            self._head, self._tail = self._tail, self._head
+            self._head_trades, self._tail_trades = self._tail_trades, 0
+
+    async def _try_open(self) -> bool:
+        with trio.CancelScope(deadline=self._attempt_deadline()) as scope:
+            self._attempt_scope = scope
+            try:
+                await self._store.open()
+            except Exception as exc:  # unreachable, refused, wrong schema: keep reading, spool, try again
+                self._note_failure(exc, "cannot open storage; retrying")
+                return False
+            finally:
+                self._attempt_scope = None
+        if scope.cancelled_caught:
+            self._note_failure(TimeoutError("no answer before the shutdown deadline"), "cannot open storage")
+            return False
+        self._connected.set()
+        self._state = "running"
+        log.info("storage connected", extra={"url": self._store.display_url})
+        return True
+
+    async def _attempt(self, chunk: list[Trade], *, replay: bool = False) -> bool:
+        started = trio.current_time()
+        with trio.CancelScope(deadline=self._attempt_deadline()) as scope:
+            self._attempt_scope = scope
             try:
                 inserted = await self._store.write_trades(chunk)
             except Exception as exc:  # any driver failure: keep the rows, back off, try again
-                self._errors += 1
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                self._state = "retrying"
-                delay = self._backoff.next_delay()
-                log.error(
-                    "storage write failed; retrying",
-                    extra={"url": self._store.display_url, "error": self._last_error, "retry_in_s": delay},
-                )
-                await trio.sleep(delay)
-                continue
-            self._backoff.reset()
-            self._state = "running"
-            self._batches += 1
-            self._rows_written += inserted
-            self._duplicates += len(chunk) - inserted
-            self._last_batch_ms = (trio.current_time() - started) * 1000
-            self._lag_ms = (now_us() - chunk[-1].recv_ts) / 1000
+                self._note_failure(exc, "storage write failed; retrying")
+                return False
+            finally:
+                self._attempt_scope = None
+        if scope.cancelled_caught:
+            self._note_failure(
+                TimeoutError("no answer before the shutdown deadline"), "storage write timed out"
+            )
+            return False
+        self._backoff.reset()
+        self._state = "replaying" if replay else "running"
+        self._batches += 1
+        self._rows_written += inserted
+        self._duplicates += len(chunk) - inserted
+        self._last_batch_ms = (trio.current_time() - started) * 1000
+        self._last_lag_ms = (now_us() - chunk[-1].recv_ts) / 1000
+        return True
+
+    def _note_failure(self, exc: Exception, message: str) -> None:
+        self._errors += 1
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        self._state = "schema_mismatch" if isinstance(exc, SchemaVersionError) else "retrying"
+        log.error(
+            message,
+            extra={
+                "url": self._store.display_url,
+                "error": self._last_error,
+                "buffered": self.buffered,
+                "spooled": self._spool.trades if self._spool is not None else 0,
+            },
+        )
+
+    async def _spill_oldest(self) -> None:
+        """After a failure, memory over `buffer_max` goes to the front of the spool (it is the oldest)."""
+        if self._spool is None or self._head_trades + self._tail_trades <= self._buffer_max:
             return
+        async with self._memory_lock:
+            keep = 0
+            kept_trades = 0
+            for chunk in self._head:
+                if kept_trades + len(chunk) + self._tail_trades > self._buffer_max:
+                    break
+                keep += 1
+                kept_trades += len(chunk)
+            spill = list(self._head)[keep:]
+            if spill:
+                await self._spool.prepend(spill)
+                for _ in spill:
+                    self._head.pop()
+                self._head_trades = kept_trades
+                self._room.set()
+
+    async def _spool_everything(
+        self,
+        why: str = "database unavailable at shutdown; unwritten trades are in the spool for the next start",
+    ) -> None:
+        """Shutdown with the database unavailable: memory goes to the spool, in order, durably."""
+        assert self._spool is not None
+        async with self._memory_lock:
+            if self._head:
+                await self._spool.prepend(list(self._head))
+                self._head.clear()
+                self._head_trades = 0
+            while self._tail:
+                await self._spool.append(self._tail[0])
+                self._tail_trades -= len(self._tail.popleft())
+        log.warning(why, extra={"url": self._store.display_url, "spooled": self._spool.trades})
+
+    async def _spool_last_resort(self) -> None:
+        """Cancelled or crashed with trades in memory: a local fsync is still quick, so keep them."""
+        assert self._spool is not None
+        if self._assembling:
+            self._tail.append(self._assembling[:])
+            self._tail_trades += len(self._assembling)
+            self._assembling.clear()
+        try:
+            await self._spool_everything("writer stopped abruptly; the trades it held are in the spool")
+        except Exception as exc:  # already failing: report what is lost, keep the original error going
+            log.error(
+                "could not spool trades held in memory; they are lost",
+                extra={"trades": self.buffered, "error": f"{type(exc).__name__}: {exc}"},
+            )
+
+    # -- retention ------------------------------------------------------------------------------------------
+
+    async def _prune_loop(self) -> None:
+        if self._retention_us <= 0:
+            return
+        while True:
+            await self._connected.wait()
+            cutoff = now_us() - self._retention_us
+            while True:
+                try:
+                    deleted = await self._store.prune_trades(cutoff, self._prune_batch)
+                except Exception as exc:  # the database is down: the writer reports it; try next round
+                    self._errors += 1
+                    self._last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning(
+                        "retention pruning failed; trying again later", extra={"error": self._last_error}
+                    )
+                    break
+                if deleted:
+                    self._pruned += deleted
+                    self._prune_batches += 1
+                if deleted < self._prune_batch:
+                    break
+                # Small batches with a pause between them: writes never wait for more than one batch.
+                await trio.sleep(self._prune_pause_s)
+            await trio.sleep(self._prune_interval_s)

@@ -8,16 +8,19 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
-from marketflow.model import Trade
+from marketflow.config import DaemonConfig, StorageConfig, default_config
+from marketflow.model import Trade, now_us
 from marketflow.runtime.backoff import Backoff
 from marketflow.runtime.bus import Bus, Overflow
-from marketflow.storage import open_store
+from marketflow.storage import make_writer, open_store
 from marketflow.storage.sqlite import SqliteTradeStore, StorageError
 from marketflow.storage.writer import StorageWriter
+from tests.storage.helpers import SwitchableStore
 
 
 def trade(i: int, *, symbol: str = "BTC-USDT", price: str = "65114.20", ts: int | None = None) -> Trade:
@@ -168,3 +171,80 @@ async def test_writer_retries_with_backoff_and_loses_nothing(tmp_path: Path) -> 
     assert stats.errors == 3
     assert stats.last_error == "StorageError: injected: database is locked"
     assert stats.rows_written == 25 and len(rows(db)) == 25
+
+
+async def test_statistics_carry_the_spec_storage_fields(tmp_path: Path) -> None:
+    bus: Bus[Trade] = Bus("trades")
+    writer = make_writer(
+        attrs.evolve(
+            default_config(env={}),
+            daemon=DaemonConfig(state_dir=str(tmp_path)),
+            storage=StorageConfig(url=f"sqlite:///{tmp_path}/t.db", flush_interval_s=0.01),
+        ),
+        open_store(f"sqlite:///{tmp_path}/t.db"),
+        bus.subscribe("storage", 8, Overflow.BLOCK),
+    )
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await bus.publish([trade(i) for i in range(5)])
+            bus.close()
+    stats = attrs.asdict(writer.statistics())
+    # SPEC §6 /collectors/storage/stats: rows written, batches, lag, buffered, spooled, errors.
+    assert {k: stats[k] for k in ("rows_written", "batches", "buffered", "spooled", "errors")} == {
+        "rows_written": 5,
+        "batches": 1,
+        "buffered": 0,
+        "spooled": 0,
+        "errors": 0,
+    }
+    assert stats["lag_ms"] > 0 and stats["spool_path"] == f"{tmp_path}/spool/trades"
+
+
+async def test_retention_prunes_in_small_batches_while_writes_go_on(store_url: str) -> None:
+    day = 86_400_000_000
+    now = now_us()
+    seed = open_store(store_url)
+    await seed.open()
+    await seed.write_trades([trade(i, ts=now - 10 * day + i) for i in range(3000)])  # expired
+    await seed.write_trades([trade(i, ts=now - 1 * day + i) for i in range(3000, 3100)])  # kept
+    await seed.close()
+
+    store = SwitchableStore(open_store(store_url))
+    bus: Bus[Trade] = Bus("trades")
+    writer = StorageWriter(
+        store,
+        bus.subscribe("storage", 8, Overflow.BLOCK),
+        batch_max=20,
+        flush_interval_s=0.005,
+        retention_days=7,
+        prune_batch=200,
+        prune_pause_s=0.01,
+        prune_interval_s=3600,
+    )
+    published = 0
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            while writer.statistics().pruned < 3000:
+                await bus.publish(
+                    [trade(i, ts=now_us()) for i in range(10_000 + published, 10_020 + published)]
+                )
+                published += 20
+                await trio.sleep(0.005)
+            await wait_real(lambda: writer.statistics().rows_written == published)
+            bus.close()
+    stats = writer.statistics()
+    assert stats.pruned == 3000 and stats.prune_batches == 15  # 200 at a time
+    first, last = store.events.index("prune"), len(store.events) - 1 - store.events[::-1].index("prune")
+    assert "write" in store.events[first:last]  # writes were committed between prune batches
+    assert await count(store_url) == 100 + published
+
+
+async def count(url: str) -> int:
+    store = open_store(url)
+    await store.open()
+    try:
+        return await store.count_trades()  # type: ignore[attr-defined, no-any-return]
+    finally:
+        await store.close()
