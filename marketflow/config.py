@@ -75,6 +75,8 @@ class DaemonConfig:
 class HttpConfig:
     listen: str = "127.0.0.1:8000"
     public_reads: bool = False
+    # Newest trades per market kept in memory for /collectors/trades (older ones come from storage).
+    trades_ring: int = 10_000
 
     @property
     def host(self) -> str:
@@ -116,7 +118,7 @@ class FeedConfig:
     exchange: str
     market: str
     symbols: tuple[str, ...]  # normalized: BTC-USDT, or BTC-USDT-PERP on perpetual markets
-    channels: tuple[str, ...] = ("trades",)
+    channels: tuple[str, ...] = ("trades", "book")
     book_depth: int = 50
     ws_url: str | None = None
     rest_url: str | None = None
@@ -155,6 +157,8 @@ class Config:
 DEFAULT_FEEDS: Final = (
     FeedConfig("bybit", "spot", ("BTC-USDT", "ETH-USDT")),
     FeedConfig("bybit", "linear", ("BTC-USDT-PERP", "ETH-USDT-PERP")),
+    FeedConfig("binance", "spot", ("BTC-USDT", "ETH-USDT")),
+    FeedConfig("binance", "usdm", ("BTC-USDT-PERP", "ETH-USDT-PERP")),
 )
 
 
@@ -417,7 +421,11 @@ _DAEMON: Final[Mapping[str, _Check]] = {
     "shutdown_timeout_s": _seconds,
     "channel_capacity": _integer(1),
 }
-_HTTP: Final[Mapping[str, _Check]] = {"listen": _listen, "public_reads": _boolean}
+_HTTP: Final[Mapping[str, _Check]] = {
+    "listen": _listen,
+    "public_reads": _boolean,
+    "trades_ring": _integer(1),
+}
 _STORAGE: Final[Mapping[str, _Check]] = {
     "url": _storage_url,
     "batch_max": _integer(1),

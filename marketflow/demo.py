@@ -14,31 +14,26 @@ import trio
 
 from marketflow.config import Config, FeedConfig
 from marketflow.daemon import Daemon
+from marketflow.model import normalize_symbol
 from marketflow.sim import SimConfig, SimServer
 
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+DEMO_MARKETS = (("bybit", "spot"), ("bybit", "linear"), ("binance", "spot"), ("binance", "usdm"))
 
 
 def demo_config(base: Config, sim: SimServer) -> Config:
-    """`base` with its feeds replaced by Bybit spot and linear feeds on the simulator."""
+    """`base` with its feeds replaced by Bybit and Binance feeds (trades and books) on the simulator."""
     db = Path(base.daemon.state_dir) / "demo.db"
-    feeds = (
+    feeds = tuple(
         FeedConfig(
-            exchange="bybit",
-            market="spot",
-            symbols=("BTC-USDT", "ETH-USDT"),
-            ws_url=sim.bybit_ws_url("spot"),
-            rest_url=sim.http_url,
-            name="bybit-spot",
-        ),
-        FeedConfig(
-            exchange="bybit",
-            market="linear",
-            symbols=("BTC-USDT-PERP", "ETH-USDT-PERP"),
-            ws_url=sim.bybit_ws_url("linear"),
-            rest_url=sim.http_url,
-            name="bybit-linear",
-        ),
+            exchange=exchange,
+            market=market,
+            symbols=tuple(normalize_symbol(n, perpetual=market in ("linear", "usdm")) for n in DEMO_SYMBOLS),
+            channels=("trades", "book"),
+            ws_url=sim.bybit_ws_url(market) if exchange == "bybit" else sim.binance_ws_base(market),
+            rest_url=sim.http_url if exchange == "bybit" else sim.binance_rest_base(market),
+        )
+        for exchange, market in DEMO_MARKETS
     )
     storage = attrs.evolve(base.storage, url=f"sqlite:///{db}")
     return attrs.evolve(base, feeds=feeds, storage=storage)

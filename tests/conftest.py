@@ -25,6 +25,7 @@ def sim_config(
             symbols=("BTC-USDT-PERP", "ETH-USDT-PERP") if market == "linear" else ("BTC-USDT", "ETH-USDT"),
             ws_url=sim.bybit_ws_url(market),
             rest_url=sim.http_url,
+            channels=("trades",),
             stale_timeout_s=2.0,
         )
         for market in markets

@@ -16,7 +16,6 @@ import trio
 
 from marketflow.config import Config, FeedConfig, default_config
 from marketflow.daemon import Daemon
-from marketflow.pipeline.bookkeeper import BookView
 from marketflow.sim import SimConfig, SimServer
 from tests.conftest import wait_for
 
@@ -37,8 +36,14 @@ def config_for(tmp_path: Path, sim: SimServer, markets: tuple[tuple[str, str], .
         rest = sim.http_url if exchange == "bybit" else sim.binance_rest_base(market)
         feeds.append(
             FeedConfig(
-                exchange=exchange, market=market, symbols=tuple(normalized(n, market) for n in NATIVES),
-                channels=("trades", "book"), book_depth=50, ws_url=ws, rest_url=rest, stale_timeout_s=3.0,
+                exchange=exchange,
+                market=market,
+                symbols=tuple(normalized(n, market) for n in NATIVES),
+                channels=("trades", "book"),
+                book_depth=50,
+                ws_url=ws,
+                rest_url=rest,
+                stale_timeout_s=3.0,
             )
         )
     return attrs.evolve(
@@ -54,7 +59,9 @@ def as_strings(levels: list[tuple[object, object]]) -> list[tuple[str, str]]:
     return [(str(p), str(q)) for p, q in levels]
 
 
-def matches_truth(daemon: Daemon, sim: SimServer, exchange: str, market: str, native: str, depth: int = 50) -> bool:
+def matches_truth(
+    daemon: Daemon, sim: SimServer, exchange: str, market: str, native: str, depth: int = 50
+) -> bool:
     view = daemon.books.view(exchange, normalized(native, market), depth)
     if view is None or view.status != "synced":
         return False
@@ -72,8 +79,12 @@ def book_gaps(daemon: Daemon) -> dict[str, int]:
     return {key: stats.gaps for key, stats in daemon.books.statistics().books.items()}
 
 
-async def run_with(tmp_path: Path, sim_config: SimConfig, body: Callable[[Daemon, SimServer], object],
-                   markets: tuple[tuple[str, str], ...] = MARKETS) -> Daemon:
+async def run_with(
+    tmp_path: Path,
+    sim_config: SimConfig,
+    body: Callable[[Daemon, SimServer], object],
+    markets: tuple[tuple[str, str], ...] = MARKETS,
+) -> Daemon:
     sim = SimServer(sim_config)
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.run)
@@ -122,7 +133,9 @@ async def test_each_book_fault_resyncs_only_its_symbol(tmp_path: Path) -> None:
         # A Binance snapshot older than the buffered events is fetched again, and the book still recovers.
         sim.stale_snapshot("binance", "spot", "ETHUSDT", updates_back=50)
         sim.skip_update("binance", "spot", "ETHUSDT")
-        await wait_for(lambda: daemon.books.statistics().books["binance:ETH-USDT"].snapshots_too_old >= 1, 0.01)
+        await wait_for(
+            lambda: daemon.books.statistics().books["binance:ETH-USDT"].snapshots_too_old >= 1, 0.01
+        )
         # Bybit restarting its service (u == 1) is a snapshot, not a gap.
         gaps = book_gaps(daemon)["bybit:ETH-USDT-PERP"]
         sim.bybit_restart("linear", "ETHUSDT")
@@ -136,7 +149,9 @@ async def test_each_book_fault_resyncs_only_its_symbol(tmp_path: Path) -> None:
 def stored_ids(db: Path, exchange: str, symbol: str) -> list[str]:
     conn = sqlite3.connect(db)
     try:
-        rows = conn.execute("SELECT id FROM trades WHERE exchange = ? AND symbol = ?", (exchange, symbol)).fetchall()
+        rows = conn.execute(
+            "SELECT id FROM trades WHERE exchange = ? AND symbol = ?", (exchange, symbol)
+        ).fetchall()
     finally:
         conn.close()
     return [r[0] for r in rows]
@@ -148,13 +163,17 @@ async def test_disconnect_is_backfilled_and_recorded(tmp_path: Path) -> None:
         await trio.sleep(0.5)
         sim.drop_connections()
         await trio.sleep(0.2)  # the tape keeps trading while nobody is connected
-        await wait_for(lambda: all(c.connects >= 2 and c.state == "streaming"
-                                   for c in daemon.feed_counters.values()), 0.01)
+        await wait_for(
+            lambda: all(c.connects >= 2 and c.state == "streaming" for c in daemon.feed_counters.values()),
+            0.01,
+        )
         await trio.sleep(1.0)
         await wait_for(lambda: daemon.backfiller.statistics().queued == 0, 0.05)
         await trio.sleep(0.5)
 
-    daemon = await run_with(tmp_path, SimConfig(seed=43, rate=50, book_rate=10, trade_while_unsubscribed=True), body)
+    daemon = await run_with(
+        tmp_path, SimConfig(seed=43, rate=50, book_rate=10, trade_while_unsubscribed=True), body
+    )
     db = tmp_path / "mf.db"
     for market in ("spot", "usdm"):
         for native in NATIVES:
@@ -164,8 +183,12 @@ async def test_disconnect_is_backfilled_and_recorded(tmp_path: Path) -> None:
     assert {r.exchange for r in recovered} == {"binance", "bybit"}
     assert any("aggregate trade ids" in r.reason for r in recovered)
     disconnects = [r for r in daemon.ledger.query() if r.reason.startswith("disconnected")]
-    assert {(r.exchange, r.channel) for r in disconnects} >= {("bybit", "book"), ("bybit", "trades"),
-                                                              ("binance", "book"), ("binance", "trades")}
+    assert {(r.exchange, r.channel) for r in disconnects} >= {
+        ("bybit", "book"),
+        ("bybit", "trades"),
+        ("binance", "book"),
+        ("binance", "trades"),
+    }
 
 
 async def test_server_shutdown_is_met_with_a_replacement_first(tmp_path: Path) -> None:
@@ -215,7 +238,9 @@ async def test_gaps_book_snapshots_and_candles_are_stored(tmp_path: Path) -> Non
         with trio.fail_after(30):
             await all_match(daemon, sim, markets)
             sim.skip_update("binance", "spot", "ETHUSDT")
-            await wait_for(lambda: any(r.end is not None for r in daemon.ledger.query("binance", "ETH-USDT")), 0.01)
+            await wait_for(
+                lambda: any(r.end is not None for r in daemon.ledger.query("binance", "ETH-USDT")), 0.01
+            )
             await trio.sleep(2.5)  # a few closed 1 s candles and book snapshot rounds
             await daemon.stop()
         nursery.cancel_scope.cancel()

@@ -26,7 +26,10 @@ def marketflow(*args: str, cwd: Path, timeout: float = 60) -> subprocess.Complet
 
 def test_check_config_names_file_line_and_key(tmp_path: Path) -> None:
     config = tmp_path / "m.toml"
-    config.write_text('[daemon]\nlog_level = "info"\n\n[[feeds]]\nexchange = "bybit"\nmarket = "spot"\nsymbls = ["BTCUSDT"]\n')
+    config.write_text(
+        '[daemon]\nlog_level = "info"\n\n[[feeds]]\nexchange = "bybit"\n'
+        'market = "spot"\nsymbls = ["BTCUSDT"]\n'
+    )
     result = marketflow("check-config", str(config), cwd=tmp_path)
     assert result.returncode == 2
     assert f"{config}:7: feeds[0].symbls: unknown key, did you mean 'symbols'?" in result.stderr
@@ -52,10 +55,12 @@ def test_demo_runs_offline_and_leaves_trades(tmp_path: Path) -> None:
     db = tmp_path / "var" / "demo.db"
     conn = sqlite3.connect(db)
     try:
-        count, symbols = conn.execute("SELECT count(*), count(DISTINCT symbol) FROM trades").fetchone()
+        count, symbols, exchanges = conn.execute(
+            "SELECT count(*), count(DISTINCT symbol), count(DISTINCT exchange) FROM trades"
+        ).fetchone()
     finally:
         conn.close()
-    assert count > 0 and symbols == 4
+    assert count > 0 and symbols == 4 and exchanges == 2  # BTC/ETH spot and perpetual on Bybit and Binance
     assert f"{count} trades stored in" in result.stdout
 
 
@@ -75,7 +80,9 @@ async def test_run_stops_cleanly_on_sigterm_with_every_trade_committed(tmp_path:
             env = {**os.environ, "MARKETFLOW_STORAGE_URL": ""}
             proc = await trio.lowlevel.open_process(
                 [PY, "-m", "marketflow", "run", "--config", str(config)],
-                cwd=tmp_path, env=env, stderr=subprocess.PIPE,
+                cwd=tmp_path,
+                env=env,
+                stderr=subprocess.PIPE,
             )
             # The flush interval is long, so rows still pending when SIGTERM lands must be flushed by it.
             await wait_for(lambda: sim.statistics().frames_sent >= 200, 0.05)

@@ -56,7 +56,7 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
     ),
     "unknown key without a close match": (
         '[http]\nlisten = "127.0.0.1:1"\nfrobnicate = 1\n',
-        ["m.toml:3: http.frobnicate: unknown key; allowed: listen, public_reads"],
+        ["m.toml:3: http.frobnicate: unknown key; allowed: listen, public_reads, trades_ring"],
     ),
     "unknown feed key": (
         '[[feeds]]\nexchange = "bybit"\nmarket = "spot"\nsymbol = ["BTCUSDT"]\n',
@@ -137,6 +137,10 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
     "public_reads not a boolean": (
         '[http]\npublic_reads = "yes"\n',
         ['m.toml:2: http.public_reads: must be true or false, got string "yes"'],
+    ),
+    "trades_ring below 1": (
+        "[http]\ntrades_ring = 0\n",
+        ["m.toml:2: http.trades_ring: must be an integer >= 1, got integer 0"],
     ),
     # [storage]
     "storage url scheme (password not echoed)": (
@@ -290,11 +294,11 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
         ['m.toml:5: feeds[0].channels[1]: must be one of trades, book, got string "quotes"'],
     ),
     "books snapshot depth": (
-        '[books]\nsnapshot_depth = 0\n',
+        "[books]\nsnapshot_depth = 0\n",
         ["m.toml:2: books.snapshot_depth: must be an integer >= 1, got integer 0"],
     ),
     "books unknown key": (
-        '[books]\nsnapshot_every = 5\n',
+        "[books]\nsnapshot_every = 5\n",
         ["m.toml:2: books.snapshot_every: unknown key, did you mean 'snapshot_depth'?"],
     ),
     "duplicate channel": (
@@ -511,18 +515,21 @@ def test_sub_tables_of_a_feed_resolve_to_that_feed() -> None:
 def test_defaults_are_complete() -> None:
     spot = FeedConfig("bybit", "spot", ("BTC-USDT", "ETH-USDT"))
     linear = FeedConfig("bybit", "linear", ("BTC-USDT-PERP", "ETH-USDT-PERP"))
+    binance_spot = FeedConfig("binance", "spot", ("BTC-USDT", "ETH-USDT"))
+    usdm = FeedConfig("binance", "usdm", ("BTC-USDT-PERP", "ETH-USDT-PERP"))
     assert default_config(NO_ENV) == Config(
         daemon=DaemonConfig("info", "console", "./var", 10.0, 256),
         http=HttpConfig("127.0.0.1:8000", False),
         storage=StorageConfig("sqlite:///./var/marketflow.db", 5000, 0.25, 1_000_000),
         supervisor=SupervisorConfig(0.5, 30.0, 10, 300.0, 60.0),
-        feeds=(spot, linear),
+        feeds=(spot, linear, binance_spot, usdm),
         analytics=AnalyticsConfig(("1m", "5m", "1h"), Decimal("0.70"), Decimal("100000"), {}),
         source=None,
     )
+    assert [f.name for f in (binance_spot, usdm)] == ["binance-spot", "binance-usdm"]
     assert (spot.name, spot.channels, spot.book_depth, spot.ws_url, spot.rest_url) == (
         "bybit-spot",
-        ("trades",),
+        ("trades", "book"),
         50,
         None,
         None,
@@ -656,6 +663,11 @@ bin_size = { "BTC-USDT" = "0.5" }
 def test_retention_days_defaults_to_keeping_everything() -> None:
     assert StorageConfig().retention_days == 0 and parse("").storage.retention_days == 0
     assert parse("[storage]\nretention_days = 30\n").storage.retention_days == 30
+
+
+def test_trades_ring_capacity() -> None:
+    assert HttpConfig().trades_ring == 10_000 and parse("").http.trades_ring == 10_000
+    assert parse("[http]\ntrades_ring = 50\n").http.trades_ring == 50
 
 
 def test_listen_host_and_port() -> None:

@@ -28,11 +28,15 @@ async def test_a_failing_feed_opens_its_circuit_and_siblings_keep_storing(
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.run)
         config = sim_config(tmp_path, sim, markets=("spot",), flush_interval_s=0.05)
-        broken = FeedConfig("bybit", "linear", ("BTC-USDT-PERP",), ws_url=f"ws://127.0.0.1:{port}/v5/public/linear")
+        broken = FeedConfig(
+            "bybit", "linear", ("BTC-USDT-PERP",), ws_url=f"ws://127.0.0.1:{port}/v5/public/linear"
+        )
         config = attrs.evolve(
             config,
             feeds=(*config.feeds, broken),
-            supervisor=attrs.evolve(config.supervisor, circuit_failures=3, circuit_window_s=300, circuit_open_s=60),
+            supervisor=attrs.evolve(
+                config.supervisor, circuit_failures=3, circuit_window_s=300, circuit_open_s=60
+            ),
         )
         daemon = Daemon(config)
         await nursery.start(daemon.run)

@@ -49,7 +49,12 @@ def assert_exactly_once(sim: SimServer, db: Path, *, backfilled: bool = False) -
         return
     assert set(delivered) <= set(rows)
     generated = expected_rows(
-        [t for c in ("spot", "linear") for n in ("BTCUSDT", "ETHUSDT") for t in sim.generated_trades("bybit", c, n)]
+        [
+            t
+            for c in ("spot", "linear")
+            for n in ("BTCUSDT", "ETHUSDT")
+            for t in sim.generated_trades("bybit", c, n)
+        ]
     )
     assert set(rows) <= set(generated)
 

@@ -44,9 +44,16 @@ def test_notifier_is_silent_without_systemd() -> None:
 
 
 def test_abstract_socket_and_watchdog_interval(tmp_path: Path) -> None:
-    notifier = Notifier(env={"NOTIFY_SOCKET": "@mf-test", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())})
+    notifier = Notifier(
+        env={"NOTIFY_SOCKET": "@mf-test", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())}
+    )
     assert notifier.watchdog_interval_s == 2.0
-    assert Notifier(env={"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog_interval_s is None
+    assert (
+        Notifier(
+            env={"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}
+        ).watchdog_interval_s
+        is None
+    )
 
 
 async def test_a_wedged_event_loop_stops_the_watchdog(tmp_path: Path) -> None:
@@ -58,7 +65,7 @@ async def test_a_wedged_event_loop_stops_the_watchdog(tmp_path: Path) -> None:
         await trio.sleep(0.5)
         before = fake.kinds().count("WATCHDOG")
         assert before >= 3
-        time.sleep(0.5)  # the event loop is wedged: nothing may ping
+        time.sleep(0.5)  # noqa: ASYNC251 - deliberately wedging the event loop: nothing may ping
         assert fake.kinds().count("WATCHDOG") == before
         await trio.sleep(0.3)
         assert fake.kinds().count("WATCHDOG") > before  # alive again
@@ -82,10 +89,15 @@ async def test_service_lifecycle_start_reload_stop(tmp_path: Path) -> None:
                 f'[[feeds]]\nexchange = "bybit"\nmarket = "linear"\nsymbols = ["BTCUSDT"]\n'
                 f'ws_url = "{sim.bybit_ws_url("linear")}"\n'
             )
-            env = {**os.environ, "NOTIFY_SOCKET": str(fake.path), "WATCHDOG_USEC": "200000",
-                   "MARKETFLOW_STORAGE_URL": ""}
+            env = {
+                **os.environ,
+                "NOTIFY_SOCKET": str(fake.path),
+                "WATCHDOG_USEC": "200000",
+                "MARKETFLOW_STORAGE_URL": "",
+            }
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "marketflow", "run", "--config", str(config)], env=env,
+                [sys.executable, "-m", "marketflow", "run", "--config", str(config)],
+                env=env,
                 stderr=subprocess.DEVNULL,
             )
             await wait_for(lambda: "READY" in fake.kinds(), 0.05)

@@ -41,8 +41,16 @@ def decode(market: str, frames: list[bytes]) -> tuple[Decoded, binance.FrameDeco
 def test_spot_agg_trade_exact() -> None:
     out, _ = decode("spot", [SPOT_AGG])
     assert out.trades == [
-        Trade("binance", "BTC-USDT", "3412663610", Decimal("97674.73000000"), Decimal("0.00062000"), "buy",
-              1738534577231000, 7)
+        Trade(
+            "binance",
+            "BTC-USDT",
+            "3412663610",
+            Decimal("97674.73000000"),
+            Decimal("0.00062000"),
+            "buy",
+            1738534577231000,
+            7,
+        )
     ]
     assert str(out.trades[0].price) == "97674.73000000"
 
@@ -57,9 +65,18 @@ def test_usdm_agg_trade_buyer_maker_is_a_sell() -> None:
 def test_depth_updates_both_markets() -> None:
     out, _ = decode("spot", [SPOT_DEPTH])
     assert out.books == [
-        BookUpdate("binance", "BTC-USDT", False, 49981777515, 49981777539, None,
-                   [(Decimal("57261.83000000"), Decimal("0.00096000")), (Decimal("57249.36000000"), Decimal("0"))],
-                   [(Decimal("57270.00000000"), Decimal("1.20000000"))], 1723025111169000, 7)
+        BookUpdate(
+            "binance",
+            "BTC-USDT",
+            False,
+            49981777515,
+            49981777539,
+            None,
+            [(Decimal("57261.83000000"), Decimal("0.00096000")), (Decimal("57249.36000000"), Decimal("0"))],
+            [(Decimal("57270.00000000"), Decimal("1.20000000"))],
+            1723025111169000,
+            7,
+        )
     ]
     usdm, _ = decode("usdm", [USDM_DEPTH])
     (update,) = usdm.books
@@ -67,8 +84,24 @@ def test_depth_updates_both_markets() -> None:
 
 
 def agg(a: int, t: int = 1000) -> bytes:
-    return json.dumps({"stream": "btcusdt@aggTrade", "data": {"e": "aggTrade", "E": t, "s": "BTCUSDT", "a": a,
-                       "p": "1.0", "q": "2", "f": a, "l": a, "T": t, "m": False, "M": True}}).encode()
+    return json.dumps(
+        {
+            "stream": "btcusdt@aggTrade",
+            "data": {
+                "e": "aggTrade",
+                "E": t,
+                "s": "BTCUSDT",
+                "a": a,
+                "p": "1.0",
+                "q": "2",
+                "f": a,
+                "l": a,
+                "T": t,
+                "m": False,
+                "M": True,
+            },
+        }
+    ).encode()
 
 
 def test_duplicates_dropped_and_gaps_reported() -> None:
@@ -80,8 +113,12 @@ def test_duplicates_dropped_and_gaps_reported() -> None:
 
 @pytest.mark.parametrize(
     "frame",
-    [b'{"stream":"btcusdt@aggTrade","data":{"a":"x"}}', b'{"stream":', b"[]",
-     b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"U":1,"u":2,"b":[["1"]],"a":[]}}'],
+    [
+        b'{"stream":"btcusdt@aggTrade","data":{"a":"x"}}',
+        b'{"stream":',
+        b"[]",
+        b'{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"U":1,"u":2,"b":[["1"]],"a":[]}}',
+    ],
 )
 def test_malformed_counted(frame: bytes) -> None:
     out, decoder = decode("spot", [frame, SPOT_AGG])
@@ -89,8 +126,9 @@ def test_malformed_counted(frame: bytes) -> None:
 
 
 def test_unknown_symbol_and_stream_kinds() -> None:
-    out, decoder = decode("spot", [SPOT_AGG.replace(b"btcusdt@", b"dogeusdt@"),
-                                   SPOT_AGG.replace(b"@aggTrade", b"@kline_1m")])
+    out, decoder = decode(
+        "spot", [SPOT_AGG.replace(b"btcusdt@", b"dogeusdt@"), SPOT_AGG.replace(b"@aggTrade", b"@kline_1m")]
+    )
     assert out.trades == [] and decoder.counters.unknown_topics == 1 and decoder.counters.ignored == 1
 
 
@@ -112,7 +150,11 @@ def test_subscribe_messages_and_acks() -> None:
     session = binance.Session("spot", [f"s{i}usdt@aggTrade" for i in range(150)])
     requests = session.subscribe_requests()
     assert [len(r.topics) for r in requests] == [100, 50]
-    assert json.loads(requests[1].payload) == {"method": "SUBSCRIBE", "params": list(requests[1].topics), "id": 2}
+    assert json.loads(requests[1].payload) == {
+        "method": "SUBSCRIBE",
+        "params": list(requests[1].topics),
+        "id": 2,
+    }
     assert session.send_interval_s == 0.25 and binance.Session("usdm", []).send_interval_s == 0.125
     assert session.control(b'{"result":null,"id":2}') == Ack("2", True, "")
     assert session.control(b'{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":3}') == Ack(
@@ -129,11 +171,23 @@ def test_subscribe_messages_and_acks() -> None:
 def test_rest_parsers() -> None:
     depth = binance.parse_rest_depth(
         b'{"lastUpdateId":1027024,"E":1589436922972,"T":1589436922959,"bids":[["4.00000000","431.00000000"]],'
-        b'"asks":[["4.00000200","12.00000000"]]}', "binance", "BTC-USDT-PERP", 5)
-    assert (depth.snapshot, depth.first_id, depth.last_id, depth.ts) == (True, 1027024, 1027024, 1589436922959000)
+        b'"asks":[["4.00000200","12.00000000"]]}',
+        "binance",
+        "BTC-USDT-PERP",
+        5,
+    )
+    assert (depth.snapshot, depth.first_id, depth.last_id, depth.ts) == (
+        True,
+        1027024,
+        1027024,
+        1589436922959000,
+    )
     assert depth.bids == [(Decimal("4.00000000"), Decimal("431.00000000"))]
     trades = binance.parse_rest_agg_trades(
         b'[{"a":26129,"p":"0.01633102","q":"4.70443515","f":27781,"l":27781,"T":1498793709153,"m":true,"M":true}]',
-        "binance", "BTC-USDT", 5)
+        "binance",
+        "BTC-USDT",
+        5,
+    )
     assert [(t.id, str(t.price), t.side) for t in trades] == [("26129", "0.01633102", "sell")]
     assert binance.depth_weight("spot", 1000) == 50 and binance.depth_weight("usdm", 1000) == 20

@@ -24,7 +24,9 @@ async def test_open_close_query_and_persist_with_retry(autojump_clock: trio.abc.
         gap = ledger.open("binance", "BTC-USDT", "trades", "aggregate trade ids 5..9 missing", start=100)
         ledger.open("bybit", "ETH-USDT", "book", "update id jumped from 7 to 9", start=200)
         closed = ledger.close(gap, recovered=5, end=150)
-        assert closed == GapRecord("binance", "BTC-USDT", "trades", 100, 150, "aggregate trade ids 5..9 missing", 5)
+        assert closed == GapRecord(
+            "binance", "BTC-USDT", "trades", 100, 150, "aggregate trade ids 5..9 missing", 5
+        )
         assert [r.symbol for r in ledger.query()] == ["BTC-USDT", "ETH-USDT"]  # newest change first
         assert ledger.query(exchange="bybit")[0].end is None
         await trio.sleep(1.5)  # first save fails and is retried
