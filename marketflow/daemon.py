@@ -20,7 +20,7 @@ import trio
 from marketflow import exchanges
 from marketflow.analytics.candles import Candle
 from marketflow.analytics.engine import AnalyticsEngine
-from marketflow.config import Config, FeedConfig
+from marketflow.config import Config, ConfigError, FeedConfig, load_config
 from marketflow.exchanges.base import FrameDecoder
 from marketflow.model import BookUpdate, RawFrames, Trade, native_symbol
 from marketflow.pipeline.backfill import Backfiller, CatchUp
@@ -68,6 +68,16 @@ class Connection:
 
 
 @attrs.frozen
+class ReloadResult:
+    """What a reload changed: feeds by name, and sections that only a restart applies."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    restarted: tuple[str, ...]
+    needs_restart: tuple[str, ...]
+
+
+@attrs.frozen
 class Health:
     status: str  # healthy | degraded | unhealthy
     problems: dict[str, str]
@@ -95,6 +105,7 @@ class Daemon:
         self.feeds: dict[str, Feed] = {}
         self.connections: dict[str, Connection] = {}
         self.rest_clients: dict[tuple[str, str], RestClient] = {}
+        self._reload_lock = trio.Lock()
         self.ledger = GapLedger(getattr(self.store, "write_gaps", None))
         book_specs: list[BookSpec] = []
         for feed in config.feeds:
@@ -205,6 +216,69 @@ class Daemon:
             on_trade_gaps=self.backfiller.request_trade_gaps,
         )
 
+    async def apply_config(self, new: Config) -> ReloadResult:
+        """Start, stop or restart only the feeds that changed; every other actor keeps running and its state.
+
+        Sections other than `feeds` are compared too: a change there is reported in `needs_restart` (and
+        logged) and not applied, since it would mean restarting storage, HTTP or analytics.
+        """
+        async with self._reload_lock:
+            old = {f.name: f for f in self.config.feeds}
+            fresh = {f.name: f for f in new.feeds}
+            removed = tuple(n for n in old if n not in fresh)
+            added = tuple(n for n in fresh if n not in old)
+            restarted = tuple(n for n in fresh if n in old and fresh[n] != old[n])
+            for name in removed + restarted:
+                await self._stop_feed(name)
+            for name in restarted + added:
+                await self._start_feed(fresh[name])
+            needs_restart = tuple(
+                section
+                for section in ("daemon", "http", "storage", "supervisor", "books", "analytics")
+                if getattr(new, section) != getattr(self.config, section)
+            )
+            self.config = attrs.evolve(self.config, feeds=new.feeds, source=new.source)
+        result = ReloadResult(added, removed, restarted, needs_restart)
+        log.info("configuration applied", extra=attrs.asdict(result))
+        if needs_restart:
+            log.warning(
+                "changed sections take effect at the next restart", extra={"sections": list(needs_restart)}
+            )
+        return result
+
+    async def _stop_feed(self, feed_name: str) -> None:
+        for name in [c for c, conn in self.connections.items() if conn.feed.name == feed_name]:
+            await self.supervisor.remove_child(name)
+            self.books.remove_feed(name)
+            for table in (self.connections, self.decoders, self.feed_counters, self.feeds):
+                table.pop(name, None)
+
+    async def _start_feed(self, feed: FeedConfig) -> None:
+        before = set(self.connections)
+        self.books.add_specs(self._plan_feed(feed))
+        for name, conn in list(self.connections.items()):
+            if name not in before:
+                spec = ChildSpec(
+                    name, self._feed_factory(conn), Restart.PERMANENT, self.config.daemon.shutdown_timeout_s
+                )
+                await self.supervisor.add_child(spec)
+
+    async def reload(self) -> ReloadResult | None:
+        """Re-read the configuration file; if it is invalid, log why and keep running the old one."""
+        source = self.config.source
+        if source is None:
+            log.warning("reload asked, but the daemon runs on built-in defaults: there is no file to re-read")
+            return None
+        try:
+            new = await trio.to_thread.run_sync(load_config, source)
+        except ConfigError as exc:
+            log.error(
+                "reload refused: the configuration is invalid; the running one is kept",
+                extra={"config": source, "errors": [str(i) for i in exc.issues]},
+            )
+            return None
+        return await self.apply_config(new)
+
     async def resubscribe(self, connection: str, topics: list[str]) -> bool:
         """Resubscribe topics on a connection's live feed (Bybit book resync)."""
         feed = self.feeds.get(connection)
@@ -212,7 +286,9 @@ class Daemon:
 
     def _on_reconnect(self, connection: str, down_since: int, up_at: int) -> None:
         """A connection is back: record the outage per symbol; Bybit trades are caught up over REST."""
-        conn = self.connections[connection]
+        conn = self.connections.get(connection)
+        if conn is None:  # removed by a reload meanwhile
+            return
         feed = conn.feed
         by_native = {native_symbol(s): s for s in feed.symbols}
         symbols = tuple((native, by_native[native]) for native in conn.natives)
@@ -332,8 +408,7 @@ async def serve(config: Config, notifier: Notifier | None = None) -> None:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     notifier.reloading()
-                    # Reloading lands with the symbols API; until then SIGHUP must not kill the daemon.
-                    log.warning("SIGHUP received: live reload is not available in this version; ignored")
+                    await daemon.reload()
                     notifier.ready(daemon.summary())
                     continue
                 log.info("stopping", extra={"signal": signal.Signals(signum).name})

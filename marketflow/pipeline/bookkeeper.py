@@ -152,6 +152,24 @@ class BookKeeper:
             self._snapshots_written,
         )
 
+    # -- books coming and going (live symbol changes) ---------------------------------------------
+
+    def add_specs(self, specs: Sequence[BookSpec]) -> None:
+        """Keep books for these symbols too (they start WAITING for their first snapshot)."""
+        for spec in specs:
+            key = (spec.exchange, spec.symbol)
+            self._specs[key] = spec
+            self._books[key] = make_synchronizer(spec.exchange, spec.market)
+
+    def remove_feed(self, feed: str) -> None:
+        """Forget the books carried by a connection that is going away."""
+        for key in [k for k, s in self._specs.items() if s.feed == feed]:
+            del self._specs[key], self._books[key]
+            self._updated.pop(key, None)
+            record = self._open_gaps.pop(key, None)
+            if record is not None:
+                self._ledger.close(record)
+
     # -- events from feeds ------------------------------------------------------------------------
 
     def feed_disconnected(self, feed: str) -> None:
@@ -190,7 +208,7 @@ class BookKeeper:
         for update in batch:
             key = (update.exchange, update.symbol)
             sync = books.get(key)
-            if sync is None:
+            if sync is None:  # a symbol just removed, or not kept
                 continue
             before = sync.state
             gap = sync.on_update(update)
@@ -234,8 +252,11 @@ class BookKeeper:
                 self._nursery.start_soon(self._fetch_snapshot, key)
 
     async def _fetch_snapshot(self, key: tuple[str, str]) -> None:
-        spec = self._specs[key]
-        sync = self._books[key]
+        spec = self._specs.get(key)
+        sync = self._books.get(key)
+        if spec is None or sync is None:
+            self._fetching.discard(key)
+            return
         client = self._clients.get((spec.exchange, spec.market))
         try:
             if client is None:
@@ -255,6 +276,8 @@ class BookKeeper:
             sync.snapshot_failed()
             await trio.sleep(SNAPSHOT_RETRY_S)
         else:
+            if self._books.get(key) is not sync:  # the symbol was removed while we fetched
+                return
             before = sync.state
             gap = sync.on_snapshot(snapshot)
             if gap is not None:
