@@ -1,6 +1,6 @@
 """The daemon: wires the actor tree from a `Config` and runs it under one supervisor.
 
-Start order (and so the reverse shutdown order): gap ledger, storage writer, candle sink, analytics, book
+Start order (and so the reverse shutdown order): storage writer, gap ledger, candle sink, analytics, book
 keeper, backfiller, normalizer, feeds (one child per exchange connection). Stopping a feed closes its
 connection; stopping the normalizer closes the raw bus, so it decodes what is queued and returns; the book
 keeper, analytics and the writer end when their buses close, the writer after committing everything.
@@ -129,10 +129,12 @@ class Daemon:
         )
         shutdown = config.daemon.shutdown_timeout_s
         children = [
-            ChildSpec("gaps", lambda: self.ledger, Restart.PERMANENT, shutdown),
             ChildSpec(
                 "storage", self._make_writer, Restart.PERMANENT, shutdown, on_stop=self.trade_bus.close
             ),
+            # After storage: the ledger and the candle sink write through the store the writer opened,
+            # so they stop (and save what they hold) before it closes.
+            ChildSpec("gaps", lambda: self.ledger, Restart.PERMANENT, shutdown),
             ChildSpec("candles", lambda: self.candle_sink, Restart.PERMANENT, shutdown),
             # Stopped after every trade publisher (normalizer, backfill): closing the trade bus lets
             # analytics and then storage drain it to the end.
