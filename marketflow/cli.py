@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import attrs
 import trio
 
 from marketflow import __version__
@@ -30,6 +31,7 @@ def _add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from marketflow.api.keys import add_keys_arguments
     from marketflow.sim import add_arguments as add_sim_arguments
     from marketflow.storage.migrate import add_db_arguments
 
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     demo.add_argument("--rate", type=float, default=20.0, metavar="N", help="trade frames/s per symbol")
     demo.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+    demo.add_argument(
+        "--listen", default=None, metavar="HOST:PORT", help="HTTP address (default: [http] listen)"
+    )
 
     sim = sub.add_parser("sim", help="the exchange simulator alone (Bybit v5 and Binance on one port)")
     add_sim_arguments(sim)
@@ -56,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("path", metavar="PATH")
 
     add_db_arguments(sub.add_parser("db", help="database schema: upgrade, current, check"))
+    add_keys_arguments(sub.add_parser("keys", help="API keys: create, list, revoke"))
     return parser
 
 
@@ -86,6 +92,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         configure_logging("info", "console")
         return run_db_command(args)
+    if args.command == "keys":
+        from marketflow.api.keys import run_keys_command
+
+        return run_keys_command(args)
     if args.command == "sim":
         from marketflow.sim import run_from_args
 
@@ -103,6 +113,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         config = _load(args.config)
         configure_logging(config.daemon.log_level, config.daemon.log_format)
+        if args.listen is not None:
+            config = attrs.evolve(config, http=attrs.evolve(config.http, listen=args.listen))
         return _run_guarded(run_demo, config, args.duration, args.rate, args.seed)
     raise AssertionError(args.command)
 

@@ -20,6 +20,12 @@ import trio
 from marketflow import exchanges
 from marketflow.analytics.candles import Candle
 from marketflow.analytics.engine import AnalyticsEngine
+from marketflow.api.app import create_app
+from marketflow.api.mcp import build_asgi
+from marketflow.api.mcp_routes import register_mcp_routes
+from marketflow.api.queries import QueryContext
+from marketflow.api.ring import TradeRing
+from marketflow.api.server import HttpServer
 from marketflow.config import Config, ConfigError, FeedConfig, load_config
 from marketflow.exchanges.base import FrameDecoder
 from marketflow.model import BookUpdate, RawFrames, Trade, native_symbol
@@ -127,6 +133,9 @@ class Daemon:
         self.analytics = AnalyticsEngine(
             self._analytics_sub, config.analytics, persist=self.candle_sink.submit
         )
+        self.ring = TradeRing(
+            self.trade_bus.subscribe("ring", capacity, Overflow.DROP_OLDEST), config.http.trades_ring
+        )
         shutdown = config.daemon.shutdown_timeout_s
         children = [
             ChildSpec(
@@ -136,6 +145,7 @@ class Daemon:
             # so they stop (and save what they hold) before it closes.
             ChildSpec("gaps", lambda: self.ledger, Restart.PERMANENT, shutdown),
             ChildSpec("candles", lambda: self.candle_sink, Restart.PERMANENT, shutdown),
+            ChildSpec("ring", lambda: self.ring, Restart.PERMANENT, shutdown),
             # Stopped after every trade publisher (normalizer, backfill): closing the trade bus lets
             # analytics and then storage drain it to the end.
             ChildSpec(
@@ -151,6 +161,12 @@ class Daemon:
             ChildSpec(name, self._feed_factory(conn), Restart.PERMANENT, shutdown)
             for name, conn in self.connections.items()
         )
+        # HTTP and MCP read everything above through one query context; started last, stopped first.
+        self.query = QueryContext(self, self.ring, self.analytics)
+        app = create_app(self.query)
+        register_mcp_routes(app, self.query)
+        self.http = HttpServer(self.query, config, app=app, asgi_factory=build_asgi)
+        children.append(ChildSpec("http", lambda: self.http, Restart.PERMANENT, shutdown))
         self.supervisor = Supervisor("daemon", _policy(config), children)
 
     def _rest_client(self, venue: ModuleType, feed: FeedConfig) -> None:

@@ -48,7 +48,11 @@ async def run_demo(base: Config, duration: float | None, rate: float, seed: int)
         daemon = Daemon(config)
         await nursery.start(daemon.run)
         db = config.storage.url.removeprefix("sqlite:///")
-        print(f"marketflow demo: simulator at {sim.http_url}", flush=True)
+        print(
+            f"marketflow demo: HTTP API at {daemon.http.url}  (try {daemon.http.url}/book/bybit/BTC-USDT)",
+            flush=True,
+        )
+        print(f"  simulator at {sim.http_url}", flush=True)
         for feed in config.feeds:
             print(f"  feed {feed.name:<14} {feed.ws_url}", flush=True)
         print(f"  storing into {db}", flush=True)

@@ -33,6 +33,7 @@ def sim_config(
     return attrs.evolve(
         base,
         daemon=attrs.evolve(base.daemon, state_dir=str(tmp_path), shutdown_timeout_s=5.0),
+        http=attrs.evolve(base.http, listen="127.0.0.1:0"),
         storage=attrs.evolve(base.storage, **{"url": f"sqlite:///{tmp_path}/marketflow.db", **storage}),
         supervisor=attrs.evolve(base.supervisor, backoff_initial_s=0.05, backoff_max_s=0.2),
         feeds=feeds,

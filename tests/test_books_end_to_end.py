@@ -49,6 +49,7 @@ def config_for(tmp_path: Path, sim: SimServer, markets: tuple[tuple[str, str], .
     return attrs.evolve(
         base,
         daemon=attrs.evolve(base.daemon, state_dir=str(tmp_path), shutdown_timeout_s=5.0),
+        http=attrs.evolve(base.http, listen="127.0.0.1:0"),
         storage=attrs.evolve(base.storage, url=f"sqlite:///{tmp_path}/mf.db", flush_interval_s=0.05),
         supervisor=attrs.evolve(base.supervisor, backoff_initial_s=0.05, backoff_max_s=0.2),
         feeds=tuple(feeds),

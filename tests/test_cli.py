@@ -72,7 +72,7 @@ async def test_run_stops_cleanly_on_sigterm_with_every_trade_committed(tmp_path:
             await nursery.start(sim.run)
             config = tmp_path / "marketflow.toml"
             config.write_text(
-                f'[daemon]\nstate_dir = "{tmp_path}"\nlog_format = "json"\n'
+                f'[http]\nlisten = "127.0.0.1:0"\n[daemon]\nstate_dir = "{tmp_path}"\nlog_format = "json"\n'
                 f'[storage]\nurl = "sqlite:///{db}"\nflush_interval_s = 5\n'
                 f'[[feeds]]\nexchange = "bybit"\nmarket = "linear"\nsymbols = ["BTCUSDT"]\n'
                 f'ws_url = "{sim.bybit_ws_url("linear")}"\n'

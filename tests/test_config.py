@@ -602,6 +602,7 @@ channel_capacity = 8
 [http]
 listen = "[::1]:0"
 public_reads = true
+trades_ring = 99
 [storage]
 url = "postgresql+asyncpg://mf@db/market"
 batch_max = 10
@@ -636,7 +637,7 @@ bin_size = { "BTC-USDT" = "0.5" }
     config = parse(text)
     assert config == Config(
         DaemonConfig("debug", "json", "/var/lib/marketflow", 3.5, 8),
-        HttpConfig("[::1]:0", True),
+        HttpConfig("[::1]:0", True, 99),
         StorageConfig("postgresql+asyncpg://mf@db/market", 10, 0.5, 0),
         SupervisorConfig(1.0, 1.0, 3, 9.0, 7.0),
         (

@@ -19,7 +19,7 @@ from tests.conftest import stored_rows, wait_for
 
 def write_config(path: Path, tmp_path: Path, sim: SimServer, *, spot: bool) -> None:
     text = (
-        f'[daemon]\nstate_dir = "{tmp_path}"\nshutdown_timeout_s = 5\n'
+        f'[http]\nlisten = "127.0.0.1:0"\n[daemon]\nstate_dir = "{tmp_path}"\nshutdown_timeout_s = 5\n'
         f'[storage]\nurl = "sqlite:///{tmp_path}/mf.db"\nflush_interval_s = 0.05\n'
         f"[supervisor]\nbackoff_initial_s = 0.05\nbackoff_max_s = 0.2\n"
         f"# the perpetuals\n"
@@ -77,6 +77,8 @@ async def test_reload_starts_only_new_feeds_and_keeps_running_on_invalid_files(t
             await wait_for(lambda: relinked.state == "streaming" and relinked.data_frames > 3, 0.02)
             assert children(daemon)["bybit-spot"] == after["bybit-spot"]
             assert "# just BTC for now" in path.read_text()
+            db = tmp_path / "mf.db"
+            await wait_for(lambda: any(r[1] == "ETH-USDT-PERP" for r in stored_rows(db)), 0.05)
             view = daemon.books.view
             await wait_for(lambda: getattr(view("bybit", "ETH-USDT-PERP"), "status", None) == "synced", 0.02)
 

@@ -85,7 +85,7 @@ async def test_service_lifecycle_start_reload_stop(tmp_path: Path) -> None:
             await nursery.start(sim.run)
             config = tmp_path / "marketflow.toml"
             config.write_text(
-                f'[daemon]\nstate_dir = "{tmp_path}"\n[storage]\nurl = "sqlite:///{tmp_path}/mf.db"\n'
+                f'[http]\nlisten = "127.0.0.1:0"\n[daemon]\nstate_dir = "{tmp_path}"\n[storage]\nurl = "sqlite:///{tmp_path}/mf.db"\n'
                 f'[[feeds]]\nexchange = "bybit"\nmarket = "linear"\nsymbols = ["BTCUSDT"]\n'
                 f'ws_url = "{sim.bybit_ws_url("linear")}"\n'
             )

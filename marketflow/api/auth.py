@@ -1,0 +1,141 @@
+"""Who may call what (SPEC §6): API keys with scopes read < write < admin; reads may be open.
+
+A key comes as `X-API-Key: <key>` or `Authorization: Bearer <key>`. A presented key is always checked,
+also on a read that would be open without one: a wrong, revoked or expired key is a 401, a key whose scope
+is too low a 403. Without a key, writes and admin routes are a 401; reads are served only when
+`http.public_reads = true`, or when the server listens on a loopback address *and* the request comes from
+a loopback peer *and* carries no proxy header (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`): a reverse
+proxy on the same host would otherwise make every remote client look local.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable, Mapping
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import attrs
+
+from marketflow.api.keys import ApiKey, KeyRejected, KeyStore, Scope
+
+__all__ = ["AuthError", "AuthPolicy", "is_loopback", "presented_key", "require_scope"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
+class AuthError(Exception):
+    """A request is not allowed: 401 (no usable key) or 403 (scope too low)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether `host` is a loopback address (`127.0.0.0/8`, `::1`, `localhost`)."""
+    if not host:
+        return False
+    text = host.strip().removeprefix("[").removesuffix("]")
+    if text.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key of a request, from `X-API-Key` or `Authorization: Bearer`, or None."""
+    key = headers.get("X-API-Key")
+    if key:
+        return key.strip()
+    authorization = headers.get("Authorization", "")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+@attrs.frozen
+class AuthPolicy:
+    """The rules for one server: its key store, listen host and `public_reads`."""
+
+    store: KeyStore
+    listen_host: str
+    public_reads: bool = False
+
+    def reads_open(self, peer: str | None, headers: Mapping[str, str]) -> bool:
+        """Reads need no key: `public_reads`, or loopback listener, loopback peer and no proxy header."""
+        if self.public_reads:
+            return True
+        if not is_loopback(self.listen_host) or not is_loopback(peer):
+            return False
+        return not any(headers.get(name) for name in PROXY_HEADERS)
+
+    def authorize(self, required: Scope, headers: Mapping[str, str], peer: str | None) -> ApiKey | None:
+        """The request's key (None for an open read), or :class:`AuthError`."""
+        secret = presented_key(headers)
+        if secret is None:
+            if required is Scope.READ and self.reads_open(peer, headers):
+                return None
+            raise AuthError(
+                401,
+                "unauthorized",
+                f"this route needs an API key with {required.label} scope "
+                "(header X-API-Key: <key> or Authorization: Bearer <key>)",
+            )
+        try:
+            key = self.store.check(secret)
+        except KeyRejected as exc:
+            what = {"unknown": "is not valid", "revoked": "was revoked", "expired": "has expired"}
+            raise AuthError(
+                401, "unauthorized", f"the API key {what.get(exc.reason, 'is not valid')}"
+            ) from None
+        except OSError as exc:
+            raise AuthError(503, "unavailable", f"API keys cannot be checked: {exc}") from None
+        if key.scope < required:
+            raise AuthError(
+                403,
+                "forbidden",
+                f"API key {key.prefix} has scope {key.scope.label}; this route needs {required.label}",
+            )
+        return key
+
+
+def require_scope(
+    scope: Scope,
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Route decorator: the request must be allowed `scope` by the app's :class:`AuthPolicy`.
+
+    Put it under the route decorator and above the validation decorators, so a request without the
+    right key is refused before its parameters are looked at. The key is in `quart.g.api_key`.
+    """
+
+    def decorator(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            from quart import current_app, g, request
+
+            policy: AuthPolicy = current_app.config["MARKETFLOW_AUTH"]
+            g.api_key = policy.authorize(scope, request.headers, request.remote_addr)  # type: ignore[arg-type]
+            return await func(*args, **kwargs)
+
+        wrapper.__dict__["_marketflow_scope"] = scope
+        return wrapper
+
+    return decorator
+
+
+def route_scope(func: Any) -> Scope | None:
+    """The scope a view function requires (None: open to everyone)."""
+    scope = getattr(func, "_marketflow_scope", None)
+    return scope if isinstance(scope, Scope) else None

@@ -1,0 +1,802 @@
+"""MCP (SPEC §7) at `/mcp`: the official SDK's Streamable HTTP transport, mounted beside the Quart app.
+
+:func:`build_asgi` is the ASGI app the HTTP server serves: `/mcp` (and `/mcp/`) go to the MCP SDK's
+session manager, everything else to the Quart app; lifespan events reach both, so the SDK's session
+manager runs for exactly as long as the server does. The SDK speaks both protocol eras on one endpoint,
+chosen per request by the `MCP-Protocol-Version` header: the stateless 2026-07-28 revision
+(`server/discover`, `_meta` on every request, `Mcp-Method`/`Mcp-Name` headers) and the 2025-11-25
+handshake (`initialize`, `Mcp-Session-Id`, `DELETE`, 404 for an unknown session).
+
+In front of the SDK: a present `Origin` whose host is not this server's gets a 403, and the API-key rules
+of HTTP reads apply (:class:`~marketflow.api.auth.AuthPolicy`), checked on every HTTP request. `GET /mcp`
+is a 405: the server never sends unsolicited messages, and an idle stream held open would only delay a
+graceful shutdown to its deadline.
+
+Every tool calls the same :mod:`~marketflow.api.queries` function as the matching HTTP route, so its
+`structuredContent` is that route's JSON; its `outputSchema` is generated from the route's documented
+response type. Bad arguments come back as a tool error (`isError`) naming the argument; an unknown tool
+is a JSON-RPC error (-32602), as the spec asks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import ipaddress
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Annotated, Any, TypeVar, cast, get_type_hints
+from urllib.parse import urlsplit
+
+import attrs
+import mcp_types as types
+import msgspec
+from hypercorn.typing import ASGIFramework
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from msgspec import Meta
+from quart_trio import QuartTrio
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from marketflow import __version__
+from marketflow.api import queries
+from marketflow.api.app import MAX_BODY_BYTES
+from marketflow.api.auth import AuthError, AuthPolicy, is_loopback
+from marketflow.api.keys import Scope as KeyScope
+from marketflow.api.queries import QueryContext, QueryError, parse_optional_time
+from marketflow.api.routes import (
+    BookOut,
+    CandlesOut,
+    GapsOut,
+    MarketsOut,
+    OrderFlowOut,
+    PongOut,
+    ProfileOut,
+    StatusOut,
+    TradesOut,
+)
+from marketflow.config import Config, HttpConfig
+
+__all__ = [
+    "MCP_PATHS",
+    "RESOURCES",
+    "TOOLS",
+    "McpAsgi",
+    "SystemInfoOut",
+    "ToolSpec",
+    "build_asgi",
+    "build_server",
+    "origin_allowed",
+]
+
+MCP_PATHS = frozenset({"/mcp", "/mcp/"})
+MAX_SESSIONS = 1000
+"""Open 2025-11-25 sessions at most (an idle one ends after the SDK's 30 minutes)."""
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+INSTRUCTIONS = (
+    "marketflow collects exact crypto market data live from Bybit and Binance (trades, order books) and "
+    "computes order-flow analytics from it. Call list_markets first: every other market tool takes an "
+    "exchange and a symbol from that list (normalized BTC-USDT / BTC-USDT-PERP, or the native BTCUSDT "
+    "with market= when ambiguous). Prices and amounts are exact decimal strings; times are ISO 8601 UTC. "
+    "Time arguments take ISO 8601 (2026-08-09T12:00:00Z; no zone means UTC) or epoch milliseconds; "
+    "ranges are since <= ts < until."
+)
+
+# -- arguments --------------------------------------------------------------------------------------------
+
+Exchange = Annotated[str, Meta(description='Exchange name from list_markets: "bybit" or "binance".')]
+Symbol = Annotated[
+    str,
+    Meta(
+        description="Symbol from list_markets: normalized (BTC-USDT spot, BTC-USDT-PERP perpetual) or the "
+        "exchange's native spelling (BTCUSDT) together with market= when both markets list it."
+    ),
+]
+Market = Annotated[
+    str, Meta(description='Market of a native symbol: "spot", "linear" (Bybit perps) or "usdm" (Binance).')
+]
+Time = Annotated[
+    str | int,
+    Meta(description="ISO 8601 UTC (2026-08-09T12:00:00Z; no zone = UTC) or epoch milliseconds (integer)."),
+]
+Interval = Annotated[str, Meta(description='Bar length: a number and s|m|h|d, e.g. "1m", "5m", "1h".')]
+Bin = Annotated[
+    str | int | float,
+    Meta(description='Price bin width, best as a decimal string such as "10" or "0.5" (exact).'),
+]
+
+Limit = Annotated[
+    int, Meta(ge=1, le=queries.MAX_LIMIT, description="Most rows to return (default 100, at most 10000).")
+]
+
+
+class NoArgs(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class StatusArgs(msgspec.Struct, forbid_unknown_fields=True):
+    actor: (
+        Annotated[
+            str, Meta(description="Only this actor, e.g. bybit-spot, storage, books (default: every actor).")
+        ]
+        | None
+    ) = None
+
+
+class TradesArgs(msgspec.Struct, forbid_unknown_fields=True):
+    exchange: Exchange
+    symbol: Symbol
+    market: Market | None = None
+    since: Time | None = None
+    until: Time | None = None
+    limit: Limit = 100
+
+
+class BookArgs(msgspec.Struct, forbid_unknown_fields=True):
+    exchange: Exchange
+    symbol: Symbol
+    market: Market | None = None
+    depth: Annotated[
+        int, Meta(ge=1, le=queries.MAX_DEPTH, description="Price levels per side, best first (default 20).")
+    ] = 20
+
+
+class GapsArgs(msgspec.Struct, forbid_unknown_fields=True):
+    exchange: Annotated[str, Meta(description="Only gaps of this exchange.")] | None = None
+    symbol: (
+        Annotated[str, Meta(description="Only gaps of this symbol (normalized, e.g. BTC-USDT).")] | None
+    ) = None
+
+
+class CandlesArgs(msgspec.Struct, forbid_unknown_fields=True):
+    exchange: Exchange
+    symbol: Symbol
+    interval: Interval = "1m"
+    market: Market | None = None
+    since: Time | None = None
+    until: Time | None = None
+    limit: Limit = 100
+
+
+class ProfileArgs(msgspec.Struct, forbid_unknown_fields=True):
+    exchange: Exchange
+    symbol: Symbol
+    market: Market | None = None
+    since: Time | None = None
+    until: Time | None = None
+    bin: Bin | None = None
+
+
+class OrderFlowArgs(msgspec.Struct, forbid_unknown_fields=True):
+    exchange: Exchange
+    symbol: Symbol
+    interval: Interval = "1m"
+    market: Market | None = None
+    since: Time | None = None
+    until: Time | None = None
+    footprint: Annotated[bool, Meta(description="Add per-bar footprints (bid/ask volume per price bin).")] = (
+        False
+    )
+    bin: Bin | None = None
+
+
+# -- results the HTTP routes have no documented type for -----------------------------------------------------
+
+
+class AnalyticsInfoOut(msgspec.Struct):
+    candle_intervals: list[str]
+    value_area: str
+    large_trade_notional: str
+    live: bool
+
+
+class SystemInfoOut(msgspec.Struct):
+    """`/mcp/info` and the `system_info` tool."""
+
+    name: str
+    version: str
+    python: str
+    started_at: str
+    uptime_s: float
+    config: str | None
+    storage: str
+    http_listen: str
+    health: str
+    feeds: list[str]
+    markets: int
+    analytics: AnalyticsInfoOut
+
+
+# -- tools ------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ToolSpec:
+    """One tool: the query it runs, its argument and result types, and the one-line summary of a result."""
+
+    name: str
+    title: str
+    description: str
+    args: type[msgspec.Struct]
+    output: type[msgspec.Struct]
+    run: Callable[[QueryContext, Any], Awaitable[dict[str, Any]]]
+    summarize: Callable[[dict[str, Any], Any], str]
+    params: dict[str, str]
+    """Query parameter name → argument name, where they differ."""
+
+
+TOOLS: dict[str, ToolSpec] = {}
+"""Every tool by name, in the order `tools/list` shows them."""
+
+_MARKET_ARGS = (
+    "Pass exchange and symbol as list_markets shows them. Decimals are exact strings; times ISO 8601 UTC."
+)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[dict[str, Any]]])
+
+
+def tool(
+    title: str,
+    output: type[msgspec.Struct],
+    summarize: Callable[[dict[str, Any], Any], str],
+    params: dict[str, str] | None = None,
+) -> Callable[[F], F]:
+    """Register `async def <name>(ctx, args: <ArgsStruct>)` as a tool; its docstring is the description."""
+
+    def register(func: F) -> F:
+        description = (
+            inspect.cleandoc(func.__doc__ or "").replace("\n", " ").replace("{MARKET}", _MARKET_ARGS)
+        )
+        args = get_type_hints(func)["args"]
+        TOOLS[func.__name__] = ToolSpec(
+            func.__name__, title, description, args, output, func, summarize, params or {}
+        )
+        return func
+
+    return register
+
+
+def _times(args: Any) -> tuple[int | None, int | None]:
+    return parse_optional_time(args.since, "since"), parse_optional_time(args.until, "until")
+
+
+def _bin(value: str | int | float | None) -> Decimal | None:
+    return queries.parse_bin(None if value is None else str(value))
+
+
+def _sum(values: Iterable[str]) -> Decimal:
+    return sum((Decimal(v) for v in values), Decimal(0))
+
+
+@tool("Ping", PongOut, lambda r, a: "pong")
+async def ping(ctx: QueryContext, args: NoArgs) -> dict[str, Any]:
+    """Check that the marketflow daemon answers. Returns {pong: true}."""
+    return {"pong": True}
+
+
+def _sum_info(r: dict[str, Any], a: NoArgs) -> str:
+    return (
+        f"{r['name']} {r['version']}, {r['health']}, up {r['uptime_s']:.0f} s, {r['markets']} markets on "
+        f"feeds {', '.join(r['feeds']) or 'none'}, storage {r['storage']}."
+    )
+
+
+@tool("System information", SystemInfoOut, _sum_info)
+async def system_info(ctx: QueryContext, args: NoArgs) -> dict[str, Any]:
+    """What this marketflow daemon is: version, uptime, health (healthy|degraded|unhealthy), storage, the
+    feeds it runs, how many markets it collects, and analytics settings (candle intervals kept live,
+    value-area fraction, large-trade notional)."""
+    return queries.system_info(ctx)
+
+
+def _sum_status(r: dict[str, Any], a: StatusArgs) -> str:
+    actors = r["actors"]
+    not_running = [f"{x['name']} ({x['state']})" for x in actors if x["state"] != "running"]
+    tail = f"; not running: {', '.join(not_running)}" if not_running else ", all running"
+    return f"Daemon {r['status']}; {len(actors)} actors{tail}."
+
+
+@tool("Collector status", StatusOut, _sum_status, {"name": "actor"})
+async def get_status(ctx: QueryContext, args: StatusArgs) -> dict[str, Any]:
+    """Health of the daemon and of every actor (feed connections such as bybit-spot, storage, books,
+    analytics): state, restarts, circuit breaker, last error; for feeds also messages/s, age of the last
+    message and subscriptions; queue depths. Use it to judge whether data is fresh and complete."""
+    if args.actor is None:
+        return queries.status(ctx)
+    return {"status": ctx.daemon.health().status, "actors": [queries.status(ctx, args.actor)]}
+
+
+def _sum_markets(r: dict[str, Any], a: NoArgs) -> str:
+    names = ", ".join(f"{m['exchange']} {m['market']} {m['symbol']}" for m in r["markets"])
+    return f"{len(r['markets'])} markets: {names or 'none'}."
+
+
+@tool("List markets", MarketsOut, _sum_markets)
+async def list_markets(ctx: QueryContext, args: NoArgs) -> dict[str, Any]:
+    """Every market the daemon collects: exchange, market (spot, linear, usdm), normalized symbol
+    (BTC-USDT, BTC-USDT-PERP), the exchange's native symbol and the channels kept (trades, book). Call
+    this first: the other market tools take exchange and symbol from here."""
+    return queries.markets(ctx)
+
+
+def _sum_trades(r: dict[str, Any], a: TradesArgs) -> str:
+    trades = r["trades"]
+    if not trades:
+        return f"No trades of {a.exchange} {a.symbol} in the range."
+    prices = [Decimal(t["price"]) for t in trades]
+    buy = _sum(t["amount"] for t in trades if t["side"] == "buy")
+    sell = _sum(t["amount"] for t in trades if t["side"] == "sell")
+    newest, oldest = trades[0], trades[-1]
+    return (
+        f"{r['count']} trades of {newest['exchange']} {newest['symbol']}, newest first, {oldest['ts']} to "
+        f"{newest['ts']}: last {newest['price']}, low {min(prices)}, high {max(prices)}, "
+        f"buy volume {buy}, sell volume {sell}."
+    )
+
+
+@tool("Recent trades", TradesOut, _sum_trades)
+async def get_recent_trades(ctx: QueryContext, args: TradesArgs) -> dict[str, Any]:
+    """Trades of one market, newest first, with since <= ts < until (default: the most recent). Each
+    trade: id, price, amount, side (the taker's: buy or sell), ts (exchange time), recv_ts. At most
+    `limit` (default 100). {MARKET}"""
+    since, until = _times(args)
+    return await queries.recent_trades(ctx, args.exchange, args.symbol, since, until, args.limit, args.market)
+
+
+def _sum_book(r: dict[str, Any], a: BookArgs) -> str:
+    head = f"{r['exchange']} {r['symbol']} order book, {r['status']}, at {r['ts']}"
+    if not r["bids"] or not r["asks"]:
+        return f"{head}: no levels ({len(r['bids'])} bids, {len(r['asks'])} asks)."
+    (bid, bid_q), (ask, ask_q) = r["bids"][0], r["asks"][0]
+    return (
+        f"{head}: best bid {bid} x {bid_q}, best ask {ask} x {ask_q}, spread {Decimal(ask) - Decimal(bid)}; "
+        f"{len(r['bids'])} bid and {len(r['asks'])} ask levels."
+    )
+
+
+@tool("Order book", BookOut, _sum_book)
+async def get_orderbook(ctx: QueryContext, args: BookArgs) -> dict[str, Any]:
+    """The live order book of one market: bids (highest first) and asks (lowest first) as [price, amount]
+    pairs, `depth` levels per side (default 20), the exchange timestamp and a status: levels are only
+    given while it is "synced". Needs the market's "book" channel (see list_markets). {MARKET}"""
+    return queries.orderbook(ctx, args.exchange, args.symbol, args.depth, args.market)
+
+
+def _sum_gaps(r: dict[str, Any], a: GapsArgs) -> str:
+    gaps = r["gaps"]
+    if not gaps:
+        return "No gaps recorded."
+    g = gaps[0]
+    still_open = sum(1 for x in gaps if x["open"])
+    return (
+        f"{len(gaps)} gaps recorded ({still_open} open); newest: {g['exchange']} {g['symbol']} "
+        f"{g['channel']} from {g['start']} to {g['end'] or 'now'} ({g['reason']}, "
+        f"{g['recovered']} recovered)."
+    )
+
+
+@tool("Data gaps", GapsOut, _sum_gaps)
+async def get_gaps(ctx: QueryContext, args: GapsArgs) -> dict[str, Any]:
+    """Recorded gaps in the collected data, newest first: disconnects, order-book resyncs and trade-id
+    gaps, each with channel, start, end (null while open), reason and how many trades were recovered.
+    Optionally only one exchange and/or symbol."""
+    return queries.gaps(ctx, args.exchange, args.symbol)
+
+
+def _sum_candles(r: dict[str, Any], a: CandlesArgs) -> str:
+    candles = r["candles"]
+    if not candles:
+        return f"No {a.interval} candles of {a.exchange} {a.symbol} in the range."
+    high = max(Decimal(c["high"]) for c in candles)
+    low = min(Decimal(c["low"]) for c in candles)
+    return (
+        f"{len(candles)} {a.interval} candles of {a.exchange} {a.symbol}, oldest first, "
+        f"{candles[0]['start']} to {candles[-1]['start']}: last close {candles[-1]['close']}, "
+        f"high {high}, low {low}, volume {_sum(c['volume'] for c in candles)}."
+    )
+
+
+@tool("Candles", CandlesOut, _sum_candles)
+async def get_candles(ctx: QueryContext, args: CandlesArgs) -> dict[str, Any]:
+    """OHLCV candles of one market, oldest first, aligned to UTC multiples of `interval`: open, high, low,
+    close, volume, buy_volume, sell_volume, trades, vwap. Candles starting in [since, until); without
+    since, the last `limit` (default 100) up to until (default now). {MARKET}"""
+    since, until = _times(args)
+    return await queries.candles(
+        ctx, args.exchange, args.symbol, args.interval, since, until, args.limit, args.market
+    )
+
+
+def _sum_profile(r: dict[str, Any], a: ProfileArgs) -> str:
+    if r["poc"] is None:
+        return f"No trades of {a.exchange} {a.symbol} in the range: the volume profile is empty."
+    return (
+        f"Volume profile of {a.exchange} {a.symbol}: POC {r['poc']}, value area {r['val']} to {r['vah']} "
+        f"holding {r['value_area']} of the total volume {r['total_volume']}, {len(r['bins'])} bins."
+    )
+
+
+@tool("Volume profile", ProfileOut, _sum_profile)
+async def get_volume_profile(ctx: QueryContext, args: ProfileArgs) -> dict[str, Any]:
+    """Volume by price over trades with since <= ts < until (default: the last hour): bins named by their
+    lower edge (floor(price / bin) * bin) with volume, buy_volume and sell_volume; the POC (the bin with
+    the most volume) and the value area VAL..VAH, grown from the POC until it holds the configured
+    fraction (70% by default) of total_volume; value_area is the volume it holds. `bin` defaults to the
+    market's own. {MARKET}"""
+    since, until = _times(args)
+    return await queries.volume_profile(
+        ctx, args.exchange, args.symbol, since, until, _bin(args.bin), args.market
+    )
+
+
+def _sum_order_flow(r: dict[str, Any], a: OrderFlowArgs) -> str:
+    bars = r["bars"]
+    if not bars:
+        return f"No {a.interval} order-flow bars of {a.exchange} {a.symbol} in the range."
+    return (
+        f"{len(bars)} {a.interval} order-flow bars of {a.exchange} {a.symbol}, {bars[0]['start']} to "
+        f"{bars[-1]['start']}: buy {_sum(b['buy_volume'] for b in bars)}, "
+        f"sell {_sum(b['sell_volume'] for b in bars)}, cvd {bars[-1]['cvd']}, "
+        f"{sum(b['large_trades'] for b in bars)} large trades."
+    )
+
+
+@tool("Order flow", OrderFlowOut, _sum_order_flow)
+async def get_order_flow(ctx: QueryContext, args: OrderFlowArgs) -> dict[str, Any]:
+    """Order flow per `interval` bar: buy and sell volume by taker side, delta (buy - sell), cvd (running
+    delta from the first bar), trades, large_trades (notional >= the configured threshold), imbalance
+    (buy / (buy + sell)). footprint=true adds per-bar bid/ask volume per price bin of width `bin`. Without
+    since, the last 100 bars up to until (default now). {MARKET}"""
+    since, until = _times(args)
+    return await queries.order_flow(
+        ctx,
+        args.exchange,
+        args.symbol,
+        args.interval,
+        since,
+        until,
+        args.footprint,
+        _bin(args.bin),
+        args.market,
+    )
+
+
+RESOURCES: dict[str, tuple[str, str, Callable[[QueryContext], dict[str, Any]]]] = {
+    "marketflow://markets": (
+        "markets",
+        "Every market the daemon collects (the list_markets tool's result).",
+        queries.markets,
+    ),
+    "marketflow://status": (
+        "status",
+        "Health of the daemon and of every actor (the get_status tool's result).",
+        queries.status,
+    ),
+}
+
+
+def object_schema(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """The JSON Schema of `struct` with the object itself at the root (MCP wants `type: object` there)."""
+    (ref,), defs = msgspec.json.schema_components([struct], ref_template="#/$defs/{name}")
+    root = dict(defs.pop(ref["$ref"].rpartition("/")[2]))
+    root.pop("title", None)
+    if defs:
+        root["$defs"] = defs
+    portable: dict[str, Any] = _portable(root)
+    return portable
+
+
+def _portable(node: Any) -> Any:
+    """`node` with tuples (2020-12 `prefixItems` + `items: false`) as plain arrays of fixed length.
+
+    Validators of the older drafts (Ajv in the TypeScript SDK and the MCP Inspector) ignore `prefixItems`
+    and read `items: false` as "no items", so they would reject every `[price, amount]` pair.
+    """
+    if isinstance(node, list):
+        return [_portable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _portable(value) for key, value in node.items()}
+    prefix = out.pop("prefixItems", None)
+    if prefix is not None:
+        same = all(item == prefix[0] for item in prefix)
+        out["items"] = prefix[0] if prefix and same else {}
+    return out
+
+
+def input_schema(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """:func:`object_schema` of an arguments type, optional arguments shown as omittable, not nullable."""
+    schema = object_schema(struct)
+    for name, prop in schema["properties"].items():
+        branches = prop.get("anyOf", [])
+        if {"type": "null"} in branches and "default" in prop and prop["default"] is None:
+            rest = [b for b in branches if b != {"type": "null"}]
+            plain = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
+            schema["properties"][name] = {**plain, **rest[0]} if len(rest) == 1 else {**plain, "anyOf": rest}
+    return schema
+
+
+_AT = re.compile(r" - at `\$\.([A-Za-z_]\w*)[^`]*`")
+_FIELD = re.compile(r"field `([A-Za-z_]\w*)`")
+
+
+def _tool_error(text: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
+
+
+def _argument_error(tool: ToolSpec, exc: msgspec.ValidationError) -> types.CallToolResult:
+    message = str(exc)
+    found = _AT.search(message) or _FIELD.search(message)
+    if found is None:
+        return _tool_error(f"Invalid arguments for {tool.name}: {message}.")
+    return _tool_error(f"Invalid argument {found.group(1)!r}: {_AT.sub('', message)}.")
+
+
+def _query_error(tool: ToolSpec, exc: QueryError) -> types.CallToolResult:
+    if exc.param is None:
+        return _tool_error(f"{tool.name} failed ({exc.code}): {exc.detail}")
+    param = tool.params.get(exc.param, exc.param)
+    return _tool_error(f"Invalid argument {param!r} ({exc.code}): {exc.detail}")
+
+
+def build_server(ctx: QueryContext) -> Server[Any]:
+    """The MCP server of `ctx`: the tools and resources, transport-independent."""
+    listed = [
+        types.Tool(
+            name=tool.name,
+            title=tool.title,
+            description=tool.description,
+            input_schema=input_schema(tool.args),
+            output_schema=object_schema(tool.output),
+            annotations=types.ToolAnnotations(
+                title=tool.title, read_only_hint=True, idempotent_hint=True, open_world_hint=False
+            ),
+        )
+        for tool in TOOLS.values()
+    ]
+
+    async def list_tools(
+        rctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=listed)
+
+    async def call_tool(
+        rctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        tool = TOOLS.get(params.name)
+        if tool is None:
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"Unknown tool: {params.name[:80]!r} (tools: {', '.join(TOOLS)})",
+            )
+        try:
+            args = msgspec.convert(params.arguments or {}, tool.args, strict=False)
+        except msgspec.ValidationError as exc:
+            return _argument_error(tool, exc)
+        try:
+            result = await tool.run(ctx, args)
+        except QueryError as exc:
+            return _query_error(tool, exc)
+        return types.CallToolResult(
+            content=[types.TextContent(text=tool.summarize(result, args))], structured_content=result
+        )
+
+    async def list_resources(
+        rctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(
+            resources=[
+                types.Resource(uri=uri, name=name, description=description, mime_type="application/json")
+                for uri, (name, description, _) in RESOURCES.items()
+            ]
+        )
+
+    async def read_resource(
+        rctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        entry = RESOURCES.get(params.uri)
+        if entry is None:
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"Unknown resource: {params.uri[:80]!r} (resources: {', '.join(RESOURCES)})",
+            )
+        text = msgspec.json.encode(entry[2](ctx)).decode()
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=params.uri, mime_type="application/json", text=text)]
+        )
+
+    return Server(
+        "marketflow",
+        version=__version__,
+        title="marketflow",
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_read_resource=read_resource,
+    )
+
+
+# -- the ASGI composition ---------------------------------------------------------------------------------
+
+
+def _hostname(authority: str) -> str | None:
+    """The lower-case host of `authority` (`host[:port]`, IPv6 in brackets), or None if it is malformed."""
+    try:
+        parts = urlsplit("//" + authority)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return None
+    return parts.hostname or None
+
+
+def origin_allowed(origin: str, listen_host: str, host_header: str | None) -> bool:
+    """Whether a request's `Origin` is this server's own.
+
+    Its host must equal, exactly, one of this server's names: the listen address; loopback names when it
+    listens on loopback or on every interface; or, on every interface, the request's `Host` when that is
+    an IP address (a DNS name there could be a rebinding attacker's, who controls both headers).
+    """
+    try:
+        parts = urlsplit(origin.strip())
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return False
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host:
+        return False
+    listen = listen_host.strip().lower().removeprefix("[").removesuffix("]")
+    if listen in WILDCARD_HOSTS:
+        if host in LOOPBACK_NAMES:
+            return True
+        request_host = _hostname(host_header or "")
+        return request_host is not None and host == request_host and _is_ip(request_host)
+    if is_loopback(listen):
+        return host in LOOPBACK_NAMES or host == listen
+    return host == listen
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def _json_response(
+    send: Send, status: int, body: dict[str, Any], headers: Iterable[tuple[str, str]] = ()
+) -> None:
+    data = msgspec.json.encode(body)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _drain(receive: Receive) -> None:
+    """Read the request body to its end, so the connection can serve the next request."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+class McpAsgi:
+    """`/mcp` to the MCP SDK (behind Origin and API-key checks), everything else to the Quart app."""
+
+    def __init__(self, ctx: QueryContext, http: HttpConfig, quart_app: QuartTrio) -> None:
+        self.quart_app = quart_app
+        self.quart = cast(ASGIApp, quart_app)
+        self.server = build_server(ctx)
+        self.listen_host = http.host
+        self.manager: StreamableHTTPSessionManager | None = None
+
+    @property
+    def policy(self) -> AuthPolicy:
+        policy: AuthPolicy = self.quart_app.config["MARKETFLOW_AUTH"]
+        return policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if scope["type"] == "http" and (path in MCP_PATHS or path.startswith("/mcp/")):
+            await self._mcp(scope, receive, send, path)
+            return
+        await self.quart(scope, receive, send)
+
+    async def _mcp(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if origin is not None and not origin_allowed(origin, self.listen_host, headers.get("host")):
+            await _drain(receive)
+            detail = f"Origin {origin[:100]!r} is not this server's; cross-origin MCP requests are refused"
+            await _json_response(send, 403, {"error": "forbidden", "detail": detail})
+            return
+        if path not in MCP_PATHS:  # /mcp/ping, /mcp/info: Quart routes with their own auth
+            await self.quart(scope, receive, send)
+            return
+        client = scope.get("client")
+        try:
+            key = self.policy.authorize(KeyScope.READ, headers, client[0] if client else None)
+        except AuthError as exc:
+            await _drain(receive)
+            extra = [("www-authenticate", 'Bearer realm="marketflow"')] if exc.status == 401 else []
+            await _json_response(send, exc.status, {"error": exc.code, "detail": exc.detail}, extra)
+            return
+        if scope["method"] == "GET":
+            await _drain(receive)
+            detail = "this server sends no unsolicited messages, so it offers no GET stream; POST to /mcp"
+            await _json_response(
+                send, 405, {"error": "method_not_allowed", "detail": detail}, [("allow", "POST, DELETE")]
+            )
+            return
+        manager = self.manager
+        if manager is None:
+            await _drain(receive)
+            detail = "the MCP session manager is not running (the server got no ASGI lifespan startup)"
+            await _json_response(send, 503, {"error": "unavailable", "detail": detail})
+            return
+        if key is not None:
+            # The SDK binds a 2025-11-25 session to the credential that opened it: another key gets a 404.
+            token = AccessToken(token=key.prefix, client_id=f"api-key:{key.prefix}", scopes=list(key.scopes))
+            scope = {**scope, "user": AuthenticatedUser(token)}
+        await manager.handle_request(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The Quart app's lifespan, inside a run of a fresh SDK session manager (one per server run)."""
+        held: list[Message] = []
+
+        async def send_later(message: Message) -> None:
+            # Report shutdown complete only once the MCP sessions are closed too.
+            if message["type"] == "lifespan.shutdown.complete":
+                held.append(message)
+            else:
+                await send(message)
+
+        async with self._session_manager():
+            await self.quart(scope, receive, send_later)
+        for message in held:
+            await send(message)
+
+    @asynccontextmanager
+    async def _session_manager(self) -> AsyncIterator[None]:
+        manager = StreamableHTTPSessionManager(
+            self.server,
+            json_response=True,  # the tools answer at once and send no progress: one JSON body each
+            stateless=False,  # 2025-11-25 sessions; 2026-07-28 requests are stateless whatever this says
+            # Origin is checked exactly in front (the SDK's check matches by string prefix).
+            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            max_request_body_size=MAX_BODY_BYTES,
+            max_sessions=MAX_SESSIONS,
+        )
+        async with manager.run():
+            self.manager = manager
+            try:
+                yield
+            finally:
+                self.manager = None
+
+
+def build_asgi(ctx: QueryContext, config: Config | HttpConfig, quart_app: QuartTrio) -> ASGIFramework:
+    """The ASGI app the HTTP server serves: MCP at `/mcp`, the Quart app everywhere else.
+
+    Pass it to :class:`~marketflow.api.server.HttpServer` as `asgi_factory`.
+    """
+    http = config.http if isinstance(config, Config) else config
+    app: ASGIFramework = McpAsgi(ctx, http, quart_app)  # type: ignore[assignment]
+    return app

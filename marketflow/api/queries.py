@@ -1,0 +1,615 @@
+"""The query layer shared by the HTTP routes and the MCP tools: daemon state → SPEC §6 JSON.
+
+Every function takes a :class:`QueryContext` and parameters already converted to Python values (times in
+µs since the epoch: convert text with :func:`parse_time`), checks them, and returns the JSON-ready dict
+of the matching route, or raises :class:`QueryError` naming the bad parameter. Exchange and symbol are
+taken as the user wrote them (normalized `BTC-USDT`, or the exchange's own `BTCUSDT` where that is
+unambiguous, with `market` when it is not) and resolved against the configured feeds.
+
+Trades come from the in-memory ring while it holds the range, and from storage for anything older, merged
+and de-duplicated. Analytics come from the live engine when it holds the range, else they are computed
+from stored trades (at most :data:`MAX_STORED_TRADES` of them).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from marketflow.analytics import (
+    NotLiveError,
+    compute_candles_from_trades,
+    compute_order_flow_from_trades,
+    compute_volume_profile_from_trades,
+    parse_interval,
+)
+from marketflow.analytics.bars import normalize_bin
+
+# Status queries read the same statistics as /metrics and live with it; they are part of this layer.
+from marketflow.api.metrics import status, storage_stats, system_info
+from marketflow.model import Trade, native_symbol, normalize_symbol, now_us, us_to_iso
+
+if TYPE_CHECKING:
+    from marketflow.analytics import AnalyticsEngine
+    from marketflow.api.ring import TradeRing
+    from marketflow.daemon import Daemon
+
+__all__ = [
+    "MAX_LIMIT",
+    "MAX_STORED_TRADES",
+    "QueryContext",
+    "QueryError",
+    "RateMeter",
+    "candles",
+    "gaps",
+    "markets",
+    "order_flow",
+    "orderbook",
+    "parse_bin",
+    "parse_depth",
+    "parse_limit",
+    "parse_optional_time",
+    "parse_time",
+    "recent_trades",
+    "resolve_market",
+    "status",
+    "storage_stats",
+    "system_info",
+    "trade_json",
+    "volume_profile",
+]
+
+MAX_LIMIT = 10_000
+"""Largest `limit` of trades and candles a query returns."""
+DEFAULT_TRADES_LIMIT = 1000
+DEFAULT_CANDLES_LIMIT = 500
+DEFAULT_ORDER_FLOW_BARS = 100
+"""Bars of `/order-flow` when `since` is not given."""
+DEFAULT_PROFILE_WINDOW_US = 3_600_000_000
+"""`/volume-profile` covers the last hour when `since` is not given."""
+MAX_STORED_TRADES = 200_000
+"""Most stored trades one analytics query reads; a wider range is refused with a 400."""
+MAX_DEPTH = 5000
+
+_MIN_US = 0
+_MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+_EPOCH_MS = re.compile(r"-?\d{1,16}")
+_NATIVE = re.compile(r"[A-Za-z0-9]{2,40}")
+_NORMALIZED = re.compile(r"[A-Za-z0-9]{1,20}-[A-Za-z0-9]{1,20}(-PERP)?", re.IGNORECASE)
+
+
+class QueryError(Exception):
+    """A query's parameter is wrong or names nothing known; `status` is the HTTP status to answer with."""
+
+    def __init__(self, code: str, detail: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.param = param
+        self.status = status
+
+    def json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "detail": self.detail}
+        if self.param is not None:
+            body["param"] = self.param
+        return body
+
+
+class RateMeter:
+    """Messages per second of counters sampled now and then (the HTTP server samples every second)."""
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self._window_s = window_s
+        self._samples: dict[str, deque[tuple[float, int]]] = {}
+
+    def sample(self, name: str, count: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        samples = self._samples.setdefault(name, deque())
+        samples.append((now, count))
+        while len(samples) > 2 and now - samples[1][0] >= self._window_s:
+            samples.popleft()
+
+    def rate(self, name: str) -> float | None:
+        """Per second over the window, or None before two samples at least 0.1 s apart."""
+        samples = self._samples.get(name)
+        if not samples or len(samples) < 2:
+            return None
+        (t0, c0), (t1, c1) = samples[0], samples[-1]
+        if t1 - t0 < 0.1:
+            return None
+        return max(0.0, (c1 - c0) / (t1 - t0))
+
+
+@attrs.define
+class QueryContext:
+    """What queries read: the daemon, its trade ring and its analytics engine (either may be None)."""
+
+    daemon: Daemon
+    ring: TradeRing | None = None
+    analytics: AnalyticsEngine | None = None
+    rates: RateMeter = attrs.Factory(RateMeter)
+    started_at: int = attrs.Factory(now_us)
+
+    def sample_rates(self) -> None:
+        """Take a sample of every feed's message counter (for msgs/s)."""
+        for name, counters in self.daemon.feed_counters.items():
+            self.rates.sample(name, counters.messages)
+
+
+# -- parameters -------------------------------------------------------------------------------------------
+
+
+def parse_time(value: str | int, param: str) -> int:
+    """ISO 8601 (`2026-08-09T12:00:19.680Z`; no zone means UTC) or epoch milliseconds → µs since the epoch."""
+    if isinstance(value, bool):
+        raise QueryError("bad_time", f"{param} must be ISO 8601 or epoch milliseconds, got {value!r}", param)
+    if isinstance(value, int):
+        us = value * 1000
+    else:
+        text = value.strip()
+        if _EPOCH_MS.fullmatch(text):
+            us = int(text) * 1000
+        else:
+            try:
+                parsed = datetime.fromisoformat(text.replace("z", "Z"))
+            except ValueError:
+                raise QueryError(
+                    "bad_time",
+                    f"{param} must be ISO 8601 (e.g. 2026-08-09T12:00:19.680Z) or epoch milliseconds, "
+                    f"got {value[:64]!r}",
+                    param,
+                ) from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
+            us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if not _MIN_US <= us <= _MAX_US:
+        raise QueryError(
+            "bad_time", f"{param} must lie between 1970 and 9999, got {str(value)[:64]!r}", param
+        )
+    return us
+
+
+def parse_optional_time(value: str | int | None, param: str) -> int | None:
+    """:func:`parse_time`, passing None (and an empty string) through as None."""
+    if value is None or value == "":
+        return None
+    return parse_time(value, param)
+
+
+def parse_limit(value: int | None, default: int, param: str = "limit") -> int:
+    """A limit in 1..:data:`MAX_LIMIT` (`default` when None)."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+        raise QueryError(
+            "bad_limit", f"{param} must be an integer from 1 to {MAX_LIMIT}, got {value!r}", param
+        )
+    return value
+
+
+def parse_depth(value: int | None) -> int | None:
+    """A book depth in 1..:data:`MAX_DEPTH`, or None (every level)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DEPTH:
+        raise QueryError(
+            "bad_depth", f"depth must be an integer from 1 to {MAX_DEPTH}, got {value!r}", "depth"
+        )
+    return value
+
+
+def parse_bin(value: str | Decimal | None) -> Decimal | None:
+    """A price bin: a decimal > 0 (text, to stay exact), or None (the market's default)."""
+    if value is None or value == "":
+        return None
+    try:
+        size = Decimal(value) if isinstance(value, str) else value
+        return normalize_bin(size)
+    except (InvalidOperation, ValueError):
+        raise QueryError(
+            "bad_bin", f'bin must be a decimal > 0 such as "10", got {str(value)[:64]!r}', "bin"
+        ) from None
+
+
+def _check_range(since: int | None, until: int | None) -> None:
+    if since is not None and until is not None and until <= since:
+        raise QueryError(
+            "bad_range", f"until ({us_to_iso(until)}) must be after since ({us_to_iso(since)})", "until"
+        )
+
+
+def _interval(interval: str | None) -> tuple[str, int]:
+    text = "1m" if interval is None or interval == "" else interval
+    try:
+        return text, parse_interval(text)
+    except ValueError as exc:
+        raise QueryError("bad_interval", str(exc), "interval") from None
+
+
+# -- markets ----------------------------------------------------------------------------------------------
+
+
+def _configured(daemon: Daemon) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """(exchange, market, normalized symbol, channels) of every configured feed's symbols."""
+    return [
+        (feed.exchange, feed.market, symbol, tuple(feed.channels))
+        for feed in daemon.config.feeds
+        for symbol in feed.symbols
+    ]
+
+
+def resolve_market(
+    daemon: Daemon, exchange: str | None, symbol: str | None, market: str | None = None
+) -> tuple[str, str]:
+    """`(exchange, normalized symbol)` of a configured market, from the user's spelling of it."""
+    configured = _configured(daemon)
+    exchanges = sorted({c[0] for c in configured})
+    if not exchange:
+        raise QueryError(
+            "missing_parameter", f"exchange is required (one of: {', '.join(exchanges)})", "exchange"
+        )
+    ex = exchange.strip().lower()
+    if ex not in exchanges:
+        raise QueryError(
+            "unknown_exchange",
+            f"exchange {exchange[:40]!r} is not configured (configured: {', '.join(exchanges) or 'none'})",
+            "exchange",
+        )
+    on_exchange = [c for c in configured if c[0] == ex]
+    if market:
+        markets_here = sorted({c[1] for c in on_exchange})
+        mk = market.strip().lower()
+        if mk not in markets_here:
+            raise QueryError(
+                "unknown_market",
+                f"market {market[:40]!r} is not configured on {ex} (configured: {', '.join(markets_here)})",
+                "market",
+            )
+        on_exchange = [c for c in on_exchange if c[1] == mk]
+    if not symbol:
+        raise QueryError("missing_parameter", "symbol is required (e.g. BTC-USDT or BTC-USDT-PERP)", "symbol")
+    text = symbol.strip().upper()
+    matches: list[tuple[str, str, str, tuple[str, ...]]] = []
+    if _NORMALIZED.fullmatch(text):
+        matches = [c for c in on_exchange if c[2] == text]
+        if not matches and market:
+            # "BTC-USDT" with market=linear means the perpetual.
+            perpetual = any(c[2].endswith("-PERP") for c in on_exchange)
+            try:
+                as_market = normalize_symbol(text, perpetual=perpetual)
+            except ValueError:
+                as_market = ""
+            matches = [c for c in on_exchange if c[2] == as_market]
+    elif _NATIVE.fullmatch(text):
+        matches = [c for c in on_exchange if native_symbol(c[2]) == text]
+    if not matches:
+        known = ", ".join(sorted({c[2] for c in on_exchange}))
+        raise QueryError(
+            "unknown_symbol",
+            f"symbol {symbol[:40]!r} is not configured on {ex}{' ' + market if market else ''} "
+            f"(configured: {known or 'none'})",
+            "symbol",
+        )
+    if len({c[2] for c in matches}) > 1:
+        choices = ", ".join(f"{c[2]} (market={c[1]})" for c in matches)
+        raise QueryError(
+            "ambiguous_symbol",
+            f"{symbol[:40]!r} on {ex} could be {choices}: use the normalized symbol or add market=",
+            "symbol",
+        )
+    return ex, matches[0][2]
+
+
+def markets(ctx: QueryContext) -> dict[str, Any]:
+    """`{"markets": [{exchange, market, symbol, native, channels}]}` of every configured feed."""
+    return {
+        "markets": [
+            {
+                "exchange": exchange,
+                "market": market,
+                "symbol": symbol,
+                "native": native_symbol(symbol),
+                "channels": list(channels),
+            }
+            for exchange, market, symbol, channels in _configured(ctx.daemon)
+        ]
+    }
+
+
+# -- trades -----------------------------------------------------------------------------------------------
+
+
+def trade_json(trade: Trade) -> dict[str, Any]:
+    """One trade as SPEC §6 JSON: decimals as the exchange's strings, times ISO 8601 UTC."""
+    return {
+        "exchange": trade.exchange,
+        "symbol": trade.symbol,
+        "id": trade.id,
+        "price": format(trade.price, "f"),
+        "amount": format(trade.amount, "f"),
+        "side": trade.side,
+        "ts": us_to_iso(trade.ts),
+        "recv_ts": us_to_iso(trade.recv_ts),
+    }
+
+
+async def _stored_trades(
+    ctx: QueryContext, exchange: str, symbol: str, since: int | None, until: int | None, limit: int | None
+) -> list[Trade]:
+    query = getattr(ctx.daemon.store, "query_trades", None)
+    if query is None:
+        raise QueryError("storage_unavailable", "this storage engine cannot be queried for trades", None, 503)
+    try:
+        result: list[Trade] = await query(exchange, symbol, since, until, limit)
+    except trio.Cancelled:
+        raise
+    except Exception as exc:
+        raise QueryError(
+            "storage_unavailable", f"stored trades could not be read: {type(exc).__name__}: {exc}", None, 503
+        ) from exc
+    return result
+
+
+async def fetch_trades(
+    ctx: QueryContext, exchange: str, symbol: str, since: int | None, until: int | None, limit: int
+) -> list[Trade]:
+    """Newest first: the ring for what it holds completely, storage for what is older, merged."""
+    ring = ctx.ring
+    if ring is None:
+        return await _stored_trades(ctx, exchange, symbol, since, until, limit)
+    live = ring.recent(exchange, symbol, since, until, limit)
+    complete_from = ring.complete_from(exchange, symbol)
+    if len(live) >= limit or (complete_from is not None and since is not None and since >= complete_from):
+        return live
+    boundary = (
+        complete_from if until is None or (complete_from is not None and complete_from < until) else until
+    )
+    if since is not None and boundary is not None and boundary <= since:
+        return live
+    stored = await _stored_trades(ctx, exchange, symbol, since, boundary, limit)
+    seen = {t.id for t in live}
+    merged = live + [t for t in stored if t.id not in seen]
+    merged.sort(key=lambda t: (t.ts, t.id), reverse=True)
+    return merged[:limit]
+
+
+async def recent_trades(
+    ctx: QueryContext,
+    exchange: str | None,
+    symbol: str | None,
+    since: int | None = None,
+    until: int | None = None,
+    limit: int | None = None,
+    market: str | None = None,
+) -> dict[str, Any]:
+    """`/collectors/trades`: `{"trades": [...], "count": N}`, newest first, `since <= ts < until`."""
+    ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
+    count = parse_limit(limit, DEFAULT_TRADES_LIMIT)
+    _check_range(since, until)
+    trades = await fetch_trades(ctx, ex, sym, since, until, count)
+    return {"trades": [trade_json(t) for t in trades], "count": len(trades)}
+
+
+# -- books and gaps ---------------------------------------------------------------------------------------
+
+
+def orderbook(
+    ctx: QueryContext,
+    exchange: str | None,
+    symbol: str | None,
+    depth: int | None = None,
+    market: str | None = None,
+) -> dict[str, Any]:
+    """`/book/{exchange}/{symbol}`: levels as `[price, amount]` strings; empty unless `synced`."""
+    levels = parse_depth(depth)
+    try:
+        ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
+    except QueryError as exc:
+        if exc.code.startswith("unknown"):
+            exc.status = 404
+        raise
+    view = ctx.daemon.books.view(ex, sym, levels)
+    if view is None:
+        raise QueryError(
+            "not_found",
+            f'no order book is kept for {ex} {sym}: add "book" to the channels of its feed',
+            "symbol",
+            404,
+        )
+    return {
+        "exchange": view.exchange,
+        "symbol": view.symbol,
+        "bids": [[format(p, "f"), format(q, "f")] for p, q in view.bids],
+        "asks": [[format(p, "f"), format(q, "f")] for p, q in view.asks],
+        "ts": None if view.ts is None else us_to_iso(view.ts),
+        "status": view.status,
+    }
+
+
+def gaps(ctx: QueryContext, exchange: str | None = None, symbol: str | None = None) -> dict[str, Any]:
+    """`/gaps`: recorded gaps and recoveries, newest first, optionally of one exchange and/or symbol."""
+    ex: str | None = None
+    sym: str | None = None
+    if symbol:
+        if exchange:
+            ex, sym = resolve_market(ctx.daemon, exchange, symbol)
+        else:
+            sym = symbol.strip().upper()
+            if sym not in {c[2] for c in _configured(ctx.daemon)}:
+                raise QueryError(
+                    "unknown_symbol",
+                    f"symbol {symbol[:40]!r} is not configured; without exchange= write it normalized",
+                    "symbol",
+                )
+    elif exchange:
+        ex = exchange.strip().lower()
+        if ex not in {c[0] for c in _configured(ctx.daemon)}:
+            raise QueryError("unknown_exchange", f"exchange {exchange[:40]!r} is not configured", "exchange")
+    return {
+        "gaps": [
+            {
+                "exchange": r.exchange,
+                "symbol": r.symbol,
+                "channel": r.channel,
+                "start": us_to_iso(r.start),
+                "end": None if r.end is None else us_to_iso(r.end),
+                "open": r.end is None,
+                "reason": r.reason,
+                "recovered": r.recovered,
+            }
+            for r in ctx.daemon.ledger.query(ex, sym)
+        ]
+    }
+
+
+# -- analytics --------------------------------------------------------------------------------------------
+
+
+def _floor(ts: int, step: int) -> int:
+    return ts - ts % step
+
+
+async def _stored_window(
+    ctx: QueryContext, exchange: str, symbol: str, since: int, until: int | None
+) -> list[Trade]:
+    """Stored trades with `since <= ts < until` (and the ring's, not yet stored), oldest first, at most
+    :data:`MAX_STORED_TRADES` from storage."""
+    trades = await _stored_trades(ctx, exchange, symbol, since, until, MAX_STORED_TRADES + 1)
+    if len(trades) > MAX_STORED_TRADES:
+        raise QueryError(
+            "range_too_large",
+            f"the range holds more than {MAX_STORED_TRADES} stored trades of {exchange} {symbol}, "
+            "more than one query computes from storage; narrow since/until",
+            "since",
+        )
+    trades.reverse()
+    if ctx.ring is not None:
+        # The ring holds what the writer has not committed yet (up to one flush interval).
+        seen = {t.id for t in trades}
+        newer = [t for t in ctx.ring.recent(exchange, symbol, since, until) if t.id not in seen]
+        if newer:
+            trades.extend(newer)
+            trades.sort(key=lambda t: (t.ts, t.id))
+    return trades
+
+
+def _live(ctx: QueryContext, exchange: str, symbol: str, interval: str, since: int) -> AnalyticsEngine | None:
+    """The engine if it holds `[since, ...)` of the market completely, else None (compute from storage)."""
+    engine = ctx.analytics
+    if engine is None:
+        return None
+    try:
+        live_since = engine.live_since(exchange, symbol, interval)
+    except (NotLiveError, ValueError):
+        return None
+    return engine if live_since is not None and since >= live_since else None
+
+
+async def candles(
+    ctx: QueryContext,
+    exchange: str | None,
+    symbol: str | None,
+    interval: str | None = "1m",
+    since: int | None = None,
+    until: int | None = None,
+    limit: int | None = None,
+    market: str | None = None,
+) -> dict[str, Any]:
+    """`/candles`: `{"candles": [...]}` of bars starting in `[since, until)`, oldest first.
+
+    Without `since`, the last `limit` (default 500) candles up to `until` (default now).
+    """
+    ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
+    text, step = _interval(interval)
+    count = parse_limit(limit, DEFAULT_CANDLES_LIMIT)
+    _check_range(since, until)
+    if since is None:
+        end = now_us() if until is None else until - 1
+        since = _floor(end, step) - (count - 1) * step
+    engine = _live(ctx, ex, sym, text, since)
+    if engine is not None:
+        try:
+            return engine.candles(ex, sym, text, since, until, count)
+        except NotLiveError:
+            pass
+    # Whole bars: a bar starting before `until` holds trades up to its end.
+    stop = None if until is None else _floor(until - 1, step) + step
+    trades = await _stored_window(ctx, ex, sym, since, stop)
+    return compute_candles_from_trades(trades, step, since=since, until=until, limit=count)
+
+
+async def order_flow(
+    ctx: QueryContext,
+    exchange: str | None,
+    symbol: str | None,
+    interval: str | None = "1m",
+    since: int | None = None,
+    until: int | None = None,
+    footprint: bool = False,
+    bin: Decimal | None = None,
+    market: str | None = None,
+) -> dict[str, Any]:
+    """`/order-flow`: `{"bars": [...]}`; without `since`, the last 100 bars up to `until` (default now)."""
+    ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
+    text, step = _interval(interval)
+    size = parse_bin(bin)
+    _check_range(since, until)
+    if since is None:
+        end = now_us() if until is None else until - 1
+        since = _floor(end, step) - (DEFAULT_ORDER_FLOW_BARS - 1) * step
+    engine = _live(ctx, ex, sym, text, since)
+    if engine is not None:
+        try:
+            return engine.order_flow(ex, sym, text, since, until, footprint, size)
+        except NotLiveError:
+            pass
+    stop = None if until is None else _floor(until - 1, step) + step
+    trades = await _stored_window(ctx, ex, sym, since, stop)
+    analytics = ctx.daemon.config.analytics
+    return compute_order_flow_from_trades(
+        trades,
+        step,
+        since=since,
+        until=until,
+        large_trade_notional=analytics.large_trade_notional,
+        footprint=footprint,
+        bin=size,
+    )
+
+
+async def volume_profile(
+    ctx: QueryContext,
+    exchange: str | None,
+    symbol: str | None,
+    since: int | None = None,
+    until: int | None = None,
+    bin: Decimal | None = None,
+    market: str | None = None,
+) -> dict[str, Any]:
+    """`/volume-profile` over trades with `since <= ts < until`; without `since`, the last hour."""
+    ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
+    size = parse_bin(bin)
+    _check_range(since, until)
+    if since is None:
+        since = (now_us() if until is None else until) - DEFAULT_PROFILE_WINDOW_US
+    engine = ctx.analytics
+    if engine is not None:
+        intervals = ctx.daemon.config.analytics.candle_intervals
+        live = [_live(ctx, ex, sym, iv, since) for iv in intervals]
+        if intervals and all(e is not None for e in live):
+            try:
+                return engine.volume_profile(ex, sym, since, until, size)
+            except NotLiveError:
+                pass
+    trades = await _stored_window(ctx, ex, sym, since, until)
+    return compute_volume_profile_from_trades(
+        trades, since=since, until=until, bin=size, value_area=ctx.daemon.config.analytics.value_area
+    )
