@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -113,3 +114,31 @@ async def test_service_lifecycle_start_reload_stop(tmp_path: Path) -> None:
     assert "STATUS=" in ready and "connections streaming" in ready
     first_watchdog = next(i for i, m in enumerate(fake.messages) if m.startswith("WATCHDOG"))
     assert first_watchdog > 0 and fake.messages[0].startswith("READY=1")
+
+
+def test_the_shipped_unit_is_a_hardened_notify_service(tmp_path: Path) -> None:
+    unit = (Path(__file__).parent.parent / "configs" / "marketflow.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
+    )
+    required = {
+        "Type": "notify",
+        "ExecReload": "/bin/kill -HUP $MAINPID",
+        "Restart": "on-failure",
+        "DynamicUser": "yes",
+        "StateDirectory": "marketflow",
+        "ProtectSystem": "strict",
+        "NoNewPrivileges": "yes",
+    }
+    assert {k: settings.get(k) for k in required} == required
+    assert int(settings["WatchdogSec"]) > 0
+    analyze = shutil.which("systemd-analyze")
+    if analyze is not None:  # where systemd's tools exist, the unit must also pass its own checker
+        result = subprocess.run(
+            [analyze, "verify", str(Path("configs/marketflow.service").resolve())],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent.parent,
+        )
+        problems = [line for line in result.stderr.splitlines() if "is not executable" not in line]
+        assert problems == []
