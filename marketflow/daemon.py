@@ -36,9 +36,9 @@ from marketflow.pipeline.gaps import GapLedger
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.pipeline.rest import RestClient, WeightBudget
 from marketflow.runtime.bus import Bus, Overflow
+from marketflow.runtime.sink import RecordSink
 from marketflow.runtime.supervisor import ChildSpec, Restart, Supervisor, SupervisorPolicy
 from marketflow.storage import make_writer, open_store
-from marketflow.storage.sink import RecordSink
 from marketflow.storage.writer import StorageWriter, TradeStore
 from marketflow.systemd import Notifier
 

@@ -2,7 +2,8 @@
 
 Records are opened and closed by whoever notices them (feeds, the book keeper, the backfiller) through
 synchronous calls that never wait; the ledger keeps the recent ones in memory for the API and hands every
-new or changed record to `persist` in batches (the storage engine's `write_gaps`, an upsert by identity).
+new or changed record to a `RecordSink` that saves them in batches through `persist` (the storage engine's
+`write_gaps`, an upsert by identity).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import attrs
 import trio
 
 from marketflow.model import GapRecord, now_us
+from marketflow.runtime.sink import RecordSink
 
 log = logging.getLogger("marketflow.gaps")
 
@@ -43,19 +45,16 @@ class GapLedger:
         name: str = "gaps",
     ) -> None:
         self.name = name
-        self._persist = persist
         self._keep = keep
-        self._flush_interval_s = flush_interval_s
         self._records: OrderedDict[GapKey, GapRecord] = OrderedDict()
-        self._dirty: dict[GapKey, GapRecord] = {}
-        self._wake = trio.Event()
-        self._persisted = 0
-        self._errors = 0
-        self._scope = trio.CancelScope()
+        # Saving is the sink's: changes to one record before a save are written once, latest version.
+        self._sink: RecordSink[GapRecord] = RecordSink(
+            name, persist, flush_interval_s=flush_interval_s, key=self.key
+        )
 
     def request_stop(self) -> None:
         """Stop now; what is unsaved is saved on the way out."""
-        self._scope.cancel()
+        self._sink.request_stop()
 
     @staticmethod
     def key(record: GapRecord) -> GapKey:
@@ -68,8 +67,7 @@ class GapLedger:
         self._records.move_to_end(key)
         while len(self._records) > self._keep:
             self._records.popitem(last=False)
-        self._dirty[key] = record
-        self._wake.set()
+        self._sink.submit([record])
         log.info(
             "gap recorded" if record.end is None else "gap closed",
             extra={
@@ -109,35 +107,10 @@ class GapLedger:
 
     def statistics(self) -> LedgerStatistics:
         open_count = sum(1 for r in self._records.values() if r.end is None)
+        sink = self._sink.statistics()
         return LedgerStatistics(
-            self.name, len(self._records), open_count, len(self._dirty), self._persisted, self._errors
+            self.name, len(self._records), open_count, sink.queued, sink.written, sink.errors
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        try:
-            with self._scope:
-                while True:
-                    await self._wake.wait()
-                    self._wake = trio.Event()
-                    await trio.sleep(self._flush_interval_s)
-                    await self._flush()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self._flush()
-
-    async def _flush(self) -> None:
-        if not self._dirty or self._persist is None:
-            return
-        batch = list(self._dirty.values())
-        self._dirty = {}
-        try:
-            await self._persist(batch)
-        except Exception as exc:  # keep the records; the next flush retries them
-            self._errors += 1
-            for record in batch:
-                self._dirty.setdefault(self.key(record), record)
-            self._wake.set()
-            log.error("gap ledger could not be saved", extra={"error": f"{type(exc).__name__}: {exc}"})
-            return
-        self._persisted += len(batch)
+        await self._sink.run(task_status=task_status)

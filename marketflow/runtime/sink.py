@@ -1,21 +1,23 @@
-"""A small actor that saves records handed to it synchronously (candles from the analytics engine).
+"""A small actor that saves records handed to it synchronously (candles, gap ledger records).
 
 `submit()` never waits: records queue in memory (bounded; past the bound the oldest are dropped and
-counted) and are written in batches every `flush_interval_s`. A failed write keeps the batch for the
-next round, so a database hiccup loses nothing unless it outlasts the bound.
+counted) and are written in batches every `flush_interval_s`. With a `key`, a queued record is replaced by
+a newer one with the same key (the store upserts by it anyway). A failed write keeps the batch for the next
+round — behind nothing, and never over a newer version of a record — so a database hiccup loses nothing
+unless it outlasts the bound.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 import attrs
 import trio
 
-log = logging.getLogger("marketflow.storage")
+log = logging.getLogger("marketflow.sink")
 
 T = TypeVar("T")
 
@@ -38,10 +40,13 @@ class RecordSink(Generic[T]):
         *,
         capacity: int = 100_000,
         flush_interval_s: float = 1.0,
+        key: Callable[[T], Hashable] | None = None,
     ) -> None:
         self.name = name
         self._write = write
-        self._queue: deque[T] = deque()
+        sequence = itertools.count()
+        self._key: Callable[[T], Hashable] = key if key is not None else (lambda _: next(sequence))
+        self._queue: dict[Hashable, T] = {}
         self._capacity = capacity
         self._flush_interval_s = flush_interval_s
         self._wake = trio.Event()
@@ -54,12 +59,20 @@ class RecordSink(Generic[T]):
     def submit(self, records: list[T]) -> None:
         if self._write is None:
             return
-        self._queue.extend(records)
+        for record in records:
+            self._queue[self._key(record)] = record
+        self._trim()
+        self._wake.set()
+
+    def _trim(self) -> None:
         overflow = len(self._queue) - self._capacity
         for _ in range(max(0, overflow)):
-            self._queue.popleft()
+            del self._queue[next(iter(self._queue))]
         self._dropped += max(0, overflow)
-        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
 
     def request_stop(self) -> None:
         self._scope.cancel()
@@ -85,16 +98,16 @@ class RecordSink(Generic[T]):
     async def _flush(self) -> None:
         if not self._queue or self._write is None:
             return
-        batch = list(self._queue)
-        self._queue.clear()
+        pending, self._queue = self._queue, {}
         try:
-            await self._write(batch)
+            await self._write(list(pending.values()))
         except Exception as exc:  # put the batch back in front; the next round retries it
             self._errors += 1
             self._last_error = f"{type(exc).__name__}: {exc}"
-            self._queue.extendleft(reversed(batch))
-            self.submit([])
+            pending.update(self._queue)  # what arrived meanwhile is newer: it wins
+            self._queue = pending
+            self._trim()
             self._wake.set()
             log.error("records not saved", extra={"sink": self.name, "error": self._last_error})
             return
-        self._written += len(batch)
+        self._written += len(pending)
