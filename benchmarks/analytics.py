@@ -12,7 +12,9 @@ publishes them in batches of 100 on a `Bus`, to one BLOCK subscriber that is eit
 and measures this process's CPU time (`time.process_time`). Baseline and engine alternate, best of K.
 `extra` = engine − baseline per trade: what analytics adds. It is compared with the pipeline's own cost
 per trade (~4 µs measured end to end, STYLE.md) as the share analytics would add to it; target ≤ 25%.
-Also timed: `ingest` called directly (no trio), and a few queries over the live window.
+Also timed: `ingest` called directly (no trio), a few queries over the live window, and the same ranges
+computed from storage (`analytics/stored.py`) on each `--stored-url` (default: a temporary SQLite file;
+add `postgresql://...` for the SQL path): wall time per query and µs per stored trade.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import trio
 
 from marketflow.analytics import AnalyticsEngine, Candle, parse_interval
+from marketflow.analytics.stored import stored_candles, stored_order_flow, stored_volume_profile
 from marketflow.config import AnalyticsConfig
 from marketflow.model import Trade
 from marketflow.runtime.bus import Bus, Overflow, Subscription, receive_batches
@@ -169,6 +173,56 @@ def retained_bytes(trades: list[Trade], intervals: tuple[str, ...]) -> tuple[int
     return after - before, bars
 
 
+async def stored_times(url: str, trades: list[Trade], interval: str) -> list[tuple[str, float]]:
+    """Write the trades into a fresh store at `url`, then time stored-range queries over all of them."""
+    from marketflow.storage import open_store  # only this part needs storage
+
+    store = open_store(url)
+    await store.open()
+    try:
+        for batch in (trades[low : low + 50_000] for low in range(0, len(trades), 50_000)):
+            await store.write_trades(batch)
+        step = parse_interval(interval)
+        since = T0 - T0 % step
+        cases: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            (
+                f"candles {interval} (first 10000)",
+                lambda: stored_candles(store, None, "bybit", SYMBOL, step, since, None, 10_000),
+            ),
+            (
+                f"order_flow {interval} + footprint",
+                lambda: stored_order_flow(
+                    store,
+                    None,
+                    "bybit",
+                    SYMBOL,
+                    step,
+                    since,
+                    None,
+                    large_trade_notional=Decimal(100_000),
+                    footprint_bin=Decimal(10),
+                ),
+            ),
+            (
+                "volume_profile, bin 1",
+                lambda: stored_volume_profile(
+                    store, None, "bybit", SYMBOL, since, None, bin=Decimal(1), value_area=Decimal("0.7")
+                ),
+            ),
+        ]
+        out = []
+        for name, call in cases:
+            samples = []
+            for _ in range(3):
+                started = time.perf_counter()
+                await call()
+                samples.append(time.perf_counter() - started)
+            out.append((name, statistics.median(samples) * 1000))
+        return out
+    finally:
+        await store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.analytics", description=__doc__.split("\n")[0]
@@ -177,6 +231,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="trades per second of exchange time")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--intervals", default="1m,5m,1h")
+    parser.add_argument(
+        "--stored-url", action="append", default=None, help="a store to time stored ranges on (repeatable)"
+    )
     args = parser.parse_args()
     intervals = tuple(args.intervals.split(","))
     trades = make_trades(args.trades, args.rate)
@@ -212,6 +269,12 @@ def main() -> None:
     print(
         f"\nstate after {min(n, 100_000):,} trades: {memory / 1e6:.1f} MB, {bars} bars ({per_bar:.1f} kB/bar)"
     )
+    with tempfile.TemporaryDirectory() as tmp:
+        for url in args.stored_url or [f"sqlite:///{tmp}/stored.db"]:
+            engine_name = url.split(":", 1)[0]
+            print(f"\nstored ranges over all {n:,} trades, {engine_name} (median of 3):")
+            for name, ms in trio.run(stored_times, url, trades, min(intervals, key=parse_interval)):
+                print(f"  {name:44} {ms:8.1f} ms {ms * 1000 / n:8.2f} µs/trade")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,13 @@
-"""Feed benchmark: simulator at full speed → transport → Bybit decode → normalizer → SQLite, and books.
+"""Feed benchmark: simulator at full speed → transport → Bybit decode → normalizer → SQLite → analytics,
+and books.
 
-    python -m benchmarks.feed [--frames N] [--market spot|linear] [--book-updates N] [--json PATH]
+    python -m benchmarks.feed [--frames N] [--market spot|linear] [--repeat K] [--book-updates N]
+                              [--json PATH]
+
+Analytics is a stage of its own: the whole daemon (feeds, normalizer, SQLite writer, trade ring, HTTP)
+with `analytics.enabled = false`, then with the live engine (default config: 1m, 5m, 1h), alternating
+K times, best of K each; reported as µs CPU per trade of each and their ratio (target ≤ 1.25×), with the
+trades the engine took and any the bus dropped for it (drop-oldest: it must not hold up the feeds).
 
 The book stage subscribes Binance spot diff depth at full speed, seeds the book from a REST snapshot and
 applies every update with the official algorithm's checks (decode + synchronizer), reporting book
@@ -95,6 +102,10 @@ class StageResult:
     wall_s: float
     cpu_s: float
 
+    def cpu_per_trade(self) -> float:
+        """µs of CPU per trade (inf without trades)."""
+        return self.cpu_s / self.trades * 1e6 if self.trades else float("inf")
+
     def row(self) -> dict[str, Any]:
         return {
             "stage": self.stage,
@@ -177,15 +188,20 @@ async def stage_pipeline(url: str, frames: int) -> tuple[int, int]:
     return counters.data_frames, got
 
 
-async def stage_storage(url: str, frames: int, db_dir: Path) -> tuple[int, int]:
+async def stage_storage(
+    url: str, frames: int, db_dir: Path, *, analytics: bool = False, seen: dict[str, int] | None = None
+) -> tuple[int, int]:
+    """The whole daemon on a fresh SQLite file, with or without the live analytics engine."""
     market = "spot" if url.endswith("spot") else "linear"
     base = default_config(env={})
     symbol = "BTC-USDT" if market == "spot" else "BTC-USDT-PERP"
+    path = Path(tempfile.mkdtemp(dir=db_dir))
     config = attrs.evolve(
         base,
         feeds=(FeedConfig("bybit", market, (symbol,), channels=("trades",), ws_url=url),),
-        storage=attrs.evolve(base.storage, url=f"sqlite:///{db_dir}/bench.db"),
-        daemon=attrs.evolve(base.daemon, state_dir=str(db_dir)),
+        storage=attrs.evolve(base.storage, url=f"sqlite:///{path}/bench.db"),
+        daemon=attrs.evolve(base.daemon, state_dir=str(path)),
+        analytics=attrs.evolve(base.analytics, enabled=analytics),
     )
     daemon = Daemon(config)
     counters = daemon.feed_counters[f"bybit-{market}"]
@@ -194,8 +210,12 @@ async def stage_storage(url: str, frames: int, db_dir: Path) -> tuple[int, int]:
         while counters.data_frames < frames:  # noqa: ASYNC110 - polling a counter, no event exists
             await trio.sleep(0.01)
         await daemon.stop()
+    if seen is not None and daemon.analytics is not None:
+        seen["analytics_trades"] = daemon.analytics.statistics().trades
+        subscribers = daemon.trade_bus.statistics().subscribers
+        seen["analytics_dropped"] = sum(s.dropped_items for s in subscribers if s.name == "analytics")
     # Stopping flushed every row; the count is what was committed.
-    conn = sqlite3.connect(db_dir / "bench.db")
+    conn = sqlite3.connect(path / "bench.db")
     try:
         rows = int(conn.execute("SELECT count(*) FROM trades").fetchone()[0])
     finally:
@@ -260,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=100_000)
     parser.add_argument("--market", choices=["spot", "linear"], default="spot")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3, help="daemon runs without/with analytics, best of K")
     parser.add_argument("--book-updates", type=int, default=50_000, help="book updates to apply (0: skip)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -269,17 +290,33 @@ def main(argv: list[str] | None = None) -> int:
             measure("transport", market, n, seed, lambda url: stage_transport(url, n, decode=False)),
             measure("+ bybit decode", market, n, seed, lambda url: stage_transport(url, n, decode=True)),
             measure("+ feed/normalizer actors", market, n, seed, lambda url: stage_pipeline(url, n)),
-            measure(
-                "+ SQLite writer (daemon)", market, n, seed, lambda url: stage_storage(url, n, Path(tmp))
-            ),
         ]
+        seen: dict[str, int] = {}
+        pairs = [
+            (
+                measure(
+                    "+ SQLite writer (daemon)", market, n, seed, lambda url: stage_storage(url, n, Path(tmp))
+                ),
+                measure(
+                    "+ analytics (daemon)",
+                    market,
+                    n,
+                    seed,
+                    lambda url: stage_storage(url, n, Path(tmp), analytics=True, seen=seen),
+                ),
+            )
+            for _ in range(max(1, args.repeat))
+        ]
+        without = min((p[0] for p in pairs), key=StageResult.cpu_per_trade)
+        with_analytics = min((p[1] for p in pairs), key=StageResult.cpu_per_trade)
+        results += [without, with_analytics]
         if args.book_updates:
             books = measure(
                 "binance spot depth → book",
                 "books",
                 0,
                 seed,
-                lambda url: stage_books(*url.split(), args.book_updates),
+                lambda url: stage_books(url.split()[0], url.split()[1], args.book_updates),
                 "--book-rate",
                 "0",
             )
@@ -301,6 +338,22 @@ def main(argv: list[str] | None = None) -> int:
         "CPU per frame relative to the transport alone: "
         + ", ".join(f"{r['stage']} {r['cpu_us_per_frame'] / base:.2f}x" for r in rows)
     )
+    off, on = without.cpu_per_trade(), with_analytics.cpu_per_trade()
+    analytics_row = {
+        "runs": len(pairs),
+        "cpu_us_per_trade_without": off,
+        "cpu_us_per_trade_with": on,
+        "ratio": on / off,
+        "target_ratio": 1.25,
+        "all_runs_us_per_trade": [[a.cpu_per_trade(), b.cpu_per_trade()] for a, b in pairs],
+        "engine_trades": seen.get("analytics_trades"),
+        "engine_dropped": seen.get("analytics_dropped"),
+    }
+    print(
+        f"analytics stage (whole daemon, best of {len(pairs)}): {off:.2f} µs CPU per trade without, "
+        f"{on:.2f} with the live engine = {on / off:.2f}x (target <= 1.25x); the engine took "
+        f"{seen.get('analytics_trades')} trades, dropped {seen.get('analytics_dropped')}"
+    )
     book_row = None
     if args.book_updates:
         per_update = books.cpu_s / books.frames * 1e6
@@ -319,7 +372,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         args.json.write_text(
-            json.dumps({"market": market, "frames": n, "stages": rows, "books": book_row}, indent=2)
+            json.dumps(
+                {
+                    "market": market,
+                    "frames": n,
+                    "stages": rows,
+                    "analytics": analytics_row,
+                    "books": book_row,
+                },
+                indent=2,
+            )
         )
     return 0
 

@@ -29,7 +29,7 @@ import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type informat
 import trio
 
 from marketflow.model import GapRecord, Trade
-from marketflow.storage import migrate
+from marketflow.storage import aggregates, migrate
 from marketflow.storage import records as records_sql
 from marketflow.storage.writer import StorageError
 
@@ -316,7 +316,8 @@ class PostgresTradeStore:
             tail = f" LIMIT ${len(params)}"
         sql = f"SELECT {', '.join(COLUMNS)} FROM trades{where} ORDER BY ts DESC, id DESC{tail}"
         rows = await self._on_pool("query", self._fetch, sql, params)
-        return [Trade(r[0], r[1], r[3], r[4], r[5], r[6], r[2], r[7]) for r in rows]
+        d = aggregates.pg_decimal
+        return [Trade(r[0], r[1], r[3], d(r[4]), d(r[5]), r[6], r[2], r[7]) for r in rows]
 
     @staticmethod
     async def _fetch(pool: asyncpg.Pool, sql: str, params: list[Any]) -> list[Any]:
@@ -326,3 +327,43 @@ class PostgresTradeStore:
     async def count_trades(self) -> int:
         rows = await self._on_pool("count in", self._fetch, "SELECT count(*) FROM trades", [])
         return int(rows[0][0])
+
+    # -- aggregates for analytics ranges (SQL in aggregates.py) -------------------------------------------
+
+    async def fetch(self, sql: str, params: list[Any]) -> list[Any]:
+        """Rows of one read-only statement, on a pool connection of its own."""
+        return await self._on_pool("query", self._fetch, sql, params)
+
+    async def aggregate_bars(
+        self,
+        exchange: str,
+        symbol: str,
+        since: int | None,
+        until: int | None,
+        step_us: int,
+        large: Decimal | None,
+        max_rows: int,
+    ) -> list[aggregates.BarRow]:
+        """Per-bar aggregates computed by the server (see `aggregates.pg_bars`)."""
+        return await aggregates.pg_bars(self.fetch, exchange, symbol, since, until, step_us, large, max_rows)
+
+    async def aggregate_cells(
+        self,
+        exchange: str,
+        symbol: str,
+        since: int | None,
+        until: int | None,
+        step_us: int | None,
+        bin: Decimal,
+        max_rows: int,
+    ) -> list[aggregates.CellRow]:
+        """Per-(bar, bin) or per-bin volumes computed by the server (see `aggregates.pg_cells`)."""
+        return await aggregates.pg_cells(self.fetch, exchange, symbol, since, until, step_us, bin, max_rows)
+
+    async def first_trade(
+        self, exchange: str, symbol: str, since: int | None, until: int | None
+    ) -> tuple[int, str, Decimal] | None:
+        return await aggregates.pg_first_trade(self.fetch, exchange, symbol, since, until)
+
+    async def trade_ids(self, exchange: str, symbol: str, since: int, until: int | None) -> set[str]:
+        return await aggregates.pg_trade_ids(self.fetch, exchange, symbol, since, until)

@@ -10,20 +10,23 @@ here for the same work. Writes and retention pruning share the one writer connec
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from marketflow.model import GapRecord, Trade
-from marketflow.storage import migrate, records
+from marketflow.storage import aggregates, migrate, records
 from marketflow.storage.schema import trades
 from marketflow.storage.writer import StorageError
 
 __all__ = ["SqliteTradeStore", "StorageError", "sqlite_path"]
+
+T = TypeVar("T")
 
 
 def sqlite_path(url: str) -> str:
@@ -205,6 +208,49 @@ class SqliteTradeStore:
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite query on {self.path} failed: {exc}") from exc
         return [Trade(r[0], r[1], r[2], Decimal(r[3]), Decimal(r[4]), r[5], r[6], r[7]) for r in rows]
+
+    async def scan_trades(
+        self,
+        exchange: str,
+        symbol: str,
+        since: int | None,
+        until: int | None,
+        consume: Callable[[Sequence[aggregates.ScanRow]], bool],
+    ) -> None:
+        """Stream the range's trades in (ts, id) order to `consume`, in chunks, on a worker thread (which
+        `consume` runs on too) until it returns False; see `aggregates.sqlite_scan`. Cancelling stops the
+        scan at the next chunk."""
+        stop = threading.Event()
+        try:
+            await trio.to_thread.run_sync(
+                aggregates.sqlite_scan,
+                self.path,
+                exchange,
+                symbol,
+                since,
+                until,
+                consume,
+                stop,
+                abandon_on_cancel=True,
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite query on {self.path} failed: {exc}") from exc
+        finally:
+            stop.set()
+
+    async def first_trade(
+        self, exchange: str, symbol: str, since: int | None, until: int | None
+    ) -> tuple[int, str, Decimal] | None:
+        return await self._read(aggregates.sqlite_first_trade, exchange, symbol, since, until)
+
+    async def trade_ids(self, exchange: str, symbol: str, since: int, until: int | None) -> set[str]:
+        return await self._read(aggregates.sqlite_trade_ids, exchange, symbol, since, until)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn, self.path, *args)
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite query on {self.path} failed: {exc}") from exc
 
     async def count_trades(self) -> int:
         def count() -> int:
