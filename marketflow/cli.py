@@ -57,12 +57,89 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="the exchange simulator alone (Bybit v5 and Binance on one port)")
     add_sim_arguments(sim)
 
+    replay = sub.add_parser(
+        "replay",
+        help="feed capture files through the whole pipeline into storage",
+        description="Feed capture files ([capture]) through the pipeline (no network, no HTTP) into the "
+        "configuration's storage or --url, then print a summary. Exit 1 when a file is corrupt.",
+    )
+    replay.add_argument("files", nargs="+", metavar="FILE", help="*.jsonl.zst capture files (any order)")
+    _add_config_arg(replay)
+    replay.add_argument(
+        "--url", default=None, metavar="URL", help="storage to write into (default: [storage] url)"
+    )
+    replay.add_argument(
+        "--speed",
+        default="fast",
+        metavar="fast|recorded|FACTOR",
+        help="fast (default: as fast as possible, the same rows every run), recorded, or a factor (10)",
+    )
+
+    bench = sub.add_parser(
+        "bench",
+        help="benchmark the pipeline against cryptofeed on the same simulated frames",
+        description="Run marketflow's stages and cryptofeed (in its own venv, installed on first use) "
+        "against a local frame blaster over ws/wss, into SQLite and a throwaway PostgreSQL; print a table, "
+        "write bench.json and bench.png. Takes about 10 minutes; --quick about 3.",
+    )
+    bench.add_argument(
+        "--out", default="bench-results", metavar="DIR", help="where to write (default ./bench-results)"
+    )
+    bench.add_argument("--frames", type=int, default=200_000, metavar="N", help="frames per full-speed case")
+    bench.add_argument("--rate", type=float, default=20_000, metavar="N", help="frames/s of the paced cases")
+    bench.add_argument("--seconds", type=float, default=10.0, metavar="S", help="length of the paced cases")
+    bench.add_argument(
+        "--storage", default="sqlite,postgres", metavar="LIST", help="storages to measure (sqlite,postgres)"
+    )
+    bench.add_argument("--no-cryptofeed", action="store_true", help="marketflow alone")
+    bench.add_argument("--quick", action="store_true", help="smaller cases (a smoke run)")
+    bench.add_argument(
+        "--soak", type=float, default=None, metavar="MIN", help="instead: an RSS soak of MIN minutes"
+    )
+    bench.add_argument("--soak-symbols", type=int, default=100, metavar="N", help="symbols in the soak (100)")
+    bench.add_argument("--keep", action="store_true", help="keep the work files (databases, logs)")
+
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", metavar="PATH")
 
     add_db_arguments(sub.add_parser("db", help="database schema: upgrade, current, check"))
     add_keys_arguments(sub.add_parser("keys", help="API keys: create, list, revoke"))
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from marketflow.bench import run as bench
+
+    storages = tuple(s for s in args.storage.split(",") if s)
+    unknown = [s for s in storages if s not in ("sqlite", "postgres")]
+    if unknown:
+        print(
+            f"marketflow bench: --storage: unknown storage {unknown[0]!r} (sqlite, postgres)", file=sys.stderr
+        )
+        return EXIT_USAGE
+    plan = bench.Plan(
+        frames=args.frames,
+        paced_rate=args.rate,
+        paced_seconds=args.seconds,
+        storages=storages,
+        cryptofeed=not args.no_cryptofeed,
+    )
+    if args.quick:
+        plan = bench.Plan(
+            frames=30_000,
+            paced_rate=min(args.rate, 5_000),
+            paced_seconds=3.0,
+            transport_frames=100_000,
+            storages=storages,
+            cryptofeed=plan.cryptofeed,
+            step_seconds=3.0,
+        )
+    bench.main(
+        out=Path(args.out), plan=plan, soak_minutes=args.soak, soak_symbols=args.soak_symbols, keep=args.keep
+    )
+    return EXIT_OK
 
 
 def _load(config_arg: str | None) -> Config:
@@ -102,6 +179,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         configure_logging("info", "console")
         trio.run(run_from_args, args)
         return EXIT_OK
+    if args.command == "replay":
+        from marketflow.replay import run_replay_command
+
+        config = _load(args.config)
+        # Progress goes to the terminal only; the log gets warnings and errors (or debug when asked).
+        level = "warning" if config.daemon.log_level == "info" else config.daemon.log_level
+        configure_logging(level, config.daemon.log_format)
+        return run_replay_command(args, config)
+    if args.command == "bench":
+        return _bench(args)
     if args.command == "run":
         from marketflow.daemon import serve
 

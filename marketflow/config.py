@@ -114,6 +114,18 @@ class BooksConfig:
 
 
 @attrs.frozen
+class CaptureConfig:
+    """Raw frames as received, per connection, into rotating zstd JSON-lines files (`marketflow replay`)."""
+
+    enabled: bool = False
+    dir: str | None = None  # None: <daemon.state_dir>/capture
+    rotate_mb: float = 64.0  # uncompressed megabytes per file
+    rotate_s: float = 3600.0
+    max_total_mb: float = 0.0  # compressed megabytes of all capture files kept; 0 keeps everything
+    level: int = 3  # zstd compression level
+
+
+@attrs.frozen
 class FeedConfig:
     exchange: str
     market: str
@@ -140,6 +152,8 @@ class AnalyticsConfig:
     large_trade_notional: Decimal = Decimal("100000")
     # Left out of the hash: a mapping is not hashable, and equality still compares it.
     bin_size: Mapping[str, Decimal] = attrs.field(factory=dict, converter=_frozen_mapping, hash=False)
+    # False: no live engine (no candles table rows); queries compute every range from stored trades.
+    enabled: bool = True
 
 
 @attrs.frozen
@@ -152,6 +166,7 @@ class Config:
     analytics: AnalyticsConfig
     source: str | None = None  # the file it was read from (parse_config: its `source` label)
     books: BooksConfig = BooksConfig()
+    capture: CaptureConfig = CaptureConfig()
 
 
 DEFAULT_FEEDS: Final = (
@@ -444,7 +459,15 @@ _BOOKS: Final[Mapping[str, _Check]] = {
     "snapshot_interval_s": _seconds,
     "snapshot_depth": _integer(1),
 }
-_TOP_KEYS: Final = ("daemon", "http", "storage", "supervisor", "books", "feeds", "analytics")
+_CAPTURE: Final[Mapping[str, _Check]] = {
+    "enabled": _boolean,
+    "dir": _string,
+    "rotate_mb": lambda value: _number(value, "a number of megabytes > 0", above=0.0),
+    "rotate_s": _seconds,
+    "max_total_mb": lambda value: _number(value, "a number of megabytes >= 0 (0 keeps all)", least=0.0),
+    "level": lambda value: _zstd_level(value),
+}
+_TOP_KEYS: Final = ("daemon", "http", "storage", "supervisor", "books", "feeds", "analytics", "capture")
 
 
 class _Checker:
@@ -505,6 +528,7 @@ class _Checker:
             reason = f"must be >= backoff_initial_s ({initial:g}), got {maximum:g}{given}"
             self.report(("supervisor", "backoff_max_s"), reason)
         books = self.section(doc, "books", _BOOKS)
+        capture = self.section(doc, "capture", _CAPTURE)
         feeds = self.feeds(doc)
         analytics = self.analytics(doc)
         if env.get(STORAGE_URL_ENV):
@@ -524,6 +548,7 @@ class _Checker:
             storage=StorageConfig(**storage),
             supervisor=SupervisorConfig(**supervisor),
             books=BooksConfig(**books),
+            capture=CaptureConfig(**capture),
             feeds=DEFAULT_FEEDS if feeds is None else tuple(FeedConfig(**feed) for feed in feeds),
             analytics=AnalyticsConfig(**analytics),
         )
@@ -639,6 +664,7 @@ class _Checker:
             "value_area": _value_area,
             "large_trade_notional": lambda value: _decimal(value, floats=False),
             "bin_size": lambda value: self.bin_sizes(value, ("analytics", "bin_size")),
+            "enabled": _boolean,
         }
         return self.section(doc, "analytics", checks)
 
@@ -694,6 +720,12 @@ def _feed_name(value: object) -> str:
     if isinstance(value, str) and _FEED_NAME.fullmatch(value):
         return value
     raise _Rejected(f"must match [a-z0-9][a-z0-9_-]* (e.g. bybit-spot-2), got {_describe(value)}")
+
+
+def _zstd_level(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 22:
+        return value
+    raise _Rejected(f"must be a zstd compression level, an integer 1-22, got {_describe(value)}")
 
 
 def _value_area(value: object) -> Decimal:

@@ -1,9 +1,10 @@
 """The daemon: wires the actor tree from a `Config` and runs it under one supervisor.
 
-Start order (and so the reverse shutdown order): storage writer, gap ledger, candle sink, analytics, book
-keeper, backfiller, normalizer, feeds (one child per exchange connection). Stopping a feed closes its
-connection; stopping the normalizer closes the raw bus, so it decodes what is queued and returns; the book
-keeper, analytics and the writer end when their buses close, the writer after committing everything.
+Start order (and so the reverse shutdown order): capture writer (with `[capture] enabled`), storage
+writer, gap ledger, candle sink, trade ring, analytics (unless `analytics.enabled = false`), book keeper,
+backfiller, normalizer, feeds (one child per exchange connection). Stopping a feed closes its connection;
+stopping the normalizer closes the raw bus, so it decodes what is queued and returns; the book keeper,
+analytics and the writer end when their buses close, the writer after committing everything.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from marketflow.api.mcp_routes import register_mcp_routes
 from marketflow.api.queries import QueryContext
 from marketflow.api.ring import TradeRing
 from marketflow.api.server import HttpServer
+from marketflow.capture import Capture
 from marketflow.config import Config, ConfigError, FeedConfig, load_config
 from marketflow.exchanges.base import FrameDecoder
 from marketflow.model import BookUpdate, RawFrames, Trade, native_symbol
 from marketflow.pipeline.backfill import Backfiller, CatchUp
-from marketflow.pipeline.bookkeeper import BookKeeper, BookSpec
+from marketflow.pipeline.bookkeeper import BookKeeper, BookSnapshotRow, BookSpec
 from marketflow.pipeline.feed import Feed, FeedCounters
 from marketflow.pipeline.gaps import GapLedger
 from marketflow.pipeline.normalizer import Normalizer
@@ -92,7 +94,10 @@ class Health:
 class Daemon:
     """The whole running system for one configuration."""
 
-    def __init__(self, config: Config, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, config: Config, *, ssl_context: ssl.SSLContext | None = None, replay: bool = False
+    ) -> None:
+        """`replay`: the pipeline without feeds and HTTP, fed by `marketflow replay` (nothing is dropped)."""
         self.config = config
         self.name = "daemon"
         self._ssl_context = ssl_context
@@ -103,9 +108,23 @@ class Daemon:
         self._raw_sub = self.raw_bus.subscribe("normalizer", capacity, Overflow.BLOCK)
         self._trade_sub = self.trade_bus.subscribe("storage", capacity, Overflow.BLOCK)
         self._book_sub = self.book_bus.subscribe("books", capacity, Overflow.BLOCK)
-        # Analytics must never hold up the feeds: it reads live views with drop-oldest, counted.
-        self._analytics_sub = self.trade_bus.subscribe("analytics", capacity, Overflow.DROP_OLDEST)
+        # Analytics must never hold up the feeds: it reads live views with drop-oldest, counted. Disabled
+        # (or without intervals) there is no engine and no subscription: queries use stored trades.
+        live_analytics = config.analytics.enabled and bool(config.analytics.candle_intervals)
+        self._analytics_sub = (
+            self.trade_bus.subscribe(
+                "analytics", capacity, Overflow.BLOCK if replay else Overflow.DROP_OLDEST
+            )
+            if live_analytics
+            else None
+        )
+        self.capture = (
+            Capture(config.capture, config.daemon.state_dir)
+            if config.capture.enabled and not replay
+            else None
+        )
         self.store: TradeStore = open_store(config.storage.url)
+        self.writer: StorageWriter | None = None  # the current one (its statistics outlive it)
         self.decoders: dict[str, FrameDecoder] = {}
         self.feed_counters: dict[str, FeedCounters] = {}
         self.feeds: dict[str, Feed] = {}
@@ -116,13 +135,22 @@ class Daemon:
         book_specs: list[BookSpec] = []
         for feed in config.feeds:
             book_specs.extend(self._plan_feed(feed))
+        persist = getattr(self.store, "write_book_snapshots", None)
+        self.snapshot_sink: RecordSink[BookSnapshotRow] | None = None
+        if replay and persist is not None:
+            # A replay's keeper must not wait for the database: its snapshot timer would drift with it.
+            self.snapshot_sink = sink = RecordSink("book_snapshots", persist)
+
+            async def persist(rows: list[BookSnapshotRow]) -> None:
+                sink.submit(rows)
+
         self.books = BookKeeper(
             self._book_sub,
             book_specs,
             self.ledger,
             self.rest_clients,
             self.resubscribe,
-            persist=getattr(self.store, "write_book_snapshots", None),
+            persist=persist,
             snapshot_interval_s=config.books.snapshot_interval_s,
             snapshot_depth=config.books.snapshot_depth,
         )
@@ -130,14 +158,22 @@ class Daemon:
         self.candle_sink: RecordSink[Candle] = RecordSink(
             "candles", getattr(self.store, "write_candles", None)
         )
-        self.analytics = AnalyticsEngine(
-            self._analytics_sub, config.analytics, persist=self.candle_sink.submit
+        self.analytics: AnalyticsEngine | None = (
+            AnalyticsEngine(self._analytics_sub, config.analytics, persist=self.candle_sink.submit)
+            if self._analytics_sub is not None
+            else None
         )
         self.ring = TradeRing(
             self.trade_bus.subscribe("ring", capacity, Overflow.DROP_OLDEST), config.http.trades_ring
         )
         shutdown = config.daemon.shutdown_timeout_s
-        children = [
+        snapshots = self.snapshot_sink
+        children: list[ChildSpec] = []
+        if self.capture is not None:
+            # First started, last stopped: it records what feeds and REST clients receive until the end.
+            capture = self.capture
+            children.append(ChildSpec("capture", capture.writer, Restart.PERMANENT, shutdown, capture.close))
+        children += [
             ChildSpec(
                 "storage", self._make_writer, Restart.PERMANENT, shutdown, on_stop=self.trade_bus.close
             ),
@@ -145,12 +181,29 @@ class Daemon:
             # so they stop (and save what they hold) before it closes.
             ChildSpec("gaps", lambda: self.ledger, Restart.PERMANENT, shutdown),
             ChildSpec("candles", lambda: self.candle_sink, Restart.PERMANENT, shutdown),
-            ChildSpec("ring", lambda: self.ring, Restart.PERMANENT, shutdown),
-            # Stopped after every trade publisher (normalizer, backfill): closing the trade bus lets
-            # analytics and then storage drain it to the end.
-            ChildSpec(
-                "analytics", lambda: self.analytics, Restart.PERMANENT, shutdown, on_stop=self.trade_bus.close
+            *(
+                []
+                if snapshots is None
+                else [ChildSpec("book_snapshots", lambda: snapshots, Restart.PERMANENT, shutdown)]
             ),
+            # Stopped after every trade publisher (normalizer, backfill): closing the trade bus lets
+            # analytics (or, without it, the ring) and then storage drain it to the end.
+            ChildSpec(
+                "ring",
+                lambda: self.ring,
+                Restart.PERMANENT,
+                shutdown,
+                on_stop=None if self.analytics is not None else self.trade_bus.close,
+            ),
+        ]
+        if self.analytics is not None:
+            analytics = self.analytics
+            children.append(
+                ChildSpec(
+                    "analytics", lambda: analytics, Restart.PERMANENT, shutdown, on_stop=self.trade_bus.close
+                )
+            )
+        children += [
             ChildSpec("books", lambda: self.books, Restart.PERMANENT, shutdown, on_stop=self.book_bus.close),
             ChildSpec("backfill", lambda: self.backfiller, Restart.PERMANENT, shutdown),
             ChildSpec(
@@ -160,13 +213,15 @@ class Daemon:
         children.extend(
             ChildSpec(name, self._feed_factory(conn), Restart.PERMANENT, shutdown)
             for name, conn in self.connections.items()
+            if not replay
         )
         # HTTP and MCP read everything above through one query context; started last, stopped first.
         self.query = QueryContext(self, self.ring, self.analytics)
         app = create_app(self.query)
         register_mcp_routes(app, self.query)
         self.http = HttpServer(self.query, config, app=app, asgi_factory=build_asgi)
-        children.append(ChildSpec("http", lambda: self.http, Restart.PERMANENT, shutdown))
+        if not replay:
+            children.append(ChildSpec("http", lambda: self.http, Restart.PERMANENT, shutdown))
         self.supervisor = Supervisor("daemon", _policy(config), children)
 
     def _rest_client(self, venue: ModuleType, feed: FeedConfig) -> None:
@@ -175,7 +230,9 @@ class Daemon:
             return
         limit = REST_LIMIT_PER_MINUTE.get(key, BYBIT_REQUESTS_PER_MINUTE)
         budget = WeightBudget(int(limit * REST_BUDGET_SHARE))
-        self.rest_clients[key] = RestClient(venue.rest_url(feed.market, feed.rest_url), budget)
+        url = venue.rest_url(feed.market, feed.rest_url)
+        client = None if self.capture is None else self.capture.http_client(feed.exchange, feed.market, url)
+        self.rest_clients[key] = RestClient(url, budget, client)
 
     def _plan_feed(self, feed: FeedConfig) -> list[BookSpec]:
         """Register the feed's connections and decoders; return the books it carries."""
@@ -187,6 +244,8 @@ class Daemon:
         for plan in venue.connections(feed.market, natives, feed.channels, feed.book_depth, feed.ws_url):
             name = feed.name + plan.suffix
             self.connections[name] = Connection(name, feed, plan.url, plan.topics, plan.natives)
+            if self.capture is not None:
+                self.capture.add_connection(name, feed, plan.url, plan.topics)
             self.decoders[name] = venue.FrameDecoder(feed.exchange, feed.market, by_native)
             self.feed_counters.setdefault(name, FeedCounters())
             if "book" in plan.channels:
@@ -201,6 +260,10 @@ class Daemon:
     def _feed_factory(self, conn: Connection) -> Any:
         venue: ModuleType = exchanges.venue(conn.feed.exchange)
         counters = self.feed_counters[conn.name]
+        on_reconnect: Any = self._on_reconnect
+        on_disconnect: Any = self.books.feed_disconnected
+        if self.capture is not None:
+            on_reconnect, on_disconnect = self.capture.feed_events(on_reconnect, on_disconnect)
 
         def make_feed() -> Feed:
             feed = Feed(
@@ -214,8 +277,9 @@ class Daemon:
                 stale_timeout_s=conn.feed.stale_timeout_s,
                 ping_interval_s=conn.feed.ping_interval_s,
                 ssl_context=self._ssl_context,
-                on_reconnect=self._on_reconnect,
-                on_disconnect=self.books.feed_disconnected,
+                on_reconnect=on_reconnect,
+                on_disconnect=on_disconnect,
+                capture=None if self.capture is None else self.capture.frames,
             )
             self.feeds[conn.name] = feed
             return feed
@@ -223,7 +287,9 @@ class Daemon:
         return make_feed
 
     def _make_writer(self) -> StorageWriter:
-        return make_writer(self.config, self.store, self._trade_sub)
+        self.writer = make_writer(self.config, self.store, self._trade_sub)
+        self.writer.hold_store_open = True  # the candle sink and gap ledger stop after it has drained
+        return self.writer
 
     def _make_normalizer(self) -> Normalizer:
         return Normalizer(
@@ -252,7 +318,7 @@ class Daemon:
                 await self._start_feed(fresh[name])
             needs_restart = tuple(
                 section
-                for section in ("daemon", "http", "storage", "supervisor", "books", "analytics")
+                for section in ("daemon", "http", "storage", "supervisor", "books", "analytics", "capture")
                 if getattr(new, section) != getattr(self.config, section)
             )
             self.config = attrs.evolve(self.config, feeds=new.feeds, source=new.source)

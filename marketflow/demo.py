@@ -52,6 +52,7 @@ async def run_demo(base: Config, duration: float | None, rate: float, seed: int)
             f"marketflow demo: HTTP API at {daemon.http.url}  (try {daemon.http.url}/book/bybit/BTC-USDT)",
             flush=True,
         )
+        print(f"  dashboard at {daemon.http.url}/dashboard  (open it in a browser)", flush=True)
         print(f"  simulator at {sim.http_url}", flush=True)
         for feed in config.feeds:
             print(f"  feed {feed.name:<14} {feed.ws_url}", flush=True)

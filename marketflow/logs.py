@@ -124,5 +124,5 @@ def configure_logging(level: str = "info", fmt: str = "console", stream: TextIO 
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Third-party chatter stays at warning unless we debug.
-    for noisy in ("hypercorn", "websockets", "sqlalchemy", "trio-websocket"):
+    for noisy in ("hypercorn", "websockets", "sqlalchemy", "trio-websocket", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)

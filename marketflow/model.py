@@ -8,6 +8,8 @@ integer microseconds since the Unix epoch (UTC): `ts` is the exchange's time, `r
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal
@@ -84,9 +86,14 @@ class RawFrames(msgspec.Struct, frozen=True, gc=False):
     frames: list[bytes]
 
 
+# `marketflow replay` runs the pipeline on recorded time: it sets a clock here for the tasks it starts.
+replay_clock: ContextVar[Callable[[], int] | None] = ContextVar("marketflow_replay_clock", default=None)
+
+
 def now_us() -> int:
-    """Wall-clock time in integer microseconds since the epoch."""
-    return time.time_ns() // 1000
+    """Wall-clock time in integer microseconds since the epoch (the recorded time, during a replay)."""
+    clock = replay_clock.get()
+    return time.time_ns() // 1000 if clock is None else clock()
 
 
 def us_to_iso(us: int) -> str:

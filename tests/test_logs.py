@@ -67,3 +67,16 @@ def test_exceptions_are_formatted_in_json() -> None:
         rec = logging.LogRecord("marketflow", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
     out = json.loads(JsonFormatter().format(rec))
     assert "ValueError: boom" in out["exc"]
+
+
+def test_http_client_request_lines_stay_out_of_info_logs() -> None:
+    """httpx logs every REST request (Binance snapshots, backfill) at INFO: the daemon keeps it at WARNING."""
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    logging.getLogger("httpx").info("HTTP Request: GET http://127.0.0.1/api/v3/depth")
+    logging.getLogger("marketflow.test").info("kept")
+    lines = [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
+    assert lines == ["kept"]
+    configure_logging("debug", "json", stream=io.StringIO())
+    assert logging.getLogger("httpx").isEnabledFor(logging.DEBUG)
+    configure_logging("info", "console")

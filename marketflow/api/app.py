@@ -237,4 +237,7 @@ def create_app(ctx: QueryContext, policy: AuthPolicy | None = None) -> QuartTrio
     from marketflow.api.symbols import blueprint as symbols
 
     app.register_blueprint(symbols)
+    from marketflow.api.dashboard import blueprint as dashboard
+
+    app.register_blueprint(dashboard)
     return app

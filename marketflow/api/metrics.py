@@ -63,6 +63,7 @@ class DaemonCollector(Collector):
         yield from self._storage()
         yield from self._books()
         yield from self._lag()
+        yield from self._capture()
 
     def _feeds(self) -> Iterator[Metric]:
         labels = ["connection", "exchange", "market"]
@@ -220,6 +221,25 @@ class DaemonCollector(Collector):
             gauge = GaugeMetricFamily(name, help_text, labels=labels)
             gauge.add_metric(engine, _num(getattr(stats, field, 0)) * scale)
             yield gauge
+
+    def _capture(self) -> Iterator[Metric]:
+        capture = getattr(self._ctx.daemon, "capture", None)
+        if capture is None:
+            return
+        stats = capture.statistics()
+        for name, help_text, value in (
+            ("marketflow_capture_frames", "Frames written to capture files", stats.frames),
+            ("marketflow_capture_dropped", "Frames not captured (the writer fell behind)", stats.dropped),
+            ("marketflow_capture_bytes", "Bytes captured, uncompressed", stats.bytes_in),
+            ("marketflow_capture_files", "Capture files opened", stats.files_opened),
+            ("marketflow_capture_files_deleted", "Capture files deleted by retention", stats.files_deleted),
+        ):
+            family = CounterMetricFamily(name, help_text)
+            family.add_metric([], value)
+            yield family
+        queued = GaugeMetricFamily("marketflow_capture_queued", "Socket reads waiting for the capture writer")
+        queued.add_metric([], stats.queued)
+        yield queued
 
     def _books(self) -> Iterator[Metric]:
         labels = ["book"]

@@ -7,8 +7,10 @@ taken as the user wrote them (normalized `BTC-USDT`, or the exchange's own `BTCU
 unambiguous, with `market` when it is not) and resolved against the configured feeds.
 
 Trades come from the in-memory ring while it holds the range, and from storage for anything older, merged
-and de-duplicated. Analytics come from the live engine when it holds the range, else they are computed
-from stored trades (at most :data:`MAX_STORED_TRADES` of them).
+and de-duplicated. Analytics come from the live engine when it holds the range, else from stored trades
+(`marketflow/analytics/stored.py`: aggregated by PostgreSQL in SQL, streamed from SQLite), with the ring's
+not yet stored trades merged in; a range is refused (`range_too_large`) by the bars or bins it would
+produce, not by its trades.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -23,14 +26,17 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from marketflow.analytics import (
-    NotLiveError,
-    compute_candles_from_trades,
-    compute_order_flow_from_trades,
-    compute_volume_profile_from_trades,
-    parse_interval,
-)
+from marketflow.analytics import NotLiveError, parse_interval
 from marketflow.analytics.bars import normalize_bin
+from marketflow.analytics.stored import (
+    RangeTooLargeError,
+    StoredRangeUnavailable,
+    bar_span,
+    range_bin,
+    stored_candles,
+    stored_order_flow,
+    stored_volume_profile,
+)
 
 # Status queries read the same statistics as /metrics and live with it; they are part of this layer.
 from marketflow.api.metrics import status, storage_stats, system_info
@@ -43,7 +49,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_LIMIT",
-    "MAX_STORED_TRADES",
     "QueryContext",
     "QueryError",
     "RateMeter",
@@ -74,8 +79,6 @@ DEFAULT_ORDER_FLOW_BARS = 100
 """Bars of `/order-flow` when `since` is not given."""
 DEFAULT_PROFILE_WINDOW_US = 3_600_000_000
 """`/volume-profile` covers the last hour when `since` is not given."""
-MAX_STORED_TRADES = 200_000
-"""Most stored trades one analytics query reads; a wider range is refused with a 400."""
 MAX_DEPTH = 5000
 
 _MIN_US = 0
@@ -477,30 +480,6 @@ def _floor(ts: int, step: int) -> int:
     return ts - ts % step
 
 
-async def _stored_window(
-    ctx: QueryContext, exchange: str, symbol: str, since: int, until: int | None
-) -> list[Trade]:
-    """Stored trades with `since <= ts < until` (and the ring's, not yet stored), oldest first, at most
-    :data:`MAX_STORED_TRADES` from storage."""
-    trades = await _stored_trades(ctx, exchange, symbol, since, until, MAX_STORED_TRADES + 1)
-    if len(trades) > MAX_STORED_TRADES:
-        raise QueryError(
-            "range_too_large",
-            f"the range holds more than {MAX_STORED_TRADES} stored trades of {exchange} {symbol}, "
-            "more than one query computes from storage; narrow since/until",
-            "since",
-        )
-    trades.reverse()
-    if ctx.ring is not None:
-        # The ring holds what the writer has not committed yet (up to one flush interval).
-        seen = {t.id for t in trades}
-        newer = [t for t in ctx.ring.recent(exchange, symbol, since, until) if t.id not in seen]
-        if newer:
-            trades.extend(newer)
-            trades.sort(key=lambda t: (t.ts, t.id))
-    return trades
-
-
 def _live(ctx: QueryContext, exchange: str, symbol: str, interval: str, since: int) -> AnalyticsEngine | None:
     """The engine if it holds `[since, ...)` of the market completely, else None (compute from storage)."""
     engine = ctx.analytics
@@ -511,6 +490,34 @@ def _live(ctx: QueryContext, exchange: str, symbol: str, interval: str, since: i
     except (NotLiveError, ValueError):
         return None
     return engine if live_since is not None and since >= live_since else None
+
+
+async def _from_storage(compute: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """Await a stored-range computation, its failures as query errors."""
+    try:
+        return await compute
+    except RangeTooLargeError as exc:
+        raise QueryError("range_too_large", exc.detail, exc.param) from None
+    except StoredRangeUnavailable as exc:
+        raise QueryError("storage_unavailable", str(exc), None, 503) from None
+    except trio.Cancelled:
+        raise
+    except Exception as exc:
+        raise QueryError(
+            "storage_unavailable", f"stored trades could not be read: {type(exc).__name__}: {exc}", None, 503
+        ) from exc
+
+
+async def _footprint_bin(
+    ctx: QueryContext, exchange: str, symbol: str, bin: Decimal | None, since: int, until: int | None
+) -> Decimal | None:
+    """The requested bin, else the configured one, else the default bin of the range's first trade."""
+    if bin is not None:
+        return bin
+    configured = ctx.daemon.config.analytics.bin_size.get(symbol)
+    if configured is not None:
+        return normalize_bin(configured)
+    return await range_bin(ctx.daemon.store, ctx.ring, exchange, symbol, since, until)
 
 
 async def candles(
@@ -540,10 +547,7 @@ async def candles(
             return engine.candles(ex, sym, text, since, until, count)
         except NotLiveError:
             pass
-    # Whole bars: a bar starting before `until` holds trades up to its end.
-    stop = None if until is None else _floor(until - 1, step) + step
-    trades = await _stored_window(ctx, ex, sym, since, stop)
-    return compute_candles_from_trades(trades, step, since=since, until=until, limit=count)
+    return await _from_storage(stored_candles(ctx.daemon.store, ctx.ring, ex, sym, step, since, until, count))
 
 
 async def order_flow(
@@ -571,18 +575,26 @@ async def order_flow(
             return engine.order_flow(ex, sym, text, since, until, footprint, size)
         except NotLiveError:
             pass
-    stop = None if until is None else _floor(until - 1, step) + step
-    trades = await _stored_window(ctx, ex, sym, since, stop)
-    analytics = ctx.daemon.config.analytics
-    return compute_order_flow_from_trades(
-        trades,
-        step,
-        since=since,
-        until=until,
-        large_trade_notional=analytics.large_trade_notional,
-        footprint=footprint,
-        bin=size,
-    )
+
+    start = since
+
+    async def compute() -> dict[str, Any]:
+        fp_bin = None
+        if footprint:  # no trade in the range leaves no bin, and no bar to draw a footprint of
+            fp_bin = await _footprint_bin(ctx, ex, sym, size, *bar_span(start, until, step)) or Decimal(1)
+        return await stored_order_flow(
+            ctx.daemon.store,
+            ctx.ring,
+            ex,
+            sym,
+            step,
+            start,
+            until,
+            large_trade_notional=ctx.daemon.config.analytics.large_trade_notional,
+            footprint_bin=fp_bin,
+        )
+
+    return await _from_storage(compute())
 
 
 async def volume_profile(
@@ -609,7 +621,19 @@ async def volume_profile(
                 return engine.volume_profile(ex, sym, since, until, size)
             except NotLiveError:
                 pass
-    trades = await _stored_window(ctx, ex, sym, since, until)
-    return compute_volume_profile_from_trades(
-        trades, since=since, until=until, bin=size, value_area=ctx.daemon.config.analytics.value_area
-    )
+    start = since
+
+    async def compute() -> dict[str, Any]:
+        profile_bin = await _footprint_bin(ctx, ex, sym, size, start, until)
+        return await stored_volume_profile(
+            ctx.daemon.store,
+            ctx.ring,
+            ex,
+            sym,
+            start,
+            until,
+            bin=profile_bin,
+            value_area=ctx.daemon.config.analytics.value_area,
+        )
+
+    return await _from_storage(compute())

@@ -361,8 +361,13 @@ class TasksOut(msgspec.Struct):
 
 @blueprint.get("/")
 @api(RootOut, scope=None)
-async def root() -> dict[str, Any]:
-    """Name, version and links."""
+async def root() -> dict[str, Any] | Response:
+    """Name, version and links; a browser (Accept prefers text/html) is sent to the dashboard."""
+    from quart import redirect, request
+
+    if request.accept_mimetypes.best_match(("application/json", "text/html")) == "text/html":
+        # Relative, so it still lands right behind a reverse proxy that mounts us under a prefix.
+        return redirect("dashboard", 303)  # type: ignore[return-value]
     links = {
         "docs": "/docs",
         "openapi": "/openapi.json",

@@ -119,6 +119,7 @@ class Feed:
         max_lifetime_s: float | None = None,
         on_reconnect: Callable[[str, int, int], None] | None = None,
         on_disconnect: Callable[[str], None] | None = None,
+        capture: Callable[[str, int, list[bytes]], None] | None = None,
     ) -> None:
         self.name = name
         self.exchange = exchange
@@ -133,6 +134,8 @@ class Feed:
         self._max_lifetime_s = max_lifetime_s
         self._on_reconnect = on_reconnect
         self._on_disconnect = on_disconnect
+        # Gets every socket read, data and control alike, with its receive time; must not block.
+        self._capture = capture
         self._scope = trio.CancelScope()
         self._stopping = False
         self._live: _Link | None = None
@@ -329,6 +332,8 @@ class Feed:
         counters.last_message_at = now
         if not messages:
             return []
+        if self._capture is not None:
+            self._capture(self.name, now, messages)
         counters.messages += len(messages)
         session = link.session
         data: list[bytes] = []

@@ -101,12 +101,14 @@ class RecordSink(Generic[T]):
         pending, self._queue = self._queue, {}
         try:
             await self._write(list(pending.values()))
-        except Exception as exc:  # put the batch back in front; the next round retries it
-            self._errors += 1
-            self._last_error = f"{type(exc).__name__}: {exc}"
+        except BaseException as exc:  # put the batch back in front; the next round retries it
             pending.update(self._queue)  # what arrived meanwhile is newer: it wins
             self._queue = pending
             self._trim()
+            if not isinstance(exc, Exception):
+                raise  # cancelled mid-write (a stop): the final flush writes the batch again
+            self._errors += 1
+            self._last_error = f"{type(exc).__name__}: {exc}"
             self._wake.set()
             log.error("records not saved", extra={"sink": self.name, "error": self._last_error})
             return

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
@@ -143,6 +143,12 @@ class StorageWriter:
         self._attempt_scope: trio.CancelScope | None = None
 
         self._state = "starting"
+        self.on_commit: Callable[[Sequence[Trade]], None] | None = None
+        """Called with each committed chunk (`marketflow bench` measures exchange → committed latency)."""
+        self.hold_store_open = False
+        """After the bus ends, keep the store open until `request_stop()` (the daemon sets this: other
+        actors that stop later — the candle sink, the gap ledger — still write through it)."""
+        self._stop_requested = trio.Event()
         self._rows_received = 0
         self._rows_written = 0
         self._duplicates = 0
@@ -213,6 +219,9 @@ class StorageWriter:
                     nursery.start_soon(self._read, receiver)
                     nursery.start_soon(self._flush_then_stop_pruning, nursery.cancel_scope)
                     nursery.start_soon(self._prune_loop)
+            if self.hold_store_open:
+                self._state = "drained"
+                await self._stop_requested.wait()
         finally:
             with trio.CancelScope(shield=True) as cleanup:
                 cleanup.deadline = trio.current_time() + LAST_RESORT_S
@@ -222,6 +231,10 @@ class StorageWriter:
                 if self._spool is not None:
                     await self._spool.close()
             self._state = "stopped"
+
+    def request_stop(self) -> None:
+        """The supervisor stops this actor: the store may close once the bus has been drained."""
+        self._stop_requested.set()
 
     async def _flush_then_stop_pruning(self, scope: trio.CancelScope) -> None:
         await self._flush()
@@ -408,6 +421,8 @@ class StorageWriter:
         self._duplicates += len(chunk) - inserted
         self._last_batch_ms = (trio.current_time() - started) * 1000
         self._last_lag_ms = (now_us() - chunk[-1].recv_ts) / 1000
+        if self.on_commit is not None:
+            self.on_commit(chunk)
         return True
 
     def _note_failure(self, exc: Exception, message: str) -> None:

@@ -39,3 +39,24 @@ async def test_unkeyed_sink_is_bounded_and_counts_drops() -> None:
     bounded: RecordSink[int] = RecordSink("t", write, capacity=3)
     bounded.submit([1, 2, 3, 4, 5])
     assert bounded.queued == 3 and bounded.statistics().dropped == 2
+
+
+async def test_stop_during_a_write_loses_nothing(autojump_clock: trio.abc.Clock) -> None:
+    """A stop that cancels a write in progress puts the batch back; the final flush writes it."""
+    written: list[list[int]] = []
+    started = trio.Event()
+
+    async def write(batch: list[int]) -> None:
+        if not written and not started.is_set():
+            started.set()
+            await trio.sleep(60)  # a slow write: the stop arrives in the middle of it
+        written.append(batch)
+
+    sink: RecordSink[int] = RecordSink("t", write, flush_interval_s=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.run)
+        sink.submit([1, 2, 3])
+        await started.wait()
+        sink.request_stop()
+    assert written == [[1, 2, 3]]
+    assert sink.queued == 0

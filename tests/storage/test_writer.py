@@ -248,3 +248,27 @@ async def count(url: str) -> int:
         return await store.count_trades()  # type: ignore[attr-defined, no-any-return]
     finally:
         await store.close()
+
+
+async def test_daemon_writer_keeps_the_store_open_for_later_sinks(tmp_path: Path) -> None:
+    """With `hold_store_open`, the bus ending does not close the store: actors that stop after the
+    writer's bus (the candle sink, the gap ledger) still save through it, until `request_stop()`."""
+    db = tmp_path / "t.db"
+    bus: Bus[Trade] = Bus("trades")
+    store = SqliteTradeStore(f"sqlite:///{db}")
+    writer = StorageWriter(
+        store, bus.subscribe("storage", 8, Overflow.BLOCK), batch_max=100, flush_interval_s=3600
+    )
+    writer.hold_store_open = True
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await bus.publish([trade(1)])
+            bus.close()
+            while writer.statistics().state != "drained":  # noqa: ASYNC110 - polling a state, no event
+                await trio.sleep(0.01)
+            assert len(rows(db)) == 1  # drained and committed ...
+            assert await store.write_trades([trade(2)]) == 1  # ... and the store still takes writes
+            writer.request_stop()
+    assert len(rows(db)) == 2
+    assert writer.statistics().state == "stopped"

@@ -1,0 +1,325 @@
+"""The dashboard in a real headless Chromium (Debian's /usr/bin/chromium), against `marketflow demo`.
+
+The daemon and its simulator run as a subprocess exactly as a user starts them; the test reads the
+dashboard URL the demo prints. What the page shows is checked against the JSON routes it reads: the
+ladder's best bid/ask against `/book` (the same book version, matched by its `ts`), the POC against
+`/volume-profile` over the same range. Screenshots are written under pytest's tmp dir; their paths are
+printed. Without Chromium (or the playwright package) these tests fail when `CI` is set, else skip.
+No browser is ever downloaded: Playwright only drives the system's Chromium.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+
+try:
+    from playwright.sync_api import Browser, Page, sync_playwright
+except ImportError:  # pragma: no cover - judged by the `browser` fixture
+    sync_playwright = None  # type: ignore[assignment]
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium waits on the (closed) network at start-up.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+KEY_STORAGE = "marketflow.apiKey"
+DASHBOARD_LINE = re.compile(r"dashboard at (http://\S+/dashboard)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    problem = None
+    if sync_playwright is None:
+        problem = "the playwright package is not installed (pip install -e '.[dev]')"
+    elif not CHROMIUM.exists():
+        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests cannot run: {problem}")
+        pytest.skip(problem)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=60_000
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@attrs.define
+class Demo:
+    dashboard: str
+    base: str
+    config: Path
+    process: subprocess.Popen[str]
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = httpx.get(self.base + path, params=params, headers=self.headers, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    headers: dict[str, str] = attrs.Factory(dict)
+
+
+@contextmanager
+def running_demo(tmp_path: Path, *, listen: str = "127.0.0.1:0") -> Iterator[Demo]:
+    """`marketflow demo` in a subprocess on `listen` (port 0: any), until the block ends."""
+    config = tmp_path / "marketflow.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "var"}"\nshutdown_timeout_s = 5\n\n[http]\nlisten = "{listen}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MARKETFLOW_CONFIG", "MARKETFLOW_STORAGE_URL")}
+    log = (tmp_path / "demo.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "marketflow", "demo", "--config", str(config), "--rate", "20"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        dashboard = None
+        deadline = time.monotonic() + 60
+        while dashboard is None:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0 and process.poll() is None, "the demo printed no dashboard URL; see demo.log"
+            try:
+                found = DASHBOARD_LINE.search(lines.get(timeout=remaining))
+            except queue.Empty:
+                continue
+            if found:
+                # A wildcard listener is reached over loopback.
+                dashboard = found.group(1).replace("//0.0.0.0:", "//127.0.0.1:")
+        yield Demo(dashboard, dashboard.removesuffix("/dashboard"), config, process)
+    finally:
+        # SIGTERM, not SIGINT: a shell that started pytest in the background leaves SIGINT ignored.
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+class BookWatcher(threading.Thread):
+    """Polls `/book` much faster than the book changes, remembering every version's best levels by `ts`."""
+
+    def __init__(self, demo: Demo, exchange: str, symbol: str) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{demo.base}/book/{exchange}/{symbol}"
+        self.headers = demo.headers
+        self.seen: dict[str, tuple[str, str]] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5, headers=self.headers) as client:
+            while not self.stopping.wait(0.02):
+                book = client.get(self.url, params={"depth": 1}).json()
+                if book["status"] == "synced" and book["bids"] and book["asks"]:
+                    self.seen[book["ts"]] = (book["bids"][0][0], book["asks"][0][0])
+
+
+def open_page(browser: Browser, **context: Any) -> tuple[Page, list[str]]:
+    """A fresh page (own session storage) and the list its console errors and page errors go to.
+
+    The page's CSP forbids eval, so `wait_for_function` takes functions, never bare expressions.
+    """
+    page = browser.new_context(**context).new_page()
+    page.set_default_timeout(30_000)
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"uncaught: {e}"))
+    return page, problems
+
+
+def screenshot(page: Page, path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    page.screenshot(path=str(path), full_page=True)
+    with capsys.disabled():
+        print(f"\n  dashboard screenshot: {path}")
+
+
+def wait_until(what: str, condition: Any, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_dashboard_shows_a_live_market(
+    browser: Browser, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_demo(tmp_path) as demo:
+        page, problems = open_page(browser, viewport={"width": 1280, "height": 800})
+        # A browser asking for / lands on the dashboard.
+        page.goto(demo.base + "/")
+        assert page.url == demo.dashboard
+
+        # Feed health: every connection of the demo, streaming.
+        rows = page.locator("[data-testid=feed-row]")
+        page.wait_for_function(
+            "() => document.querySelectorAll('[data-testid=feed-row][data-state=streaming]').length >= 5"
+        )
+        names = {rows.nth(i).get_attribute("data-feed") for i in range(rows.count())}
+        assert {"bybit-spot", "bybit-linear", "binance-spot"} <= names
+        # msgs/s needs two samples of the counters, a second apart.
+        page.wait_for_function("() => document.querySelector('[data-testid=feed-rate]').textContent !== '–'")
+
+        # The ladder's best bid and ask are /book's, for the same version of the book.
+        watcher = BookWatcher(demo, "bybit", "BTC-USDT")
+        watcher.start()
+        try:
+            compared: set[str] = set()
+            deadline = time.monotonic() + 30
+            while len(compared) < 3 and time.monotonic() < deadline:
+                shown = page.evaluate(
+                    """() => ({
+                        ts: document.querySelector('[data-testid=ladder]').dataset.ts,
+                        bid: document.querySelector('[data-testid=ladder-best-bid]')?.textContent,
+                        ask: document.querySelector('[data-testid=ladder-best-ask]')?.textContent,
+                        summary: [document.querySelector('[data-testid=best-bid]').textContent,
+                                  document.querySelector('[data-testid=best-ask]').textContent],
+                    })"""
+                )
+                if shown["ts"] and shown["ts"] in watcher.seen:
+                    assert (shown["bid"], shown["ask"]) == watcher.seen[shown["ts"]], shown
+                    assert shown["summary"] == [shown["bid"], shown["ask"]]
+                    compared.add(shown["ts"])
+                time.sleep(0.25)
+        finally:
+            watcher.stopping.set()
+            watcher.join()
+        assert compared, "never saw the page show a book version /book also answered"
+
+        # The POC shown is /volume-profile's over the range the page drew (its candles' range).
+        def poc_matches() -> bool:
+            shown = page.evaluate(
+                "() => { const p = document.querySelector('[data-testid=poc]');"
+                " return {poc: p.textContent, since: p.dataset.since}; }"
+            )
+            if not shown["since"]:
+                return False
+            profile = demo.get("/volume-profile", exchange="bybit", symbol="BTC-USDT", since=shown["since"])
+            assert shown["poc"] in [b["price"] for b in profile["bins"]], (shown, profile)
+            return bool(profile["poc"] == shown["poc"])
+
+        wait_until("the page's POC to equal /volume-profile's", poc_matches)
+
+        # New trades change what is shown.
+        before = page.evaluate(
+            "() => [document.querySelector('[data-testid=trade-count]').dataset.count,"
+            " document.querySelector('[data-testid=last-trade]').dataset.id]"
+        )
+        page.wait_for_function(
+            """([count, id]) =>
+                document.querySelector('[data-testid=trade-count]').dataset.count !== count &&
+                document.querySelector('[data-testid=last-trade]').dataset.id !== id""",
+            arg=before,
+        )
+        assert page.locator("[data-testid=chart] svg rect").count() > 3
+        assert page.locator("[data-testid=footprint] td.cell").count() >= 1
+        assert page.locator("[data-testid=banner]").is_hidden()
+
+        screenshot(page, tmp_path / "dashboard-desktop.png", capsys)
+        phone, phone_problems = open_page(
+            browser, viewport={"width": 390, "height": 844}, color_scheme="dark", device_scale_factor=2
+        )
+        phone.goto(demo.dashboard)
+        phone.wait_for_selector("[data-testid=last-trade]")
+        phone.wait_for_selector("[data-testid=chart] svg")
+        screenshot(phone, tmp_path / "dashboard-phone-dark.png", capsys)
+        # CSP violations and script errors show up as console errors.
+        assert problems == [] and phone_problems == []
+
+
+def test_dashboard_asks_for_a_key_when_reads_need_one(
+    browser: Browser, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A wildcard listener is not loopback: reads need a key even from 127.0.0.1.
+    with running_demo(tmp_path, listen="0.0.0.0:0") as demo:
+        assert httpx.get(demo.base + "/collectors/status").status_code == 401
+        page, problems = open_page(browser, viewport={"width": 1280, "height": 800})
+        requests: list[tuple[str, str | None]] = []
+        page.on("request", lambda r: requests.append((r.url, r.headers.get("authorization"))))
+        page.goto(demo.dashboard)
+
+        # The page asks for a key instead of showing errors.
+        page.wait_for_selector("[data-testid=auth]", state="visible")
+        assert page.locator("#main").is_hidden()
+        assert page.locator("[data-testid=banner]").is_hidden()
+        text = page.locator("body").inner_text().lower()
+        for word in ("error", "401", "unauthorized", "failed", "cannot"):
+            assert word not in text, word
+        screenshot(page, tmp_path / "dashboard-key-form.png", capsys)
+
+        # A wrong key is refused, said so, and not kept.
+        page.fill("[data-testid=key-input]", "mf_" + "x" * 43)
+        page.click("[data-testid=key-submit]")
+        page.wait_for_function(
+            "() => document.querySelector('[data-testid=auth-message]').textContent.includes('not accepted')"
+        )
+        assert page.evaluate(f"sessionStorage.getItem('{KEY_STORAGE}')") is None
+
+        created = subprocess.run(
+            [sys.executable, "-m", "marketflow", "keys", "create", "--config", str(demo.config)]
+            + ["--name", "dashboard", "--scopes", "read"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        key = created.stdout.split()[0]
+        page.fill("[data-testid=key-input]", key)
+        page.click("[data-testid=key-submit]")
+        page.wait_for_selector("[data-testid=feed-row]")
+        assert page.locator("[data-testid=auth]").is_hidden()
+        page.wait_for_selector("[data-testid=last-trade]")
+
+        # Kept in this tab's session storage, sent as a header, never in a URL.
+        assert page.evaluate(f"sessionStorage.getItem('{KEY_STORAGE}')") == key
+        assert page.evaluate(f"localStorage.getItem('{KEY_STORAGE}')") is None
+        assert key not in page.url
+        assert all(key not in url for url, _ in requests)
+        data = [auth for url, auth in requests if "/collectors/status" in url]
+        assert data and data[-1] == f"Bearer {key}"
+
+        # A reload in the same tab keeps the key; no form.
+        page.reload()
+        page.wait_for_selector("[data-testid=feed-row]")
+        assert page.locator("[data-testid=auth]").is_hidden()
+        # The refused key's 401s are the browser's network log, not script errors.
+        assert [p for p in problems if "401" not in p] == []
