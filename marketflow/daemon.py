@@ -277,6 +277,7 @@ class Daemon:
                 stale_timeout_s=conn.feed.stale_timeout_s,
                 ping_interval_s=conn.feed.ping_interval_s,
                 ssl_context=self._ssl_context,
+                read_coalesce_s=self.config.daemon.read_coalesce_ms / 1000,
                 on_reconnect=on_reconnect,
                 on_disconnect=on_disconnect,
                 capture=None if self.capture is None else self.capture.frames,

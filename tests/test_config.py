@@ -98,6 +98,14 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
         "[daemon]\nshutdown_timeout_s = inf\n",
         ["m.toml:2: daemon.shutdown_timeout_s: must be a number of seconds > 0, got float Infinity"],
     ),
+    "read_coalesce_ms too long": (
+        "[daemon]\nread_coalesce_ms = 80\n",
+        ["m.toml:2: daemon.read_coalesce_ms: must be a number of milliseconds from 0 to 50, got integer 80"],
+    ),
+    "read_coalesce_ms negative": (
+        "[daemon]\nread_coalesce_ms = -1\n",
+        ["m.toml:2: daemon.read_coalesce_ms: must be a number of milliseconds from 0 to 50, got integer -1"],
+    ),
     "channel_capacity zero": (
         "[daemon]\nchannel_capacity = 0\n",
         ["m.toml:2: daemon.channel_capacity: must be an integer >= 1, got integer 0"],

@@ -89,7 +89,6 @@ def table(report: dict[str, Any]) -> str:
                 "µs CPU/frame",
                 "loss",
                 "→commit p50/p99/max ms",
-                "→API p50/p99/max ms",
                 "RSS MB",
             ],
             rows,

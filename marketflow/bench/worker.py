@@ -112,7 +112,7 @@ class Progress:
 
 async def run_transport(args: argparse.Namespace, venue: Venue, progress: Progress, decode: bool) -> None:
     context = _ssl_context(args.cafile)
-    conn = await connect_ws(_ws_url(args.url, venue), ssl_context=context)
+    conn = await connect_ws(_ws_url(args.url, venue), ssl_context=context, coalesce_s=args.coalesce_ms / 1000)
     session = venue.session()
     for request in session.subscribe_requests():
         await conn.send_text(request.payload)
@@ -149,6 +149,7 @@ async def run_pipeline(args: argparse.Namespace, venue: Venue, progress: Progres
         stale_timeout_s=60,
         ping_interval_s=20,
         ssl_context=_ssl_context(args.cafile),
+        read_coalesce_s=args.coalesce_ms / 1000,
     )
     normalizer = Normalizer(raw_sub, trades_bus, {feed.name: venue.decoder()})  # keyed by feed name
 
@@ -189,6 +190,7 @@ async def run_daemon(args: argparse.Namespace, venue: Venue, progress: Progress)
         daemon=attrs.evolve(base.daemon, state_dir=str(state)),
         http=attrs.evolve(base.http, listen="127.0.0.1:0"),
     )
+    config = attrs.evolve(config, daemon=attrs.evolve(config.daemon, read_coalesce_ms=args.coalesce_ms))
     daemon = Daemon(config, ssl_context=_ssl_context(args.cafile)) if args.cafile else Daemon(config)
     commits: list[tuple[float, list[int]]] = []
 
@@ -274,10 +276,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-url", default=None)
     parser.add_argument("--state-dir", default=".")
     parser.add_argument("--report-interval", type=float, default=0.1)
+    parser.add_argument(
+        "--coalesce-ms", type=float, default=2.0, help="read coalescing (the daemon's default)"
+    )
     args = parser.parse_args(argv)
     if args.stage == "daemon" and not args.storage_url:
         parser.error("--stage daemon needs --storage-url")
-    trio.run(main_async, args)
+    profile_to = os.environ.get("MARKETFLOW_BENCH_PROFILE")
+    if profile_to:  # cProfile of the whole stage, for finding where the CPU per frame goes
+        import cProfile
+
+        cProfile.runctx("trio.run(main_async, args)", globals(), {"args": args}, profile_to)
+    else:
+        trio.run(main_async, args)
     return 0
 
 

@@ -9,7 +9,6 @@ from `/v5/market/recent-trade` and admitted only if newer than the last trade se
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Literal
@@ -113,6 +112,13 @@ class _Trade(msgspec.Struct):
     i: str
 
 
+class _TradeFrame(msgspec.Struct):
+    """A `publicTrade` frame in one pass (the envelope and its trades), for the hot path."""
+
+    topic: str
+    data: list[_Trade]
+
+
 class _Book(msgspec.Struct):
     s: str
     b: list[Level]
@@ -124,6 +130,9 @@ class _Book(msgspec.Struct):
 _control_decoder = msgspec.json.Decoder(_Control)
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _trades_decoder = msgspec.json.Decoder(list[_Trade])
+_trade_frame_decoder = msgspec.json.Decoder(_TradeFrame)
+_TRADE_FRAME_START = b'{"topic":"publicTrade.'
+"""How every trade frame seen live begins; others (other key orders) take the two-pass path."""
 _book_decoder = msgspec.json.Decoder(_Book)
 _SIDES: dict[str, Literal["buy", "sell"]] = {"Buy": "buy", "Sell": "sell"}
 
@@ -209,7 +218,10 @@ class FrameDecoder:
         self.counters = DecodeCounters()
         # Per native symbol: the newest trade time seen and the ids seen recently, for backfill.
         self.last_ts: dict[str, int] = {}
-        self._recent: dict[str, tuple[set[str], deque[str]]] = {}
+        # Ids seen recently per native symbol, in two generations of up to RECENT_IDS each (the older
+        # one is dropped when the newer fills): a duplicate — live or backfilled — is dropped, at two set
+        # lookups and one insert per trade, with no per-trade bookkeeping to expire old ids.
+        self._seen: dict[str, tuple[set[str], set[str]]] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
@@ -217,6 +229,15 @@ class FrameDecoder:
         for frame in frames:
             counters.frames += 1
             try:
+                if frame.startswith(_TRADE_FRAME_START):
+                    whole = _trade_frame_decoder.decode(frame)
+                    native = whole.topic[len(_TRADE_PREFIX) :]
+                    symbol = symbols.get(native)
+                    if symbol is None:
+                        counters.unknown_topics += 1
+                        continue
+                    self._trades(native, symbol, whole.data, recv_ts, out)
+                    continue
                 env = _envelope_decoder.decode(frame)
                 topic = env.topic
                 if topic.startswith(_TRADE_PREFIX):
@@ -263,41 +284,40 @@ class FrameDecoder:
     def _trades(self, native: str, symbol: str, trades: list[_Trade], recv_ts: int, out: Decoded) -> None:
         if not trades:
             return
-        seen, order = self._recent_ids(native)
         exchange = self.exchange
         sides = _SIDES
+        append = out.trades.append
+        current, previous = self._generations(native)
+        kept = 0
         for t in trades:
-            if t.i in seen:
+            i = t.i
+            if i in current or i in previous:
                 self.counters.duplicates += 1
                 continue
-            self._remember(seen, order, t.i)
-            out.trades.append(Trade(exchange, symbol, t.i, t.p, t.v, sides[t.S], t.T * 1000, recv_ts))
-            self.counters.trades += 1
+            current.add(i)
+            append(Trade(exchange, symbol, i, t.p, t.v, sides[t.S], t.T * 1000, recv_ts))
+            kept += 1
+        self.counters.trades += kept
+        if len(current) >= RECENT_IDS:
+            self._seen[native] = (set(), current)
         last = trades[-1].T * 1000
         if last > self.last_ts.get(native, 0):
             self.last_ts[native] = last
 
-    def _recent_ids(self, native: str) -> tuple[set[str], deque[str]]:
-        recent = self._recent.get(native)
-        if recent is None:
-            recent = self._recent[native] = (set(), deque())
-        return recent
-
-    @staticmethod
-    def _remember(seen: set[str], order: deque[str], trade_id: str) -> None:
-        seen.add(trade_id)
-        order.append(trade_id)
-        if len(order) > RECENT_IDS:
-            seen.discard(order.popleft())
+    def _generations(self, native: str) -> tuple[set[str], set[str]]:
+        pair = self._seen.get(native)
+        if pair is None:
+            pair = self._seen[native] = (set(), set())
+        return pair
 
     def admit_backfill(self, native: str, trades: list[Trade], since_ts: int) -> list[Trade]:
         """Backfilled trades we do not have: not seen recently and not older than `since_ts`."""
-        seen, order = self._recent_ids(native)
+        current, previous = self._generations(native)
         admitted = []
         for t in sorted(trades, key=lambda t: t.ts):
-            if t.ts < since_ts or t.id in seen:
+            if t.ts < since_ts or t.id in current or t.id in previous:
                 continue
-            self._remember(seen, order, t.id)
+            current.add(t.id)
             admitted.append(t)
         return admitted
 

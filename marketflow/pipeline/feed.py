@@ -116,6 +116,7 @@ class Feed:
         stale_timeout_s: float,
         ping_interval_s: float,
         ssl_context: ssl.SSLContext | None = None,
+        read_coalesce_s: float = 0.0,
         max_lifetime_s: float | None = None,
         on_reconnect: Callable[[str, int, int], None] | None = None,
         on_disconnect: Callable[[str], None] | None = None,
@@ -131,6 +132,7 @@ class Feed:
         self._stale_timeout_s = stale_timeout_s
         self._ping_interval_s = ping_interval_s
         self._ssl_context = ssl_context
+        self._read_coalesce_s = read_coalesce_s
         self._max_lifetime_s = max_lifetime_s
         self._on_reconnect = on_reconnect
         self._on_disconnect = on_disconnect
@@ -223,7 +225,9 @@ class Feed:
             counters.state = "connecting"
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
-                conn = await connect_ws(self.url, ssl_context=self._ssl_context)
+                conn = await connect_ws(
+                    self.url, ssl_context=self._ssl_context, coalesce_s=self._read_coalesce_s
+                )
         except trio.TooSlowError as exc:
             raise FeedError(f"{self.url}: connect timed out after {CONNECT_TIMEOUT_S} s") from exc
         counters.connects += 1

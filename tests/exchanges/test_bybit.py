@@ -213,3 +213,24 @@ def test_resubscribe_is_unsubscribe_then_subscribe() -> None:
     session = bybit.Session("linear", ["orderbook.50.BTCUSDT"])
     ops = [json.loads(r.payload)["op"] for r in session.resubscribe_requests(["orderbook.50.BTCUSDT"])]
     assert ops == ["unsubscribe", "subscribe"]
+
+
+def test_duplicate_memory_is_bounded_in_two_generations(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bybit, "RECENT_IDS", 3)
+    decoder = bybit.FrameDecoder("bybit", "linear", {"BTCUSDT": "BTC-USDT-PERP"})
+
+    def frame(*ids: int) -> bytes:
+        data = ",".join(
+            f'{{"T":1700000000000,"s":"BTCUSDT","S":"Buy","v":"1","p":"100","i":"id-{i}"}}' for i in ids
+        )
+        head = '{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1700000000000,"data":['
+        return f"{head}{data}]}}".encode()
+
+    out = Decoded()
+    decoder.decode([frame(1, 2, 3), frame(4, 5), frame(1), frame(6), frame(4)], 0, out)
+    # 1–3 fill the first generation; 4–6 the second; 4 is still known; 1 was known when it came again.
+    assert [t.id for t in out.trades] == ["id-1", "id-2", "id-3", "id-4", "id-5", "id-6"]
+    assert decoder.counters.duplicates == 2
+    out = Decoded()
+    decoder.decode([frame(7, 8, 9), frame(1)], 0, out)  # two generations later, id-1 is forgotten
+    assert [t.id for t in out.trades] == ["id-7", "id-8", "id-9", "id-1"]
