@@ -79,7 +79,7 @@ class HttpConfig:
     listen: str = "127.0.0.1:8000"
     public_reads: bool = False
     # Newest trades per market kept in memory for /collectors/trades (older ones come from storage).
-    trades_ring: int = 10_000
+    trades_ring: int = 2_000
 
     @property
     def host(self) -> str:
@@ -157,6 +157,9 @@ class AnalyticsConfig:
     bin_size: Mapping[str, Decimal] = attrs.field(factory=dict, converter=_frozen_mapping, hash=False)
     # False: no live engine (no candles table rows); queries compute every range from stored trades.
     enabled: bool = True
+    # Closed bars the live engine keeps per market and interval (with their footprint cells); older
+    # ranges are computed from storage. The engine's memory grows with it.
+    live_bars: int = 240
 
 
 @attrs.frozen
@@ -676,6 +679,7 @@ class _Checker:
             "large_trade_notional": lambda value: _decimal(value, floats=False),
             "bin_size": lambda value: self.bin_sizes(value, ("analytics", "bin_size")),
             "enabled": _boolean,
+            "live_bars": _integer(1),
         }
         return self.section(doc, "analytics", checks)
 

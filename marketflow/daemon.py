@@ -159,7 +159,12 @@ class Daemon:
             "candles", getattr(self.store, "write_candles", None)
         )
         self.analytics: AnalyticsEngine | None = (
-            AnalyticsEngine(self._analytics_sub, config.analytics, persist=self.candle_sink.submit)
+            AnalyticsEngine(
+                self._analytics_sub,
+                config.analytics,
+                persist=self.candle_sink.submit,
+                max_bars=config.analytics.live_bars,
+            )
             if self._analytics_sub is not None
             else None
         )

@@ -675,7 +675,7 @@ def test_retention_days_defaults_to_keeping_everything() -> None:
 
 
 def test_trades_ring_capacity() -> None:
-    assert HttpConfig().trades_ring == 10_000 and parse("").http.trades_ring == 10_000
+    assert HttpConfig().trades_ring == 2_000 and parse("").http.trades_ring == 2_000
     assert parse("[http]\ntrades_ring = 50\n").http.trades_ring == 50
 
 
@@ -781,3 +781,12 @@ def test_configs_are_frozen() -> None:
         config.daemon.log_level = "debug"  # type: ignore[misc]
     with pytest.raises(TypeError):
         config.analytics.bin_size["BTC-USDT"] = Decimal(1)  # type: ignore[index]
+
+
+def test_live_bars_bounds_the_engine_window() -> None:
+    assert AnalyticsConfig().live_bars == 240 and parse("").analytics.live_bars == 240
+    assert parse("[analytics]\nlive_bars = 30\n").analytics.live_bars == 30
+    with pytest.raises(
+        ConfigError, match=r"m.toml:2: analytics.live_bars: must be an integer >= 1, got integer 0"
+    ):
+        parse("[analytics]\nlive_bars = 0\n")

@@ -669,7 +669,7 @@ def main(
 
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="marketflow-bench-"))
-    want_pg = "postgres" in plan.storages
+    want_pg = "postgres" in plan.storages and soak_minutes is None
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},

@@ -159,19 +159,35 @@ def inspect_schema(connection: sa.Connection) -> SchemaStatus:
 
 
 def upgrade_connection(
-    connection: sa.Connection, where: str = "?"
+    connection: sa.Connection, where: str = "?", *, show_progress: bool = False
 ) -> tuple[SchemaStatus, SchemaStatus, Timescale]:
-    """Bring the schema to the newest revision; returns (before, after, TimescaleDB outcome)."""
+    """Bring the schema to the newest revision; returns (before, after, TimescaleDB outcome).
+
+    With `show_progress` (the `marketflow db upgrade` command) a terminal shows one line counting the
+    revisions applied; elsewhere nothing is drawn."""
+    from alembic.script import ScriptDirectory
+
+    from marketflow.progress import Progress
+
     before = inspect_schema(connection)
     if before.state == "ahead":
         raise SchemaVersionError(before.problem(where) or "")
     config = alembic_config()
     config.attributes["connection"] = connection
     with _alembic_lock:
+        current = before.current
         if before.state == "unversioned":
             command.stamp(config, BASELINE_REVISION)
-        command.upgrade(config, "head")
-    timescale = ensure_hypertable(connection)
+            current = BASELINE_REVISION
+        script = ScriptDirectory.from_config(config)
+        pending = [r.revision for r in script.iterate_revisions("head", current or "base")][::-1]
+        with Progress(total=len(pending) + 1, label="db upgrade", unit=" steps") as progress:
+            progress.enabled = progress.enabled and show_progress
+            for revision in pending:  # one at a time, so the line can count them
+                command.upgrade(config, revision)
+                progress.advance(1)
+            timescale = ensure_hypertable(connection)
+            progress.advance(1)
     if connection.in_transaction():
         connection.commit()
     return before, inspect_schema(connection), timescale
@@ -242,7 +258,9 @@ def schema_status(url: str) -> SchemaStatus:
 
 def upgrade(url: str) -> tuple[SchemaStatus, SchemaStatus, Timescale]:
     """`marketflow db upgrade`: migrate the database at `url` to the newest revision."""
-    return with_connection(url, lambda connection: upgrade_connection(connection, display_url(url)))
+    return with_connection(
+        url, lambda connection: upgrade_connection(connection, display_url(url), show_progress=True)
+    )
 
 
 def prepare(url: str) -> SchemaStatus:

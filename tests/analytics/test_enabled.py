@@ -57,3 +57,14 @@ async def test_a_daemon_without_analytics_answers_from_storage(tmp_path: Path) -
             await daemon.stop()
             assert trio.current_time() - started < 4
             nursery.cancel_scope.cancel()
+
+
+def test_live_bars_reaches_the_engine(tmp_path: Path) -> None:
+    config = parse_config(
+        f'[daemon]\nstate_dir = "{tmp_path}"\n[storage]\nurl = "sqlite:///{tmp_path}/d.db"\n'
+        "[analytics]\nlive_bars = 30\n",
+        source="t.toml",
+        env={},
+    )
+    daemon = Daemon(config)
+    assert daemon.analytics is not None and daemon.analytics._max_bars == 30

@@ -214,3 +214,18 @@ async def test_timescaledb_is_skipped_cleanly_when_absent(
     assert with_connection(pg_url, ensure_hypertable) == "absent"
     assert pg_cluster.psql(database, "SELECT relkind FROM pg_class WHERE relname = 'trades'") == "r\n"
     assert with_connection(f"sqlite:///{pg_cluster.root}/x.db", ensure_hypertable) == "not postgresql"
+
+
+def test_db_upgrade_shows_progress_on_a_terminal_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from marketflow import progress
+
+    url = f"sqlite:///{tmp_path}/p.db"
+    monkeypatch.setattr(progress, "_is_tty", lambda stream: True)
+    assert db("upgrade", "--url", url) == 0
+    err = capsys.readouterr().err
+    assert "db upgrade" in err  # the one redrawn line, on stderr
+    monkeypatch.setattr(progress, "_is_tty", lambda stream: False)
+    assert db("upgrade", "--url", f"sqlite:///{tmp_path}/q.db") == 0
+    assert capsys.readouterr().err == ""  # not a terminal: quiet
