@@ -79,7 +79,7 @@ class HttpConfig:
     listen: str = "127.0.0.1:8000"
     public_reads: bool = False
     # Newest trades per market kept in memory for /collectors/trades (older ones come from storage).
-    trades_ring: int = 2_000
+    trades_ring: int = 1_000
 
     @property
     def host(self) -> str:

@@ -675,7 +675,7 @@ def test_retention_days_defaults_to_keeping_everything() -> None:
 
 
 def test_trades_ring_capacity() -> None:
-    assert HttpConfig().trades_ring == 2_000 and parse("").http.trades_ring == 2_000
+    assert HttpConfig().trades_ring == 1_000 and parse("").http.trades_ring == 1_000
     assert parse("[http]\ntrades_ring = 50\n").http.trades_ring == 50
 
 

@@ -40,8 +40,10 @@ MAX_ARGS_PER_REQUEST = 10
 HEARTBEAT = b'{"req_id":"hb","op":"ping"}'
 _TRADE_PREFIX = "publicTrade."
 _BOOK_PREFIX = "orderbook."
-# Trade ids remembered per symbol to tell backfilled trades we already have from new ones.
-RECENT_IDS = 20_000
+# Trade ids remembered per symbol (in each of two generations) to tell backfilled trades we already have
+# from new ones. A backfill asks for at most 1000 recent trades; two generations keep 1500 to 3000 ids;
+# memory is per symbol (20k x 2 ids x 100 symbols was ~400 MB of id strings and set slots).
+RECENT_IDS = 1_500
 RECENT_TRADE_PATH = "/v5/market/recent-trade"
 RECENT_TRADE_LIMIT = {"spot": 60, "linear": 1000}
 
