@@ -44,6 +44,8 @@ _BOOK_PREFIX = "orderbook."
 # from new ones. A backfill asks for at most 1000 recent trades; two generations keep 1500 to 3000 ids;
 # memory is per symbol (20k x 2 ids x 100 symbols was ~400 MB of id strings and set slots).
 RECENT_IDS = 1_500
+DECIMAL_INTERN_MAX = 50_000
+"""Distinct price/size strings kept per decoder before the table starts over."""
 RECENT_TRADE_PATH = "/v5/market/recent-trade"
 RECENT_TRADE_LIMIT = {"spot": 60, "linear": 1000}
 
@@ -109,8 +111,8 @@ class _Trade(msgspec.Struct):
     T: int
     s: str
     S: Literal["Buy", "Sell"]
-    v: Decimal
-    p: Decimal
+    v: str  # decimal strings, made Decimal through the decoder's intern table (see FrameDecoder._decimal)
+    p: str
     i: str
 
 
@@ -224,6 +226,7 @@ class FrameDecoder:
         # one is dropped when the newer fills): a duplicate — live or backfilled — is dropped, at two set
         # lookups and one insert per trade, with no per-trade bookkeeping to expire old ids.
         self._seen: dict[str, tuple[set[str], set[str]]] = {}
+        self._decimals: dict[str, Decimal] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
@@ -288,16 +291,22 @@ class FrameDecoder:
             return
         exchange = self.exchange
         sides = _SIDES
-        append = out.trades.append
+        decimal = self._decimal
+        # Every value converted before anything is kept: a bad one rejects the whole frame (malformed).
+        made = [
+            Trade(exchange, symbol, t.i, decimal(t.p), decimal(t.v), sides[t.S], t.T * 1000, recv_ts)
+            for t in trades
+        ]
         current, previous = self._generations(native)
+        append = out.trades.append
         kept = 0
-        for t in trades:
-            i = t.i
+        for trade in made:
+            i = trade.id
             if i in current or i in previous:
                 self.counters.duplicates += 1
                 continue
             current.add(i)
-            append(Trade(exchange, symbol, i, t.p, t.v, sides[t.S], t.T * 1000, recv_ts))
+            append(trade)
             kept += 1
         self.counters.trades += kept
         if len(current) >= RECENT_IDS:
@@ -305,6 +314,24 @@ class FrameDecoder:
         last = trades[-1].T * 1000
         if last > self.last_ts.get(native, 0):
             self.last_ts[native] = last
+
+    def _decimal(self, text: str) -> Decimal:
+        """The exact Decimal of an exchange's decimal string, one shared object per distinct string.
+
+        Prices and sizes repeat all the time, so trades held in memory (the trade ring) share them: about
+        200 bytes less per trade, and a dict lookup is cheaper than building a Decimal."""
+        value = self._decimals.get(text)
+        if value is None:
+            try:
+                value = Decimal(text)
+            except ArithmeticError:
+                raise msgspec.DecodeError(f"not a decimal: {text[:40]!r}") from None
+            if not value.is_finite():
+                raise msgspec.DecodeError(f"not a finite decimal: {text[:40]!r}")
+            if len(self._decimals) >= DECIMAL_INTERN_MAX:
+                self._decimals.clear()
+            self._decimals[text] = value
+        return value
 
     def _generations(self, native: str) -> tuple[set[str], set[str]]:
         pair = self._seen.get(native)

@@ -234,3 +234,27 @@ def test_duplicate_memory_is_bounded_in_two_generations(monkeypatch: pytest.Monk
     out = Decoded()
     decoder.decode([frame(7, 8, 9), frame(1)], 0, out)  # two generations later, id-1 is forgotten
     assert [t.id for t in out.trades] == ["id-7", "id-8", "id-9", "id-1"]
+
+
+@pytest.mark.parametrize("bad", ["abc", "NaN", "Infinity", ""])
+def test_a_bad_decimal_rejects_the_whole_frame(bad: str) -> None:
+    decoder = bybit.FrameDecoder("bybit", "linear", {"BTCUSDT": "BTC-USDT-PERP"})
+    good = '{"T":1700000000000,"s":"BTCUSDT","S":"Buy","v":"1","p":"100.5","i":"a"}'
+    wrong = f'{{"T":1700000000000,"s":"BTCUSDT","S":"Buy","v":"1","p":"{bad}","i":"b"}}'
+    frame = f'{{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1,"data":[{good},{wrong}]}}'.encode()
+    out = Decoded()
+    decoder.decode([frame], 0, out)
+    assert out.trades == [] and decoder.counters.malformed == 1
+
+
+def test_equal_decimal_strings_share_one_object_and_stay_exact() -> None:
+    decoder = bybit.FrameDecoder("bybit", "linear", {"BTCUSDT": "BTC-USDT-PERP"})
+    rows = ",".join(
+        f'{{"T":1700000000000,"s":"BTCUSDT","S":"Sell","v":"0.0100","p":"65000.10","i":"x{i}"}}'
+        for i in range(3)
+    )
+    out = Decoded()
+    decoder.decode([f'{{"topic":"publicTrade.BTCUSDT","data":[{rows}]}}'.encode()], 0, out)
+    prices = [t.price for t in out.trades]
+    assert [str(p) for p in prices] == ["65000.10"] * 3 and str(out.trades[0].amount) == "0.0100"
+    assert prices[0] is prices[1] is prices[2]
