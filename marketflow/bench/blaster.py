@@ -33,6 +33,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
+from marketflow.sim.http import ws_text_frame
+
 TEMPLATES = 1024
 """Distinct pre-built frames per topic (prices, sizes, sides); ids and times are patched per send."""
 CHUNK_FRAMES = 512
@@ -42,20 +44,12 @@ READ_SIZE = 65536
 BYBIT_PATHS = {"/v5/public/linear": "linear", "/v5/public/spot": "spot"}
 
 
-def _ws_header(length: int) -> bytes:
-    if length < 126:
-        return bytes((0x81, length))
-    if length < 65536:
-        return b"\x81\x7e" + length.to_bytes(2, "big")
-    return b"\x81\x7f" + length.to_bytes(8, "big")
-
-
 class Template:
     """One topic's pre-built WebSocket frames with the byte offsets of their patched fields."""
 
     def __init__(self, frames: list[bytes], marks: dict[str, int]) -> None:
-        self.frames = [bytearray(_ws_header(len(f)) + f) for f in frames]
-        shift = [len(_ws_header(len(f))) for f in frames]
+        self.frames = [bytearray(ws_text_frame(f)) for f in frames]
+        shift = [len(w) - len(f) for w, f in zip(self.frames, frames, strict=True)]
         # Each placeholder is found once in the first frame; all frames share their field layout up to the
         # placeholders, so offsets are looked up per frame (prices differ in length before later fields).
         self.offsets: list[list[tuple[int, int, int]]] = []
@@ -145,8 +139,8 @@ class Topic:
         self.started = 0.0
         self.first_wall = 0.0
 
-    def build(self, count: int, base: int) -> bytes:
-        """The next `count` frames, stamped now; `base` numbers them (ids start after it)."""
+    def build(self, count: int) -> bytes:
+        """The next `count` frames, stamped now; ids count up from 0 per connection and topic."""
         now_ms = b"%013d" % (time.time_ns() // 1_000_000)
         frames = self.template.frames
         offsets = self.template.offsets
@@ -158,10 +152,10 @@ class Topic:
             buf = frames[slot]
             values = (
                 now_ms,
-                b"%013d" % (1_000_000_000_000 + base + k),
-                b"%013d" % (2_000_000_000_000 + base + k),
-                b"%012x" % (base + k),
-                b"%012d" % (100_000_000_000 + base + k),
+                b"%013d" % (1_000_000_000_000 + k),
+                b"%013d" % (2_000_000_000_000 + k),
+                b"%012x" % k,
+                b"%012d" % (100_000_000_000 + k),
             )
             for at, width, index in offsets[slot]:
                 buf[at : at + width] = values[index]
@@ -262,7 +256,7 @@ class Connection:
                     count = min(due - topic.sent, 8 * CHUNK_FRAMES)
                     next_due = min(next_due, topic.started + (due) / topic.rate)
                 if count > 0:
-                    chunk = topic.build(count, self.blaster.id_base(topic.name))
+                    chunk = topic.build(count)
                     async with self.lock:
                         await self.stream.send_all(chunk)
                     if topic.sent >= topic.frames:
@@ -280,7 +274,6 @@ class Blaster:
         self.symbols = symbols
         self.seed = seed
         self._templates: dict[tuple[str, str], Template] = {}
-        self._bases: dict[str, int] = {}
         self.go = trio.Event()
         """Data flows once this is set: at once, or on a `go` line on stdin (`--hold`)."""
         self.out: Callable[[dict[str, object]], None] = lambda record: print(json.dumps(record), flush=True)
@@ -303,10 +296,6 @@ class Blaster:
         if key not in self._templates:
             self._templates[key] = binance_template(topic, symbol, self.seed)
         return self._templates[key]
-
-    def id_base(self, topic: str) -> int:
-        """Ids continue across connections of one topic (a reconnecting client sees no repeats)."""
-        return self._bases.setdefault(topic, 0)
 
     def report(self, topic: Topic) -> None:
         self.out(

@@ -66,10 +66,6 @@ class Venue:
     native: str
     symbol: str
 
-    @property
-    def feed_market(self) -> str:
-        return self.market
-
     def session(self) -> Any:
         if self.exchange == "bybit":
             return bybit.Session(self.market, [bybit.trade_topic(self.native)])

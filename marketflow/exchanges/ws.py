@@ -118,14 +118,12 @@ class WsConnection:
         url: str,
         stream: trio.abc.Stream,
         protocol: ClientProtocol,
-        pending: list[Frame] | None = None,
         *,
         buffered: bytes = b"",
         max_message: int = MAX_MESSAGE,
         coalesce_s: float = 0.0,
     ) -> None:
         self.url = url
-        self._pending = pending or []
         self._buffer = bytearray(buffered)
         """Bytes read but not yet cut into frames (at most one partial frame between reads)."""
         self._unparsed = bool(buffered)
@@ -161,10 +159,6 @@ class WsConnection:
         """
         if self._failure is not None:
             raise self._failure
-        if self._pending:
-            # Frames that arrived in the same read as the handshake response.
-            events, self._pending = self._pending, []
-            return self._messages_from(events)
         if self._unparsed:
             self._unparsed = False
         else:
@@ -306,29 +300,6 @@ class WsConnection:
             return size  # the protocol object refuses it from the header alone
         end = at + head + length
         return end if end <= size else None
-
-    def _messages_from(self, events: list[Frame]) -> list[bytes]:
-        messages: list[bytes] = []
-        for frame in events:
-            opcode = frame.opcode
-            # The parser hands out bytearrays; one small copy makes them immutable, hashable bytes.
-            data = bytes(frame.data)
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                if frame.fin:
-                    messages.append(data)
-                else:
-                    self._fragments = [data]
-                    self._fragment_size = len(data)
-            elif opcode is Opcode.CONT:
-                self._fragments.append(data)
-                self._fragment_size += len(data)
-                if frame.fin:
-                    messages.append(b"".join(self._fragments))
-                    self._fragments = []
-            elif opcode is Opcode.PING:
-                self.pings_received += 1
-        self.messages_received += len(messages)
-        return messages
 
     async def send_text(self, payload: bytes | str) -> None:
         """Send one text message."""
