@@ -40,10 +40,14 @@ MAX_ARGS_PER_REQUEST = 10
 HEARTBEAT = b'{"req_id":"hb","op":"ping"}'
 _TRADE_PREFIX = "publicTrade."
 _BOOK_PREFIX = "orderbook."
-# Trade ids remembered per symbol (in each of two generations) to tell backfilled trades we already have
-# from new ones. A backfill asks for at most 1000 recent trades; two generations keep 1500 to 3000 ids;
-# memory is per symbol (20k x 2 ids x 100 symbols was ~400 MB of id strings and set slots).
+# Trade ids remembered per symbol, in two generations, to tell backfilled trades we already have from new
+# ones. Backfill admits only trades younger than its disconnect time less 10 s (backfill.CLOCK_MARGIN_US),
+# so a generation turns over once it spans RECENT_SPAN_US of exchange time — both together always hold
+# the last RECENT_SPAN_US — or once it holds RECENT_IDS ids, whichever comes first: a quiet symbol keeps a
+# few hundred ids, a burst at most 2 x RECENT_IDS (20k x 2 ids x 100 symbols was ~400 MB of id strings and
+# set slots; 1500 x 2 was ~30 MB, most of a 100-symbol daemon's data).
 RECENT_IDS = 1_500
+RECENT_SPAN_US = 20_000_000
 DECIMAL_INTERN_MAX = 50_000
 """Distinct price/size strings kept per decoder before the table starts over."""
 RECENT_TRADE_PATH = "/v5/market/recent-trade"
@@ -212,6 +216,18 @@ def _rejected_topics(reason: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+class _RecentIds:
+    """One symbol's recent trade ids: the generation being filled, the one before, and the exchange time
+    (µs) the current one started at."""
+
+    __slots__ = ("current", "previous", "since")
+
+    def __init__(self) -> None:
+        self.current: set[str] = set()
+        self.previous: set[str] = set()
+        self.since: int | None = None
+
+
 class FrameDecoder:
     """Bybit data frames → normalized trades and book updates of one feed (native → normalized symbols)."""
 
@@ -222,10 +238,10 @@ class FrameDecoder:
         self.counters = DecodeCounters()
         # Per native symbol: the newest trade time seen and the ids seen recently, for backfill.
         self.last_ts: dict[str, int] = {}
-        # Ids seen recently per native symbol, in two generations of up to RECENT_IDS each (the older
-        # one is dropped when the newer fills): a duplicate — live or backfilled — is dropped, at two set
+        # Ids seen recently per native symbol, in two generations (the older one is dropped when the
+        # newer fills or spans RECENT_SPAN_US): a duplicate — live or backfilled — is dropped, at two set
         # lookups and one insert per trade, with no per-trade bookkeeping to expire old ids.
-        self._seen: dict[str, tuple[set[str], set[str]]] = {}
+        self._seen: dict[str, _RecentIds] = {}
         self._decimals: dict[str, Decimal] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
@@ -297,7 +313,8 @@ class FrameDecoder:
             Trade(exchange, symbol, t.i, decimal(t.p), decimal(t.v), sides[t.S], t.T * 1000, recv_ts)
             for t in trades
         ]
-        current, previous = self._generations(native)
+        recent = self._recent(native)
+        current, previous = recent.current, recent.previous
         append = out.trades.append
         kept = 0
         for trade in made:
@@ -309,9 +326,11 @@ class FrameDecoder:
             append(trade)
             kept += 1
         self.counters.trades += kept
-        if len(current) >= RECENT_IDS:
-            self._seen[native] = (set(), current)
         last = trades[-1].T * 1000
+        if recent.since is None:
+            recent.since = trades[0].T * 1000
+        if len(current) >= RECENT_IDS or last - recent.since >= RECENT_SPAN_US:
+            recent.previous, recent.current, recent.since = current, set(), last
         if last > self.last_ts.get(native, 0):
             self.last_ts[native] = last
 
@@ -333,15 +352,16 @@ class FrameDecoder:
             self._decimals[text] = value
         return value
 
-    def _generations(self, native: str) -> tuple[set[str], set[str]]:
-        pair = self._seen.get(native)
-        if pair is None:
-            pair = self._seen[native] = (set(), set())
-        return pair
+    def _recent(self, native: str) -> _RecentIds:
+        recent = self._seen.get(native)
+        if recent is None:
+            recent = self._seen[native] = _RecentIds()
+        return recent
 
     def admit_backfill(self, native: str, trades: list[Trade], since_ts: int) -> list[Trade]:
         """Backfilled trades we do not have: not seen recently and not older than `since_ts`."""
-        current, previous = self._generations(native)
+        recent = self._recent(native)
+        current, previous = recent.current, recent.previous
         admitted = []
         for t in sorted(trades, key=lambda t: t.ts):
             if t.ts < since_ts or t.id in current or t.id in previous:

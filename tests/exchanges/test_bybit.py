@@ -10,6 +10,7 @@ import pytest
 from marketflow.exchanges import bybit
 from marketflow.exchanges.base import Ack, Decoded, Pong, UnknownControl
 from marketflow.model import Trade
+from marketflow.pipeline import backfill
 
 LINEAR_DOC = (
     b'{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1672304486868,'
@@ -234,6 +235,35 @@ def test_duplicate_memory_is_bounded_in_two_generations(monkeypatch: pytest.Monk
     out = Decoded()
     decoder.decode([frame(7, 8, 9), frame(1)], 0, out)  # two generations later, id-1 is forgotten
     assert [t.id for t in out.trades] == ["id-7", "id-8", "id-9", "id-1"]
+
+
+def test_duplicate_memory_turns_over_by_exchange_time() -> None:
+    """A quiet symbol keeps ids for RECENT_SPAN_US of exchange time, not RECENT_IDS of them: every id
+    backfill could bring back (younger than the disconnect less its 10 s margin) is still known."""
+    decoder = bybit.FrameDecoder("bybit", "linear", {"BTCUSDT": "BTC-USDT-PERP"})
+    span_ms = bybit.RECENT_SPAN_US // 1000
+    assert span_ms > backfill.CLOCK_MARGIN_US // 1000
+
+    def frame(ms: int, *ids: int) -> bytes:
+        data = ",".join(f'{{"T":{ms},"s":"BTCUSDT","S":"Buy","v":"1","p":"100","i":"id-{i}"}}' for i in ids)
+        head = '{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1700000000000,"data":['
+        return f"{head}{data}]}}".encode()
+
+    t0 = 1_700_000_000_000
+    out = Decoded()
+    # One trade a second for three spans: the generations turn over by time, long before RECENT_IDS.
+    decoder.decode([frame(t0 + s * 1000, s) for s in range(3 * span_ms // 1000)], 0, out)
+    recent = decoder._seen["BTCUSDT"]
+    assert len(recent.current) + len(recent.previous) <= 2 * span_ms // 1000 + 1
+    newest = t0 + (3 * span_ms // 1000 - 1) * 1000
+    # Every id of the last span is known: sent again, all are duplicates; the first ones are forgotten.
+    again = [frame(t0 + s * 1000, s) for s in range(3 * span_ms // 1000) if t0 + s * 1000 >= newest - span_ms]
+    out = Decoded()
+    decoder.decode(again, 0, out)
+    assert out.trades == [] and decoder.counters.duplicates == len(again)
+    out = Decoded()
+    decoder.decode([frame(t0, 0)], 0, out)
+    assert [t.id for t in out.trades] == ["id-0"]
 
 
 @pytest.mark.parametrize("bad", ["abc", "NaN", "Infinity", ""])
