@@ -1,11 +1,18 @@
 """MCP (SPEC §7) at `/mcp`: the official SDK's Streamable HTTP transport, mounted beside the Quart app.
 
 :func:`build_asgi` is the ASGI app the HTTP server serves: `/mcp` (and `/mcp/`) go to the MCP SDK's
-session manager, everything else to the Quart app; lifespan events reach both, so the SDK's session
-manager runs for exactly as long as the server does. The SDK speaks both protocol eras on one endpoint,
+session manager, everything else to the Quart app. The SDK speaks both protocol eras on one endpoint,
 chosen per request by the `MCP-Protocol-Version` header: the stateless 2026-07-28 revision
 (`server/discover`, `_meta` on every request, `Mcp-Method`/`Mcp-Name` headers) and the 2025-11-25
 handshake (`initialize`, `Mcp-Session-Id`, `DELETE`, 404 for an unknown session).
+
+This module imports nothing of the SDK: the SDK and what it drags in (pydantic, starlette, httpx, ...) cost
+about 35 MB of RSS that a daemon queried only over HTTP should not carry. :mod:`~marketflow.api.mcp_sdk`
+holds everything SDK-bound; the first request that gets past the checks below and is not a GET imports it
+in a worker thread (the event loop keeps running meanwhile; concurrent first requests wait for the one
+load; a failed load is a 503 naming the cause and is tried again by the next request) and starts the SDK's
+session manager in a nursery of the ASGI lifespan, so it still stops with the server: lifespan shutdown
+completes only after the MCP sessions are closed.
 
 In front of the SDK: a present `Origin` whose host is not this server's gets a 403, and the API-key rules
 of HTTP reads apply (:class:`~marketflow.api.auth.AuthPolicy`), checked on every HTTP request. `GET /mcp`
@@ -22,35 +29,23 @@ from __future__ import annotations
 
 import inspect
 import ipaddress
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from decimal import Decimal
-from typing import Annotated, Any, TypeVar, cast, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast, get_type_hints
 from urllib.parse import urlsplit
 
 import attrs
-import mcp_types as types
 import msgspec
+import trio
 from hypercorn.typing import ASGIFramework
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.auth.provider import AccessToken
-from mcp.server.context import ServerRequestContext
-from mcp.server.lowlevel import Server
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
-from mcp.shared.exceptions import MCPError
 from msgspec import Meta
 from quart_trio import QuartTrio
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from marketflow import __version__
 from marketflow.api import queries
-from marketflow.api.app import MAX_BODY_BYTES
 from marketflow.api.auth import AuthError, AuthPolicy, is_loopback
 from marketflow.api.keys import Scope as KeyScope
-from marketflow.api.queries import QueryContext, QueryError, parse_optional_time
+from marketflow.api.queries import QueryContext, parse_optional_time
 from marketflow.api.routes import (
     BookOut,
     CandlesOut,
@@ -64,17 +59,28 @@ from marketflow.api.routes import (
 )
 from marketflow.config import Config, HttpConfig
 
+if TYPE_CHECKING:
+    from marketflow.api.mcp_sdk import McpTransport
+
 __all__ = [
     "MCP_PATHS",
     "RESOURCES",
     "TOOLS",
     "McpAsgi",
+    "McpStatistics",
     "SystemInfoOut",
     "ToolSpec",
     "build_asgi",
-    "build_server",
     "origin_allowed",
 ]
+
+log = logging.getLogger("marketflow.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MCP_PATHS = frozenset({"/mcp", "/mcp/"})
 MAX_SESSIONS = 1000
@@ -525,107 +531,6 @@ def input_schema(struct: type[msgspec.Struct]) -> dict[str, Any]:
     return schema
 
 
-_AT = re.compile(r" - at `\$\.([A-Za-z_]\w*)[^`]*`")
-_FIELD = re.compile(r"field `([A-Za-z_]\w*)`")
-
-
-def _tool_error(text: str) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
-
-
-def _argument_error(tool: ToolSpec, exc: msgspec.ValidationError) -> types.CallToolResult:
-    message = str(exc)
-    found = _AT.search(message) or _FIELD.search(message)
-    if found is None:
-        return _tool_error(f"Invalid arguments for {tool.name}: {message}.")
-    return _tool_error(f"Invalid argument {found.group(1)!r}: {_AT.sub('', message)}.")
-
-
-def _query_error(tool: ToolSpec, exc: QueryError) -> types.CallToolResult:
-    if exc.param is None:
-        return _tool_error(f"{tool.name} failed ({exc.code}): {exc.detail}")
-    param = tool.params.get(exc.param, exc.param)
-    return _tool_error(f"Invalid argument {param!r} ({exc.code}): {exc.detail}")
-
-
-def build_server(ctx: QueryContext) -> Server[Any]:
-    """The MCP server of `ctx`: the tools and resources, transport-independent."""
-    listed = [
-        types.Tool(
-            name=tool.name,
-            title=tool.title,
-            description=tool.description,
-            input_schema=input_schema(tool.args),
-            output_schema=object_schema(tool.output),
-            annotations=types.ToolAnnotations(
-                title=tool.title, read_only_hint=True, idempotent_hint=True, open_world_hint=False
-            ),
-        )
-        for tool in TOOLS.values()
-    ]
-
-    async def list_tools(
-        rctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=listed)
-
-    async def call_tool(
-        rctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
-        tool = TOOLS.get(params.name)
-        if tool is None:
-            raise MCPError(
-                types.INVALID_PARAMS,
-                f"Unknown tool: {params.name[:80]!r} (tools: {', '.join(TOOLS)})",
-            )
-        try:
-            args = msgspec.convert(params.arguments or {}, tool.args, strict=False)
-        except msgspec.ValidationError as exc:
-            return _argument_error(tool, exc)
-        try:
-            result = await tool.run(ctx, args)
-        except QueryError as exc:
-            return _query_error(tool, exc)
-        return types.CallToolResult(
-            content=[types.TextContent(text=tool.summarize(result, args))], structured_content=result
-        )
-
-    async def list_resources(
-        rctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListResourcesResult:
-        return types.ListResourcesResult(
-            resources=[
-                types.Resource(uri=uri, name=name, description=description, mime_type="application/json")
-                for uri, (name, description, _) in RESOURCES.items()
-            ]
-        )
-
-    async def read_resource(
-        rctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
-    ) -> types.ReadResourceResult:
-        entry = RESOURCES.get(params.uri)
-        if entry is None:
-            raise MCPError(
-                types.INVALID_PARAMS,
-                f"Unknown resource: {params.uri[:80]!r} (resources: {', '.join(RESOURCES)})",
-            )
-        text = msgspec.json.encode(entry[2](ctx)).decode()
-        return types.ReadResourceResult(
-            contents=[types.TextResourceContents(uri=params.uri, mime_type="application/json", text=text)]
-        )
-
-    return Server(
-        "marketflow",
-        version=__version__,
-        title="marketflow",
-        instructions=INSTRUCTIONS,
-        on_list_tools=list_tools,
-        on_call_tool=call_tool,
-        on_list_resources=list_resources,
-        on_read_resource=read_resource,
-    )
-
-
 # -- the ASGI composition ---------------------------------------------------------------------------------
 
 
@@ -673,6 +578,24 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+class ScopeHeaders(Mapping[str, str]):
+    """The request headers of an ASGI `scope`, by case-insensitive name (the first of repeated ones)."""
+
+    def __init__(self, scope: Scope) -> None:
+        self._values: dict[str, str] = {}
+        for name, value in scope.get("headers", ()):
+            self._values.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+
+    def __getitem__(self, name: str) -> str:
+        return self._values[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
 async def _json_response(
     send: Send, status: int, body: dict[str, Any], headers: Iterable[tuple[str, str]] = ()
 ) -> None:
@@ -691,20 +614,65 @@ async def _drain(receive: Receive) -> None:
             return
 
 
+class McpUnavailable(Exception):
+    """The MCP SDK side cannot serve: it failed to load or start, or the server is shutting down."""
+
+
+def _load_transport(ctx: QueryContext) -> McpTransport:
+    """Import the MCP SDK and build the server of `ctx`: the ~0.5 s, ~35 MB part, run in a worker thread."""
+    from marketflow.api.mcp_sdk import McpTransport
+
+    return McpTransport(ctx)
+
+
+@attrs.define(eq=False)
+class _Lifetime:
+    """One ASGI lifespan: the nursery the SDK's session manager runs in once needed, and its stop signal."""
+
+    nursery: trio.Nursery
+    stop: trio.Event = attrs.Factory(trio.Event)
+    serving: bool = False
+
+
+@attrs.frozen
+class McpStatistics:
+    """What :meth:`McpAsgi.statistics` reports about the lazily loaded SDK side."""
+
+    sdk_loaded: bool
+    """Whether the MCP SDK is imported and the server built (on the first request that reaches it)."""
+    sdk_loads: int
+    """Load attempts, failed ones included."""
+    serving: bool
+    """Whether a session manager runs (from the first SDK request of a lifespan to its shutdown)."""
+
+
 class McpAsgi:
-    """`/mcp` to the MCP SDK (behind Origin and API-key checks), everything else to the Quart app."""
+    """`/mcp` to the MCP SDK (behind Origin and API-key checks), everything else to the Quart app.
+
+    The SDK is imported on the first request that passes the checks and is not a GET, in a worker thread
+    so that the event loop keeps running meanwhile; its session manager then runs in a nursery of the ASGI
+    lifespan until the server shuts down.
+    """
 
     def __init__(self, ctx: QueryContext, http: HttpConfig, quart_app: QuartTrio) -> None:
+        self.ctx = ctx
         self.quart_app = quart_app
         self.quart = cast(ASGIApp, quart_app)
-        self.server = build_server(ctx)
         self.listen_host = http.host
-        self.manager: StreamableHTTPSessionManager | None = None
+        self._transport: McpTransport | None = None
+        self._lifetime: _Lifetime | None = None
+        self._loading = trio.Lock()
+        self._loads = 0
 
     @property
     def policy(self) -> AuthPolicy:
         policy: AuthPolicy = self.quart_app.config["MARKETFLOW_AUTH"]
         return policy
+
+    def statistics(self) -> McpStatistics:
+        lifetime = self._lifetime
+        serving = lifetime is not None and lifetime.serving and not lifetime.stop.is_set()
+        return McpStatistics(self._transport is not None, self._loads, serving)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -720,7 +688,7 @@ class McpAsgi:
         await self.quart(scope, receive, send)
 
     async def _mcp(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        headers = Headers(scope=scope)
+        headers = ScopeHeaders(scope)
         origin = headers.get("origin")
         if origin is not None and not origin_allowed(origin, self.listen_host, headers.get("host")):
             await _drain(receive)
@@ -745,20 +713,53 @@ class McpAsgi:
                 send, 405, {"error": "method_not_allowed", "detail": detail}, [("allow", "POST, DELETE")]
             )
             return
-        manager = self.manager
-        if manager is None:
+        lifetime = self._lifetime
+        if lifetime is None:
             await _drain(receive)
             detail = "the MCP session manager is not running (the server got no ASGI lifespan startup)"
             await _json_response(send, 503, {"error": "unavailable", "detail": detail})
             return
-        if key is not None:
-            # The SDK binds a 2025-11-25 session to the credential that opened it: another key gets a 404.
-            token = AccessToken(token=key.prefix, client_id=f"api-key:{key.prefix}", scopes=list(key.scopes))
-            scope = {**scope, "user": AuthenticatedUser(token)}
-        await manager.handle_request(scope, receive, send)
+        try:
+            transport = await self._serving_transport(lifetime)
+        except McpUnavailable as exc:
+            await _drain(receive)
+            await _json_response(send, 503, {"error": "unavailable", "detail": str(exc)})
+            return
+        await transport.handle(scope, receive, send, key)
+
+    async def _serving_transport(self, lifetime: _Lifetime) -> McpTransport:
+        """The SDK transport with its session manager running in `lifetime`: loaded and started if need be.
+
+        Concurrent first requests wait for one load; a failed load is tried again by the next request.
+        """
+        async with self._loading:
+            transport = self._transport
+            if transport is None:
+                self._loads += 1
+                try:
+                    # Not cancellable: an abandoned import would finish anyway, then be repeated.
+                    transport = await trio.to_thread.run_sync(_load_transport, self.ctx)
+                except Exception as exc:
+                    log.error("loading the MCP SDK failed: %r", exc, exc_info=exc)
+                    raise McpUnavailable(f"the MCP SDK could not be loaded: {exc!r}") from exc
+                self._transport = transport
+            if not lifetime.serving:
+                if lifetime.stop.is_set():
+                    raise McpUnavailable("the server is shutting down")
+                try:
+                    await lifetime.nursery.start(transport.run, lifetime.stop)
+                except Exception as exc:
+                    log.error("starting the MCP session manager failed: %r", exc, exc_info=exc)
+                    raise McpUnavailable(f"the MCP session manager could not start: {exc!r}") from exc
+                lifetime.serving = True
+            return transport
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The Quart app's lifespan, inside a run of a fresh SDK session manager (one per server run)."""
+        """The Quart app's lifespan, in a nursery where the first MCP request starts the session manager.
+
+        A server run that gets no MCP request never loads the SDK; one that does closes the MCP sessions
+        before it reports its shutdown complete.
+        """
         held: list[Message] = []
 
         async def send_later(message: Message) -> None:
@@ -768,28 +769,15 @@ class McpAsgi:
             else:
                 await send(message)
 
-        async with self._session_manager():
-            await self.quart(scope, receive, send_later)
+        async with trio.open_nursery() as nursery:
+            lifetime = self._lifetime = _Lifetime(nursery)
+            try:
+                await self.quart(scope, receive, send_later)
+            finally:
+                self._lifetime = None
+                lifetime.stop.set()  # the session manager, if started, closes its sessions and returns
         for message in held:
             await send(message)
-
-    @asynccontextmanager
-    async def _session_manager(self) -> AsyncIterator[None]:
-        manager = StreamableHTTPSessionManager(
-            self.server,
-            json_response=True,  # the tools answer at once and send no progress: one JSON body each
-            stateless=False,  # 2025-11-25 sessions; 2026-07-28 requests are stateless whatever this says
-            # Origin is checked exactly in front (the SDK's check matches by string prefix).
-            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-            max_request_body_size=MAX_BODY_BYTES,
-            max_sessions=MAX_SESSIONS,
-        )
-        async with manager.run():
-            self.manager = manager
-            try:
-                yield
-            finally:
-                self.manager = None
 
 
 def build_asgi(ctx: QueryContext, config: Config | HttpConfig, quart_app: QuartTrio) -> ASGIFramework:

@@ -64,6 +64,7 @@ class DaemonCollector(Collector):
         yield from self._books()
         yield from self._lag()
         yield from self._capture()
+        yield from self._heap()
 
     def _feeds(self) -> Iterator[Metric]:
         labels = ["connection", "exchange", "market"]
@@ -269,6 +270,17 @@ class DaemonCollector(Collector):
         for (exchange, symbol, channel), count in sorted(by_channel.items()):
             per_market.add_metric([exchange, symbol, channel], count)
         yield from (gaps, resyncs, synced, recorded, open_gaps, per_market)
+
+    def _heap(self) -> Iterator[Metric]:
+        heap = self._ctx.daemon.heap
+        trims = CounterMetricFamily("marketflow_heap_trims", "Times freed heap pages were given back")
+        trims.add_metric([], heap.trims)
+        released = CounterMetricFamily(
+            "marketflow_heap_released_bytes",
+            "Resident memory given back by those trims (RSS before less after)",
+        )
+        released.add_metric([], heap.released_bytes)
+        yield from (trims, released)
 
     def _lag(self) -> Iterator[Metric]:
         ring = self._ctx.ring

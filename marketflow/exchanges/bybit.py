@@ -48,8 +48,9 @@ _BOOK_PREFIX = "orderbook."
 # set slots; 1500 x 2 was ~30 MB, most of a 100-symbol daemon's data).
 RECENT_IDS = 1_500
 RECENT_SPAN_US = 20_000_000
-DECIMAL_INTERN_MAX = 50_000
-"""Distinct price/size strings kept per decoder before the table starts over."""
+DECIMAL_INTERN_MAX = 20_000
+"""Distinct price/size strings kept per decoder before the table starts over: at most ~4 MB (50k was a
+10 MB saw-tooth in a 100-symbol daemon); a walking price revisits recent values, so hits stay high."""
 RECENT_TRADE_PATH = "/v5/market/recent-trade"
 RECENT_TRADE_LIMIT = {"spot": 60, "linear": 1000}
 

@@ -1,6 +1,7 @@
 """MCP at /mcp over real HTTP on 127.0.0.1: the official SDK client in both protocol eras against a daemon fed
 by the simulator, every tool's structured result against the matching HTTP route, and the spec's answers to
-a foreign Origin, a missing key, an unknown tool, bad arguments and an unknown session.
+a foreign Origin, a missing key, an unknown tool, bad arguments and an unknown session. Also: the SDK is
+loaded only by the first request that reaches it, once, off the event loop.
 
 The simulator is frozen (`max_frames`, books barely moving) once the first trades are in, so an MCP answer
 and an HTTP answer taken a moment apart describe the same data; only fields that tick with the clock
@@ -10,6 +11,10 @@ and an HTTP answer taken a moment apart describe the same data; only fields that
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,9 +31,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
+from marketflow.api import mcp as mcp_module
 from marketflow.api.app import create_app
 from marketflow.api.keys import KeyStore, key_store_path
-from marketflow.api.mcp import TOOLS, build_asgi, origin_allowed
+from marketflow.api.mcp import TOOLS, McpAsgi, McpStatistics, build_asgi, origin_allowed
 from marketflow.api.mcp_routes import register_mcp_routes
 from marketflow.api.queries import QueryContext
 from marketflow.api.ring import TradeRing
@@ -472,3 +478,112 @@ def test_origin_rule() -> None:
     assert origin_allowed("http://[fe80::1]:8000", "::", "[fe80::1]:8000")
     assert not origin_allowed("http://rebind.example:8000", "0.0.0.0", "rebind.example:8000")
     assert not origin_allowed("http://192.168.1.9:8000", "0.0.0.0", "192.168.1.10:8000")
+
+
+# -- the SDK loads lazily -----------------------------------------------------------------------------------
+
+SDK_MODULES = ("mcp", "mcp_types", "starlette", "sse_starlette", "uvicorn", "httpx2", "anyio", "cryptography")
+"""What `import mcp.server...` drags in. Not pydantic: quart_schema imports it whenever it is installed."""
+
+
+def test_import_leaves_the_mcp_sdk_out() -> None:
+    code = (
+        "import sys, marketflow.daemon, marketflow.cli, marketflow.api.mcp\n"
+        f"print(' '.join(m for m in {SDK_MODULES!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == []
+
+
+def mcp_app(api: Api) -> McpAsgi:
+    app = api.server.asgi
+    assert isinstance(app, McpAsgi)
+    return app
+
+
+async def test_only_a_request_that_reaches_the_sdk_loads_it(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with running_mcp(tmp_path, listen="0.0.0.0:0") as api:
+            app = mcp_app(api)
+            key, _ = api.keys.create("mcp", ["read"])
+            async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+                assert (await http.post("/mcp", **initialize())).status_code == 401
+                foreign = initialize(extra={"X-API-Key": key, "Origin": "http://evil.example"})
+                assert (await http.post("/mcp", **foreign)).status_code == 403
+                stream = await http.get("/mcp", headers={"X-API-Key": key, "Accept": "text/event-stream"})
+                assert stream.status_code == 405
+                assert (await http.get("/mcp/ping")).status_code == 200
+                assert (await http.get("/mcp/info", headers={"X-API-Key": key})).status_code == 200
+                assert (await http.get("/ping")).status_code == 200
+                assert app.statistics() == McpStatistics(False, 0, False)
+
+                opened = await http.post("/mcp", **initialize(extra={"X-API-Key": key}))
+                assert opened.status_code == 200 and "mcp-session-id" in opened.headers
+                assert app.statistics() == McpStatistics(True, 1, True)
+                discover = await http.post("/mcp", **modern("server/discover", extra={"X-API-Key": key}))
+                assert discover.status_code == 200
+                assert app.statistics().sdk_loads == 1
+            api.server.request_stop()
+            await wait_for(lambda: not app.statistics().serving)
+
+
+async def test_concurrent_first_requests_share_one_load_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load = mcp_module._load_transport
+    threads: list[threading.Thread] = []
+
+    def slow_load(ctx: QueryContext) -> Any:
+        threads.append(threading.current_thread())
+        time.sleep(0.3)  # as long as a cold import of the SDK
+        return load(ctx)
+
+    monkeypatch.setattr(mcp_module, "_load_transport", slow_load)
+    with trio.fail_after(20):
+        async with running_mcp(tmp_path) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+            answers: list[httpx.Response] = []
+            ticks = 0
+
+            async def post(kwargs: dict[str, Any]) -> None:
+                answers.append(await http.post("/mcp", **kwargs))
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await trio.sleep(0.01)
+                    ticks += 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(tick)
+                async with trio.open_nursery() as requests:
+                    requests.start_soon(post, initialize())
+                    requests.start_soon(post, modern("server/discover"))
+                nursery.cancel_scope.cancel()
+
+            assert [a.status_code for a in answers] == [200, 200]
+            assert len(threads) == 1 and threads[0] is not threading.main_thread()
+            assert mcp_app(api).statistics() == McpStatistics(True, 1, True)
+            assert ticks >= 10  # the event loop ran on while the SDK loaded
+
+
+async def test_a_failed_load_is_a_503_and_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    load = mcp_module._load_transport
+    failures = [ImportError("No module named 'mcp' (test)")]
+
+    def flaky_load(ctx: QueryContext) -> Any:
+        if failures:
+            raise failures.pop()
+        return load(ctx)
+
+    monkeypatch.setattr(mcp_module, "_load_transport", flaky_load)
+    with trio.fail_after(20):
+        async with running_mcp(tmp_path) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+            failed = await http.post("/mcp", **initialize())
+            assert failed.status_code == 503 and failed.json()["error"] == "unavailable"
+            assert "MCP SDK could not be loaded" in failed.json()["detail"]
+            assert "No module named 'mcp' (test)" in failed.json()["detail"]
+            assert mcp_app(api).statistics() == McpStatistics(False, 1, False)
+            assert (await http.post("/mcp", **initialize())).status_code == 200
+            assert mcp_app(api).statistics() == McpStatistics(True, 2, True)

@@ -226,6 +226,8 @@ async def test_metrics_move_as_trades_arrive(api: Api) -> None:
         "marketflow_decoder_duplicates_total",
         "process_cpu_seconds_total",
         "marketflow_gaps_open",
+        "marketflow_heap_trims_total",
+        "marketflow_heap_released_bytes_total",
     ):
         assert name in second, name
 

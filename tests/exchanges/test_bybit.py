@@ -288,3 +288,17 @@ def test_equal_decimal_strings_share_one_object_and_stay_exact() -> None:
     prices = [t.price for t in out.trades]
     assert [str(p) for p in prices] == ["65000.10"] * 3 and str(out.trades[0].amount) == "0.0100"
     assert prices[0] is prices[1] is prices[2]
+
+
+def test_the_decimal_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bybit, "DECIMAL_INTERN_MAX", 10)
+    decoder = bybit.FrameDecoder("bybit", "linear", {"BTCUSDT": "BTC-USDT-PERP"})
+    rows = ",".join(
+        f'{{"T":1700000000000,"s":"BTCUSDT","S":"Sell","v":"1","p":"{100 + i}.5","i":"x{i}"}}'
+        for i in range(35)
+    )
+    out = Decoded()
+    decoder.decode([f'{{"topic":"publicTrade.BTCUSDT","data":[{rows}]}}'.encode()], 0, out)
+    # Every price exact, however often the table started over; never more than its bound held.
+    assert [str(t.price) for t in out.trades] == [f"{100 + i}.5" for i in range(35)]
+    assert 0 < len(decoder._decimals) <= 10

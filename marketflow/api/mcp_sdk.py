@@ -1,0 +1,181 @@
+"""The MCP SDK side of `/mcp`: the SDK server of :mod:`~marketflow.api.mcp`'s tools and its session manager.
+
+This is the only module of ours that imports the official MCP Python SDK (and with it pydantic, starlette,
+httpx and the rest, about 35 MB of RSS). :class:`~marketflow.api.mcp.McpAsgi` imports it in a worker thread
+on the first request that reaches the SDK, so a daemon that only ever answers HTTP never loads it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import mcp_types as types
+import msgspec
+import trio
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+
+from marketflow import __version__
+from marketflow.api.app import MAX_BODY_BYTES
+from marketflow.api.keys import ApiKey
+from marketflow.api.mcp import (
+    INSTRUCTIONS,
+    MAX_SESSIONS,
+    RESOURCES,
+    TOOLS,
+    Receive,
+    Scope,
+    Send,
+    ToolSpec,
+    input_schema,
+    object_schema,
+)
+from marketflow.api.queries import QueryContext, QueryError
+
+__all__ = ["McpTransport", "build_server"]
+
+_AT = re.compile(r" - at `\$\.([A-Za-z_]\w*)[^`]*`")
+_FIELD = re.compile(r"field `([A-Za-z_]\w*)`")
+
+
+def _tool_error(text: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
+
+
+def _argument_error(tool: ToolSpec, exc: msgspec.ValidationError) -> types.CallToolResult:
+    message = str(exc)
+    found = _AT.search(message) or _FIELD.search(message)
+    if found is None:
+        return _tool_error(f"Invalid arguments for {tool.name}: {message}.")
+    return _tool_error(f"Invalid argument {found.group(1)!r}: {_AT.sub('', message)}.")
+
+
+def _query_error(tool: ToolSpec, exc: QueryError) -> types.CallToolResult:
+    if exc.param is None:
+        return _tool_error(f"{tool.name} failed ({exc.code}): {exc.detail}")
+    param = tool.params.get(exc.param, exc.param)
+    return _tool_error(f"Invalid argument {param!r} ({exc.code}): {exc.detail}")
+
+
+def build_server(ctx: QueryContext) -> Server[Any]:
+    """The MCP server of `ctx`: the tools and resources, transport-independent."""
+    listed = [
+        types.Tool(
+            name=tool.name,
+            title=tool.title,
+            description=tool.description,
+            input_schema=input_schema(tool.args),
+            output_schema=object_schema(tool.output),
+            annotations=types.ToolAnnotations(
+                title=tool.title, read_only_hint=True, idempotent_hint=True, open_world_hint=False
+            ),
+        )
+        for tool in TOOLS.values()
+    ]
+
+    async def list_tools(
+        rctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=listed)
+
+    async def call_tool(
+        rctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        tool = TOOLS.get(params.name)
+        if tool is None:
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"Unknown tool: {params.name[:80]!r} (tools: {', '.join(TOOLS)})",
+            )
+        try:
+            args = msgspec.convert(params.arguments or {}, tool.args, strict=False)
+        except msgspec.ValidationError as exc:
+            return _argument_error(tool, exc)
+        try:
+            result = await tool.run(ctx, args)
+        except QueryError as exc:
+            return _query_error(tool, exc)
+        return types.CallToolResult(
+            content=[types.TextContent(text=tool.summarize(result, args))], structured_content=result
+        )
+
+    async def list_resources(
+        rctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(
+            resources=[
+                types.Resource(uri=uri, name=name, description=description, mime_type="application/json")
+                for uri, (name, description, _) in RESOURCES.items()
+            ]
+        )
+
+    async def read_resource(
+        rctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        entry = RESOURCES.get(params.uri)
+        if entry is None:
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"Unknown resource: {params.uri[:80]!r} (resources: {', '.join(RESOURCES)})",
+            )
+        text = msgspec.json.encode(entry[2](ctx)).decode()
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=params.uri, mime_type="application/json", text=text)]
+        )
+
+    return Server(
+        "marketflow",
+        version=__version__,
+        title="marketflow",
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_read_resource=read_resource,
+    )
+
+
+class McpTransport:
+    """The SDK server of `ctx` behind the SDK's Streamable HTTP session manager (a fresh one per run)."""
+
+    def __init__(self, ctx: QueryContext) -> None:
+        self.server = build_server(ctx)
+        self.manager: StreamableHTTPSessionManager | None = None
+
+    async def run(
+        self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run a session manager until `stop` is set, then close its sessions and return."""
+        manager = StreamableHTTPSessionManager(
+            self.server,
+            json_response=True,  # the tools answer at once and send no progress: one JSON body each
+            stateless=False,  # 2025-11-25 sessions; 2026-07-28 requests are stateless whatever this says
+            # Origin is checked exactly in front (the SDK's check matches by string prefix).
+            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            max_request_body_size=MAX_BODY_BYTES,
+            max_sessions=MAX_SESSIONS,
+        )
+        async with manager.run():
+            self.manager = manager
+            try:
+                task_status.started()
+                await stop.wait()
+            finally:
+                self.manager = None
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, key: ApiKey | None) -> None:
+        """Serve one `/mcp` request (already past the Origin and API-key checks) while :meth:`run` runs."""
+        manager = self.manager
+        if manager is None:
+            raise RuntimeError("the MCP session manager is not running")
+        if key is not None:
+            # The SDK binds a 2025-11-25 session to the credential that opened it: another key gets a 404.
+            token = AccessToken(token=key.prefix, client_id=f"api-key:{key.prefix}", scopes=list(key.scopes))
+            scope = {**scope, "user": AuthenticatedUser(token)}
+        await manager.handle_request(scope, receive, send)
