@@ -95,7 +95,13 @@ def bin_floor(price: Decimal, size: Decimal) -> Decimal:
 
 
 class Bar:
-    """Mutable aggregate of the trades whose time falls in ``[start, end)``."""
+    """Mutable aggregate of the trades whose time falls in ``[start, end)``.
+
+    A closed bar kept in a live window is :meth:`pack`-ed: its footprint cells become one string of exact
+    decimals (about 25 bytes a cell instead of ~420 for a dict entry, a list and three ``Decimal``
+    objects), read back by :meth:`footprint_cells` and made a dict again by :meth:`thaw` before a late
+    trade changes it. ``cells`` is empty while ``packed`` holds them.
+    """
 
     __slots__ = (
         "buy",
@@ -108,6 +114,7 @@ class Bar:
         "low",
         "open",
         "open_ts",
+        "packed",
         "pv",
         "sell",
         "start",
@@ -129,10 +136,34 @@ class Bar:
         self.trades = 0
         self.large = 0
         self.cells: dict[Decimal, list[Decimal]] = {}
+        self.packed: str | None = None
 
     @property
     def volume(self) -> Decimal:
         return self.buy + self.sell
+
+    def footprint_cells(self) -> dict[Decimal, list[Decimal]]:
+        """The footprint cells, packed or not (a fresh dict when packed: changing it changes nothing)."""
+        packed = self.packed
+        if packed is None:
+            return self.cells
+        values = iter(packed.split())
+        return {
+            Decimal(price): [Decimal(bid), Decimal(ask)]
+            for price, bid, ask in zip(values, values, values, strict=True)
+        }
+
+    def pack(self) -> None:
+        """Keep the cells as one string (a closed bar: read often, changed only by a late trade)."""
+        if self.packed is None and self.cells:
+            self.packed = " ".join(f"{price} {bid} {ask}" for price, (bid, ask) in self.cells.items())
+            self.cells = {}
+
+    def thaw(self) -> None:
+        """Make packed cells a dict again, before they change."""
+        if self.packed is not None:
+            self.cells = self.footprint_cells()
+            self.packed = None
 
     def copy(self, *, cells: bool = True) -> Bar:
         """An independent copy (footprint cells included only when asked for)."""
@@ -176,6 +207,8 @@ def apply_trade(
     if large:
         bar.large += 1
     if bin_price is not None:
+        if bar.packed is not None:
+            bar.thaw()
         cell = bar.cells.get(bin_price)
         if cell is None:
             bar.cells[bin_price] = [ZERO, amount] if buy else [amount, ZERO]
@@ -203,8 +236,9 @@ def merge_into(dst: Bar, src: Bar, *, cells: bool = True) -> None:
     dst.trades += src.trades
     dst.large += src.large
     if cells:
+        dst.thaw()
         mine = dst.cells
-        for price, (bid, ask) in src.cells.items():
+        for price, (bid, ask) in src.footprint_cells().items():
             cell = mine.get(price)
             if cell is None:
                 mine[price] = [bid, ask]

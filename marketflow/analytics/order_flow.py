@@ -173,7 +173,9 @@ def order_flow_json(
                 "imbalance": dec_or_none(ratio(buy, buy + sell)),
             }
             if footprint_bin is not None:
-                cells = bar.cells if footprint_bin == cells_bin else regroup_cells(bar.cells, footprint_bin)
+                cells = bar.footprint_cells()
+                if footprint_bin != cells_bin:
+                    cells = regroup_cells(cells, footprint_bin)
                 item["footprint"] = footprint_json(
                     footprint(cells, footprint_bin, imbalance_ratio, stacked_min)
                 )

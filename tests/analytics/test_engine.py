@@ -247,3 +247,19 @@ def test_zero_amount_trades_are_ignored() -> None:
     assert engine.statistics().ignored == 1
     (candle,) = engine.candles(EXCHANGE, SYMBOL, "1m")["candles"]
     assert candle["trades"] == 1
+
+
+def test_closed_bars_keep_their_cells_packed_and_late_trades_still_correct_them() -> None:
+    engine = engine_for(("1m",))
+    trades = [trade("100", "1", "buy", T0 + 10), trade("100.6", "2", "sell", T0 + 20)]
+    trades.append(trade("101", "1", "buy", T0 + MIN + 10))
+    engine.ingest(trades)
+    (closed,) = engine._markets[EXCHANGE, SYMBOL].series[0].closed
+    # The window holds a string, not a dict of Decimal lists (a tenth of the memory per cell).
+    assert closed.cells == {} and closed.packed == "100.0 0 1 100.5 2 0"
+    late = trade("100.2", "3", "buy", T0 + 30)
+    engine.ingest([late])
+    assert closed.cells == {} and closed.packed == "100.0 0 4 100.5 2 0"
+    assert engine.order_flow(EXCHANGE, SYMBOL, "1m", footprint=True) == compute_order_flow_from_trades(
+        [*trades, late], "1m", large_trade_notional=LARGE, footprint=True, bin=Decimal("0.5")
+    )
