@@ -5,7 +5,7 @@ Decimal rules (``decimal_fmt.py``): sums and products exact; ratios (vwap, imbal
 imbalance, divergence) divided to 28 significant digits, half-even; JSON decimals are plain-notation strings.
 """
 
-from .bars import Bar, build_bars, default_bin, floor_time, parse_interval
+from .bars import Bar, PackedBar, build_bars, default_bin, floor_time, parse_interval
 from .book_stats import (
     BookStats,
     book_stats,
@@ -26,6 +26,7 @@ __all__ = [
     "AnalyticsEngine",
     "AnalyticsStatistics",
     "Bar",
+    "PackedBar",
     "BookStats",
     "Candle",
     "Footprint",

@@ -16,7 +16,7 @@ import bisect
 from collections.abc import Callable
 from decimal import Decimal
 
-from marketflow.analytics.bars import Bar, apply_trade, bin_floor, merge_into
+from marketflow.analytics.bars import Bar, PackedBar, apply_trade, bin_floor, merge_into
 
 __all__ = ["IntervalSeries", "MarketBars"]
 
@@ -54,11 +54,15 @@ class IntervalSeries:
         self.evicted_until = -(2**63)  # bars starting before this were dropped from the window
 
     def add_closed(self, bar: Bar) -> None:
-        bar.pack()  # a closed bar's cells are read, rarely changed: a string is a tenth of the memory
+        """Keep `bar` (packed: read often, changed only by a late trade), or replace the one at its start."""
+        kept = PackedBar(bar)
         index = bisect.bisect_left(self.starts, bar.start)
+        if bar.start in self.by_start:
+            self.closed[index] = self.by_start[bar.start] = kept
+            return
         self.starts.insert(index, bar.start)
-        self.closed.insert(index, bar)
-        self.by_start[bar.start] = bar
+        self.closed.insert(index, kept)
+        self.by_start[bar.start] = kept
         if len(self.closed) > self.max_bars:
             # At most once per closed bar; a list pop of ~1000 pointers is cheaper than a deque's bisect.
             old = self.closed.pop(0)
@@ -208,15 +212,16 @@ class MarketBars:
                 current = series.open = Bar(start, start + interval_us)
                 apply_trade(current, price, amount, buy, ts, large, self.bin_low)
                 continue
-            bar = series.by_start.get(start)
-            if bar is None:
-                if start < series.evicted_until or start < self.first_ts - self.first_ts % interval_us:
-                    dropped = True  # its bar left the window, or predates this market's first trade
-                    continue
+            kept = series.by_start.get(start)
+            if kept is not None:
+                bar = kept.unpacked() if isinstance(kept, PackedBar) else kept
+            elif start < series.evicted_until or start < self.first_ts - self.first_ts % interval_us:
+                dropped = True  # its bar left the window, or predates this market's first trade
+                continue
+            else:
                 bar = Bar(start, start + interval_us)
-                series.add_closed(bar)
             apply_trade(bar, price, amount, buy, ts, large, self.bin_low)
-            bar.pack()
+            series.add_closed(bar)
             emit(self, series, bar)
         if dropped:
             self.late_dropped += 1

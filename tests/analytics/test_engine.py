@@ -12,6 +12,7 @@ from marketflow.analytics import (
     AnalyticsEngine,
     Candle,
     NotLiveError,
+    PackedBar,
     candle_json,
     compute_candles_from_trades,
     compute_order_flow_from_trades,
@@ -249,17 +250,32 @@ def test_zero_amount_trades_are_ignored() -> None:
     assert candle["trades"] == 1
 
 
-def test_closed_bars_keep_their_cells_packed_and_late_trades_still_correct_them() -> None:
+def test_closed_bars_are_packed_and_late_trades_still_correct_them() -> None:
     engine = engine_for(("1m",))
     trades = [trade("100", "1", "buy", T0 + 10), trade("100.6", "2", "sell", T0 + 20)]
     trades.append(trade("101", "1", "buy", T0 + MIN + 10))
     engine.ingest(trades)
-    (closed,) = engine._markets[EXCHANGE, SYMBOL].series[0].closed
-    # The window holds a string, not a dict of Decimal lists (a tenth of the memory per cell).
-    assert closed.cells == {} and closed.packed == "100.0 0 1 100.5 2 0"
+    series = engine._markets[EXCHANGE, SYMBOL].series[0]
+    (closed,) = series.closed
+    # The window holds two strings, not seven Decimals and a dict of Decimal lists.
+    assert isinstance(closed, PackedBar)
+    assert (closed.figures, closed.cell_text) == ("100 100.6 100.6 100 1 2 301.2", "100.0 0 1 100.5 2 0")
+    assert (closed.open, closed.high, closed.cells) == (
+        Decimal("100"),
+        Decimal("100.6"),
+        {
+            Decimal("100.0"): [Decimal(0), Decimal(1)],
+            Decimal("100.5"): [Decimal(2), Decimal(0)],
+        },
+    )
+    with pytest.raises(AttributeError, match="read-only"):
+        closed.buy += 1  # type: ignore[misc]
     late = trade("100.2", "3", "buy", T0 + 30)
     engine.ingest([late])
-    assert closed.cells == {} and closed.packed == "100.0 0 4 100.5 2 0"
+    (corrected,) = series.closed
+    assert isinstance(corrected, PackedBar) and series.by_start[corrected.start] is corrected
+    assert corrected.cell_text == "100.0 0 4 100.5 2 0"
     assert engine.order_flow(EXCHANGE, SYMBOL, "1m", footprint=True) == compute_order_flow_from_trades(
         [*trades, late], "1m", large_trade_notional=LARGE, footprint=True, bin=Decimal("0.5")
     )
+    assert engine.candles(EXCHANGE, SYMBOL, "1m") == compute_candles_from_trades([*trades, late], "1m")
