@@ -14,7 +14,7 @@ import trio
 from marketflow.daemon import Daemon
 from marketflow.runtime import memory
 from marketflow.sim import SimConfig, SimServer
-from tests.conftest import sim_config
+from tests.conftest import sim_config, wait_for
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 
@@ -75,8 +75,7 @@ async def test_the_daemon_trims_while_it_runs_and_stops_the_trimmer_with_its_act
         daemon.heap.interval_s = 0.05  # real time here: the writer's thread and autojump do not mix
         await nursery.start(daemon.run)
         with trio.fail_after(30):
-            while daemon.heap.available and daemon.heap.trims < 3:
-                await trio.sleep(0.05)
+            await wait_for(lambda: not daemon.heap.available or daemon.heap.trims >= 3)
             await daemon.stop()  # run() returns: the trimmer ended with the actors
         trims = daemon.heap.trims
         await trio.sleep(0.2)
