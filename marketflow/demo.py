@@ -39,9 +39,14 @@ def demo_config(base: Config, sim: SimServer) -> Config:
     return attrs.evolve(base, feeds=feeds, storage=storage)
 
 
+def demo_simulator(rate: float, seed: int) -> SimServer:
+    """The demo's exchange: it keeps no copy of what it sent (a demo may run for days; nobody asks)."""
+    return SimServer(SimConfig(seed=seed, rate=rate, symbols=DEMO_SYMBOLS, record_delivered=False))
+
+
 async def run_demo(base: Config, duration: float | None, rate: float, seed: int) -> None:
     """Run the simulator and the daemon until Ctrl-C or `duration` seconds, then stop cleanly."""
-    sim = SimServer(SimConfig(seed=seed, rate=rate, symbols=DEMO_SYMBOLS))
+    sim = demo_simulator(rate, seed)
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.run)
         config = demo_config(base, sim)

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
+from marketflow.demo import demo_simulator
 from marketflow.sim import SimConfig, SimServer
 from tests.conftest import stored_rows, wait_for
 
@@ -62,6 +64,13 @@ def test_demo_runs_offline_and_leaves_trades(tmp_path: Path) -> None:
         conn.close()
     assert count > 0 and symbols == 4 and exchanges == 2  # BTC/ETH spot and perpetual on Bybit and Binance
     assert f"{count} trades stored in" in result.stdout
+
+
+def test_the_demo_simulator_keeps_no_copy_of_what_it_sent() -> None:
+    # A demo runs for days: the simulator's record of delivered frames would grow without bound.
+    sim = demo_simulator(rate=50, seed=3)
+    with pytest.raises(RuntimeError, match="record_delivered is False"):
+        sim.delivered_trades()
 
 
 async def test_run_stops_cleanly_on_sigterm_with_every_trade_committed(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import trio
 from marketflow.sim import binance, bybit
 from marketflow.sim.faults import Faults, MalformedKind
 from marketflow.sim.http import HttpRequest, HttpResponse
-from marketflow.sim.market import SimTrade
+from marketflow.sim.market import DEFAULT_TRADE_HISTORY, SimTrade
 from marketflow.sim.server import SimConfig, SimServer, SimStatistics
 
 DEFAULT_PORT = 8765
@@ -65,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tapes and books keep moving once started, even with nobody subscribed",
     )
     parser.add_argument(
+        "--trade-history",
+        type=int,
+        default=DEFAULT_TRADE_HISTORY,
+        metavar="N",
+        help="trades kept per tape for REST (recent-trade, aggTrades fromId); default %(default)s",
+    )
+    parser.add_argument(
         "--book-rate",
         type=float,
         default=10.0,
@@ -95,6 +102,7 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
         record_delivered=False,  # nobody can ask a command-line server for its ground truth
         trade_while_unsubscribed=args.trade_while_unsubscribed,
         book_rate=args.book_rate,
+        trade_history=args.trade_history,
     )
 
 

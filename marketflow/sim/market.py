@@ -8,7 +8,8 @@ of ticks formatted with fixed decimals, so the strings are exact.
 A `TradeFeed` runs while a tape has subscribers (or for good once started, with `keep_running`): it cuts
 the tape into frames at the configured rate (or as fast as the subscribers drain them when the rate is 0)
 and hands every subscriber of a channel the same frame objects, whose wire bytes are encoded once per
-channel. Every generated trade also goes into the tape's bounded history, which the REST endpoints serve.
+channel. Every generated trade also goes into the tape's bounded, packed history (`marketflow.sim.history`),
+which the REST endpoints serve.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from typing import Final, Protocol
 import attrs
 import trio
 
-# A generated trade, kept as a plain tuple because the hot path builds hundreds of thousands per second:
-# (id, price, size, side, T ms, seq, tick direction, last). Bybit: `seq` is the cross sequence and `last`
-# repeats it. Binance: `id` is the aggregate id, `seq`/`last` its first/last trade id (`f`/`l`).
-TradeRow = tuple[str, str, str, str, int, int, str, int]
+from marketflow.sim.history import TradeHistory, TradeRow
+
+# The fields of a `TradeRow`. Bybit: `seq` is the cross sequence and `last` repeats it. Binance: `id` is the
+# aggregate id, `seq`/`last` its first/last trade id (`f`/`l`).
 ROW_ID: Final = 0
 ROW_PRICE: Final = 1
 ROW_SIZE: Final = 2
@@ -40,6 +41,12 @@ MAX_TRADES_PER_FRAME = 1024  # Bybit splits bigger bursts (PROTOCOLS §1.3)
 BURST_FRAMES = 128  # frames cut per wake-up when the rate is 0
 BURST_BACKLOG = 256  # rate 0: wait until every subscriber has at most this many frames queued
 CATCH_UP_FRAMES = 4096  # paced: most frames cut in one wake-up before the schedule is reset
+# Trades kept per tape for REST: Bybit recent-trade serves up to 1000; at 50 trades/s this is a minute of
+# Binance aggTrades for `fromId`. About 0.25 MB a tape, packed.
+DEFAULT_TRADE_HISTORY = 3_000
+# Strings cached per Formats and kind (~120 B each): a book's prices drift (13k distinct in 25k updates) and
+# wide size distributions have tens of thousands of values, so the caches need a bound.
+FORMAT_CACHE_LIMIT = 512
 
 SPOT_ID_BASE = 2290000001211680903  # looks like a live spot id; far above 2**53 on purpose
 SPOT_SEQ_BASE = 114263055846
@@ -127,7 +134,11 @@ def instrument_for(category: str, symbol: str, exchange: str = "bybit") -> Instr
 
 
 class Formats:
-    """Exact price and size strings of one instrument, cached (a random walk revisits values a lot)."""
+    """Exact price and size strings of one instrument, cached (a random walk revisits values a lot).
+
+    Each cache is emptied when it reaches `FORMAT_CACHE_LIMIT` entries, in place (callers hold the dicts),
+    so a walk that wanders for days does not grow it for ever.
+    """
 
     def __init__(self, instrument: Instrument) -> None:
         self.instrument = instrument
@@ -141,13 +152,21 @@ class Formats:
     def price(self, ticks: int) -> str:
         decimals = self.instrument.price_decimals
         whole, frac = divmod(ticks * self._price_scale, 10**decimals)
-        text = self.prices[ticks] = "%d.%0*d" % (whole, decimals, frac)  # noqa: UP031
+        text = "%d.%0*d" % (whole, decimals, frac)  # noqa: UP031
+        prices = self.prices
+        if len(prices) >= FORMAT_CACHE_LIMIT:
+            prices.clear()
+        prices[ticks] = text
         return text
 
     def size(self, steps: int) -> str:
         decimals = self._size_decimals
         whole, frac = divmod(steps * self._size_scale, 10**decimals)
-        text = self.sizes[steps] = "%d.%0*d" % (whole, decimals, frac)  # noqa: UP031
+        text = "%d.%0*d" % (whole, decimals, frac)  # noqa: UP031
+        sizes = self.sizes
+        if len(sizes) >= FORMAT_CACHE_LIMIT:
+            sizes.clear()
+        sizes[steps] = text
         return text
 
     def size_steps(self, text: str) -> int:
@@ -190,9 +209,8 @@ class TradeTape:
             self._seq = base + crc % 1_000_000
         self._last_t = 0
         self._last_ts = 0
-        self.history_limit = history
-        self.history: list[TradeRow] = []
-        """The most recent generated trades (at most about `history_limit`), oldest first."""
+        self.history = TradeHistory(history)
+        """The most recent generated trades (at least the last `history`), oldest first."""
 
     def frame_sizes(self, count: int, low: int, high: int) -> list[int]:
         """How many trades each of the next `count` frames carries."""
@@ -207,14 +225,8 @@ class TradeTape:
         return ts
 
     def record(self, rows: list[TradeRow]) -> None:
-        """Keep `rows` in the bounded history (trimmed in chunks, so appending stays cheap)."""
-        limit = self.history_limit
-        if limit <= 0:
-            return
-        history = self.history
-        history += rows
-        if len(history) > limit + (limit >> 2) + 1:
-            del history[: len(history) - limit]
+        """Keep `rows` in the bounded history."""
+        self.history.extend(rows)
 
     def take(self, count: int, ts_ms: int) -> list[TradeRow]:
         """The next `count` trades, matched one ms before `ts_ms` (never going back in time)."""
@@ -374,7 +386,7 @@ class FrameSink(Protocol):
 class Market:
     """All tapes of one simulator run plus the counters that order their frames."""
 
-    def __init__(self, seed: int, *, history: int = 100_000) -> None:
+    def __init__(self, seed: int, *, history: int = DEFAULT_TRADE_HISTORY) -> None:
         self.seed = seed
         self.history = history
         self._tapes: dict[tuple[str, str, str], TradeTape] = {}
@@ -572,6 +584,8 @@ def to_sim_trades(
 
 
 __all__ = [
+    "DEFAULT_TRADE_HISTORY",
+    "FORMAT_CACHE_LIMIT",
     "MAX_TRADES_PER_FRAME",
     "FeedChannel",
     "FrameEncoder",
@@ -582,6 +596,7 @@ __all__ = [
     "SimTrade",
     "TapeFrame",
     "TradeFeed",
+    "TradeHistory",
     "TradeRow",
     "TradeTape",
     "WireFrame",

@@ -10,8 +10,9 @@ Depth snapshots are the simulator's true book (top `limit`) with its current `la
 state once when the `stale_snapshot` fault is armed. While a `cross_book` crossing is on the wire the
 answer waits for its repair (one update), so a client resyncing because of it lands after it.
 
-Trades come from each tape's bounded history, which holds every trade generated (delivered or not);
-`fromId` older than the history starts at its oldest.
+Trades come from each tape's bounded history, which holds the last `SimConfig.trade_history` trades
+generated (delivered or not; default 3000, so every Bybit `limit` is served in full); `fromId` older than
+the history starts at its oldest.
 
 Binance request weight is counted per market per wall-clock minute and reported in
 `X-MBX-USED-WEIGHT-1M` (spot also `x-mbx-used-weight`); above 6000 (spot) / 2400 (USD-M) the answer is
@@ -216,14 +217,15 @@ class RestApi:
         history = self.market.tape(category, symbol, "binance").history
         rows: list[TradeRow]
         if from_id is not None:
-            index = max(0, from_id - int(history[0][ROW_ID])) if history else 0
-            rows = history[index : index + limit]
+            oldest = history.rows(0, 1)
+            index = max(0, from_id - int(oldest[0][ROW_ID])) if oldest else 0
+            rows = history.rows(index, index + limit)
         elif start is not None or end is not None:
             low = start if start is not None else 0
             high = end if end is not None else 2**63
-            rows = [r for r in history if low <= r[ROW_T] <= high][:limit]
+            rows = [r for r in history.rows() if low <= r[ROW_T] <= high][:limit]
         else:
-            rows = history[-limit:]
+            rows = history.latest(limit)
         spot = category == "spot"
         out = []
         for r in rows:
@@ -263,7 +265,7 @@ class RestApi:
                 return self._bybit_error(f"params error: limit must be between 1 and {maximum}", now)
             limit = int(limit_text)
         tape = self.market.tape(category, symbol)
-        rows = tape.history[-limit:][::-1]
+        rows = tape.history.latest(limit)[::-1]
         listing = [
             {
                 "execId": r[ROW_ID],

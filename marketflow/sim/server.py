@@ -41,6 +41,7 @@ from marketflow.sim.http import (
     serve_http,
 )
 from marketflow.sim.market import (
+    DEFAULT_TRADE_HISTORY,
     MAX_TRADES_PER_FRAME,
     Formats,
     Market,
@@ -106,8 +107,8 @@ class SimConfig:
     """Keep every delivered trade for `delivered_trades()`; turn off for long runs and benchmarks."""
     trade_while_unsubscribed: bool = False
     """Tapes and books, once started, keep moving with nobody subscribed (so clients can miss trades)."""
-    trade_history: int = attrs.field(default=100_000, validator=attrs.validators.ge(0))
-    """Trades kept per tape for REST and `generated_trades()`."""
+    trade_history: int = attrs.field(default=DEFAULT_TRADE_HISTORY, validator=attrs.validators.ge(0))
+    """Trades kept per tape (at least this many, packed) for REST and `generated_trades()`."""
     book_rate: float = attrs.field(default=10.0, validator=attrs.validators.ge(0.0))
     """Book updates per second per book; 0 = as fast as the clients read."""
     book_levels: int = attrs.field(default=200, validator=attrs.validators.ge(10))
@@ -231,12 +232,12 @@ class SimServer:
         return to_sim_trades(self._delivered, category, exchange)
 
     def generated_trades(self, exchange: str, market: str, symbol: str) -> list[SimTrade]:
-        """The tape's trades, delivered or not (the last `SimConfig.trade_history` of them), oldest first."""
+        """The tape's trades, delivered or not (at least the last `SimConfig.trade_history`), oldest first."""
         self._check(exchange, market, symbol)
         tape = self.market.find_tape(exchange, market, symbol)
         if tape is None:
             return []
-        return [row_to_sim_trade(exchange, market, symbol, row) for row in tape.history]
+        return [row_to_sim_trade(exchange, market, symbol, row) for row in tape.history.rows()]
 
     def generated_count(self) -> int:
         """Trades generated so far, delivered or not."""
