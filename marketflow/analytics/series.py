@@ -48,9 +48,9 @@ class IntervalSeries:
         self.interval_us = interval_us
         self.max_bars = max_bars
         self.open: Bar | None = None
-        self.closed: list[Bar] = []
+        self.closed: list[PackedBar] = []
         self.starts: list[int] = []
-        self.by_start: dict[int, Bar] = {}
+        self.by_start: dict[int, PackedBar] = {}
         self.evicted_until = -(2**63)  # bars starting before this were dropped from the window
 
     def add_closed(self, bar: Bar) -> None:
@@ -72,7 +72,7 @@ class IntervalSeries:
 
     def view(self, base: Bar | None, *, cells: bool) -> list[Bar]:
         """Closed bars, then the open one as it stands with the open base bar in it (a copy if merged)."""
-        bars = list(self.closed)
+        bars: list[Bar] = [*self.closed]
         current = self.open
         if base is not None and base.trades:
             start = base.start - base.start % self.interval_us
@@ -214,7 +214,7 @@ class MarketBars:
                 continue
             kept = series.by_start.get(start)
             if kept is not None:
-                bar = kept.unpacked() if isinstance(kept, PackedBar) else kept
+                bar = kept.unpacked()
             elif start < series.evicted_until or start < self.first_ts - self.first_ts % interval_us:
                 dropped = True  # its bar left the window, or predates this market's first trade
                 continue

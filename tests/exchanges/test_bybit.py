@@ -216,16 +216,19 @@ def test_resubscribe_is_unsubscribe_then_subscribe() -> None:
     assert ops == ["unsubscribe", "subscribe"]
 
 
+def trade_frame(ms: int, *ids: int) -> bytes:
+    """A linear BTCUSDT trade frame: one buy of 1 at 100 at `ms` per id (`id-<n>`)."""
+    data = ",".join(f'{{"T":{ms},"s":"BTCUSDT","S":"Buy","v":"1","p":"100","i":"id-{i}"}}' for i in ids)
+    head = '{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1700000000000,"data":['
+    return f"{head}{data}]}}".encode()
+
+
 def test_duplicate_memory_is_bounded_in_two_generations(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bybit, "RECENT_IDS", 3)
     decoder = bybit.FrameDecoder("bybit", "linear", {"BTCUSDT": "BTC-USDT-PERP"})
 
     def frame(*ids: int) -> bytes:
-        data = ",".join(
-            f'{{"T":1700000000000,"s":"BTCUSDT","S":"Buy","v":"1","p":"100","i":"id-{i}"}}' for i in ids
-        )
-        head = '{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1700000000000,"data":['
-        return f"{head}{data}]}}".encode()
+        return trade_frame(1700000000000, *ids)
 
     out = Decoded()
     decoder.decode([frame(1, 2, 3), frame(4, 5), frame(1), frame(6), frame(4)], 0, out)
@@ -244,25 +247,22 @@ def test_duplicate_memory_turns_over_by_exchange_time() -> None:
     span_ms = bybit.RECENT_SPAN_US // 1000
     assert span_ms > backfill.CLOCK_MARGIN_US // 1000
 
-    def frame(ms: int, *ids: int) -> bytes:
-        data = ",".join(f'{{"T":{ms},"s":"BTCUSDT","S":"Buy","v":"1","p":"100","i":"id-{i}"}}' for i in ids)
-        head = '{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1700000000000,"data":['
-        return f"{head}{data}]}}".encode()
-
     t0 = 1_700_000_000_000
     out = Decoded()
     # One trade a second for three spans: the generations turn over by time, long before RECENT_IDS.
-    decoder.decode([frame(t0 + s * 1000, s) for s in range(3 * span_ms // 1000)], 0, out)
+    decoder.decode([trade_frame(t0 + s * 1000, s) for s in range(3 * span_ms // 1000)], 0, out)
     recent = decoder._seen["BTCUSDT"]
     assert len(recent.current) + len(recent.previous) <= 2 * span_ms // 1000 + 1
     newest = t0 + (3 * span_ms // 1000 - 1) * 1000
     # Every id of the last span is known: sent again, all are duplicates; the first ones are forgotten.
-    again = [frame(t0 + s * 1000, s) for s in range(3 * span_ms // 1000) if t0 + s * 1000 >= newest - span_ms]
+    again = [
+        trade_frame(t0 + s * 1000, s) for s in range(3 * span_ms // 1000) if t0 + s * 1000 >= newest - span_ms
+    ]
     out = Decoded()
     decoder.decode(again, 0, out)
     assert out.trades == [] and decoder.counters.duplicates == len(again)
     out = Decoded()
-    decoder.decode([frame(t0, 0)], 0, out)
+    decoder.decode([trade_frame(t0, 0)], 0, out)
     assert [t.id for t in out.trades] == ["id-0"]
 
 
