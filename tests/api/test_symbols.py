@@ -47,7 +47,7 @@ async def test_add_and_remove_symbols_over_http(tmp_path: Path) -> None:
                 assert body["restarted"] == ["bybit-linear"]
                 assert body["feeds"][0]["symbols"] == ["BTC-USDT-PERP", "ETH-USDT-PERP"]
                 text = path.read_text()
-                assert 'symbols = ["BTCUSDT", "ETHUSDT"]   # my perpetuals, keep this comment' in text
+                assert 'symbols = ["BTCUSDT", "ETH-USDT-PERP"]   # my perpetuals, keep this comment' in text
                 db = tmp_path / "mf.db"
                 await wait_for(lambda: any(r[1] == "ETH-USDT-PERP" for r in stored_rows(db)), 0.05)
                 # Bad changes: named, and the file is untouched.
