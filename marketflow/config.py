@@ -173,8 +173,9 @@ class Config:
     analytics: AnalyticsConfig
     source: str | None = None  # the file it was read from (parse_config: its `source` label)
     # What was read: `config_digest` of the file (and the symbols overlay); edits refuse to build on a
-    # file that changed since (a person's unreloaded edit must not be applied behind their back).
-    digest: str | None = None
+    # file that changed since (a person's unreloaded edit must not be applied behind their back). Not part
+    # of equality: two configs that say the same are equal whatever their files' comments.
+    digest: str | None = attrs.field(default=None, eq=False)
     books: BooksConfig = BooksConfig()
     capture: CaptureConfig = CaptureConfig()
 
