@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -230,3 +235,39 @@ def test_a_bad_overlay_is_named_at_load(tmp_path: Path) -> None:
         running(config)
     assert [issue.key for issue in err.value.issues] == ["feeds[0].spam", "feeds[0].add[0]"]
     assert all(issue.path == str(tmp_path / "symbols.toml") for issue in err.value.issues)
+
+
+@contextlib.contextmanager
+def acting_as(uid: int) -> Iterator[None]:
+    """This process's file accesses checked as `uid`'s (effective ids) while the block runs."""
+    os.setegid(uid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the edit as the container's user")
+def test_the_container_shape_root_owned_etc_unprivileged_daemon() -> None:
+    """As in the Containerfile: /etc/marketflow is root's, the daemon runs as uid 10001 and owns only its
+    state volume. The edit, made as that user, lands in the overlay (a real EACCES on /etc)."""
+    root = Path(tempfile.mkdtemp(prefix="mf-container-"))
+    try:
+        root.chmod(0o755)
+        etc, state = root / "etc", root / "state"
+        etc.mkdir()
+        state.mkdir()
+        os.chown(state, 10001, 10001)
+        config = etc / "marketflow.toml"
+        config.write_text(f'[daemon]\nstate_dir = "{state}"\n' + TEXT.split("# keep this comment\n")[1])
+        loaded = running(config)
+        with acting_as(10001):
+            edit = change_symbols(loaded, exchange="bybit", market="spot", symbol="SOLUSDT", add=True, env={})
+        assert edit.written == str(state / "symbols.toml")
+        assert (state / "symbols.toml").stat().st_uid == 10001
+        assert "SOL" not in config.read_text()
+        assert load_config(config, env={}).feeds[0].symbols == ("BTC-USDT", "ETH-USDT", "SOL-USDT")
+    finally:
+        shutil.rmtree(root)
