@@ -273,28 +273,28 @@ def _change_overlay(
         current = apply_deltas(base, deltas, str(file))
     except ConfigError as exc:
         raise ConfigChanged(str(exc)) from exc
-    feed = next((f for f in current.feeds if (f.exchange, f.market) == (exchange, market)), None)
-    collected = feed is not None and normalized in feed.symbols
+    collected = _collects(current, exchange, market, normalized)
     if add and collected:
         raise EditError(f"{normalized} is already collected from {exchange} {market}")
     if not add and not collected:
         raise NotCollected(f"{normalized} is not collected from {exchange} {market}")
     index = next((i for i, d in enumerate(deltas) if (d.exchange, d.market) == (exchange, market)), None)
     delta = SymbolDelta(exchange, market) if index is None else deltas[index]
-    if add:  # an earlier removal in the overlay is undone; otherwise the symbol is added
-        if normalized in delta.remove:
-            delta = attrs.evolve(delta, remove=tuple(s for s in delta.remove if s != normalized))
-        else:
-            delta = attrs.evolve(delta, add=(*delta.add, normalized))
-    elif normalized in delta.add:
-        delta = attrs.evolve(delta, add=tuple(s for s in delta.add if s != normalized))
+    # First undo an opposite change the overlay holds; if the main file alone does not give the wanted
+    # result (a person edited it since), record the change itself.
+    if add:
+        delta = attrs.evolve(delta, remove=tuple(s for s in delta.remove if s != normalized))
     else:
-        delta = attrs.evolve(delta, remove=(*delta.remove, normalized))
+        delta = attrs.evolve(delta, add=tuple(s for s in delta.add if s != normalized))
     deltas = deltas + [delta] if index is None else [*deltas[:index], delta, *deltas[index + 1 :]]
-    try:
-        new = apply_deltas(base, deltas, str(file))
-    except ConfigError as exc:
-        raise EditError(str(exc)) from exc
+    new = _applied(base, deltas, file)
+    if _collects(new, exchange, market, normalized) != add:
+        if add:
+            delta = attrs.evolve(delta, add=(*delta.add, normalized))
+        else:
+            delta = attrs.evolve(delta, remove=(*delta.remove, normalized))
+        deltas = [delta if (d.exchange, d.market) == (exchange, market) else d for d in deltas]
+        new = _applied(base, deltas, file)
     new_overlay = render_overlay(deltas, base.source or "the configuration file")
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -308,6 +308,19 @@ def _change_overlay(
             "or edit the file and reload"
         ) from exc
     return SymbolEdit(attrs.evolve(new, digest=config_digest(text, new_overlay)), str(file))
+
+
+def _applied(base: Config, deltas: list[SymbolDelta], file: Path) -> Config:
+    try:
+        return apply_deltas(base, deltas, str(file))
+    except ConfigError as exc:
+        raise EditError(str(exc)) from exc
+
+
+def _collects(config: Config, exchange: str, market: str, symbol: str) -> bool:
+    """Whether the first feed of (exchange, market) in `config` collects `symbol` (the overlay's rule)."""
+    feed = next((f for f in config.feeds if (f.exchange, f.market) == (exchange, market)), None)
+    return feed is not None and symbol in feed.symbols
 
 
 def _replace(file: Path, text: str) -> None:

@@ -271,3 +271,20 @@ def test_the_container_shape_root_owned_etc_unprivileged_daemon() -> None:
         assert load_config(config, env={}).feeds[0].symbols == ("BTC-USDT", "ETH-USDT", "SOL-USDT")
     finally:
         shutil.rmtree(root)
+
+
+def test_the_overlay_records_what_the_main_file_no_longer_gives(tmp_path: Path) -> None:
+    """The overlay removed ETH; a person then dropped ETH from the main file too. Adding ETH back over HTTP
+    must add it (undoing the removal alone would leave it out)."""
+    config = tmp_path / "marketflow.toml"
+    config.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\n' + TEXT.split("# keep this comment\n")[1])
+    (tmp_path / "symbols.toml").write_text(
+        '[[feeds]]\nexchange = "bybit"\nmarket = "spot"\nremove = ["ETH-USDT"]\n'
+    )
+    config.write_text(config.read_text().replace('symbols = ["BTCUSDT", "ETHUSDT"]', 'symbols = ["BTCUSDT"]'))
+    edit = change_symbols(
+        running(config), exchange="bybit", market="spot", symbol="ETHUSDT", add=True, env={}
+    )
+    assert edit.config.feeds[0].symbols == ("BTC-USDT", "ETH-USDT")
+    assert running(config).feeds[0].symbols == ("BTC-USDT", "ETH-USDT")
+    assert 'add = ["ETH-USDT"]' in (tmp_path / "symbols.toml").read_text()
