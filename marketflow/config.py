@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import difflib
+import hashlib
 import ipaddress
 import json
 import os
@@ -171,6 +172,10 @@ class Config:
     feeds: tuple[FeedConfig, ...]
     analytics: AnalyticsConfig
     source: str | None = None  # the file it was read from (parse_config: its `source` label)
+    # What was read: `config_digest` of the file (and the symbols overlay); edits refuse to build on a
+    # file that changed since (a person's unreloaded edit must not be applied behind their back). Not part
+    # of equality: two configs that say the same are equal whatever their files' comments.
+    digest: str | None = attrs.field(default=None, eq=False)
     books: BooksConfig = BooksConfig()
     capture: CaptureConfig = CaptureConfig()
 
@@ -218,11 +223,20 @@ def parse_config(text: str, *, source: str = "<string>", env: Mapping[str, str] 
     config = checker.check(doc, os.environ if env is None else env)
     if config is None:
         raise ConfigError(sorted(checker.issues, key=lambda issue: (issue.line is None, issue.line or 0)))
-    return attrs.evolve(config, source=source)
+    return attrs.evolve(config, source=source, digest=config_digest(text, None))
+
+
+def config_digest(text: str, overlay: str | None) -> str:
+    """A fingerprint of a configuration file's text and of its symbols overlay's (None: no overlay)."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass"))
+    if overlay is not None:
+        digest.update(b"\0overlay\0" + overlay.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the TOML file at `path`; an unreadable file is a `ConfigError` naming it."""
+    """Read and validate the TOML file at `path`, then apply the symbols overlay under its `state_dir`
+    (`marketflow.config_overlay`); an unreadable file is a `ConfigError` naming it."""
     name = os.fspath(path)
     try:
         data = Path(path).read_bytes()
@@ -234,7 +248,9 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError([ConfigIssue(name, line, "<toml>", "the file is not valid UTF-8")]) from None
-    return parse_config(text, source=name, env=env)
+    from marketflow.config_overlay import apply_overlay_file  # it builds on this module
+
+    return apply_overlay_file(parse_config(text, source=name, env=env), text)
 
 
 def resolve_config_path(cli_path: str | None, env: Mapping[str, str]) -> str | None:
