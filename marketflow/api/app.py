@@ -36,6 +36,7 @@ from marketflow.api.queries import QueryContext, QueryError
 
 __all__ = [
     "MAX_BODY_BYTES",
+    "MAX_JSON_DEPTH",
     "ErrorBody",
     "PrometheusText",
     "context",
@@ -52,6 +53,10 @@ R = TypeVar("R")
 
 MAX_BODY_BYTES = 64 * 1024
 """Largest request body accepted (413 beyond)."""
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects accepted in a JSON body (400 beyond): the parsers after ours
+(quart-schema's validation re-parses with the standard library) recurse once per level."""
 
 SECURITY: list[dict[str, list[str]]] = [{"ApiKey": []}, {"Bearer": []}]
 """OpenAPI security requirement of routes that may need a key."""
@@ -107,10 +112,31 @@ async def json_body(param: str = "body") -> Any:
             415,
         )
     data = await request.get_data(as_text=False)
+    too_deep = f"the body is nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects"
     try:
-        return msgspec.json.decode(data)
+        value = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise QueryError("bad_body", f"the body is not valid JSON: {exc}", param) from None
+    except RecursionError:
+        raise QueryError("bad_body", too_deep, param) from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise QueryError("bad_body", too_deep, param)
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a decoded JSON `value` (a scalar is 0), without recursion."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            depth += 1
+            deepest = max(deepest, depth)
+            pending.extend((item, depth) for item in node)
+    return deepest
 
 
 def require_json(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

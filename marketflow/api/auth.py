@@ -4,13 +4,18 @@ A key comes as `X-API-Key: <key>` or `Authorization: Bearer <key>`. A presented 
 also on a read that would be open without one: a wrong, revoked or expired key is a 401, a key whose scope
 is too low a 403. Without a key, writes and admin routes are a 401; reads are served only when
 `http.public_reads = true`, or when the server listens on a loopback address *and* the request comes from
-a loopback peer *and* carries no proxy header (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`): a reverse
-proxy on the same host would otherwise make every remote client look local.
+a loopback peer *and* carries no proxy header (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`; present counts,
+even empty): a reverse proxy on the same host would otherwise make every remote client look local.
+
+A key file that cannot be used (unreadable, wrong shape) makes every keyed request a 503 whose detail says
+only that keys cannot be checked: the cause, with the file's path, goes to the log, not to a client that
+may not even have a valid key.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -20,6 +25,8 @@ import attrs
 from marketflow.api.keys import ApiKey, KeyRejected, KeyStore, Scope
 
 __all__ = ["AuthError", "AuthPolicy", "is_loopback", "presented_key", "require_scope"]
+
+log = logging.getLogger("marketflow.http")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -79,7 +86,8 @@ class AuthPolicy:
             return True
         if not is_loopback(self.listen_host) or not is_loopback(peer):
             return False
-        return not any(headers.get(name) for name in PROXY_HEADERS)
+        # Present is enough, even empty: a proxy that forwards an empty header is still a proxy.
+        return not any(name in headers for name in PROXY_HEADERS)
 
     def authorize(self, required: Scope, headers: Mapping[str, str], peer: str | None) -> ApiKey | None:
         """The request's key (None for an open read), or :class:`AuthError`."""
@@ -101,7 +109,10 @@ class AuthPolicy:
                 401, "unauthorized", f"the API key {what.get(exc.reason, 'is not valid')}"
             ) from None
         except OSError as exc:
-            raise AuthError(503, "unavailable", f"API keys cannot be checked: {exc}") from None
+            log.error("API keys cannot be checked", extra={"reason": str(exc)})
+            raise AuthError(
+                503, "unavailable", "API keys cannot be checked right now; the daemon's log says why"
+            ) from None
         if key.scope < required:
             raise AuthError(
                 403,
