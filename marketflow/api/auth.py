@@ -109,7 +109,7 @@ class AuthPolicy:
                 401, "unauthorized", f"the API key {what.get(exc.reason, 'is not valid')}"
             ) from None
         except OSError as exc:
-            log.error("API keys cannot be checked", extra={"reason": str(exc)})
+            log.error("API keys cannot be checked: %s", exc)
             raise AuthError(
                 503, "unavailable", "API keys cannot be checked right now; the daemon's log says why"
             ) from None

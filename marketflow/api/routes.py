@@ -533,7 +533,7 @@ async def _in_store(func: Callable[..., T], *args: Any) -> T:
     try:
         return await trio.to_thread.run_sync(func, *args)
     except OSError as exc:
-        log.error("API key file unusable", extra={"reason": str(exc)})
+        log.error("API key file unusable: %s", exc)
         detail = "the API key file cannot be used right now; the daemon's log says why"
         raise QueryError("unavailable", detail, None, 503) from None
 

@@ -74,7 +74,7 @@ async def test_one_peer_at_its_quota_leaves_other_clients_served(tmp_path: Path)
 
 @asynccontextmanager
 async def in_process_mcp(tmp_path: Path, limits: SessionLimits) -> AsyncIterator[McpAsgi]:
-    """The real McpAsgi (Quart app and MCP SDK) of a daemon that is built but not run, its lifespan running."""
+    """The real McpAsgi (Quart app, MCP SDK) of a daemon that is built but not run; its lifespan runs."""
     config = default_config(env={})
     config = attrs.evolve(config, daemon=attrs.evolve(config.daemon, state_dir=str(tmp_path)))
     ctx = QueryContext(Daemon(config))
