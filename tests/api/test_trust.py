@@ -81,7 +81,8 @@ def test_a_key_file_of_the_wrong_shape_names_what_is_wrong(
 def test_a_good_file_still_reads(tmp_path: Path) -> None:
     path = tmp_path / "api_keys.json"
     path.write_text(json.dumps({"version": 1, "keys": [GOOD, {**GOOD, "prefix": "mf_other000"}]}))
-    assert [k.prefix for k in KeyStore(str(path)).keys()] == ["mf_abcdefgh", "mf_other000"]
+    keys = KeyStore(str(path)).keys()  # noqa: SIM118 - a method of ours, not dict.keys
+    assert [k.prefix for k in keys] == ["mf_abcdefgh", "mf_other000"]
 
 
 def test_a_change_fsyncs_the_directory_after_the_rename(
@@ -112,8 +113,8 @@ async def test_an_unusable_key_file_is_a_503_that_shows_no_path(
     with trio.fail_after(30):
         async with running_api(tmp_path, listen="0.0.0.0:0") as api, api.client("mf_" + "x" * 43) as client:
             admin, _ = api.keys.create("root", ["admin"])
-            path = Path(api.keys.path)
-            path.write_text(json.dumps({"keys": [{**GOOD, "scopes": ["root"]}]}))
+            path = trio.Path(api.keys.path)
+            await path.write_text(json.dumps({"keys": [{**GOOD, "scopes": ["root"]}]}))
             for key in ("mf_" + "x" * 43, admin):
                 for method, route in (("GET", STATUS), ("GET", "/auth/api-keys"), ("POST", "/auth/api-keys")):
                     response = await client.request(
@@ -128,8 +129,8 @@ async def test_an_unusable_key_file_is_a_503_that_shows_no_path(
             assert "keys[0].scopes must be a non-empty list of read, write, admin" in caplog.text
             assert str(path) in caplog.text
             # Unreadable (here: a directory where the file should be): the same, the cause in the log.
-            path.unlink()
-            path.mkdir()
+            await path.unlink()
+            await path.mkdir()
             response = await client.get(STATUS)
             assert response.status_code == 503 and str(tmp_path) not in response.text
             assert "is unreadable" in caplog.text
@@ -170,14 +171,16 @@ async def test_deeply_nested_bodies_are_400s(tmp_path: Path) -> None:
             async with api.client(admin) as client:
                 headers = {"Content-Type": "application/json"}
                 for depth in (MAX_JSON_DEPTH + 1, 5_000, 30_000):
-                    for body in (nested(depth), '{"name": "x", "scopes": %s}' % nested(depth)):
+                    for body in (nested(depth), '{"name": "x", "scopes": ' + nested(depth) + "}"):
                         response = await client.post("/auth/api-keys", content=body, headers=headers)
                         assert response.status_code == 400, (depth, response.text)
                         assert response.json()["param"] == "body"
                         assert f"nested deeper than {MAX_JSON_DEPTH} levels" in response.json()["detail"]
                     # MCP, both eras: a JSON-RPC parse or request error, never a 500.
-                    call = '{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": %s}}' % nested(
-                        depth
+                    call = (
+                        '{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": '
+                        + nested(depth)
+                        + "}}"
                     )
                     legacy = await client.post(
                         "/mcp", content=call, headers={**JSON_HEADERS, "MCP-Protocol-Version": LEGACY}
