@@ -14,11 +14,12 @@ load; a failed load is a 503 naming the cause and is tried again by the next req
 session manager in a nursery of the ASGI lifespan, so it still stops with the server: lifespan shutdown
 completes only after the MCP sessions are closed.
 
-In front of the SDK: a present `Origin` whose host is not this server's gets a 403, and the API-key rules
-of HTTP reads apply (:class:`~marketflow.api.auth.AuthPolicy`), checked on every HTTP request. `GET /mcp`
-is a 405: the server never sends unsolicited messages, and an idle stream held open would only delay a
-graceful shutdown to its deadline. Each client (API key, else peer address) may hold a bounded number of
-2025-11-25 sessions, which expire unused (:mod:`~marketflow.api.mcp_sessions`).
+In front of the SDK: on a loopback listener a `Host` that is not a loopback name (or one of
+`http.allowed_hosts`) gets a 421, a present `Origin` whose host is not this server's a 403, and the API-key
+rules of HTTP reads apply (:class:`~marketflow.api.auth.AuthPolicy`), checked on every HTTP request.
+`GET /mcp` is a 405: the server never sends unsolicited messages, and an idle stream held open would only
+delay a graceful shutdown to its deadline. Each client (API key, else peer address) may hold a bounded
+number of 2025-11-25 sessions, which expire unused (:mod:`~marketflow.api.mcp_sessions`).
 
 Every tool calls the same :mod:`~marketflow.api.queries` function as the matching HTTP route, so its
 `structuredContent` is that route's JSON; its `outputSchema` is generated from the route's documented
@@ -44,7 +45,7 @@ from msgspec import Meta
 from quart_trio import QuartTrio
 
 from marketflow.api import queries
-from marketflow.api.auth import AuthError, AuthPolicy, is_loopback
+from marketflow.api.auth import AuthError, AuthPolicy, is_loopback, misdirected
 from marketflow.api.keys import Scope as KeyScope
 from marketflow.api.mcp_sessions import SessionLedgerStatistics, SessionLimits
 from marketflow.api.queries import QueryContext, parse_optional_time
@@ -704,6 +705,12 @@ class McpAsgi:
 
     async def _mcp(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         headers = ScopeHeaders(scope)
+        host = headers.get("host")
+        if not self.policy.host_allowed(host):
+            await drain(receive)
+            refused = misdirected(host or "")
+            await json_response(send, refused.status, {"error": refused.code, "detail": refused.detail})
+            return
         origin = headers.get("origin")
         if origin is not None and not origin_allowed(origin, self.listen_host, headers.get("host")):
             await drain(receive)

@@ -371,7 +371,6 @@ async def root() -> dict[str, Any] | Response:
         # Relative, so it still lands right behind a reverse proxy that mounts us under a prefix.
         return redirect("dashboard", 303)  # type: ignore[return-value]
     links = {
-        "docs": "/docs",
         "openapi": "/openapi.json",
         "health": "/health",
         "status": "/collectors/status",
@@ -379,6 +378,8 @@ async def root() -> dict[str, Any] | Response:
         "metrics": "/metrics",
         "markets": "/markets",
     }
+    if context().daemon.config.http.api_docs:
+        links = {"docs": "/docs", **links}
     return {"name": "marketflow", "version": __version__, "links": links}
 
 

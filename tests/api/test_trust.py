@@ -5,6 +5,8 @@
   is made durable by an fsync of its directory.
 - A proxy header counts when present, even empty: reads through a same-host proxy need a key.
 - JSON bodies nested deeper than `MAX_JSON_DEPTH` are a 400, never a RecursionError's 500.
+- On a loopback listener a `Host` that is not a loopback name or configured is a 421 (DNS rebinding).
+- The docs pages (scripts from a CDN) are served only with `http.api_docs = true`.
 """
 
 from __future__ import annotations
@@ -192,3 +194,79 @@ async def test_deeply_nested_bodies_are_400s(tmp_path: Path) -> None:
                 fine = await client.post("/auth/api-keys", json={"name": "ok", "scopes": ["read"]})
                 assert fine.status_code == 201
                 assert (await client.post("/mcp", **initialize())).status_code == 200
+
+
+FOREIGN_HOSTS = (
+    "evil.example",
+    "evil.example:8000",
+    "127.0.0.1.nip.io",
+    "localhost.evil.example",
+    "a b",
+    "[::2]",
+)
+LOOPBACK_HOSTS = ("localhost", "LOCALHOST:8000", "127.0.0.1", "127.8.9.10:1234", "[::1]", "[::1]:80")
+
+
+async def test_a_loopback_listener_answers_only_to_loopback_and_configured_host_names(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with running_mcp(tmp_path) as api, api.client() as client:
+            for host in FOREIGN_HOSTS:
+                for method, path in (
+                    ("GET", "/collectors/symbols"),
+                    ("GET", "/mcp/info"),
+                    ("GET", "/ping"),
+                    ("GET", "/openapi.json"),
+                    ("GET", "/dashboard"),
+                    ("GET", "/no/such/route"),
+                    ("POST", "/mcp"),
+                ):
+                    response = await client.request(method, path, **initialize(extra={"Host": host}))
+                    assert response.status_code == 421, (host, path, response.text)
+                    body = response.json()
+                    assert body["error"] == "misdirected_request" and "http.allowed_hosts" in body["detail"]
+            for host in LOOPBACK_HOSTS:
+                assert (await client.get(STATUS, headers={"Host": host})).status_code == 200, host
+                assert (await client.post("/mcp", **initialize(extra={"Host": host}))).status_code == 200, (
+                    host
+                )
+
+        named = running_api(tmp_path / "named", http={"allowed_hosts": ("mf.example.com",)})
+        async with named as api, api.client() as client:
+            for host in ("mf.example.com", "MF.example.com:443", "localhost"):
+                assert (await client.get("/ping", headers={"Host": host})).status_code == 200, host
+            assert (await client.get("/ping", headers={"Host": "other.example.com"})).status_code == 421
+
+        # Not on loopback: the API is meant to be reached by any name, and keys guard it.
+        async with running_api(tmp_path / "wide", listen="0.0.0.0:0") as api, api.client() as client:
+            assert (await client.get("/ping", headers={"Host": "evil.example"})).status_code == 200
+
+
+def test_host_rule(tmp_path: Path) -> None:
+    store = KeyStore(str(tmp_path / "k.json"))
+    loopback = AuthPolicy(store, "127.0.0.1", allowed_hosts=("mf.example.com", "192.0.2.7"))
+    for host in (
+        *LOOPBACK_HOSTS,
+        "localhost.",
+        "[::ffff:127.0.0.1]:9",
+        "mf.example.com:1",
+        "192.0.2.7",
+        None,
+    ):
+        assert loopback.host_allowed(host), host
+    for host in (*FOREIGN_HOSTS, "", "127.0.0.1:port", "user@localhost", "localhost/x", "192.0.2.8"):
+        assert not loopback.host_allowed(host), host
+    assert AuthPolicy(store, "::1").host_allowed("localhost") and not AuthPolicy(store, "::1").host_allowed(
+        "x.y"
+    )
+    assert AuthPolicy(store, "0.0.0.0").host_allowed("evil.example")
+    assert AuthPolicy(store, "192.0.2.1").host_allowed("evil.example")
+
+
+async def test_docs_pages_only_when_asked_for(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with running_api(tmp_path, http={"api_docs": True}) as api, api.client() as client:
+            for page in ("/docs", "/redocs", "/scalar"):
+                response = await client.get(page)
+                assert response.status_code == 200 and "openapi.json" in response.text, page
+            root = await client.get("/", headers={"Accept": "application/json"})
+            assert root.json()["links"]["docs"] == "/docs"
