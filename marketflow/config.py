@@ -81,6 +81,10 @@ class HttpConfig:
     public_reads: bool = False
     # Newest trades per market kept in memory for /collectors/trades (older ones come from storage).
     trades_ring: int = 1_000
+    # Host names a loopback listener answers to besides loopback ones (a DNS-rebinding guard).
+    allowed_hosts: tuple[str, ...] = ()
+    # Serve /docs, /redocs and /scalar (they load scripts from a CDN); /openapi.json is always served.
+    api_docs: bool = False
 
     @property
     def host(self) -> str:
@@ -408,6 +412,26 @@ def _listen(value: object) -> str:
     return value
 
 
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _host_names(value: object) -> tuple[str, ...]:
+    expected = 'must be an array of host names or IP addresses, e.g. ["marketflow.example.com"]'
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _Rejected(f"{expected}, got {_describe(value)}")
+    names: list[str] = []
+    for item in value:
+        name = item.strip().lower().removesuffix(".")
+        bare = name.removeprefix("[").removesuffix("]")
+        with contextlib.suppress(ValueError):
+            names.append(str(ipaddress.ip_address(bare)))
+            continue
+        if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+            raise _Rejected(f"{expected} (no scheme, port or path), got {_describe(item)}")
+        names.append(name)
+    return tuple(names)
+
+
 def _storage_url(value: object) -> str:
     allowed = "sqlite:///PATH, sqlite:///:memory: or postgresql://USER@HOST/DB (postgresql+asyncpg:// too)"
     if not isinstance(value, str):
@@ -470,6 +494,8 @@ _HTTP: Final[Mapping[str, _Check]] = {
     "listen": _listen,
     "public_reads": _boolean,
     "trades_ring": _integer(1),
+    "allowed_hosts": _host_names,
+    "api_docs": _boolean,
 }
 _STORAGE: Final[Mapping[str, _Check]] = {
     "url": _storage_url,
