@@ -39,7 +39,9 @@ def tmpfs_mountable() -> bool:
     if os.geteuid() != 0:
         return False
     with tempfile.TemporaryDirectory() as probe:
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", probe], capture_output=True).returncode:
+        if subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", probe], capture_output=True
+        ).returncode:
             return False
         subprocess.run(["umount", probe], check=True)
     return True
@@ -72,7 +74,15 @@ def run_full_disk(kind: str, scenario: Scenario, tmp_path: Path, capacity: int) 
     assert kind == "rlimit"
     target = f"{scenario.__module__}:{scenario.__qualname__}"
     child = subprocess.run(
-        [sys.executable, "-m", "tests.storage.full_disk", target, str(tmp_path / "spool"), str(work), str(capacity)],
+        [
+            sys.executable,
+            "-m",
+            "tests.storage.full_disk",
+            target,
+            str(tmp_path / "spool"),
+            str(work),
+            str(capacity),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

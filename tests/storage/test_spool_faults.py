@@ -39,7 +39,7 @@ def segments(directory: Path) -> list[Path]:
 
 
 async def fill_then_make_room(spool_dir: Path, work: Path, make_room: Callable[[], None]) -> None:
-    """Append until the disk is full; the failed record leaves no trace; after room is made, nothing is lost."""
+    """Append until the disk is full: the failed record leaves no trace; with room again, nothing is lost."""
     spool = Spool(spool_dir)
     await spool.open()
     kept: list[list[Trade]] = []
