@@ -49,7 +49,8 @@ def tmpfs_mountable() -> bool:
 
 @contextlib.contextmanager
 def small_tmpfs(where: Path, capacity: int) -> Iterator[tuple[Path, Callable[[], None]]]:
-    """A 64 KiB tmpfs at `where` with `capacity` bytes (whole pages) left, and the function freeing it."""
+    """Mounts a 64 KiB tmpfs at `where` with `capacity` bytes (whole pages) left; yields `where` and the
+    function that frees it."""
     assert capacity % PAGE == 0 and capacity < TMPFS_SIZE
     where.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(where)], check=True)
@@ -58,7 +59,7 @@ def small_tmpfs(where: Path, capacity: int) -> Iterator[tuple[Path, Callable[[],
         filler.write_bytes(b"\0" * (TMPFS_SIZE - capacity))
         free = os.statvfs(where)
         assert free.f_bavail * free.f_frsize == capacity, "the tmpfs does not account as expected"
-        yield where / "spool", lambda: filler.unlink()
+        yield where, lambda: filler.unlink()
     finally:
         subprocess.run(["umount", "-l", str(where)], check=True)
 
@@ -68,8 +69,8 @@ def run_full_disk(kind: str, scenario: Scenario, tmp_path: Path, capacity: int) 
     work = tmp_path / "work"
     work.mkdir()
     if kind == "tmpfs":
-        with small_tmpfs(tmp_path / "disk", capacity) as (spool_dir, make_room):
-            trio.run(scenario, spool_dir, work, make_room)
+        with small_tmpfs(tmp_path / "disk", capacity) as (disk, make_room):
+            trio.run(scenario, disk / "spool", work, make_room)
         return
     assert kind == "rlimit"
     target = f"{scenario.__module__}:{scenario.__qualname__}"
