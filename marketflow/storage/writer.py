@@ -288,16 +288,17 @@ class StorageWriter:
         self._wake()
 
     async def _seal_all(self) -> None:
-        assembling = self._assembling
-        while assembling:
-            chunk = assembling[: self._batch_max]
-            del assembling[: len(chunk)]
-            await self._enqueue(chunk)
+        while self._assembling:
+            await self._enqueue()
 
-    async def _enqueue(self, chunk: list[Trade]) -> None:
+    async def _enqueue(self) -> None:
+        """Seal the next chunk of what is being assembled into memory (or the spool)."""
         # Under the memory lock: which of head, spool and tail a chunk belongs to must not change while
-        # the flusher moves chunks between them.
+        # the flusher moves chunks between them. The chunk leaves `assembling` only under it too, so
+        # `buffered` counts it all along.
         async with self._memory_lock:
+            chunk = self._assembling[: self._batch_max]
+            del self._assembling[: len(chunk)]
             if self._spool or self._tail:
                 self._tail.append(chunk)  # the spool holds older trades: this waits behind them
                 self._tail_trades += len(chunk)
