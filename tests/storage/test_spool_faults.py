@@ -7,6 +7,8 @@ and always under RLIMIT_FSIZE in a child process.
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 
 from marketflow.model import Trade
 from marketflow.storage.spool import HEADER_SIZE, Spool, SpoolError, encode_record, read_spool, scan_segment
-from tests.storage.full_disk import run_full_disk, tmpfs_mountable
+from tests.storage.full_disk import run_full_disk, small_tmpfs, tmpfs_mountable
 from tests.storage.helpers import trades
 
 CAPACITY = 2 * 4096
@@ -191,3 +193,56 @@ async def test_a_replayed_segment_that_cannot_be_removed_is_reported_and_removed
     assert spool.statistics().remove_errors == 2 and segments(tmp_path) == []
     assert not third.exists()
     await spool.close()
+
+
+def chattr(flag: str, path: Path) -> None:
+    subprocess.run(["chattr", flag, str(path)], check=True)
+
+
+@pytest.mark.skipif(
+    not tmpfs_mountable() or shutil.which("chattr") is None, reason="needs root (tmpfs, chattr)"
+)
+async def test_a_segment_that_cannot_be_cut_back_is_left_for_a_new_one_and_removed_when_it_can_be(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An append-only segment (`chattr +a`) on a full disk: the torn write cannot be truncated away, so the
+    next record starts a new segment; the reader skips the torn bytes; the segment goes once it may."""
+    with small_tmpfs(tmp_path / "disk", CAPACITY) as (disk, make_room):
+        spool_dir = disk / "spool"
+        spool = Spool(spool_dir)
+        await spool.open()
+        kept = [trades(0, 10)]
+        await spool.append(kept[0])
+        (first,) = segments(spool_dir)
+        chattr("+a", first)
+        try:
+            with caplog.at_level(logging.ERROR, logger="marketflow.storage.spool"):
+                for i in range(1, 1000):
+                    batch = trades(10 * i, 10 * i + 10)
+                    try:
+                        await spool.append(batch)
+                    except SpoolError:
+                        break
+                    kept.append(batch)
+            assert any("continuing in a new segment" in r.getMessage() for r in caplog.records)
+            assert first.stat().st_size > spool.statistics().bytes  # the torn bytes are still there
+            make_room()
+            await spool.append(batch)
+            kept.append(batch)
+            assert segments(spool_dir) == [first, spool_dir / f"{int(first.stem) + 1:020d}.spool"]
+            assert read_spool(spool_dir) == kept  # a restart skips the torn bytes, keeps the rest
+            caplog.clear()
+            with caplog.at_level(logging.ERROR, logger="marketflow.storage.spool"):
+                assert await drain(spool) == kept
+            # Append-only files cannot be removed either: reported, counted, tried again at the next
+            # segment's retirement (in vain here too), replay unharmed.
+            assert [(r.getMessage(), r.path) for r in caplog.records] == 2 * [  # type: ignore[attr-defined]
+                ("cannot remove a replayed spool segment; trying again later", str(first))
+            ]
+            assert spool.statistics().remove_errors == 2 and first.exists()
+        finally:
+            chattr("-a", first)
+        await spool.append(trades(5000, 5010))
+        assert await drain(spool) == [trades(5000, 5010)]
+        assert segments(spool_dir) == [] and spool.statistics().remove_errors == 2
+        await spool.close()
