@@ -485,13 +485,16 @@ class Daemon:
         await self.supervisor.stop()
 
     def health(self) -> Health:
-        """healthy; degraded when a circuit is open, a feed is down or a book is resyncing; unhealthy
-        when storage is not running."""
+        """healthy; degraded when a circuit is open, a feed is down, a book is resyncing or the spool
+        refuses writes (disk full); unhealthy when storage is not running."""
         children = {c.name: c for c in self.supervisor.statistics().children}
         problems: dict[str, str] = {}
         storage = children.get("storage")
         if storage is None or storage.state != "running":
             problems["storage"] = "not running" if storage is None else storage.state
+        writer = self.writer.statistics() if self.writer is not None else None
+        if writer is not None and writer.spool_failing:  # disk full: trades wait in memory, then back up
+            problems["spool"] = f"{writer.state}: {writer.spool_error}"
         for name in self.connections:
             child = children.get(name)
             if child is not None and child.circuit != "closed":
