@@ -17,7 +17,7 @@ import attrs
 import pytest
 import trio
 
-from marketflow.exchanges import bybit
+from marketflow.exchanges import venue
 from marketflow.model import RawFrames
 from marketflow.pipeline.feed import CONNECT_TIMEOUT_S, Feed, FeedCounters
 from marketflow.runtime import Bus, ChildSpec, Restart, Supervisor, SupervisorPolicy
@@ -99,7 +99,7 @@ def feed_spec(name: str, url: str, bus: Bus[RawFrames]) -> ChildSpec:
             exchange="bybit",
             market="spot",
             url=url,
-            session_factory=lambda: bybit.Session("spot", ["publicTrade.BTCUSDT"]),
+            session_factory=lambda: venue("bybit").session("spot", ["publicTrade.BTCUSDT"]),
             bus=bus,
             counters=FeedCounters(),
             stale_timeout_s=30.0,
