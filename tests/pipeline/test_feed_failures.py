@@ -139,7 +139,7 @@ async def test_operational_feed_failures_are_one_line_each_and_unexpected_ones_r
                 "tls": f"wss://127.0.0.1:{plain.port}/v5/public/spot",
             }
             specs = [feed_spec(name, url, bus) for name, url in urls.items()]
-            specs.append(ChildSpec("buggy", Unexpected, Restart.PERMANENT))
+            specs += [ChildSpec(name, Unexpected, Restart.PERMANENT) for name in ("buggy", "buggy-too")]
             sup = Supervisor("daemon", POLICY, specs, rng=MaxRandom())
             await nursery.start(sup.run)
             await trio.sleep_until(RUN_S)
@@ -184,12 +184,14 @@ async def test_operational_feed_failures_are_one_line_each_and_unexpected_ones_r
                 [CONNECT_TIMEOUT_S] * len(failed_at)
             )
 
-    # A bug keeps its traceback, at most once per child per traceback_interval_s (300 s).
-    buggy = [r for r in mine if getattr(r, "child", None) == "buggy"]
-    assert len(buggy) == stats["buggy"].failures >= 10
-    times = [r.trio_time for r in buggy]  # type: ignore[attr-defined]
-    shown = [r.trio_time for r in buggy if r.exc_info is not None]  # type: ignore[attr-defined]
-    assert shown == expected_tracebacks(times, POLICY.traceback_interval_s)
-    assert len(shown) == 3  # t = 0, then the first failure at or after 300 s, then after 600 s
-    assert all(r.exc_info[0] is KeyError for r in buggy if r.exc_info)
-    assert all(r.traceback == "shown at most once per 300 s" for r in buggy if not r.exc_info)  # type: ignore[attr-defined]
+    # A bug keeps its traceback, at most once per child per traceback_interval_s (300 s): each of two
+    # children failing alike has its own.
+    for name in ("buggy", "buggy-too"):
+        buggy = [r for r in mine if getattr(r, "child", None) == name]
+        assert len(buggy) == stats[name].failures >= 10
+        times = [r.trio_time for r in buggy]  # type: ignore[attr-defined]
+        shown = [r.trio_time for r in buggy if r.exc_info is not None]  # type: ignore[attr-defined]
+        assert shown == expected_tracebacks(times, POLICY.traceback_interval_s)
+        assert len(shown) == 3  # t = 0, then the first failure at or after 300 s, then after 600 s
+        assert all(r.exc_info[0] is KeyError for r in buggy if r.exc_info)
+        assert all(r.traceback == "shown at most once per 300 s" for r in buggy if not r.exc_info)  # type: ignore[attr-defined]
