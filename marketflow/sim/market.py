@@ -114,7 +114,9 @@ def instrument_for(category: str, symbol: str, exchange: str = "bybit") -> Instr
         if symbol.startswith("BTC-"):  # "65114.2"; spot "0.00012345" BTC, swaps in contracts
             if spot:
                 return Instrument(symbol, 650_000, 1, 1, 8, 50_000.0, IDS_BINANCE)
-            return Instrument(symbol, 650_000, 1, 1, 1 if inverse else 2, 30.0 if inverse else 300.0, IDS_BINANCE)
+            return Instrument(
+                symbol, 650_000, 1, 1, 1 if inverse else 2, 30.0 if inverse else 300.0, IDS_BINANCE
+            )
         start = (1 + stable_crc(symbol.split("-")[0]) % 500) * 10_000
         return Instrument(symbol, start, 2, 2, 4 if spot else 1, 500.0 if spot else 30.0, IDS_BINANCE)
     if exchange == "binance":

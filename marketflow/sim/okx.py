@@ -234,7 +234,7 @@ class OkxBookStream:
         return [(formats.price(p), formats.size(q) if q else "0") for p, q in levels]
 
     def _levels(self, levels: list[tuple[str, str]]) -> str:
-        return ",".join(['["%s","%s","0","%d"]' % (p, q, 0 if q == "0" else 1 + len(q) % 5) for p, q in levels])
+        return ",".join([f'["{p}","{q}","0","{0 if q == "0" else 1 + len(q) % 5}"]' for p, q in levels])
 
     def _frame(
         self, action: str, bids: dict[int, int], asks: dict[int, int], prev: int, seq: int, ts: int
@@ -395,7 +395,9 @@ class OkxSession:
         args = msg.get("args") if isinstance(msg, dict) else None
         if op not in ("subscribe", "unsubscribe") or not isinstance(args, list) or not args:
             text = raw.decode(errors="replace")[:200]
-            self._event({"event": "error", "code": ERR_BAD_REQUEST, "msg": "Invalid request: " + text}, req_id)
+            self._event(
+                {"event": "error", "code": ERR_BAD_REQUEST, "msg": "Invalid request: " + text}, req_id
+            )
             return
         for arg in args:
             if op == "subscribe":
@@ -506,7 +508,9 @@ class OkxRest:
                 recent.popleft()
             if len(recent) >= REST_LIMIT:
                 self.throttled += 1
-                return HttpResponse(429, _encode.encode({"code": "50011", "msg": "Too Many Requests", "data": []}))
+                return HttpResponse(
+                    429, _encode.encode({"code": "50011", "msg": "Too Many Requests", "data": []})
+                )
             recent.append(now)
             try:
                 data = handler(request)
@@ -565,7 +569,14 @@ class OkxRest:
                 if after is not None and trade_id >= after:
                     continue
                 out.append(
-                    {"instId": inst, "side": side, "sz": sz, "px": px, "tradeId": str(trade_id), "ts": str(ts)}
+                    {
+                        "instId": inst,
+                        "side": side,
+                        "sz": sz,
+                        "px": px,
+                        "tradeId": str(trade_id),
+                        "ts": str(ts),
+                    }
                 )
                 if len(out) >= limit:
                     return out

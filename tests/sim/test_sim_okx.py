@@ -227,8 +227,11 @@ async def test_rest_instruments_history_and_limit(nursery: trio.Nursery) -> None
                 for fill in range(t.seq, t.last_seq + 1):
                     by_fill[fill] = t
             order = by_fill[ids[0]]
-            assert all(t["side"] == order.side.lower() or by_fill[int(t["tradeId"])] is not order for t in page)
-            statuses = []
-            for _ in range(25):
-                statuses.append((await client.get("/api/v5/market/books", params={"instId": "BTC-USDT"})).status_code)
+            assert all(
+                t["side"] == order.side.lower() or by_fill[int(t["tradeId"])] is not order for t in page
+            )
+            statuses = [
+                (await client.get("/api/v5/market/books", params={"instId": "BTC-USDT"})).status_code
+                for _ in range(25)
+            ]
             assert statuses.count(429) >= 5 and statuses[:20] == [200] * 20

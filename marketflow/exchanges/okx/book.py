@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from marketflow.exchanges.okx.frames import OkxBookUpdate
+from marketflow.exchanges.orderbook import BookState, BookSync, Gap
 from marketflow.model import BookUpdate, Level
-from marketflow.pipeline.books import BookState, Gap, _BookSync
 
 CHECKSUM_LEVELS = 25
 
@@ -56,7 +56,7 @@ def _apply_raw(raw: dict[Decimal, list[str]], levels: list[Level], received: lis
             raw.pop(price, None)
 
 
-class OkxBook(_BookSync):
+class OkxBook(BookSync):
     """One OKX instrument's book under the chain and checksum rules (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -116,7 +116,9 @@ class OkxBook(_BookSync):
         self.checksums_verified += 1
         if got != expected:
             self.checksum_failures += 1
-            return self._fail(f"checksum {got} is not the {expected} sent with seqId {update.last_id}", update)
+            return self._fail(
+                f"checksum {got} is not the {expected} sent with seqId {update.last_id}", update
+            )
         return None
 
     def _fail(self, reason: str, update: BookUpdate) -> Gap:

@@ -37,11 +37,11 @@ NO_SEQ = -2
 
 class OkxBookUpdate(BookUpdate, frozen=True, gc=False):
     """A `books`/`books5` message: `first_id = last_id = seqId`, `prev_id = prevSeqId` (None when the message
-    has none), plus what the checksum needs: the levels as received and the `checksum` (0 = not sent)."""
+    has none; both `NO_SEQ` without `seqId`), `checksum` as sent (0 or None: none to verify), and the levels
+    as received, for the checksum over the exact strings."""
 
     raw_bids: list[list[str]] = []
     raw_asks: list[list[str]] = []
-    checksum: int = 0
     whole: bool = False
     """`books5`: every message is the whole (5-level) book."""
 
@@ -70,7 +70,7 @@ class _Book(msgspec.Struct):
     asks: list[list[str]]
     bids: list[list[str]]
     ts: int
-    checksum: int = 0
+    checksum: int | None = None
     seqId: int | None = None
     prevSeqId: int | None = None
 
@@ -213,9 +213,9 @@ class FrameDecoder:
                     [level(x) for x in book.asks],
                     book.ts * 1000,
                     recv_ts,
+                    book.checksum,
                     book.bids,
                     book.asks,
-                    book.checksum,
                     whole,
                 )
             )

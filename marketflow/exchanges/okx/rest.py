@@ -23,8 +23,9 @@ INSTRUMENTS_PATH = "/api/v5/public/instruments"
 HISTORY_TRADES_PATH = "/api/v5/market/history-trades"
 BOOKS_PATH = "/api/v5/market/books"
 HISTORY_PAGE = 100
-REST_LIMIT = 15
-"""Requests we allow ourselves per `REST_WINDOW_S`: history-trades and instruments allow 20 per 2 s."""
+REST_LIMIT = 20
+"""OKX's published limit per `REST_WINDOW_S` for history-trades and instruments (per IP); the daemon spends a
+share of it."""
 REST_WINDOW_S = 2.0
 
 

@@ -45,6 +45,18 @@ def split_topic(topic: str) -> tuple[str, str]:
     return channel, inst
 
 
+def _named_topic(text: str) -> tuple[str, ...]:
+    """The topic an error names, as in `Wrong URL or channel:trades,instId:BTC-XYZ doesn't exist`."""
+    channel = inst = ""
+    for part in text.replace(" ", ",").split(","):
+        key, sep, value = part.partition(":")
+        if sep and key.endswith("channel"):
+            channel = value
+        elif sep and key == "instId":
+            inst = value
+    return (f"{channel}:{inst}",) if channel and inst else ()
+
+
 class _Arg(msgspec.Struct):
     channel: str = ""
     instId: str = ""
@@ -56,7 +68,7 @@ class _Control(msgspec.Struct):
     arg: _Arg | None = None
     code: str | None = None
     msg: str | None = None
-    data: msgspec.Raw | None = None
+    data: msgspec.Raw = msgspec.Raw(b"")
 
 
 _control_decoder = msgspec.json.Decoder(_Control)
@@ -87,9 +99,7 @@ class Session:
             channel, inst = split_topic(topic)
             self._next_req += 1
             req_id = f"{op[:5]}{self._next_req}"  # OKX: at most 32 letters and digits
-            payload = _encode.encode(
-                {"id": req_id, "op": op, "args": [{"channel": channel, "instId": inst}]}
-            )
+            payload = _encode.encode({"id": req_id, "op": op, "args": [{"channel": channel, "instId": inst}]})
             requests.append(SubscribeRequest(req_id, (topic,), payload))
         return requests
 
@@ -119,14 +129,14 @@ class Session:
             return UnknownControl(f"undecodable frame: {exc}")
         event = msg.event
         if event is None:
-            if msg.data is not None and msg.arg is not None:
+            if len(msg.data) and msg.arg is not None:
                 return DataFrame()
             return UnknownControl("frame with neither event nor data")
         if event in ("subscribe", "unsubscribe"):
             return Ack(msg.id or None, True, event)
         if event == "error":
             reason = f"code {msg.code}: {msg.msg}"
-            return Ack(msg.id or None, False, reason)
+            return Ack(msg.id or None, False, reason, _named_topic(msg.msg or ""))
         if event == "notice" and msg.code == NOTICE_UPGRADE:
             return Reconnect(f"okx notice {msg.code}: {msg.msg}")
         return UnknownControl(f"unexpected okx event {event!r} code={msg.code!r} msg={msg.msg!r}")
