@@ -229,6 +229,15 @@ class SimServer:
         """OKX's public stream URL on the simulator, `ws://HOST:PORT/ws/v5/public` (every market)."""
         return self._ws_root() + okx.WS_PATH
 
+    def urls(self, exchange: str, market: str) -> tuple[str, str]:
+        """`(ws_url, rest_url)` a feed of this exchange market sets to use the simulator (demo, tests)."""
+        self._check(exchange, market)
+        if exchange == "bybit":
+            return self.bybit_ws_url(market), self.http_url
+        if exchange == okx.EXCHANGE:
+            return self.okx_ws_url(), self.http_url
+        return self.binance_ws_base(market), self.binance_rest_base(market)
+
     def add_rest_route(self, path: str, handler: RestHandler) -> None:
         """Answer HTTP requests on `path` (any method, query ignored for routing) with `handler`."""
         self.rest_routes[path] = handler
