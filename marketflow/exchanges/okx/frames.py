@@ -241,13 +241,16 @@ class FrameDecoder:
             self._decimals[text] = value
         return value
 
-    def admit_backfill(self, native: str, trades: list[Trade], first: int, next_seen: int) -> list[Trade]:
-        """Backfilled trades with ids in `[first, next_seen)`, each once, oldest first."""
-        seen: set[int] = set()
+    def admit_backfill(self, native: str, trades: list[Trade], since_ts: int) -> list[Trade]:
+        """Of fetched trades, those past the last id seen and not older than `since_ts`, oldest first (the
+        last id moves past them). OKX gaps are filled by id (`Venue.fill_gap`), which needs no filter."""
+        last = self.last_trade_id.get(native, -1)
         admitted = []
         for trade in sorted(trades, key=lambda t: int(t.id)):
             number = int(trade.id)
-            if first <= number < next_seen and number not in seen:
-                seen.add(number)
+            if number > last and trade.ts >= since_ts:
+                last = number
                 admitted.append(trade)
+        if admitted:
+            self.last_trade_id[native] = last
         return admitted
