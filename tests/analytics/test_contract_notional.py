@@ -1,4 +1,4 @@
-"""Large trades on contract markets (SPEC §11): notional = price·amount·value (linear), amount·value (inverse).
+"""Large trades on contract markets (SPEC §11): notional price·amount·value (linear), amount·value (inverse).
 
 The same trades are counted by the live engine and by stored ranges on both engines (SQLite in Python,
 PostgreSQL in SQL); a market without a `Contract` keeps price·amount.
