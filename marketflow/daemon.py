@@ -34,6 +34,7 @@ from marketflow.pipeline.backfill import Backfiller, CatchUp
 from marketflow.pipeline.bookkeeper import BookKeeper, BookSnapshotRow, BookSpec
 from marketflow.pipeline.feed import Feed, FeedCounters
 from marketflow.pipeline.gaps import GapLedger
+from marketflow.pipeline.instruments import InstrumentCatalog, MarketSymbols
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.pipeline.rest import RestClient, WeightBudget
 from marketflow.runtime.bus import Bus, Overflow
@@ -155,6 +156,7 @@ class Daemon:
             snapshot_depth=config.books.snapshot_depth,
         )
         self.backfiller = Backfiller(self.trade_bus, self.ledger, self.rest_clients, self.decoders)
+        self.instruments = InstrumentCatalog(self._instrument_markets, self.rest_clients)
         self.candle_sink: RecordSink[Candle] = RecordSink(
             "candles", getattr(self.store, "write_candles", None)
         )
@@ -164,6 +166,7 @@ class Daemon:
                 config.analytics,
                 persist=self.candle_sink.submit,
                 max_bars=config.analytics.live_bars,
+                contracts=self.instruments.contracts,
             )
             if self._analytics_sub is not None
             else None
@@ -211,6 +214,7 @@ class Daemon:
         children += [
             ChildSpec("books", lambda: self.books, Restart.PERMANENT, shutdown, on_stop=self.book_bus.close),
             ChildSpec("backfill", lambda: self.backfiller, Restart.PERMANENT, shutdown),
+            ChildSpec("instruments", lambda: self.instruments, Restart.PERMANENT, shutdown),
             ChildSpec(
                 "normalizer", self._make_normalizer, Restart.PERMANENT, shutdown, on_stop=self.raw_bus.close
             ),
@@ -238,6 +242,15 @@ class Daemon:
         url = venue.rest_url(feed.market, feed.rest_url)
         client = None if self.capture is None else self.capture.http_client(feed.exchange, feed.market, url)
         self.rest_clients[key] = RestClient(url, budget, client)
+
+    def _instrument_markets(self) -> list[MarketSymbols]:
+        """Every configured (exchange, market) with its symbols, for the instrument catalog."""
+        merged: dict[tuple[str, str], dict[str, str]] = {}
+        for feed in self.config.feeds:
+            venue = exchanges.venue(feed.exchange)
+            symbols = merged.setdefault((feed.exchange, feed.market), {})
+            symbols.update({venue.native_symbol(feed.market, s): s for s in feed.symbols})
+        return [MarketSymbols(ex, market, symbols) for (ex, market), symbols in merged.items()]
 
     def _plan_feed(self, feed: FeedConfig) -> list[BookSpec]:
         """Register the feed's connections and decoders; return the books it carries."""
@@ -329,6 +342,7 @@ class Daemon:
                 if getattr(new, section) != getattr(self.config, section)
             )
             self.config = attrs.evolve(self.config, feeds=new.feeds, source=new.source)
+            self.instruments.request_refresh()
         result = ReloadResult(added, removed, restarted, needs_restart)
         log.info("configuration applied", extra=attrs.asdict(result))
         if needs_restart:

@@ -40,7 +40,8 @@ from marketflow.analytics.stored import (
 
 # Status queries read the same statistics as /metrics and live with it; they are part of this layer.
 from marketflow.api.metrics import status, storage_stats, system_info
-from marketflow.model import Trade, native_symbol, normalize_symbol, now_us, us_to_iso
+from marketflow.exchanges import native_symbol
+from marketflow.model import Trade, normalize_symbol, now_us, us_to_iso
 
 if TYPE_CHECKING:
     from marketflow.analytics import AnalyticsEngine
@@ -84,7 +85,7 @@ MAX_DEPTH = 5000
 _MIN_US = 0
 _MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 _EPOCH_MS = re.compile(r"-?\d{1,16}")
-_NATIVE = re.compile(r"[A-Za-z0-9]{2,40}")
+_NATIVE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{1,39}")
 _NORMALIZED = re.compile(r"[A-Za-z0-9]{1,20}-[A-Za-z0-9]{1,20}(-PERP)?", re.IGNORECASE)
 
 
@@ -291,8 +292,10 @@ def resolve_market(
             except ValueError:
                 as_market = ""
             matches = [c for c in on_exchange if c[2] == as_market]
-    elif _NATIVE.fullmatch(text):
-        matches = [c for c in on_exchange if native_symbol(c[2]) == text]
+    if not matches and _NATIVE.fullmatch(text):
+        # The venue's own spelling (BTCUSDT, BTC-USDT-SWAP), or a normalized form only the venue knows
+        # (BTC-USD-20250627).
+        matches = [c for c in on_exchange if text in (c[2], native_symbol(c[0], c[1], c[2]))]
     if not matches:
         known = ", ".join(sorted({c[2] for c in on_exchange}))
         raise QueryError(
@@ -312,19 +315,38 @@ def resolve_market(
 
 
 def markets(ctx: QueryContext) -> dict[str, Any]:
-    """`{"markets": [{exchange, market, symbol, native, channels}]}` of every configured feed."""
+    """`{"markets": [{exchange, market, symbol, native, channels, amount_unit, contract_value,
+    contract_currency, inverse}]}` of every configured feed (SPEC §11: what `amount` counts)."""
     return {
         "markets": [
             {
                 "exchange": exchange,
                 "market": market,
                 "symbol": symbol,
-                "native": native_symbol(symbol),
+                "native": native_symbol(exchange, market, symbol),
                 "channels": list(channels),
+                **_units(ctx, exchange, market, symbol),
             }
             for exchange, market, symbol, channels in _configured(ctx.daemon)
         ]
     }
+
+
+def _units(ctx: QueryContext, exchange: str, market: str, symbol: str) -> dict[str, Any]:
+    """What a trade's `amount` counts on a market; all null until its venue's metadata has loaded."""
+    catalog = ctx.daemon.instruments
+    instrument = catalog.instruments.get((exchange, symbol))
+    if instrument is not None:
+        value = instrument.contract_value
+        return {
+            "amount_unit": instrument.amount_unit,
+            "contract_value": None if value is None else format(value, "f"),
+            "contract_currency": instrument.contract_currency,
+            "inverse": instrument.inverse,
+        }
+    if catalog.loaded(exchange, market):
+        return {"amount_unit": "base", "contract_value": None, "contract_currency": None, "inverse": False}
+    return {"amount_unit": None, "contract_value": None, "contract_currency": None, "inverse": None}
 
 
 # -- trades -----------------------------------------------------------------------------------------------
@@ -591,6 +613,7 @@ async def order_flow(
             start,
             until,
             large_trade_notional=ctx.daemon.config.analytics.large_trade_notional,
+            contract=ctx.daemon.instruments.contracts.get((ex, sym)),
             footprint_bin=fp_bin,
         )
 
