@@ -7,16 +7,18 @@ book code.
 
 from __future__ import annotations
 
+import argparse
 import json
 import zlib
 from decimal import Decimal
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from marketflow.sim import SimConfig, SimServer
+from marketflow.sim import SimConfig, SimServer, add_arguments, run_from_args, sim_config_from_args
 
 
 async def start(nursery: trio.Nursery, **config: Any) -> SimServer:
@@ -235,3 +237,40 @@ async def test_rest_instruments_history_and_limit(nursery: trio.Nursery) -> None
                 for _ in range(25)
             ]
             assert statuses.count(429) >= 5 and statuses[:20] == [200] * 20
+
+
+def test_cli_okx_options_map_to_config() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--okx-zero-checksum", "--okx-legacy-books", "--okx-keepalive", "5"])
+    config = sim_config_from_args(args)
+    assert (config.okx_zero_checksum, config.okx_legacy_books, config.okx_keepalive_s) == (True, True, 5.0)
+    defaults = sim_config_from_args(parser.parse_args([]))
+    assert (defaults.okx_zero_checksum, defaults.okx_legacy_books, defaults.okx_keepalive_s) == (
+        False,
+        False,
+        60.0,
+    )
+
+
+async def test_run_from_args_prints_the_okx_url(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with trio.move_on_after(0.3):
+        await run_from_args(parser.parse_args(["--port", "0"]))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("okx "))
+    assert "/ws/v5/public" in line and "rest http://127.0.0.1:" in line
+
+
+async def test_legacy_books_carry_no_seq_ids_but_a_checksum(nursery: trio.Nursery) -> None:
+    server = await start(nursery, okx_legacy_books=True, book_rate=50.0)
+    with trio.fail_after(10):
+        async with open_websocket_url(server.okx_ws_url()) as ws:
+            sub = {"op": "subscribe", "args": [{"channel": "books", "instId": "BTC-USDT"}]}
+            await ws.send_message(json.dumps(sub))
+            book = Book()
+            for message in await pushes(ws, "books", 5):
+                data = message["data"][0]
+                assert "seqId" not in data and "prevSeqId" not in data
+                book.apply(data, message["action"] == "snapshot")
+                assert data["checksum"] == book.checksum()

@@ -66,7 +66,9 @@ MAX_GAP = 20_000
 _DEPTHS = (400, 5)
 MARKETS: Mapping[str, Market] = {
     SPOT: Market(SPOT, False, _DEPTHS, 400, "BTC-USDT", "BTC-USDT", ("BTC-USDT", "ETH-USDT")),
-    SWAP: Market(SWAP, True, _DEPTHS, 400, "BTC-USDT-SWAP", "BTC-USDT-PERP", ("BTC-USDT-PERP",)),
+    SWAP: Market(
+        SWAP, True, _DEPTHS, 400, "BTC-USDT-SWAP", "BTC-USDT-PERP", ("BTC-USDT-PERP", "BTC-USD-PERP")
+    ),
     FUTURES: Market(FUTURES, False, _DEPTHS, 400, "BTC-USD-250627", "BTC-USD-20250627"),
 }
 _RECOVERY = TradeRecovery(
