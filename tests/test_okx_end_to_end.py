@@ -16,7 +16,7 @@ import trio
 
 from marketflow.config import Config, FeedConfig, default_config
 from marketflow.daemon import Daemon
-from marketflow.sim import SimConfig, SimServer
+from marketflow.sim import Faults, SimConfig, SimServer
 from marketflow.sim.market import SimTrade
 from tests.conftest import wait_for
 
@@ -221,3 +221,18 @@ async def test_markets_report_contract_units(tmp_path: Path) -> None:
         assert daemon.instruments.contracts[("okx", "BTC-USD-PERP")].inverse
 
     await run_with(tmp_path, SimConfig(seed=9, rate=5.0, book_rate=5.0), body, ("trades",))
+
+
+async def test_a_rejected_instrument_shows_in_status_and_the_others_stream(tmp_path: Path) -> None:
+    async def body(daemon: Daemon, sim: SimServer) -> None:
+        await wait_for(
+            lambda: len(stored(tmp_path, "BTC-USDT")) >= 5 and len(stored(tmp_path, "BTC-USD-PERP")) >= 5
+        )
+        counters = daemon.feed_counters["okx-spot"]
+        assert list(counters.rejected) == ["trades:ETH-USDT"]
+        assert "60018" in counters.rejected["trades:ETH-USDT"]
+        assert "trades:ETH-USDT" not in counters.subscribed and "trades:BTC-USDT" in counters.subscribed
+        assert stored(tmp_path, "ETH-USDT") == []
+
+    config = SimConfig(seed=10, rate=20.0, faults=Faults(reject_topics=("trades:ETH-USDT",)))
+    await run_with(tmp_path, config, body, ("trades",))
