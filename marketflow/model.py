@@ -54,6 +54,8 @@ class BookUpdate(msgspec.Struct, frozen=True, gc=False):
     asks: list[Level]
     ts: int
     recv_ts: int
+    checksum: int | None = None
+    """A checksum the venue sent with the message (None: none); its synchronizer verifies it."""
 
 
 class GapRecord(msgspec.Struct, frozen=True):
