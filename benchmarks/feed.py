@@ -41,9 +41,9 @@ from marketflow.config import FeedConfig, default_config
 from marketflow.daemon import Daemon
 from marketflow.exchanges import binance, bybit
 from marketflow.exchanges.base import Decoded
+from marketflow.exchanges.binance.book import BinanceSpotBook
 from marketflow.exchanges.ws import connect_ws
 from marketflow.model import RawFrames, Trade
-from marketflow.pipeline.books import BinanceSpotBook
 from marketflow.pipeline.feed import Feed, FeedCounters
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.runtime.bus import Bus, Overflow

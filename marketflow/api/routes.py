@@ -23,6 +23,7 @@ from marketflow.api.auth import require_scope
 from marketflow.api.keys import DEFAULT_DAYS, MAX_DAYS, KeyRequestError, KeyStore, Scope
 from marketflow.api.metrics import CONTENT_TYPE, render
 from marketflow.api.queries import MAX_LIMIT, QueryError, parse_optional_time
+from marketflow.exchanges import VENUES, market_names
 
 __all__ = ["blueprint"]
 
@@ -31,11 +32,13 @@ blueprint = Blueprint("marketflow", __name__)
 Time = Annotated[
     str, Meta(description="ISO 8601 (2026-08-09T12:00:19.680Z; no zone = UTC) or epoch milliseconds")
 ]
-Exchange = Annotated[str, Meta(description="bybit | binance")]
+Exchange = Annotated[str, Meta(description=" | ".join(VENUES))]
 Symbol = Annotated[
     str, Meta(description="normalized (BTC-USDT, BTC-USDT-PERP) or native (BTCUSDT) when unambiguous")
 ]
-Market = Annotated[str, Meta(description="spot | linear | usdm: picks the market of a native symbol")]
+Market = Annotated[
+    str, Meta(description=" | ".join(market_names()) + ": picks the market of a native symbol")
+]
 Limit = Annotated[int, Meta(ge=1, le=MAX_LIMIT)]
 Interval = Annotated[str, Meta(description='a number and s|m|h|d, e.g. "1m", "5m", "1h"')]
 Bin = Annotated[str, Meta(description='price bin as a decimal string, e.g. "10"')]

@@ -229,6 +229,8 @@ class Market:
     """A symbol as the venue writes it, for error messages (`BTCUSDT`, `BTC-USDT-SWAP`)."""
     normalized_example: str
     """The same symbol normalized (`BTC-USDT`, `BTC-USDT-PERP`)."""
+    default_symbols: tuple[str, ...] = ()
+    """Normalized symbols of the built-in default configuration (none: the market is not in it)."""
 
 
 @attrs.frozen
@@ -250,7 +252,8 @@ class RestRequest:
 
 @attrs.frozen
 class RestBudget:
-    """At most `limit` weight per `window_s` for one (venue, market) REST client (our share already taken)."""
+    """The venue's published REST limit for one market: `limit` weight per `window_s` (per IP). The daemon
+    lets itself spend a share of it (`daemon.REST_BUDGET_SHARE`), leaving the rest to other clients."""
 
     limit: int
     window_s: float = 60.0
@@ -294,6 +297,8 @@ class TradeRecovery:
     recovered by aggregate id")."""
     max_gap: int = 0
     """`BY_ID`: the widest id gap fetched whole; wider ones are recorded as not backfilled."""
+    id_name: str = "trade ids"
+    """What the venue's ids are called in the gap ledger (`aggregate trade ids 5..9 missing`)."""
 
 
 @attrs.frozen

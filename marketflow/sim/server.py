@@ -210,6 +210,13 @@ class SimServer:
         self._check("binance", market)
         return self.http_url
 
+    def urls(self, exchange: str, market: str) -> tuple[str, str]:
+        """`(ws_url, rest_url)` a feed of this exchange market sets to use the simulator (demo, tests)."""
+        self._check(exchange, market)
+        if exchange == "bybit":
+            return self.bybit_ws_url(market), self.http_url
+        return self.binance_ws_base(market), self.binance_rest_base(market)
+
     def add_rest_route(self, path: str, handler: RestHandler) -> None:
         """Answer HTTP requests on `path` (any method, query ignored for routing) with `handler`."""
         self.rest_routes[path] = handler

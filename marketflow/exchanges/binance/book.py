@@ -1,54 +1,9 @@
-"""Per-venue book rules (moving to `exchanges/<venue>/book.py`); the generic machinery is in
-`exchanges/orderbook.py`."""
+"""Binance's book rules: diff-depth events bridged from a REST snapshot (spot and USD-M differ)."""
 
 from __future__ import annotations
 
-from marketflow.exchanges.orderbook import (
-    DEFAULT_MAX_BUFFER,
-    BookState,
-    BookStatistics,
-    BookSync,
-    Gap,
-    OrderBook,
-    Synchronizer,
-    book_view,
-)
+from marketflow.exchanges.orderbook import DEFAULT_MAX_BUFFER, BookState, BookSync, Gap
 from marketflow.model import BookUpdate
-
-__all__ = [
-    "BinanceSpotBook",
-    "BinanceUsdmBook",
-    "BookState",
-    "BookStatistics",
-    "BybitBook",
-    "Gap",
-    "OrderBook",
-    "Synchronizer",
-    "book_view",
-]
-
-
-class BybitBook(BookSync):
-    """Bybit v5 `orderbook.{depth}` (PROTOCOLS §1.6).
-
-    A snapshot (or `u == 1`, which the decoder marks as one) replaces the book; each delta must carry
-    `u == previous u + 1` (observed, not documented: a failure means resubscribe, which brings a fresh
-    snapshot). Deltas without a snapshot to apply them to are ignored. Depth 1 re-sends its snapshot
-    with an unchanged `u`; that is accepted like any snapshot.
-    """
-
-    def on_update(self, update: BookUpdate) -> Gap | None:
-        if update.snapshot:
-            return self._set_snapshot(update)
-        if self.state is not BookState.SYNCED:
-            self._ignored += 1
-            return None
-        if update.last_id != self._id + 1:
-            return self._fail(f"update id jumped from {self._id} to {update.last_id}", update)
-        return self._apply(update)
-
-    def on_snapshot(self, update: BookUpdate) -> Gap | None:
-        return self._set_snapshot(update)
 
 
 class _BinanceBook(BookSync):
