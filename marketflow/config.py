@@ -186,7 +186,7 @@ class Config:
 
 
 DEFAULT_FEEDS: Final = tuple(
-    FeedConfig(venue.name, market.name, market.default_symbols)
+    FeedConfig(venue.name, market.name, market.default_symbols, book_depth=market.default_book_depth)
     for venue in VENUES.values()
     for market in venue.markets.values()
     if market.default_symbols
