@@ -5,6 +5,9 @@ writer, gap ledger, candle sink, trade ring, analytics (unless `analytics.enable
 backfiller, normalizer, feeds (one child per exchange connection). Stopping a feed closes its connection;
 stopping the normalizer closes the raw bus, so it decodes what is queued and returns; the book keeper,
 analytics and the writer end when their buses close, the writer after committing everything.
+
+Every (re)start of a child builds a fresh actor (`Daemon._children()`, a table); what must survive a
+restart (queues, books, the ledger, the ring, live analytics) lives outside the actors.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -30,16 +34,17 @@ from marketflow.capture import Capture
 from marketflow.config import Config, ConfigError, FeedConfig, load_config
 from marketflow.exchanges.base import FrameDecoder, ReconnectTrades, Venue
 from marketflow.model import BookUpdate, RawFrames, Trade
-from marketflow.pipeline.backfill import Backfiller, CatchUp
-from marketflow.pipeline.bookkeeper import BookKeeper, BookSnapshotRow, BookSpec
+from marketflow.pipeline.backfill import Backfiller, BackfillQueue, CatchUp
+from marketflow.pipeline.bookkeeper import BookKeeper, BookSnapshotRow, BookSpec, LiveBooks
 from marketflow.pipeline.feed import Feed, FeedCounters
 from marketflow.pipeline.gaps import GapLedger
 from marketflow.pipeline.instruments import InstrumentCatalog, MarketSymbols
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.pipeline.rest import RestClient, WeightBudget
+from marketflow.runtime.actor import Actor
 from marketflow.runtime.bus import Bus, Overflow
 from marketflow.runtime.memory import HeapTrimmer
-from marketflow.runtime.sink import RecordSink
+from marketflow.runtime.sink import RecordQueue, RecordSink
 from marketflow.runtime.supervisor import ChildSpec, Restart, Supervisor, SupervisorPolicy
 from marketflow.storage import make_writer, open_store
 from marketflow.storage.writer import StorageWriter, TradeStore
@@ -90,8 +95,23 @@ class Health:
     problems: dict[str, str]
 
 
+@attrs.frozen
+class Child:
+    """One row of the daemon's table of children: its name, what builds a fresh actor for each (re)start,
+    and what the supervisor calls when it stops the child (closing the bus the actor drains)."""
+
+    name: str
+    build: Callable[[], Actor]
+    on_stop: Callable[[], None] | None = None
+
+
 class Daemon:
-    """The whole running system for one configuration."""
+    """The whole running system for one configuration.
+
+    What must outlive a restart of a child lives here, outside its actors: the buses and their
+    subscriptions, the gap ledger, the live books, the backfill queue, the record queues, the trade ring
+    and the analytics engine. Each child's factory builds a fresh actor over them (`_children()`).
+    """
 
     def __init__(
         self, config: Config, *, ssl_context: ssl.SSLContext | None = None, replay: bool = False
@@ -100,6 +120,7 @@ class Daemon:
         self.config = config
         self.name = "daemon"
         self._ssl_context = ssl_context
+        self._replay = replay
         # Freed heap pages back to the system once a minute (glibc): RSS stays flat over months.
         self.heap = HeapTrimmer()
         capacity = config.daemon.channel_capacity
@@ -109,16 +130,6 @@ class Daemon:
         self._raw_sub = self.raw_bus.subscribe("normalizer", capacity, Overflow.BLOCK)
         self._trade_sub = self.trade_bus.subscribe("storage", capacity, Overflow.BLOCK)
         self._book_sub = self.book_bus.subscribe("books", capacity, Overflow.BLOCK)
-        # Analytics must never hold up the feeds: it reads live views with drop-oldest, counted. Disabled
-        # (or without intervals) there is no engine and no subscription: queries use stored trades.
-        live_analytics = config.analytics.enabled and bool(config.analytics.candle_intervals)
-        self._analytics_sub = (
-            self.trade_bus.subscribe(
-                "analytics", capacity, Overflow.BLOCK if replay else Overflow.DROP_OLDEST
-            )
-            if live_analytics
-            else None
-        )
         self.capture = (
             Capture(config.capture, config.daemon.state_dir)
             if config.capture.enabled and not replay
@@ -126,6 +137,8 @@ class Daemon:
         )
         self.store: TradeStore = open_store(config.storage.url)
         self.writer: StorageWriter | None = None  # the current one (its statistics outlive it)
+        self.actors: dict[str, Actor] = {}
+        """The current actor of every child: the last one its factory built."""
         self.decoders: dict[str, FrameDecoder] = {}
         self.feed_counters: dict[str, FeedCounters] = {}
         self.feeds: dict[str, Feed] = {}
@@ -136,102 +149,96 @@ class Daemon:
         book_specs: list[BookSpec] = []
         for feed in config.feeds:
             book_specs.extend(self._plan_feed(feed))
-        persist = getattr(self.store, "write_book_snapshots", None)
-        self.snapshot_sink: RecordSink[BookSnapshotRow] | None = None
-        if replay and persist is not None:
-            # A replay's keeper must not wait for the database: its snapshot timer would drift with it.
-            self.snapshot_sink = sink = RecordSink("book_snapshots", persist)
-
-            async def persist(rows: list[BookSnapshotRow]) -> None:
-                sink.submit(rows)
-
-        self.books = BookKeeper(
-            self._book_sub,
-            book_specs,
-            self.ledger,
-            self.rest_clients,
-            self.resubscribe,
-            persist=persist,
-            snapshot_interval_s=config.books.snapshot_interval_s,
-            snapshot_depth=config.books.snapshot_depth,
-        )
-        self.backfiller = Backfiller(self.trade_bus, self.ledger, self.rest_clients, self.decoders)
+        self.books = LiveBooks(book_specs, self.ledger)
+        self.backfill = BackfillQueue()
+        # Contract terms of the markets whose amounts are contracts: /markets and the large-trade notional.
         self.instruments = InstrumentCatalog(self._instrument_markets, self.rest_clients)
-        self.candle_sink: RecordSink[Candle] = RecordSink(
-            "candles", getattr(self.store, "write_candles", None)
+        self.candle_queue: RecordQueue[Candle] = RecordQueue(
+            "candles", accept=getattr(self.store, "write_candles", None) is not None
         )
-        self.analytics: AnalyticsEngine | None = (
-            AnalyticsEngine(
-                self._analytics_sub,
+        # A replay's keeper must not wait for the database: its snapshot timer would drift with it.
+        self.snapshot_queue: RecordQueue[BookSnapshotRow] | None = (
+            RecordQueue("book_snapshots")
+            if replay and getattr(self.store, "write_book_snapshots", None) is not None
+            else None
+        )
+        # Analytics must never hold up the feeds: it reads live views with drop-oldest, counted. Disabled
+        # (or without intervals) there is no engine and no subscription: queries use stored trades.
+        self.analytics: AnalyticsEngine | None = None
+        if config.analytics.enabled and bool(config.analytics.candle_intervals):
+            overflow = Overflow.BLOCK if replay else Overflow.DROP_OLDEST
+            self.analytics = AnalyticsEngine(
+                self.trade_bus.subscribe("analytics", capacity, overflow),
                 config.analytics,
-                persist=self.candle_sink.submit,
+                persist=self.candle_queue.submit,
                 max_bars=config.analytics.live_bars,
                 contracts=self.instruments.contracts,
             )
-            if self._analytics_sub is not None
-            else None
-        )
         self.ring = TradeRing(
             self.trade_bus.subscribe("ring", capacity, Overflow.DROP_OLDEST), config.http.trades_ring
         )
-        shutdown = config.daemon.shutdown_timeout_s
-        snapshots = self.snapshot_sink
-        children: list[ChildSpec] = []
-        if self.capture is not None:
+        # HTTP and MCP read everything through one query context.
+        self.query = QueryContext(self, self.ring, self.analytics)
+        self.supervisor = Supervisor("daemon", _policy(config), [self._spec(c) for c in self._children()])
+
+    def _children(self) -> list[Child]:
+        """The table of children in start order (the supervisor stops them in reverse)."""
+        write_candles = getattr(self.store, "write_candles", None)
+        write_snapshots = getattr(self.store, "write_book_snapshots", None)
+        capture = self.capture
+        snapshots = self.snapshot_queue
+        analytics = self.analytics
+        rows: list[Child | None] = [
             # First started, last stopped: it records what feeds and REST clients receive until the end.
-            capture = self.capture
-            children.append(ChildSpec("capture", capture.writer, Restart.PERMANENT, shutdown, capture.close))
-        children += [
-            ChildSpec(
-                "storage", self._make_writer, Restart.PERMANENT, shutdown, on_stop=self.trade_bus.close
-            ),
-            # After storage: the ledger and the candle sink write through the store the writer opened,
-            # so they stop (and save what they hold) before it closes.
-            ChildSpec("gaps", lambda: self.ledger, Restart.PERMANENT, shutdown),
-            ChildSpec("candles", lambda: self.candle_sink, Restart.PERMANENT, shutdown),
-            *(
-                []
-                if snapshots is None
-                else [ChildSpec("book_snapshots", lambda: snapshots, Restart.PERMANENT, shutdown)]
+            None if capture is None else Child("capture", capture.writer, capture.close),
+            Child("storage", self._make_writer, self.trade_bus.close),
+            # After storage: the ledger and the sinks write through the store the writer opened, so they
+            # stop (and save what they hold) before it closes.
+            Child("gaps", self.ledger.sink),
+            Child("candles", lambda: RecordSink("candles", write_candles, queue=self.candle_queue)),
+            None
+            if snapshots is None
+            else Child(
+                "book_snapshots", lambda: RecordSink("book_snapshots", write_snapshots, queue=snapshots)
             ),
             # Stopped after every trade publisher (normalizer, backfill): closing the trade bus lets
             # analytics (or, without it, the ring) and then storage drain it to the end.
-            ChildSpec(
-                "ring",
-                lambda: self.ring,
-                Restart.PERMANENT,
-                shutdown,
-                on_stop=None if self.analytics is not None else self.trade_bus.close,
+            Child("ring", self.ring.feeder, None if analytics is not None else self.trade_bus.close),
+            None if analytics is None else Child("analytics", analytics.feeder, self.trade_bus.close),
+            Child("books", self._make_book_keeper, self.book_bus.close),
+            Child("backfill", self._make_backfiller),
+            Child("instruments", self.instruments.loader),
+            Child("normalizer", self._make_normalizer, self.raw_bus.close),
+            *(
+                Child(name, self._feed_factory(conn))
+                for name, conn in self.connections.items()
+                if not self._replay
             ),
+            # HTTP and MCP read everything above through the query context; started last, stopped first.
+            None if self._replay else Child("http", self._make_http),
         ]
-        if self.analytics is not None:
-            analytics = self.analytics
-            children.append(
-                ChildSpec(
-                    "analytics", lambda: analytics, Restart.PERMANENT, shutdown, on_stop=self.trade_bus.close
-                )
-            )
-        children += [
-            ChildSpec("books", lambda: self.books, Restart.PERMANENT, shutdown, on_stop=self.book_bus.close),
-            ChildSpec("backfill", lambda: self.backfiller, Restart.PERMANENT, shutdown),
-            ChildSpec("instruments", lambda: self.instruments, Restart.PERMANENT, shutdown),
-            ChildSpec(
-                "normalizer", self._make_normalizer, Restart.PERMANENT, shutdown, on_stop=self.raw_bus.close
-            ),
-        ]
-        children.extend(
-            ChildSpec(name, self._feed_factory(conn), Restart.PERMANENT, shutdown)
-            for name, conn in self.connections.items()
-            if not replay
-        )
-        # HTTP and MCP read everything above through one query context; started last, stopped first.
-        self.query = QueryContext(self, self.ring, self.analytics)
-        app = create_app(self.query)
-        register_mcp_routes(app, self.query)
-        self.http = HttpServer(self.query, config, app=app, asgi_factory=build_asgi)
-        if not replay:
-            children.append(ChildSpec("http", lambda: self.http, Restart.PERMANENT, shutdown))
-        self.supervisor = Supervisor("daemon", _policy(config), children)
+        return [row for row in rows if row is not None]
+
+    def _spec(self, child: Child) -> ChildSpec:
+        def factory() -> Actor:
+            actor = child.build()
+            self.actors[child.name] = actor
+            return actor
+
+        shutdown = self.config.daemon.shutdown_timeout_s
+        return ChildSpec(child.name, factory, Restart.PERMANENT, shutdown, on_stop=child.on_stop)
+
+    @property
+    def http(self) -> HttpServer | None:
+        """The current HTTP server (None before it first started, and in a replay)."""
+        actor = self.actors.get("http")
+        return actor if isinstance(actor, HttpServer) else None
+
+    @property
+    def backfiller(self) -> Backfiller:
+        """The current backfiller (its statistics and requests go to the queue every one of them shares)."""
+        actor = self.actors.get("backfill")
+        return actor if isinstance(actor, Backfiller) else self._make_backfiller()
 
     def _rest_client(self, venue: Venue, feed: FeedConfig) -> None:
         key = (feed.exchange, feed.market)
@@ -276,7 +283,7 @@ class Daemon:
                         )
         return specs
 
-    def _feed_factory(self, conn: Connection) -> Any:
+    def _feed_factory(self, conn: Connection) -> Callable[[], Feed]:
         venue = exchanges.venue(conn.feed.exchange)
         counters = self.feed_counters[conn.name]
         on_reconnect: Any = self.on_reconnect
@@ -311,14 +318,40 @@ class Daemon:
         self.writer.hold_store_open = True  # the candle sink and gap ledger stop after it has drained
         return self.writer
 
+    def _make_book_keeper(self) -> BookKeeper:
+        persist = getattr(self.store, "write_book_snapshots", None)
+        snapshots = self.snapshot_queue
+        if snapshots is not None:
+
+            async def persist(rows: list[BookSnapshotRow]) -> None:
+                snapshots.submit(rows)
+
+        return BookKeeper(
+            self._book_sub,
+            self.books,
+            self.rest_clients,
+            self.resubscribe,
+            persist=persist,
+            snapshot_interval_s=self.config.books.snapshot_interval_s,
+            snapshot_depth=self.config.books.snapshot_depth,
+        )
+
+    def _make_backfiller(self) -> Backfiller:
+        return Backfiller(self.backfill, self.trade_bus, self.ledger, self.rest_clients, self.decoders)
+
     def _make_normalizer(self) -> Normalizer:
         return Normalizer(
             self._raw_sub,
             self.trade_bus,
             self.decoders,
             books=self.book_bus,
-            on_trade_gaps=self.backfiller.request_trade_gaps,
+            on_trade_gaps=self.backfill.request_trade_gaps,
         )
+
+    def _make_http(self) -> HttpServer:
+        app = create_app(self.query)
+        register_mcp_routes(app, self.query)
+        return HttpServer(self.query, self.config, app=app, asgi_factory=build_asgi)
 
     async def apply_config(self, new: Config) -> ReloadResult:
         """Start, stop or restart only the feeds that changed; every other actor keeps running and its state.
@@ -363,10 +396,7 @@ class Daemon:
         self.books.add_specs(self._plan_feed(feed))
         for name, conn in list(self.connections.items()):
             if name not in before:
-                spec = ChildSpec(
-                    name, self._feed_factory(conn), Restart.PERMANENT, self.config.daemon.shutdown_timeout_s
-                )
-                await self.supervisor.add_child(spec)
+                await self.supervisor.add_child(self._spec(Child(name, self._feed_factory(conn))))
 
     async def reload(self) -> ReloadResult | None:
         """Re-read the configuration file; if it is invalid, log why and keep running the old one."""

@@ -64,10 +64,13 @@ async def run_demo(base: Config, duration: float | None, rate: float, seed: int)
         daemon = Daemon(config)
         await nursery.start(daemon.run)
         db = config.storage.url.removeprefix("sqlite:///")
+        url = None if daemon.http is None else daemon.http.url
         first = config.feeds[0]
-        example = f"{daemon.http.url}/book/{first.exchange}/{first.symbols[0]}"
-        print(f"marketflow demo: HTTP API at {daemon.http.url}  (try {example})", flush=True)
-        print(f"  dashboard at {daemon.http.url}/dashboard  (open it in a browser)", flush=True)
+        print(
+            f"marketflow demo: HTTP API at {url}  (try {url}/book/{first.exchange}/{first.symbols[0]})",
+            flush=True,
+        )
+        print(f"  dashboard at {url}/dashboard  (open it in a browser)", flush=True)
         print(f"  simulator at {sim.http_url}", flush=True)
         for feed in config.feeds:
             print(f"  feed {feed.name:<14} {feed.ws_url}", flush=True)

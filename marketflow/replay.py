@@ -397,7 +397,7 @@ class Replay:
         if daemon.analytics is not None:
             await trio.testing.wait_all_tasks_blocked()  # analytics has taken every trade
             daemon.analytics.flush()
-        sinks = [daemon.candle_sink] + ([] if daemon.snapshot_sink is None else [daemon.snapshot_sink])
+        sinks = [daemon.candle_queue] + ([] if daemon.snapshot_queue is None else [daemon.snapshot_queue])
         targets = [s.statistics().written + s.statistics().queued for s in sinks]
         ledger_target = daemon.ledger.statistics().persisted + daemon.ledger.statistics().unsaved
 

@@ -48,7 +48,7 @@ from marketflow.config import AnalyticsConfig
 from marketflow.model import Contract, Trade, now_us
 from marketflow.runtime.bus import Subscription, receive_batches
 
-__all__ = ["AnalyticsEngine", "AnalyticsStatistics", "NotLiveError"]
+__all__ = ["AnalyticsEngine", "AnalyticsFeeder", "AnalyticsStatistics", "NotLiveError"]
 
 
 class NotLiveError(LookupError):
@@ -139,39 +139,15 @@ class AnalyticsEngine:
             intervals=tuple(self._intervals.values()),
         )
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Consume the subscription until it ends; then close every open bar and hand it to ``persist``."""
+    def feeder(self) -> AnalyticsFeeder:
+        """A new actor taking trade batches from the engine's subscription into it."""
         if self._subscription is None:
             raise RuntimeError(f"analytics engine {self.name!r} has no subscription to run on")
-        self._state = "running"
-        try:
-            with self._subscription.receiver() as receiver:
-                async with trio.open_nursery() as nursery:
-                    # The clock is checked in a task of its own: a deadline around every receive would cost
-                    # the consumer a cancel scope per wake-up.
-                    nursery.start_soon(self._close_on_the_clock)
-                    task_status.started()
-                    await self._consume(receiver)
-                    nursery.cancel_scope.cancel()
-            self.flush()
-        finally:
-            self._state = "stopped"
+        return AnalyticsFeeder(self._subscription, self)
 
-    async def _consume(self, receiver: trio.MemoryReceiveChannel[list[Trade]]) -> None:
-        while True:
-            try:
-                batches = await receive_batches(receiver)
-            except trio.EndOfChannel:
-                return
-            with localcontext(EXACT):
-                for batch in batches:
-                    self._add(batch)
-            self._emit()
-
-    async def _close_on_the_clock(self) -> None:
-        while True:
-            await trio.sleep(self._tick_s)
-            self.close_due()
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Consume the subscription until it ends; then close every open bar and hand it to ``persist``."""
+        await self.feeder().run(task_status=task_status)
 
     # -- feeding --------------------------------------------------------------------------------------------
 
@@ -417,6 +393,57 @@ class AnalyticsEngine:
                     f"{market.exchange} {market.symbol}; compute it from stored trades"
                 )
         return size
+
+
+class AnalyticsFeeder:
+    """Takes trade batches from a subscription into an `AnalyticsEngine`; an actor, a fresh one per start.
+
+    The engine (its bars) outlives the feeder: a restart goes on from the trades still queued. Like a
+    batch the drop-oldest subscription discards, one the feeder had in hand when it failed is lost to the
+    live view only (storage has it).
+    """
+
+    def __init__(self, subscription: Subscription[Trade], engine: AnalyticsEngine) -> None:
+        self.name = engine.name
+        self._subscription = subscription
+        self._engine = engine
+
+    def statistics(self) -> AnalyticsStatistics:
+        return self._engine.statistics()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Consume the subscription until it ends; then close every open bar and hand it to ``persist``."""
+        engine = self._engine
+        engine._state = "running"
+        try:
+            with self._subscription.receiver() as receiver:
+                async with trio.open_nursery() as nursery:
+                    # The clock is checked in a task of its own: a deadline around every receive would cost
+                    # the consumer a cancel scope per wake-up.
+                    nursery.start_soon(self._close_on_the_clock)
+                    task_status.started()
+                    await self._consume(receiver)
+                    nursery.cancel_scope.cancel()
+            engine.flush()
+        finally:
+            engine._state = "stopped"
+
+    async def _consume(self, receiver: trio.MemoryReceiveChannel[list[Trade]]) -> None:
+        engine = self._engine
+        while True:
+            try:
+                batches = await receive_batches(receiver)
+            except trio.EndOfChannel:
+                return
+            with localcontext(EXACT):
+                for batch in batches:
+                    engine._add(batch)
+            engine._emit()
+
+    async def _close_on_the_clock(self) -> None:
+        while True:
+            await trio.sleep(self._engine._tick_s)
+            self._engine.close_due()
 
 
 def _whole_bars(bars: Sequence[Bar], since: int | None, until: int | None) -> list[Bar] | None:

@@ -40,8 +40,8 @@ from marketflow.analytics.stored import (
 
 # Status queries read the same statistics as /metrics and live with it; they are part of this layer.
 from marketflow.api.metrics import status, storage_stats, system_info
-from marketflow.exchanges import native_symbol
-from marketflow.model import Trade, normalize_symbol, now_us, us_to_iso
+from marketflow.exchanges import VENUES
+from marketflow.model import Trade, now_us, us_to_iso
 
 if TYPE_CHECKING:
     from marketflow.analytics import AnalyticsEngine
@@ -85,8 +85,8 @@ MAX_DEPTH = 5000
 _MIN_US = 0
 _MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 _EPOCH_MS = re.compile(r"-?\d{1,16}")
-_NATIVE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{1,39}")
-_NORMALIZED = re.compile(r"[A-Za-z0-9]{1,20}-[A-Za-z0-9]{1,20}(-PERP)?", re.IGNORECASE)
+# What a symbol may look like in any venue's spelling (BTCUSDT, BTC-USDT-PERP, BTC-USDT-SWAP, BTC/USD).
+_SYMBOL_TEXT = re.compile(r"[A-Za-z0-9]{1,20}([-/][A-Za-z0-9]{1,20}){0,3}")
 
 
 class QueryError(Exception):
@@ -282,20 +282,19 @@ def resolve_market(
         raise QueryError("missing_parameter", "symbol is required (e.g. BTC-USDT or BTC-USDT-PERP)", "symbol")
     text = symbol.strip().upper()
     matches: list[tuple[str, str, str, tuple[str, ...]]] = []
-    if _NORMALIZED.fullmatch(text):
+    if _SYMBOL_TEXT.fullmatch(text):
+        venue = VENUES[ex]
+        # Normalized as configured, else the venue's native spelling of a configured symbol; with a
+        # market, what the venue makes of the text there ("BTC-USDT" with market=linear is the perpetual).
         matches = [c for c in on_exchange if c[2] == text]
+        if not matches:
+            matches = [c for c in on_exchange if venue.native_symbol(c[1], c[2]) == text]
         if not matches and market:
-            # "BTC-USDT" with market=linear means the perpetual.
-            perpetual = any(c[2].endswith("-PERP") for c in on_exchange)
             try:
-                as_market = normalize_symbol(text, perpetual=perpetual)
+                as_market = venue.normalize_symbol(market.strip().lower(), text)
             except ValueError:
                 as_market = ""
             matches = [c for c in on_exchange if c[2] == as_market]
-    if not matches and _NATIVE.fullmatch(text):
-        # The venue's own spelling (BTCUSDT, BTC-USDT-SWAP), or a normalized form only the venue knows
-        # (BTC-USD-20250627).
-        matches = [c for c in on_exchange if text in (c[2], native_symbol(c[0], c[1], c[2]))]
     if not matches:
         known = ", ".join(sorted({c[2] for c in on_exchange}))
         raise QueryError(
@@ -323,7 +322,7 @@ def markets(ctx: QueryContext) -> dict[str, Any]:
                 "exchange": exchange,
                 "market": market,
                 "symbol": symbol,
-                "native": native_symbol(exchange, market, symbol),
+                "native": VENUES[exchange].native_symbol(market, symbol),
                 "channels": list(channels),
                 **_units(ctx, exchange, market, symbol),
             }

@@ -18,7 +18,7 @@ import trio
 from marketflow.model import Trade, now_us
 from marketflow.runtime.bus import Subscription, receive_batches
 
-__all__ = ["LAG_BUCKETS_S", "LagHistogram", "RingStatistics", "TradeRing"]
+__all__ = ["LAG_BUCKETS_S", "LagHistogram", "RingFeeder", "RingStatistics", "TradeRing"]
 
 LAG_BUCKETS_S: tuple[float, ...] = (
     0.001,
@@ -94,33 +94,19 @@ class TradeRing:
         self._batches = 0
         self._lag: dict[str, _Lag] = {}
         self._state = "idle"
+        self._fed = False
 
     # -- the actor ------------------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Take batches from the subscription until the bus closes."""
+    def feeder(self) -> RingFeeder:
+        """A new actor taking batches from the ring's subscription into it."""
         if self._subscription is None:
             raise RuntimeError(f"trade ring {self.name!r} has no subscription to run on")
-        subscription = self._subscription
-        self._state = "running"
-        if self._started_at is None:
-            self._started_at = now_us() + CLOCK_MARGIN_US
-        try:
-            with subscription.receiver() as receiver:
-                task_status.started()
-                while True:
-                    try:
-                        batches = await receive_batches(receiver)
-                    except trio.EndOfChannel:
-                        return
-                    dropped = subscription.statistics().dropped_items
-                    if dropped != self._seen_drops:
-                        self._seen_drops = dropped
-                        self.mark_incomplete()
-                    for batch in batches:
-                        self.add(batch)
-        finally:
-            self._state = "stopped"
+        return RingFeeder(self._subscription, self)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Take batches from the subscription until the bus closes (one `feeder()`)."""
+        await self.feeder().run(task_status=task_status)
 
     def statistics(self) -> RingStatistics:
         return RingStatistics(
@@ -214,3 +200,45 @@ class TradeRing:
 
     def markets(self) -> list[tuple[str, str]]:
         return list(self._rings)
+
+
+class RingFeeder:
+    """Takes batches from a trade-bus subscription into a `TradeRing`; an actor, a fresh one per start.
+
+    A restarted feeder marks the ring incomplete: the batch its predecessor had in hand may be lost to it.
+    """
+
+    def __init__(self, subscription: Subscription[Trade], ring: TradeRing) -> None:
+        self.name = ring.name
+        self._subscription = subscription
+        self._ring = ring
+
+    def statistics(self) -> RingStatistics:
+        return self._ring.statistics()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Take batches from the subscription until the bus closes."""
+        subscription = self._subscription
+        ring = self._ring
+        if ring._fed:
+            ring.mark_incomplete()
+        ring._fed = True
+        ring._state = "running"
+        if ring._started_at is None:
+            ring._started_at = now_us() + CLOCK_MARGIN_US
+        try:
+            with subscription.receiver() as receiver:
+                task_status.started()
+                while True:
+                    try:
+                        batches = await receive_batches(receiver)
+                    except trio.EndOfChannel:
+                        return
+                    dropped = subscription.statistics().dropped_items
+                    if dropped != ring._seen_drops:
+                        ring._seen_drops = dropped
+                        ring.mark_incomplete()
+                    for batch in batches:
+                        ring.add(batch)
+        finally:
+            ring._state = "stopped"

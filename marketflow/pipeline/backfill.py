@@ -58,39 +58,24 @@ class BackfillStatistics:
     dropped: int
 
 
-class Backfiller:
-    """Works off trade-gap and catch-up requests; publishes recovered trades on the trade bus."""
+class BackfillQueue:
+    """Requests waiting for the backfiller, its counters and the records of the request in hand.
 
-    def __init__(
-        self,
-        trades: Bus[Trade],
-        ledger: GapLedger,
-        clients: Mapping[tuple[str, str], RestClient],
-        decoders: Mapping[str, FrameDecoder],
-        *,
-        name: str = "backfill",
-    ) -> None:
-        self.name = name
-        self._trades = trades
-        self._ledger = ledger
-        self._clients = clients
-        self._decoders = decoders
-        self._send, self._receive = trio.open_memory_channel[TradeGap | CatchUp](QUEUE)
-        self._requests = 0
-        self._recovered = 0
-        self._failed = 0
-        self._dropped = 0
-        self._scope = trio.CancelScope()
+    It outlives any one `Backfiller`: requests made while the actor restarts wait here, and a new actor
+    closes the records its predecessor left open (the request it was working on when it ended).
+    """
 
-    def request_stop(self) -> None:
-        """Stop now: a backfill cut short is recorded as such; storage is idempotent if it is redone."""
-        self._scope.cancel()
+    def __init__(self, *, capacity: int = QUEUE) -> None:
+        self._send, self._receive = trio.open_memory_channel[TradeGap | CatchUp](capacity)
+        self.requests = 0
+        self.recovered = 0
+        self.failed = 0
+        self.dropped = 0
+        self.in_hand: list[GapRecord] = []
 
-    def statistics(self) -> BackfillStatistics:
-        queued = self._send.statistics().current_buffer_used
-        return BackfillStatistics(
-            self.name, queued, self._requests, self._recovered, self._failed, self._dropped
-        )
+    @property
+    def queued(self) -> int:
+        return self._send.statistics().current_buffer_used
 
     def request_trade_gaps(self, gaps: list[TradeGap]) -> None:
         for gap in gaps:
@@ -103,19 +88,70 @@ class Backfiller:
         try:
             self._send.send_nowait(request)
         except trio.WouldBlock:
-            self._dropped += 1
+            self.dropped += 1
             log.error("backfill queue full; request dropped", extra={"request": repr(request)})
 
+    async def receive(self) -> TradeGap | CatchUp:
+        return await self._receive.receive()
+
+
+class Backfiller:
+    """Works off the requests of a `BackfillQueue`; publishes recovered trades on the trade bus.
+
+    An actor: a fresh one per start, over the same queue.
+    """
+
+    def __init__(
+        self,
+        queue: BackfillQueue,
+        trades: Bus[Trade],
+        ledger: GapLedger,
+        clients: Mapping[tuple[str, str], RestClient],
+        decoders: Mapping[str, FrameDecoder],
+        *,
+        name: str = "backfill",
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self._trades = trades
+        self._ledger = ledger
+        self._clients = clients
+        self._decoders = decoders
+        self._scope = trio.CancelScope()
+
+    def request_stop(self) -> None:
+        """Stop now: a backfill cut short is recorded as such; storage is idempotent if it is redone."""
+        self._scope.cancel()
+
+    def request_trade_gaps(self, gaps: list[TradeGap]) -> None:
+        self.queue.request_trade_gaps(gaps)
+
+    def request_catch_up(self, request: CatchUp) -> None:
+        self.queue.request_catch_up(request)
+
+    def statistics(self) -> BackfillStatistics:
+        q = self.queue
+        return BackfillStatistics(self.name, q.queued, q.requests, q.recovered, q.failed, q.dropped)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._close_interrupted()
         task_status.started()
         with self._scope:
             while True:
-                request = await self._receive.receive()
-                self._requests += 1
+                request = await self.queue.receive()
+                self.queue.requests += 1
                 if isinstance(request, TradeGap):
                     await self._fill_gap(request)
                 else:
                     await self._catch_up(request)
+
+    def _close_interrupted(self) -> None:
+        """Close what an earlier backfiller left open: it ended (a crash, or a stop) in the middle of it."""
+        for record in self.queue.in_hand:
+            self._ledger.close(
+                msgspec.structs.replace(record, reason=f"{record.reason}; not backfilled: interrupted")
+            )
+        self.queue.in_hand = []
 
     async def _get(self, client: RestClient, path: str, params: dict[str, str | int], weight: int) -> bytes:
         backoff = Backoff(0.5, 10.0)
@@ -139,10 +175,12 @@ class Backfiller:
         return fetch
 
     async def _fill_gap(self, gap: TradeGap) -> None:
-        recovery = exchanges.venue(gap.exchange).trade_recovery(gap.market)
+        venue = exchanges.venue(gap.exchange)
+        recovery = venue.trade_recovery(gap.market)
         last_missing = gap.next_seen - 1
         reason = f"{recovery.id_name} {gap.first_missing}..{last_missing} missing"
         record = self._ledger.open(gap.exchange, gap.symbol, "trades", reason, start=gap.since_ts)
+        self.queue.in_hand = [record]
         client = self._clients.get((gap.exchange, gap.market))
         if client is None or gap.next_seen - gap.first_missing > recovery.max_gap:
             why = "no REST endpoint" if client is None else "gap too wide to fetch"
@@ -152,14 +190,16 @@ class Backfiller:
             return
         recovered = 0
         try:
-            async for page in exchanges.venue(gap.exchange).fill_gap(gap, self._fetch(client)):
+            async for page in venue.fill_gap(gap, self._fetch(client)):
                 await self._trades.publish(page)
                 recovered += len(page)
+                self.queue.in_hand = [msgspec.structs.replace(record, recovered=recovered)]
         except (RestError, ValueError) as exc:
-            self._failed += 1
+            self.queue.failed += 1
             log.error("backfill failed", extra={"symbol": gap.symbol, "error": str(exc)})
             record = msgspec.structs.replace(record, reason=f"{reason}; backfill failed: {exc}")
-        self._recovered += recovered
+        self.queue.recovered += recovered
+        self.queue.in_hand = []
         self._ledger.close(record, recovered=recovered, end=gap.until_ts)
 
     async def _catch_up(self, request: CatchUp) -> None:
@@ -173,6 +213,7 @@ class Backfiller:
                     )
                 )
             return
+        self.queue.in_hand = list(request.records)
         venue = exchanges.venue(request.exchange)
         fetch = self._fetch(client)
         for (native, symbol), record in zip(request.symbols, request.records, strict=True):
@@ -185,8 +226,9 @@ class Backfiller:
                     await self._trades.publish(admitted)
                     recovered = len(admitted)
             except (RestError, ValueError) as exc:
-                self._failed += 1
+                self.queue.failed += 1
                 log.error("backfill failed", extra={"symbol": symbol, "error": str(exc)})
                 record = msgspec.structs.replace(record, reason=f"{record.reason}; backfill failed: {exc}")
-            self._recovered += recovered
+            self.queue.recovered += recovered
+            self.queue.in_hand.pop(0)
             self._ledger.close(record, recovered=recovered)

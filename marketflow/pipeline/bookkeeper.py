@@ -78,14 +78,92 @@ def make_synchronizer(exchange: str, market: str) -> Synchronizer:
     return exchanges.venue(exchange).synchronizer(market)
 
 
+class LiveBooks:
+    """Every live book of the daemon, with what outlives any one `BookKeeper`: specs, synchronizers, the
+    open gap records and the counters. Reads (API, analytics) and feed events come here."""
+
+    def __init__(self, specs: Sequence[BookSpec], ledger: GapLedger) -> None:
+        self.ledger = ledger
+        self.specs = {(s.exchange, s.symbol): s for s in specs}
+        self.books: dict[tuple[str, str], Synchronizer] = {
+            key: make_synchronizer(s.exchange, s.market) for key, s in self.specs.items()
+        }
+        self.updated: dict[tuple[str, str], int] = {}
+        self.open_gaps: dict[tuple[str, str], GapRecord] = {}
+        self.fetching: set[tuple[str, str]] = set()
+        self.snapshot_requests = 0
+        self.snapshot_failures = 0
+        self.resubscribes = 0
+        self.snapshots_written = 0
+        self.kick: Callable[[], None] = lambda: None
+        """Start the snapshot fetches books need; set by the running keeper."""
+
+    # -- reads (API, analytics) -------------------------------------------------------------------
+
+    def view(self, exchange: str, symbol: str, depth: int | None = None) -> BookView | None:
+        """The book as it may be served: empty with its status unless synced; None if not kept."""
+        key = (exchange, symbol)
+        sync = self.books.get(key)
+        if sync is None:
+            return None
+        if sync.state is not BookState.SYNCED:
+            return BookView(exchange, symbol, str(sync.state), [], [], self.updated.get(key), None)
+        bids, asks = sync.book.levels() if depth is None else sync.book.top(depth)
+        return BookView(exchange, symbol, "synced", bids, asks, self.updated.get(key), sync.last_id)
+
+    def keys(self) -> list[tuple[str, str]]:
+        return list(self.books)
+
+    def statistics(self) -> KeeperStatistics:
+        return KeeperStatistics(
+            "books",
+            {f"{ex}:{sym}": sync.statistics() for (ex, sym), sync in self.books.items()},
+            self.snapshot_requests,
+            self.snapshot_failures,
+            self.resubscribes,
+            self.snapshots_written,
+        )
+
+    # -- books coming and going (live symbol changes) ---------------------------------------------
+
+    def add_specs(self, specs: Sequence[BookSpec]) -> None:
+        """Keep books for these symbols too (they start WAITING for their first snapshot)."""
+        for spec in specs:
+            key = (spec.exchange, spec.symbol)
+            self.specs[key] = spec
+            self.books[key] = make_synchronizer(spec.exchange, spec.market)
+
+    def remove_feed(self, feed: str) -> None:
+        """Forget the books carried by a connection that is going away."""
+        for key in [k for k, s in self.specs.items() if s.feed == feed]:
+            del self.specs[key], self.books[key]
+            self.updated.pop(key, None)
+            record = self.open_gaps.pop(key, None)
+            if record is not None:
+                self.ledger.close(record)
+
+    # -- events from feeds ------------------------------------------------------------------------
+
+    def feed_disconnected(self, feed: str) -> None:
+        """The connection carrying these books dropped: they are stale until resynced."""
+        for key, spec in self.specs.items():
+            if spec.feed == feed:
+                self.books[key].reset()
+        self.kick()
+
+
 class BookKeeper:
-    """Owns every live book of the daemon."""
+    """Applies book updates to `LiveBooks` and recovers the books that broke; an actor.
+
+    A fresh keeper per start, over the same books: every update it has not taken waits on its bus
+    subscription, and a batch its predecessor took but did not finish shows as a sequence gap on the
+    next update, which resyncs that book as any gap does. A snapshot fetch cut short is asked again.
+    """
 
     def __init__(
         self,
         subscription: Subscription[BookUpdate],
-        specs: Sequence[BookSpec],
-        ledger: GapLedger,
+        books: LiveBooks,
         clients: Mapping[tuple[str, str], RestClient],
         resubscribe: Callable[[str, list[str]], Awaitable[bool]],
         *,
@@ -95,15 +173,11 @@ class BookKeeper:
         name: str = "books",
     ) -> None:
         self.name = name
+        self.live = books
         self._subscription = subscription
-        self._specs = {(s.exchange, s.symbol): s for s in specs}
-        self._books: dict[tuple[str, str], Synchronizer] = {
-            key: make_synchronizer(s.exchange, s.market) for key, s in self._specs.items()
-        }
-        self._updated: dict[tuple[str, str], int] = {}
-        self._open_gaps: dict[tuple[str, str], GapRecord] = {}
-        self._fetching: set[tuple[str, str]] = set()
-        self._ledger = ledger
+        self._books = books.books
+        self._specs = books.specs
+        self._ledger = books.ledger
         self._clients = clients
         self._resubscribe = resubscribe
         self._persist = persist
@@ -111,90 +185,48 @@ class BookKeeper:
         self._snapshot_depth = snapshot_depth
         self._limiter = trio.CapacityLimiter(SNAPSHOT_CONCURRENCY)
         self._nursery: trio.Nursery | None = None
-        self._snapshot_requests = 0
-        self._snapshot_failures = 0
-        self._resubscribes = 0
-        self._snapshots_written = 0
-
-    # -- reads (API, analytics) -------------------------------------------------------------------
-
-    def view(self, exchange: str, symbol: str, depth: int | None = None) -> BookView | None:
-        """The book as it may be served: empty with its status unless synced; None if not kept."""
-        key = (exchange, symbol)
-        sync = self._books.get(key)
-        if sync is None:
-            return None
-        if sync.state is not BookState.SYNCED:
-            return BookView(exchange, symbol, str(sync.state), [], [], self._updated.get(key), None)
-        bids, asks = sync.book.levels() if depth is None else sync.book.top(depth)
-        return BookView(exchange, symbol, "synced", bids, asks, self._updated.get(key), sync.last_id)
-
-    def keys(self) -> list[tuple[str, str]]:
-        return list(self._books)
 
     def statistics(self) -> KeeperStatistics:
-        return KeeperStatistics(
-            self.name,
-            {f"{ex}:{sym}": sync.statistics() for (ex, sym), sync in self._books.items()},
-            self._snapshot_requests,
-            self._snapshot_failures,
-            self._resubscribes,
-            self._snapshots_written,
-        )
-
-    # -- books coming and going (live symbol changes) ---------------------------------------------
-
-    def add_specs(self, specs: Sequence[BookSpec]) -> None:
-        """Keep books for these symbols too (they start WAITING for their first snapshot)."""
-        for spec in specs:
-            key = (spec.exchange, spec.symbol)
-            self._specs[key] = spec
-            self._books[key] = make_synchronizer(spec.exchange, spec.market)
-
-    def remove_feed(self, feed: str) -> None:
-        """Forget the books carried by a connection that is going away."""
-        for key in [k for k, s in self._specs.items() if s.feed == feed]:
-            del self._specs[key], self._books[key]
-            self._updated.pop(key, None)
-            record = self._open_gaps.pop(key, None)
-            if record is not None:
-                self._ledger.close(record)
-
-    # -- events from feeds ------------------------------------------------------------------------
-
-    def feed_disconnected(self, feed: str) -> None:
-        """The connection carrying these books dropped: they are stale until resynced."""
-        for key, spec in self._specs.items():
-            if spec.feed == feed:
-                self._books[key].reset()
-        self._kick_snapshots()
+        return self.live.statistics()
 
     # -- the actor --------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         receiver = self._subscription.receiver()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            if self._persist is not None:
-                nursery.start_soon(self._snapshot_writer)
-            task_status.started()
-            with receiver:
-                while True:
-                    try:
-                        batches = await receive_batches(receiver)
-                    except trio.EndOfChannel:
-                        break
-                    for batch in batches:
-                        self._apply(batch)
-                    self._kick_snapshots()
-            nursery.cancel_scope.cancel()
+        live = self.live
+        for key in live.fetching:  # fetches of an earlier keeper, cancelled with it
+            sync = live.books.get(key)
+            if sync is not None:
+                sync.snapshot_failed()
+        live.fetching.clear()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                live.kick = self._kick_snapshots
+                if self._persist is not None:
+                    nursery.start_soon(self._snapshot_writer)
+                task_status.started()
+                self._kick_snapshots()
+                with receiver:
+                    while True:
+                        try:
+                            batches = await receive_batches(receiver)
+                        except trio.EndOfChannel:
+                            break
+                        for batch in batches:
+                            self._apply(batch)
+                        self._kick_snapshots()
+                nursery.cancel_scope.cancel()
+        finally:
+            if live.kick == self._kick_snapshots:
+                live.kick = lambda: None
 
     def request_stop(self) -> None:
         """The book bus closing ends the actor; nothing to flush (snapshots are periodic samples)."""
 
     def _apply(self, batch: list[BookUpdate]) -> None:
         books = self._books
-        updated = self._updated
+        updated = self.live.updated
         for update in batch:
             key = (update.exchange, update.symbol)
             sync = books.get(key)
@@ -210,8 +242,8 @@ class BookKeeper:
 
     def _on_gap(self, key: tuple[str, str], gap: Gap) -> None:
         spec = self._specs[key]
-        if key not in self._open_gaps:
-            self._open_gaps[key] = self._ledger.open(spec.exchange, spec.symbol, "book", gap.reason)
+        if key not in self.live.open_gaps:
+            self.live.open_gaps[key] = self._ledger.open(spec.exchange, spec.symbol, "book", gap.reason)
         log.warning(
             "book resyncing", extra={"exchange": spec.exchange, "symbol": spec.symbol, "reason": gap.reason}
         )
@@ -220,12 +252,12 @@ class BookKeeper:
             self._nursery.start_soon(self._resubscribe_topic, spec)
 
     def _on_synced(self, key: tuple[str, str]) -> None:
-        record = self._open_gaps.pop(key, None)
+        record = self.live.open_gaps.pop(key, None)
         if record is not None:
             self._ledger.close(record)
 
     async def _resubscribe_topic(self, spec: BookSpec) -> None:
-        self._resubscribes += 1
+        self.live.resubscribes += 1
         try:
             await self._resubscribe(spec.feed, [spec.topic])
         except Exception as exc:  # the feed's connection broke meanwhile: its reconnect resubscribes anyway
@@ -237,8 +269,8 @@ class BookKeeper:
         if self._nursery is None:
             return
         for key, sync in self._books.items():
-            if key not in self._fetching and sync.needs_snapshot():
-                self._fetching.add(key)
+            if key not in self.live.fetching and sync.needs_snapshot():
+                self.live.fetching.add(key)
                 sync.snapshot_requested()
                 self._nursery.start_soon(self._fetch_snapshot, key)
 
@@ -246,7 +278,7 @@ class BookKeeper:
         spec = self._specs.get(key)
         sync = self._books.get(key)
         if spec is None or sync is None:
-            self._fetching.discard(key)
+            self.live.fetching.discard(key)
             return
         client = self._clients.get((spec.exchange, spec.market))
         try:
@@ -255,11 +287,11 @@ class BookKeeper:
             venue = exchanges.venue(spec.exchange)
             request = venue.snapshot_request(spec.market, spec.native)
             async with self._limiter:
-                self._snapshot_requests += 1
+                self.live.snapshot_requests += 1
                 body = await client.get(request.path, request.params, request.weight)
             snapshot = venue.parse_snapshot(spec.market, body, spec.symbol, now_us())
         except (RestError, ValueError) as exc:
-            self._snapshot_failures += 1
+            self.live.snapshot_failures += 1
             log.warning("book snapshot failed", extra={"symbol": spec.symbol, "error": str(exc)})
             sync.snapshot_failed()
             await trio.sleep(SNAPSHOT_RETRY_S)
@@ -271,10 +303,10 @@ class BookKeeper:
             if gap is not None:
                 self._on_gap(key, gap)
             elif before is not BookState.SYNCED and sync.state is BookState.SYNCED:
-                self._updated[key] = snapshot.ts
+                self.live.updated[key] = snapshot.ts
                 self._on_synced(key)
         finally:
-            self._fetching.discard(key)
+            self.live.fetching.discard(key)
         self._kick_snapshots()
 
     async def _snapshot_writer(self) -> None:
@@ -290,6 +322,6 @@ class BookKeeper:
             if rows:
                 try:
                     await self._persist(rows)
-                    self._snapshots_written += len(rows)
+                    self.live.snapshots_written += len(rows)
                 except Exception as exc:  # a sample lost is not data lost; the next interval tries again
                     log.error("book snapshots not saved", extra={"error": f"{type(exc).__name__}: {exc}"})

@@ -1,9 +1,9 @@
 """The gap ledger: every disconnect, book resync and trade-id gap, with what was recovered.
 
 Records are opened and closed by whoever notices them (feeds, the book keeper, the backfiller) through
-synchronous calls that never wait; the ledger keeps the recent ones in memory for the API and hands every
-new or changed record to a `RecordSink` that saves them in batches through `persist` (the storage engine's
-`write_gaps`, an upsert by identity).
+synchronous calls that never wait; the ledger keeps the recent ones in memory for the API and queues every
+new or changed record for a `RecordSink` (`GapLedger.sink()`, a fresh actor per start) that saves them in
+batches through `persist` (the storage engine's `write_gaps`, an upsert by identity).
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import attrs
-import trio
 
 from marketflow.model import GapRecord, now_us
-from marketflow.runtime.sink import RecordSink
+from marketflow.runtime.sink import RecordQueue, RecordSink
 
 log = logging.getLogger("marketflow.gaps")
 
@@ -34,7 +33,7 @@ class LedgerStatistics:
 
 
 class GapLedger:
-    """Keeps the last `keep` gap records and persists changes every `flush_interval_s`."""
+    """Keeps the last `keep` gap records; its `sink()` persists changes every `flush_interval_s`."""
 
     def __init__(
         self,
@@ -47,14 +46,16 @@ class GapLedger:
         self.name = name
         self._keep = keep
         self._records: OrderedDict[GapKey, GapRecord] = OrderedDict()
+        self._persist = persist
+        self._flush_interval_s = flush_interval_s
         # Saving is the sink's: changes to one record before a save are written once, latest version.
-        self._sink: RecordSink[GapRecord] = RecordSink(
-            name, persist, flush_interval_s=flush_interval_s, key=self.key
-        )
+        self._unsaved: RecordQueue[GapRecord] = RecordQueue(name, key=self.key, accept=persist is not None)
 
-    def request_stop(self) -> None:
-        """Stop now; what is unsaved is saved on the way out."""
-        self._sink.request_stop()
+    def sink(self) -> RecordSink[GapRecord]:
+        """A new actor saving the ledger's changes; what it had not saved when it ended waits for the next."""
+        return RecordSink(
+            self.name, self._persist, queue=self._unsaved, flush_interval_s=self._flush_interval_s
+        )
 
     @staticmethod
     def key(record: GapRecord) -> GapKey:
@@ -67,7 +68,7 @@ class GapLedger:
         self._records.move_to_end(key)
         while len(self._records) > self._keep:
             self._records.popitem(last=False)
-        self._sink.submit([record])
+        self._unsaved.submit([record])
         log.info(
             "gap recorded" if record.end is None else "gap closed",
             extra={
@@ -107,10 +108,7 @@ class GapLedger:
 
     def statistics(self) -> LedgerStatistics:
         open_count = sum(1 for r in self._records.values() if r.end is None)
-        sink = self._sink.statistics()
+        sink = self._unsaved.statistics()
         return LedgerStatistics(
             self.name, len(self._records), open_count, sink.queued, sink.written, sink.errors
         )
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._sink.run(task_status=task_status)

@@ -95,7 +95,12 @@ class InstrumentCatalog:
             self._last_error,
         )
 
+    def loader(self) -> InstrumentLoader:
+        """A new actor keeping this catalog loaded (what it loaded outlives the actor)."""
+        return InstrumentLoader(self)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load now, then every `refresh_s` (`retry_s` after a failure), until cancelled."""
         # Ready at once: feeds must not wait for REST; until the metadata arrives `/markets` says so.
         task_status.started()
         while True:
@@ -137,6 +142,27 @@ class InstrumentCatalog:
                 else:
                     self.contracts.pop(key, None)
         return complete
+
+
+class InstrumentLoader:
+    """The supervised actor of an `InstrumentCatalog` (a fresh one per (re)start)."""
+
+    def __init__(self, catalog: InstrumentCatalog) -> None:
+        self.name = catalog.name
+        self._catalog = catalog
+
+        self._scope = trio.CancelScope()
+
+    def request_stop(self) -> None:
+        """Stop now: nothing to flush (what was loaded stays in the catalog)."""
+        self._scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self._scope:
+            await self._catalog.run(task_status=task_status)
+
+    def statistics(self) -> CatalogStatistics:
+        return self._catalog.statistics()
 
 
 def _fetch(client: RestClient) -> Fetch:

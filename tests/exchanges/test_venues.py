@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 import trio
 
+from marketflow.config import DEFAULT_FEEDS, ConfigError, FeedConfig, parse_config
 from marketflow.exchanges import VENUES, venue
 from marketflow.exchanges.base import (
     BookRecovery,
@@ -174,6 +175,38 @@ def test_book_and_trade_rules_are_consistent(name: str, market: str) -> None:
         assert recovery.max_gap > 0
     budget = v.rest_budget(market)
     assert budget.limit > 0 and budget.window_s > 0
+
+
+@pytest.mark.parametrize(("name", "market"), MARKETS, ids=ids(MARKETS))
+def test_config_asks_the_venue_for_markets_depths_and_symbols(name: str, market: str) -> None:
+    m = VENUES[name].markets[market]
+    feed = f'[[feeds]]\nexchange = "{name}"\nmarket = "{market}"\nsymbols = ["{m.native_example}"]\n'
+    (parsed,) = parse_config(feed, env={}).feeds
+    assert (parsed.symbols, parsed.book_depth, parsed.perpetual) == (
+        (m.normalized_example,),
+        m.default_book_depth,
+        m.perpetual,
+    )
+    bad_depth = max(m.book_depths) + 1
+    with pytest.raises(ConfigError) as caught:
+        parse_config(feed + f"book_depth = {bad_depth}\n", source="m.toml", env={})
+    (issue,) = caught.value.issues
+    listed = ", ".join(map(str, m.book_depths))
+    assert str(issue).startswith("m.toml:5: feeds[0].book_depth: must be one of " + listed + " for " + name)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(feed.replace(m.native_example, "BTC!USDT"), source="m.toml", env={})
+    (issue,) = caught.value.issues
+    assert f"write a {market} symbol as {m.native_example} or {m.normalized_example}" in str(issue)
+    if m.default_symbols:
+        assert FeedConfig(name, market, m.default_symbols, book_depth=m.default_book_depth) in DEFAULT_FEEDS
+
+
+def test_unknown_exchange_lists_every_venue() -> None:
+    feed = '[[feeds]]\nexchange = "nowhere"\nmarket = "spot"\nsymbols = ["BTCUSDT"]\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_config(feed, source="m.toml", env={})
+    expected = f'm.toml:2: feeds[0].exchange: must be one of {", ".join(VENUES)}, got string "nowhere"'
+    assert [str(i) for i in caught.value.issues] == [expected]
 
 
 # -- live, on the simulator -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ async def test_open_close_query_and_persist_with_retry(autojump_clock: trio.abc.
 
     ledger = GapLedger(persist, flush_interval_s=1.0, keep=3)
     async with trio.open_nursery() as nursery:
-        await nursery.start(ledger.run)
+        await nursery.start(ledger.sink().run)
         gap = ledger.open("binance", "BTC-USDT", "trades", "aggregate trade ids 5..9 missing", start=100)
         ledger.open("bybit", "ETH-USDT", "book", "update id jumped from 7 to 9", start=200)
         closed = ledger.close(gap, recovered=5, end=150)
