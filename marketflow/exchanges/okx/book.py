@@ -14,9 +14,9 @@ message carries a non-zero one: OKX sends 0 since 2026-06, recorded traffic stil
 without `seqId`/`prevSeqId` (older servers, recorded traffic) is checked by its checksum alone.
 
 Exactness and speed: the `OrderBook` keeps `Decimal`s (which forget how a price was written: `65000.10`
-and `65000.1` are one level), so next to it this book keeps, per side, price → the level list as the
-decoder received it. An update costs one dict store per level; a checksum reads the top 25 prices of the
-`OrderBook` and joins their received strings — no formatting, no float.
+and `65000.1` are one level), so next to it this book keeps, per side, price → `px:sz` exactly as
+received. An update costs one concatenation and one dict store per level it changes; a checksum reads the
+top 25 prices of the `OrderBook` and joins their strings — no formatting, no float.
 """
 
 from __future__ import annotations
@@ -35,23 +35,29 @@ CHECKSUM_LEVELS = 25
 def checksum(bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]) -> int:
     """OKX's signed CRC32 of the best 25 levels per side (bids descending, asks ascending), given as
     `[px, sz, ...]` string lists exactly as received."""
-    parts: list[str] = []
-    append = parts.append
-    for i in range(min(max(len(bids), len(asks)), CHECKSUM_LEVELS)):
-        if i < len(bids):
-            append(bids[i][0])
-            append(bids[i][1])
-        if i < len(asks):
-            append(asks[i][0])
-            append(asks[i][1])
+    return _crc(
+        [level[0] + ":" + level[1] for level in bids[:CHECKSUM_LEVELS]],
+        [level[0] + ":" + level[1] for level in asks[:CHECKSUM_LEVELS]],
+    )
+
+
+def _crc(bids: list[str], asks: list[str]) -> int:
+    """The signed CRC32 of `px:sz` strings (best first, at most 25 a side) interleaved bid, ask, ...; the
+    longer side's rest appended."""
+    n = min(len(bids), len(asks))
+    parts = [""] * (2 * n)
+    parts[::2] = bids[:n]
+    parts[1::2] = asks[:n]
+    parts += bids[n:] or asks[n:]
     crc = zlib.crc32(":".join(parts).encode())
     return crc - 0x1_0000_0000 if crc >= 0x8000_0000 else crc
 
 
-def _apply_raw(raw: dict[Decimal, list[str]], levels: list[Level], received: list[list[str]]) -> None:
+def _apply_raw(raw: dict[Decimal, str], levels: list[Level], received: list[list[str]]) -> None:
+    # Kept joined (`px:sz`): a message changes a few levels, a checksum reads fifty.
     for (price, amount), text in zip(levels, received, strict=True):
         if amount:
-            raw[price] = text
+            raw[price] = text[0] + ":" + text[1]
         else:
             raw.pop(price, None)
 
@@ -61,8 +67,8 @@ class OkxBook(BookSync):
 
     def __init__(self) -> None:
         super().__init__()
-        self._raw_bids: dict[Decimal, list[str]] = {}
-        self._raw_asks: dict[Decimal, list[str]] = {}
+        self._raw_bids: dict[Decimal, str] = {}
+        self._raw_asks: dict[Decimal, str] = {}
         self.keepalives = 0
         self.seq_resets = 0
         self.checksums_verified = 0
@@ -112,7 +118,7 @@ class OkxBook(BookSync):
         bids, asks = self.book.top(CHECKSUM_LEVELS)
         raw_bids = self._raw_bids
         raw_asks = self._raw_asks
-        got = checksum([raw_bids[p] for p, _ in bids], [raw_asks[p] for p, _ in asks])
+        got = _crc([raw_bids[p] for p, _ in bids], [raw_asks[p] for p, _ in asks])
         self.checksums_verified += 1
         if got != expected:
             self.checksum_failures += 1
