@@ -173,7 +173,8 @@ async def test_a_dropped_connection_is_backfilled_by_trade_id_without_duplicates
             connects = counters.connects
             sim.drop_connections()
             await wait_for(lambda c=connects: counters.connects > c and counters.state == "streaming")
-            await trio.sleep(0.2)
+            seen = len(stored(tmp_path, symbol))
+            await wait_for(lambda n=seen: len(stored(tmp_path, symbol)) > n + 5)  # live trades again
         await wait_for(lambda: len(stored(tmp_path, symbol)) >= 60)
         fills = fills_by_id(sim.generated_trades("okx", "swap", native))
         covered: list[int] = []
