@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import difflib
+import hashlib
 import ipaddress
 import json
 import os
@@ -88,6 +89,10 @@ class HttpConfig:
     public_reads: bool = False
     # Newest trades per market kept in memory for /collectors/trades (older ones come from storage).
     trades_ring: int = 1_000
+    # Host names a loopback listener answers to besides loopback ones (a DNS-rebinding guard).
+    allowed_hosts: tuple[str, ...] = ()
+    # Serve /docs, /redocs and /scalar (they load scripts from a CDN); /openapi.json is always served.
+    api_docs: bool = False
 
     @property
     def host(self) -> str:
@@ -181,6 +186,10 @@ class Config:
     feeds: tuple[FeedConfig, ...]
     analytics: AnalyticsConfig
     source: str | None = None  # the file it was read from (parse_config: its `source` label)
+    # What was read: `config_digest` of the file (and the symbols overlay); edits refuse to build on a
+    # file that changed since (a person's unreloaded edit must not be applied behind their back). Not part
+    # of equality: two configs that say the same are equal whatever their files' comments.
+    digest: str | None = attrs.field(default=None, eq=False)
     books: BooksConfig = BooksConfig()
     capture: CaptureConfig = CaptureConfig()
 
@@ -228,11 +237,20 @@ def parse_config(text: str, *, source: str = "<string>", env: Mapping[str, str] 
     config = checker.check(doc, os.environ if env is None else env)
     if config is None:
         raise ConfigError(sorted(checker.issues, key=lambda issue: (issue.line is None, issue.line or 0)))
-    return attrs.evolve(config, source=source)
+    return attrs.evolve(config, source=source, digest=config_digest(text, None))
+
+
+def config_digest(text: str, overlay: str | None) -> str:
+    """A fingerprint of a configuration file's text and of its symbols overlay's (None: no overlay)."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass"))
+    if overlay is not None:
+        digest.update(b"\0overlay\0" + overlay.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate the TOML file at `path`; an unreadable file is a `ConfigError` naming it."""
+    """Read and validate the TOML file at `path`, then apply the symbols overlay under its `state_dir`
+    (`marketflow.config_overlay`); an unreadable file is a `ConfigError` naming it."""
     name = os.fspath(path)
     try:
         data = Path(path).read_bytes()
@@ -244,7 +262,9 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError([ConfigIssue(name, line, "<toml>", "the file is not valid UTF-8")]) from None
-    return parse_config(text, source=name, env=env)
+    from marketflow.config_overlay import apply_overlay_file  # it builds on this module
+
+    return apply_overlay_file(parse_config(text, source=name, env=env), text)
 
 
 def resolve_config_path(cli_path: str | None, env: Mapping[str, str]) -> str | None:
@@ -402,6 +422,26 @@ def _listen(value: object) -> str:
     return value
 
 
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def _host_names(value: object) -> tuple[str, ...]:
+    expected = 'must be an array of host names or IP addresses, e.g. ["marketflow.example.com"]'
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _Rejected(f"{expected}, got {_describe(value)}")
+    names: list[str] = []
+    for item in value:
+        name = item.strip().lower().removesuffix(".")
+        bare = name.removeprefix("[").removesuffix("]")
+        with contextlib.suppress(ValueError):
+            names.append(str(ipaddress.ip_address(bare)))
+            continue
+        if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+            raise _Rejected(f"{expected} (no scheme, port or path), got {_describe(item)}")
+        names.append(name)
+    return tuple(names)
+
+
 def _storage_url(value: object) -> str:
     allowed = "sqlite:///PATH, sqlite:///:memory: or postgresql://USER@HOST/DB (postgresql+asyncpg:// too)"
     if not isinstance(value, str):
@@ -468,6 +508,8 @@ _HTTP: Final[Mapping[str, _Check]] = {
     "listen": _listen,
     "public_reads": _boolean,
     "trades_ring": _integer(1),
+    "allowed_hosts": _host_names,
+    "api_docs": _boolean,
 }
 _STORAGE: Final[Mapping[str, _Check]] = {
     "url": _storage_url,

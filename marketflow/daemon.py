@@ -145,6 +145,7 @@ class Daemon:
         self.connections: dict[str, Connection] = {}
         self.rest_clients: dict[tuple[str, str], RestClient] = {}
         self._reload_lock = trio.Lock()
+        self._edit_lock = trio.Lock()  # held from reading the file to applying it (edit_config)
         self.ledger = GapLedger(getattr(self.store, "write_gaps", None))
         book_specs: list[BookSpec] = []
         for feed in config.feeds:
@@ -374,7 +375,7 @@ class Daemon:
                 for section in ("daemon", "http", "storage", "supervisor", "books", "analytics", "capture")
                 if getattr(new, section) != getattr(self.config, section)
             )
-            self.config = attrs.evolve(self.config, feeds=new.feeds, source=new.source)
+            self.config = attrs.evolve(self.config, feeds=new.feeds, source=new.source, digest=new.digest)
             self.instruments.request_refresh()
         result = ReloadResult(added, removed, restarted, needs_restart)
         log.info("configuration applied", extra=attrs.asdict(result))
@@ -382,6 +383,16 @@ class Daemon:
             log.warning(
                 "changed sections take effect at the next restart", extra={"sections": list(needs_restart)}
             )
+        return result
+
+    async def edit_config(self, edit: Callable[[Config], Config]) -> ReloadResult:
+        """Run `edit(running config)` in a worker thread (it reads, changes and writes the file), then apply
+        what it returns, under one lock: concurrent changes (symbols API, SIGHUP) never interleave, so none
+        is lost. Shielded once begun: a change written to the file is applied too."""
+        async with self._edit_lock:
+            with trio.CancelScope(shield=True):
+                new = await trio.to_thread.run_sync(edit, self.config)
+                result = await self.apply_config(new)
         return result
 
     async def _stop_feed(self, feed_name: str) -> None:
@@ -405,14 +416,13 @@ class Daemon:
             log.warning("reload asked, but the daemon runs on built-in defaults: there is no file to re-read")
             return None
         try:
-            new = await trio.to_thread.run_sync(load_config, source)
+            return await self.edit_config(lambda _: load_config(source))
         except ConfigError as exc:
             log.error(
                 "reload refused: the configuration is invalid; the running one is kept",
                 extra={"config": source, "errors": [str(i) for i in exc.issues]},
             )
             return None
-        return await self.apply_config(new)
 
     async def resubscribe(self, connection: str, topics: list[str]) -> bool:
         """Resubscribe topics on a connection's live feed (book resync of `RESUBSCRIBE` venues)."""

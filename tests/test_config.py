@@ -56,7 +56,10 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
     ),
     "unknown key without a close match": (
         '[http]\nlisten = "127.0.0.1:1"\nfrobnicate = 1\n',
-        ["m.toml:3: http.frobnicate: unknown key; allowed: listen, public_reads, trades_ring"],
+        [
+            "m.toml:3: http.frobnicate: unknown key; "
+            "allowed: listen, public_reads, trades_ring, allowed_hosts, api_docs"
+        ],
     ),
     "unknown feed key": (
         '[[feeds]]\nexchange = "bybit"\nmarket = "spot"\nsymbol = ["BTCUSDT"]\n',
@@ -149,6 +152,24 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
     "trades_ring below 1": (
         "[http]\ntrades_ring = 0\n",
         ["m.toml:2: http.trades_ring: must be an integer >= 1, got integer 0"],
+    ),
+    "allowed_hosts with a port": (
+        '[http]\nallowed_hosts = ["ok.example", "mf.example:443"]\n',
+        [
+            "m.toml:2: http.allowed_hosts: must be an array of host names or IP addresses, e.g. "
+            '["marketflow.example.com"] (no scheme, port or path), got string "mf.example:443"'
+        ],
+    ),
+    "allowed_hosts not an array": (
+        '[http]\nallowed_hosts = "mf.example"\n',
+        [
+            "m.toml:2: http.allowed_hosts: must be an array of host names or IP addresses, e.g. "
+            '["marketflow.example.com"], got string "mf.example"'
+        ],
+    ),
+    "api_docs not a boolean": (
+        "[http]\napi_docs = 1\n",
+        ["m.toml:2: http.api_docs: must be true or false, got integer 1"],
     ),
     # [storage]
     "storage url scheme (password not echoed)": (
@@ -675,6 +696,12 @@ bin_size = { "BTC-USDT" = "0.5" }
 def test_retention_days_defaults_to_keeping_everything() -> None:
     assert StorageConfig().retention_days == 0 and parse("").storage.retention_days == 0
     assert parse("[storage]\nretention_days = 30\n").storage.retention_days == 30
+
+
+def test_allowed_hosts_are_normalized() -> None:
+    assert HttpConfig().allowed_hosts == () and HttpConfig().api_docs is False
+    http = parse('[http]\nallowed_hosts = ["MF.Example.com.", "[::1]", "192.0.2.7"]\napi_docs = true\n').http
+    assert http.allowed_hosts == ("mf.example.com", "::1", "192.0.2.7") and http.api_docs is True
 
 
 def test_trades_ring_capacity() -> None:

@@ -13,11 +13,11 @@ pipeline, the daemon, the configuration and replay only ever talk to `VENUE` and
 - `BookRecovery`, `snapshot_request`/`parse_snapshot`: how a broken book comes back (REST snapshot or
   resubscribe)
 - `TradeRecovery`, `fill_gap`/`catch_up`: how missed trades come back over REST, and what a reconnect means
-- `RestBudget`: the share of the venue's REST limit one (venue, market) may spend
+- `RestBudget`: the venue's published REST limit for a market (the daemon spends a share of it)
 - `instruments`: optional per-instrument metadata (contract value, units) loaded over REST
 
-A venue module imports only `marketflow.model`, this module and `exchanges/orderbook.py` (no trio, no
-pipeline): everything that does I/O is handed in (`Fetch`).
+A venue package imports only `marketflow.model`, this module, `exchanges/orderbook.py` and
+`exchanges/symbols.py` (no trio, no pipeline): everything that does I/O is handed in (`Fetch`).
 """
 
 from __future__ import annotations
@@ -116,14 +116,15 @@ class Session(Protocol):
         """The venue closes connections at this age; the feed replaces them a little before."""
         ...
 
+    def subscribe_requests(self) -> list[SubscribeRequest]:
+        """Every topic of the connection, batched as the venue allows (sent on every (re)connect). The feed
+        settles one request per `Ack` (by `req_id`, else the oldest pending)."""
+        ...
+
     def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]: ...
 
     def resubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
         """Requests that make the venue send fresh book snapshots for `topics` (empty: it cannot)."""
-        ...
-
-    def subscribe_requests(self) -> list[SubscribeRequest]:
-        """Every topic of the connection, batched as the venue allows (sent on every (re)connect)."""
         ...
 
     def heartbeat(self) -> bytes | None:

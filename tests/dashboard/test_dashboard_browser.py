@@ -10,6 +10,7 @@ No browser is ever downloaded: Playwright only drives the system's Chromium.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -19,17 +20,22 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import attrs
 import httpx
 import pytest
+import trio
 
 try:
     from playwright.sync_api import Browser, Page, sync_playwright
 except ImportError:  # pragma: no cover - judged by the `browser` fixture
     sync_playwright = None  # type: ignore[assignment]
+
+from marketflow.model import Trade, us_to_iso
+from marketflow.storage import open_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium waits on the (closed) network at start-up.
@@ -323,3 +329,119 @@ def test_dashboard_asks_for_a_key_when_reads_need_one(
         assert page.locator("[data-testid=auth]").is_hidden()
         # The refused key's 401s are the browser's network log, not script errors.
         assert [p for p in problems if "401" not in p] == []
+
+
+HISTORY_TRADES = 240  # one every 6 s: 24 one-minute bars, all inside the page's 60-candle window
+
+
+def seed_old_trades(db: Path, start_us: int) -> Decimal:
+    """Store trades of BTC-USDT that ended hours ago; returns their CVD (taker buys minus sells)."""
+    trades = [
+        Trade(
+            "bybit",
+            "BTC-USDT",
+            str(i),
+            Decimal("60000") + Decimal(i % 17) * 5 + Decimal(i % 2) / 2,
+            Decimal("0.01") * (i % 5 + 1),
+            "sell" if i % 3 == 0 else "buy",
+            start_us + i * 6_000_000,
+            start_us + i * 6_000_000,
+        )
+        for i in range(HISTORY_TRADES)
+    ]
+
+    async def write() -> None:
+        store = open_store(f"sqlite:///{db}")
+        await store.open()
+        try:
+            assert await store.write_trades(trades) == len(trades)
+        finally:
+            await store.close()
+
+    trio.run(write)
+    return sum((t.amount if t.side == "buy" else -t.amount for t in trades), Decimal(0))
+
+
+@contextmanager
+def running_daemon(tmp_path: Path, config: Path) -> Iterator[str]:
+    """`marketflow run --config` in a subprocess (JSON logs); yields its base URL, until the block ends."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MARKETFLOW_CONFIG", "MARKETFLOW_STORAGE_URL")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "marketflow", "run", "--config", str(config)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    urls: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stderr is not None
+        with (tmp_path / "daemon.log").open("w") as log:
+            for line in process.stderr:
+                log.write(line)
+                log.flush()
+                if "HTTP API listening" in line:
+                    urls.put(json.loads(line)["url"])
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        try:
+            yield urls.get(timeout=60)
+        except queue.Empty:
+            pytest.fail("the daemon never said where it listens; see daemon.log")
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_dashboard_draws_historical_data(
+    browser: Browser, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only trades from hours ago, no live feed: the charts end at the newest trade, not at the clock."""
+    state = tmp_path / "var"
+    state.mkdir()
+    start_us = (int(time.time()) // 60 - 5 * 60) * 60_000_000  # five hours ago, on a minute boundary
+    cvd = seed_old_trades(state / "marketflow.db", start_us)
+    config = tmp_path / "marketflow.toml"
+    # The feed points at a closed port (the discard port): it never delivers, the stored trades are all.
+    config.write_text(
+        f'[daemon]\nstate_dir = "{state}"\nlog_format = "json"\nshutdown_timeout_s = 5\n'
+        '[http]\nlisten = "127.0.0.1:0"\n'
+        '[[feeds]]\nexchange = "bybit"\nmarket = "spot"\nsymbols = ["BTCUSDT"]\nchannels = ["trades"]\n'
+        'ws_url = "ws://127.0.0.1:9/v5/public/spot"\nrest_url = "http://127.0.0.1:9"\n'
+    )
+    with running_daemon(tmp_path, config) as base:
+        page, problems = open_page(browser, viewport={"width": 1280, "height": 800})
+        page.goto(base + "/dashboard")
+        page.wait_for_selector("[data-testid=last-trade]")
+        assert page.locator("[data-testid=last-trade]").get_attribute("data-id") == str(HISTORY_TRADES - 1)
+        # Candles, the volume profile's POC, delta and CVD, and the footprint are drawn, not "Waiting...".
+        page.wait_for_function(
+            "() => document.querySelectorAll('[data-testid=chart] svg rect').length > 20 &&"
+            " document.querySelector('[data-testid=poc]').dataset.since"
+        )
+        assert page.locator("[data-testid=chart-empty]").is_hidden()
+        assert page.locator("[data-testid=chart] polyline.cvd").count() == 1
+        assert page.locator("#s-cvd").text_content() == format(cvd.normalize(), "f")
+        shown = page.evaluate(
+            "() => { const p = document.querySelector('[data-testid=poc]');"
+            " return {poc: p.textContent, since: p.dataset.since}; }"
+        )
+        assert shown["since"] == us_to_iso(start_us)  # the window reaches back to the first stored trade
+        profile = httpx.get(
+            base + "/volume-profile",
+            params={"exchange": "bybit", "symbol": "BTC-USDT", "since": shown["since"]},
+            timeout=10,
+        ).json()
+        assert shown["poc"] == profile["poc"]
+        page.wait_for_selector("[data-testid=footprint] td.cell")
+        for empty in ("chart-empty", "fp-empty", "tape-empty"):
+            assert page.locator(f"#{empty}").is_hidden(), empty
+        screenshot(page, tmp_path / "dashboard-history.png", capsys)
+        assert problems == []

@@ -7,6 +7,7 @@ book synchronizer and its REST recovery.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -269,7 +270,7 @@ async def stream(
                 exchange=name,
                 market=market,
                 url=plan.url,
-                session_factory=lambda plan=plan: v.session(market, plan.topics),
+                session_factory=functools.partial(v.session, market, plan.topics),
                 bus=bus,
                 counters=FeedCounters(),
                 stale_timeout_s=10.0,
@@ -343,12 +344,12 @@ async def check_trade_recovery(
         fetched = await v.catch_up(market, native, symbol, fetch)
         assert fetched and all(t.symbol == symbol and t.exchange == v.name for t in fetched)
         assert [t.ts for t in fetched] == sorted(t.ts for t in fetched)
-        seen = {t.id for t in trades}
-        assert seen & {t.id for t in fetched}, "the latest trades overlap what was streamed"
+        streamed = {t.id for t in trades}
+        assert streamed & {t.id for t in fetched}, "the latest trades overlap what was streamed"
         # The decoders that streamed them admit none of those again; a fresh one admits each once.
         for decoder in collected.decoders.values():
             admitted = decoder.admit_backfill(native, fetched, 0)
-            assert not seen & {t.id for t in admitted}
+            assert not streamed & {t.id for t in admitted}
         fresh = v.decoder(market, {native: symbol})
         assert len(fresh.admit_backfill(native, fetched, 0)) == len({t.id for t in fetched})
         assert fresh.admit_backfill(native, fetched, 0) == []

@@ -308,6 +308,14 @@
     if (state.sel) select.value = String(index);
   }
 
+  /** Epoch milliseconds just after the newest trade of a `collectors/trades` answer (newest first), as the
+   * exclusive `until` of the chart queries; undefined (the server's clock) without trades. */
+  function newestTradeMs(trades) {
+    const newest = trades && trades.value && trades.value.trades && trades.value.trades[0];
+    const ms = newest ? Date.parse(newest.ts) : NaN;
+    return Number.isFinite(ms) ? String(ms + 1) : undefined;
+  }
+
   function fromHash() {
     const parts = decodeURIComponent(location.hash.slice(1)).split("/");
     if (parts.length >= 3 && ["1m", "5m", "1h"].includes(parts[2])) {
@@ -330,12 +338,15 @@
     const q = m ? { exchange: m.exchange, symbol: m.symbol } : null;
     const hasBook = Boolean(m && (m.channels || []).includes("book"));
     const bookPath = m && "book/" + encodeURIComponent(m.exchange) + "/" + encodeURIComponent(m.symbol);
-    const [status, book, candles, trades] = await all([
+    const [status, book, trades] = await all([
       api("collectors/status"),
       hasBook ? api(bookPath, { depth: BOOK_DEPTH }) : null,
-      q ? api("candles", { ...q, interval, limit: CANDLES }) : null,
       q ? api("collectors/trades", { ...q, limit: TAPE_ROWS }) : null,
     ]);
+    // The charts end at the newest trade, not at the clock: replayed or historical data (trades older than
+    // the candle window before now) is drawn too. Live, the newest trade is now anyway.
+    const until = newestTradeMs(trades);
+    const [candles] = await all([q ? api("candles", { ...q, interval, limit: CANDLES, until }) : null]);
     const bars = (candles.value && candles.value.candles) || [];
     let profile = {};
     let flow = {};
@@ -344,9 +355,9 @@
       const since = bars[0].start;
       const fpSince = bars[Math.max(0, bars.length - FOOTPRINT_BARS)].start;
       [profile, flow, footprint] = await all([
-        api("volume-profile", { ...q, since }),
-        api("order-flow", { ...q, interval, since }),
-        api("order-flow", { ...q, interval, since: fpSince, footprint: "true" }),
+        api("volume-profile", { ...q, since, until }),
+        api("order-flow", { ...q, interval, since, until }),
+        api("order-flow", { ...q, interval, since: fpSince, until, footprint: "true" }),
       ]);
       profile.since = since;
     }
