@@ -242,3 +242,21 @@ async def test_a_rejected_instrument_shows_in_status_and_the_others_stream(tmp_p
 
     config = SimConfig(seed=10, rate=20.0, faults=Faults(reject_topics=("trades:ETH-USDT",)))
     await run_with(tmp_path, config, body, ("trades",))
+
+
+async def test_the_upgrade_notice_replaces_the_connection_before_it_closes(tmp_path: Path) -> None:
+    async def body(daemon: Daemon, sim: SimServer) -> None:
+        symbol = "BTC-USDT"
+        await wait_for(lambda: len(stored(tmp_path, symbol)) >= 10)
+        counters = daemon.feed_counters["okx-spot"]
+        assert sim.okx_notice(close_after_s=1.0) == 2  # both feeds' connections
+        await wait_for(lambda: counters.rotations == 1)
+        seen = len(stored(tmp_path, symbol))
+        await wait_for(lambda: len(stored(tmp_path, symbol)) >= seen + 20)
+        # The replacement was subscribed before the old connection closed: no disconnect, no trade-id gap.
+        assert counters.disconnects == 0
+        assert [r for r in gap_rows(daemon, symbol, "trades") if "missing" in r[0]] == []
+        ids = sorted(int(i) for i in stored_ids(tmp_path, symbol))
+        assert len(ids) == len(set(ids))
+
+    await run_with(tmp_path, SimConfig(seed=11, rate=30.0), body, ("trades",))
