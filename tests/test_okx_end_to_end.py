@@ -139,6 +139,16 @@ async def test_wrong_checksum_and_chain_break_resync_that_book_only(tmp_path: Pa
     async def body(daemon: Daemon, sim: SimServer) -> None:
         for symbol in NATIVE:
             await wait_for(lambda s=symbol: synced(daemon, s))
+        # A keep-alive and a sequence reset after maintenance are no gaps.
+        eth = sim.book_feed("okx", "spot", "ETH-USDT").streams["books:ETH-USDT"]
+        perp = sim.book_feed("okx", "swap", "BTC-USDT-SWAP").book
+        sim.okx_keepalive("spot", "ETH-USDT")
+        sim.okx_reset("swap", "BTC-USDT-SWAP")
+        await wait_for(lambda: eth.keepalives >= 1 and not perp.restart_next)  # type: ignore[attr-defined]
+        applied = daemon.books.statistics().books["okx:BTC-USDT-PERP"].updates_applied
+        await wait_for(
+            lambda: daemon.books.statistics().books["okx:BTC-USDT-PERP"].updates_applied > applied + 3
+        )
         sim.okx_bad_checksum("spot", "BTC-USDT")
         await wait_for(lambda: book_gaps(daemon)["okx:BTC-USDT"] == 1)
         sim.skip_update("okx", "swap", "BTC-USD-SWAP")

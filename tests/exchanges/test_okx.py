@@ -212,6 +212,10 @@ def test_seq_chain_keepalive_reset_and_break() -> None:
     # Updates wait for a fresh snapshot; the snapshot brings the book back.
     assert book.on_update(after) is None and book.state is BookState.RESYNCING
     assert book.on_update(snap) is None and book.state is BookState.SYNCED
+    # A keep-alive repeats the last seqId; one that does not shows lost messages.
+    (stale_keepalive,) = books(book_frame("BTC-USDT", "update", [], [], seq=12, prev=12))
+    gap = book.on_update(stale_keepalive)
+    assert gap is not None and "keep-alive seqId 12 is not the last seqId 10" in gap.reason
 
 
 def test_checksum_over_the_received_strings_not_the_decimals() -> None:

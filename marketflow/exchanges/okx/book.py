@@ -3,7 +3,8 @@
 Chain, checked on every message that carries it:
 - a snapshot (`action: snapshot`, `prevSeqId = -1`) starts it;
 - each update's `prevSeqId` must equal the previous message's `seqId` (steps are not +1);
-- `prevSeqId == seqId` with no levels is a keep-alive (no depth change for about 60 s);
+- `prevSeqId == seqId` with no levels is a keep-alive (no depth change for about 60 s); it repeats the
+  last `seqId`, so one that does not is a gap too;
 - `seqId < prevSeqId` is a reset after maintenance: accepted, the chain goes on from the new `seqId`;
 - anything else is a gap: the book is discarded (nothing built across it is served or stored) and the
   keeper resubscribes that instrument alone, which brings a fresh snapshot.
@@ -99,8 +100,9 @@ class OkxBook(BookSync):
         prev = update.prev_id
         if prev is not None:
             if prev == seq and not update.bids and not update.asks:
+                if seq != self._id:  # it repeats the last seqId: any other means messages were lost
+                    return self._fail(f"keep-alive seqId {seq} is not the last seqId {self._id}", update)
                 self.keepalives += 1
-                self._id = seq
                 return self._verify(update)
             if seq < prev:
                 self.seq_resets += 1
