@@ -17,6 +17,7 @@ import httpx
 import pytest
 import trio
 
+from marketflow.api.server import HttpServer
 from marketflow.config import Config, FeedConfig, default_config
 from marketflow.daemon import Daemon
 from marketflow.model import GapRecord, now_us
@@ -267,7 +268,10 @@ def http_url(daemon: Daemon) -> str:
 async def check_http(daemon: Daemon, sim: SimServer, db: Path) -> None:
     async with httpx.AsyncClient(base_url=http_url(daemon)) as client:
         assert (await client.get("/ping")).status_code == 200
-    await crash(daemon, "http")
+    old = await crash(daemon, "http")
+    assert isinstance(old, HttpServer)
+    with pytest.raises(RuntimeError, match="serves once"):
+        await old.run()
     await still_running(daemon, "http", 0.5)
     async with httpx.AsyncClient(base_url=http_url(daemon)) as client:
         for _ in range(3):
