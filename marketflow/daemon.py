@@ -401,6 +401,7 @@ class Daemon:
             self.books.remove_feed(name)
             for table in (self.connections, self.decoders, self.feed_counters, self.feeds):
                 table.pop(name, None)
+            self.actors.pop(name, None)
 
     async def _start_feed(self, feed: FeedConfig) -> None:
         before = set(self.connections)
