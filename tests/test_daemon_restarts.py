@@ -291,6 +291,15 @@ async def check_capture(daemon: Daemon, sim: SimServer, db: Path) -> None:
     await still_running(daemon, "capture", 0.3)
 
 
+async def check_instruments(daemon: Daemon, sim: SimServer, db: Path) -> None:
+    catalog = daemon.instruments
+    await wait_for(lambda: catalog.loaded("bybit", "spot") and catalog.loaded("binance", "spot"), 0.01)
+    await crash(daemon, "instruments")
+    loads = catalog.statistics().loads
+    catalog.request_refresh()  # the new loader answers it
+    await wait_for(lambda: catalog.statistics().loads > loads, 0.01)
+
+
 CHECKS: dict[str, Callable[[Daemon, SimServer, Path], Awaitable[None]]] = {
     "capture": check_capture,
     "storage": check_storage,
@@ -300,6 +309,7 @@ CHECKS: dict[str, Callable[[Daemon, SimServer, Path], Awaitable[None]]] = {
     "analytics": check_analytics,
     "books": check_books,
     "backfill": check_backfill,
+    "instruments": check_instruments,
     "normalizer": check_normalizer,
     "feeds": check_feed,
     "http": check_http,
