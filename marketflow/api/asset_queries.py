@@ -66,6 +66,8 @@ __all__ = [
     "asset_order_flow",
     "asset_view",
     "asset_volume_profile",
+    "view_order_flow",
+    "view_volume_profile",
     "wants_asset",
 ]
 
@@ -359,20 +361,24 @@ async def asset_order_flow(
     text, step = _interval(interval)
     _check_range(since, until)
     start = _default_since(since, until, step, DEFAULT_ORDER_FLOW_BARS)
+
+    return await _from_storage(view_order_flow(ctx, view, text, step, start, until))
+
+
+async def view_order_flow(
+    ctx: QueryContext, view: AssetView, interval: str, step: int, since: int, until: int | None
+) -> dict[str, Any]:
+    """The `/order-flow?asset=` answer for the markets of `view` (bars starting in `[since, until)`)."""
     large = ctx.daemon.config.analytics.large_trade_notional
-
-    async def compute() -> dict[str, Any]:
-        per_market: dict[str, list[Bar]] = {}
-        sources: dict[str, str] = {}
-        for m in view.markets:
-            per_market[m.key], sources[m.key] = await market_bars(ctx, m, text, step, start, until, large)
-        body = view.header(ctx, start, until)
-        body["interval"] = text
-        body["sources"] = sources
-        body.update(asset_order_flow_json(per_market))
-        return body
-
-    return await _from_storage(compute())
+    per_market: dict[str, list[Bar]] = {}
+    sources: dict[str, str] = {}
+    for m in view.markets:
+        per_market[m.key], sources[m.key] = await market_bars(ctx, m, interval, step, since, until, large)
+    body = view.header(ctx, since, until)
+    body["interval"] = interval
+    body["sources"] = sources
+    body.update(asset_order_flow_json(per_market))
+    return body
 
 
 async def asset_candles(
@@ -430,36 +436,40 @@ async def asset_volume_profile(
     _check_range(since, until)
     start = (now_us() if until is None else until) - DEFAULT_PROFILE_WINDOW_US if since is None else since
 
-    async def compute() -> dict[str, Any]:
-        grid = size
-        if grid is None:
-            bins = [
-                await range_bin(ctx.daemon.store, ctx.ring, m.exchange, m.symbol, start, until)
-                for m in view.markets
-            ]
-            found = [b for b in bins if b is not None]
-            grid = max(found) if found else None
-        body = view.header(ctx, start, until)
-        if grid is None:
-            body.update(profile_json(VolumeProfile(None, None, None, ZERO, ZERO, ())))
-            return body
-        cells: dict[Decimal, list[Decimal]] = {}
-        with exact():
-            for m in view.markets:
-                for price, (bid, ask) in (await market_cells(ctx, m, start, until, grid)).items():
-                    key = bin_floor(price, grid)  # already on the grid; keeps one spelling per bin
-                    cell = cells.get(key)
-                    if cell is None:
-                        cells[key] = [bid, ask]
-                    else:
-                        cell[0] += bid
-                        cell[1] += ask
-        if len(cells) > MAX_PROFILE_BINS:
-            raise RangeTooLargeError(
-                f"the volume profile would hold more than {MAX_PROFILE_BINS} bins; use a larger bin", "bin"
-            )
-        body["bin"] = format(grid, "f")
-        body.update(profile_json(volume_profile(cells, grid, ctx.daemon.config.analytics.value_area)))
-        return body
+    return await _from_storage(view_volume_profile(ctx, view, start, until, size))
 
-    return await _from_storage(compute())
+
+async def view_volume_profile(
+    ctx: QueryContext, view: AssetView, since: int, until: int | None, size: Decimal | None
+) -> dict[str, Any]:
+    """The `/volume-profile?asset=` answer for the markets of `view` (trades with `since <= ts < until`)."""
+    grid = size
+    if grid is None:
+        bins = [
+            await range_bin(ctx.daemon.store, ctx.ring, m.exchange, m.symbol, since, until)
+            for m in view.markets
+        ]
+        found = [b for b in bins if b is not None]
+        grid = max(found) if found else None
+    body = view.header(ctx, since, until)
+    if grid is None:
+        body.update(profile_json(VolumeProfile(None, None, None, ZERO, ZERO, ())))
+        return body
+    cells: dict[Decimal, list[Decimal]] = {}
+    with exact():
+        for m in view.markets:
+            for price, (bid, ask) in (await market_cells(ctx, m, since, until, grid)).items():
+                key = bin_floor(price, grid)  # already on the grid; keeps one spelling per bin
+                cell = cells.get(key)
+                if cell is None:
+                    cells[key] = [bid, ask]
+                else:
+                    cell[0] += bid
+                    cell[1] += ask
+    if len(cells) > MAX_PROFILE_BINS:
+        raise RangeTooLargeError(
+            f"the volume profile would hold more than {MAX_PROFILE_BINS} bins; use a larger bin", "bin"
+        )
+    body["bin"] = format(grid, "f")
+    body.update(profile_json(volume_profile(cells, grid, ctx.daemon.config.analytics.value_area)))
+    return body
