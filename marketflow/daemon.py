@@ -31,6 +31,7 @@ from marketflow.api.mcp_routes import register_mcp_routes
 from marketflow.api.queries import QueryContext
 from marketflow.api.ring import TradeRing
 from marketflow.api.server import HttpServer
+from marketflow.archive import make_archiver, open_archive
 from marketflow.capture import Capture
 from marketflow.config import Config, ConfigError, FeedConfig, load_config
 from marketflow.exchanges.base import FrameDecoder
@@ -138,6 +139,7 @@ class Daemon:
             else None
         )
         self.store: TradeStore = open_store(config.storage.url)
+        self.archive = open_archive(config)  # queries read archived days from it (None: no archive)
         self.writer: StorageWriter | None = None  # the current one (its statistics outlive it)
         self.actors: dict[str, Actor] = {}
         """The current actor of every child: the last one its factory built."""
@@ -192,6 +194,10 @@ class Daemon:
             # First started, last stopped: it records what feeds and REST clients receive until the end.
             None if capture is None else Child("capture", capture.writer, capture.close),
             Child("storage", self._make_writer, self.trade_bus.close),
+            # Moves old trades into Parquet through the store the writer opened (`[archive] after_days`).
+            Child("archive", lambda: make_archiver(self.config, self.store))
+            if self.config.archive.after_days > 0 and not self._replay
+            else None,
             # After storage: the ledger and the sinks write through the store the writer opened, so they
             # stop (and save what they hold) before it closes.
             Child("gaps", self.ledger.sink),
