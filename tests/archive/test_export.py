@@ -39,20 +39,19 @@ def duckdb_rows(out: Path) -> list[tuple[object, ...]]:
 def pyarrow_rows(out: Path) -> list[tuple[object, ...]]:
     table = ds.dataset(out / "trades", format="parquet", partitioning="hive").to_table()
     us = pa.int64()
-    out_rows = []
-    for r in table.to_pylist():
-        out_rows.append(
-            (
-                r["exchange"],
-                r["symbol"],
-                pa.scalar(r["ts"], pa.timestamp("us", tz="UTC")).cast(us).as_py(),
-                r["id"],
-                _spelled(r["price"], r["price_scale"]),
-                _spelled(r["amount"], r["amount_scale"]),
-                r["side"],
-                pa.scalar(r["recv_ts"], pa.timestamp("us", tz="UTC")).cast(us).as_py(),
-            )
+    out_rows = [
+        (
+            r["exchange"],
+            r["symbol"],
+            pa.scalar(r["ts"], pa.timestamp("us", tz="UTC")).cast(us).as_py(),
+            r["id"],
+            _spelled(r["price"], r["price_scale"]),
+            _spelled(r["amount"], r["amount_scale"]),
+            r["side"],
+            pa.scalar(r["recv_ts"], pa.timestamp("us", tz="UTC")).cast(us).as_py(),
         )
+        for r in table.to_pylist()
+    ]
     return sorted(out_rows)
 
 
