@@ -236,6 +236,11 @@ def _spelled_sql(name: str, alias: str = "") -> str:
 
 def select_list(table: ArchiveTable, alias: str = "") -> str:
     """DuckDB select list giving rows in the database form of `db.py` (µs ints, decimal text)."""
+    return ", ".join(select_columns(table, alias))
+
+
+def select_columns(table: ArchiveTable, alias: str = "") -> list[str]:
+    """The expressions of :func:`select_list`, one per column."""
     parts = []
     for c in table.columns:
         if c.kind in ("time", "time?"):
@@ -246,7 +251,7 @@ def select_list(table: ArchiveTable, alias: str = "") -> str:
             parts.append(f'CAST({alias}"{c.name}" AS VARCHAR)')
         else:
             parts.append(f'{alias}"{c.name}"')
-    return ", ".join(parts)
+    return parts
 
 
 def read_rows(

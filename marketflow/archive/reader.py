@@ -107,7 +107,7 @@ class TradeArchive:
 
     def chunks(self, exchange: str, symbol: str, day: int, since: int, until: int) -> Iterator[list[ScanRow]]:
         """The day's archived trades in `[since, until)` as scan rows, in (ts, id) order, in chunks."""
-        ts, id_, price, amount, side, _recv = files.select_list(TRADES).split(", ", 5)
+        ts, id_, price, amount, side, _recv = files.select_columns(TRADES)
         con = self._connect()
         try:
             cursor = con.execute(
