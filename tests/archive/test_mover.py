@@ -158,7 +158,7 @@ async def test_full_disk_loses_nothing_and_resumes(store_url: str, tmp_path: Pat
     trades = make_trades(days=3, per_day=1500)
     store = await filled_store(store_url, trades)
     root = tmp_path / "archive"
-    if not _mount_tmpfs(root, "96k"):
+    if not _mount_tmpfs(root, "40k"):
         pytest.skip("mount -t tmpfs is not allowed here")
     try:
         archiver = Archiver(store, root, 1, clock=lambda: NOW)
