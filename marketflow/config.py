@@ -580,6 +580,10 @@ class _Checker:
         books = self.section(doc, "books", _BOOKS)
         capture = self.section(doc, "capture", _CAPTURE)
         archive = self.section(doc, "archive", _ARCHIVE)
+        retention = storage.get("retention_days", 0)
+        if 0 < retention <= archive.get("after_days", 0):
+            reason = f"must be below storage.retention_days ({retention}): retention would delete them first"
+            self.report(("archive", "after_days"), reason)
         feeds = self.feeds(doc)
         analytics = self.analytics(doc)
         if env.get(STORAGE_URL_ENV):

@@ -230,3 +230,27 @@ async def test_job_runs_soon_after_start_then_daily_and_retries_a_failure_sooner
         await done.wait()
         nursery.cancel_scope.cancel()
     assert [r - start for r in runs] == [60.0, 86_460.0, 87_060.0, 173_460.0]
+
+
+def test_archive_config_and_the_daemon_child(tmp_path: Path) -> None:
+    from marketflow.archive import archive_root
+    from marketflow.config import ConfigError, parse_config
+    from marketflow.daemon import Daemon
+
+    config = parse_config(f'[daemon]\nstate_dir = "{tmp_path}"\n[archive]\nafter_days = 30\n', env={})
+    assert config.archive.after_days == 30 and archive_root(config) == tmp_path / "archive"
+    daemon = Daemon(config)
+    child = next(c for c in daemon._children() if c.name == "archive")
+    first, second = child.build(), child.build()
+    assert isinstance(first, Archiver) and first is not second  # a fresh actor for every (re)start
+    assert first.after_days == 30 and first.root == tmp_path / "archive"
+    names = [c.name for c in daemon._children()]
+    assert names.index("storage") < names.index("archive")  # stopped before the store closes
+    off = Daemon(parse_config(f'[daemon]\nstate_dir = "{tmp_path}"\n', env={}))
+    assert "archive" not in [c.name for c in off._children()] and off.config.archive.after_days == 0
+    with pytest.raises(ConfigError, match=r"archive.after_days: must be below storage.retention_days \(7\)"):
+        parse_config("[storage]\nretention_days = 7\n[archive]\nafter_days = 7\n", env={})
+    with pytest.raises(ConfigError, match=r"archive.after_days: must be an integer"):
+        parse_config('[archive]\nafter_days = "soon"\n', env={})
+    with pytest.raises(ConfigError, match=r"archive.every: unknown key"):
+        parse_config("[archive]\nevery = 1\n", env={})
