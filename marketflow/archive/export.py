@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import TextIO
 
 import attrs
+import pyarrow.parquet as pq
 import trio
 
 from marketflow.archive import files
-from marketflow.archive.db import TableSource, source_for
+from marketflow.archive.db import Partition, Row, TableSource, source_for
+from marketflow.archive.reader import TradeArchive
 from marketflow.archive.tables import TABLES, ArchiveError, ArchiveTable, parse_tables
 from marketflow.config import Config
 from marketflow.progress import Progress
@@ -104,19 +106,24 @@ async def export_tables(
     symbol: str | None = None,
     fmt: files.Format = "parquet",
     stream: TextIO | None = None,
+    archive: TradeArchive | None = None,
 ) -> ExportSummary:
-    """Export `tables` over `[since, until)` into `out`; see the module docstring."""
+    """Export `tables` over `[since, until)` into `out`; see the module docstring. With `archive`, trades
+    of archived days are read from its files too (merged with the database's, one row per key)."""
     started = time.monotonic()
     summary = ExportSummary()
     plans = [(t, await source.partitions(t, since, until, exchange, symbol)) for t in tables]
+    if archive is not None:
+        plans = [(t, _with_archived(t, parts, archive, since, until, exchange, symbol)) for t, parts in plans]
     total = sum(p.rows for _, parts in plans for p in parts)
     with Progress(total, "export", unit="rows", stream=stream) as progress:
         for table, parts in plans:
             done = summary.tables.setdefault(table.name, TableSummary())
             for part in parts:
-                rows = await source.rows(
-                    table, part.exchange, part.symbol, max(since, part.start_us), min(until, part.end_us)
-                )
+                low, high = max(since, part.start_us), min(until, part.end_us)
+                rows = await source.rows(table, part.exchange, part.symbol, low, high)
+                if archive is not None and table.name == "trades":
+                    rows = await trio.to_thread.run_sync(_merge_archived, archive, part, rows, low, high)
                 target = files.partition_file(out, table.name, part.exchange, part.symbol, part.day, fmt)
                 _, size = await trio.to_thread.run_sync(files.write_partition, table, rows, target, fmt)
                 done.partitions += 1
@@ -125,6 +132,40 @@ async def export_tables(
                 progress.advance(len(rows))
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _with_archived(
+    table: ArchiveTable,
+    parts: list[Partition],
+    archive: TradeArchive,
+    since: int,
+    until: int,
+    exchange: str | None,
+    symbol: str | None,
+) -> list[Partition]:
+    if table.name != "trades":
+        return parts
+    known = {(p.exchange, p.symbol, p.day) for p in parts}
+    extra = [
+        Partition(ex, sym, day, _file_rows(archive.file(ex, sym, day)))
+        for ex, sym, day in archive.partitions(since, until, exchange, symbol)
+        if (ex, sym, day) not in known
+    ]
+    return sorted(parts + extra)
+
+
+def _file_rows(path: Path) -> int:
+    return int(pq.read_metadata(path).num_rows)
+
+
+def _merge_archived(
+    archive: TradeArchive, part: Partition, rows: list[Row], since: int, until: int
+) -> list[Row]:
+    if not archive.days(part.exchange, part.symbol, since, until):
+        return rows
+    merged = {(r[0], r[1]): r for r in archive.rows(part.exchange, part.symbol, part.day, since, until)}
+    merged.update({(r[0], r[1]): r for r in rows})
+    return [merged[key] for key in sorted(merged)]
 
 
 def run_export_command(args: argparse.Namespace, config: Config) -> int:
@@ -174,8 +215,19 @@ async def _export(
     except StorageError as exc:
         raise ArchiveError(str(exc)) from exc
     try:
+        from marketflow.archive import open_archive
+
+        archive = open_archive(config)
         return await export_tables(
-            source_for(store), tables, out, since, until, exchange=exchange, symbol=symbol, fmt=fmt
+            source_for(store),
+            tables,
+            out,
+            since,
+            until,
+            exchange=exchange,
+            symbol=symbol,
+            fmt=fmt,
+            archive=archive,
         )
     finally:
         await store.close()

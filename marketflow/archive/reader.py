@@ -64,6 +64,27 @@ class TradeArchive:
                 out.append(day)
         return sorted(out)
 
+    def partitions(
+        self, since: int, until: int, exchange: str | None, symbol: str | None
+    ) -> list[tuple[str, str, int]]:
+        """(exchange, symbol, day) of every file overlapping `[since, until)`, optionally of one market."""
+        out: list[tuple[str, str, int]] = []
+        base = self.root / TRADES.name
+        for ex_dir in sorted(base.glob("exchange=*")):
+            ex = ex_dir.name.removeprefix("exchange=")
+            if exchange is not None and ex != exchange:
+                continue
+            for sym_dir in sorted(ex_dir.glob("symbol=*")):
+                sym = sym_dir.name.removeprefix("symbol=")
+                if symbol is None or sym == symbol:
+                    out.extend((ex, sym, day) for day in self.days(ex, sym, since, until))
+        return out
+
+    def rows(self, exchange: str, symbol: str, day: int, since: int, until: int) -> list[tuple[Any, ...]]:
+        """The day's archived trades in `[since, until)` in the database's row form (`db.py`), key order."""
+        where = "epoch_us(ts) >= ? AND epoch_us(ts) < ?"
+        return files.read_rows(TRADES, [self.file(exchange, symbol, day)], where, [since, until])
+
     def file(self, exchange: str, symbol: str, day: int) -> Path:
         return files.partition_file(self.root, TRADES.name, exchange, symbol, day, "parquet")
 

@@ -13,7 +13,11 @@ import duckdb
 import pytest
 import trio
 
+from marketflow.archive.db import source_for
+from marketflow.archive.export import export_tables
 from marketflow.archive.mover import Archiver, ArchiveRun
+from marketflow.archive.reader import TradeArchive
+from marketflow.archive.tables import TABLES
 from marketflow.model import Trade
 from marketflow.storage.writer import TradeStore
 from tests.archive.helpers import BASE, DAY_US, all_rows, filled_store, make_trades, text_row
@@ -84,6 +88,13 @@ async def test_archiving_moves_whole_old_days_exactly(store_url: str, tmp_path: 
         await assert_moved(store, root, [*trades, late])
         stats = archiver.statistics()
         assert (stats.runs, stats.partitions, stats.errors) == (3, 9, 0)
+        # `marketflow export` over archived and stored days gives every trade once.
+        out = tmp_path / "export"
+        summary = await export_tables(
+            source_for(store), [TABLES["trades"]], out, BASE, BASE + 3 * DAY_US, archive=TradeArchive(root)
+        )
+        assert duckdb_rows(out) == sorted(text_row(t) for t in [*trades, late])
+        assert summary.rows == len(trades) + 1 and summary.tables["trades"].partitions == 12
     finally:
         await store.close()
 
