@@ -185,11 +185,18 @@ class ArchivedReads:
         days = self.archive.days(exchange, symbol, since, until)
         if not days:
             return stored
-        archived = await trio.to_thread.run_sync(
-            self.archive.newest, exchange, symbol, days, since, until, limit or _FAR
-        )
-        merged = {(t.ts, t.id): t for t in archived}
-        merged.update({(t.ts, t.id): t for t in stored})
+        wanted = limit or _FAR
+        merged = {(t.ts, t.id): t for t in stored}
+        # Newest day first, and only while a day could still hold one of the newest `limit` trades: a
+        # query without `since` does not read years of files.
+        for day in reversed(days):
+            if len(merged) >= wanted and sorted(merged, reverse=True)[wanted - 1][0] >= (day + 1) * DAY_US:
+                break
+            archived = await trio.to_thread.run_sync(
+                self.archive.newest, exchange, symbol, [day], since, until, wanted
+            )
+            for t in archived:
+                merged.setdefault((t.ts, t.id), t)
         ordered = sorted(merged.values(), key=lambda t: (t.ts, t.id), reverse=True)
         return ordered if limit is None else ordered[:limit]
 

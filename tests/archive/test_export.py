@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from marketflow import progress
 from marketflow.analytics.candles import Candle
 from marketflow.archive.db import source_for
 from marketflow.archive.export import export_tables
@@ -191,3 +193,25 @@ def test_cli_export_csv_and_parquet_with_summary(tmp_path: Path, capsys: pytest.
     assert "unknown table 'liquidations'" in err and "trades, candles, gaps" in err
     assert main([*args[:3], "--until", "yesterday", "--out", str(tmp_path / "x")]) == 2
     assert "--until must be ISO 8601" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    """What a terminal looks like to `Progress`: a stream whose isatty() is true."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_progress_line_on_a_terminal_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "REDRAW_S", 0.0)  # draw on every partition
+    store = await filled_store(f"sqlite:///{tmp_path}/db.sqlite", make_trades(days=2, per_day=5))
+    try:
+        terminal, log = _Terminal(), io.StringIO()
+        source = source_for(store)
+        await export_tables(source, [TRADES], tmp_path / "a", BASE, BASE + 2 * DAY_US, stream=terminal)
+        await export_tables(source, [TRADES], tmp_path / "b", BASE, BASE + 2 * DAY_US, stream=log)
+    finally:
+        await store.close()
+    drawn = terminal.getvalue()
+    assert "\rexport " in drawn and "/20 rows" in drawn and drawn.endswith("\r")  # erased at the end
+    assert log.getvalue() == ""
