@@ -14,6 +14,7 @@ through the real stores into a fresh SQLite file and (unless --no-postgres) a th
 - reading the archive back: DuckDB aggregate over every file (`count`, `sum(amount)`), DuckDB rows into
   Python (`fetchall`), and the query layer's scan of archived days (`ArchivedReads.scan_trades`, what
   `/candles` etc. use) against the same scan from SQLite; trades/s;
+- `/volume-profile` over the whole range from each (the fold the API runs over stored trades);
 - the archiving job (`Archiver.run_once`, SQLite): write, verify by re-reading, delete; trades/s moved.
 """
 
@@ -33,6 +34,7 @@ from typing import Any
 import duckdb
 import trio
 
+from marketflow.analytics.stored import stored_volume_profile
 from marketflow.archive.db import source_for
 from marketflow.archive.export import export_tables
 from marketflow.archive.mover import Archiver
@@ -128,7 +130,15 @@ async def measure(n: int, days: int, postgres: bool, work: Path) -> dict[str, fl
     figures["duckdb rows to python trades/s"] = len(rows) / (time.perf_counter() - started)
     del rows
     figures["query scan, sqlite trades/s"] = await scan_rate(store, days)
-    figures["query scan, archive trades/s"] = await scan_rate(ArchivedReads(store, TradeArchive(out)), days)
+    archived = ArchivedReads(store, TradeArchive(out))
+    figures["query scan, archive trades/s"] = await scan_rate(archived, days)
+    for name, reads in (("sqlite", store), ("archive", archived)):
+        started = time.perf_counter()
+        for symbol in SYMBOLS:
+            await stored_volume_profile(
+                reads, None, "bybit", symbol, since, until, bin=Decimal(10), value_area=Decimal("0.7")
+            )
+        figures[f"/volume-profile, {name} trades/s"] = n / (time.perf_counter() - started)
 
     archive = work / "archive"
     started = time.perf_counter()

@@ -21,12 +21,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
-import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 import trio
 
 from marketflow.archive import files
 from marketflow.archive.db import DAY_US, dec_text
-from marketflow.archive.tables import TABLES
+from marketflow.archive.tables import TABLES, ArchiveError
 from marketflow.model import Trade
 
 __all__ = ["ArchivedReads", "TradeArchive", "reads_for"]
@@ -88,20 +89,16 @@ class TradeArchive:
     def file(self, exchange: str, symbol: str, day: int) -> Path:
         return files.partition_file(self.root, TRADES.name, exchange, symbol, day, "parquet")
 
-    def _sql(self, columns: str, newest_first: bool, limit: bool) -> str:
-        order = "ts DESC, id DESC" if newest_first else "ts, id"
+    def _sql(self, columns: str, newest_first: bool) -> str:
+        """Rows of the listed files in `[since, until)`: newest first (sorted, limited), or ascending in
+        file order — the files hold (ts, id) order and DuckDB keeps it (insertion order, the default), so
+        a scan of many days streams instead of sorting them all first (`chunks` checks the order)."""
         return (
             f"SELECT {columns} FROM read_parquet(?, union_by_name = true) "
             "WHERE ts >= make_timestamp(?::BIGINT)::TIMESTAMPTZ "
-            "AND ts < make_timestamp(?::BIGINT)::TIMESTAMPTZ "
-            f"ORDER BY {order}{' LIMIT ?' if limit else ''}"
+            "AND ts < make_timestamp(?::BIGINT)::TIMESTAMPTZ"
+            + (" ORDER BY ts DESC, id DESC LIMIT ?" if newest_first else "")
         )
-
-    @staticmethod
-    def _connect() -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect()
-        con.execute("SET TimeZone = 'UTC'")
-        return con
 
     def newest(
         self,
@@ -116,26 +113,39 @@ class TradeArchive:
         paths = [str(self.file(exchange, symbol, d)) for d in days]
         if not paths:
             return []
-        con = self._connect()
+        con = files.duck()
         try:
             rows = con.execute(
-                self._sql(f"id, {files.select_list(TRADES)}", True, True),
+                self._sql(f"id, {files.select_list(TRADES)}", True),
                 [paths, -_FAR if since is None else since, _FAR if until is None else until, limit],
             ).fetchall()
         finally:
             con.close()
         return [Trade(exchange, symbol, r[0], Decimal(r[3]), Decimal(r[4]), r[5], r[1], r[6]) for r in rows]
 
-    def chunks(self, exchange: str, symbol: str, day: int, since: int, until: int) -> Iterator[list[ScanRow]]:
-        """The day's archived trades in `[since, until)` as scan rows, in (ts, id) order, in chunks."""
+    def chunks(
+        self, exchange: str, symbol: str, days: Sequence[int], since: int, until: int
+    ) -> Iterator[list[ScanRow]]:
+        """The days' archived trades in `[since, until)` as scan rows, in (ts, id) order, in chunks."""
         ts, id_, price, amount, side, _recv = files.select_columns(TRADES)
-        con = self._connect()
+        con = files.duck()
         try:
-            cursor = con.execute(
-                self._sql(f"{ts}, {id_}, {price}, {amount}, {side}", False, False),
-                [[str(self.file(exchange, symbol, day))], since, until],
-            )
-            while rows := cursor.fetchmany(CHUNK):
+            # Arrow batches, then a list per column: about twice as fast as DuckDB's own fetchmany rows.
+            batches = con.sql(
+                self._sql(f"{ts}, {id_}, {price}, {amount}, {side}", False),
+                params=[[str(self.file(exchange, symbol, day)) for day in days], since, until],
+            ).to_arrow_reader(CHUNK)
+            last = (-_FAR, "")
+            for batch in batches:
+                rows: list[ScanRow] = list(
+                    zip(*(column.to_pylist() for column in batch.columns), strict=True)
+                )
+                if rows and not (last <= (rows[0][0], rows[0][1]) and _ascending(batch, rows)):
+                    raise ArchiveError(
+                        f"archived trades of {exchange} {symbol} on {', '.join(map(files.day_of, days))} are "
+                        "not in (ts, id) order: a file there was not written by marketflow"
+                    )
+                last = (rows[-1][0], rows[-1][1]) if rows else last
                 yield rows
         finally:
             con.close()
@@ -213,13 +223,14 @@ class ArchivedReads:
         low = -_FAR if since is None else since
         high = _FAR if until is None else until
         cursor = low
-        for day in self.archive.days(exchange, symbol, since, until):
-            start, end = max(day * DAY_US, low), min((day + 1) * DAY_US, high)
+        # Consecutive archived days are one DuckDB query (a query costs more than a file).
+        for days in _runs(self.archive.days(exchange, symbol, since, until)):
+            start, end = max(days[0] * DAY_US, low), min((days[-1] + 1) * DAY_US, high)
             if cursor < start and not await self._db_scan(exchange, symbol, cursor, start, consume):
                 return
             stored: list[ScanRow] = []
             await self._db_scan(exchange, symbol, start, end, _collector(stored))
-            chunks = _merged(self.archive.chunks(exchange, symbol, day, start, end), stored)
+            chunks = _merged(self.archive.chunks(exchange, symbol, days, start, end), stored)
             if not await trio.to_thread.run_sync(_feed, chunks, consume, abandon_on_cancel=True):
                 return
             cursor = end
@@ -287,6 +298,28 @@ class ArchivedReads:
 
         await self.scan_trades(exchange, symbol, since, until, consume)
         return ids
+
+
+def _ascending(batch: pa.RecordBatch, rows: Sequence[ScanRow]) -> bool:
+    """Whether a batch's rows are in (ts, id) order: times compared in Arrow, ids only where times tie."""
+    steps = pc.pairwise_diff(batch.column(0))
+    if len(rows) < 2:
+        return True
+    if pc.min(steps).as_py() < 0:
+        return False
+    ties = pc.indices_nonzero(pc.equal(steps, 0)).to_pylist()
+    return all(rows[i - 1][1] <= rows[i][1] for i in ties)
+
+
+def _runs(days: Sequence[int]) -> list[list[int]]:
+    """Ascending days in runs of consecutive ones: [1, 2, 3, 7, 8] → [[1, 2, 3], [7, 8]]."""
+    runs: list[list[int]] = []
+    for day in days:
+        if runs and runs[-1][-1] == day - 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return runs
 
 
 def _feed(chunks: Iterator[list[ScanRow]], consume: Callable[[Sequence[ScanRow]], bool]) -> bool:

@@ -71,3 +71,28 @@ async def test_analytics_across_the_archive_boundary_equal_a_database_only_run(
     finally:
         await archived.store.close()
         await plain.store.close()
+
+
+async def test_a_file_out_of_order_is_refused_not_misread(tmp_path: Path) -> None:
+    """Scans stream files in their own order (no sort of many days); a file that is not in (ts, id)
+    order — not written by marketflow — is an error, never a wrong open or close."""
+    import pyarrow.parquet as pq
+    import pytest
+
+    from marketflow.archive.reader import ArchivedReads, TradeArchive
+    from marketflow.archive.tables import ArchiveError
+
+    trades = make_trades(days=1, per_day=20)
+    store = await filled_store(f"sqlite:///{tmp_path}/db.sqlite", trades)
+    root = tmp_path / "archive"
+    try:
+        await Archiver(store, root, 1, clock=lambda: NOW).run_once()
+        target = next(root.rglob("data.parquet"))
+        table = pq.read_table(target)
+        pq.write_table(table.take(list(reversed(range(table.num_rows)))), target)
+        reads = ArchivedReads(store, TradeArchive(root))
+        exchange, symbol = target.parts[-4].split("=")[1], target.parts[-3].split("=")[1]
+        with pytest.raises(ArchiveError, match=r"not in \(ts, id\) order"):
+            await reads.first_trade(exchange, symbol, None, None)
+    finally:
+        await store.close()
