@@ -56,7 +56,10 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
     ),
     "unknown key without a close match": (
         '[http]\nlisten = "127.0.0.1:1"\nfrobnicate = 1\n',
-        ["m.toml:3: http.frobnicate: unknown key; allowed: listen, public_reads, trades_ring"],
+        [
+            "m.toml:3: http.frobnicate: unknown key; "
+            "allowed: listen, public_reads, trades_ring, allowed_hosts, api_docs"
+        ],
     ),
     "unknown feed key": (
         '[[feeds]]\nexchange = "bybit"\nmarket = "spot"\nsymbol = ["BTCUSDT"]\n',
@@ -150,6 +153,24 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
         "[http]\ntrades_ring = 0\n",
         ["m.toml:2: http.trades_ring: must be an integer >= 1, got integer 0"],
     ),
+    "allowed_hosts with a port": (
+        '[http]\nallowed_hosts = ["ok.example", "mf.example:443"]\n',
+        [
+            "m.toml:2: http.allowed_hosts: must be an array of host names or IP addresses, e.g. "
+            '["marketflow.example.com"] (no scheme, port or path), got string "mf.example:443"'
+        ],
+    ),
+    "allowed_hosts not an array": (
+        '[http]\nallowed_hosts = "mf.example"\n',
+        [
+            "m.toml:2: http.allowed_hosts: must be an array of host names or IP addresses, e.g. "
+            '["marketflow.example.com"], got string "mf.example"'
+        ],
+    ),
+    "api_docs not a boolean": (
+        "[http]\napi_docs = 1\n",
+        ["m.toml:2: http.api_docs: must be true or false, got integer 1"],
+    ),
     # [storage]
     "storage url scheme (password not echoed)": (
         '[storage]\nurl = "mysql://root:secret@db/market"\n',
@@ -233,13 +254,14 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
     ),
     "unknown exchange": (
         '[[feeds]]\nexchange = "kraken"\nmarket = "spot"\nsymbols = ["BTCUSDT"]\n',
-        ['m.toml:2: feeds[0].exchange: must be one of bybit, binance, got string "kraken"'],
+        ['m.toml:2: feeds[0].exchange: must be one of bybit, binance, okx, got string "kraken"'],
     ),
     "unknown exchange and market": (
-        '[[feeds]]\nexchange = "kraken"\nmarket = "futures"\nsymbols = ["BTCUSDT"]\n',
+        '[[feeds]]\nexchange = "kraken"\nmarket = "options"\nsymbols = ["BTCUSDT"]\n',
         [
-            'm.toml:2: feeds[0].exchange: must be one of bybit, binance, got string "kraken"',
-            'm.toml:3: feeds[0].market: must be one of spot, linear, usdm, got string "futures"',
+            'm.toml:2: feeds[0].exchange: must be one of bybit, binance, okx, got string "kraken"',
+            "m.toml:3: feeds[0].market: must be one of spot, linear, usdm, swap, futures, "
+            'got string "options"',
         ],
     ),
     "market of the other exchange (bybit)": (
@@ -525,12 +547,14 @@ def test_defaults_are_complete() -> None:
     linear = FeedConfig("bybit", "linear", ("BTC-USDT-PERP", "ETH-USDT-PERP"))
     binance_spot = FeedConfig("binance", "spot", ("BTC-USDT", "ETH-USDT"))
     usdm = FeedConfig("binance", "usdm", ("BTC-USDT-PERP", "ETH-USDT-PERP"))
+    okx_spot = FeedConfig("okx", "spot", ("BTC-USDT", "ETH-USDT"), book_depth=400)
+    okx_swap = FeedConfig("okx", "swap", ("BTC-USDT-PERP", "BTC-USD-PERP"), book_depth=400)
     assert default_config(NO_ENV) == Config(
         daemon=DaemonConfig("info", "console", "./var", 10.0, 256),
         http=HttpConfig("127.0.0.1:8000", False),
         storage=StorageConfig("sqlite:///./var/marketflow.db", 5000, 0.25, 1_000_000),
         supervisor=SupervisorConfig(0.5, 30.0, 10, 300.0, 60.0),
-        feeds=(spot, linear, binance_spot, usdm),
+        feeds=(spot, linear, binance_spot, usdm, okx_spot, okx_swap),
         analytics=AnalyticsConfig(("1m", "5m", "1h"), Decimal("0.70"), Decimal("100000"), {}),
         source=None,
     )
@@ -672,6 +696,12 @@ bin_size = { "BTC-USDT" = "0.5" }
 def test_retention_days_defaults_to_keeping_everything() -> None:
     assert StorageConfig().retention_days == 0 and parse("").storage.retention_days == 0
     assert parse("[storage]\nretention_days = 30\n").storage.retention_days == 30
+
+
+def test_allowed_hosts_are_normalized() -> None:
+    assert HttpConfig().allowed_hosts == () and HttpConfig().api_docs is False
+    http = parse('[http]\nallowed_hosts = ["MF.Example.com.", "[::1]", "192.0.2.7"]\napi_docs = true\n').http
+    assert http.allowed_hosts == ("mf.example.com", "::1", "192.0.2.7") and http.api_docs is True
 
 
 def test_trades_ring_capacity() -> None:

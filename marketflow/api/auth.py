@@ -4,22 +4,43 @@ A key comes as `X-API-Key: <key>` or `Authorization: Bearer <key>`. A presented 
 also on a read that would be open without one: a wrong, revoked or expired key is a 401, a key whose scope
 is too low a 403. Without a key, writes and admin routes are a 401; reads are served only when
 `http.public_reads = true`, or when the server listens on a loopback address *and* the request comes from
-a loopback peer *and* carries no proxy header (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`): a reverse
-proxy on the same host would otherwise make every remote client look local.
+a loopback peer *and* carries no proxy header (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`; present counts,
+even empty): a reverse proxy on the same host would otherwise make every remote client look local.
+
+On a loopback listener only requests whose `Host` is a loopback name (`localhost`, `127.x.x.x`, `[::1]`,
+any port) or one of `http.allowed_hosts` are served: a web page on `evil.example` whose DNS name is made to
+resolve to 127.0.0.1 (DNS rebinding) would otherwise read every open route with the browser as its proxy.
+A request without `Host` (HTTP/1.0; no browser sends one) passes.
+
+A key file that cannot be used (unreadable, wrong shape) makes every keyed request a 503 whose detail says
+only that keys cannot be checked: the cause, with the file's path, goes to the log, not to a client that
+may not even have a valid key.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 
 from marketflow.api.keys import ApiKey, KeyRejected, KeyStore, Scope
 
-__all__ = ["AuthError", "AuthPolicy", "is_loopback", "presented_key", "require_scope"]
+__all__ = [
+    "AuthError",
+    "AuthPolicy",
+    "host_name",
+    "is_loopback",
+    "misdirected",
+    "presented_key",
+    "require_scope",
+]
+
+log = logging.getLogger("marketflow.http")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -53,6 +74,18 @@ def is_loopback(host: str | None) -> bool:
     return address.is_loopback
 
 
+def host_name(authority: str) -> str | None:
+    """The lower-case host of a `Host` value (`host[:port]`, IPv6 in brackets), or None if malformed."""
+    try:
+        parts = urlsplit("//" + authority.strip())
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return None
+    if parts.path or parts.query or parts.fragment or parts.username is not None:
+        return None
+    return (parts.hostname or "").removesuffix(".") or None
+
+
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """The key of a request, from `X-API-Key` or `Authorization: Bearer`, or None."""
     key = headers.get("X-API-Key")
@@ -72,6 +105,17 @@ class AuthPolicy:
     store: KeyStore
     listen_host: str
     public_reads: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names served on a loopback listener besides loopback ones (lower case, no port)."""
+
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether a request with this `Host` header may be served (the DNS-rebinding guard)."""
+        if host is None or not is_loopback(self.listen_host):
+            return True
+        name = host_name(host)
+        if name is None:
+            return False
+        return is_loopback(name) or name in self.allowed_hosts
 
     def reads_open(self, peer: str | None, headers: Mapping[str, str]) -> bool:
         """Reads need no key: `public_reads`, or loopback listener, loopback peer and no proxy header."""
@@ -79,7 +123,8 @@ class AuthPolicy:
             return True
         if not is_loopback(self.listen_host) or not is_loopback(peer):
             return False
-        return not any(headers.get(name) for name in PROXY_HEADERS)
+        # Present is enough, even empty: a proxy that forwards an empty header is still a proxy.
+        return not any(name in headers for name in PROXY_HEADERS)
 
     def authorize(self, required: Scope, headers: Mapping[str, str], peer: str | None) -> ApiKey | None:
         """The request's key (None for an open read), or :class:`AuthError`."""
@@ -101,7 +146,10 @@ class AuthPolicy:
                 401, "unauthorized", f"the API key {what.get(exc.reason, 'is not valid')}"
             ) from None
         except OSError as exc:
-            raise AuthError(503, "unavailable", f"API keys cannot be checked: {exc}") from None
+            log.error("API keys cannot be checked: %s", exc)
+            raise AuthError(
+                503, "unavailable", "API keys cannot be checked right now; the daemon's log says why"
+            ) from None
         if key.scope < required:
             raise AuthError(
                 403,
@@ -109,6 +157,16 @@ class AuthPolicy:
                 f"API key {key.prefix} has scope {key.scope.label}; this route needs {required.label}",
             )
         return key
+
+
+def misdirected(host: str) -> AuthError:
+    """The answer to a request whose `Host` this server does not serve."""
+    return AuthError(
+        421,
+        "misdirected_request",
+        f"Host {host[:100]!r} is not served here: on a loopback address this server answers only to "
+        "localhost, 127.x.x.x, [::1] and the names in http.allowed_hosts (a DNS-rebinding guard)",
+    )
 
 
 def require_scope(

@@ -1,9 +1,11 @@
 """API keys: random secrets shown once, kept as SHA-256 hashes in `<daemon.state_dir>/api_keys.json`.
 
 The file is JSON (`{"version": 1, "keys": [...]}`), mode 0600, replaced atomically (write a temporary file
-in the same directory, fsync, rename) under an advisory lock, so `marketflow keys ...` and the running
-daemon can both change it; the daemon re-reads it when its modification time or size changes, so a key
-created or revoked on the command line counts at once. It works the same whatever the storage engine.
+in the same directory, fsync, rename, fsync the directory) under an advisory lock, so `marketflow keys ...`
+and the running daemon can both change it; the daemon re-reads it when its modification time or size
+changes, so a key created or revoked on the command line counts at once. A file of the wrong shape (or an
+unknown scope) is a :class:`KeyFileError` naming the entry and field: no key is accepted until it is
+mended. It works the same whatever the storage engine.
 
 A key is `mf_` + 43 URL-safe characters (256 random bits). Its first :data:`PREFIX_LEN` characters are its
 public name (`keys list`, `keys revoke PREFIX`, `DELETE /auth/api-keys/{prefix}`); the rest never leaves
@@ -35,6 +37,7 @@ __all__ = [
     "DEFAULT_DAYS",
     "KEY_FILE",
     "ApiKey",
+    "KeyFileError",
     "KeyRequestError",
     "KeyRejected",
     "KeyStore",
@@ -52,6 +55,8 @@ DEFAULT_DAYS = 7
 MAX_DAYS = 3650
 DAY_US = 86_400_000_000
 _NAME = re.compile(r"[\w .@:/+-]{1,64}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SCOPES = ("read", "write", "admin")
 
 
 class Scope(enum.IntEnum):
@@ -72,6 +77,15 @@ class KeyRequestError(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class KeyFileError(OSError):
+    """The key file cannot be used: unreadable, not JSON, or not the shape this module writes.
+
+    An :class:`OSError`, so every caller that treats an unreadable store as "keys cannot be checked now"
+    (a 503, the CLI's exit 1) needs one `except`. The message names the file and what is wrong with it:
+    log it, never show it to a client.
+    """
 
 
 class KeyRejected(Exception):
@@ -185,20 +199,49 @@ class KeyStore:
                 doc = json.load(f)
         except FileNotFoundError:
             return ()
-        except (OSError, ValueError) as exc:
-            raise OSError(f"API key file {self.path} is unreadable: {exc}") from exc
-        return tuple(
-            ApiKey(
-                prefix=str(item["prefix"]),
-                name=str(item["name"]),
-                scopes=tuple(item["scopes"]),
-                sha256=str(item["sha256"]),
-                created=int(item["created"]),
-                expires=None if item.get("expires") is None else int(item["expires"]),
-                revoked=None if item.get("revoked") is None else int(item["revoked"]),
+        except (OSError, ValueError, RecursionError) as exc:
+            raise KeyFileError(f"API key file {self.path} is unreadable: {exc}") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("keys", []), list):
+            raise KeyFileError(
+                f'API key file {self.path} is not a key file: expected {{"version": 1, "keys": [...]}}'
             )
-            for item in doc.get("keys", [])
-        )
+        if doc.get("version", 1) != 1:
+            raise KeyFileError(f"API key file {self.path} has version {doc['version']!r}; this reads 1")
+        return tuple(self._record(index, item) for index, item in enumerate(doc.get("keys", [])))
+
+    def _record(self, index: int, item: object) -> ApiKey:
+        """Entry `index` of the file as an :class:`ApiKey`, or :class:`KeyFileError` naming the field."""
+
+        def bad(field: str, expected: str) -> KeyFileError:
+            where = f"keys[{index}]" + (f".{field}" if field else "")
+            got = "missing" if isinstance(item, dict) and field not in item else repr(value)[:40]
+            return KeyFileError(f"API key file {self.path}: {where} must be {expected}, got {got}")
+
+        value: object = item
+        if not isinstance(item, dict):
+            raise bad("", "an object")
+        fields: dict[str, Any] = {}
+        for field in ("prefix", "name", "sha256"):
+            value = item.get(field)
+            if not isinstance(value, str) or not value:
+                raise bad(field, "a non-empty string")
+            fields[field] = value
+        if not _SHA256.fullmatch(fields["sha256"]):
+            value = fields["sha256"]
+            raise bad("sha256", "64 lower-case hex digits")
+        value = item.get("scopes")
+        if not isinstance(value, list) or not value or any(s not in _SCOPES for s in value):
+            raise bad("scopes", "a non-empty list of read, write, admin")
+        fields["scopes"] = tuple(value)
+        for field, optional in (("created", False), ("expires", True), ("revoked", True)):
+            value = item.get(field)
+            if optional and value is None:
+                fields[field] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad(field, "epoch microseconds (an integer)" + (" or null" if optional else ""))
+            fields[field] = value
+        return ApiKey(**fields)
 
     def check(self, secret: str, now: int | None = None) -> ApiKey:
         """The key `secret` is, if it is active; else :class:`KeyRejected` (`unknown|revoked|expired`)."""
@@ -307,6 +350,13 @@ class KeyStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        # The rename is durable only once the directory is: without this a revocation could be undone
+        # by a power loss.
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
         self._seen = None
 
 

@@ -14,10 +14,12 @@ load; a failed load is a 503 naming the cause and is tried again by the next req
 session manager in a nursery of the ASGI lifespan, so it still stops with the server: lifespan shutdown
 completes only after the MCP sessions are closed.
 
-In front of the SDK: a present `Origin` whose host is not this server's gets a 403, and the API-key rules
-of HTTP reads apply (:class:`~marketflow.api.auth.AuthPolicy`), checked on every HTTP request. `GET /mcp`
-is a 405: the server never sends unsolicited messages, and an idle stream held open would only delay a
-graceful shutdown to its deadline.
+In front of the SDK: on a loopback listener a `Host` that is not a loopback name (or one of
+`http.allowed_hosts`) gets a 421, a present `Origin` whose host is not this server's a 403, and the API-key
+rules of HTTP reads apply (:class:`~marketflow.api.auth.AuthPolicy`), checked on every HTTP request.
+`GET /mcp` is a 405: the server never sends unsolicited messages, and an idle stream held open would only
+delay a graceful shutdown to its deadline. Each client (API key, else peer address) may hold a bounded
+number of 2025-11-25 sessions, which expire unused (:mod:`~marketflow.api.mcp_sessions`).
 
 Every tool calls the same :mod:`~marketflow.api.queries` function as the matching HTTP route, so its
 `structuredContent` is that route's JSON; its `outputSchema` is generated from the route's documented
@@ -43,8 +45,9 @@ from msgspec import Meta
 from quart_trio import QuartTrio
 
 from marketflow.api import queries
-from marketflow.api.auth import AuthError, AuthPolicy, is_loopback
+from marketflow.api.auth import AuthError, AuthPolicy, is_loopback, misdirected
 from marketflow.api.keys import Scope as KeyScope
+from marketflow.api.mcp_sessions import SessionLedgerStatistics, SessionLimits
 from marketflow.api.queries import QueryContext, parse_optional_time
 from marketflow.api.routes import (
     BookOut,
@@ -58,6 +61,7 @@ from marketflow.api.routes import (
     TradesOut,
 )
 from marketflow.config import Config, HttpConfig
+from marketflow.exchanges import VENUES, example_feed_name, markets_text
 
 if TYPE_CHECKING:
     from marketflow.api.mcp_sdk import McpTransport
@@ -71,6 +75,8 @@ __all__ = [
     "SystemInfoOut",
     "ToolSpec",
     "build_asgi",
+    "drain",
+    "json_response",
     "origin_allowed",
 ]
 
@@ -83,14 +89,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MCP_PATHS = frozenset({"/mcp", "/mcp/"})
-MAX_SESSIONS = 1000
-"""Open 2025-11-25 sessions at most (an idle one ends after the SDK's 30 minutes)."""
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 INSTRUCTIONS = (
-    "marketflow collects exact crypto market data live from Bybit and Binance (trades, order books) and "
-    "computes order-flow analytics from it. Call list_markets first: every other market tool takes an "
+    f"marketflow collects exact crypto market data live from {' and '.join(VENUES)} (trades, order books) "
+    "and computes order-flow analytics from it. Call list_markets first: every other market tool takes an "
     "exchange and a symbol from that list (normalized BTC-USDT / BTC-USDT-PERP, or the native BTCUSDT "
     "with market= when ambiguous). Prices and amounts are exact decimal strings; times are ISO 8601 UTC. "
     "Time arguments take ISO 8601 (2026-08-09T12:00:00Z; no zone means UTC) or epoch milliseconds; "
@@ -99,7 +103,9 @@ INSTRUCTIONS = (
 
 # -- arguments --------------------------------------------------------------------------------------------
 
-Exchange = Annotated[str, Meta(description='Exchange name from list_markets: "bybit" or "binance".')]
+Exchange = Annotated[
+    str, Meta(description="Exchange name from list_markets: " + " or ".join(f'"{n}"' for n in VENUES) + ".")
+]
 Symbol = Annotated[
     str,
     Meta(
@@ -107,9 +113,7 @@ Symbol = Annotated[
         "exchange's native spelling (BTCUSDT) together with market= when both markets list it."
     ),
 ]
-Market = Annotated[
-    str, Meta(description='Market of a native symbol: "spot", "linear" (Bybit perps) or "usdm" (Binance).')
-]
+Market = Annotated[str, Meta(description=f"Market of a native symbol: {markets_text()}.")]
 Time = Annotated[
     str | int,
     Meta(description="ISO 8601 UTC (2026-08-09T12:00:00Z; no zone = UTC) or epoch milliseconds (integer)."),
@@ -132,7 +136,11 @@ class NoArgs(msgspec.Struct, forbid_unknown_fields=True):
 class StatusArgs(msgspec.Struct, forbid_unknown_fields=True):
     actor: (
         Annotated[
-            str, Meta(description="Only this actor, e.g. bybit-spot, storage, books (default: every actor).")
+            str,
+            Meta(
+                description=f"Only this actor, e.g. {example_feed_name()}, storage, books "
+                "(default: every actor)."
+            ),
         ]
         | None
     ) = None
@@ -596,9 +604,10 @@ class ScopeHeaders(Mapping[str, str]):
         return len(self._values)
 
 
-async def _json_response(
+async def json_response(
     send: Send, status: int, body: dict[str, Any], headers: Iterable[tuple[str, str]] = ()
 ) -> None:
+    """Send a whole JSON response."""
     data = msgspec.json.encode(body)
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in headers]
@@ -606,7 +615,7 @@ async def _json_response(
     await send({"type": "http.response.body", "body": data})
 
 
-async def _drain(receive: Receive) -> None:
+async def drain(receive: Receive) -> None:
     """Read the request body to its end, so the connection can serve the next request."""
     while True:
         message = await receive()
@@ -654,8 +663,15 @@ class McpAsgi:
     lifespan until the server shuts down.
     """
 
-    def __init__(self, ctx: QueryContext, http: HttpConfig, quart_app: QuartTrio) -> None:
+    def __init__(
+        self,
+        ctx: QueryContext,
+        http: HttpConfig,
+        quart_app: QuartTrio,
+        limits: SessionLimits | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.limits = SessionLimits() if limits is None else limits
         self.quart_app = quart_app
         self.quart = cast(ASGIApp, quart_app)
         self.listen_host = http.host
@@ -674,6 +690,11 @@ class McpAsgi:
         serving = lifetime is not None and lifetime.serving and not lifetime.stop.is_set()
         return McpStatistics(self._transport is not None, self._loads, serving)
 
+    def session_statistics(self) -> SessionLedgerStatistics | None:
+        """The 2025-11-25 sessions held per client, while a session manager runs."""
+        transport = self._transport
+        return None if transport is None or transport.ledger is None else transport.ledger.statistics()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
@@ -689,11 +710,17 @@ class McpAsgi:
 
     async def _mcp(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         headers = ScopeHeaders(scope)
+        host = headers.get("host")
+        if not self.policy.host_allowed(host):
+            await drain(receive)
+            refused = misdirected(host or "")
+            await json_response(send, refused.status, {"error": refused.code, "detail": refused.detail})
+            return
         origin = headers.get("origin")
         if origin is not None and not origin_allowed(origin, self.listen_host, headers.get("host")):
-            await _drain(receive)
+            await drain(receive)
             detail = f"Origin {origin[:100]!r} is not this server's; cross-origin MCP requests are refused"
-            await _json_response(send, 403, {"error": "forbidden", "detail": detail})
+            await json_response(send, 403, {"error": "forbidden", "detail": detail})
             return
         if path not in MCP_PATHS:  # /mcp/ping, /mcp/info: Quart routes with their own auth
             await self.quart(scope, receive, send)
@@ -702,28 +729,28 @@ class McpAsgi:
         try:
             key = self.policy.authorize(KeyScope.READ, headers, client[0] if client else None)
         except AuthError as exc:
-            await _drain(receive)
+            await drain(receive)
             extra = [("www-authenticate", 'Bearer realm="marketflow"')] if exc.status == 401 else []
-            await _json_response(send, exc.status, {"error": exc.code, "detail": exc.detail}, extra)
+            await json_response(send, exc.status, {"error": exc.code, "detail": exc.detail}, extra)
             return
         if scope["method"] == "GET":
-            await _drain(receive)
+            await drain(receive)
             detail = "this server sends no unsolicited messages, so it offers no GET stream; POST to /mcp"
-            await _json_response(
+            await json_response(
                 send, 405, {"error": "method_not_allowed", "detail": detail}, [("allow", "POST, DELETE")]
             )
             return
         lifetime = self._lifetime
         if lifetime is None:
-            await _drain(receive)
+            await drain(receive)
             detail = "the MCP session manager is not running (the server got no ASGI lifespan startup)"
-            await _json_response(send, 503, {"error": "unavailable", "detail": detail})
+            await json_response(send, 503, {"error": "unavailable", "detail": detail})
             return
         try:
             transport = await self._serving_transport(lifetime)
         except McpUnavailable as exc:
-            await _drain(receive)
-            await _json_response(send, 503, {"error": "unavailable", "detail": str(exc)})
+            await drain(receive)
+            await json_response(send, 503, {"error": "unavailable", "detail": str(exc)})
             return
         await transport.handle(scope, receive, send, key)
 
@@ -747,7 +774,7 @@ class McpAsgi:
                 if lifetime.stop.is_set():
                     raise McpUnavailable("the server is shutting down")
                 try:
-                    await lifetime.nursery.start(transport.run, lifetime.stop)
+                    await lifetime.nursery.start(transport.run, lifetime.stop, self.limits)
                 except Exception as exc:
                     log.error("starting the MCP session manager failed: %r", exc, exc_info=exc)
                     raise McpUnavailable(f"the MCP session manager could not start: {exc!r}") from exc

@@ -7,6 +7,8 @@ on the first request that reaches the SDK, so a daemon that only ever answers HT
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from typing import Any
 
@@ -20,25 +22,34 @@ from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from marketflow import __version__
 from marketflow.api.app import MAX_BODY_BYTES
 from marketflow.api.keys import ApiKey
 from marketflow.api.mcp import (
     INSTRUCTIONS,
-    MAX_SESSIONS,
     RESOURCES,
     TOOLS,
+    Message,
     Receive,
     Scope,
     Send,
     ToolSpec,
+    drain,
     input_schema,
+    json_response,
     object_schema,
 )
+from marketflow.api.mcp_sessions import SessionLedger, SessionLimits
 from marketflow.api.queries import QueryContext, QueryError
 
 __all__ = ["McpTransport", "build_server"]
+
+log = logging.getLogger("marketflow.http")
+
+QUOTA_ERROR = -32000
+"""JSON-RPC code of "this client holds too many sessions" (the implementation-defined server range)."""
 
 _AT = re.compile(r" - at `\$\.([A-Za-z_]\w*)[^`]*`")
 _FIELD = re.compile(r"field `([A-Za-z_]\w*)`")
@@ -147,11 +158,17 @@ class McpTransport:
     def __init__(self, ctx: QueryContext) -> None:
         self.server = build_server(ctx)
         self.manager: StreamableHTTPSessionManager | None = None
+        self.ledger: SessionLedger | None = None
 
     async def run(
-        self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        stop: trio.Event,
+        limits: SessionLimits | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run a session manager until `stop` is set, then close its sessions and return."""
+        limits = SessionLimits() if limits is None else limits
         manager = StreamableHTTPSessionManager(
             self.server,
             json_response=True,  # the tools answer at once and send no progress: one JSON body each
@@ -159,23 +176,103 @@ class McpTransport:
             # Origin is checked exactly in front (the SDK's check matches by string prefix).
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
             max_request_body_size=MAX_BODY_BYTES,
-            max_sessions=MAX_SESSIONS,
+            max_sessions=limits.total,
+            session_idle_timeout=limits.idle_s,
         )
         async with manager.run():
-            self.manager = manager
+            self.manager, self.ledger = manager, SessionLedger(limits)
             try:
                 task_status.started()
                 await stop.wait()
             finally:
-                self.manager = None
+                self.manager = self.ledger = None
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, key: ApiKey | None) -> None:
         """Serve one `/mcp` request (already past the Origin and API-key checks) while :meth:`run` runs."""
-        manager = self.manager
-        if manager is None:
+        manager, ledger = self.manager, self.ledger
+        if manager is None or ledger is None:
             raise RuntimeError("the MCP session manager is not running")
         if key is not None:
             # The SDK binds a 2025-11-25 session to the credential that opened it: another key gets a 404.
             token = AccessToken(token=key.prefix, client_id=f"api-key:{key.prefix}", scopes=list(key.scopes))
             scope = {**scope, "user": AuthenticatedUser(token)}
-        await manager.handle_request(scope, receive, send)
+        version = _header(scope, b"mcp-protocol-version")
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            await manager.handle_request(scope, receive, send)  # 2026-07-28: stateless, no session
+            return
+        session_id = _header(scope, b"mcp-session-id")
+        client = _client(scope, key)
+        if session_id is None:
+            await self._open(manager, ledger, client, scope, receive, send)
+            return
+        ledger.begin(session_id, trio.current_time())
+        answer = _Answer(send)
+        try:
+            await manager.handle_request(scope, receive, answer.send)
+        finally:
+            ended = scope["method"] == "DELETE" and answer.status is not None and answer.status < 300
+            # A 404 to another key says nothing about the session: the SDK hides it from non-owners.
+            unknown = answer.status == 404 and ledger.owner(session_id) == client
+            ledger.end(session_id, trio.current_time(), gone=ended or unknown)
+
+    async def _open(
+        self,
+        manager: StreamableHTTPSessionManager,
+        ledger: SessionLedger,
+        client: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """A request without a session id: it opens one if it succeeds, so it counts against `client`."""
+        wait = ledger.try_open(client, trio.current_time())
+        if wait is not None:
+            await drain(receive)
+            log.warning("MCP session quota reached", extra={"client": client})
+            held, retry = ledger.held(client), math.ceil(wait)
+            message = (
+                f"too many open MCP sessions for this client ({held} of {ledger.limits.per_client}): end "
+                f"one (DELETE /mcp with its Mcp-Session-Id) or retry in {retry} s, when an unused one expires"
+            )
+            body = {"jsonrpc": "2.0", "id": None, "error": {"code": QUOTA_ERROR, "message": message}}
+            await json_response(send, 429, body, [("retry-after", str(retry))])
+            return
+        answer = _Answer(send)
+        try:
+            await manager.handle_request(scope, receive, answer.send)
+        finally:
+            opened = answer.session_id if answer.status is not None and answer.status < 400 else None
+            ledger.opened(client, opened, trio.current_time())
+
+
+def _client(scope: Scope, key: ApiKey | None) -> str:
+    """Whom a session counts against: the API key that opened it, else the peer address."""
+    if key is not None:
+        return f"key {key.prefix}"
+    peer = scope.get("client")
+    return f"peer {peer[0]}" if peer else "peer unknown"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first request header `name` (lower-case), or None."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class _Answer:
+    """Passes a response through, noting its status and the session id it hands out."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status: int | None = None
+        self.session_id: str | None = None
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            for key, value in message.get("headers", ()):
+                if bytes(key).lower() == b"mcp-session-id":
+                    self.session_id = bytes(value).decode("latin-1")
+        await self._send(message)

@@ -204,6 +204,7 @@ class DaemonCollector(Collector):
             ("marketflow_storage_spooled_total", "Trades ever spooled to disk", "spooled_total"),
             ("marketflow_storage_replayed", "Trades replayed from the spool", "replayed"),
             ("marketflow_storage_pruned", "Trades deleted by retention", "pruned"),
+            ("marketflow_storage_spool_errors", "Failed spool writes and removals", "spool_errors"),
         ):
             family = CounterMetricFamily(name, help_text, labels=labels)
             family.add_metric(engine, _num(getattr(stats, field, 0)))
@@ -211,6 +212,12 @@ class DaemonCollector(Collector):
         for name, help_text, field, scale in (
             ("marketflow_storage_buffered", "Trades in memory, not yet committed", "buffered", 1.0),
             ("marketflow_storage_spooled", "Trades on disk, not yet committed", "spooled", 1.0),
+            (
+                "marketflow_storage_spool_failing",
+                "1 while the spool refuses writes (disk full): trades wait in memory, then the bus backs up",
+                "spool_failing",
+                1.0,
+            ),
             ("marketflow_storage_lag_seconds", "Age of the oldest uncommitted trade", "lag_ms", 1e-3),
             (
                 "marketflow_storage_batch_latency_seconds",

@@ -7,6 +7,7 @@ the MCP tools call too, so both answer the same.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar, cast
 
@@ -23,19 +24,23 @@ from marketflow.api.auth import require_scope
 from marketflow.api.keys import DEFAULT_DAYS, MAX_DAYS, KeyRequestError, KeyStore, Scope
 from marketflow.api.metrics import CONTENT_TYPE, render
 from marketflow.api.queries import MAX_LIMIT, QueryError, parse_optional_time
+from marketflow.exchanges import VENUES, market_names
 
 __all__ = ["blueprint"]
 
 blueprint = Blueprint("marketflow", __name__)
+log = logging.getLogger("marketflow.http")
 
 Time = Annotated[
     str, Meta(description="ISO 8601 (2026-08-09T12:00:19.680Z; no zone = UTC) or epoch milliseconds")
 ]
-Exchange = Annotated[str, Meta(description="bybit | binance")]
+Exchange = Annotated[str, Meta(description=" | ".join(VENUES))]
 Symbol = Annotated[
     str, Meta(description="normalized (BTC-USDT, BTC-USDT-PERP) or native (BTCUSDT) when unambiguous")
 ]
-Market = Annotated[str, Meta(description="spot | linear | usdm: picks the market of a native symbol")]
+Market = Annotated[
+    str, Meta(description=" | ".join(market_names()) + ": picks the market of a native symbol")
+]
 Limit = Annotated[int, Meta(ge=1, le=MAX_LIMIT)]
 Interval = Annotated[str, Meta(description='a number and s|m|h|d, e.g. "1m", "5m", "1h"')]
 Bin = Annotated[str, Meta(description='price bin as a decimal string, e.g. "10"')]
@@ -316,6 +321,15 @@ class MarketOut(msgspec.Struct):
     symbol: str
     native: str
     channels: list[str]
+    amount_unit: Annotated[
+        Literal["base", "contracts"] | None,
+        Meta(description='what amount counts: "base" currency or "contracts" (null: not loaded yet)'),
+    ]
+    contract_value: Annotated[
+        Dec | None, Meta(description="one contract's worth (base units if linear, quote if inverse)")
+    ]
+    contract_currency: Annotated[str | None, Meta(description="the currency of contract_value")]
+    inverse: Annotated[bool | None, Meta(description="an inverse contract: notional = amount·contract_value")]
 
 
 class MarketsOut(msgspec.Struct):
@@ -369,7 +383,6 @@ async def root() -> dict[str, Any] | Response:
         # Relative, so it still lands right behind a reverse proxy that mounts us under a prefix.
         return redirect("dashboard", 303)  # type: ignore[return-value]
     links = {
-        "docs": "/docs",
         "openapi": "/openapi.json",
         "health": "/health",
         "status": "/collectors/status",
@@ -377,6 +390,8 @@ async def root() -> dict[str, Any] | Response:
         "metrics": "/metrics",
         "markets": "/markets",
     }
+    if context().daemon.config.http.api_docs:
+        links = {"docs": "/docs", **links}
     return {"name": "marketflow", "version": __version__, "links": links}
 
 
@@ -523,32 +538,45 @@ def _key_store() -> KeyStore:
     return store
 
 
+T = TypeVar("T")
+
+
+async def _in_store(func: Callable[..., T], *args: Any) -> T:
+    """A key store call, in a worker thread; an unusable key file is a 503 whose cause goes to the log."""
+    try:
+        return await trio.to_thread.run_sync(func, *args)
+    except OSError as exc:
+        log.error("API key file unusable: %s", exc)
+        detail = "the API key file cannot be used right now; the daemon's log says why"
+        raise QueryError("unavailable", detail, None, 503) from None
+
+
 @blueprint.post("/auth/api-keys")
-@api(CreatedKeyOut, scope=Scope.ADMIN, body=KeyRequest, status=201, errors=(400, 401, 403, 413, 415))
+@api(CreatedKeyOut, scope=Scope.ADMIN, body=KeyRequest, status=201, errors=(400, 401, 403, 413, 415, 503))
 async def create_key(data: KeyRequest) -> tuple[dict[str, Any], int]:
     """Create an API key; the response holds the key itself, the only time it is shown."""
     store = _key_store()
     try:
-        secret, key = await trio.to_thread.run_sync(store.create, data.name, data.scopes, data.days)
+        secret, key = await _in_store(store.create, data.name, data.scopes, data.days)
     except KeyRequestError as exc:
         raise QueryError("bad_parameter", str(exc), exc.param) from None
     return {"key": secret, **key.public()}, 201
 
 
 @blueprint.get("/auth/api-keys")
-@api(KeysOut, scope=Scope.ADMIN, errors=(401, 403))
+@api(KeysOut, scope=Scope.ADMIN, errors=(401, 403, 503))
 async def list_keys() -> dict[str, Any]:
     """Every key, without secrets (prefix, name, scopes, created, expires, revoked, state)."""
-    keys = await trio.to_thread.run_sync(_key_store().keys)
+    keys = await _in_store(_key_store().keys)
     return {"keys": [k.public() for k in keys]}
 
 
 @blueprint.delete("/auth/api-keys/<prefix>")
-@api(KeyOut, scope=Scope.ADMIN, errors=(400, 401, 403, 404))
+@api(KeyOut, scope=Scope.ADMIN, errors=(400, 401, 403, 404, 503))
 async def revoke_key(prefix: str) -> dict[str, Any]:
     """Revoke a key by its prefix."""
     try:
-        key = await trio.to_thread.run_sync(_key_store().revoke, prefix)
+        key = await _in_store(_key_store().revoke, prefix)
     except KeyRequestError as exc:
         status = 404 if "no API key" in str(exc) else 400
         raise QueryError(

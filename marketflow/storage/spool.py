@@ -5,17 +5,20 @@ Layout: `<directory>/<20-digit sequence>.spool` segment files, replayed in name 
     magic "MFSPOOL1" | payload length u32 | trade count u32 | first recv_ts i64 | payload CRC32 u32
     | CRC32 of those 28 header bytes u32 | payload (msgpack list of Trade)
 
-Every record is written with one `write` and an `fsync`, so a SIGKILL leaves at most a torn last record,
-which the next open recognises and ignores. The header carries its own checksum, so a damaged length never
-sends the reader astray: a record with a damaged header is skipped by searching for the next valid header,
-one with a damaged payload by its (checked) length; the records after it are kept either way. Damage is
-logged and counted; a segment that had any is renamed `*.corrupt` (kept for inspection) instead of deleted
-once its good records are in the database. Replaying a partly replayed segment again after a crash only
-rewrites rows the database already has: trade writes are idempotent.
+Every record is written whole (short writes are continued) and fsynced before `append` returns. A write
+that fails (disk full, I/O error) is cut off again: the segment is truncated back to its last good record,
+or, if even that fails, left behind and the next record starts a new segment; the caller gets `SpoolError`
+and still holds the batch. A SIGKILL leaves at most a torn last record. Whatever the cause, the reader
+trusts nothing a bad record says: after one it resumes at the next record whose header checksum and payload
+checksum both verify, so every good record after damage is kept. Damage is logged and counted; a segment
+that had any is renamed `*.corrupt` (kept for inspection) instead of deleted once its good records are in
+the database. A replayed segment that cannot be deleted is reported and deleted later; replaying it again
+after a restart only rewrites rows the database already has: trade writes are idempotent.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -45,8 +48,23 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(list[Trade])
 
 
+_FULL_DISK: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
 class SpoolError(Exception):
-    """The spool directory or a segment could not be written or read (disk full, permissions, ...)."""
+    """The spool directory or a segment could not be written or read (disk full, permissions, ...).
+
+    `errno` is the operating system's error number when there is one.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    @property
+    def disk_full(self) -> bool:
+        """The file system (or a quota, or a file size limit) has no room for the write."""
+        return self.errno in _FULL_DISK
 
 
 @attrs.frozen
@@ -79,6 +97,8 @@ class SpoolStatistics:
     replayed_trades: int
     corrupt_records: int
     oldest_recv_ts: int | None
+    write_errors: int = 0
+    remove_errors: int = 0
 
 
 def encode_record(batch: Sequence[Trade]) -> bytes:
@@ -99,36 +119,61 @@ def _header_at(data: bytes | memoryview, pos: int) -> tuple[int, int, int, int] 
     return length, count, first, payload_crc
 
 
+def _record_at(view: memoryview, pos: int) -> tuple[int, int, int] | None:
+    """(payload length, count, first recv_ts) of a whole, verified record at `pos`, else None."""
+    header = _header_at(view, pos)
+    if header is None:
+        return None
+    length, count, first, payload_crc = header
+    start = pos + HEADER_SIZE
+    if start + length > len(view) or zlib.crc32(view[start : start + length]) != payload_crc:
+        return None
+    return length, count, first
+
+
+def _next_record(data: bytes, view: memoryview, pos: int) -> int:
+    """Offset of the first whole, verified record at or after `pos`, else the end of the data."""
+    nxt = data.find(MAGIC, pos)
+    while nxt != -1 and _record_at(view, nxt) is None:
+        nxt = data.find(MAGIC, nxt + 1)
+    return len(data) if nxt == -1 else nxt
+
+
 def scan_segment(data: bytes) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, str]]]:
-    """Valid records as (offset, payload length, count, first recv_ts) and damage as (offset, bytes, why)."""
+    """Valid records as (offset, payload length, count, first recv_ts) and damage as (offset, bytes, why).
+
+    Nothing a bad record says is trusted, not even a header that checks out: after any bad record the scan
+    resumes at the next whole record whose header and payload both verify. A write cut short by a full disk
+    leaves a good header over a partial payload, and the records after it must not be skipped by that
+    header's length.
+    """
     records: list[tuple[int, int, int, int]] = []
     damage: list[tuple[int, int, str]] = []
     view = memoryview(data)
     pos = 0
     while pos < len(data):
-        header = _header_at(view, pos)
-        if header is None:
-            if len(data) - pos < HEADER_SIZE and MAGIC.startswith(data[pos : pos + len(MAGIC)]):
-                damage.append((pos, len(data) - pos, "torn record at the end (write interrupted)"))
-                break
-            nxt = data.find(MAGIC, pos + 1)
-            while nxt != -1 and _header_at(view, nxt) is None:
-                nxt = data.find(MAGIC, nxt + 1)
-            end = len(data) if nxt == -1 else nxt
-            damage.append((pos, end - pos, "damaged record header"))
-            pos = end
-            continue
-        length, count, first, payload_crc = header
-        start = pos + HEADER_SIZE
-        if start + length > len(data):
-            damage.append((pos, len(data) - pos, "torn record at the end (write interrupted)"))
-            break
-        if zlib.crc32(view[start : start + length]) != payload_crc:
-            damage.append((pos, HEADER_SIZE + length, "payload checksum mismatch"))
-        else:
+        record = _record_at(view, pos)
+        if record is not None:
+            length, count, first = record
             records.append((pos, length, count, first))
-        pos = start + length
+            pos += HEADER_SIZE + length
+            continue
+        nxt = _next_record(data, view, pos + 1)
+        damage.append((pos, nxt - pos, _why_damaged(data, view, pos, nxt)))
+        pos = nxt
     return records, damage
+
+
+def _why_damaged(data: bytes, view: memoryview, pos: int, nxt: int) -> str:
+    header = _header_at(view, pos)
+    if header is None:
+        if nxt == len(data) and len(data) - pos < HEADER_SIZE and MAGIC.startswith(data[pos : pos + 8]):
+            return "torn record at the end (write interrupted)"
+        return "damaged record header"
+    end = pos + HEADER_SIZE + header[0]
+    if end > len(data):
+        return "torn record at the end (write interrupted)" if nxt == len(data) else "record cut short"
+    return "record cut short" if nxt < end else "payload checksum mismatch"
 
 
 def read_spool(directory: str | os.PathLike[str]) -> list[list[Trade]]:
@@ -161,6 +206,8 @@ class Spool:
         self._active: int | None = None  # segment being appended to by this process
         self._active_fd: int | None = None
         self._active_size = 0
+        self._highest = FIRST_SEGMENT - 1  # segment numbers are never reused within a run
+        self._unremoved: set[int] = set()  # replayed (or abandoned) segments whose removal failed
         self._lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(1)
         self._trades = 0
@@ -168,6 +215,8 @@ class Spool:
         self._appended = 0
         self._replayed = 0
         self._corrupt = 0
+        self._write_errors = 0
+        self._remove_errors = 0
 
     # -- state --------------------------------------------------------------------------------------------
 
@@ -190,6 +239,8 @@ class Spool:
             replayed_trades=self._replayed,
             corrupt_records=self._corrupt,
             oldest_recv_ts=self._index[0].first_recv_ts if self._index else None,
+            write_errors=self._write_errors,
+            remove_errors=self._remove_errors,
         )
 
     def _path(self, segment: int) -> Path:
@@ -201,6 +252,7 @@ class Spool:
         """Create the directory and index what a previous run left (damage is reported and skipped)."""
         found = await trio.to_thread.run_sync(self._scan_sync, limiter=self._limiter)
         for segment, records, damage in found:
+            self._highest = max(self._highest, segment)
             path = str(self._path(segment))
             for offset, skipped, reason in damage:
                 self._report(SpoolDamage(path, offset, skipped, reason))
@@ -209,8 +261,7 @@ class Spool:
             for offset, length, count, first in records:
                 self._add(SpoolRecord(segment, offset, length, count, first), front=False)
             if not records:
-                await trio.to_thread.run_sync(self._retire_sync, segment, limiter=self._limiter)
-                self._damaged.discard(segment)
+                await self._retire(segment)
         if self._index:
             log.warning(
                 "spool holds trades from an earlier run; they are written first",
@@ -226,7 +277,7 @@ class Spool:
                 if path.stem.isdigit()
             ]
         except OSError as exc:
-            raise SpoolError(f"cannot read the spool {self.directory}: {exc}") from exc
+            raise SpoolError(f"cannot read the spool {self.directory}: {exc}", exc.errno) from exc
 
     def _report(self, damage: SpoolDamage) -> None:
         self._corrupt += 1
@@ -252,12 +303,21 @@ class Spool:
     # -- writing ------------------------------------------------------------------------------------------
 
     async def append(self, batch: Sequence[Trade]) -> None:
-        """Add a batch after everything spooled; returns once it is on disk (fsynced)."""
+        """Add a batch after everything spooled; returns once it is on disk (fsynced).
+
+        Raises `SpoolError` (nothing of the batch is kept) when it cannot be written whole.
+        """
         if not batch:
             return
         data = encode_record(batch)
         async with self._lock:
-            segment, offset = await trio.to_thread.run_sync(self._append_sync, data, limiter=self._limiter)
+            try:
+                segment, offset = await trio.to_thread.run_sync(
+                    self._append_sync, data, limiter=self._limiter
+                )
+            except SpoolError:
+                self._write_errors += 1
+                raise
             self._add(SpoolRecord(segment, offset, len(data) - HEADER_SIZE, len(batch), batch[0].recv_ts))
             self._appended += len(batch)
 
@@ -266,51 +326,86 @@ class Spool:
             if self._active_fd is not None and self._active_size + len(data) > self._segment_max_bytes:
                 self._close_active_sync()
             if self._active_fd is None:
-                highest = max(self._per_segment, default=FIRST_SEGMENT - 1)
-                self._active = highest + 1
-                self._active_fd = os.open(
-                    self._path(self._active), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-                )
-                self._active_size = 0
-                self._fsync_directory()
+                self._open_active_sync()
+            assert self._active is not None and self._active_fd is not None
             offset = self._active_size
-            written = os.write(self._active_fd, data)
-            if written != len(data):
-                raise OSError(f"short write: {written} of {len(data)} bytes")
-            os.fsync(self._active_fd)
+            try:
+                _write_all(self._active_fd, data)
+                os.fsync(self._active_fd)
+            except OSError:
+                self._cut_back_sync(offset)
+                raise
             self._active_size += len(data)
-            assert self._active is not None
             return self._active, offset
         except OSError as exc:
-            raise SpoolError(f"cannot write to the spool {self.directory}: {exc}") from exc
+            raise SpoolError(f"cannot write to the spool {self.directory}: {exc}", exc.errno) from exc
+
+    def _open_active_sync(self) -> None:
+        self._highest = max([self._highest, *self._per_segment, *self._unremoved]) + 1
+        self._active = self._highest
+        self._active_fd = os.open(
+            self._path(self._active), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600
+        )
+        self._active_size = 0
+        try:
+            self._fsync_directory()
+        except OSError:
+            self._close_active_sync()  # an empty segment is harmless: the next open retires it
+            raise
+
+    def _cut_back_sync(self, offset: int) -> None:
+        """A write failed: remove its bytes, so the segment ends with its last good record again."""
+        assert self._active_fd is not None
+        try:
+            os.ftruncate(self._active_fd, offset)
+            os.fsync(self._active_fd)
+        except OSError as exc:
+            # The torn bytes stay at the end of this segment (the reader skips them); start a new one.
+            log.error(
+                "cannot cut a failed spool write off its segment; continuing in a new segment",
+                extra={"path": str(self._path(self._active or 0)), "error": str(exc)},
+            )
+            if self._active not in self._per_segment:
+                self._unremoved.add(self._active or 0)  # holds no record: delete it with the next one
+            self._close_active_sync()
 
     async def prepend(self, batches: Sequence[Sequence[Trade]]) -> None:
         """Put batches in front of everything spooled (in the order given), durably.
 
-        For the writer's shutdown: batches it held in memory are older than what it had spooled.
+        For the writer: batches it held in memory are older than what it had spooled. All or nothing:
+        raises `SpoolError` (and leaves no trace of the batches) when they cannot all be written.
         """
         batches = [b for b in batches if b]
         if not batches:
             return
         async with self._lock:
-            first = min(self._per_segment, default=self._active or FIRST_SEGMENT)
-            segment = first - 1
-            records = await trio.to_thread.run_sync(
-                self._write_segment_sync, segment, batches, limiter=self._limiter
-            )
+            taken = self._per_segment.keys() | self._unremoved | {self._active or self._highest + 1}
+            segment = min(taken) - 1
+            try:
+                records = await trio.to_thread.run_sync(
+                    self._write_segment_sync, segment, batches, limiter=self._limiter
+                )
+            except SpoolError:
+                self._write_errors += 1
+                raise
+            # appendleft one by one reverses: the first batch given must end up first
             for record in reversed(records):
                 self._add(record, front=True)
             self._appended += sum(r.count for r in records)
 
     def _write_segment_sync(self, segment: int, batches: list[Sequence[Trade]]) -> list[SpoolRecord]:
         records = []
+        path = self._path(segment)
         try:
-            fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot write to the spool {self.directory}: {exc}", exc.errno) from exc
+        try:
             try:
                 offset = 0
                 for batch in batches:
                     data = encode_record(batch)
-                    os.write(fd, data)
+                    _write_all(fd, data)
                     records.append(
                         SpoolRecord(segment, offset, len(data) - HEADER_SIZE, len(batch), batch[0].recv_ts)
                     )
@@ -320,7 +415,16 @@ class Spool:
                 os.close(fd)
             self._fsync_directory()
         except OSError as exc:
-            raise SpoolError(f"cannot write to the spool {self.directory}: {exc}") from exc
+            # Nothing of a failed prepend may be replayed later: the caller still holds these batches.
+            try:
+                path.unlink()
+            except OSError as unlink_exc:
+                self._unremoved.add(segment)
+                log.error(
+                    "cannot remove a failed spool segment; removing it later",
+                    extra={"path": str(path), "error": str(unlink_exc)},
+                )
+            raise SpoolError(f"cannot write to the spool {self.directory}: {exc}", exc.errno) from exc
         return records
 
     def _fsync_directory(self) -> None:
@@ -364,7 +468,7 @@ class Spool:
                 f.seek(record.offset)
                 data = f.read(HEADER_SIZE + record.length)
         except OSError as exc:
-            raise SpoolError(f"cannot read the spool {self.directory}: {exc}") from exc
+            raise SpoolError(f"cannot read the spool {self.directory}: {exc}", exc.errno) from exc
         header = _header_at(data, 0)
         if header is None or header[0] != record.length or len(data) != HEADER_SIZE + record.length:
             return None
@@ -391,18 +495,43 @@ class Spool:
             del self._per_segment[record.segment]
             if record.segment == self._active:
                 await trio.to_thread.run_sync(self._close_active_sync, limiter=self._limiter)
-            await trio.to_thread.run_sync(self._retire_sync, record.segment, limiter=self._limiter)
-            self._damaged.discard(record.segment)
+            await self._retire(record.segment)
+
+    async def _retire(self, segment: int) -> None:
+        """A segment is done: delete it (or keep it as `*.corrupt`), with any whose removal failed before.
+
+        A failure is reported, not raised: the segment's trades are in the database, nothing is lost, and
+        the writer must go on. It is tried again at the next retirement (a restart replays it once more:
+        duplicates only).
+        """
+        self._unremoved.add(segment)
+        for pending in sorted(self._unremoved):
+            try:
+                await trio.to_thread.run_sync(self._retire_sync, pending, limiter=self._limiter)
+            except OSError as exc:
+                self._remove_errors += 1
+                log.error(
+                    "cannot remove a replayed spool segment; trying again later",
+                    extra={"path": str(self._path(pending)), "error": f"{type(exc).__name__}: {exc}"},
+                )
+                continue
+            self._unremoved.discard(pending)
+            self._damaged.discard(pending)
 
     def _retire_sync(self, segment: int) -> None:
         path = self._path(segment)
-        try:
-            if segment in self._damaged:
-                path.rename(path.with_suffix(".corrupt"))
-                log.warning(
-                    "damaged spool segment kept for inspection", extra={"path": str(path) + ".corrupt"}
-                )
-            else:
-                path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise SpoolError(f"cannot remove the replayed spool segment {path}: {exc}") from exc
+        if segment in self._damaged:
+            path.rename(path.with_suffix(".corrupt"))
+            log.warning("damaged spool segment kept for inspection", extra={"path": str(path) + ".corrupt"})
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """`os.write` until all of `data` is written: a write may take only part (a disk filling up)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, f"write returned {written}")
+        view = view[written:]

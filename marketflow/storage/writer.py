@@ -16,10 +16,16 @@ Shutdown (the bus closes): the last chunk is sealed and memory goes to the datab
 `shutdown_write_s`; whatever it cannot take by then goes to the spool, which the next start replays.
 A SIGKILL loses what was received within one flush interval and, during an outage, what memory held
 (at most `buffer_max` trades; 0 spools every chunk the database did not take): the spool survives.
+
+A full disk (or any spool write error): a chunk counts as spooled only once its record is fsynced; one the
+spool refused stays in memory. Memory then holds at most `buffer_max` trades and the reader waits (pushing
+back on the bus, as without a spool); `state` says `disk_full` (or `spool_failing`), and the spool is tried
+again after each failed database attempt and after each replayed record, until a write succeeds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import deque
@@ -32,7 +38,7 @@ import trio
 from marketflow.model import Trade, now_us
 from marketflow.runtime.backoff import Backoff
 from marketflow.runtime.bus import Subscription, receive_batches
-from marketflow.storage.spool import Spool
+from marketflow.storage.spool import Spool, SpoolError
 
 log = logging.getLogger("marketflow.storage")
 
@@ -92,6 +98,9 @@ class WriterStatistics:
     spool_path: str | None = None
     pruned: int = 0
     prune_batches: int = 0
+    spool_errors: int = 0
+    spool_failing: bool = False
+    spool_error: str | None = None
 
 
 class StorageWriter:
@@ -141,6 +150,7 @@ class StorageWriter:
         self._connected = trio.Event()
         self._final_deadline = math.inf
         self._attempt_scope: trio.CancelScope | None = None
+        self._spool_failure: SpoolError | None = None  # the spool's last write failed; none succeeded since
 
         self._state = "starting"
         self.on_commit: Callable[[Sequence[Trade]], None] | None = None
@@ -179,11 +189,15 @@ class StorageWriter:
         oldest = self._oldest_pending_recv_ts()
         lag_ms = self._last_lag_ms if oldest is None else (now_us() - oldest) / 1000
         spool = self._spool.statistics() if self._spool is not None else None
+        failure = self._spool_failure
+        state = self._state
+        if failure is not None and state != "stopped":
+            state = "disk_full" if failure.disk_full else "spool_failing"
         return WriterStatistics(
             name=self.name,
             engine=self._store.engine_name,
             url=self._store.display_url,
-            state=self._state,
+            state=state,
             rows_received=self._rows_received,
             rows_written=self._rows_written,
             duplicates=self._duplicates,
@@ -200,6 +214,9 @@ class StorageWriter:
             spool_path=spool.directory if spool else None,
             pruned=self._pruned,
             prune_batches=self._prune_batches,
+            spool_errors=spool.write_errors + spool.remove_errors if spool else 0,
+            spool_failing=failure is not None,
+            spool_error=None if failure is None else str(failure),
         )
 
     # -- the actor ------------------------------------------------------------------------------------------
@@ -271,16 +288,17 @@ class StorageWriter:
         self._wake()
 
     async def _seal_all(self) -> None:
-        assembling = self._assembling
-        while assembling:
-            chunk = assembling[: self._batch_max]
-            del assembling[: len(chunk)]
-            await self._enqueue(chunk)
+        while self._assembling:
+            await self._enqueue()
 
-    async def _enqueue(self, chunk: list[Trade]) -> None:
+    async def _enqueue(self) -> None:
+        """Seal the next chunk of what is being assembled into memory (or the spool)."""
         # Under the memory lock: which of head, spool and tail a chunk belongs to must not change while
-        # the flusher moves chunks between them.
+        # the flusher moves chunks between them. The chunk leaves `assembling` only under it too, so
+        # `buffered` counts it all along.
         async with self._memory_lock:
+            chunk = self._assembling[: self._batch_max]
+            del self._assembling[: len(chunk)]
             if self._spool or self._tail:
                 self._tail.append(chunk)  # the spool holds older trades: this waits behind them
                 self._tail_trades += len(chunk)
@@ -288,31 +306,71 @@ class StorageWriter:
                 self._head.append(chunk)
                 self._head_trades += len(chunk)
             self._wake()
-            if self._spool is not None and self._head_trades + self._tail_trades > self._buffer_max:
-                await self._spill_newest()
-        while self._spool is None and self._head_trades + self._tail_trades > self._buffer_max:
+            if self._spool is not None and self._over_buffer_max():
+                with contextlib.suppress(SpoolError):  # noted; the chunks wait in memory
+                    await self._spill_newest()
+        # No spool, or it refuses writes: memory stays within buffer_max by waiting (the bus backs up).
+        while self._over_buffer_max() and (self._spool is None or self._spool_failure is not None):
             self._room = trio.Event()
             await self._room.wait()
 
+    def _over_buffer_max(self) -> bool:
+        return self._head_trades + self._tail_trades > self._buffer_max
+
     async def _spill_newest(self) -> None:
         """Memory over `buffer_max`: the newest chunks go to the end of the spool, in order (lock held)."""
-        assert self._spool is not None
-        while self._tail and self._head_trades + self._tail_trades > self._buffer_max:
-            await self._spool.append(self._tail[0])
+        if not self._tail and not self._spool:
+            # Nothing spooled yet: the newest head chunks start the spool (they wait in the tail until
+            # their record is on disk). The oldest stays: it may be in flight, and the flusher spills it
+            # itself if the write fails.
+            while len(self._head) > 1 and self._head_trades > self._buffer_max:
+                chunk = self._head.pop()
+                self._head_trades -= len(chunk)
+                self._tail.appendleft(chunk)
+                self._tail_trades += len(chunk)
+        await self._spill_tail()
+
+    async def _spill_tail(self) -> None:
+        """The tail's oldest chunks go to the end of the spool while memory is over `buffer_max`."""
+        while self._tail and self._over_buffer_max():
+            await self._spool_append(self._tail[0])
             self._tail_trades -= len(self._tail.popleft())
             self._wake()
-        if self._tail or self._spool:
-            return
-        # Nothing spooled yet: the newest head chunks start the spool. The oldest stays: it may be in
-        # flight, and the flusher spills it itself if the write fails.
-        spill: list[list[Trade]] = []
-        while len(self._head) > 1 and self._head_trades > self._buffer_max:
-            chunk = self._head.pop()
-            self._head_trades -= len(chunk)
-            spill.append(chunk)
-        for chunk in reversed(spill):
+
+    async def _spool_append(self, chunk: list[Trade]) -> None:
+        assert self._spool is not None
+        try:
             await self._spool.append(chunk)
-            self._wake()
+        except SpoolError as exc:
+            self._note_spool_failure(exc)
+            raise
+        self._note_spool_success()
+
+    async def _spool_prepend(self, chunks: list[list[Trade]]) -> None:
+        assert self._spool is not None
+        try:
+            await self._spool.prepend(chunks)
+        except SpoolError as exc:
+            self._note_spool_failure(exc)
+            raise
+        self._note_spool_success()
+
+    def _note_spool_failure(self, exc: SpoolError) -> None:
+        # Logged when it starts failing, not at every retry.
+        level = logging.DEBUG if self._spool_failure is not None else logging.ERROR
+        self._spool_failure = exc
+        log.log(
+            level,
+            "cannot write to the spool; trades wait in memory (up to buffer_max, then the bus backs up)",
+            extra={"error": str(exc), "disk_full": exc.disk_full, "buffered": self.buffered},
+        )
+
+    def _note_spool_success(self) -> None:
+        if self._spool_failure is None:
+            return
+        self._spool_failure = None
+        self._room.set()
+        log.warning("the spool takes writes again", extra={"buffered": self.buffered})
 
     def _wake(self) -> None:
         self._work.set()
@@ -343,6 +401,8 @@ class StorageWriter:
                     continue
                 if await self._attempt(batch, replay=True):
                     await self._spool.consume()
+                    if self._spool_failure is not None:
+                        await self._spill_excess()  # a replayed segment may have freed the disk
                     continue
             elif self._tail:
                 await self._tail_to_head()  # the spool is drained: what waited behind it is next
@@ -351,14 +411,16 @@ class StorageWriter:
                 return
             else:
                 self._state = "running"
+                self._spool_failure = None  # nothing waits for the spool any more
                 self._work = trio.Event()
                 await self._work.wait()
                 continue
             # The last attempt failed.
             if self._input_done.is_set() and self._spool is not None:
-                await self._spool_everything()
+                with contextlib.suppress(SpoolError):  # noted; the last resort in `run` tries once more
+                    await self._spool_everything()
                 return
-            await self._spill_oldest()
+            await self._spill_excess()
             delay = self._backoff.next_delay()
             with trio.move_on_after(delay):
                 if self._spool is not None:
@@ -439,11 +501,20 @@ class StorageWriter:
             },
         )
 
-    async def _spill_oldest(self) -> None:
-        """After a failure, memory over `buffer_max` goes to the front of the spool (it is the oldest)."""
-        if self._spool is None or self._head_trades + self._tail_trades <= self._buffer_max:
+    async def _spill_excess(self) -> None:
+        """After a failure, memory over `buffer_max` goes to the spool: the tail to its end, then the
+        newest head chunks to its front (they are older than what it holds). A failure is noted and
+        retried at the next call."""
+        if self._spool is None or not self._over_buffer_max():
             return
-        async with self._memory_lock:
+        with contextlib.suppress(SpoolError):
+            async with self._memory_lock:
+                await self._spill_tail()
+                await self._spill_head()
+
+    async def _spill_head(self) -> None:
+        """The newest head chunks beyond `buffer_max` go to the front of the spool (lock held)."""
+        if self._over_buffer_max():
             keep = 0
             kept_trades = 0
             for chunk in self._head:
@@ -453,7 +524,7 @@ class StorageWriter:
                 kept_trades += len(chunk)
             spill = list(self._head)[keep:]
             if spill:
-                await self._spool.prepend(spill)
+                await self._spool_prepend(spill)
                 for _ in spill:
                     self._head.pop()
                 self._head_trades = kept_trades
@@ -467,11 +538,11 @@ class StorageWriter:
         assert self._spool is not None
         async with self._memory_lock:
             if self._head:
-                await self._spool.prepend(list(self._head))
+                await self._spool_prepend(list(self._head))
                 self._head.clear()
                 self._head_trades = 0
             while self._tail:
-                await self._spool.append(self._tail[0])
+                await self._spool_append(self._tail[0])
                 self._tail_trades -= len(self._tail.popleft())
         log.warning(why, extra={"url": self._store.display_url, "spooled": self._spool.trades})
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx
@@ -55,8 +56,12 @@ async def running_api(
     markets: tuple[str, ...] = ("spot", "linear"),
     seed: int = 21,
     setup: Callable[[QuartTrio], None] | None = None,
+    http: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Api]:
-    """Simulator, daemon, trade ring and HTTP server; `setup` may add routes to the app before it serves."""
+    """Simulator, daemon, trade ring and HTTP server; `setup` may add routes to the app before it serves.
+
+    `http`: more `[http]` settings (`allowed_hosts`, `api_docs`, ...).
+    """
     sim = SimServer(SimConfig(seed=seed, rate=rate))
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.run)
@@ -67,7 +72,9 @@ async def running_api(
         config = attrs.evolve(
             config,
             feeds=feeds,
-            http=attrs.evolve(config.http, listen=listen, public_reads=public_reads, trades_ring=500),
+            http=attrs.evolve(
+                config.http, listen=listen, public_reads=public_reads, trades_ring=500, **(http or {})
+            ),
         )
         daemon = Daemon(config)
         ring = getattr(daemon, "ring", None)
