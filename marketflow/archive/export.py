@@ -64,7 +64,7 @@ class ExportSummary:
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", required=True, metavar="TIME", help="ISO 8601 (UTC) or epoch ms")
     parser.add_argument("--until", required=True, metavar="TIME", help="ISO 8601 (UTC) or epoch ms, excluded")
-    parser.add_argument("--exchange", default=None, help="only this exchange (bybit, binance)")
+    parser.add_argument("--exchange", default=None, help="only this exchange (a feed's exchange)")
     parser.add_argument("--symbol", default=None, help="only this normalized symbol (BTC-USDT)")
     parser.add_argument("--format", default="parquet", choices=("parquet", "csv"), help="default parquet")
     parser.add_argument(
