@@ -30,7 +30,7 @@ from marketflow.api.mcp_routes import register_mcp_routes
 from marketflow.api.queries import QueryContext
 from marketflow.api.ring import TradeRing
 from marketflow.api.server import HttpServer
-from marketflow.archive import make_archiver, open_archive
+from marketflow.archive import Archiver, make_archiver, open_archive
 from marketflow.capture import Capture
 from marketflow.config import Config, ConfigError, FeedConfig, load_config
 from marketflow.exchanges.base import FrameDecoder, ReconnectTrades, Venue
@@ -510,8 +510,9 @@ class Daemon:
         await self.supervisor.stop()
 
     def health(self) -> Health:
-        """healthy; degraded when a circuit is open, a feed is down, a book is resyncing or the spool
-        refuses writes (disk full); unhealthy when storage is not running."""
+        """healthy; degraded when a circuit is open, a feed is down, a book is resyncing, the spool
+        refuses writes (disk full) or the archive job's last pass failed; unhealthy when storage is not
+        running."""
         children = {c.name: c for c in self.supervisor.statistics().children}
         problems: dict[str, str] = {}
         storage = children.get("storage")
@@ -526,6 +527,9 @@ class Daemon:
                 problems[name] = f"circuit {child.circuit}"
             elif self.feed_counters[name].state != "streaming":
                 problems[name] = self.feed_counters[name].state
+        archiver = self.actors.get("archive")
+        if isinstance(archiver, Archiver) and archiver.failing:  # old trades stay in the database
+            problems["archive"] = archiver.statistics().last_error or "failing"
         for key, stats in self.books.statistics().books.items():
             if str(stats.state) != "synced":
                 problems[f"book {key}"] = str(stats.state)

@@ -102,6 +102,7 @@ class ArchiverStatistics:
     last_error: str | None
     last_run_us: int | None
     next_run_in_s: float | None
+    failing: bool = False  # the last pass left a partition in the database (disk full, database down)
 
 
 class Archiver:
@@ -141,6 +142,7 @@ class Archiver:
         self._last_run: int | None = None
         self._next_at: float | None = None
         self._logged_error_at = float("-inf")
+        self.failing = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -168,6 +170,8 @@ class Archiver:
             parts = await source.partitions(TRADES, 0, self.cutoff_us(), None, None)
         except Exception as exc:  # the database is down: try again later
             self._failed("listing the days to archive", exc)
+            self.failing = True
+            self._state = "idle"
             return ArchiveRun(0, 0, 1)
         for part in parts:
             try:
@@ -188,6 +192,7 @@ class Archiver:
                 extra={"trades": moved, "partitions": done},
             )
         self._state = "idle"
+        self.failing = failed > 0
         return ArchiveRun(done, moved, failed)
 
     def _failed(self, doing: str, exc: Exception) -> None:
@@ -212,4 +217,5 @@ class Archiver:
             self._last_error,
             self._last_run,
             next_in,
+            self.failing,
         )

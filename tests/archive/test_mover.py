@@ -18,6 +18,8 @@ from marketflow.archive.export import export_tables
 from marketflow.archive.mover import Archiver, ArchiveRun
 from marketflow.archive.reader import TradeArchive
 from marketflow.archive.tables import TABLES
+from marketflow.config import parse_config
+from marketflow.daemon import Daemon
 from marketflow.model import Trade
 from marketflow.storage.writer import TradeStore
 from tests.archive.helpers import BASE, DAY_US, all_rows, filled_store, make_trades, text_row
@@ -179,9 +181,14 @@ async def test_full_disk_loses_nothing_and_resumes(store_url: str, tmp_path: Pat
         assert stats.errors == result.failed and "No space left on device" in (stats.last_error or "")
         await assert_nothing_lost(store, root, trades)
         assert not _temporaries(root)  # a failed write leaves no temporary file behind
+        assert stats.failing  # the daemon reports it: health "degraded", problem "archive"
+        daemon = Daemon(parse_config(f'[daemon]\nstate_dir = "{tmp_path}"\n', env={}))
+        daemon.actors["archive"] = archiver
+        assert "No space left on device" in daemon.health().problems["archive"]
         _sh("mount", "-o", "remount,size=64m", str(root))
         again = await archiver.run_once()
         assert again.failed == 0 and again.partitions == 8 - result.partitions
+        assert not archiver.statistics().failing
         await assert_moved(store, root, trades)
     finally:
         await store.close()
