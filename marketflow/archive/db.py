@@ -9,7 +9,7 @@ table's key (text keys in code-point order, as Python and DuckDB compare strings
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any, Final, Protocol
 
@@ -18,11 +18,22 @@ import trio
 
 from marketflow.archive.tables import ArchiveTable
 
-__all__ = ["DAY_US", "Partition", "PostgresSource", "SqliteSource", "TableSource", "dec_text", "source_for"]
+__all__ = [
+    "DAY_US",
+    "Partition",
+    "PostgresSource",
+    "SqliteSource",
+    "TableSource",
+    "dec_text",
+    "row_chunks",
+    "source_for",
+]
 
 DAY_US: Final = 86_400_000_000
+READ_CHUNK: Final = 50_000
+"""Rows per page read from the database (export and archiving hold one page of Python rows at a time)."""
 DELETE_CHUNK: Final = 20_000
-"""Trades deleted per SQLite transaction: the writer waits for the lock at most one chunk's time."""
+"""Trades deleted per transaction (SQLite: the writer waits for the lock at most one chunk's time)."""
 
 Row = tuple[Any, ...]
 
@@ -62,9 +73,17 @@ class TableSource(Protocol):
     ) -> list[Partition]: ...
 
     async def rows(
-        self, table: ArchiveTable, exchange: str, symbol: str, since: int, until: int
+        self,
+        table: ArchiveTable,
+        exchange: str,
+        symbol: str,
+        since: int,
+        until: int,
+        after: Row | None = None,
+        limit: int | None = None,
     ) -> list[Row]:
-        """The partition's rows with `since <= time < until`, in key order."""
+        """The partition's rows with `since <= time < until` (and a key after `after`), in key order, at
+        most `limit`."""
         ...
 
     async def delete_trades(self, exchange: str, symbol: str, keys: Sequence[tuple[int, str]]) -> int:
@@ -129,21 +148,47 @@ class SqliteSource:
             conn.close()
 
     async def rows(
-        self, table: ArchiveTable, exchange: str, symbol: str, since: int, until: int
+        self,
+        table: ArchiveTable,
+        exchange: str,
+        symbol: str,
+        since: int,
+        until: int,
+        after: Row | None = None,
+        limit: int | None = None,
     ) -> list[Row]:
-        return await trio.to_thread.run_sync(self._rows, table, exchange, symbol, since, until)
+        return await trio.to_thread.run_sync(self._rows, table, exchange, symbol, since, until, after, limit)
 
-    def _rows(self, table: ArchiveTable, exchange: str, symbol: str, since: int, until: int) -> list[Row]:
+    def _rows(
+        self,
+        table: ArchiveTable,
+        exchange: str,
+        symbol: str,
+        since: int,
+        until: int,
+        after: Row | None,
+        limit: int | None,
+    ) -> list[Row]:
         t = _quoted(table.time_column)
+        params: list[Any] = [exchange, symbol, since, until]
+        keyset = ""
+        if after is not None:
+            k1, k2 = map(_quoted, table.key)
+            keyset = f" AND ({k1} > ? OR ({k1} = ? AND {k2} > ?))"
+            params += [after[0], after[0], after[1]]
+        tail = ""
+        if limit is not None:
+            tail = " LIMIT ?"
+            params.append(limit)
         sql = (
             f"SELECT {', '.join(map(_quoted, table.column_names))} FROM {table.name} "
-            f"WHERE exchange = ? AND symbol = ? AND {t} >= ? AND {t} < ? "
-            f"ORDER BY {', '.join(map(_quoted, table.key))}"
+            f"WHERE exchange = ? AND symbol = ? AND {t} >= ? AND {t} < ?{keyset} "
+            f"ORDER BY {', '.join(map(_quoted, table.key))}{tail}"
         )
         normalize = _normalizer(table)
         conn = self._connect()
         try:
-            return [normalize(r) for r in conn.execute(sql, (exchange, symbol, since, until))]
+            return [normalize(r) for r in conn.execute(sql, params)]
         finally:
             conn.close()
 
@@ -199,28 +244,71 @@ class PostgresSource:
         return [Partition(r[0], r[1], int(r[2]), int(r[3])) for r in await self._fetch(sql, params)]
 
     async def rows(
-        self, table: ArchiveTable, exchange: str, symbol: str, since: int, until: int
+        self,
+        table: ArchiveTable,
+        exchange: str,
+        symbol: str,
+        since: int,
+        until: int,
+        after: Row | None = None,
+        limit: int | None = None,
     ) -> list[Row]:
         t = _quoted(table.time_column)
         kinds = {c.name: c.kind for c in table.columns}
-        order = ", ".join(_quoted(k) + (' COLLATE "C"' if kinds[k] == "text" else "") for k in table.key)
+        k1, k2 = (_quoted(k) + (' COLLATE "C"' if kinds[k] == "text" else "") for k in table.key)
+        params: list[Any] = [exchange, symbol, since, until]
+        keyset = ""
+        if after is not None:
+            params += [after[0], after[1]]
+            keyset = f" AND ({k1} > $5 OR ({k1} = $5 AND {k2} > $6))"
+        tail = ""
+        if limit is not None:
+            params.append(limit)
+            tail = f" LIMIT ${len(params)}"
         sql = (
             f"SELECT {', '.join(map(_quoted, table.column_names))} FROM {table.name} "
-            f"WHERE exchange = $1 AND symbol = $2 AND {t} >= $3 AND {t} < $4 ORDER BY {order}"
+            f"WHERE exchange = $1 AND symbol = $2 AND {t} >= $3 AND {t} < $4{keyset} "
+            f"ORDER BY {k1}, {k2}{tail}"
         )
         normalize = _normalizer(table)
-        return [normalize(tuple(r)) for r in await self._fetch(sql, [exchange, symbol, since, until])]
+        return [normalize(tuple(r)) for r in await self._fetch(sql, params)]
 
     async def delete_trades(self, exchange: str, symbol: str, keys: Sequence[tuple[int, str]]) -> int:
-        if not keys:
-            return 0
-        # One statement, so one transaction: exactly these identities, whatever else arrived meanwhile.
+        # One statement per chunk, so one transaction each: exactly these identities, whatever else arrived
+        # meanwhile (every key here is verified in the file already, so a kill between chunks is safe).
         sql = (
             "WITH gone AS (DELETE FROM trades WHERE exchange = $1 AND symbol = $2 AND (ts, id) IN "
             "(SELECT * FROM unnest($3::timestamptz[], $4::varchar[])) RETURNING 1) SELECT count(*) FROM gone"
         )
-        rows = await self._fetch(sql, [exchange, symbol, [k[0] for k in keys], [k[1] for k in keys]])
-        return int(rows[0][0])
+        deleted = 0
+        for start in range(0, len(keys), DELETE_CHUNK):
+            chunk = keys[start : start + DELETE_CHUNK]
+            rows = await self._fetch(sql, [exchange, symbol, [k[0] for k in chunk], [k[1] for k in chunk]])
+            deleted += int(rows[0][0])
+        return deleted
+
+
+async def row_chunks(
+    source: TableSource,
+    table: ArchiveTable,
+    exchange: str,
+    symbol: str,
+    since: int,
+    until: int,
+    size: int | None = None,
+) -> AsyncIterator[list[Row]]:
+    """The partition's rows in key order, `size` (default :data:`READ_CHUNK`) at a time (keyset pages:
+    memory holds one page of Python rows)."""
+    size = size or READ_CHUNK
+    first, second = (table.column_names.index(k) for k in table.key)
+    after: Row | None = None
+    while True:
+        rows = await source.rows(table, exchange, symbol, since, until, after, size)
+        if rows:
+            yield rows
+        if len(rows) < size:
+            return
+        after = (rows[-1][first], rows[-1][second])
 
 
 def source_for(store: object) -> TableSource:

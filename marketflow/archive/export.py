@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import TextIO
 
 import attrs
+import pyarrow as pa
 import pyarrow.parquet as pq
 import trio
 
 from marketflow.archive import files
-from marketflow.archive.db import Partition, Row, TableSource, source_for
+from marketflow.archive.db import Partition, TableSource, row_chunks, source_for
 from marketflow.archive.reader import TradeArchive
 from marketflow.archive.tables import TABLES, ArchiveError, ArchiveTable, parse_tables
 from marketflow.config import Config
@@ -30,6 +31,7 @@ from marketflow.progress import Progress
 
 __all__ = ["ExportSummary", "add_export_arguments", "export_tables", "parse_bound", "run_export_command"]
 
+TRADES = TABLES["trades"]
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -121,15 +123,19 @@ async def export_tables(
             done = summary.tables.setdefault(table.name, TableSummary())
             for part in parts:
                 low, high = max(since, part.start_us), min(until, part.end_us)
-                rows = await source.rows(table, part.exchange, part.symbol, low, high)
+                chunks: list[pa.Table] = []
+                async for rows in row_chunks(source, table, part.exchange, part.symbol, low, high):
+                    chunks.append(await trio.to_thread.run_sync(files.arrow_rows, table, rows, fmt))
+                    progress.advance(len(rows))
+                new = files.concat(chunks) if chunks else files.arrow_rows(table, [], fmt)
                 if archive is not None and table.name == "trades":
-                    rows = await trio.to_thread.run_sync(_merge_archived, archive, part, rows, low, high)
+                    new = await trio.to_thread.run_sync(_merge_archived, archive, part, new, low, high, fmt)
                 target = files.partition_file(out, table.name, part.exchange, part.symbol, part.day, fmt)
-                _, size = await trio.to_thread.run_sync(files.write_partition, table, rows, target, fmt)
+                _, size = await trio.to_thread.run_sync(files.write_partition, table, new, target, fmt)
+                rows_written = new.num_rows
                 done.partitions += 1
-                done.rows += len(rows)
+                done.rows += rows_written
                 done.bytes += size
-                progress.advance(len(rows))
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -159,13 +165,12 @@ def _file_rows(path: Path) -> int:
 
 
 def _merge_archived(
-    archive: TradeArchive, part: Partition, rows: list[Row], since: int, until: int
-) -> list[Row]:
+    archive: TradeArchive, part: Partition, new: pa.Table, since: int, until: int, fmt: files.Format
+) -> pa.Table:
     if not archive.days(part.exchange, part.symbol, since, until):
-        return rows
-    merged = {(r[0], r[1]): r for r in archive.rows(part.exchange, part.symbol, part.day, since, until)}
-    merged.update({(r[0], r[1]): r for r in rows})
-    return [merged[key] for key in sorted(merged)]
+        return new
+    old = files.arrow_rows(TRADES, archive.rows(part.exchange, part.symbol, part.day, since, until), fmt)
+    return files.merge(old, new, TRADES)
 
 
 def run_export_command(args: argparse.Namespace, config: Config) -> int:

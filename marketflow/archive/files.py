@@ -190,27 +190,52 @@ def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
     return result if isinstance(result, pa.Table) else result.read_all()
 
 
+def arrow_rows(table: ArchiveTable, rows: Sequence[Row], fmt: Format = "parquet") -> pa.Table:
+    """Database rows as the Arrow table a file of `fmt` holds."""
+    return _csv_table(table, rows) if fmt == "csv" else to_arrow(table, rows)
+
+
+def concat(parts: Sequence[pa.Table]) -> pa.Table:
+    """Tables of the same columns as one; a decimal column takes the largest scale of its parts (pyarrow's
+    own promotion would widen to decimal256)."""
+    if len(parts) == 1:
+        return parts[0]
+    fields = []
+    for field in parts[0].schema:
+        if pa.types.is_decimal(field.type):
+            scale = max(p.schema.field(field.name).type.scale for p in parts)
+            fields.append(pa.field(field.name, pa.decimal128(DECIMAL_PRECISION, scale)))
+        else:
+            fields.append(field)
+    schema = pa.schema(fields)
+    return pa.concat_tables([p.cast(schema) for p in parts])
+
+
+def merge(old: pa.Table, new: pa.Table, table: ArchiveTable) -> pa.Table:
+    """Rows of both, one per key (`new`'s wins), in key order."""
+    return _merge(old, new, table.key)
+
+
 def write_partition(
     table: ArchiveTable,
-    rows: Sequence[Row],
+    rows: Sequence[Row] | pa.Table,
     target: Path,
     fmt: Format = "parquet",
     before_rename: Callable[[], None] | None = None,
 ) -> tuple[pa.Table, int]:
-    """Write `rows` into the partition file `target`, merged with the rows it already holds; returns the
-    table written and the file's size in bytes. Atomic and durable (see the module docstring)."""
+    """Write `rows` (database rows, or an :func:`arrow_rows` table) into the partition file `target`,
+    merged with the rows it already holds; returns the table written and the file's size in bytes.
+    Atomic and durable (see the module docstring)."""
     directory = target.parent
     directory.mkdir(parents=True, exist_ok=True)
     remove_temporaries(directory)
-    if fmt == "csv":
-        new = _csv_table(table, rows)
-        if target.exists():
+    new = rows if isinstance(rows, pa.Table) else arrow_rows(table, rows, fmt)
+    if target.exists():
+        if fmt == "csv":
             old = pa_csv.read_csv(target, convert_options=_csv_options(table))
-            new = _merge(old, new, table.key)
-    else:
-        new = to_arrow(table, rows)
-        if target.exists():
-            new = _merge(pq.read_table(target), new, table.key)
+        else:
+            old = pq.read_table(target)
+        new = _merge(old, new, table.key)
     tmp = directory / f"{_TMP_PREFIX}{os.getpid()}-{target.name}"
     try:
         if fmt == "csv":
@@ -350,11 +375,27 @@ def matching_checksum(
     return count, digest.hexdigest()
 
 
+class Checksum:
+    """:func:`checksum`, fed chunk by chunk."""
+
+    def __init__(self, exchange: str, symbol: str) -> None:
+        self._digest = hashlib.sha256()
+        self._prefix = f"{exchange}\t{symbol}\t"
+        self.count = 0
+
+    def update(self, rows: Iterable[Row]) -> None:
+        prefix, update = self._prefix, self._digest.update
+        for row in rows:
+            update((prefix + "\t".join(map(str, row)) + "\n").encode())
+            self.count += 1
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
 def checksum(exchange: str, symbol: str, rows: Iterable[Row]) -> str:
     """SHA-256 over the rows' text, one tab-separated line each, in the order given (callers pass key
     order): what the database holds and what a file gives back must agree on it to the last digit."""
-    digest = hashlib.sha256()
-    prefix = f"{exchange}\t{symbol}\t"
-    for row in rows:
-        digest.update((prefix + "\t".join(map(str, row)) + "\n").encode())
+    digest = Checksum(exchange, symbol)
+    digest.update(rows)
     return digest.hexdigest()

@@ -3,7 +3,7 @@ database into the archive's Parquet files, soon after start and then daily.
 
 One partition (exchange, symbol, day) at a time, in an order that makes every interruption safe:
 
-1. read the day's trades from the database (key order) and their checksum;
+1. read the day's trades from the database (key order, in pages, into Arrow) and their checksum;
 2. unless the partition's file already holds exactly those rows (a resumed run), write the file merged
    with what it held, through a temporary file, fsync, rename, fsync of the directory (`files.py`);
 3. verify: re-read from the file the rows with the day's keys — their count and checksum must equal the
@@ -32,7 +32,7 @@ import pyarrow as pa
 import trio
 
 from marketflow.archive import files
-from marketflow.archive.db import DAY_US, Partition, TableSource, source_for
+from marketflow.archive.db import DAY_US, Partition, TableSource, row_chunks, source_for
 from marketflow.archive.tables import TABLES, ArchiveError
 from marketflow.model import now_us
 
@@ -41,6 +41,7 @@ __all__ = ["ArchiveRun", "Archiver", "ArchiverStatistics", "archive_partition"]
 log = logging.getLogger("marketflow.archive")
 
 TRADES = TABLES["trades"]
+DELETE_KEYS = 100_000
 
 
 def _no_step(step: str) -> None:
@@ -52,27 +53,38 @@ async def archive_partition(
 ) -> int:
     """Move one day of one market's trades into the archive (see the module docstring); returns how many
     trades left the database. `step` is called at each stage (tests kill the process there)."""
-    rows = await source.rows(TRADES, part.exchange, part.symbol, part.start_us, part.end_us)
-    if not rows:
+    digest = files.Checksum(part.exchange, part.symbol)
+    parts: list[pa.Table] = []
+    async for rows in row_chunks(source, TRADES, part.exchange, part.symbol, part.start_us, part.end_us):
+        digest.update(rows)
+        parts.append(await trio.to_thread.run_sync(files.to_arrow, TRADES, rows))
+    if not parts:
         return 0
     step("read")
-    expected = files.checksum(part.exchange, part.symbol, rows)
-    keys = pa.table({"ts": pa.array([r[0] for r in rows], pa.int64()), "id": [r[1] for r in rows]})
+    count, expected = digest.count, digest.hexdigest()
+    new = files.concat(parts)
+    del parts
+    keys = pa.table({"ts": new["ts"].cast(pa.int64()), "id": new["id"]})
     target = files.partition_file(root, TRADES.name, part.exchange, part.symbol, part.day, "parquet")
 
     def write_and_verify() -> None:
-        if not (target.exists() and _holds(target, part, keys, len(rows), expected)):
-            files.write_partition(TRADES, rows, target, "parquet", before_rename=lambda: step("temp_written"))
+        if not (target.exists() and _holds(target, part, keys, count, expected)):
+            files.write_partition(TRADES, new, target, "parquet", before_rename=lambda: step("temp_written"))
         step("renamed")
-        if not _holds(target, part, keys, len(rows), expected):
+        if not _holds(target, part, keys, count, expected):
             raise ArchiveError(
-                f"{target}: the file read back does not hold the {len(rows)} trades written (count or "
+                f"{target}: the file read back does not hold the {count} trades written (count or "
                 "checksum differ); nothing was deleted"
             )
 
     await trio.to_thread.run_sync(write_and_verify)
     step("verified")
-    deleted = await source.delete_trades(part.exchange, part.symbol, [(r[0], r[1]) for r in rows])
+    deleted = 0
+    slice_keys = DELETE_KEYS
+    for start in range(0, count, slice_keys):  # verified keys, a slice at a time (memory: one slice)
+        chunk = keys.slice(start, slice_keys)
+        pairs = list(zip(chunk["ts"].to_pylist(), chunk["id"].to_pylist(), strict=True))
+        deleted += await source.delete_trades(part.exchange, part.symbol, pairs)
     step("deleted")
     return deleted
 

@@ -272,3 +272,27 @@ def test_archive_config_and_the_daemon_child(tmp_path: Path) -> None:
         parse_config('[archive]\nafter_days = "soon"\n', env={})
     with pytest.raises(ConfigError, match=r"archive.every: unknown key"):
         parse_config("[archive]\nevery = 1\n", env={})
+
+
+async def test_paged_reads_and_deletes_move_every_trade_once(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Database pages of 7 rows (keyset on (ts, id): pairs of trades share a ts, so pages split ties),
+    deletes of 5 keys per transaction and 11 per slice: export and archive still hold every trade once."""
+    from marketflow.archive import db, mover
+
+    monkeypatch.setattr(db, "READ_CHUNK", 7)
+    monkeypatch.setattr(db, "DELETE_CHUNK", 5)
+    monkeypatch.setattr(mover, "DELETE_KEYS", 11)
+    trades = make_trades(days=3, per_day=30)
+    store = await filled_store(store_url, trades)
+    root = tmp_path / "archive"
+    try:
+        out = tmp_path / "export"
+        summary = await export_tables(source_for(store), [TABLES["trades"]], out, BASE, BASE + 3 * DAY_US)
+        assert summary.rows == len(trades) and duckdb_rows(out) == sorted(text_row(t) for t in trades)
+        result = await Archiver(store, root, 1, clock=lambda: NOW).run_once()
+        assert result.trades == len(older(trades, 2)) and not result.failed
+        await assert_moved(store, root, trades)
+    finally:
+        await store.close()
