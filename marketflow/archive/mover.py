@@ -85,6 +85,7 @@ async def archive_partition(
         chunk = keys.slice(start, slice_keys)
         pairs = list(zip(chunk["ts"].to_pylist(), chunk["id"].to_pylist(), strict=True))
         deleted += await source.delete_trades(part.exchange, part.symbol, pairs)
+        step("deleted_slice")
     step("deleted")
     return deleted
 

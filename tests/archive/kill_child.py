@@ -1,5 +1,8 @@
 """A child process for the SIGKILL tests: runs one archiving pass and kills itself with SIGKILL when the
-job reaches a named step for the n-th time (`python -m tests.archive.kill_child URL ROOT NOW STEP N`)."""
+job reaches a named step for the n-th time:
+
+    python -m tests.archive.kill_child URL ROOT NOW STEP N [DELETE_KEYS]
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import trio
 
+from marketflow.archive import mover
 from marketflow.archive.mover import Archiver
 from marketflow.storage import open_store
 
@@ -34,4 +38,6 @@ async def _main(url: str, root: str, now: int, step: str, nth: int) -> None:
 
 if __name__ == "__main__":
     url, root, now, step, nth = sys.argv[1:6]
+    if len(sys.argv) > 6:  # keys deleted per slice, so a kill can fall between two slices
+        mover.DELETE_KEYS = int(sys.argv[6])
     trio.run(_main, url, root, int(now), step, int(nth))

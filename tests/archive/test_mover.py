@@ -103,7 +103,7 @@ async def test_archiving_moves_whole_old_days_exactly(store_url: str, tmp_path: 
 
 def _child(url: str, root: Path, step: str, nth: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tests.archive.kill_child", url, str(root), str(NOW), step, str(nth)],
+        [sys.executable, "-m", "tests.archive.kill_child", url, str(root), str(NOW), step, str(nth), "3"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -121,6 +121,8 @@ def _child(url: str, root: Path, step: str, nth: int) -> subprocess.CompletedPro
         ("deleted", 1),
         ("temp_written", 3),
         ("verified", 5),
+        ("deleted_slice", 1),  # between two delete transactions of one partition
+        ("deleted_slice", 9),
     ],
 )
 async def test_sigkill_at_any_step_loses_nothing_and_resumes_without_duplicates(
