@@ -8,8 +8,8 @@ One partition (exchange, symbol, day) at a time, in an order that makes every in
    with what it held, through a temporary file, fsync, rename, fsync of the directory (`files.py`);
 3. verify: re-read from the file the rows with the day's keys — their count and checksum must equal the
    database's, else stop here (nothing deleted);
-4. delete exactly those keys from the database (PostgreSQL: one statement; SQLite: transactions of
-   20 000 keys, each key verified in the file already).
+4. delete exactly those keys from the database, in transactions of 20 000 keys (one statement each on
+   PostgreSQL), each key verified in the file already; rows that arrived meanwhile stay for the next run.
 
 Killed before 2's rename: the old file (or none) and every row in the database; the temporary file is
 removed by the next write. Killed after the rename: the rows are in both places (queries merge them, one
