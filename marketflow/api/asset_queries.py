@@ -54,6 +54,7 @@ from marketflow.api.queries import (
     _check_range,
     _from_storage,
     _interval,
+    _reads,
     parse_bin,
     parse_limit,
 )
@@ -267,7 +268,7 @@ async def _inverse_fold(
 ) -> None:
     """Every trade of an inverse market with `low <= ts < high` (stored, then the ring's unstored) into
     `fold`."""
-    store = ctx.daemon.store
+    store = _reads(ctx, m.exchange, m.symbol, low, high)
     if isinstance(store, TradeScan):
         await store.scan_trades(m.exchange, m.symbol, low, high, fold.consume)
     else:
@@ -277,7 +278,7 @@ async def _inverse_fold(
                 f"the {getattr(store, 'engine_name', 'configured')} store cannot read ranges of trades"
             )
         fold.add_trades(await query(m.exchange, m.symbol, low, high, None))
-    fold.add_trades(await unstored_trades(store, ctx.ring, m.exchange, m.symbol, low, high))  # type: ignore[arg-type]
+    fold.add_trades(await unstored_trades(store, ctx.ring, m.exchange, m.symbol, low, high))
 
 
 async def market_bars(
@@ -308,8 +309,9 @@ async def market_bars(
     source = "live"
     if bars is None:
         source = "storage"
+        low, high = bar_span(since, until, step)
         bars = await stored_bars(
-            ctx.daemon.store,
+            _reads(ctx, m.exchange, m.symbol, low, high),
             ctx.ring,
             m.exchange,
             m.symbol,
@@ -333,7 +335,8 @@ async def market_cells(
         fold = ConvertedFold(m.contract, None, size=size)
         await _inverse_fold(ctx, m, fold, since, until)
         return fold.cells
-    cells = await stored_profile_cells(ctx.daemon.store, ctx.ring, m.exchange, m.symbol, since, until, size)
+    store = _reads(ctx, m.exchange, m.symbol, since, until)
+    cells = await stored_profile_cells(store, ctx.ring, m.exchange, m.symbol, since, until, size)
     return cells if m.contract is None else scale_cells(cells, m.contract.value)
 
 
@@ -446,7 +449,9 @@ async def view_volume_profile(
     grid = size
     if grid is None:
         bins = [
-            await range_bin(ctx.daemon.store, ctx.ring, m.exchange, m.symbol, since, until)
+            await range_bin(
+                _reads(ctx, m.exchange, m.symbol, since, until), ctx.ring, m.exchange, m.symbol, since, until
+            )
             for m in view.markets
         ]
         found = [b for b in bins if b is not None]
