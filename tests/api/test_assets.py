@@ -198,7 +198,10 @@ async def test_a_venue_that_reconnected_shows_its_gap(tmp_path: Path) -> None:
     async def body(daemon: Daemon, sim: SimServer, client: httpx.AsyncClient) -> None:
         since = max(r[0] for k in BTC for r in stored(tmp_path, *k.split("/")[::2], 0, 2**62))
         assert sim.drop_connections("okx") == 2  # one connection per okx feed; bybit's stay up
-        await wait_for(lambda: any(r.channel == "trades" for r in daemon.ledger.query("okx", "BTC-USD-PERP")))
+        okx = ("BTC-USDT", "BTC-USDT-PERP", "BTC-USD-PERP")
+        await wait_for(
+            lambda: all(any(r.channel == "trades" for r in daemon.ledger.query("okx", s)) for s in okx)
+        )
         got = (await client.get("/order-flow", params={"asset": "BTC", "since": str(since // 1000)})).json()
         venues = {g["venue"] for g in got["gaps"]}
         assert {"okx/spot/BTC-USDT", "okx/swap/BTC-USD-PERP", "okx/swap/BTC-USDT-PERP"} <= venues
