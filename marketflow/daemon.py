@@ -35,6 +35,9 @@ from marketflow.capture import Capture
 from marketflow.config import Config, ConfigError, FeedConfig, load_config
 from marketflow.exchanges.base import FrameDecoder
 from marketflow.model import BookUpdate, RawFrames, Trade, native_symbol
+from marketflow.nats.collect import BookPublisher, make_publisher
+from marketflow.nats.serve import RecentIds, ServeSubscriber, mirror_books
+from marketflow.nats.store import StoreConsumer
 from marketflow.pipeline.backfill import Backfiller, BackfillQueue, CatchUp
 from marketflow.pipeline.bookkeeper import BookKeeper, BookSnapshotRow, BookSpec, LiveBooks
 from marketflow.pipeline.feed import Feed, FeedCounters
@@ -130,7 +133,24 @@ class Daemon:
         self.trade_bus: Bus[Trade] = Bus("trades")
         self.book_bus: Bus[BookUpdate] = Bus("books")
         self._raw_sub = self.raw_bus.subscribe("normalizer", capacity, Overflow.BLOCK)
-        self._trade_sub = self.trade_bus.subscribe("storage", capacity, Overflow.BLOCK)
+        # Roles (SPEC §13): without NATS one daemon does all three, trades going straight to storage. With
+        # NATS, collected trades go to JetStream, the store role writes them from there, and the serve role
+        # feeds its live views (`view_bus`) from there: every collector's trades, each once.
+        roles = set(config.daemon.roles)
+        nats = config.nats.enabled and not replay
+        self._collect = "collect" in roles or not nats
+        self._store_role = "store" in roles or not nats
+        serve = "serve" in roles or not nats
+        self._nats_publish = nats and self._collect
+        self._nats_store = nats and self._store_role
+        self._nats_serve = nats and serve
+        self._store_bus: Bus[Trade] = Bus("local") if nats else self.trade_bus
+        self._trade_sub = self._store_bus.subscribe("storage", capacity, Overflow.BLOCK)
+        self._publish_sub = (
+            self.trade_bus.subscribe("nats", capacity, Overflow.BLOCK) if self._nats_publish else None
+        )
+        self.view_bus: Bus[Trade] = Bus("served") if self._nats_serve else self.trade_bus
+        self.recent_ids = RecentIds()
         self._book_sub = self.book_bus.subscribe("books", capacity, Overflow.BLOCK)
         self.capture = (
             Capture(config.capture, config.daemon.state_dir)
@@ -153,6 +173,8 @@ class Daemon:
         for feed in config.feeds:
             book_specs.extend(self._plan_feed(feed))
         self.books = LiveBooks(book_specs, self.ledger)
+        if self._nats_serve and not self._collect:
+            mirror_books(self.books)
         self.backfill = BackfillQueue()
         self.candle_queue: RecordQueue[Candle] = RecordQueue(
             "candles", accept=getattr(self.store, "write_candles", None) is not None
@@ -166,16 +188,16 @@ class Daemon:
         # Analytics must never hold up the feeds: it reads live views with drop-oldest, counted. Disabled
         # (or without intervals) there is no engine and no subscription: queries use stored trades.
         self.analytics: AnalyticsEngine | None = None
-        if config.analytics.enabled and bool(config.analytics.candle_intervals):
+        if config.analytics.enabled and bool(config.analytics.candle_intervals) and serve:
             overflow = Overflow.BLOCK if replay else Overflow.DROP_OLDEST
             self.analytics = AnalyticsEngine(
-                self.trade_bus.subscribe("analytics", capacity, overflow),
+                self.view_bus.subscribe("analytics", capacity, overflow),
                 config.analytics,
                 persist=self.candle_queue.submit,
                 max_bars=config.analytics.live_bars,
             )
         self.ring = TradeRing(
-            self.trade_bus.subscribe("ring", capacity, Overflow.DROP_OLDEST), config.http.trades_ring
+            self.view_bus.subscribe("ring", capacity, Overflow.DROP_OLDEST), config.http.trades_ring
         )
         # HTTP and MCP read everything through one query context.
         self.query = QueryContext(self, self.ring, self.analytics)
@@ -191,7 +213,7 @@ class Daemon:
         rows: list[Child | None] = [
             # First started, last stopped: it records what feeds and REST clients receive until the end.
             None if capture is None else Child("capture", capture.writer, capture.close),
-            Child("storage", self._make_writer, self.trade_bus.close),
+            Child("storage", self._make_writer, self._store_bus.close),
             # After storage: the ledger and the sinks write through the store the writer opened, so they
             # stop (and save what they hold) before it closes.
             Child("gaps", self.ledger.sink),
@@ -201,10 +223,21 @@ class Daemon:
             else Child(
                 "book_snapshots", lambda: RecordSink("book_snapshots", write_snapshots, queue=snapshots)
             ),
+            *self._nats_children("store"),
             # Stopped after every trade publisher (normalizer, backfill): closing the trade bus lets
             # analytics (or, without it, the ring) and then storage drain it to the end.
-            Child("ring", self.ring.feeder, None if analytics is not None else self.trade_bus.close),
-            None if analytics is None else Child("analytics", analytics.feeder, self.trade_bus.close),
+            Child("ring", self.ring.feeder, None if analytics is not None else self.view_bus.close),
+            None if analytics is None else Child("analytics", analytics.feeder, self.view_bus.close),
+            *self._nats_children("serve"),
+            *(self._collect_children() if self._collect else ()),
+            *self._nats_children("collect"),
+            # HTTP and MCP read everything above through the query context; started last, stopped first.
+            None if self._replay else Child("http", self._make_http),
+        ]
+        return [row for row in rows if row is not None]
+
+    def _collect_children(self) -> list[Child]:
+        return [
             Child("books", self._make_book_keeper, self.book_bus.close),
             Child("backfill", self._make_backfiller),
             Child("normalizer", self._make_normalizer, self.raw_bus.close),
@@ -213,10 +246,32 @@ class Daemon:
                 for name, conn in self.connections.items()
                 if not self._replay
             ),
-            # HTTP and MCP read everything above through the query context; started last, stopped first.
-            None if self._replay else Child("http", self._make_http),
         ]
-        return [row for row in rows if row is not None]
+
+    def _nats_children(self, role: str) -> list[Child]:
+        """NATS actors by role (`marketflow/nats/`); none without `[nats] servers`."""
+        config = self.config
+        if role == "store":
+            publish = self._publish_sub
+            return [
+                *(
+                    [Child("nats_store", lambda: StoreConsumer(self.store, config))]
+                    if self._nats_store
+                    else []
+                ),
+                # Drains the trade bus to JetStream once every trade publisher stopped.
+                *(
+                    [Child("nats_trades", lambda: make_publisher(config, publish), self.trade_bus.close)]
+                    if publish is not None
+                    else []
+                ),
+            ]
+        if role == "serve" and self._nats_serve:
+            view = self.view_bus
+            return [Child("nats_serve", lambda: ServeSubscriber(view, self.books, self.recent_ids, config))]
+        if role == "collect" and self._nats_publish:
+            return [Child("nats_books", lambda: BookPublisher(self.books, config))]
+        return []
 
     def _spec(self, child: Child) -> ChildSpec:
         def factory() -> Actor:
@@ -360,7 +415,16 @@ class Daemon:
                 await self._start_feed(fresh[name])
             needs_restart = tuple(
                 section
-                for section in ("daemon", "http", "storage", "supervisor", "books", "analytics", "capture")
+                for section in (
+                    "daemon",
+                    "http",
+                    "storage",
+                    "supervisor",
+                    "books",
+                    "analytics",
+                    "capture",
+                    "nats",
+                )
                 if getattr(new, section) != getattr(self.config, section)
             )
             self.config = attrs.evolve(self.config, feeds=new.feeds, source=new.source, digest=new.digest)
@@ -495,7 +559,7 @@ class Daemon:
         writer = self.writer.statistics() if self.writer is not None else None
         if writer is not None and writer.spool_failing:  # disk full: trades wait in memory, then back up
             problems["spool"] = f"{writer.state}: {writer.spool_error}"
-        for name in self.connections:
+        for name in self.connections if self._collect else ():
             child = children.get(name)
             if child is not None and child.circuit != "closed":
                 problems[name] = f"circuit {child.circuit}"
