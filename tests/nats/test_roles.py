@@ -5,21 +5,29 @@ single-process daemon computes from the same simulator tape."""
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 import pytest
 import trio
 
+from marketflow.config import Config
 from marketflow.daemon import Daemon
 from marketflow.nats.server import NatsServer
-from marketflow.sim import SimConfig, SimServer
+from marketflow.sim import SimConfig, SimServer, SimTrade
 from tests.nats.conftest import with_nats
 from tests.pg import PgCluster, shared_cluster
-from tests.test_pg_end_to_end import expected_rows, pg_config, rows_now, wait_all_stored, wait_until
+from tests.test_pg_end_to_end import expected_rows, pg_config, wait_all_stored, wait_until
 
-SYMBOLS = (("spot", "BTC-USDT"), ("spot", "ETH-USDT"), ("linear", "BTC-USDT-PERP"), ("linear", "ETH-USDT-PERP"))
+SYMBOLS = (
+    ("spot", "BTC-USDT"),
+    ("spot", "ETH-USDT"),
+    ("linear", "BTC-USDT-PERP"),
+    ("linear", "ETH-USDT-PERP"),
+)
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +40,20 @@ def candle_counts(daemon: Daemon) -> dict[str, Any]:
     engine = daemon.analytics
     assert engine is not None
     return {sym: engine.candles("bybit", sym, "1m", 0, None, 1000) for _, sym in SYMBOLS}
+
+
+def with_books(config: Config) -> Config:
+    return attrs.evolve(
+        config, feeds=tuple(attrs.evolve(f, channels=("trades", "book")) for f in config.feeds)
+    )
+
+
+def levels(side: list[tuple[Decimal, Decimal]]) -> list[list[str]]:
+    return [[format(p, "f"), format(q, "f")] for p, q in side]
+
+
+def _symbol(t: SimTrade) -> str:
+    return t.symbol.removesuffix("USDT") + "-USDT" + ("-PERP" if t.category == "linear" else "")
 
 
 def analysed(daemon: Daemon) -> int:
@@ -64,10 +86,12 @@ async def test_collect_store_serve_apart_store_each_trade_once_and_serve_what_on
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
             await nursery.start(sim.run)
-            base = pg_config(tmp_path / "collect", sim, url, flush_interval_s=0.05)
+            base = with_books(pg_config(tmp_path / "collect", sim, url, flush_interval_s=0.05))
             collect = Daemon(with_nats(base, [nats_server], ("collect",)))
             store = Daemon(with_nats(pg_config(tmp_path / "store", sim, url), [nats_server], ("store",)))
-            serve = Daemon(with_nats(pg_config(tmp_path / "serve", sim, url), [nats_server], ("serve",)))
+            serve = Daemon(
+                with_nats(with_books(pg_config(tmp_path / "serve", sim, url)), [nats_server], ("serve",))
+            )
             await nursery.start(store.run)
             await nursery.start(serve.run)
             await wait_until(lambda: serve.actors["nats_serve"].statistics().state == "running")
@@ -76,6 +100,23 @@ async def test_collect_store_serve_apart_store_each_trade_once_and_serve_what_on
             delivered = sim.delivered_trades()
             await wait_until(lambda: analysed(serve) >= len(delivered))
             served = candle_counts(serve)
+            # The serving daemon answers over HTTP for symbols it does not collect: books mirror the
+            # collector's (the simulator stopped, so they no longer change), candles are its live ones.
+            assert serve.http is not None and serve.http.url is not None
+            async with httpx.AsyncClient(base_url=serve.http.url) as client:
+                for _, symbol in SYMBOLS:
+                    # Until the simulator's book topic stopped too (max_frames) and the last book arrived.
+                    while True:
+                        own = collect.books.view("bybit", symbol)
+                        book = (await client.get(f"/book/bybit/{symbol}")).json()
+                        assert own is not None and own.status == book["status"] == "synced"
+                        if book["bids"] == levels(own.bids) and book["asks"] == levels(own.asks):
+                            break
+                        await trio.sleep(0.1)
+                    candles = await client.get("/candles", params={"exchange": "bybit", "symbol": symbol})
+                    assert candles.status_code == 200
+                    total = sum(int(c["trades"]) for c in candles.json()["candles"])
+                    assert total == sum(1 for t in delivered if _symbol(t) == symbol)
             for daemon in (collect, store, serve):
                 await daemon.stop()
             nursery.cancel_scope.cancel()
