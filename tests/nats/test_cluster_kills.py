@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -77,6 +78,18 @@ ack_wait_s = 2
     return path
 
 
+async def until_healthy(log: Path) -> None:
+    """Until the daemon writing `log` reports healthy: every feed streaming, storage running."""
+    text = ""
+    while "HTTP API listening" not in text:
+        await trio.sleep(0.05)
+        text = await trio.Path(log).read_text()
+    url = text.split("HTTP API listening  url=")[1].split()[0]
+    async with httpx.AsyncClient(base_url=url) as client:
+        while (await client.get("/health")).json()["status"] != "healthy":  # noqa: ASYNC110 - over HTTP
+            await trio.sleep(0.05)
+
+
 def analysed(daemon: Daemon) -> int:
     assert daemon.analytics is not None
     return daemon.analytics.statistics().trades
@@ -117,6 +130,8 @@ async def test_sigkill_a_collector_a_nats_node_and_a_store_daemon_loses_nothing_
                 await wait_until(lambda: serve.actors["nats_serve"].statistics().state == "running")
                 for name in ("a", "b"):
                     procs[name] = await start_daemon(toml(name, ("collect",)), logs[name])
+                for name in ("a", "b"):  # a hot pair: both stream before one dies
+                    await until_healthy(logs[name])
                 await grows(100)
                 procs["a"].kill()  # one of the hot pair: the other has every trade too
                 marks = {"a": time.time_ns() // 1000}
@@ -131,7 +146,12 @@ async def test_sigkill_a_collector_a_nats_node_and_a_store_daemon_loses_nothing_
                 rows = await rows_now(pg_cluster, url)
                 stored_keys = {r[:3] for r in rows}
                 missing = [e for e in expected_rows(sim.delivered_trades()) if e[:3] not in stored_keys]
-                assert missing == [], (len(missing), marks)
+                assert missing == [], (
+                    len(missing),
+                    sorted({m[1] for m in missing}),
+                    {k: (min(m[6] for m in missing) - v) // 1000 for k, v in marks.items()},
+                    {k: (max(m[6] for m in missing) - v) // 1000 for k, v in marks.items()},
+                )
                 delivered = sim.delivered_trades()
                 await wait_until(lambda: analysed(serve) >= len(delivered))
                 await trio.sleep(0.5)  # a late duplicate would show up in the counts now
