@@ -25,8 +25,9 @@ from typing import Protocol
 
 from sortedcontainers import SortedDict, SortedList  # type: ignore[import-untyped]
 
+from marketflow.exchanges.bybit.book import BybitBook
+from marketflow.exchanges.orderbook import OrderBook
 from marketflow.model import BookUpdate, Level
-from marketflow.pipeline.books import BybitBook, OrderBook
 
 
 class Book(Protocol):

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", default=None, metavar="HOST:PORT", help="HTTP address (default: [http] listen)"
     )
 
-    sim = sub.add_parser("sim", help="the exchange simulator alone (Bybit v5 and Binance on one port)")
+    sim = sub.add_parser("sim", help="the exchange simulator alone (every venue it speaks, on one port)")
     add_sim_arguments(sim)
 
     replay = sub.add_parser(

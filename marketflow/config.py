@@ -30,6 +30,8 @@ from typing import Any, Final
 
 import attrs
 
+from marketflow.exchanges import VENUES, example_feed_name
+from marketflow.exchanges.base import Market
 from marketflow.model import SymbolError, normalize_symbol
 
 STORAGE_URL_ENV: Final = "MARKETFLOW_STORAGE_URL"
@@ -39,13 +41,7 @@ DEFAULT_CONFIG_FILE: Final = "marketflow.toml"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("console", "json")
 ROLES: Final = ("collect", "store", "serve")
-MARKETS: Final[Mapping[str, tuple[str, ...]]] = {"bybit": ("spot", "linear"), "binance": ("spot", "usdm")}
-PERPETUAL_MARKETS: Final = frozenset({"linear", "usdm"})
 CHANNELS: Final = ("trades", "book")
-BOOK_DEPTHS: Final[Mapping[str, tuple[int, ...]]] = {
-    "bybit": (1, 50, 200, 1000),
-    "binance": (5, 10, 20, 50, 100, 500, 1000, 5000),
-}
 _FLOAT_DECIMAL: Final = 'write decimals as strings, e.g. "10", so they stay exact'
 _FEED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
@@ -54,6 +50,18 @@ _INTERVAL_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SYMBOL = re.compile(r"[A-Z0-9]+-[A-Z0-9]+(-PERP)?")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SCALAR = re.compile(r"[^,\]}#\r\n]+")  # numbers, booleans, dates: up to the next delimiter
+
+
+def _normalized_on_some_venue(symbol: str) -> bool:
+    """True when some market of some venue writes `symbol` normalized exactly so."""
+    for venue in VENUES.values():
+        for market in venue.markets:
+            try:
+                if venue.normalize_symbol(market, symbol) == symbol:
+                    return True
+            except SymbolError:
+                continue
+    return False
 
 
 def _default(cls: type, name: str) -> Any:
@@ -175,7 +183,9 @@ class FeedConfig:
 
     @property
     def perpetual(self) -> bool:
-        return self.market in PERPETUAL_MARKETS
+        venue = VENUES.get(self.exchange)
+        market = None if venue is None else venue.markets.get(self.market)
+        return market is not None and market.perpetual
 
 
 @attrs.frozen
@@ -210,11 +220,11 @@ class Config:
     nats: NatsConfig = NatsConfig()
 
 
-DEFAULT_FEEDS: Final = (
-    FeedConfig("bybit", "spot", ("BTC-USDT", "ETH-USDT")),
-    FeedConfig("bybit", "linear", ("BTC-USDT-PERP", "ETH-USDT-PERP")),
-    FeedConfig("binance", "spot", ("BTC-USDT", "ETH-USDT")),
-    FeedConfig("binance", "usdm", ("BTC-USDT-PERP", "ETH-USDT-PERP")),
+DEFAULT_FEEDS: Final = tuple(
+    FeedConfig(venue.name, market.name, market.default_symbols, book_depth=market.default_book_depth)
+    for venue in VENUES.values()
+    for market in venue.markets.values()
+    if market.default_symbols
 )
 
 
@@ -506,7 +516,11 @@ def _interval_seconds(value: object) -> int:
 
 _Check = Callable[[object], object]
 
-_REQUIRED_FEED_KEYS: Final = {"exchange": '"bybit"', "market": '"spot"', "symbols": '["BTCUSDT"]'}
+_REQUIRED_FEED_KEYS: Final = {
+    "exchange": f'"{next(iter(VENUES))}"',
+    "market": '"spot"',
+    "symbols": '["BTCUSDT"]',
+}
 
 _DAEMON: Final[Mapping[str, _Check]] = {
     "log_level": _choice(*LOG_LEVELS),
@@ -698,7 +712,7 @@ class _Checker:
             if key not in table:
                 self.report((*path, key), f"required key is missing, e.g. {key} = {example}")
         checks: dict[str, _Check] = {
-            "exchange": _choice(*MARKETS),
+            "exchange": _choice(*VENUES),
             "market": _string,
             "symbols": lambda value: value,  # checked below, once the market is known
             "channels": lambda value: self.channels(value, (*path, "channels")),
@@ -711,26 +725,44 @@ class _Checker:
         }
         feed = self.fields(table, path, checks)
         exchange = feed.get("exchange")
+        venue = None if exchange is None else VENUES[exchange]
         if "market" in feed:
-            markets = MARKETS[exchange] if exchange else tuple(dict.fromkeys(sum(MARKETS.values(), ())))
+            if venue is not None:
+                markets = tuple(venue.markets)
+            else:
+                markets = tuple(dict.fromkeys(m for v in VENUES.values() for m in v.markets))
             if feed["market"] not in markets:
                 scope = f" for {exchange}" if exchange else ""
                 got = _describe(feed.pop("market"))
                 self.report((*path, "market"), f"must be one of {', '.join(markets)}{scope}, got {got}")
-        if (
-            exchange is not None
-            and feed.get("book_depth", _default(FeedConfig, "book_depth")) not in BOOK_DEPTHS[exchange]
-        ):
-            depths = ", ".join(map(str, BOOK_DEPTHS[exchange]))
-            got = feed["book_depth"]
-            self.report((*path, "book_depth"), f"must be one of {depths} for {exchange}, got {got}")
+        market = None if venue is None else venue.markets.get(feed.get("market", ""))
+        if venue is not None:
+            # The market's depths; the venue's when the market is not known (the same on every market
+            # of a venue that does not distinguish them, and then the message names just the venue).
+            every = [m.book_depths for m in venue.markets.values()]
+            depths = (
+                market.book_depths if market is not None else tuple(sorted({d for ds in every for d in ds}))
+            )
+            depth_scope = (
+                venue.name
+                if market is None or all(ds == every[0] for ds in every)
+                else f"{venue.name} {market.name}"
+            )
+            default = market.default_book_depth if market is not None else _default(FeedConfig, "book_depth")
+            if feed.get("book_depth", default) not in depths:
+                got = feed.get("book_depth", default)
+                listed = ", ".join(map(str, depths))
+                self.report((*path, "book_depth"), f"must be one of {listed} for {depth_scope}, got {got}")
+            elif market is not None:
+                feed.setdefault("book_depth", market.default_book_depth)
         if "symbols" in feed:
             # Spot or perpetual decides the normalized form, so symbols wait for a valid market.
-            market = feed.get("market") if exchange else None
-            feed["symbols"] = self.symbols(feed["symbols"], (*path, "symbols"), market)
+            feed["symbols"] = self.symbols(feed["symbols"], (*path, "symbols"), exchange, market)
         return feed
 
-    def symbols(self, value: object, path: _Path, market: str | None) -> tuple[str, ...]:
+    def symbols(
+        self, value: object, path: _Path, exchange: str | None, market: Market | None
+    ) -> tuple[str, ...]:
         """Normalized symbols; without a valid `market` only their types are checked."""
         if not isinstance(value, list) or not value:
             got = _describe(value)
@@ -740,14 +772,12 @@ class _Checker:
         for index, item in enumerate(value):
             if not isinstance(item, str):
                 self.report((*path, index), f'must be a symbol string like "BTCUSDT", got {_describe(item)}')
-            elif market is not None:
+            elif exchange is not None and market is not None:
                 try:
-                    symbol = normalize_symbol(item, perpetual=market in PERPETUAL_MARKETS)
-                    if not _SYMBOL.fullmatch(symbol):
-                        raise SymbolError(f"{item!r} holds characters other than letters and digits")
+                    symbol = VENUES[exchange].normalize_symbol(market.name, item)
                 except SymbolError as exc:
-                    form = "BTC-USDT-PERP" if market in PERPETUAL_MARKETS else "BTC-USDT"
-                    self.report((*path, index), f"{exc}; write a {market} symbol as BTCUSDT or {form}")
+                    forms = f"{market.native_example} or {market.normalized_example}"
+                    self.report((*path, index), f"{exc}; write a {market.name} symbol as {forms}")
                     continue
                 if symbol in out:
                     self.report(
@@ -809,12 +839,11 @@ class _Checker:
         bad = len(self.issues)
         out: dict[str, Decimal] = {}
         for symbol, size in table.items():
-            perpetual = symbol.upper().endswith("-PERP")
-            try:
-                normalized = normalize_symbol(symbol, perpetual=perpetual)
-            except SymbolError:
-                normalized = None
-            if normalized != symbol or not _SYMBOL.fullmatch(symbol):
+            if not _normalized_on_some_venue(symbol):
+                try:
+                    normalized = normalize_symbol(symbol, perpetual=symbol.upper().endswith("-PERP"))
+                except SymbolError:
+                    normalized = None
                 example = "'BTC-USDT' or 'BTC-USDT-PERP'"
                 if "-" in symbol and normalized and _SYMBOL.fullmatch(normalized):
                     example = repr(normalized)
@@ -869,7 +898,8 @@ def _replicas(value: object) -> int:
 def _feed_name(value: object) -> str:
     if isinstance(value, str) and _FEED_NAME.fullmatch(value):
         return value
-    raise _Rejected(f"must match [a-z0-9][a-z0-9_-]* (e.g. bybit-spot-2), got {_describe(value)}")
+    example = f"{example_feed_name()}-2"
+    raise _Rejected(f"must match [a-z0-9][a-z0-9_-]* (e.g. {example}), got {_describe(value)}")
 
 
 def _zstd_level(value: object) -> int:

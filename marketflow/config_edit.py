@@ -24,7 +24,7 @@ import tomlkit
 import tomlkit.exceptions
 from tomlkit.items import AoT, Array, Table
 
-from marketflow.config import PERPETUAL_MARKETS, Config, ConfigError, config_digest, parse_config
+from marketflow.config import Config, ConfigError, config_digest, parse_config
 from marketflow.config_overlay import (
     SymbolDelta,
     apply_deltas,
@@ -35,7 +35,8 @@ from marketflow.config_overlay import (
     read_overlay,
     render_overlay,
 )
-from marketflow.model import SymbolError, normalize_symbol
+from marketflow.exchanges import VENUES
+from marketflow.model import SymbolError
 
 _READ_ONLY = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
@@ -100,10 +101,15 @@ def _matches(table: Table | dict[str, Any], exchange: str, market: str, name: st
     return table.get("exchange") == exchange and table.get("market") == market
 
 
-def _same_symbol(written: object, normalized: str, perpetual: bool) -> bool:
+def _same_symbol(written: object, normalized: str, exchange: str, market: str) -> bool:
+    venue = VENUES.get(exchange)
     try:
-        return isinstance(written, str) and normalize_symbol(written, perpetual=perpetual) == normalized
-    except SymbolError:
+        return (
+            isinstance(written, str)
+            and venue is not None
+            and venue.normalize_symbol(market, written) == normalized
+        )
+    except (SymbolError, ValueError):
         return False
 
 
@@ -138,7 +144,8 @@ def edit_symbols(
     if text is None:
         text = _read(file)
     try:
-        normalized = clean_symbol(symbol, market)
+        # An exchange no venue has is refused below, as not collected or by the whole-file check.
+        normalized = clean_symbol(symbol, market, exchange if exchange in VENUES else None)
     except SymbolError as exc:
         raise BadSymbol(f"symbol: {exc}") from exc
     new_text = _edited(
@@ -159,7 +166,6 @@ def _edited(
         doc = tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as exc:
         raise ConfigChanged(f"{file} is not valid TOML ({exc}); finish the edit, then reload") from exc
-    perpetual = market in PERPETUAL_MARKETS
     feeds = _feeds(doc)
     table = next((t for t in feeds or [] if _matches(t, exchange, market, name)), None)
     if add:
@@ -179,7 +185,7 @@ def _edited(
             symbols = table.get("symbols")
             if not isinstance(symbols, Array):
                 raise EditError(f"feed {exchange} {market} has no symbols array to add to")
-            if any(_same_symbol(s, normalized, perpetual) for s in symbols):
+            if any(_same_symbol(s, normalized, exchange, market) for s in symbols):
                 raise EditError(f"{normalized} is already collected from {exchange} {market}")
             symbols.append(normalized)
     else:
@@ -188,7 +194,9 @@ def _edited(
         symbols = table.get("symbols")
         if not isinstance(symbols, Array):
             raise EditError(f"feed {exchange} {market} has no symbols array")
-        index = next((i for i, s in enumerate(symbols) if _same_symbol(s, normalized, perpetual)), None)
+        index = next(
+            (i for i, s in enumerate(symbols) if _same_symbol(s, normalized, exchange, market)), None
+        )
         if index is None:
             raise NotCollected(f"{normalized} is not collected from {exchange} {market}")
         if len(symbols) == 1:
@@ -217,7 +225,7 @@ def change_symbols(
     assert running.source is not None
     try:
         check_market(exchange, market)
-        normalized = clean_symbol(symbol, market)
+        normalized = clean_symbol(symbol, market, exchange)
     except SymbolError as exc:
         raise BadSymbol(str(exc)) from exc
     source = running.source

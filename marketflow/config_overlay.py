@@ -28,8 +28,6 @@ from typing import Any, Final
 import attrs
 
 from marketflow.config import (
-    MARKETS,
-    PERPETUAL_MARKETS,
     Config,
     ConfigError,
     ConfigIssue,
@@ -37,13 +35,14 @@ from marketflow.config import (
     config_digest,
     format_key,
 )
-from marketflow.model import SymbolError, normalize_symbol
+from marketflow.exchanges import VENUES
+from marketflow.exchanges.base import Venue
+from marketflow.model import SymbolError
 
 OVERLAY_FILE: Final = "symbols.toml"
 # The longest listed symbols are under 20 characters (10000000AIDOGEUSDT); anything far longer is junk.
 MAX_SYMBOL_LENGTH: Final = 32
 _SYMBOL_TEXT = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+){0,2}")
-_NORMALIZED = re.compile(r"[A-Z0-9]+-[A-Z0-9]+(-PERP)?")
 _ENTRY_KEYS: Final = ("exchange", "market", "add", "remove")
 
 
@@ -57,10 +56,11 @@ class SymbolDelta:
     remove: tuple[str, ...] = ()
 
 
-def clean_symbol(raw: str, market: str) -> str:
+def clean_symbol(raw: str, market: str, exchange: str | None = None) -> str:
     """The normalized symbol (BTC-USDT, or BTC-USDT-PERP on a perpetual market) of `raw`, written native
-    (BTCUSDT) or normalized. Raises `SymbolError` naming what is wrong: nothing is stripped or guessed, so
-    whitespace, control and non-ASCII characters (look-alikes such as a Cyrillic `С`) are refused."""
+    (BTCUSDT) or normalized, by the venue's rule (`exchange`; without one, the first venue with that
+    market). Raises `SymbolError` naming what is wrong: nothing is stripped or guessed, so whitespace,
+    control and non-ASCII characters (look-alikes such as a Cyrillic `С`) are refused."""
     if not raw:
         raise SymbolError("empty symbol")
     if len(raw) > MAX_SYMBOL_LENGTH:
@@ -76,18 +76,26 @@ def clean_symbol(raw: str, market: str) -> str:
         bad = next((c for c in raw if not (c.isalnum() or c == "-")), None)
         what = f"the character {bad!r}" if bad is not None else "a misplaced '-'"
         raise SymbolError(f"{raw!r} holds {what}; write a symbol as BTCUSDT or BTC-USDT")
-    normalized = normalize_symbol(raw, perpetual=market in PERPETUAL_MARKETS)
-    if not _NORMALIZED.fullmatch(normalized):
-        raise SymbolError(f"{raw!r} is not a {market} symbol like BTCUSDT")
-    return normalized
+    return _venue(exchange, market).normalize_symbol(market, raw)
+
+
+def _venue(exchange: str | None, market: str) -> Venue:
+    if exchange is not None:
+        check_market(exchange, market)
+        return VENUES[exchange]
+    for venue in VENUES.values():
+        if market in venue.markets:
+            return venue
+    raise SymbolError(f"no exchange has a market {market!r}")
 
 
 def check_market(exchange: str, market: str) -> None:
     """Raise `SymbolError` unless `market` is a market of `exchange`."""
-    if exchange not in MARKETS:
-        raise SymbolError(f"unknown exchange {exchange!r}; one of {', '.join(MARKETS)}")
-    if market not in MARKETS[exchange]:
-        raise SymbolError(f"{exchange} has no market {market!r}; one of {', '.join(MARKETS[exchange])}")
+    venue = VENUES.get(exchange)
+    if venue is None:
+        raise SymbolError(f"unknown exchange {exchange!r}; one of {', '.join(VENUES)}")
+    if market not in venue.markets:
+        raise SymbolError(f"{exchange} has no market {market!r}; one of {', '.join(venue.markets)}")
 
 
 def overlay_path(config: Config) -> Path:
@@ -154,7 +162,7 @@ def _delta(index: int, table: dict[str, Any], report: Any) -> SymbolDelta | None
             try:
                 if not isinstance(item, str):
                     raise SymbolError(f'must be a symbol string like "BTCUSDT", got {item!r}')
-                symbols.append(clean_symbol(item, str(market)))
+                symbols.append(clean_symbol(item, str(market), str(exchange)))
             except SymbolError as exc:
                 report((*path, key, i), str(exc))
         lists[key] = tuple(dict.fromkeys(symbols))

@@ -16,7 +16,6 @@ import logging
 import signal
 import ssl
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import attrs
@@ -33,8 +32,8 @@ from marketflow.api.ring import TradeRing
 from marketflow.api.server import HttpServer
 from marketflow.capture import Capture
 from marketflow.config import Config, ConfigError, FeedConfig, load_config
-from marketflow.exchanges.base import FrameDecoder
-from marketflow.model import BookUpdate, RawFrames, Trade, native_symbol
+from marketflow.exchanges.base import FrameDecoder, ReconnectTrades, Venue
+from marketflow.model import BookUpdate, RawFrames, Trade
 from marketflow.nats.collect import BookPublisher, make_publisher
 from marketflow.nats.serve import RecentIds, ServeSubscriber, mirror_books
 from marketflow.nats.store import StoreConsumer
@@ -42,6 +41,7 @@ from marketflow.pipeline.backfill import Backfiller, BackfillQueue, CatchUp
 from marketflow.pipeline.bookkeeper import BookKeeper, BookSnapshotRow, BookSpec, LiveBooks
 from marketflow.pipeline.feed import Feed, FeedCounters
 from marketflow.pipeline.gaps import GapLedger
+from marketflow.pipeline.instruments import InstrumentCatalog, MarketSymbols
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.pipeline.rest import RestClient, WeightBudget
 from marketflow.runtime.actor import Actor
@@ -55,11 +55,9 @@ from marketflow.systemd import Notifier
 
 log = logging.getLogger("marketflow.daemon")
 
-# Share of each venue's published REST weight limit we allow ourselves (the rest is headroom for other
-# clients on the same IP and for the venue's own accounting differences).
+# Share of each venue's published REST weight limit (`Venue.rest_budget`) we allow ourselves (the rest is
+# headroom for other clients on the same IP and for the venue's own accounting differences).
 REST_BUDGET_SHARE = 0.5
-REST_LIMIT_PER_MINUTE = {("binance", "spot"): 6000, ("binance", "usdm"): 2400}
-BYBIT_REQUESTS_PER_MINUTE = 600
 
 
 def _policy(config: Config) -> SupervisorPolicy:
@@ -176,6 +174,8 @@ class Daemon:
         if self._nats_serve and not self._collect:
             mirror_books(self.books)
         self.backfill = BackfillQueue()
+        # Contract terms of the markets whose amounts are contracts: /markets and the large-trade notional.
+        self.instruments = InstrumentCatalog(self._instrument_markets, self.rest_clients)
         self.candle_queue: RecordQueue[Candle] = RecordQueue(
             "candles", accept=getattr(self.store, "write_candles", None) is not None
         )
@@ -195,6 +195,7 @@ class Daemon:
                 config.analytics,
                 persist=self.candle_queue.submit,
                 max_bars=config.analytics.live_bars,
+                contracts=self.instruments.contracts,
             )
         self.ring = TradeRing(
             self.view_bus.subscribe("ring", capacity, Overflow.DROP_OLDEST), config.http.trades_ring
@@ -240,6 +241,7 @@ class Daemon:
         return [
             Child("books", self._make_book_keeper, self.book_bus.close),
             Child("backfill", self._make_backfiller),
+            Child("instruments", self.instruments.loader),
             Child("normalizer", self._make_normalizer, self.raw_bus.close),
             *(
                 Child(name, self._feed_factory(conn))
@@ -294,21 +296,30 @@ class Daemon:
         actor = self.actors.get("backfill")
         return actor if isinstance(actor, Backfiller) else self._make_backfiller()
 
-    def _rest_client(self, venue: ModuleType, feed: FeedConfig) -> None:
+    def _rest_client(self, venue: Venue, feed: FeedConfig) -> None:
         key = (feed.exchange, feed.market)
         if key in self.rest_clients:
             return
-        limit = REST_LIMIT_PER_MINUTE.get(key, BYBIT_REQUESTS_PER_MINUTE)
-        budget = WeightBudget(int(limit * REST_BUDGET_SHARE))
+        published = venue.rest_budget(feed.market)
+        budget = WeightBudget(max(1, int(published.limit * REST_BUDGET_SHARE)), published.window_s)
         url = venue.rest_url(feed.market, feed.rest_url)
         client = None if self.capture is None else self.capture.http_client(feed.exchange, feed.market, url)
         self.rest_clients[key] = RestClient(url, budget, client)
 
+    def _instrument_markets(self) -> list[MarketSymbols]:
+        """Every configured (exchange, market) with its symbols, for the instrument catalog."""
+        merged: dict[tuple[str, str], dict[str, str]] = {}
+        for feed in self.config.feeds:
+            venue = exchanges.venue(feed.exchange)
+            symbols = merged.setdefault((feed.exchange, feed.market), {})
+            symbols.update({venue.native_symbol(feed.market, s): s for s in feed.symbols})
+        return [MarketSymbols(ex, market, symbols) for (ex, market), symbols in merged.items()]
+
     def _plan_feed(self, feed: FeedConfig) -> list[BookSpec]:
         """Register the feed's connections and decoders; return the books it carries."""
-        venue: ModuleType = exchanges.venue(feed.exchange)
+        venue = exchanges.venue(feed.exchange)
         self._rest_client(venue, feed)
-        natives = [native_symbol(s) for s in feed.symbols]
+        natives = [venue.native_symbol(feed.market, s) for s in feed.symbols]
         by_native = dict(zip(natives, feed.symbols, strict=True))
         specs: list[BookSpec] = []
         for plan in venue.connections(feed.market, natives, feed.channels, feed.book_depth, feed.ws_url):
@@ -316,21 +327,22 @@ class Daemon:
             self.connections[name] = Connection(name, feed, plan.url, plan.topics, plan.natives)
             if self.capture is not None:
                 self.capture.add_connection(name, feed, plan.url, plan.topics)
-            self.decoders[name] = venue.FrameDecoder(feed.exchange, feed.market, by_native)
+            self.decoders[name] = venue.decoder(feed.market, by_native)
             self.feed_counters.setdefault(name, FeedCounters())
             if "book" in plan.channels:
                 for topic in plan.topics:
-                    native = _book_native(feed.exchange, topic)
-                    if native is not None:
+                    parsed = venue.parse_topic(feed.market, topic)
+                    if parsed is not None and parsed.channel == "book":
+                        native = parsed.native
                         specs.append(
                             BookSpec(feed.exchange, feed.market, by_native[native], native, name, topic)
                         )
         return specs
 
     def _feed_factory(self, conn: Connection) -> Callable[[], Feed]:
-        venue: ModuleType = exchanges.venue(conn.feed.exchange)
+        venue = exchanges.venue(conn.feed.exchange)
         counters = self.feed_counters[conn.name]
-        on_reconnect: Any = self._on_reconnect
+        on_reconnect: Any = self.on_reconnect
         on_disconnect: Any = self.books.feed_disconnected
         if self.capture is not None:
             on_reconnect, on_disconnect = self.capture.feed_events(on_reconnect, on_disconnect)
@@ -341,7 +353,7 @@ class Daemon:
                 exchange=conn.feed.exchange,
                 market=conn.feed.market,
                 url=conn.url,
-                session_factory=lambda: venue.Session(conn.feed.market, conn.topics),
+                session_factory=lambda: venue.session(conn.feed.market, conn.topics),
                 bus=self.raw_bus,
                 counters=counters,
                 stale_timeout_s=conn.feed.stale_timeout_s,
@@ -428,6 +440,7 @@ class Daemon:
                 if getattr(new, section) != getattr(self.config, section)
             )
             self.config = attrs.evolve(self.config, feeds=new.feeds, source=new.source, digest=new.digest)
+            self.instruments.request_refresh()
         result = ReloadResult(added, removed, restarted, needs_restart)
         log.info("configuration applied", extra=attrs.asdict(result))
         if needs_restart:
@@ -476,21 +489,28 @@ class Daemon:
             return None
 
     async def resubscribe(self, connection: str, topics: list[str]) -> bool:
-        """Resubscribe topics on a connection's live feed (Bybit book resync)."""
+        """Resubscribe topics on a connection's live feed (book resync of `RESUBSCRIBE` venues)."""
         feed = self.feeds.get(connection)
         return False if feed is None else await feed.resubscribe(topics)
 
-    def _on_reconnect(self, connection: str, down_since: int, up_at: int) -> None:
-        """A connection is back: record the outage per symbol; Bybit trades are caught up over REST."""
+    def on_reconnect(self, connection: str, down_since: int, up_at: int) -> None:
+        """A connection is back after being down since `down_since`: record the outage per symbol.
+
+        Books: a closed `gaps` row per symbol (they are re-snapshotted). Trades, by the venue's
+        `trade_recovery().on_reconnect`: `CATCH_UP` opens a row per symbol and asks the backfiller to
+        fetch what was missed; `BY_ID` and `NONE` record the outage closed at once, with the venue's reason
+        (`BY_ID` gaps are found by the first live trade's id and recorded when they are fetched).
+        Called by the feed, and by `marketflow replay` for recorded reconnects.
+        """
         conn = self.connections.get(connection)
         if conn is None:  # removed by a reload meanwhile
             return
         feed = conn.feed
-        by_native = {native_symbol(s): s for s in feed.symbols}
+        venue = exchanges.venue(feed.exchange)
+        by_native = {venue.native_symbol(feed.market, s): s for s in feed.symbols}
         symbols = tuple((native, by_native[native]) for native in conn.natives)
-        channels = {
-            "trades" if "@aggTrade" in t or t.startswith("publicTrade.") else "book" for t in conn.topics
-        }
+        parsed = (venue.parse_topic(feed.market, topic) for topic in conn.topics)
+        channels = {p.channel for p in parsed if p is not None}
         for _, symbol in symbols:
             if "book" in channels:
                 self.ledger.close(
@@ -499,20 +519,19 @@ class Daemon:
                 )
         if "trades" not in channels:
             return
-        if feed.exchange == "bybit":
+        recovery = venue.trade_recovery(feed.market)
+        if recovery.on_reconnect is ReconnectTrades.CATCH_UP:
             records = tuple(
-                self.ledger.open(feed.exchange, symbol, "trades", "disconnected", start=down_since)
+                self.ledger.open(feed.exchange, symbol, "trades", recovery.reconnect_reason, start=down_since)
                 for _, symbol in symbols
             )
-            self.backfiller.request_catch_up(CatchUp(connection, feed.market, symbols, records, down_since))
+            self.backfiller.request_catch_up(
+                CatchUp(connection, feed.exchange, feed.market, symbols, records, down_since)
+            )
         else:
             for _, symbol in symbols:
                 record = self.ledger.open(
-                    feed.exchange,
-                    symbol,
-                    "trades",
-                    "disconnected; missed trades are recovered by aggregate id",
-                    start=down_since,
+                    feed.exchange, symbol, "trades", recovery.reconnect_reason, start=down_since
                 )
                 self.ledger.close(record, end=up_at)
 
@@ -586,14 +605,6 @@ class Daemon:
             "supervisor": attrs.asdict(self.supervisor.statistics(), recurse=False),
             "buses": [self.raw_bus.statistics(), self.trade_bus.statistics(), self.book_bus.statistics()],
         }
-
-
-def _book_native(exchange: str, topic: str) -> str | None:
-    """The native symbol of a book topic (`orderbook.50.BTCUSDT`, `btcusdt@depth@100ms`), else None."""
-    if exchange == "bybit":
-        return topic.rpartition(".")[2] if topic.startswith("orderbook.") else None
-    sym, _, kind = topic.partition("@")
-    return sym.upper() if kind.startswith("depth") else None
 
 
 async def serve(config: Config, notifier: Notifier | None = None) -> None:

@@ -14,29 +14,40 @@ import trio
 
 from marketflow.config import Config, FeedConfig
 from marketflow.daemon import Daemon
-from marketflow.model import normalize_symbol
+from marketflow.exchanges import VENUES
 from marketflow.sim import SimConfig, SimServer
+from marketflow.sim.server import MARKETS as SIM_MARKETS
 
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT")
-DEMO_MARKETS = (("bybit", "spot"), ("bybit", "linear"), ("binance", "spot"), ("binance", "usdm"))
+DEMO_MARKETS = tuple(
+    (exchange, market)
+    for exchange, venue in VENUES.items()
+    for market in venue.markets
+    if market in SIM_MARKETS.get(exchange, ())
+)
+"""Every venue market the simulator speaks."""
 
 
 def demo_config(base: Config, sim: SimServer) -> Config:
-    """`base` with its feeds replaced by Bybit and Binance feeds (trades and books) on the simulator."""
+    """`base` with its feeds replaced by one feed (trades and books) per venue market on the simulator."""
     db = Path(base.daemon.state_dir) / "demo.db"
-    feeds = tuple(
-        FeedConfig(
-            exchange=exchange,
-            market=market,
-            symbols=tuple(normalize_symbol(n, perpetual=market in ("linear", "usdm")) for n in DEMO_SYMBOLS),
-            channels=("trades", "book"),
-            ws_url=sim.bybit_ws_url(market) if exchange == "bybit" else sim.binance_ws_base(market),
-            rest_url=sim.http_url if exchange == "bybit" else sim.binance_rest_base(market),
+    feeds = []
+    for exchange, market in DEMO_MARKETS:
+        venue = VENUES[exchange]
+        ws_url, rest_url = sim.urls(exchange, market)
+        feeds.append(
+            FeedConfig(
+                exchange=exchange,
+                market=market,
+                symbols=tuple(venue.normalize_symbol(market, n) for n in sim.listed(exchange, market)),
+                channels=("trades", "book"),
+                book_depth=venue.markets[market].default_book_depth,
+                ws_url=ws_url,
+                rest_url=rest_url,
+            )
         )
-        for exchange, market in DEMO_MARKETS
-    )
     storage = attrs.evolve(base.storage, url=f"sqlite:///{db}")
-    return attrs.evolve(base, feeds=feeds, storage=storage)
+    return attrs.evolve(base, feeds=tuple(feeds), storage=storage)
 
 
 def demo_simulator(rate: float, seed: int) -> SimServer:
@@ -54,7 +65,11 @@ async def run_demo(base: Config, duration: float | None, rate: float, seed: int)
         await nursery.start(daemon.run)
         db = config.storage.url.removeprefix("sqlite:///")
         url = None if daemon.http is None else daemon.http.url
-        print(f"marketflow demo: HTTP API at {url}  (try {url}/book/bybit/BTC-USDT)", flush=True)
+        first = config.feeds[0]
+        print(
+            f"marketflow demo: HTTP API at {url}  (try {url}/book/{first.exchange}/{first.symbols[0]})",
+            flush=True,
+        )
         print(f"  dashboard at {url}/dashboard  (open it in a browser)", flush=True)
         print(f"  simulator at {sim.http_url}", flush=True)
         for feed in config.feeds:

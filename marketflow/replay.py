@@ -8,9 +8,9 @@ recorded receive time, merged across files in receive-time order. Data frames ar
 by the venue's own session rules; recorded disconnects and reconnects are replayed into the book keeper and
 the gap ledger as the feeds would have reported them.
 
-No network is used. REST calls (Binance book snapshots, trade backfill) are answered from the capture's
-`rest-*` files, each answer no earlier than it was received; a call the capture does not hold gets a 404
-(a Binance book whose snapshot is not in the given files stays `waiting`, a backfill is recorded as failed).
+No network is used. REST calls (book snapshots, trade backfill) are answered from the capture's `rest-*`
+files, each answer no earlier than it was received; a call the capture does not hold gets a 404 (a
+REST-seeded book whose snapshot is not in the given files stays `waiting`, a backfill is recorded as failed).
 
 Time: the pipeline's clock (`model.now_us`, hence gap times, book-snapshot times, candle closing) reads the
 recorded time while replaying. Under a `ReplayClock` (the CLI's `--speed fast`, the default) Trio time stands
@@ -33,7 +33,6 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from types import ModuleType
 from typing import Any
 
 import attrs
@@ -45,7 +44,7 @@ from marketflow import exchanges
 from marketflow.capture import CaptureFileError, CaptureReader, Header, Record
 from marketflow.config import Config
 from marketflow.daemon import Daemon
-from marketflow.exchanges.base import Session, UnknownControl
+from marketflow.exchanges.base import Session, is_data_frame
 from marketflow.model import RawFrames, replay_clock
 from marketflow.pipeline.rest import RestClient, WeightBudget
 from marketflow.progress import Progress
@@ -332,8 +331,8 @@ class Replay:
         sessions: dict[str, tuple[Header, Session]] = {}
         for reader in ws:
             header = reader.header
-            venue: ModuleType = exchanges.venue(header.exchange)
-            sessions.setdefault(header.feed, (header, venue.Session(header.market, header.topics)))
+            venue = exchanges.venue(header.exchange)
+            sessions.setdefault(header.feed, (header, venue.session(header.market, header.topics)))
         counts = {"frames": 0, "data_frames": 0, "events": 0, "last_recv": 0}
         batch: list[RawFrames] = []
         data: list[bytes] = []
@@ -357,7 +356,7 @@ class Replay:
                         counts["frames"] += 1
                         header, session = sessions[feed]
                         message = record.frame_bytes()
-                        if not _is_data(session, message):
+                        if not is_data_frame(session, message):
                             progress.advance(1)
                             continue
                         if data and data_feed != feed:
@@ -434,7 +433,7 @@ class Replay:
         if record.event == "disconnected":
             daemon.books.feed_disconnected(feed)
         elif record.event == "reconnected" and record.down_since is not None:
-            daemon._on_reconnect(feed, record.down_since, record.recv)
+            daemon.on_reconnect(feed, record.down_since, record.recv)
 
     def _summary(
         self,
@@ -469,14 +468,6 @@ class Replay:
             truncated=tuple(self.truncated),
             errors=tuple(self.errors),
         )
-
-
-def _is_data(session: Session, message: bytes) -> bool:
-    """The feed's rule (`Feed._handle`): data frames go to the normalizer, control frames do not."""
-    if session.is_data(message):
-        return True
-    event = session.control(message)
-    return isinstance(event, UnknownControl) and event.reason.startswith("data frame")
 
 
 # ------------------------------------------------------------------------------------------- command

@@ -76,15 +76,16 @@ def depth_imbalance(bids: Sequence[Level], asks: Sequence[Level], depth: int) ->
 
 
 def mid_divergence_bps(
-    binance: tuple[Decimal, int] | None,
-    bybit: tuple[Decimal, int] | None,
+    a: tuple[Decimal, int] | None,
+    b: tuple[Decimal, int] | None,
     *,
     window_us: int = DIVERGENCE_WINDOW_US,
 ) -> Decimal | None:
-    """Binance mid vs Bybit mid in bps of their mean, from ``(mid, ts_us)`` pairs; None if not comparable."""
-    if binance is None or bybit is None:
+    """Mid `a` vs mid `b` (e.g. Binance vs Bybit) in bps of their mean, from ``(mid, ts_us)`` pairs; None if
+    not comparable."""
+    if a is None or b is None:
         return None
-    (mid_a, ts_a), (mid_b, ts_b) = binance, bybit
+    (mid_a, ts_a), (mid_b, ts_b) = a, b
     if abs(ts_a - ts_b) > window_us:
         return None
     with exact():

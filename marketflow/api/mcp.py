@@ -61,6 +61,7 @@ from marketflow.api.routes import (
     TradesOut,
 )
 from marketflow.config import Config, HttpConfig
+from marketflow.exchanges import VENUES, example_feed_name, markets_text
 
 if TYPE_CHECKING:
     from marketflow.api.mcp_sdk import McpTransport
@@ -92,8 +93,8 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 INSTRUCTIONS = (
-    "marketflow collects exact crypto market data live from Bybit and Binance (trades, order books) and "
-    "computes order-flow analytics from it. Call list_markets first: every other market tool takes an "
+    f"marketflow collects exact crypto market data live from {' and '.join(VENUES)} (trades, order books) "
+    "and computes order-flow analytics from it. Call list_markets first: every other market tool takes an "
     "exchange and a symbol from that list (normalized BTC-USDT / BTC-USDT-PERP, or the native BTCUSDT "
     "with market= when ambiguous). Prices and amounts are exact decimal strings; times are ISO 8601 UTC. "
     "Time arguments take ISO 8601 (2026-08-09T12:00:00Z; no zone means UTC) or epoch milliseconds; "
@@ -102,7 +103,9 @@ INSTRUCTIONS = (
 
 # -- arguments --------------------------------------------------------------------------------------------
 
-Exchange = Annotated[str, Meta(description='Exchange name from list_markets: "bybit" or "binance".')]
+Exchange = Annotated[
+    str, Meta(description="Exchange name from list_markets: " + " or ".join(f'"{n}"' for n in VENUES) + ".")
+]
 Symbol = Annotated[
     str,
     Meta(
@@ -110,9 +113,7 @@ Symbol = Annotated[
         "exchange's native spelling (BTCUSDT) together with market= when both markets list it."
     ),
 ]
-Market = Annotated[
-    str, Meta(description='Market of a native symbol: "spot", "linear" (Bybit perps) or "usdm" (Binance).')
-]
+Market = Annotated[str, Meta(description=f"Market of a native symbol: {markets_text()}.")]
 Time = Annotated[
     str | int,
     Meta(description="ISO 8601 UTC (2026-08-09T12:00:00Z; no zone = UTC) or epoch milliseconds (integer)."),
@@ -135,7 +136,11 @@ class NoArgs(msgspec.Struct, forbid_unknown_fields=True):
 class StatusArgs(msgspec.Struct, forbid_unknown_fields=True):
     actor: (
         Annotated[
-            str, Meta(description="Only this actor, e.g. bybit-spot, storage, books (default: every actor).")
+            str,
+            Meta(
+                description=f"Only this actor, e.g. {example_feed_name()}, storage, books "
+                "(default: every actor)."
+            ),
         ]
         | None
     ) = None

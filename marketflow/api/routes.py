@@ -24,6 +24,7 @@ from marketflow.api.auth import require_scope
 from marketflow.api.keys import DEFAULT_DAYS, MAX_DAYS, KeyRequestError, KeyStore, Scope
 from marketflow.api.metrics import CONTENT_TYPE, render
 from marketflow.api.queries import MAX_LIMIT, QueryError, parse_optional_time
+from marketflow.exchanges import VENUES, market_names
 
 __all__ = ["blueprint"]
 
@@ -33,11 +34,13 @@ log = logging.getLogger("marketflow.http")
 Time = Annotated[
     str, Meta(description="ISO 8601 (2026-08-09T12:00:19.680Z; no zone = UTC) or epoch milliseconds")
 ]
-Exchange = Annotated[str, Meta(description="bybit | binance")]
+Exchange = Annotated[str, Meta(description=" | ".join(VENUES))]
 Symbol = Annotated[
     str, Meta(description="normalized (BTC-USDT, BTC-USDT-PERP) or native (BTCUSDT) when unambiguous")
 ]
-Market = Annotated[str, Meta(description="spot | linear | usdm: picks the market of a native symbol")]
+Market = Annotated[
+    str, Meta(description=" | ".join(market_names()) + ": picks the market of a native symbol")
+]
 Limit = Annotated[int, Meta(ge=1, le=MAX_LIMIT)]
 Interval = Annotated[str, Meta(description='a number and s|m|h|d, e.g. "1m", "5m", "1h"')]
 Bin = Annotated[str, Meta(description='price bin as a decimal string, e.g. "10"')]
@@ -318,6 +321,15 @@ class MarketOut(msgspec.Struct):
     symbol: str
     native: str
     channels: list[str]
+    amount_unit: Annotated[
+        Literal["base", "contracts"] | None,
+        Meta(description='what amount counts: "base" currency or "contracts" (null: not loaded yet)'),
+    ]
+    contract_value: Annotated[
+        Dec | None, Meta(description="one contract's worth (base units if linear, quote if inverse)")
+    ]
+    contract_currency: Annotated[str | None, Meta(description="the currency of contract_value")]
+    inverse: Annotated[bool | None, Meta(description="an inverse contract: notional = amount·contract_value")]
 
 
 class MarketsOut(msgspec.Struct):

@@ -34,8 +34,8 @@ import attrs
 import trio
 
 from marketflow.config import FeedConfig, default_config
-from marketflow.exchanges import binance, bybit
-from marketflow.exchanges.base import Decoded
+from marketflow.exchanges import VENUES
+from marketflow.exchanges.base import Decoded, FrameDecoder, Session
 from marketflow.exchanges.ws import connect_ws
 from marketflow.model import RawFrames, Trade
 from marketflow.pipeline.feed import Feed, FeedCounters
@@ -66,20 +66,17 @@ class Venue:
     native: str
     symbol: str
 
-    def session(self) -> Any:
-        if self.exchange == "bybit":
-            return bybit.Session(self.market, [bybit.trade_topic(self.native)])
-        return binance.Session(self.market, [binance.trade_topic(self.native)])
+    def session(self) -> Session:
+        venue = VENUES[self.exchange]
+        depth = venue.markets[self.market].default_book_depth
+        return venue.session(self.market, [venue.topic(self.market, "trades", self.native, depth)])
 
-    def decoder(self) -> Any:
-        module = bybit if self.exchange == "bybit" else binance
-        return module.FrameDecoder(self.exchange, self.market, {self.native: self.symbol})
+    def decoder(self) -> FrameDecoder:
+        return VENUES[self.exchange].decoder(self.market, {self.native: self.symbol})
 
 
 def venue_for(exchange: str, market: str, native: str) -> Venue:
-    base = f"{native[:-4]}-{native[-4:]}" if native.endswith(("USDT", "USDC")) else native
-    symbol = f"{base}-PERP" if market in ("linear", "usdm") else base
-    return Venue(exchange, market, native, symbol)
+    return Venue(exchange, market, native, VENUES[exchange].normalize_symbol(market, native))
 
 
 class Progress:
@@ -265,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", choices=STAGES, required=True)
     parser.add_argument("--url", required=True, help="the venue's WebSocket URL")
     parser.add_argument("--rest-url", default=None)
-    parser.add_argument("--exchange", choices=("bybit", "binance"), default="bybit")
+    parser.add_argument("--exchange", choices=tuple(VENUES), default="bybit")
     parser.add_argument("--market", default="linear")
     parser.add_argument("--symbol", default="BTCUSDT", help="native symbol")
     parser.add_argument("--cafile", default=None, help="CA to trust for wss")

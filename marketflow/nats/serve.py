@@ -16,11 +16,11 @@ import trio
 from nats.aio.msg import Msg
 
 from marketflow.config import Config
+from marketflow.exchanges.orderbook import BookSync, Gap
 from marketflow.model import BookUpdate, Trade
 from marketflow.nats.link import Inbox, NatsError, NatsLink
 from marketflow.nats.schema import PayloadError, unpack_book, unpack_trades
 from marketflow.pipeline.bookkeeper import LiveBooks
-from marketflow.pipeline.books import BookState, BookStatistics, Gap, OrderBook
 from marketflow.runtime.backoff import Backoff
 from marketflow.runtime.bus import Bus
 
@@ -58,48 +58,14 @@ class RecentIds:
         return out
 
 
-class MirrorBook:
+class MirrorBook(BookSync):
     """A `Synchronizer` for a book kept elsewhere: every message is the whole book (a snapshot)."""
 
-    def __init__(self) -> None:
-        self.book = OrderBook()
-        self.state = BookState.WAITING
-        self._id = 0
-        self._snapshots = 0
-
-    @property
-    def last_id(self) -> int | None:
-        return self._id if self.state is BookState.SYNCED else None
-
     def on_update(self, update: BookUpdate) -> Gap | None:
-        return self.on_snapshot(update)
+        return self._set_snapshot(update)
 
     def on_snapshot(self, update: BookUpdate) -> Gap | None:
-        self.book.replace(update.bids, update.asks)
-        self._id = update.last_id
-        self._snapshots += 1
-        self.state = BookState.SYNCED
-        return None
-
-    def needs_snapshot(self) -> bool:
-        return False
-
-    def snapshot_requested(self) -> None:
-        pass
-
-    def snapshot_failed(self) -> None:
-        pass
-
-    def reset(self) -> None:
-        self.book.clear()
-        self.state = BookState.WAITING
-        self._id = 0
-
-    def statistics(self) -> BookStatistics:
-        bids, asks = self.book.depth()
-        return BookStatistics(
-            self.state, self.last_id, bids, asks, 0, 0, 0, 0, self._snapshots, 0, 0, 0, 0, 0
-        )
+        return self._set_snapshot(update)
 
 
 def mirror_books(books: LiveBooks) -> None:

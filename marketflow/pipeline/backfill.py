@@ -1,10 +1,11 @@
 """Trade backfill over REST after a reconnect or a trade-id gap, de-duplicated, counted in the ledger.
 
-- Binance: aggregate ids are contiguous per symbol, so the decoder reports the exact missing range and
-  `GET /api/v3/aggTrades?fromId=` (USD-M `/fapi/v1/aggTrades`) fetches exactly it.
-- Bybit: ids carry no order, so after a reconnect `GET /v5/market/recent-trade` fetches the latest trades
-  and the feed's decoder admits only those newer than the disconnect (minus a margin for clock skew) that
-  it has not seen (it remembers recent ids per symbol).
+The venue decides how (`Venue.trade_recovery`); this actor does the I/O, retries and bookkeeping:
+- `BY_ID` venues (contiguous ids): the decoder reports the exact missing range (`TradeGap`) and
+  `Venue.fill_gap` fetches exactly it, page by page.
+- `CATCH_UP` venues (ids carry no order): after a reconnect `Venue.catch_up` fetches the latest trades and
+  the feed's decoder admits only those newer than the disconnect (minus a margin for clock skew) that it
+  has not seen (it remembers recent ids per symbol).
 
 Requests arrive through non-blocking calls and are worked off one at a time by the actor; REST calls go
 through the exchange market's weight budget. Recovered trades go to the trade bus like live ones.
@@ -19,9 +20,9 @@ import attrs
 import msgspec
 import trio
 
-from marketflow.exchanges import binance, bybit
-from marketflow.exchanges.base import FrameDecoder, TradeGap
-from marketflow.model import GapRecord, Trade, now_us
+from marketflow import exchanges
+from marketflow.exchanges.base import Fetch, FrameDecoder, RestRequest, TradeGap
+from marketflow.model import GapRecord, Trade
 from marketflow.pipeline.gaps import GapLedger
 from marketflow.pipeline.rest import RestClient, RestError
 from marketflow.runtime.backoff import Backoff
@@ -33,15 +34,14 @@ QUEUE = 1024
 ATTEMPTS = 5
 # Trades this much older than the local disconnect time are still considered (exchange/local clock skew).
 CLOCK_MARGIN_US = 10_000_000
-# A Binance gap wider than this is not fetched whole (100 requests of 1000 trades).
-MAX_BINANCE_GAP = 100_000
 
 
 @attrs.frozen
 class CatchUp:
-    """A Bybit feed reconnected: fetch what each of its symbols traded while it was down."""
+    """A connection of a `CATCH_UP` venue is back: fetch what each of its symbols traded while it was down."""
 
     feed: str
+    exchange: str
     market: str
     symbols: tuple[tuple[str, str], ...]  # (native, normalized)
     records: tuple[GapRecord, ...]
@@ -141,9 +141,9 @@ class Backfiller:
                 request = await self.queue.receive()
                 self.queue.requests += 1
                 if isinstance(request, TradeGap):
-                    await self._binance_gap(request)
+                    await self._fill_gap(request)
                 else:
-                    await self._bybit_catch_up(request)
+                    await self._catch_up(request)
 
     def _close_interrupted(self) -> None:
         """Close what an earlier backfiller left open: it ended (a crash, or a stop) in the middle of it."""
@@ -168,37 +168,32 @@ class Backfiller:
                 await trio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _binance_gap(self, gap: TradeGap) -> None:
+    def _fetch(self, client: RestClient) -> Fetch:
+        async def fetch(request: RestRequest) -> bytes:
+            return await self._get(client, request.path, request.params, request.weight)
+
+        return fetch
+
+    async def _fill_gap(self, gap: TradeGap) -> None:
+        venue = exchanges.venue(gap.exchange)
+        recovery = venue.trade_recovery(gap.market)
         last_missing = gap.next_seen - 1
-        reason = f"aggregate trade ids {gap.first_missing}..{last_missing} missing"
+        reason = f"{recovery.id_name} {gap.first_missing}..{last_missing} missing"
         record = self._ledger.open(gap.exchange, gap.symbol, "trades", reason, start=gap.since_ts)
         self.queue.in_hand = [record]
         client = self._clients.get((gap.exchange, gap.market))
-        if client is None or gap.next_seen - gap.first_missing > MAX_BINANCE_GAP:
+        if client is None or gap.next_seen - gap.first_missing > recovery.max_gap:
             why = "no REST endpoint" if client is None else "gap too wide to fetch"
             self._ledger.close(
                 msgspec.structs.replace(record, reason=f"{reason}; not backfilled: {why}"), end=gap.until_ts
             )
             return
         recovered = 0
-        cursor = gap.first_missing
         try:
-            while cursor < gap.next_seen:
-                body = await self._get(
-                    client,
-                    binance.AGG_TRADES_PATH[gap.market],
-                    {"symbol": gap.native, "fromId": cursor, "limit": 1000},
-                    binance.AGG_TRADES_WEIGHT[gap.market],
-                )
-                rows = binance.parse_rest_agg_trades(body, gap.exchange, gap.symbol, now_us())
-                wanted = [t for t in rows if gap.first_missing <= int(t.id) < gap.next_seen]
-                if wanted:
-                    await self._trades.publish(wanted)
-                    recovered += len(wanted)
-                    self.queue.in_hand = [msgspec.structs.replace(record, recovered=recovered)]
-                if not rows:
-                    break
-                cursor = int(rows[-1].id) + 1
+            async for page in venue.fill_gap(gap, self._fetch(client)):
+                await self._trades.publish(page)
+                recovered += len(page)
+                self.queue.in_hand = [msgspec.structs.replace(record, recovered=recovered)]
         except (RestError, ValueError) as exc:
             self.queue.failed += 1
             log.error("backfill failed", extra={"symbol": gap.symbol, "error": str(exc)})
@@ -207,10 +202,10 @@ class Backfiller:
         self.queue.in_hand = []
         self._ledger.close(record, recovered=recovered, end=gap.until_ts)
 
-    async def _bybit_catch_up(self, request: CatchUp) -> None:
+    async def _catch_up(self, request: CatchUp) -> None:
         decoder = self._decoders.get(request.feed)
-        client = self._clients.get(("bybit", request.market))
-        if not isinstance(decoder, bybit.FrameDecoder) or client is None:
+        client = self._clients.get((request.exchange, request.market))
+        if decoder is None or client is None:
             for record in request.records:
                 self._ledger.close(
                     msgspec.structs.replace(
@@ -219,20 +214,12 @@ class Backfiller:
                 )
             return
         self.queue.in_hand = list(request.records)
+        venue = exchanges.venue(request.exchange)
+        fetch = self._fetch(client)
         for (native, symbol), record in zip(request.symbols, request.records, strict=True):
             recovered = 0
             try:
-                body = await self._get(
-                    client,
-                    bybit.RECENT_TRADE_PATH,
-                    {
-                        "category": request.market,
-                        "symbol": native,
-                        "limit": bybit.RECENT_TRADE_LIMIT[request.market],
-                    },
-                    1,
-                )
-                fetched = bybit.parse_recent_trades(body, "bybit", symbol, now_us())
+                fetched = await venue.catch_up(request.market, native, symbol, fetch)
                 since = request.down_since - CLOCK_MARGIN_US
                 admitted = decoder.admit_backfill(native, fetched, since)
                 if admitted:

@@ -1,11 +1,12 @@
 """The book keeper actor: applies book updates per symbol, checks every one, resyncs only what broke.
 
-Each symbol has its own synchronizer (`books.py`) with its venue's sequence rule. A gap or a crossed book
-puts that symbol alone into `resyncing` (its book is emptied, so nothing built across the gap can be read),
-opens a record in the gap ledger, and starts a recovery: Binance books are re-seeded from a REST snapshot
-(through the exchange market's weight budget, a few at a time, so a mass reconnect cannot cause a
-snapshot storm); Bybit topics are resubscribed, which makes Bybit send a fresh snapshot. When the book is
-synced again the ledger record is closed. Synced books are written as top-N snapshots periodically.
+Each symbol has its own synchronizer (`Venue.synchronizer`) with its venue's sequence rule. A gap or a
+crossed book puts that symbol alone into `resyncing` (its book is emptied, so nothing built across the gap
+can be read), opens a record in the gap ledger, and starts the venue's recovery (`Venue.book_recovery`):
+`REST_SNAPSHOT` books are re-seeded from a REST snapshot (through the exchange market's weight budget, a
+few at a time, so a mass reconnect cannot cause a snapshot storm); `RESUBSCRIBE` topics are resubscribed,
+which makes the venue send a fresh snapshot. When the book is synced again the ledger record is closed.
+Synced books are written as top-N snapshots periodically.
 """
 
 from __future__ import annotations
@@ -16,17 +17,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import attrs
 import trio
 
-from marketflow.exchanges import binance
+from marketflow import exchanges
+from marketflow.exchanges.base import BookRecovery
+from marketflow.exchanges.orderbook import BookState, BookStatistics, Gap, Synchronizer
 from marketflow.model import BookUpdate, GapRecord, Level, now_us
-from marketflow.pipeline.books import (
-    BinanceSpotBook,
-    BinanceUsdmBook,
-    BookState,
-    BookStatistics,
-    BybitBook,
-    Gap,
-    Synchronizer,
-)
 from marketflow.pipeline.gaps import GapLedger
 from marketflow.pipeline.rest import RestClient, RestError
 from marketflow.runtime.bus import Subscription, receive_batches
@@ -81,11 +75,7 @@ class KeeperStatistics:
 
 
 def make_synchronizer(exchange: str, market: str) -> Synchronizer:
-    if exchange == "bybit":
-        return BybitBook()
-    if market == "usdm":
-        return BinanceUsdmBook()
-    return BinanceSpotBook()
+    return exchanges.venue(exchange).synchronizer(market)
 
 
 class LiveBooks:
@@ -257,7 +247,8 @@ class BookKeeper:
         log.warning(
             "book resyncing", extra={"exchange": spec.exchange, "symbol": spec.symbol, "reason": gap.reason}
         )
-        if spec.exchange == "bybit" and self._nursery is not None:
+        recovery = exchanges.venue(spec.exchange).book_recovery(spec.market)
+        if recovery is BookRecovery.RESUBSCRIBE and self._nursery is not None:
             self._nursery.start_soon(self._resubscribe_topic, spec)
 
     def _on_synced(self, key: tuple[str, str]) -> None:
@@ -293,15 +284,12 @@ class BookKeeper:
         try:
             if client is None:
                 raise RestError(f"no REST endpoint for {spec.exchange} {spec.market}")
-            limit = binance.SNAPSHOT_LIMIT[spec.market]
+            venue = exchanges.venue(spec.exchange)
+            request = venue.snapshot_request(spec.market, spec.native)
             async with self._limiter:
                 self.live.snapshot_requests += 1
-                body = await client.get(
-                    binance.DEPTH_PATH[spec.market],
-                    {"symbol": spec.native, "limit": limit},
-                    binance.depth_weight(spec.market, limit),
-                )
-            snapshot = binance.parse_rest_depth(body, spec.exchange, spec.symbol, now_us())
+                body = await client.get(request.path, request.params, request.weight)
+            snapshot = venue.parse_snapshot(spec.market, body, spec.symbol, now_us())
         except (RestError, ValueError) as exc:
             self.live.snapshot_failures += 1
             log.warning("book snapshot failed", extra={"symbol": spec.symbol, "error": str(exc)})

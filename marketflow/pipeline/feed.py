@@ -5,8 +5,8 @@ stale, no ack) the feed raises `FeedError` and its supervisor starts a fresh one
 jitter — that is the reconnect loop, and it resubscribes every time. Counters live in a `FeedCounters` the
 daemon keeps across instances, so statistics survive reconnects.
 
-Venues that cut connections at a fixed age (Binance: 24 h) or announce a restart (`serverShutdown`) get a
-replacement connection opened and subscribed *before* the old one closes. The replacement's frames are
+Venues that cut connections at a fixed age (`Session.max_lifetime_s`) or announce a restart (`Reconnect`)
+get a replacement connection opened and subscribed *before* the old one closes. The replacement's frames are
 held back until the old connection has ended, then published in order; the overlap is de-duplicated
 downstream (trade ids, book update ids).
 """
@@ -23,6 +23,7 @@ import trio
 from marketflow.exchanges.base import (
     Ack,
     ControlEvent,
+    DataFrame,
     Pong,
     Reconnect,
     Session,
@@ -153,7 +154,7 @@ class Feed:
         self._rotate_now.set()
 
     async def resubscribe(self, topics: Sequence[str]) -> bool:
-        """Resubscribe topics on the live connection (Bybit answers with a fresh book snapshot).
+        """Resubscribe topics on the live connection (the venue answers with a fresh book snapshot).
 
         Returns False when there is no live connection — a new one subscribes to everything anyway.
         """
@@ -348,13 +349,13 @@ class Feed:
                 data.append(message)
                 continue
             event = session.control(message)
+            if isinstance(event, DataFrame):
+                # The control decoder recognised a data frame whose keys come in another order.
+                data.append(message)
+                continue
             if isinstance(event, Pong):
                 counters.pongs += 1
             elif isinstance(event, UnknownControl):
-                # The control decoder may still recognise a data frame whose keys come in another order.
-                if event.reason.startswith("data frame"):
-                    data.append(message)
-                    continue
                 counters.unknown_control += 1
                 log.warning(
                     "unknown frame ignored",

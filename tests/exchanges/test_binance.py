@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from marketflow.exchanges import binance
-from marketflow.exchanges.base import Ack, Decoded, Reconnect, TradeGap, UnknownControl
+from marketflow.exchanges.base import Ack, DataFrame, Decoded, Reconnect, TradeGap, UnknownControl
 from marketflow.model import BookUpdate, Trade
 
 SPOT_AGG = (
@@ -165,6 +165,9 @@ def test_subscribe_messages_and_acks() -> None:
     assert session.control(shutdown) == Reconnect("serverShutdown")
     assert session.control(b'{"e":"serverShutdown","E":1}') == Reconnect("serverShutdown")
     assert isinstance(session.control(b"nope"), UnknownControl)
+    # A data frame whose keys come in another order is recognised as data by the control decoder.
+    reordered = b'{"data":{"e":"aggTrade"},"stream":"btcusdt@aggTrade"}'
+    assert not session.is_data(reordered) and session.control(reordered) == DataFrame()
     assert session.heartbeat() is None and session.resubscribe_requests(["x"]) == []
 
 

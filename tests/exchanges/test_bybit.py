@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from marketflow.exchanges import bybit
-from marketflow.exchanges.base import Ack, Decoded, Pong, UnknownControl
+from marketflow.exchanges.base import Ack, DataFrame, Decoded, Pong, UnknownControl, is_data_frame
 from marketflow.model import Trade
 from marketflow.pipeline import backfill
 
@@ -152,8 +152,8 @@ def test_unknown_control_frames() -> None:
     # A data frame whose keys come in another order is recognised as data by the control decoder.
     reordered = b'{"ts":1,"topic":"publicTrade.BTCUSDT","type":"snapshot","data":[]}'
     assert not session.is_data(reordered)
-    event = session.control(reordered)
-    assert isinstance(event, UnknownControl) and event.reason.startswith("data frame")
+    assert isinstance(session.control(reordered), DataFrame)
+    assert is_data_frame(session, reordered)
 
 
 def test_ws_url_override_and_unknown_market() -> None:
@@ -224,7 +224,7 @@ def trade_frame(ms: int, *ids: int) -> bytes:
 
 
 def test_duplicate_memory_is_bounded_in_two_generations(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bybit, "RECENT_IDS", 3)
+    monkeypatch.setattr(bybit.frames, "RECENT_IDS", 3)
     decoder = bybit.FrameDecoder("bybit", "linear", {"BTCUSDT": "BTC-USDT-PERP"})
 
     def frame(*ids: int) -> bytes:
@@ -291,7 +291,7 @@ def test_equal_decimal_strings_share_one_object_and_stay_exact() -> None:
 
 
 def test_the_decimal_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bybit, "DECIMAL_INTERN_MAX", 10)
+    monkeypatch.setattr(bybit.frames, "DECIMAL_INTERN_MAX", 10)
     decoder = bybit.FrameDecoder("bybit", "linear", {"BTCUSDT": "BTC-USDT-PERP"})
     rows = ",".join(
         f'{{"T":1700000000000,"s":"BTCUSDT","S":"Sell","v":"1","p":"{100 + i}.5","i":"x{i}"}}'

@@ -17,17 +17,10 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from marketflow.exchanges.binance.book import BinanceSpotBook, BinanceUsdmBook
+from marketflow.exchanges.bybit.book import BybitBook
+from marketflow.exchanges.orderbook import BookState, Gap, OrderBook, Synchronizer, book_view
 from marketflow.model import BookUpdate, Level
-from marketflow.pipeline.books import (
-    BinanceSpotBook,
-    BinanceUsdmBook,
-    BookState,
-    BybitBook,
-    Gap,
-    OrderBook,
-    Synchronizer,
-    book_view,
-)
 
 
 def lv(price: str, amount: str) -> Level:

@@ -1,5 +1,7 @@
 """Binance spot and USD-M public streams: aggTrade and diff depth (PROTOCOLS.md §2, §3).
 
+Connections, topics, the per-connection `Session` and the `FrameDecoder` (the hot path).
+
 Combined streams (`/stream`) with SUBSCRIBE messages carrying integer ids, each result checked. USD-M is
 split by routed paths: depth on `/public`, trades on `/market` (an unrouted connection only receives
 `/public` streams). A connection holds at most 1024 streams; more are sharded. Aggregate trade ids are
@@ -19,6 +21,7 @@ from marketflow.exchanges.base import (
     Ack,
     ConnectionPlan,
     ControlEvent,
+    DataFrame,
     DecodeCounters,
     Decoded,
     Reconnect,
@@ -29,7 +32,7 @@ from marketflow.exchanges.base import (
 from marketflow.model import BookUpdate, Level, Trade
 
 EXCHANGE = "binance"
-MARKETS: dict[str, bool] = {"spot": False, "usdm": True}
+MARKET_NAMES = ("spot", "usdm")
 DEFAULT_WS = {"spot": "wss://stream.binance.com:9443", "usdm": "wss://fstream.binance.com"}
 DEFAULT_REST = {"spot": "https://api.binance.com", "usdm": "https://fapi.binance.com"}
 MAX_STREAMS_PER_CONNECTION = 1024
@@ -46,8 +49,8 @@ log = logging.getLogger("marketflow.exchanges.binance")
 
 
 def _check(market: str) -> None:
-    if market not in MARKETS:
-        raise ValueError(f"binance has no market {market!r}; expected one of {sorted(MARKETS)}")
+    if market not in MARKET_NAMES:
+        raise ValueError(f"binance has no market {market!r}; expected one of {sorted(MARKET_NAMES)}")
 
 
 def ws_url(market: str, override: str | None = None) -> str:
@@ -117,7 +120,7 @@ class _Combined(msgspec.Struct):
     data: msgspec.Raw
 
 
-class _AggTrade(msgspec.Struct):
+class AggTrade(msgspec.Struct):
     a: int
     p: Decimal
     q: Decimal
@@ -137,7 +140,7 @@ class _Depth(msgspec.Struct):
 
 _result_decoder = msgspec.json.Decoder(_Result)
 _combined_decoder = msgspec.json.Decoder(_Combined)
-_agg_decoder = msgspec.json.Decoder(_AggTrade)
+_agg_decoder = msgspec.json.Decoder(AggTrade)
 _depth_decoder = msgspec.json.Decoder(_Depth)
 
 
@@ -192,7 +195,7 @@ class Session:
         if msg.e == "serverShutdown" or msg.stream == "!serverShutdown":
             return Reconnect("serverShutdown")
         if msg.stream is not None:
-            return UnknownControl("data frame with its stream out of the usual place")
+            return DataFrame()  # a data frame with its stream out of the usual place
         if msg.error is not None:
             reason = f"code {msg.error.code}: {msg.error.msg}"
             return Ack(None if msg.id is None else str(msg.id), False, reason)
@@ -244,7 +247,7 @@ class FrameDecoder:
                     extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
                 )
 
-    def _trade(self, sym: str, symbol: str, t: _AggTrade, recv_ts: int, out: Decoded) -> None:
+    def _trade(self, sym: str, symbol: str, t: AggTrade, recv_ts: int, out: Decoded) -> None:
         ts = t.T * 1000
         last = self.last_trade.get(sym)
         if last is not None:
@@ -264,50 +267,6 @@ class FrameDecoder:
         )
         self.counters.trades += 1
 
-
-def parse_rest_agg_trades(body: bytes, exchange: str, symbol: str, recv_ts: int) -> list[Trade]:
-    """`GET /api/v3/aggTrades` (or `/fapi/v1/aggTrades`) → trades, oldest first."""
-    try:
-        rows = msgspec.json.decode(body, type=list[_AggTrade])
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"binance aggTrades answer not understood: {exc}") from exc
-    return [
-        Trade(exchange, symbol, str(t.a), t.p, t.q, "sell" if t.m else "buy", t.T * 1000, recv_ts)
-        for t in rows
-    ]
-
-
-class _RestDepth(msgspec.Struct):
-    lastUpdateId: int
-    bids: list[Level]
-    asks: list[Level]
-    E: int | None = None
-    T: int | None = None
-
-
-def parse_rest_depth(body: bytes, exchange: str, symbol: str, recv_ts: int) -> BookUpdate:
-    """`GET /api/v3/depth` (or `/fapi/v1/depth`) → a snapshot `BookUpdate` with `lastUpdateId` as its ids."""
-    try:
-        d = msgspec.json.decode(body, type=_RestDepth)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"binance depth snapshot not understood: {exc}") from exc
-    ts = (d.T or d.E or recv_ts // 1000) * 1000
-    return BookUpdate(
-        exchange, symbol, True, d.lastUpdateId, d.lastUpdateId, None, d.bids, d.asks, ts, recv_ts
-    )
-
-
-DEPTH_PATH = {"spot": "/api/v3/depth", "usdm": "/fapi/v1/depth"}
-AGG_TRADES_PATH = {"spot": "/api/v3/aggTrades", "usdm": "/fapi/v1/aggTrades"}
-# Snapshot limit and its request weight (PROTOCOLS §2.6, §3).
-SNAPSHOT_LIMIT = {"spot": 1000, "usdm": 1000}
-WEIGHT_PER_MINUTE = {"spot": 6000, "usdm": 2400}
-
-
-def depth_weight(market: str, limit: int) -> int:
-    if market == "spot":
-        return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
-    return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
-
-
-AGG_TRADES_WEIGHT = {"spot": 4, "usdm": 20}
+    def admit_backfill(self, native: str, trades: list[Trade], since_ts: int) -> list[Trade]:
+        """Binance gaps are filled by id (`rest.fill_gap`), never caught up: only the time bound applies."""
+        return sorted((t for t in trades if t.ts >= since_ts), key=lambda t: t.ts)

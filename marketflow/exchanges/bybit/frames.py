@@ -1,5 +1,7 @@
 """Bybit v5 public streams: spot and linear `publicTrade` and `orderbook.{depth}` (PROTOCOLS.md §1).
 
+Connections, topics, the per-connection `Session` and the `FrameDecoder` (the hot path).
+
 Frames are decoded straight into small Structs: first the envelope with `data` left raw, then `data` by the
 topic's kind. Spot trade ids are numeric strings above 2^53 and stay strings; linear ids are UUIDs, so
 unlike Binance there is no id continuity to check: after a reconnect the feed's missed trades are fetched
@@ -19,6 +21,7 @@ from marketflow.exchanges.base import (
     Ack,
     ConnectionPlan,
     ControlEvent,
+    DataFrame,
     DecodeCounters,
     Decoded,
     Pong,
@@ -28,7 +31,7 @@ from marketflow.exchanges.base import (
 from marketflow.model import BookUpdate, Level, Trade
 
 EXCHANGE = "bybit"
-MARKETS: dict[str, bool] = {"spot": False, "linear": True}
+MARKET_NAMES = ("spot", "linear")
 DEFAULT_WS = {
     "spot": "wss://stream.bybit.com/v5/public/spot",
     "linear": "wss://stream.bybit.com/v5/public/linear",
@@ -51,22 +54,20 @@ RECENT_SPAN_US = 20_000_000
 DECIMAL_INTERN_MAX = 20_000
 """Distinct price/size strings kept per decoder before the table starts over: at most ~4 MB (50k was a
 10 MB saw-tooth in a 100-symbol daemon); a walking price revisits recent values, so hits stay high."""
-RECENT_TRADE_PATH = "/v5/market/recent-trade"
-RECENT_TRADE_LIMIT = {"spot": 60, "linear": 1000}
 
 log = logging.getLogger("marketflow.exchanges.bybit")
 
 
 def ws_url(market: str, override: str | None = None) -> str:
     """The stream URL of a market: the override as given (it is the full URL), else mainnet's."""
-    if market not in MARKETS:
-        raise ValueError(f"bybit has no market {market!r}; expected one of {sorted(MARKETS)}")
+    if market not in MARKET_NAMES:
+        raise ValueError(f"bybit has no market {market!r}; expected one of {sorted(MARKET_NAMES)}")
     return override or DEFAULT_WS[market]
 
 
 def rest_url(market: str, override: str | None = None) -> str:
-    if market not in MARKETS:
-        raise ValueError(f"bybit has no market {market!r}; expected one of {sorted(MARKETS)}")
+    if market not in MARKET_NAMES:
+        raise ValueError(f"bybit has no market {market!r}; expected one of {sorted(MARKET_NAMES)}")
     return (override or DEFAULT_REST).rstrip("/")
 
 
@@ -150,7 +151,7 @@ class Session:
     """Protocol rules for one Bybit connection (one market, several symbols)."""
 
     def __init__(self, market: str, topics: Sequence[str]) -> None:
-        if market not in MARKETS:
+        if market not in MARKET_NAMES:
             raise ValueError(f"bybit has no market {market!r}")
         self.market = market
         self.topics = list(topics)
@@ -198,7 +199,7 @@ class Session:
         except msgspec.DecodeError as exc:
             return UnknownControl(f"undecodable frame: {exc}")
         if msg.topic is not None:
-            return UnknownControl("data frame with its topic out of the usual place")
+            return DataFrame()  # a data frame with its topic out of the usual place
         if msg.ret_msg == "pong" or msg.op == "pong":
             return Pong()
         if msg.op in ("subscribe", "unsubscribe") and msg.success is not None:
@@ -370,38 +371,3 @@ class FrameDecoder:
             current.add(t.id)
             admitted.append(t)
         return admitted
-
-
-class _RestTrade(msgspec.Struct):
-    execId: str
-    price: Decimal
-    size: Decimal
-    side: Literal["Buy", "Sell"]
-    time: str
-
-
-class _RestTrades(msgspec.Struct):
-    items: list[_RestTrade] = msgspec.field(name="list")
-
-
-class _RestResponse(msgspec.Struct):
-    retCode: int
-    retMsg: str
-    result: msgspec.Raw = msgspec.Raw(b"null")
-
-
-def parse_recent_trades(body: bytes, exchange: str, symbol: str, recv_ts: int) -> list[Trade]:
-    """`GET /v5/market/recent-trade` → trades, oldest first. A non-zero `retCode` raises ValueError."""
-    try:
-        response = msgspec.json.decode(body, type=_RestResponse)
-        if response.retCode != 0:
-            raise ValueError(f"bybit recent-trade refused: retCode {response.retCode}: {response.retMsg}")
-        result = msgspec.json.decode(response.result, type=_RestTrades)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"bybit recent-trade answer not understood: {exc}") from exc
-    trades = [
-        Trade(exchange, symbol, t.execId, t.price, t.size, _SIDES[t.side], int(t.time) * 1000, recv_ts)
-        for t in result.items
-    ]
-    trades.reverse()
-    return trades
