@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--soak-symbols", type=int, default=100, metavar="N", help="symbols in the soak (100)")
     bench.add_argument("--keep", action="store_true", help="keep the work files (databases, logs)")
 
+    from marketflow.nats.tail import add_arguments as add_tail_arguments
+
+    tail = sub.add_parser("tail", help="print a live NATS subject of a marketflow cluster (JSON lines)")
+    _add_config_arg(tail)
+    add_tail_arguments(tail)
+
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", metavar="PATH")
 
@@ -189,6 +195,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_replay_command(args, config)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "tail":
+        from marketflow.nats.tail import run_tail
+
+        return run_tail(args, _load(args.config))
     if args.command == "run":
         from marketflow.daemon import serve
 

@@ -59,11 +59,15 @@ class NatsError(Exception):
 class Inbox:
     """Messages of one push subscription, queued on the asyncio side until trio takes them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, block: bool = False) -> None:
         self.queue: asyncio.Queue[Msg] = asyncio.Queue(INBOX_CAPACITY)
+        self.block = block
         self.dropped = 0
 
     async def put(self, msg: Msg) -> None:
+        if self.block:  # a reader that must see everything: the subscription waits (flow control)
+            await self.queue.put(msg)
+            return
         try:
             self.queue.put_nowait(msg)
         except asyncio.QueueFull:  # a live view that cannot keep up: counted, never blocks the client
@@ -103,12 +107,12 @@ class NatsLink:
         except Exception as exc:  # nats-py, asyncio and socket errors alike: one error type for the actors
             raise NatsError(f"NATS {self.display}: {doing} failed: {type(exc).__name__}: {exc}") from exc
 
-    async def open(self) -> None:
+    async def open(self, *, create_streams: bool = True) -> None:
         """Connect (one attempt per server) and create the streams if missing."""
         self._thread.start()
-        await self._run("connect", self._connect)
+        await self._run("connect", self._connect, create_streams)
 
-    async def _connect(self) -> None:
+    async def _connect(self, create_streams: bool) -> None:
         if self._nc is not None and self._nc.is_connected:
             return
 
@@ -126,7 +130,8 @@ class NatsLink:
             error_cb=on_error,
         )
         self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
-        await self._ensure_streams(self._js)
+        if create_streams:
+            await self._ensure_streams(self._js)
 
     async def _ensure_streams(self, js: JetStreamContext) -> None:
         prefix = self.config.subject_prefix
@@ -259,17 +264,19 @@ class NatsLink:
         for msg in msgs:
             await msg.ack()
 
-    async def subscribe(self, kind: str, subject: str, *, last_per_subject: bool = False) -> Inbox:
-        """An ordered push consumer over `subject` of the `kind` stream, from now on (or from the newest
-        message of every subject): JetStream re-creates it after a node fails."""
-        return await self._run("subscribe", self._subscribe, kind, subject, last_per_subject)
+    async def subscribe(
+        self, kind: str, subject: str, *, deliver: DeliverPolicy = DeliverPolicy.NEW, block: bool = False
+    ) -> Inbox:
+        """An ordered push consumer over `subject` of the `kind` stream (nats-py re-creates it after a node
+        fails), from now on, from the start, or from the newest message of every subject (`deliver`);
+        `block`: the inbox never drops (the subscription waits for the reader instead)."""
+        return await self._run("subscribe", self._subscribe, kind, subject, deliver, block)
 
-    async def _subscribe(self, kind: str, subject: str, last_per_subject: bool) -> Inbox:
+    async def _subscribe(self, kind: str, subject: str, policy: DeliverPolicy, block: bool) -> Inbox:
         js = self._js
         if js is None:
             raise nats.errors.ConnectionClosedError
-        inbox = Inbox()
-        policy = DeliverPolicy.LAST_PER_SUBJECT if last_per_subject else DeliverPolicy.NEW
+        inbox = Inbox(block=block)
         await js.subscribe(
             subject,
             stream=stream_name(self.config.subject_prefix, kind),

@@ -14,6 +14,7 @@ import logging
 import attrs
 import trio
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
 from marketflow.config import Config
 from marketflow.exchanges.orderbook import BookSync, Gap
@@ -147,7 +148,9 @@ class ServeSubscriber:
             try:
                 await self._link.open()
                 trades = await self._link.subscribe("trades", f"{self._prefix}.trades.>")
-                books = await self._link.subscribe("book", f"{self._prefix}.book.>", last_per_subject=True)
+                books = await self._link.subscribe(
+                    "book", f"{self._prefix}.book.>", deliver=DeliverPolicy.LAST_PER_SUBJECT
+                )
                 self._state = "running"
                 if not started:
                     task_status.started()
