@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--listen", default=None, metavar="HOST:PORT", help="HTTP address (default: [http] listen)"
     )
+    demo.add_argument(
+        "--nats",
+        action="store_true",
+        help="a local NATS server and the collect, store and serve roles as separate processes",
+    )
 
     sim = sub.add_parser("sim", help="the exchange simulator alone (every venue it speaks, on one port)")
     add_sim_arguments(sim)
@@ -212,6 +217,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         configure_logging(config.daemon.log_level, config.daemon.log_format)
         if args.listen is not None:
             config = attrs.evolve(config, http=attrs.evolve(config.http, listen=args.listen))
+        if args.nats:
+            from marketflow.nats.demo import run_nats_demo
+
+            return _run_guarded(run_nats_demo, config, args.duration, args.rate, args.seed)
         return _run_guarded(run_demo, config, args.duration, args.rate, args.seed)
     raise AssertionError(args.command)
 
