@@ -103,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--soak-symbols", type=int, default=100, metavar="N", help="symbols in the soak (100)")
     bench.add_argument("--keep", action="store_true", help="keep the work files (databases, logs)")
+    bench.add_argument(
+        "--nats",
+        type=int,
+        nargs="?",
+        const=1_000_000,
+        default=None,
+        metavar="TRADES",
+        help="instead: collect → JetStream → store → PostgreSQL against one process (default 1M trades)",
+    )
 
     from marketflow.nats.tail import add_arguments as add_tail_arguments
 
@@ -120,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
+
+    if args.nats is not None:
+        from marketflow.bench import nats as bench_nats
+
+        bench_nats.main(Path(args.out), args.nats)
+        return EXIT_OK
 
     from marketflow.bench import run as bench
 
