@@ -568,8 +568,8 @@ class Daemon:
         await self.supervisor.stop()
 
     def health(self) -> Health:
-        """healthy; degraded when a circuit is open, a feed is down, a book is resyncing or the spool
-        refuses writes (disk full); unhealthy when storage is not running."""
+        """healthy; degraded when a circuit is open, a feed is down, a book is resyncing, the spool
+        refuses writes (disk full) or a NATS actor retries; unhealthy when storage is not running."""
         children = {c.name: c for c in self.supervisor.statistics().children}
         problems: dict[str, str] = {}
         storage = children.get("storage")
@@ -584,6 +584,11 @@ class Daemon:
                 problems[name] = f"circuit {child.circuit}"
             elif self.feed_counters[name].state != "streaming":
                 problems[name] = self.feed_counters[name].state
+        for name in ("nats_trades", "nats_store", "nats_serve", "nats_books"):
+            actor_stats = getattr(children.get(name), "actor", None)
+            state = getattr(actor_stats, "state", "running")
+            if state in ("retrying", "disk_full", "spool_failing"):  # NATS (or the database) does not answer
+                problems[name] = f"{state}: {getattr(actor_stats, 'last_error', None)}"
         for key, stats in self.books.statistics().books.items():
             if str(stats.state) != "synced":
                 problems[f"book {key}"] = str(stats.state)

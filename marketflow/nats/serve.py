@@ -27,7 +27,10 @@ from marketflow.runtime.bus import Bus
 
 log = logging.getLogger("marketflow.nats")
 
-RECENT_IDS = 50_000
+RECENT_IDS = 10_000
+"""Per symbol and generation (~60 B an id): a duplicate is caught while fewer than this many newer trades
+of its symbol came in (seconds on busy markets: the two collectors of a hot pair publish within
+`flush_interval_s` of each other)."""
 TAKE_MESSAGES = 512
 
 

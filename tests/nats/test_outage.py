@@ -52,6 +52,7 @@ async def test_nats_down_mid_stream_collector_spools_then_publishes_everything_o
             try:
                 await wait_until(lambda: publisher(collect).spooled > 0 and publisher(collect).errors > 0)
                 during = publisher(collect)
+                health = collect.health()
             finally:
                 nats_server.start()
             await nats_server.wait_ready()
@@ -64,6 +65,7 @@ async def test_nats_down_mid_stream_collector_spools_then_publishes_everything_o
     assert (
         during.state == "retrying" and during.errors >= 1 and during.buffered <= 50 + base.storage.batch_max
     )
+    assert health.status == "degraded" and health.problems["nats_trades"].startswith("retrying: NatsError")
     assert after.replayed == after.spooled_total > 0
     assert [key for key, n in Counter(r[:3] for r in rows).items() if n > 1] == []
     assert sorted(rows) == sorted(expected_rows(sim.delivered_trades()))
