@@ -10,8 +10,11 @@ from pathlib import Path
 
 import attrs
 import httpx
+import httpx2
 import pytest
 import trio
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from marketflow.config import Config
 from marketflow.daemon import Daemon
@@ -83,6 +86,27 @@ async def test_collect_store_serve_apart_store_each_trade_once_and_serve_what_on
                     assert candles.status_code == 200
                     total = sum(int(c["trades"]) for c in candles.json()["candles"])
                     assert total == sum(1 for t in delivered if as_trade(t).symbol == symbol)
+            # MCP answers from the same views: the collector's book (once the simulator's book topic stopped
+            # too), the live candles.
+            async with httpx2.AsyncClient(timeout=10) as http:
+                transport = streamable_http_client(serve.http.url + "/mcp", http_client=http)
+                async with Client(transport, mode="auto") as mcp:
+                    while True:
+                        book_call = await mcp.call_tool(
+                            "get_orderbook", {"exchange": "bybit", "symbol": "BTC-USDT"}
+                        )
+                        own = collect.books.view("bybit", "BTC-USDT")
+                        assert own is not None and book_call.structured_content is not None
+                        bids = book_call.structured_content["bids"]  # its default depth
+                        if bids and bids == levels(own.bids)[: len(bids)]:
+                            break
+                        await trio.sleep(0.1)
+                    candle_call = await mcp.call_tool(
+                        "get_candles", {"exchange": "bybit", "symbol": "ETH-USDT"}
+                    )
+            assert candle_call.structured_content is not None
+            mcp_total = sum(int(c["trades"]) for c in candle_call.structured_content["candles"])
+            assert mcp_total == sum(1 for t in delivered if as_trade(t).symbol == "ETH-USDT")
             for daemon in (collect, store, serve):
                 await daemon.stop()
             nursery.cancel_scope.cancel()
