@@ -103,7 +103,7 @@ class NatsLink:
 
     async def _run(self, doing: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         try:
-            return await self._thread.run(fn, *args)
+            return await self._thread.run(_unless_cancelled, fn, *args)
         except Exception as exc:  # nats-py, asyncio and socket errors alike: one error type for the actors
             raise NatsError(f"NATS {self.display}: {doing} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -288,6 +288,18 @@ class NatsLink:
 
     async def take(self, inbox: Inbox, most: int) -> list[Msg]:
         return await self._run("receive", inbox.take, most)
+
+
+async def _unless_cancelled(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """`fn(*args)`; an error it raises while being cancelled (trio stopped waiting, e.g. the connection
+    closing under a fetch) becomes the cancellation: nobody reads that result, and asyncio would log it."""
+    try:
+        return await fn(*args)
+    except Exception:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError from None
+        raise
 
 
 async def _stop_thread(thread: AsyncioThread) -> None:
