@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
+import shutil
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -177,20 +177,22 @@ def main(out: Path, n: int) -> dict[str, Any]:
     """Run both cases; print and return the figures (also written to `out/bench-nats.txt`)."""
     out.mkdir(parents=True, exist_ok=True)
     results: list[NatsCase] = []
-    with tempfile.TemporaryDirectory(prefix="marketflow-bench-nats-") as tmp:
-        work = Path(tmp)
-        pg = start_cluster()
-        server = single(work / "nats")
-        server.start()
-        try:
-            trio.run(server.wait_ready)
-            results.append(run_case("single-process", n, pg, work, None))
-            print(results[-1].line(), flush=True)
-            results.append(run_case("collect-jetstream-store", n, pg, work, server))
-            print(results[-1].line(), flush=True)
-        finally:
-            server.stop()
-            pg.destroy()
+    work = out / "nats-work"  # configs and logs of the processes (kept: they say what happened)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    pg = start_cluster()
+    server = single(work / "nats")
+    server.start()
+    try:
+        trio.run(server.wait_ready)
+        results.append(run_case("single-process", n, pg, work, None))
+        print(results[-1].line(), flush=True)
+        results.append(run_case("collect-jetstream-store", n, pg, work, server))
+        print(results[-1].line(), flush=True)
+    finally:
+        server.stop()
+        pg.destroy()
+        shutil.rmtree(work / "nats", ignore_errors=True)  # the stream's files
     ratio = results[1].trades_per_s / results[0].trades_per_s
     summary = f"through NATS / single process: {ratio:.2f}x trades/s"
     print(summary, flush=True)
