@@ -12,9 +12,9 @@ ends when the database holds every trade (polled with psql, not by the processes
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
-import shutil
 import time
 from decimal import Decimal
 from pathlib import Path
