@@ -113,3 +113,28 @@ async def test_collect_store_serve_apart_store_each_trade_once_and_serve_what_on
     assert [key for key, n in Counter(r[:3] for r in rows).items() if n > 1] == []
     assert sorted(rows) == sorted(expected_rows(delivered))
     assert served == single_process_candles(delivered, serve.config)
+
+
+async def test_one_daemon_with_every_role_on_nats_stores_and_counts_each_trade_once(
+    tmp_path: Path, pg_cluster: PgCluster, nats_server: NatsServer
+) -> None:
+    sim = SimServer(SimConfig(seed=9, rate=200, max_frames=100))
+    url = pg_cluster.create_database()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.run)
+            daemon = Daemon(
+                with_nats(pg_config(tmp_path, sim, url), [nats_server], ("collect", "store", "serve"))
+            )
+            await nursery.start(daemon.run)
+            await wait_until(lambda: daemon.actors["nats_serve"].statistics().state == "running")
+            rows = await wait_all_stored(pg_cluster, url, sim)
+            delivered = sim.delivered_trades()
+            await wait_until(lambda: analysed(daemon) >= len(delivered))
+            assert daemon.analytics is not None
+            served = candles_of(daemon.analytics)
+            await daemon.stop()
+            nursery.cancel_scope.cancel()
+    assert sorted(rows) == sorted(expected_rows(delivered))
+    assert analysed(daemon) == len(delivered)
+    assert served == single_process_candles(delivered, daemon.config)
