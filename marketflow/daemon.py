@@ -470,6 +470,10 @@ class Daemon:
     async def _start_feed(self, feed: FeedConfig) -> None:
         before = set(self.connections)
         self.books.add_specs(self._plan_feed(feed))
+        if not self._collect:  # a serving daemon's feeds name the cluster's markets; NATS brings their data
+            if self._nats_serve:
+                mirror_books(self.books, only_waiting=True)
+            return
         for name, conn in list(self.connections.items()):
             if name not in before:
                 await self.supervisor.add_child(self._spec(Child(name, self._feed_factory(conn))))

@@ -72,10 +72,11 @@ class MirrorBook(BookSync):
         return self._set_snapshot(update)
 
 
-def mirror_books(books: LiveBooks) -> None:
-    """Books of this daemon come from NATS, not from its own feeds."""
+def mirror_books(books: LiveBooks, *, only_waiting: bool = False) -> None:
+    """Books of this daemon come from NATS, not from its own feeds (`only_waiting`: those added since)."""
     for key in books.keys():  # noqa: SIM118 (LiveBooks, not a dict)
-        books.books[key] = MirrorBook()
+        if not (only_waiting and isinstance(books.books[key], MirrorBook)):
+            books.books[key] = MirrorBook()
 
 
 @attrs.frozen
