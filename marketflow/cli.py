@@ -119,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arg(tail)
     add_tail_arguments(tail)
 
+    from marketflow.archive.export import add_export_arguments
+
+    add_export_arguments(
+        sub.add_parser(
+            "export",
+            help="export stored tables as hive-partitioned Parquet (or CSV) files",
+            description="Write trades (and candles, gaps with --tables) of [--since, --until) as "
+            "<out>/<table>/exchange=/symbol=/date=/data.parquet: exact decimals, UTC µs times, zstd; one "
+            "file per partition, merged with the file an earlier export left (README: Archive).",
+        )
+    )
+
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", metavar="PATH")
 
@@ -219,6 +231,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from marketflow.nats.tail import run_tail
 
         return run_tail(args, _load(args.config))
+    if args.command == "export":
+        from marketflow.archive.export import run_export_command
+
+        config = _load(args.config)
+        configure_logging("warning", config.daemon.log_format)
+        return run_export_command(args, config)
     if args.command == "run":
         from marketflow.daemon import serve
 

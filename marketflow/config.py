@@ -167,6 +167,14 @@ class CaptureConfig:
 
 
 @attrs.frozen
+class ArchiveConfig:
+    """Trades older than `after_days` whole days move into Parquet files under `dir` (0: never)."""
+
+    after_days: int = 0
+    dir: str | None = None  # None: <daemon.state_dir>/archive
+
+
+@attrs.frozen
 class FeedConfig:
     exchange: str
     market: str
@@ -218,6 +226,7 @@ class Config:
     books: BooksConfig = BooksConfig()
     capture: CaptureConfig = CaptureConfig()
     nats: NatsConfig = NatsConfig()
+    archive: ArchiveConfig = ArchiveConfig()
 
 
 DEFAULT_FEEDS: Final = tuple(
@@ -573,6 +582,7 @@ _NATS: Final[Mapping[str, _Check]] = {
     "book_interval_s": _seconds,
     "ack_wait_s": _seconds,
 }
+_ARCHIVE: Final[Mapping[str, _Check]] = {"after_days": _integer(0), "dir": _string}
 _TOP_KEYS: Final = (
     "daemon",
     "http",
@@ -583,6 +593,7 @@ _TOP_KEYS: Final = (
     "analytics",
     "capture",
     "nats",
+    "archive",
 )
 
 
@@ -654,6 +665,11 @@ class _Checker:
                 f"a daemon without every role ({', '.join(ROLES)}) needs NATS to reach the others: "
                 'set [nats] servers, e.g. ["nats://127.0.0.1:4222"]',
             )
+        archive = self.section(doc, "archive", _ARCHIVE)
+        retention = storage.get("retention_days", 0)
+        if 0 < retention <= archive.get("after_days", 0):
+            reason = f"must be below storage.retention_days ({retention}): retention would delete them first"
+            self.report(("archive", "after_days"), reason)
         feeds = self.feeds(doc)
         analytics = self.analytics(doc)
         if env.get(STORAGE_URL_ENV):
@@ -675,6 +691,7 @@ class _Checker:
             books=BooksConfig(**books),
             capture=CaptureConfig(**capture),
             nats=NatsConfig(**nats),
+            archive=ArchiveConfig(**archive),
             feeds=DEFAULT_FEEDS if feeds is None else tuple(FeedConfig(**feed) for feed in feeds),
             analytics=AnalyticsConfig(**analytics),
         )
