@@ -109,6 +109,13 @@ class Child:
     on_stop: Callable[[], None] | None = None
 
 
+# Every section but the feeds (and where the file came from) needs a restart to take effect: derived from
+# `Config` so a section added later is never silently ignored by a reload.
+RESTART_SECTIONS: tuple[str, ...] = tuple(
+    field.name for field in attrs.fields(Config) if field.name not in ("feeds", "source", "digest")
+)
+
+
 class Daemon:
     """The whole running system for one configuration.
 
@@ -433,16 +440,7 @@ class Daemon:
                 await self._start_feed(fresh[name])
             needs_restart = tuple(
                 section
-                for section in (
-                    "daemon",
-                    "http",
-                    "storage",
-                    "supervisor",
-                    "books",
-                    "analytics",
-                    "capture",
-                    "nats",
-                )
+                for section in RESTART_SECTIONS
                 if getattr(new, section) != getattr(self.config, section)
             )
             self.config = attrs.evolve(self.config, feeds=new.feeds, source=new.source, digest=new.digest)
