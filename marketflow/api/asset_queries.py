@@ -85,8 +85,10 @@ class AssetView:
     quotes: tuple[str, ...]
     excluded: tuple[dict[str, str], ...]
 
-    def header(self, ctx: QueryContext, since: int, until: int | None) -> dict[str, Any]:
-        """The fields every asset response starts with."""
+    def header(
+        self, ctx: QueryContext, since: int, until: int | None, channels: tuple[str, ...] = ("trades",)
+    ) -> dict[str, Any]:
+        """The fields every asset response starts with (`gaps`: those of `channels`)."""
         head: dict[str, Any] = {
             "asset": self.asset,
             "units": f"base units of {self.asset}",
@@ -109,7 +111,7 @@ class AssetView:
         ]
         head["conversions"] = [c for m in self.markets if (c := m.conversion()) is not None]
         head["excluded"] = list(self.excluded)
-        head["gaps"] = trade_gaps(ctx, self.markets, since, until)
+        head["gaps"] = trade_gaps(ctx, self.markets, since, until, channels)
         return head
 
 
@@ -218,13 +220,17 @@ def asset_view(ctx: QueryContext, asset: str | None, markets: str | None, quotes
 
 
 def trade_gaps(
-    ctx: QueryContext, markets: tuple[AssetMarket, ...], since: int, until: int | None
+    ctx: QueryContext,
+    markets: tuple[AssetMarket, ...],
+    since: int,
+    until: int | None,
+    channels: tuple[str, ...] = ("trades",),
 ) -> list[dict[str, Any]]:
-    """The ledger's trade gaps of the markets that overlap `[since, until)`, oldest first."""
+    """The ledger's gaps of `channels` of the markets that overlap `[since, until)`, oldest first."""
     out: list[tuple[int, dict[str, Any]]] = []
     for m in markets:
         for r in ctx.daemon.ledger.query(m.exchange, m.symbol):
-            if r.channel != "trades" or (until is not None and r.start >= until):
+            if r.channel not in channels or (until is not None and r.start >= until):
                 continue
             if r.end is not None and r.end <= since:
                 continue
@@ -233,6 +239,7 @@ def trade_gaps(
                     r.start,
                     {
                         "venue": m.key,
+                        "channel": r.channel,
                         "start": us_to_iso(r.start),
                         "end": None if r.end is None else us_to_iso(r.end),
                         "open": r.end is None,
