@@ -38,6 +38,7 @@ from marketflow.pipeline.backfill import Backfiller, BackfillQueue, CatchUp
 from marketflow.pipeline.bookkeeper import BookKeeper, BookSnapshotRow, BookSpec, LiveBooks
 from marketflow.pipeline.feed import Feed, FeedCounters
 from marketflow.pipeline.gaps import GapLedger
+from marketflow.pipeline.market_actors import MarketDataPlant, RestPoller
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.pipeline.rest import RestClient, WeightBudget
 from marketflow.runtime.actor import Actor
@@ -54,6 +55,17 @@ log = logging.getLogger("marketflow.daemon")
 # Share of each venue's published REST weight limit (`Venue.rest_budget`) we allow ourselves (the rest is
 # headroom for other clients on the same IP and for the venue's own accounting differences).
 REST_BUDGET_SHARE = 0.5
+# Config sections a reload does not apply (only `feeds` is applied live).
+_RESTART_SECTIONS = (
+    "daemon",
+    "http",
+    "storage",
+    "supervisor",
+    "books",
+    "analytics",
+    "capture",
+    "derivatives",
+)
 
 
 def _policy(config: Config) -> SupervisorPolicy:
@@ -129,6 +141,7 @@ class Daemon:
         self._raw_sub = self.raw_bus.subscribe("normalizer", capacity, Overflow.BLOCK)
         self._trade_sub = self.trade_bus.subscribe("storage", capacity, Overflow.BLOCK)
         self._book_sub = self.book_bus.subscribe("books", capacity, Overflow.BLOCK)
+        self.feed_channels: dict[str, frozenset[str]] = {}  # per connection: what the normalizer keeps
         self.capture = (
             Capture(config.capture, config.daemon.state_dir)
             if config.capture.enabled and not replay
@@ -146,6 +159,11 @@ class Daemon:
         self._reload_lock = trio.Lock()
         self._edit_lock = trio.Lock()  # held from reading the file to applying it (edit_config)
         self.ledger = GapLedger(getattr(self.store, "write_gaps", None))
+        # Tickers, derivatives and liquidations (SPEC §12): bus, live state, record queues, REST polls.
+        s = config.storage
+        self.market = MarketDataPlant(
+            self.store, capacity, config.derivatives.sample_interval_s, s.store_quotes
+        )
         book_specs: list[BookSpec] = []
         for feed in config.feeds:
             book_specs.extend(self._plan_feed(feed))
@@ -193,6 +211,7 @@ class Daemon:
             # stop (and save what they hold) before it closes.
             Child("gaps", self.ledger.sink),
             Child("candles", lambda: RecordSink("candles", write_candles, queue=self.candle_queue)),
+            *(Child(name, build) for name, build in self.market.sinks()),
             None
             if snapshots is None
             else Child(
@@ -203,8 +222,11 @@ class Daemon:
             Child("ring", self.ring.feeder, None if analytics is not None else self.trade_bus.close),
             None if analytics is None else Child("analytics", analytics.feeder, self.trade_bus.close),
             Child("books", self._make_book_keeper, self.book_bus.close),
+            # Stopped after its publishers (normalizer, pollers): it drains the bus, then flushes samples.
+            Child("market_data", self.market.keeper, self.market.bus.close),
             Child("backfill", self._make_backfiller),
             Child("normalizer", self._make_normalizer, self.raw_bus.close),
+            *(Child(name, self._poller_factory(name)) for name in self.market.polls if not self._replay),
             *(
                 Child(name, self._feed_factory(conn))
                 for name, conn in self.connections.items()
@@ -214,6 +236,11 @@ class Daemon:
             None if self._replay else Child("http", self._make_http),
         ]
         return [row for row in rows if row is not None]
+
+    def _poller_factory(self, name: str) -> Callable[[], RestPoller]:
+        plan = self.market.polls[name]
+        client = self.rest_clients[(plan.exchange, plan.market)]
+        return lambda: self.market.poller(name, client)
 
     def _spec(self, child: Child) -> ChildSpec:
         def factory() -> Actor:
@@ -259,6 +286,7 @@ class Daemon:
             if self.capture is not None:
                 self.capture.add_connection(name, feed, plan.url, plan.topics)
             self.decoders[name] = venue.decoder(feed.market, by_native)
+            self.feed_channels[name] = frozenset(feed.channels)
             self.feed_counters.setdefault(name, FeedCounters())
             if "book" in plan.channels:
                 for topic in plan.topics:
@@ -268,6 +296,7 @@ class Daemon:
                         specs.append(
                             BookSpec(feed.exchange, feed.market, by_native[native], native, name, topic)
                         )
+        self.market.plan_polls(feed.name, feed.exchange, venue.markets[feed.market], feed.channels, by_native)
         return specs
 
     def _feed_factory(self, conn: Connection) -> Callable[[], Feed]:
@@ -333,6 +362,8 @@ class Daemon:
             self.decoders,
             books=self.book_bus,
             on_trade_gaps=self.backfill.request_trade_gaps,
+            market_data=self.market.bus,
+            channels=self.feed_channels,
         )
 
     def _make_http(self) -> HttpServer:
@@ -358,7 +389,7 @@ class Daemon:
                 await self._start_feed(fresh[name])
             needs_restart = tuple(
                 section
-                for section in ("daemon", "http", "storage", "supervisor", "books", "analytics", "capture")
+                for section in _RESTART_SECTIONS
                 if getattr(new, section) != getattr(self.config, section)
             )
             self.config = attrs.evolve(self.config, feeds=new.feeds, source=new.source, digest=new.digest)
@@ -386,13 +417,18 @@ class Daemon:
             self.books.remove_feed(name)
             for table in (self.connections, self.decoders, self.feed_counters, self.feeds):
                 table.pop(name, None)
+            self.feed_channels.pop(name, None)
+        for name in self.market.drop_polls(feed_name):
+            await self.supervisor.remove_child(name)
 
     async def _start_feed(self, feed: FeedConfig) -> None:
-        before = set(self.connections)
+        before = set(self.connections) | set(self.market.polls)
         self.books.add_specs(self._plan_feed(feed))
         for name, conn in list(self.connections.items()):
             if name not in before:
                 await self.supervisor.add_child(self._spec(Child(name, self._feed_factory(conn))))
+        for name in [n for n in self.market.polls if n not in before and not self._replay]:
+            await self.supervisor.add_child(self._spec(Child(name, self._poller_factory(name))))
 
     async def reload(self) -> ReloadResult | None:
         """Re-read the configuration file; if it is invalid, log why and keep running the old one."""
@@ -524,7 +560,10 @@ class Daemon:
     def statistics(self) -> dict[str, Any]:
         return {
             "supervisor": attrs.asdict(self.supervisor.statistics(), recurse=False),
-            "buses": [self.raw_bus.statistics(), self.trade_bus.statistics(), self.book_bus.statistics()],
+            "buses": [
+                *(bus.statistics() for bus in (self.raw_bus, self.trade_bus, self.book_bus)),
+                self.market.bus.statistics(),
+            ],
         }
 
 

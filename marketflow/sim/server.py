@@ -160,6 +160,7 @@ class SimServer:
             symbols=symbols,
             reject_topics=frozenset(config.faults.reject_topics),
             slow_pong_s=config.faults.slow_pong_s,
+            out_of_order_every=config.faults.out_of_order_every,
         )
         self._binance_rules = {
             market: binance.BinanceRules(
@@ -170,6 +171,7 @@ class SimServer:
                 config.binance_max_lifetime_s,
                 config.book_rate,
                 frozenset(config.faults.reject_topics),
+                config.faults.out_of_order_every,
             )
             for market in binance.MARKETS
         }
