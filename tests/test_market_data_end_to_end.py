@@ -112,13 +112,13 @@ async def test_binance_usdm_derivatives_and_liquidations_stored_exactly_and_once
     served = {body["openInterest"] for body in sim.rest.open_interest_served}
     samples = _rows(
         db,
-        "SELECT ts, mark_price, index_price, funding_rate, next_funding_ts, open_interest, open_interest_value "
-        "FROM derivatives ORDER BY ts",
+        "SELECT ts, mark_price, index_price, funding_rate, next_funding_ts, open_interest, "
+        "open_interest_value FROM derivatives ORDER BY ts",
     )
     assert samples
     buckets = [row[0] // 500_000 for row in samples]
     assert len(buckets) == len(set(buckets))  # one row per sample interval at most
-    for ts, mark, index, rate, next_funding, oi, oi_value in samples:
+    for _, mark, index, rate, next_funding, oi, oi_value in samples:
         if mark is not None:
             assert (mark, index, rate, next_funding) in marks  # the venue's strings, exactly
         assert oi is None or oi in served

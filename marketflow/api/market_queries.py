@@ -40,7 +40,8 @@ def _iso(us: int | None) -> str | None:
 def ticker(
     ctx: QueryContext, exchange: str | None, symbol: str | None, market: str | None = None
 ) -> dict[str, Any]:
-    """`/ticker/{exchange}/{symbol}`: the merged live ticker and derivatives; 404 before any arrived."""
+    """`/ticker/{exchange}/{symbol}`: the merged live ticker and derivatives (every field null, `ts`
+    too, before anything arrived); 404 for a market that is not configured."""
     try:
         ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
     except QueryError as exc:
@@ -48,19 +49,11 @@ def ticker(
             exc.status = 404
         raise
     t, d = ctx.daemon.market.live.ticker(ex, sym)
-    if t is None and d is None:
-        raise QueryError(
-            "no_ticker",
-            f"no ticker or derivatives data for {sym} on {ex} yet (does its feed carry the ticker or "
-            "derivatives channel?)",
-            "symbol",
-            404,
-        )
-    ts = max(x.ts for x in (t, d) if x is not None)
+    stamps = [x.ts for x in (t, d) if x is not None]
     return {
         "exchange": ex,
         "symbol": sym,
-        "ts": us_to_iso(ts),
+        "ts": _iso(max(stamps) if stamps else None),
         "bid": dec_or_none(t.bid if t else None),
         "bid_size": dec_or_none(t.bid_size if t else None),
         "ask": dec_or_none(t.ask if t else None),

@@ -35,7 +35,7 @@ class RowsQuery(msgspec.Struct):
 class TickerOut(msgspec.Struct):
     exchange: str
     symbol: str
-    ts: Iso
+    ts: Iso | None
     bid: Dec | None
     bid_size: Dec | None
     ask: Dec | None

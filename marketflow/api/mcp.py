@@ -484,6 +484,10 @@ async def get_order_flow(ctx: QueryContext, args: OrderFlowArgs) -> dict[str, An
     )
 
 
+# The SPEC §12 tools register themselves here, after the tools above (they use `tool` and the argument
+# types): get_ticker, get_derivatives, get_liquidations.
+from marketflow.api import mcp_market  # noqa: E402, F401, I001
+
 RESOURCES: dict[str, tuple[str, str, Callable[[QueryContext], dict[str, Any]]]] = {
     "marketflow://markets": (
         "markets",
