@@ -26,7 +26,8 @@ TICKER_KEYS = {
     "index_price", "funding_rate", "next_funding_time", "open_interest", "open_interest_value",
 }  # fmt: skip
 ROW_KEYS = {
-    "ts", "mark_price", "index_price", "funding_rate", "next_funding_time", "open_interest", "open_interest_value",
+    "ts", "mark_price", "index_price", "funding_rate", "next_funding_time", "open_interest",
+    "open_interest_value",
 }  # fmt: skip
 LINEAR = ("trades", "ticker", "derivatives", "liquidations")
 PERP = {"exchange": "bybit", "symbol": "BTC-USDT-PERP"}
@@ -126,11 +127,13 @@ def bar_inputs(draw: st.DrawFn) -> tuple[list[int], list[Liquidation], list[Deri
     starts = sorted(draw(st.sets(st.integers(0, 9), min_size=count, max_size=count)))
     starts = [T0 + s * STEP for s in starts]
     span = (T0 - STEP, T0 + 11 * STEP)  # some events fall outside every bar
+    sides = st.sampled_from(["buy", "sell"])
     liqs = [
-        Liquidation("x", "S", str(i), draw(st.sampled_from(["buy", "sell"])), Decimal("1"), Decimal(draw(amounts)),
-                    draw(st.integers(*span)), 0)
+        Liquidation(
+            "x", "S", str(i), draw(sides), Decimal("1"), Decimal(draw(amounts)), draw(st.integers(*span)), 0
+        )
         for i in range(draw(st.integers(0, 30)))
-    ]  # fmt: skip
+    ]
     times = draw(st.lists(st.integers(*span), max_size=30, unique=True))
     samples = [
         DerivativesTick("x", "S", ts, ts, open_interest=draw(st.one_of(st.none(), amounts.map(Decimal))))
