@@ -186,3 +186,65 @@ async def test_bybit_linear_ticker_equals_a_replay_of_every_delta(tmp_path: Path
         k: v for k, v in expected.items() if k != "nextFundingTime"
     }
     assert derivs.next_funding_time == int(expected["nextFundingTime"]) * 1000
+
+
+def _okx_sent(sim: SimServer, stream: str) -> list[dict[str, Any]]:
+    found = sim.book_feed("okx", "swap", "BTC-USDT-SWAP").streams.get(stream)
+    return [] if found is None else [json.loads(p) for p in getattr(found, "sent")]  # noqa: B009
+
+
+async def test_okx_swap_derivatives_and_liquidations_stored_exactly_and_once(tmp_path: Path) -> None:
+    sim = SimServer(SimConfig(seed=3, rate=20, book_rate=20))
+    db = tmp_path / "marketflow.db"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.run)
+            config = _config(tmp_path, sim, "okx", "swap", ("ticker", "derivatives", "liquidations"))
+            daemon = Daemon(config)
+            await nursery.start(daemon.run)
+            await wait_for(
+                lambda: (
+                    len(_rows(db, "SELECT id FROM liquidations")) >= 3
+                    and len(_rows(db, "SELECT ts FROM derivatives WHERE funding_rate IS NOT NULL")) >= 2
+                ),
+                interval=0.1,
+            )
+            ticker, derivs = daemon.market.live.ticker("okx", "BTC-USDT-PERP")
+            await daemon.stop()
+            nursery.cancel_scope.cancel()
+
+    details = [
+        (entry["instId"], d)
+        for p in _okx_sent(sim, "liquidation-orders:SWAP:BTC-USDT-SWAP")
+        for entry in p["data"]
+        for d in entry["details"]
+    ]
+    expected = {
+        ("okx", "BTC-USDT-PERP", f"{d['ts']}:{d['side']}/{d['posSide']}:{d['bkPx']}:{d['sz']}", d["side"],
+         d["bkPx"], d["sz"], int(d["ts"]) * 1000)
+        for inst, d in details
+        if inst == "BTC-USDT-SWAP"
+    }  # fmt: skip
+    stored = _rows(db, "SELECT exchange, symbol, id, side, price, amount, ts FROM liquidations")
+    assert len(stored) == len(set(stored)) and set(stored) == expected  # the other swaps' are not ours
+
+    def values(stream: str, field: str) -> set[str]:
+        return {d[field] for p in _okx_sent(sim, stream) for d in p["data"]}
+
+    samples = _rows(
+        db,
+        "SELECT mark_price, index_price, funding_rate, open_interest, open_interest_value FROM derivatives",
+    )
+    assert samples
+    for mark, index, rate, oi, oi_usd in samples:
+        assert mark is None or mark in values("mark-price:BTC-USDT-SWAP", "markPx")
+        assert index is None or index in values("index-tickers:BTC-USDT", "idxPx")
+        assert rate is None or rate in values("funding-rate:BTC-USDT-SWAP", "fundingRate")
+        assert oi is None or oi in values("open-interest:BTC-USDT-SWAP", "oi")
+        assert oi_usd is None or oi_usd in values("open-interest:BTC-USDT-SWAP", "oiUsd")
+    assert (
+        ticker is not None
+        and ticker.bid is not None
+        and format(ticker.bid, "f") in values("tickers:BTC-USDT-SWAP", "bidPx")
+    )
+    assert derivs is not None and derivs.next_funding_time is not None

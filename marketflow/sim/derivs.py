@@ -342,3 +342,100 @@ def open_interest_body(book: SimBook, now_ms: int) -> dict[str, object]:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+# -- OKX --------------------------------------------------------------------------------------------------
+
+OKX_INST_TYPES = {"spot": "SPOT", "swap": "SWAP", "futures": "FUTURES"}
+
+
+class OkxMarketDataStream(_Stream):
+    """One OKX market-data channel of one instrument: `tickers` (on every change of the touch),
+    `mark-price` (every other update), `index-tickers`, `funding-rate` and `open-interest` (once a second).
+    Values are strings, times too, as OKX sends them."""
+
+    def __init__(
+        self, channel: str, inst: str, market: str, book: SimBook, book_rate: float, late: int | None = None
+    ) -> None:
+        super().__init__(book, f"{channel}:{inst}", late)
+        self.channel = channel
+        self.inst = inst
+        self.inst_type = OKX_INST_TYPES.get(market, "SWAP")
+        self.every = (
+            1 if channel == "tickers" else 2 if channel == "mark-price" else depth_every(1000, book_rate)
+        )
+        self._n = 0
+        self._last: str | None = None
+
+    def _data(self, ts_ms: int) -> str:
+        m, ts, inst = self.model, str(ts_ms), self.inst
+        if self.channel == "tickers":
+            bid, bid_size, ask, ask_size = m.best()
+            return (
+                '{"instType":"%s","instId":"%s","last":"%s","lastSz":"1","askPx":"%s","askSz":"%s",'  # noqa: UP031
+                '"bidPx":"%s","bidSz":"%s","vol24h":"%s","ts":"%s"}'
+                % (self.inst_type, inst, m.mark(), ask, ask_size, bid, bid_size, m.volume_24h(), ts)
+            )
+        if self.channel == "mark-price":
+            template = '{"instType":"%s","instId":"%s","markPx":"%s","ts":"%s"}'
+            return template % (self.inst_type, inst, m.mark(), ts)  # noqa: UP031
+        if self.channel == "index-tickers":
+            return '{"instId":"%s","idxPx":"%s","ts":"%s"}' % (inst, m.index(), ts)  # noqa: UP031
+        if self.channel == "funding-rate":
+            due = m.next_funding_ms(ts_ms)
+            return (
+                '{"fundingRate":"%s","fundingTime":"%d","instId":"%s","instType":"SWAP",'  # noqa: UP031
+                '"method":"current_period","nextFundingRate":"","nextFundingTime":"%d","ts":"%s"}'
+                % (m.funding_rate(), due, inst, due + FUNDING_INTERVAL_MS, ts)
+            )
+        return '{"instId":"%s","instType":"%s","oi":"%s","oiCcy":"%s","oiUsd":"%s","ts":"%s"}' % (  # noqa: UP031
+            inst,
+            self.inst_type,
+            m.open_interest(),
+            m.open_interest(),
+            m.open_interest_value(),
+            ts,
+        )
+
+    def on_tick(self, tick: BookTick, ts_ms: int) -> None:
+        self._n += 1
+        if self._n % self.every:
+            return
+        data = self._data(ts_ms)
+        if self.channel == "tickers":
+            key = data.rpartition(',"ts"')[0]
+            if key == self._last:
+                return
+            self._last = key
+        self.publish('{"arg":{"channel":"%s","instId":"%s"},"data":[%s]}' % (self.channel, self.inst, data))  # noqa: UP031
+
+
+class OkxLiquidationStream(_Stream):
+    """`liquidation-orders` of one instrument, on the instrument type's subscription: now and then a
+    liquidation at the touch (`side`: the liquidation order's), sometimes older than the previous one."""
+
+    def __init__(self, inst: str, market: str, book: SimBook, chance: float = 0.2) -> None:
+        super().__init__(book, f"liquidation-orders:{OKX_INST_TYPES.get(market, 'SWAP')}:{inst}", None)
+        self.inst = inst
+        self.inst_type = OKX_INST_TYPES.get(market, "SWAP")
+        self.chance = chance
+
+    def on_tick(self, tick: BookTick, ts_ms: int) -> None:
+        if self.rng.random() >= self.chance:
+            return
+        sell = self.rng.random() < 0.5  # a long is closed by a sell
+        bid, _, ask, _ = self.model.best()
+        when = ts_ms - self.rng.randint(0, 300)  # OKX does not promise time order
+        family = "-".join(self.inst.split("-")[:2])
+        detail = '{"bkLoss":"0","bkPx":"%s","ccy":"","posSide":"%s","side":"%s","sz":"%d","ts":"%d"}' % (  # noqa: UP031
+            bid if sell else ask,
+            "long" if sell else "short",
+            "sell" if sell else "buy",
+            self.rng.randint(1, 40),
+            when,
+        )
+        self.publish(
+            '{"arg":{"channel":"liquidation-orders","instType":"%s"},"data":[{"details":[%s],'  # noqa: UP031
+            '"instFamily":"%s","instId":"%s","instType":"%s","uly":"%s"}]}'
+            % (self.inst_type, detail, family, self.inst, self.inst_type, family)
+        )

@@ -187,6 +187,8 @@ class SimServer:
             config.okx_zero_checksum,
             config.okx_legacy_books,
             config.okx_keepalive_s,
+            config.book_rate,
+            config.faults.out_of_order_every,
         )
         self.okx_rest = okx.OkxRest(self.market, self.book_feed, self._okx_rules)
         self.rest_routes.update(self.okx_rest.routes())

@@ -244,3 +244,99 @@ def test_binance_unknown_force_order_side_is_malformed() -> None:
     decoder.decode([FORCE_ORDER.replace(b'"S":"SELL"', b'"S":"HOLD"')], 7, out)
     assert (out.liquidations, decoder.counters.malformed) == ([], 1)
     assert msgspec.json.decode(FORCE_ORDER)["data"]["o"]["S"] == "SELL"
+
+
+# -- OKX -------------------------------------------------------------------------------------------------
+
+OKX_TICKERS = (
+    b'{"arg":{"channel":"tickers","instId":"BTC-USDT-SWAP"},"data":[{"instType":"SWAP","instId":"BTC-USDT-SWAP",'
+    b'"last":"9999.99","lastSz":"0.1","askPx":"9999.99","askSz":"11","bidPx":"8888.88","bidSz":"5",'
+    b'"open24h":"9000","high24h":"10000","low24h":"8888.88","volCcy24h":"2222","vol24h":"2222",'
+    b'"sodUtc0":"2222","sodUtc8":"2222","ts":"1597026383085"}]}'
+)
+OKX_MARK = (
+    b'{"arg":{"channel":"mark-price","instId":"BTC-USDT-SWAP"},"data":[{"instType":"SWAP",'
+    b'"instId":"BTC-USDT-SWAP","markPx":"42310.6","ts":"1630049139746"}]}'
+)
+OKX_INDEX = (
+    b'{"arg":{"channel":"index-tickers","instId":"BTC-USDT"},"data":[{"instId":"BTC-USDT","idxPx":"42310.60",'
+    b'"high24h":"1","low24h":"1","open24h":"1","sodUtc0":"1","sodUtc8":"1","ts":"1597026383085"}]}'
+)
+OKX_FUNDING = (
+    b'{"arg":{"channel":"funding-rate","instId":"BTC-USDT-SWAP"},"data":[{"fundingRate":"0.0001875391284828",'
+    b'"fundingTime":"1700726400000","instId":"BTC-USDT-SWAP","instType":"SWAP","method":"current_period",'
+    b'"nextFundingRate":"","nextFundingTime":"1700755200000","ts":"1700724675402"}]}'
+)
+OKX_OI = (
+    b'{"arg":{"channel":"open-interest","instId":"BTC-USDT-SWAP"},"data":[{"instId":"BTC-USDT-SWAP",'
+    b'"instType":"SWAP","oi":"2216113.01000000","oiCcy":"22161.13","oiUsd":"1061617181.0","ts":"1700724675402"}]}'
+)
+OKX_LIQUIDATIONS = (
+    b'{"arg":{"channel":"liquidation-orders","instType":"SWAP"},"data":[{"details":[{"bkLoss":"0",'
+    b'"bkPx":"0.007831","ccy":"","posSide":"short","side":"buy","sz":"13","ts":"1692266434010"}],'
+    b'"instFamily":"IOST-USDT","instId":"IOST-USDT-SWAP","instType":"SWAP","uly":"IOST-USDT"},'
+    b'{"details":[{"bkLoss":"0","bkPx":"42000.1","ccy":"","posSide":"long","side":"sell","sz":"2",'
+    b'"ts":"1692266434011"}],"instFamily":"BTC-USDT","instId":"BTC-USDT-SWAP","instType":"SWAP","uly":"BTC-USDT"}]}'
+)
+
+
+def test_okx_channels_decode_to_partial_records_exactly() -> None:
+    from marketflow.exchanges import okx
+
+    decoder = okx.VENUE.decoder("swap", {"BTC-USDT-SWAP": "BTC-USDT-PERP"})
+    out = Decoded()
+    decoder.decode([OKX_TICKERS, OKX_MARK, OKX_INDEX, OKX_FUNDING, OKX_OI, OKX_LIQUIDATIONS], 7, out)
+    assert out.tickers == [
+        Ticker("okx", "BTC-USDT-PERP", 1597026383085000, 7, D("8888.88"), D("5"), D("9999.99"), D("11"),
+               D("9999.99"), D("2222"))
+    ]  # fmt: skip
+    assert out.derivatives == [
+        DerivativesTick("okx", "BTC-USDT-PERP", 1630049139746000, 7, mark_price=D("42310.6")),
+        DerivativesTick("okx", "BTC-USDT-PERP", 1597026383085000, 7, index_price=D("42310.60")),
+        DerivativesTick(
+            "okx", "BTC-USDT-PERP", 1700724675402000, 7, funding_rate=D("0.0001875391284828"),
+            next_funding_time=1700726400000000,
+        ),
+        DerivativesTick(
+            "okx", "BTC-USDT-PERP", 1700724675402000, 7, open_interest=D("2216113.01000000"),
+            open_interest_value=D("1061617181.0"),
+        ),
+    ]  # fmt: skip
+    # Only the connection's own instrument of the whole type's stream; side is the order's.
+    assert out.liquidations == [
+        Liquidation("okx", "BTC-USDT-PERP", "1692266434011:sell/long:42000.1:2", "sell", D("42000.1"), D("2"),
+                    1692266434011000, 7)
+    ]  # fmt: skip
+    assert decoder.counters.malformed == 0
+
+
+def test_okx_topics_connections_and_the_inst_type_subscription() -> None:
+    from marketflow.exchanges import okx
+
+    venue = okx.VENUE
+    (plan,) = venue.connections(
+        "swap", ["BTC-USDT-SWAP", "BTC-USD-SWAP"], ["ticker", "derivatives", "liquidations"], 400
+    )
+    assert plan.topics == (
+        "tickers:BTC-USDT-SWAP", "tickers:BTC-USD-SWAP",
+        "mark-price:BTC-USDT-SWAP", "funding-rate:BTC-USDT-SWAP", "open-interest:BTC-USDT-SWAP",
+        "index-tickers:BTC-USDT",
+        "mark-price:BTC-USD-SWAP", "funding-rate:BTC-USD-SWAP", "open-interest:BTC-USD-SWAP",
+        "index-tickers:BTC-USD",
+        "liquidation-orders:SWAP",
+    )  # fmt: skip
+    assert {venue.parse_topic("swap", t).channel for t in plan.topics} == {  # type: ignore[union-attr]
+        "ticker",
+        "derivatives",
+        "liquidations",
+    }
+    requests = venue.session(
+        "swap", ["liquidation-orders:SWAP", "mark-price:BTC-USDT-SWAP"]
+    ).subscribe_requests()
+    assert [msgspec.json.decode(r.payload)["args"] for r in requests] == [
+        [{"channel": "liquidation-orders", "instType": "SWAP"}],
+        [{"channel": "mark-price", "instId": "BTC-USDT-SWAP"}],
+    ]
+    assert venue.markets["spot"].channels == ("trades", "book", "ticker")
+    futures = venue.connections("futures", ["BTC-USD-250627"], ["derivatives"], 400)[0].topics
+    assert "funding-rate:BTC-USD-250627" not in futures  # futures have no funding
