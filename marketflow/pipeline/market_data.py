@@ -34,8 +34,9 @@ from marketflow.model import (
 )
 
 Key = tuple[str, str]
-RECENT_SAMPLES = 7_200
-"""Derivatives samples kept in memory per symbol (2 h at one a second) for order-flow bars."""
+RECENT_SAMPLES = 600
+"""Derivatives samples kept in memory per symbol (10 min at one a second): what storage may not have yet;
+order-flow bars read older ones from storage."""
 RECENT_LIQUIDATIONS = 5_000
 """Liquidations kept in memory per symbol for order-flow bars and duplicate detection."""
 _NEVER = -(2**63)
