@@ -283,3 +283,34 @@ def test_a_capture_replays_into_the_same_liquidations_and_samples(tmp_path: Path
     samples = "SELECT ts, mark_price, index_price, funding_rate, open_interest FROM derivatives ORDER BY ts"
     live_samples = _rows(live_dir / "marketflow.db", samples)
     assert live_samples and _rows(replay_db, samples) == live_samples
+
+
+async def test_crashed_market_data_children_come_back_and_work(tmp_path: Path) -> None:
+    """The keeper, the sinks and the poller, each crashed: a fresh actor takes over the same bus/queue."""
+    from tests.test_daemon_restarts import crash, still_running
+
+    sim = SimServer(SimConfig(seed=8, rate=20, book_rate=20))
+    db = tmp_path / "marketflow.db"
+    poller = "binance-usdm/poll-derivatives"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.run)
+            config = _config(tmp_path, sim, "binance", "usdm", ("ticker", "derivatives", "liquidations"))
+            daemon = Daemon(config)
+            await nursery.start(daemon.run)
+            liquidations = "SELECT COUNT(*) FROM liquidations"
+            with_oi = "SELECT COUNT(*) FROM derivatives WHERE open_interest IS NOT NULL"
+            await wait_for(lambda: _rows(db, liquidations)[0][0] >= 1, interval=0.05)
+            for name in ("market_data", "liquidations", "derivatives", poller):
+                before = (_rows(db, liquidations)[0][0], len(sim.rest.open_interest_served))
+                await crash(daemon, name)
+                await wait_for(
+                    lambda b=before: (
+                        _rows(db, liquidations)[0][0] > b[0] and len(sim.rest.open_interest_served) > b[1]
+                    ),
+                    interval=0.05,
+                )
+                await still_running(daemon, name, 0.3)
+            await wait_for(lambda: _rows(db, with_oi)[0][0] >= 2, interval=0.05)
+            await daemon.stop()
+            nursery.cancel_scope.cancel()
