@@ -34,11 +34,12 @@ from marketflow.model import (
 )
 
 Key = tuple[str, str]
-RECENT_SAMPLES = 600
-"""Derivatives samples kept in memory per symbol (10 min at one a second): what storage may not have yet;
-order-flow bars read older ones from storage."""
-RECENT_LIQUIDATIONS = 5_000
-"""Liquidations kept in memory per symbol for order-flow bars and duplicate detection."""
+RECENT_SAMPLES = 120
+"""Derivatives samples kept in memory per symbol (2 min at one a second): the ones storage may not have yet
+(its sink writes every second); order-flow bars and `/derivatives` read older ones from storage."""
+RECENT_LIQUIDATIONS = 200
+"""Liquidations kept in memory per symbol, for the same reason and to drop a repeated one before storage
+(which keeps each identity once anyway). A few hundred bytes each: 100 symbols hold at most ~6 MB."""
 _NEVER = -(2**63)
 
 
