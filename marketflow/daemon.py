@@ -491,6 +491,12 @@ class Daemon:
                     self.ledger.open(feed.exchange, symbol, "book", "disconnected", start=down_since),
                     end=up_at,
                 )
+            if "liquidations" in channels:  # no venue serves missed liquidations again: say so
+                reason = "disconnected; liquidations in between are not recoverable"
+                self.ledger.close(
+                    self.ledger.open(feed.exchange, symbol, "liquidations", reason, start=down_since),
+                    end=up_at,
+                )
         if "trades" not in channels:
             return
         recovery = venue.trade_recovery(feed.market)

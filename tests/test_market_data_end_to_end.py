@@ -314,3 +314,15 @@ async def test_crashed_market_data_children_come_back_and_work(tmp_path: Path) -
             await wait_for(lambda: _rows(db, with_oi)[0][0] >= 2, interval=0.05)
             await daemon.stop()
             nursery.cancel_scope.cancel()
+
+
+def test_a_reconnect_records_the_liquidations_it_may_have_missed(tmp_path: Path) -> None:
+    sim = SimServer(SimConfig())
+    daemon = Daemon(_config(tmp_path, sim, "bybit", "linear", ("ticker", "liquidations")))
+    daemon.on_reconnect("bybit-linear", 1_000_000, 5_000_000)
+    (record,) = daemon.ledger.query("bybit", "BTC-USDT-PERP")
+    assert (record.channel, record.start, record.end) == ("liquidations", 1_000_000, 5_000_000)
+    assert record.reason == "disconnected; liquidations in between are not recoverable"
+    quiet = Daemon(_config(tmp_path / "t", sim, "bybit", "linear", ("ticker", "derivatives")))
+    quiet.on_reconnect("bybit-linear", 1_000_000, 5_000_000)
+    assert quiet.ledger.query("bybit", "BTC-USDT-PERP") == []  # the live state just resumes
