@@ -151,6 +151,14 @@ class CaptureConfig:
 
 
 @attrs.frozen
+class ArchiveConfig:
+    """Trades older than `after_days` whole days move into Parquet files under `dir` (0: never)."""
+
+    after_days: int = 0
+    dir: str | None = None  # None: <daemon.state_dir>/archive
+
+
+@attrs.frozen
 class FeedConfig:
     exchange: str
     market: str
@@ -202,6 +210,7 @@ class Config:
     books: BooksConfig = BooksConfig()
     capture: CaptureConfig = CaptureConfig()
     derivatives: DerivativesConfig = DerivativesConfig()
+    archive: ArchiveConfig = ArchiveConfig()
 
 
 DEFAULT_FEEDS: Final = tuple(
@@ -549,6 +558,7 @@ _CAPTURE: Final[Mapping[str, _Check]] = {
     "max_total_mb": lambda value: _number(value, "a number of megabytes >= 0 (0 keeps all)", least=0.0),
     "level": lambda value: _zstd_level(value),
 }
+_ARCHIVE: Final[Mapping[str, _Check]] = {"after_days": _integer(0), "dir": _string}
 _TOP_KEYS: Final = (
     "daemon",
     "http",
@@ -559,6 +569,7 @@ _TOP_KEYS: Final = (
     "analytics",
     "capture",
     "derivatives",
+    "archive",
 )
 
 
@@ -622,6 +633,11 @@ class _Checker:
         books = self.section(doc, "books", _BOOKS)
         derivatives = self.section(doc, "derivatives", _DERIVATIVES)
         capture = self.section(doc, "capture", _CAPTURE)
+        archive = self.section(doc, "archive", _ARCHIVE)
+        retention = storage.get("retention_days", 0)
+        if 0 < retention <= archive.get("after_days", 0):
+            reason = f"must be below storage.retention_days ({retention}): retention would delete them first"
+            self.report(("archive", "after_days"), reason)
         feeds = self.feeds(doc)
         analytics = self.analytics(doc)
         if env.get(STORAGE_URL_ENV):
@@ -643,6 +659,7 @@ class _Checker:
             books=BooksConfig(**books),
             derivatives=DerivativesConfig(**derivatives),
             capture=CaptureConfig(**capture),
+            archive=ArchiveConfig(**archive),
             feeds=DEFAULT_FEEDS if feeds is None else tuple(FeedConfig(**feed) for feed in feeds),
             analytics=AnalyticsConfig(**analytics),
         )
