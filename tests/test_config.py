@@ -316,12 +316,28 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
         FEED + "channels = []\n",
         [
             "m.toml:5: feeds[0].channels: must be a non-empty array of channels "
-            "(trades, book), got an empty array"
+            "(trades, book, ticker, derivatives, liquidations), got an empty array"
         ],
     ),
     "unknown channel": (
         FEED + 'channels = ["trades", "quotes"]\n',
-        ['m.toml:5: feeds[0].channels[1]: must be one of trades, book, got string "quotes"'],
+        [
+            "m.toml:5: feeds[0].channels[1]: must be one of trades, book, ticker, derivatives, "
+            'liquidations, got string "quotes"'
+        ],
+    ),
+    "channel the market does not offer": (
+        FEED + 'channels = ["trades", "derivatives", "liquidations"]\n',
+        [
+            "m.toml:5: feeds[0].channels[1]: bybit spot has no 'derivatives' channel; "
+            "it offers trades, book, ticker",
+            "m.toml:5: feeds[0].channels[2]: bybit spot has no 'liquidations' channel; "
+            "it offers trades, book, ticker",
+        ],
+    ),
+    "derivatives sample interval": (
+        "[derivatives]\nsample_interval_s = 0\n",
+        ["m.toml:2: derivatives.sample_interval_s: must be a number of seconds > 0, got integer 0"],
     ),
     "books snapshot depth": (
         "[books]\nsnapshot_depth = 0\n",

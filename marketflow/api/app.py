@@ -275,6 +275,9 @@ def create_app(ctx: QueryContext, policy: AuthPolicy | None = None) -> QuartTrio
         return error_response(refused.status, refused.code, refused.detail)
 
     app.register_blueprint(blueprint)
+    from marketflow.api.market_routes import blueprint as market_data
+
+    app.register_blueprint(market_data)
     from marketflow.api.symbols import blueprint as symbols
 
     app.register_blueprint(symbols)

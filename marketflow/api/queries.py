@@ -599,10 +599,13 @@ async def order_flow(
     if since is None:
         end = now_us() if until is None else until - 1
         since = _floor(end, step) - (DEFAULT_ORDER_FLOW_BARS - 1) * step
+    from marketflow.api.market_queries import annotate_order_flow  # it builds on this module
+
     engine = _live(ctx, ex, sym, text, since)
     if engine is not None:
         try:
-            return engine.order_flow(ex, sym, text, since, until, footprint, size)
+            live = engine.order_flow(ex, sym, text, since, until, footprint, size)
+            return await annotate_order_flow(ctx, ex, sym, step, live)
         except NotLiveError:
             pass
 
@@ -625,7 +628,7 @@ async def order_flow(
             footprint_bin=fp_bin,
         )
 
-    return await _from_storage(compute())
+    return await annotate_order_flow(ctx, ex, sym, step, await _from_storage(compute()))
 
 
 async def volume_profile(

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import trio
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from marketflow.model import GapRecord, Trade
-from marketflow.storage import aggregates, migrate, records
+from marketflow.model import DerivativesTick, GapRecord, Liquidation, Trade
+from marketflow.storage import aggregates, market_rows, migrate, records
 from marketflow.storage.schema import trades
 from marketflow.storage.writer import StorageError
 
@@ -117,6 +117,48 @@ class SqliteTradeStore:
     async def write_candles(self, batch: Sequence[records.CandleRow]) -> None:
         """Upsert candles (a late trade's correction replaces the stored candle)."""
         await self._execute_many(records.SQLITE["candles"], records.candle_rows(batch, exact_text=True))
+
+    async def write_derivatives(self, batch: Sequence[DerivativesTick]) -> None:
+        """Upsert derivatives samples by (exchange, symbol, ts)."""
+        await self._execute_many(
+            market_rows.SQLITE["derivatives"], market_rows.derivative_rows(batch, exact_text=True)
+        )
+
+    async def write_liquidations(self, batch: Sequence[Liquidation]) -> None:
+        """Insert liquidations; one already stored (same identity) is skipped."""
+        rows = market_rows.liquidation_rows(batch, exact_text=True)
+        await self._execute_many(market_rows.SQLITE["liquidations"], rows)
+
+    async def write_quotes(self, batch: Sequence[market_rows.QuoteRow]) -> None:
+        await self._execute_many(market_rows.SQLITE["quotes"], market_rows.quote_rows(batch, exact_text=True))
+
+    async def query_derivatives(
+        self, exchange: str, symbol: str, since: int | None, until: int | None, limit: int | None
+    ) -> list[DerivativesTick]:
+        """Derivatives samples, newest first."""
+        return await self._read(market_rows.sqlite_derivatives, exchange, symbol, since, until, limit)
+
+    async def query_liquidations(
+        self, exchange: str, symbol: str | None, since: int | None, until: int | None, limit: int | None
+    ) -> list[Liquidation]:
+        """Liquidations, newest first."""
+        return await self._read(market_rows.sqlite_liquidations, exchange, symbol, since, until, limit)
+
+    async def prune_market_data(self, before_us: int, limit: int) -> int:
+        """Delete up to `limit` of the oldest rows with `ts < before_us` from each §12 table."""
+        return await trio.to_thread.run_sync(self._prune_market_sync, before_us, limit, limiter=self._limiter)
+
+    def _prune_market_sync(self, before_us: int, limit: int) -> int:
+        conn = self._conn
+        if conn is None:
+            raise StorageError("SQLite store used before open()")
+        try:
+            return sum(
+                conn.execute(market_rows.sqlite_prune(table), (before_us, limit)).rowcount
+                for table in market_rows.PRUNED_TABLES
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite retention delete in {self.path} failed: {exc}") from exc
 
     async def _execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if rows:
