@@ -80,6 +80,13 @@ class HttpConfig:
     public_reads: bool = False
     # Newest trades per market kept in memory for /collectors/trades (older ones come from storage).
     trades_ring: int = 1_000
+    # One client must not starve the others: open connections (more wait in the listen backlog), seconds a
+    # connection may stay silent mid-request or idle between requests, and queries reading stored trades.
+    max_connections: int = 512
+    read_timeout_s: float = 30.0
+    idle_timeout_s: float = 15.0
+    query_timeout_s: float = 10.0
+    max_storage_queries: int = 4
 
     @property
     def host(self) -> str:
@@ -454,6 +461,11 @@ _HTTP: Final[Mapping[str, _Check]] = {
     "listen": _listen,
     "public_reads": _boolean,
     "trades_ring": _integer(1),
+    "max_connections": _integer(1),
+    "read_timeout_s": _seconds,
+    "idle_timeout_s": _seconds,
+    "query_timeout_s": _seconds,
+    "max_storage_queries": _integer(1),
 }
 _STORAGE: Final[Mapping[str, _Check]] = {
     "url": _storage_url,

@@ -50,11 +50,14 @@ __all__ = [
     "stored_volume_profile",
 ]
 
-MAX_BARS: Final = 100_000
+# Sized for what a client can use, not for what the server could compute: 10,000 bars is more than a
+# 4K screen has pixel columns (and /candles' own `limit`), about 2.5 MB of order-flow JSON; 10,000 profile
+# bins more than it has pixel rows; 100,000 footprint cells (about 10 per bar of a full chart) about 6 MB.
+MAX_BARS: Final = 10_000
 """Most bars (with trades) one stored-range query aggregates."""
-MAX_PROFILE_BINS: Final = 100_000
+MAX_PROFILE_BINS: Final = 10_000
 """Most traded bins of one stored-range volume profile."""
-MAX_FOOTPRINT_CELLS: Final = 1_000_000
+MAX_FOOTPRINT_CELLS: Final = 100_000
 """Most (bar, bin) cells of one stored-range order-flow footprint."""
 
 _POS_INF = Decimal("Infinity")

@@ -10,7 +10,8 @@ Trades come from the in-memory ring while it holds the range, and from storage f
 and de-duplicated. Analytics come from the live engine when it holds the range, else from stored trades
 (`marketflow/analytics/stored.py`: aggregated by PostgreSQL in SQL, streamed from SQLite), with the ring's
 not yet stored trades merged in; a range is refused (`range_too_large`) by the bars or bins it would
-produce, not by its trades.
+produce, and every read of stored trades passes the :class:`~marketflow.api.limits.StorageQueryGate`: a few
+at a time, each within `http.query_timeout_s` (503 with a retry delay otherwise).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
@@ -37,6 +38,7 @@ from marketflow.analytics.stored import (
     stored_order_flow,
     stored_volume_profile,
 )
+from marketflow.api.limits import StorageQueryGate, StorageQueryRefused
 
 # Status queries read the same statistics as /metrics and live with it; they are part of this layer.
 from marketflow.api.metrics import status, storage_stats, system_info
@@ -80,10 +82,16 @@ DEFAULT_ORDER_FLOW_BARS = 100
 DEFAULT_PROFILE_WINDOW_US = 3_600_000_000
 """`/volume-profile` covers the last hour when `since` is not given."""
 MAX_DEPTH = 5000
+MAX_INTERVAL_US = 366 * 86_400_000_000
+"""Longest bar interval (`366d`): a year's bar; longer ones only move ranges past the representable."""
+MAX_BIN_DIGITS = 18
+"""Most digits of a price bin, and most of them after the point: exact arithmetic stays short."""
+
+T = TypeVar("T")
 
 _MIN_US = 0
 _MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
-_EPOCH_MS = re.compile(r"-?\d{1,16}")
+_EPOCH_MS = re.compile(r"-?[0-9]{1,16}")  # ASCII digits only: int() would also read "١٢"
 _NATIVE = re.compile(r"[A-Za-z0-9]{2,40}")
 _NORMALIZED = re.compile(r"[A-Za-z0-9]{1,20}-[A-Za-z0-9]{1,20}(-PERP)?", re.IGNORECASE)
 
@@ -91,12 +99,22 @@ _NORMALIZED = re.compile(r"[A-Za-z0-9]{1,20}-[A-Za-z0-9]{1,20}(-PERP)?", re.IGNO
 class QueryError(Exception):
     """A query's parameter is wrong or names nothing known; `status` is the HTTP status to answer with."""
 
-    def __init__(self, code: str, detail: str, param: str | None = None, status: int = 400) -> None:
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        param: str | None = None,
+        status: int = 400,
+        *,
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.param = param
         self.status = status
+        self.retry_after_s = retry_after_s
+        """Seconds after which trying again may succeed (HTTP `Retry-After`), when that is the remedy."""
 
     def json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": self.code, "detail": self.detail}
@@ -139,6 +157,9 @@ class QueryContext:
     analytics: AnalyticsEngine | None = None
     rates: RateMeter = attrs.Factory(RateMeter)
     started_at: int = attrs.Factory(now_us)
+    storage_gate: StorageQueryGate = attrs.Factory(
+        lambda self: StorageQueryGate.of(self.daemon.config.http), takes_self=True
+    )
 
     def sample_rates(self) -> None:
         """Take a sample of every feed's message counter (for msgs/s)."""
@@ -210,15 +231,30 @@ def parse_depth(value: int | None) -> int | None:
 
 
 def parse_bin(value: str | Decimal | None) -> Decimal | None:
-    """A price bin: a decimal > 0 (text, to stay exact), or None (the market's default)."""
+    """A price bin: a decimal > 0 (text, to stay exact) of at most :data:`MAX_BIN_DIGITS` digits, at
+    most that many after the point, or None (the market's default)."""
     if value is None or value == "":
         return None
     try:
-        size = Decimal(value) if isinstance(value, str) else value
-        return normalize_bin(size)
+        size = Decimal(value) if isinstance(value, str) and len(value) <= 64 else value
+        if not isinstance(size, Decimal):
+            raise ValueError(value)
+        # Bounded before normalize_bin, which would write 1e999 out in a thousand digits.
+        if (
+            size.is_finite()
+            and not -MAX_BIN_DIGITS <= int(size.as_tuple().exponent) <= size.adjusted() < MAX_BIN_DIGITS
+        ):
+            raise ValueError(value)
+        size = normalize_bin(size)
+        if len(size.as_tuple().digits) > MAX_BIN_DIGITS:
+            raise ValueError(value)
+        return size
     except (InvalidOperation, ValueError):
         raise QueryError(
-            "bad_bin", f'bin must be a decimal > 0 such as "10", got {str(value)[:64]!r}', "bin"
+            "bad_bin",
+            f'bin must be a decimal > 0 such as "10" or "0.01" with at most {MAX_BIN_DIGITS} digits, at most '
+            f"{MAX_BIN_DIGITS} of them after the point; got {str(value)[:64]!r}",
+            "bin",
         ) from None
 
 
@@ -232,9 +268,12 @@ def _check_range(since: int | None, until: int | None) -> None:
 def _interval(interval: str | None) -> tuple[str, int]:
     text = "1m" if interval is None or interval == "" else interval
     try:
-        return text, parse_interval(text)
+        step = parse_interval(text[:32])
     except ValueError as exc:
         raise QueryError("bad_interval", str(exc), "interval") from None
+    if len(text) > 32 or step > MAX_INTERVAL_US:
+        raise QueryError("bad_interval", f"interval must be at most 366d, got {text[:40]!r}", "interval")
+    return text, step
 
 
 # -- markets ----------------------------------------------------------------------------------------------
@@ -344,15 +383,28 @@ def trade_json(trade: Trade) -> dict[str, Any]:
     }
 
 
+async def _gated(ctx: QueryContext, compute: Callable[[], Awaitable[T]]) -> T:
+    """`compute()` through the storage query gate: a 503 with a retry delay when busy or too slow."""
+    try:
+        return await ctx.storage_gate.run(compute)
+    except StorageQueryRefused as exc:
+        raise QueryError(exc.code, exc.detail, None, 503, retry_after_s=exc.retry_after_s) from None
+
+
 async def _stored_trades(
     ctx: QueryContext, exchange: str, symbol: str, since: int | None, until: int | None, limit: int | None
 ) -> list[Trade]:
     query = getattr(ctx.daemon.store, "query_trades", None)
     if query is None:
         raise QueryError("storage_unavailable", "this storage engine cannot be queried for trades", None, 503)
+
+    async def read() -> list[Trade]:
+        trades: list[Trade] = await query(exchange, symbol, since, until, limit)
+        return trades
+
     try:
-        result: list[Trade] = await query(exchange, symbol, since, until, limit)
-    except trio.Cancelled:
+        result = await _gated(ctx, read)
+    except (trio.Cancelled, QueryError):
         raise
     except Exception as exc:
         raise QueryError(
@@ -492,15 +544,17 @@ def _live(ctx: QueryContext, exchange: str, symbol: str, interval: str, since: i
     return engine if live_since is not None and since >= live_since else None
 
 
-async def _from_storage(compute: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-    """Await a stored-range computation, its failures as query errors."""
+async def _from_storage(
+    ctx: QueryContext, compute: Callable[[], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """A stored-range computation through the storage query gate, its failures as query errors."""
     try:
-        return await compute
+        return await _gated(ctx, compute)
     except RangeTooLargeError as exc:
         raise QueryError("range_too_large", exc.detail, exc.param) from None
     except StoredRangeUnavailable as exc:
         raise QueryError("storage_unavailable", str(exc), None, 503) from None
-    except trio.Cancelled:
+    except (trio.Cancelled, QueryError):
         raise
     except Exception as exc:
         raise QueryError(
@@ -547,7 +601,8 @@ async def candles(
             return engine.candles(ex, sym, text, since, until, count)
         except NotLiveError:
             pass
-    return await _from_storage(stored_candles(ctx.daemon.store, ctx.ring, ex, sym, step, since, until, count))
+    store, ring, start = ctx.daemon.store, ctx.ring, since
+    return await _from_storage(ctx, lambda: stored_candles(store, ring, ex, sym, step, start, until, count))
 
 
 async def order_flow(
@@ -594,7 +649,7 @@ async def order_flow(
             footprint_bin=fp_bin,
         )
 
-    return await _from_storage(compute())
+    return await _from_storage(ctx, compute)
 
 
 async def volume_profile(
@@ -636,4 +691,4 @@ async def volume_profile(
             value_area=ctx.daemon.config.analytics.value_area,
         )
 
-    return await _from_storage(compute())
+    return await _from_storage(ctx, compute)
