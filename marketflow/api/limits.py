@@ -74,21 +74,24 @@ class StorageQueryGate:
 
     async def run(self, compute: Callable[[], Awaitable[T]]) -> T:
         """`await compute()` in a slot, within the deadline; :class:`StorageQueryRefused` otherwise."""
-        if self._slots.available_tokens == 0 and self._waiting >= self.limit:
-            self._refused += 1
-            raise StorageQueryRefused(
-                "busy",
-                f"{self.limit} queries of stored trades are running and {self._waiting} more are waiting "
-                f"(http.max_storage_queries); try again in {self.retry_after_s} s",
-                self.retry_after_s,
-            )
         running = False
         with trio.move_on_after(self.timeout_s):
-            self._waiting += 1
             try:
-                await self._slots.acquire()
-            finally:
-                self._waiting -= 1
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                if self._waiting >= self.limit:
+                    self._refused += 1
+                    raise StorageQueryRefused(
+                        "busy",
+                        f"{self.limit} queries of stored trades are running and {self._waiting} more are "
+                        f"waiting (http.max_storage_queries); try again in {self.retry_after_s} s",
+                        self.retry_after_s,
+                    ) from None
+                self._waiting += 1
+                try:
+                    await self._slots.acquire()
+                finally:
+                    self._waiting -= 1
             running = True
             try:
                 return await compute()

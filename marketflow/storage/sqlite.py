@@ -177,7 +177,14 @@ class SqliteTradeStore:
     ) -> list[Trade]:
         """Trades newest first (by ts, then id), filtered; a separate read connection, so writes go on."""
         return await trio.to_thread.run_sync(
-            self._query_sync, exchange, symbol, since, until, limit, limiter=self.read_limiter
+            self._query_sync,
+            exchange,
+            symbol,
+            since,
+            until,
+            limit,
+            limiter=self.read_limiter,
+            abandon_on_cancel=True,
         )
 
     def _query_sync(
@@ -259,7 +266,10 @@ class SqliteTradeStore:
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await trio.to_thread.run_sync(fn, self.path, *args, limiter=self.read_limiter)
+            # Abandoned at a query's deadline: the read has its own connection, its result is dropped.
+            return await trio.to_thread.run_sync(
+                fn, self.path, *args, limiter=self.read_limiter, abandon_on_cancel=True
+            )
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite query on {self.path} failed: {exc}") from exc
 
