@@ -13,7 +13,10 @@ import logging
 import math
 import os
 import resource
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -37,6 +40,7 @@ from marketflow.api.server import HttpServer
 from marketflow.config import FeedConfig, default_config
 from marketflow.daemon import Daemon
 from marketflow.model import Trade
+from marketflow.sim import SimConfig, SimServer
 
 BASE_TS = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 MINUTE = 60_000_000
@@ -285,3 +289,41 @@ async def test_the_gate_runs_a_few_queues_as_many_and_refuses_the_rest(
     }
     stats = gate.statistics()
     assert (stats.refused, stats.timed_out, stats.running, stats.waiting) == (1, 2, 0, 0)
+
+
+async def test_run_raises_the_soft_open_files_limit_to_the_hard_one(tmp_path: Path) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    low = 512
+    if hard != resource.RLIM_INFINITY and hard <= low:
+        pytest.skip(f"the hard open-files limit is {hard}: nothing to raise")
+    sim = SimServer(SimConfig(seed=21, rate=20))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.run)
+            config = tmp_path / "marketflow.toml"
+            config.write_text(
+                f'[http]\nlisten = "127.0.0.1:0"\n[daemon]\nstate_dir = "{tmp_path}"\nlog_format = "json"\n'
+                f'[storage]\nurl = "sqlite:///{tmp_path}/mf.db"\n'
+                f'[[feeds]]\nexchange = "bybit"\nmarket = "linear"\nsymbols = ["BTCUSDT"]\n'
+                f'ws_url = "{sim.bybit_ws_url("linear")}"\n'
+            )
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "marketflow", "run", "--config", str(config)],
+                cwd=tmp_path,
+                env={**os.environ, "MARKETFLOW_STORAGE_URL": ""},
+                stderr=subprocess.PIPE,
+                # As a shell or an init system with a low default would start it.
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard)),
+            )
+            assert proc.stderr is not None
+            logs = ""
+            while '"msg": "HTTP API listening"' not in logs:
+                logs += (await proc.stderr.receive_some(65536)).decode()
+            limits = await trio.Path(f"/proc/{proc.pid}/limits").read_text()
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+            nursery.cancel_scope.cancel()
+    line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
+    soft_now, hard_now = line.split()[3:5]
+    assert soft_now == hard_now == ("unlimited" if hard == resource.RLIM_INFINITY else str(hard))
+    assert f'"msg": "open-files limit raised", "from": {low}' in logs
