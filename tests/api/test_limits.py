@@ -273,13 +273,14 @@ async def test_the_gate_runs_a_few_queues_as_many_and_refuses_the_rest(
             assert exc.retry_after_s == 10
             outcomes[name] = (exc.code, trio.current_time())
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(query, "slow", trio.Event())  # never done: cut at its deadline
-        await wait_until(lambda: gate.statistics().running == 1)
-        nursery.start_soon(query, "queued", None)
-        await wait_until(lambda: gate.statistics().waiting == 1)
-        nursery.start_soon(query, "refused", None)
-        await wait_until(lambda: "refused" in outcomes)
+    with trio.fail_after(100):  # virtual seconds: without deadlines the slow query never ends
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(query, "slow", trio.Event())  # never done: cut at its deadline
+            await wait_until(lambda: gate.statistics().running == 1)
+            nursery.start_soon(query, "queued", None)
+            await wait_until(lambda: gate.statistics().waiting == 1)
+            nursery.start_soon(query, "refused", None)
+            await wait_until(lambda: "refused" in outcomes)
     await query("after", None)
     assert outcomes == {
         "refused": ("busy", 0),  # one running, one waiting: the queue is full
