@@ -20,14 +20,13 @@ import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
 
-from marketflow.analytics import NotLiveError, parse_interval
+from marketflow.analytics import NotLiveError
 from marketflow.analytics.bars import normalize_bin
 from marketflow.analytics.stored import (
     RangeTooLargeError,
@@ -42,6 +41,18 @@ from marketflow.api.limits import StorageQueryGate, StorageQueryRefused
 
 # Status queries read the same statistics as /metrics and live with it; they are part of this layer.
 from marketflow.api.metrics import status, storage_stats, system_info
+from marketflow.api.params import (
+    MAX_DEPTH,
+    MAX_LIMIT,
+    QueryError,
+    check_range,
+    parse_bin,
+    parse_depth,
+    parse_interval_param,
+    parse_limit,
+    parse_optional_time,
+    parse_time,
+)
 from marketflow.model import Trade, native_symbol, normalize_symbol, now_us, us_to_iso
 
 if TYPE_CHECKING:
@@ -50,6 +61,7 @@ if TYPE_CHECKING:
     from marketflow.daemon import Daemon
 
 __all__ = [
+    "MAX_DEPTH",
     "MAX_LIMIT",
     "QueryContext",
     "QueryError",
@@ -73,54 +85,17 @@ __all__ = [
     "volume_profile",
 ]
 
-MAX_LIMIT = 10_000
-"""Largest `limit` of trades and candles a query returns."""
 DEFAULT_TRADES_LIMIT = 1000
 DEFAULT_CANDLES_LIMIT = 500
 DEFAULT_ORDER_FLOW_BARS = 100
 """Bars of `/order-flow` when `since` is not given."""
 DEFAULT_PROFILE_WINDOW_US = 3_600_000_000
 """`/volume-profile` covers the last hour when `since` is not given."""
-MAX_DEPTH = 5000
-MAX_INTERVAL_US = 366 * 86_400_000_000
-"""Longest bar interval (`366d`): a year's bar; longer ones only move ranges past the representable."""
-MAX_BIN_DIGITS = 18
-"""Most digits of a price bin, and most of them after the point: exact arithmetic stays short."""
 
 T = TypeVar("T")
 
-_MIN_US = 0
-_MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
-_EPOCH_MS = re.compile(r"-?[0-9]{1,16}")  # ASCII digits only: int() would also read "١٢"
 _NATIVE = re.compile(r"[A-Za-z0-9]{2,40}")
 _NORMALIZED = re.compile(r"[A-Za-z0-9]{1,20}-[A-Za-z0-9]{1,20}(-PERP)?", re.IGNORECASE)
-
-
-class QueryError(Exception):
-    """A query's parameter is wrong or names nothing known; `status` is the HTTP status to answer with."""
-
-    def __init__(
-        self,
-        code: str,
-        detail: str,
-        param: str | None = None,
-        status: int = 400,
-        *,
-        retry_after_s: int | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.param = param
-        self.status = status
-        self.retry_after_s = retry_after_s
-        """Seconds after which trying again may succeed (HTTP `Retry-After`), when that is the remedy."""
-
-    def json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": self.code, "detail": self.detail}
-        if self.param is not None:
-            body["param"] = self.param
-        return body
 
 
 class RateMeter:
@@ -165,115 +140,6 @@ class QueryContext:
         """Take a sample of every feed's message counter (for msgs/s)."""
         for name, counters in self.daemon.feed_counters.items():
             self.rates.sample(name, counters.messages)
-
-
-# -- parameters -------------------------------------------------------------------------------------------
-
-
-def parse_time(value: str | int, param: str) -> int:
-    """ISO 8601 (`2026-08-09T12:00:19.680Z`; no zone means UTC) or epoch milliseconds → µs since the epoch."""
-    if isinstance(value, bool):
-        raise QueryError("bad_time", f"{param} must be ISO 8601 or epoch milliseconds, got {value!r}", param)
-    if isinstance(value, int):
-        us = value * 1000
-    else:
-        text = value.strip()
-        if _EPOCH_MS.fullmatch(text):
-            us = int(text) * 1000
-        else:
-            try:
-                parsed = datetime.fromisoformat(text.replace("z", "Z"))
-            except ValueError:
-                raise QueryError(
-                    "bad_time",
-                    f"{param} must be ISO 8601 (e.g. 2026-08-09T12:00:19.680Z) or epoch milliseconds, "
-                    f"got {value[:64]!r}",
-                    param,
-                ) from None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
-            us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    if not _MIN_US <= us <= _MAX_US:
-        raise QueryError(
-            "bad_time", f"{param} must lie between 1970 and 9999, got {str(value)[:64]!r}", param
-        )
-    return us
-
-
-def parse_optional_time(value: str | int | None, param: str) -> int | None:
-    """:func:`parse_time`, passing None (and an empty string) through as None."""
-    if value is None or value == "":
-        return None
-    return parse_time(value, param)
-
-
-def parse_limit(value: int | None, default: int, param: str = "limit") -> int:
-    """A limit in 1..:data:`MAX_LIMIT` (`default` when None)."""
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
-        raise QueryError(
-            "bad_limit", f"{param} must be an integer from 1 to {MAX_LIMIT}, got {value!r}", param
-        )
-    return value
-
-
-def parse_depth(value: int | None) -> int | None:
-    """A book depth in 1..:data:`MAX_DEPTH`, or None (every level)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DEPTH:
-        raise QueryError(
-            "bad_depth", f"depth must be an integer from 1 to {MAX_DEPTH}, got {value!r}", "depth"
-        )
-    return value
-
-
-def parse_bin(value: str | Decimal | None) -> Decimal | None:
-    """A price bin: a decimal > 0 (text, to stay exact) of at most :data:`MAX_BIN_DIGITS` digits, at
-    most that many after the point, or None (the market's default)."""
-    if value is None or value == "":
-        return None
-    try:
-        size = Decimal(value) if isinstance(value, str) and len(value) <= 64 else value
-        if not isinstance(size, Decimal):
-            raise ValueError(value)
-        # Bounded before normalize_bin, which would write 1e999 out in a thousand digits.
-        if (
-            size.is_finite()
-            and not -MAX_BIN_DIGITS <= int(size.as_tuple().exponent) <= size.adjusted() < MAX_BIN_DIGITS
-        ):
-            raise ValueError(value)
-        size = normalize_bin(size)
-        if len(size.as_tuple().digits) > MAX_BIN_DIGITS:
-            raise ValueError(value)
-        return size
-    except (InvalidOperation, ValueError):
-        raise QueryError(
-            "bad_bin",
-            f'bin must be a decimal > 0 such as "10" or "0.01" with at most {MAX_BIN_DIGITS} digits, at most '
-            f"{MAX_BIN_DIGITS} of them after the point; got {str(value)[:64]!r}",
-            "bin",
-        ) from None
-
-
-def _check_range(since: int | None, until: int | None) -> None:
-    if since is not None and until is not None and until <= since:
-        raise QueryError(
-            "bad_range", f"until ({us_to_iso(until)}) must be after since ({us_to_iso(since)})", "until"
-        )
-
-
-def _interval(interval: str | None) -> tuple[str, int]:
-    text = "1m" if interval is None or interval == "" else interval
-    try:
-        step = parse_interval(text[:32])
-    except ValueError as exc:
-        raise QueryError("bad_interval", str(exc), "interval") from None
-    if len(text) > 32 or step > MAX_INTERVAL_US:
-        raise QueryError("bad_interval", f"interval must be at most 366d, got {text[:40]!r}", "interval")
-    return text, step
 
 
 # -- markets ----------------------------------------------------------------------------------------------
@@ -448,7 +314,7 @@ async def recent_trades(
     """`/collectors/trades`: `{"trades": [...], "count": N}`, newest first, `since <= ts < until`."""
     ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
     count = parse_limit(limit, DEFAULT_TRADES_LIMIT)
-    _check_range(since, until)
+    check_range(since, until)
     trades = await fetch_trades(ctx, ex, sym, since, until, count)
     return {"trades": [trade_json(t) for t in trades], "count": len(trades)}
 
@@ -589,9 +455,9 @@ async def candles(
     Without `since`, the last `limit` (default 500) candles up to `until` (default now).
     """
     ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
-    text, step = _interval(interval)
+    text, step = parse_interval_param(interval)
     count = parse_limit(limit, DEFAULT_CANDLES_LIMIT)
-    _check_range(since, until)
+    check_range(since, until)
     if since is None:
         end = now_us() if until is None else until - 1
         since = _floor(end, step) - (count - 1) * step
@@ -618,9 +484,9 @@ async def order_flow(
 ) -> dict[str, Any]:
     """`/order-flow`: `{"bars": [...]}`; without `since`, the last 100 bars up to `until` (default now)."""
     ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
-    text, step = _interval(interval)
+    text, step = parse_interval_param(interval)
     size = parse_bin(bin)
-    _check_range(since, until)
+    check_range(since, until)
     if since is None:
         end = now_us() if until is None else until - 1
         since = _floor(end, step) - (DEFAULT_ORDER_FLOW_BARS - 1) * step
@@ -664,7 +530,7 @@ async def volume_profile(
     """`/volume-profile` over trades with `since <= ts < until`; without `since`, the last hour."""
     ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
     size = parse_bin(bin)
-    _check_range(since, until)
+    check_range(since, until)
     if since is None:
         since = (now_us() if until is None else until) - DEFAULT_PROFILE_WINDOW_US
     engine = ctx.analytics

@@ -37,7 +37,9 @@ async def test_saturated_reads_leave_the_default_thread_limiter_free(tmp_path: P
             for _ in range(4):  # more scans than either limiter has threads
                 nursery.start_soon(scan)
             with trio.fail_after(10):
-                await wait_for(lambda: scanning[0] == 2 and store.read_limiter.statistics().tasks_waiting == 2)
+                await wait_for(
+                    lambda: scanning[0] == 2 and store.read_limiter.statistics().tasks_waiting == 2
+                )
                 # A DNS lookup, a capture write, a config reload: anything on the default limiter.
                 assert await trio.to_thread.run_sync(lambda: "ran") == "ran"
             assert default.borrowed_tokens == 0
