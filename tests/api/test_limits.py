@@ -226,6 +226,9 @@ async def test_a_slow_stored_query_is_cut_at_its_deadline_with_retry_after(
             body = response.json()
             assert body["error"] == "query_timeout"
             assert "http.query_timeout_s" in body["detail"]
+            metrics = (await client.get("/metrics")).text
+            assert "marketflow_storage_queries_timed_out_total 1.0" in metrics
+            assert "marketflow_storage_queries_running 0.0" in metrics
         # The MCP tool runs the same query, under the same deadline.
         args = OrderFlowArgs(
             "bybit", "BTC-USDT", since=params["since"], until=params["until"], footprint=True
