@@ -9,7 +9,9 @@ Accept failures that signal exhaustion are retried like trio does, and logged on
 
 Slow clients are bounded by Hypercorn's own timers, which :class:`~marketflow.api.server.HttpServer` sets:
 `read_timeout` (no byte from the client for that long, e.g. headers sent and the body never) and
-`keep_alive_timeout` (idle between requests).
+`keep_alive_timeout` (idle between requests, and until a request's headers are complete); and by
+:class:`BodyDeadline`, which gives the whole body the same time, so a body sent a byte at a time cannot
+hold a connection open either.
 """
 
 from __future__ import annotations
@@ -23,16 +25,27 @@ from functools import partial
 from typing import Final
 
 import attrs
+import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ASGIFramework, ConnectionState, LifespanState
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    ConnectionState,
+    LifespanState,
+    Scope,
+)
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
 __all__ = [
     "ACCEPT_RETRY_S",
+    "BodyDeadline",
     "ConnectionLimit",
     "ConnectionStatistics",
     "open_files_limit",
@@ -140,6 +153,59 @@ class ConnectionLimit:
             await trio.aclose_forcefully(stream)
             self._open -= 1
             self._free.release()
+
+
+class BodyDeadline:
+    """ASGI middleware: an HTTP request's body must be complete within `timeout_s` of its headers.
+
+    After that the app hears `http.disconnect` (as if the client had gone) and, unless it has begun an
+    answer already, the client gets a 408 in the API's error shape (whatever the app sends later is
+    dropped); the server then closes the connection, whose request was never finished.
+    """
+
+    def __init__(self, app: ASGIFramework, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = trio.current_time() + self.timeout_s
+        complete = answered = replaced = False
+
+        async def bounded() -> ASGIReceiveEvent:
+            nonlocal complete, answered, replaced
+            if complete:  # after the body: waiting for a disconnect is the app's business
+                return await receive()
+            with trio.move_on_at(deadline):
+                message = await receive()
+                complete = message["type"] != "http.request" or not message.get("more_body", False)
+                return message
+            complete = True
+            if not answered:
+                answered = replaced = True
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 408,
+                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+                        "trailers": False,
+                    }
+                )
+                detail = f"the request body did not arrive within {self.timeout_s:g} s (http.read_timeout_s)"
+                body = msgspec.json.encode({"error": "request_timeout", "detail": detail})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+            return {"type": "http.disconnect"}
+
+        async def guarded(message: ASGISendEvent) -> None:
+            nonlocal answered
+            if replaced:
+                return
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, bounded, guarded)
 
 
 async def serve(

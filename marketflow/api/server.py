@@ -23,7 +23,13 @@ from hypercorn.typing import ASGIFramework
 from quart_trio import QuartTrio
 
 from marketflow.api.app import create_app
-from marketflow.api.connections import ConnectionLimit, ConnectionStatistics, open_files_limit, serve
+from marketflow.api.connections import (
+    BodyDeadline,
+    ConnectionLimit,
+    ConnectionStatistics,
+    open_files_limit,
+    serve,
+)
 from marketflow.api.queries import QueryContext
 from marketflow.config import Config, HttpConfig
 
@@ -117,7 +123,7 @@ class HttpServer:
     async def _serve(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await serve(
-                self.asgi,
+                BodyDeadline(self.asgi, self.http.read_timeout_s),
                 self._hypercorn_config(),
                 self.connections,
                 shutdown_trigger=self._stop.wait,
