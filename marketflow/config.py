@@ -119,6 +119,13 @@ class HttpConfig:
     allowed_hosts: tuple[str, ...] = ()
     # Serve /docs, /redocs and /scalar (they load scripts from a CDN); /openapi.json is always served.
     api_docs: bool = False
+    # One client must not starve the others: open connections (more wait in the listen backlog), seconds a
+    # connection may stay silent mid-request or idle between requests, and queries reading stored trades.
+    max_connections: int = 512
+    read_timeout_s: float = 30.0
+    idle_timeout_s: float = 15.0
+    query_timeout_s: float = 10.0
+    max_storage_queries: int = 4
 
     @property
     def host(self) -> str:
@@ -556,6 +563,11 @@ _HTTP: Final[Mapping[str, _Check]] = {
     "trades_ring": _integer(1),
     "allowed_hosts": _host_names,
     "api_docs": _boolean,
+    "max_connections": _integer(1),
+    "read_timeout_s": _seconds,
+    "idle_timeout_s": _seconds,
+    "query_timeout_s": _seconds,
+    "max_storage_queries": _integer(1),
 }
 _STORAGE: Final[Mapping[str, _Check]] = {
     "url": _storage_url,

@@ -57,8 +57,9 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
     "unknown key without a close match": (
         '[http]\nlisten = "127.0.0.1:1"\nfrobnicate = 1\n',
         [
-            "m.toml:3: http.frobnicate: unknown key; "
-            "allowed: listen, public_reads, trades_ring, allowed_hosts, api_docs"
+            "m.toml:3: http.frobnicate: unknown key; allowed: listen, public_reads, trades_ring, "
+            "allowed_hosts, api_docs, max_connections, read_timeout_s, idle_timeout_s, query_timeout_s, "
+            "max_storage_queries"
         ],
     ),
     "unknown feed key": (

@@ -161,7 +161,10 @@ def _validation_param(message: str) -> str | None:
 def _register_error_handlers(app: Quart) -> None:
     @app.errorhandler(QueryError)
     async def query_error(exc: QueryError) -> Response:
-        return error_response(exc.status, exc.code, exc.detail, exc.param)
+        response = error_response(exc.status, exc.code, exc.detail, exc.param)
+        if exc.retry_after_s is not None:
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.errorhandler(AuthError)
     async def auth_error(exc: AuthError) -> Response:

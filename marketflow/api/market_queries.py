@@ -18,14 +18,8 @@ from typing import Any
 import trio
 
 from marketflow.analytics.decimal_fmt import dec, dec_or_none, exact
-from marketflow.api.queries import (
-    DEFAULT_TRADES_LIMIT,
-    QueryContext,
-    QueryError,
-    _check_range,
-    parse_limit,
-    resolve_market,
-)
+from marketflow.api.params import QueryError, check_range, parse_limit
+from marketflow.api.queries import DEFAULT_TRADES_LIMIT, QueryContext, resolve_market
 from marketflow.model import DerivativesTick, Liquidation, us_to_iso
 
 __all__ = ["annotate_order_flow", "derivatives", "liquidations", "ticker"]
@@ -149,7 +143,7 @@ async def derivatives(
     """`/derivatives`: `{"rows": [...]}`, newest first, `since <= ts < until`."""
     ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
     count = parse_limit(limit, DEFAULT_ROWS)
-    _check_range(since, until)
+    check_range(since, until)
     return {"rows": [sample_json(r) for r in await fetch_samples(ctx, ex, sym, since, until, count)]}
 
 
@@ -165,7 +159,7 @@ async def liquidations(
     """`/liquidations`: `{"liquidations": [...], "count": N}`, newest first, `since <= ts < until`."""
     ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
     count = parse_limit(limit, DEFAULT_ROWS)
-    _check_range(since, until)
+    check_range(since, until)
     rows = await fetch_liquidations(ctx, ex, sym, since, until, count)
     return {"liquidations": [liquidation_json(r) for r in rows], "count": len(rows)}
 

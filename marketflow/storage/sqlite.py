@@ -45,17 +45,25 @@ def _compile_insert() -> str:
 _INSERT_TRADES = _compile_insert()
 _PRUNE = "DELETE FROM trades WHERE rowid IN (SELECT rowid FROM trades WHERE ts < ? ORDER BY ts LIMIT ?)"
 
+READ_THREADS = 4
+"""Worker threads SQLite reads may occupy at once (beyond that they queue). Reads have their own limiter so
+that many slow range scans cannot take every thread of trio's default limiter, which DNS lookups, capture
+writes and config reloads share."""
+
 
 class SqliteTradeStore:
-    """Writes and reads trades in one SQLite file. All calls run in one worker thread, one at a time."""
+    """Writes and reads trades in one SQLite file. Writes run in one worker thread, one at a time; reads
+    in up to `read_threads` more (:attr:`read_limiter`)."""
 
     engine_name = "sqlite"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_threads: int = READ_THREADS) -> None:
         self.url = url
         self.path = sqlite_path(url)
         self._conn: sqlite3.Connection | None = None
         self._limiter = trio.CapacityLimiter(1)
+        # Reads open their own connection each (WAL lets them run beside the writer).
+        self.read_limiter = trio.CapacityLimiter(read_threads)
 
     @property
     def display_url(self) -> str:
@@ -210,7 +218,16 @@ class SqliteTradeStore:
         limit: int | None = None,
     ) -> list[Trade]:
         """Trades newest first (by ts, then id), filtered; a separate read connection, so writes go on."""
-        return await trio.to_thread.run_sync(self._query_sync, exchange, symbol, since, until, limit)
+        return await trio.to_thread.run_sync(
+            self._query_sync,
+            exchange,
+            symbol,
+            since,
+            until,
+            limit,
+            limiter=self.read_limiter,
+            abandon_on_cancel=True,
+        )
 
     def _query_sync(
         self,
@@ -274,6 +291,7 @@ class SqliteTradeStore:
                 consume,
                 stop,
                 abandon_on_cancel=True,
+                limiter=self.read_limiter,
             )
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite query on {self.path} failed: {exc}") from exc
@@ -290,7 +308,10 @@ class SqliteTradeStore:
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await trio.to_thread.run_sync(fn, self.path, *args)
+            # Abandoned at a query's deadline: the read has its own connection, its result is dropped.
+            return await trio.to_thread.run_sync(
+                fn, self.path, *args, limiter=self.read_limiter, abandon_on_cancel=True
+            )
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite query on {self.path} failed: {exc}") from exc
 
@@ -302,4 +323,4 @@ class SqliteTradeStore:
             finally:
                 conn.close()
 
-        return await trio.to_thread.run_sync(count)
+        return await trio.to_thread.run_sync(count, limiter=self.read_limiter)

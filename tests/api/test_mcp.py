@@ -412,6 +412,13 @@ BAD_ARGUMENTS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("get_volume_profile", {"exchange": "bybit", "symbol": "BTC-USDT", "bin": "-1"}, "bin"),
     ("get_order_flow", {"exchange": "bybit", "symbol": "BTC-USDT", "footprint": [1]}, "footprint"),
+    (
+        "get_order_flow",
+        {"exchange": "bybit", "symbol": "BTC-USDT", "footprint": True, "bin": "1e-990"},
+        "bin",
+    ),
+    ("get_candles", {"exchange": "bybit", "symbol": "BTC-USDT", "interval": "9" * 30 + "d"}, "interval"),
+    ("get_recent_trades", {"exchange": "bybit", "symbol": "BTC-USDT", "since": "\u0661\u0662"}, "since"),
     ("get_status", {"actor": "nope"}, "actor"),
     ("get_gaps", {"exchange": "bybit", "sybmol": "BTC-USDT"}, "sybmol"),
     ("ping", {"extra": 1}, "extra"),
