@@ -45,18 +45,14 @@ from marketflow.analytics.stored import (
     unstored_trades,
 )
 from marketflow.analytics.volume_profile import VolumeProfile, profile_json, volume_profile
+from marketflow.api.params import QueryError, check_range, parse_bin, parse_interval_param, parse_limit
 from marketflow.api.queries import (
     DEFAULT_CANDLES_LIMIT,
     DEFAULT_ORDER_FLOW_BARS,
     DEFAULT_PROFILE_WINDOW_US,
     QueryContext,
-    QueryError,
-    _check_range,
     _from_storage,
-    _interval,
     _reads,
-    parse_bin,
-    parse_limit,
 )
 from marketflow.exchanges import VENUES
 from marketflow.model import now_us, us_to_iso
@@ -368,11 +364,11 @@ async def asset_order_flow(
 ) -> dict[str, Any]:
     """`/order-flow?asset=`: bars with every market's totals (cvd across them) and `by_venue`."""
     view = asset_view(ctx, asset, markets, quotes)
-    text, step = _interval(interval)
-    _check_range(since, until)
+    text, step = parse_interval_param(interval)
+    check_range(since, until)
     start = _default_since(since, until, step, DEFAULT_ORDER_FLOW_BARS)
 
-    return await _from_storage(view_order_flow(ctx, view, text, step, start, until))
+    return await _from_storage(ctx, lambda: view_order_flow(ctx, view, text, step, start, until))
 
 
 async def view_order_flow(
@@ -388,7 +384,9 @@ async def view_order_flow(
     body["interval"] = interval
     body["sources"] = sources
     body.update(asset_order_flow_json(per_market))
-    return body
+    from marketflow.api.asset_market_queries import annotate_asset_order_flow  # it builds on this module
+
+    return await annotate_asset_order_flow(ctx, view, step, body)
 
 
 async def asset_candles(
@@ -405,9 +403,9 @@ async def asset_candles(
     them, volumes summed, vwap over all); `by_venue` holds each market's own candles side by side (prices
     its own). Volumes in base units."""
     view = asset_view(ctx, asset, markets, quotes)
-    text, step = _interval(interval)
+    text, step = parse_interval_param(interval)
     count = parse_limit(limit, DEFAULT_CANDLES_LIMIT)
-    _check_range(since, until)
+    check_range(since, until)
     start = _default_since(since, until, step, count)
 
     async def compute() -> dict[str, Any]:
@@ -427,7 +425,7 @@ async def asset_candles(
         }
         return body
 
-    return await _from_storage(compute())
+    return await _from_storage(ctx, compute)
 
 
 async def asset_volume_profile(
@@ -443,10 +441,10 @@ async def asset_volume_profile(
     (`bin`, default: the largest default bin of the markets' first trades)."""
     view = asset_view(ctx, asset, markets, quotes)
     size = parse_bin(bin)
-    _check_range(since, until)
+    check_range(since, until)
     start = (now_us() if until is None else until) - DEFAULT_PROFILE_WINDOW_US if since is None else since
 
-    return await _from_storage(view_volume_profile(ctx, view, start, until, size))
+    return await _from_storage(ctx, lambda: view_volume_profile(ctx, view, start, until, size))
 
 
 async def view_volume_profile(
