@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import defaultdict
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +240,112 @@ async def test_bad_asset_parameters_are_400_naming_the_parameter(tmp_path: Path)
         assert raised.value.param == "asset" and "BTC" in raised.value.detail and "ETH" in raised.value.detail
 
     await run(tmp_path, body, seed=6)
+
+
+DERIVS = {("bybit", "linear"): ("BTC-USDT-PERP",), ("okx", "swap"): ("BTC-USDT-PERP", "BTC-USD-PERP")}
+DERIV_KEYS = sorted(f"{ex}/{mk}/{s}" for (ex, mk), symbols in DERIVS.items() for s in symbols)
+
+
+def okx_base(symbol: str, amount: Decimal, price: Decimal) -> Decimal:
+    return to_base(price, amount, symbol)
+
+
+async def test_liquidations_and_open_interest_merge_across_venues(tmp_path: Path) -> None:
+    sim = SimServer(SimConfig(seed=9, rate=10.0, book_rate=20.0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.run)
+        config = config_for(tmp_path, sim)
+        feeds = []
+        for (exchange, market), symbols in DERIVS.items():
+            ws_url, rest_url = sim.urls(exchange, market)
+            feeds.append(
+                FeedConfig(
+                    exchange=exchange,
+                    market=market,
+                    symbols=symbols,
+                    channels=("trades", "liquidations", "derivatives"),
+                    ws_url=ws_url,
+                    rest_url=rest_url,
+                    stale_timeout_s=3.0,
+                )
+            )
+        daemon = Daemon(attrs.evolve(config, feeds=tuple(feeds)))
+        await nursery.start(daemon.run)
+        with trio.fail_after(60):
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{daemon.http.port}", timeout=10
+            ) as client:
+
+                async def per_market(path: str, key: str) -> dict[str, Any]:
+                    exchange, market, symbol = key.split("/")
+                    params = {"exchange": exchange, "symbol": symbol, "market": market, "limit": 10_000}
+                    return (await client.get(path, params=params)).json()  # type: ignore[no-any-return]
+
+                async def ready() -> bool:
+                    for key in DERIV_KEYS:
+                        if not (await per_market("/liquidations", key))["liquidations"]:
+                            return False
+                        rows = (await per_market("/derivatives", key))["rows"]
+                        if not any(r["open_interest"] for r in rows) or not any(
+                            r["mark_price"] for r in rows
+                        ):
+                            return False
+                    return all(daemon.instruments.loaded(ex, mk) for ex, mk in DERIVS)
+
+                while not await ready():  # noqa: ASYNC110 - no event exists for rows reaching the routes
+                    await trio.sleep(0.1)
+                liqs = (await client.get("/liquidations", params={"asset": "BTC", "limit": 10_000})).json()
+                # Brute force: every market's own liquidations, amounts converted here.
+                expected = []
+                for key in DERIV_KEYS:
+                    exchange, _, symbol = key.split("/")
+                    for row in (await per_market("/liquidations", key))["liquidations"]:
+                        amount, price = Decimal(row["amount"]), Decimal(row["price"])
+                        base = okx_base(symbol, amount, price) if exchange == "okx" else amount
+                        expected.append((row["ts"], key, row["side"], row["price"], base, row["amount"]))
+                got = [
+                    (r["ts"], r["market"], r["side"], r["price"], Decimal(r["amount"]), r["venue_amount"])
+                    for r in liqs["liquidations"]
+                ]
+                # The merged list may hold a few more (rows that arrived between the calls): compare what
+                # both saw, and that nothing the per-market answers held is missing.
+                assert set(expected) <= set(got)
+                assert got == sorted(got, key=lambda g: g[0], reverse=True)
+                totals = {s: sum((g[4] for g in got if g[2] == s), Decimal(0)) for s in ("buy", "sell")}
+                assert {k: Decimal(v) for k, v in liqs["totals"].items()} == totals
+                assert {c["market"] for c in liqs["conversions"]} == {
+                    "okx/swap/BTC-USD-PERP",
+                    "okx/swap/BTC-USDT-PERP",
+                }
+
+                derivs = (await client.get("/derivatives", params={"asset": "BTC", "limit": 10_000})).json()
+                venues = derivs["venues"]
+                assert sorted(venues) == DERIV_KEYS
+                oi = Decimal(0)
+                weighted = Decimal(0)
+                with localcontext() as wide:
+                    wide.prec = 200  # the sums exact
+                    for key, state in venues.items():
+                        exchange, _, symbol = key.split("/")
+                        venue_oi, mark = Decimal(state["venue_open_interest"]), Decimal(state["mark_price"])
+                        base = okx_base(symbol, venue_oi, mark) if exchange == "okx" else venue_oi
+                        assert Decimal(state["open_interest"]) == base, key
+                        oi += base
+                        weighted += Decimal(state["funding_rate"]) * base
+                assert Decimal(derivs["open_interest"]) == oi
+                # Funding: the open-interest-weighted mean, divided to 28 significant digits half-even.
+                assert Decimal(derivs["funding_rate"]) == Context(prec=28, rounding=ROUND_HALF_EVEN).divide(
+                    weighted, oi
+                )
+                newest = derivs["rows"][0]
+                assert newest["open_interest"] == derivs["open_interest"]
+                assert set(newest["by_venue"]) == set(DERIV_KEYS)
+                # Order-flow bars of the asset carry the liquidations in base units too.
+                flow = (await client.get("/order-flow", params={"asset": "BTC", "interval": "1m"})).json()
+                in_bars = sum(
+                    (Decimal(b["liquidations_buy"]) + Decimal(b["liquidations_sell"]) for b in flow["bars"]),
+                    Decimal(0),
+                )
+                assert in_bars > 0
+            await daemon.stop()
+        nursery.cancel_scope.cancel()

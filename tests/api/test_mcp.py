@@ -209,10 +209,12 @@ def cases(api: Api) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
             {"asset": "btc", "markets": "perp", **window},
         ),
         ("get_order_flow", {"asset": "BTC", **window}, "/order-flow", {"asset": "BTC", **window}),
+        ("get_liquidations", {"asset": "BTC", **window}, "/liquidations", {"asset": "BTC", **window}),
+        ("get_derivatives", {"asset": "BTC", "limit": 50}, "/derivatives", {"asset": "BTC", "limit": 50}),
     ]
 
 
-ASSET_TOOLS = ("get_candles", "get_volume_profile", "get_order_flow")
+ASSET_TOOLS = ("get_candles", "get_volume_profile", "get_order_flow", "get_derivatives", "get_liquidations")
 """Tools taking exchange and symbol, or asset instead (none of them required)."""
 
 TICKING = {"uptime_s", "msgs_per_s", "last_message_age_s", "lag_ms", "queued_batches"}
