@@ -60,6 +60,18 @@ def test_demo_opens_on_all_venues_of_btc(
         # The answer's notes name the inverse conversion and the dollar quotes.
         notes = page.locator("[data-testid=venues-notes]").inner_text()
         assert "one dollar" in notes and "amount*contract_value/price" in notes
+        # Open interest summed across venues, the OI-weighted funding and a funding row per contract
+        # market with derivatives data, as /derivatives?asset= says.
+        page.wait_for_function(
+            "() => document.querySelectorAll('[data-testid=funding] tbody tr').length >= 2"
+            " && document.querySelector('[data-testid=venues-oi]').textContent.endsWith(' BTC')"
+        )
+        merged = demo.get("/derivatives", asset="BTC", limit=1)
+        rows = page.locator("[data-testid=funding] tbody tr")
+        assert sorted(rows.nth(i).get_attribute("data-venue") or "" for i in range(rows.count())) == sorted(
+            merged["venues"]
+        )
+        assert "/" in page.locator("[data-testid=venues-liquidations]").inner_text()
         # Candles of every venue merged are drawn in the main chart.
         page.wait_for_function("() => document.querySelector('[data-testid=chart] svg rect') !== null")
         screenshot(page, tmp_path / "dashboard-all-venues.png", capsys)

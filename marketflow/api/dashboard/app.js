@@ -386,9 +386,19 @@
       ]);
       profile.since = since;
     }
+    // One asset: open interest and funding of every contract market, and their liquidations in the window.
+    let derivs = null;
+    let liqs = null;
+    if (m && m.asset) {
+      const since = bars.length ? bars[0].start : undefined;
+      [derivs, liqs] = await all([
+        api("derivatives", { asset: m.asset, limit: 1 }),
+        api("liquidations", { asset: m.asset, since, until, limit: 1000 }),
+      ]);
+    }
     if (m !== state.sel || interval !== state.interval) return; // switched meanwhile: the next poll draws
     if (status.error) throw status.error;
-    state.last = { m, hasBook, status: status.value, book, candles, trades, profile, flow, footprint, ticker };
+    state.last = { m, hasBook, status: status.value, book, candles, trades, profile, flow, footprint, ticker, derivs, liqs };
     render(state.last);
     if (!state.shown) {
       $("auth").hidden = true;
@@ -902,11 +912,42 @@
     for (const c of flow.conversions || []) notes.push(c.market + ": " + c.rule + (c.rounding ? " (" + c.rounding + ")" : ""));
     for (const e of flow.excluded || []) notes.push("left out " + e.market + ": " + e.reason);
     $("venues-notes").textContent = "Volumes in " + (flow.units || "base units") + ". " + notes.join(" · ");
+    renderVenueDerivatives(d);
     const gaps = $("venue-gaps");
     gaps.textContent = "";
     for (const g of flow.gaps || []) {
       gaps.append(h("li", { class: "warn", text: g.venue + " missing " + hhmm(g.start) + "–" + (g.end ? hhmm(g.end) : "now") + " (" + g.reason + ")" }));
     }
+  }
+
+  /** Open interest summed in base units, the OI-weighted funding, and per contract market its funding,
+   * open interest and the liquidations of the window (SPEC §15). */
+  function renderVenueDerivatives(d) {
+    const dv = (d.derivs && d.derivs.value) || null;
+    const lq = (d.liqs && d.liqs.value) || null;
+    const table = $("funding");
+    table.textContent = "";
+    setText("v-oi", dv && dv.open_interest !== null ? trim(dv.open_interest) + " " + d.m.asset : null);
+    const rate = dv && dv.funding_rate;
+    setText("v-funding", rate || null, rate ? (rate.startsWith("-") ? "neg" : "pos") : "");
+    setText("v-liq", lq ? trim(lq.totals.buy) + " / " + trim(lq.totals.sell) : null);
+    const venues = (dv && dv.venues) || {};
+    const byMarket = new Map();
+    for (const row of (lq && lq.liquidations) || []) {
+      byMarket.set(row.market, (byMarket.get(row.market) || 0) + parseFloat(row.amount));
+    }
+    const keys = Object.keys(venues);
+    $("funding-empty").hidden = keys.length > 0;
+    if (!keys.length) return;
+    const head = h("tr", {}, h("th", { text: "venue" }), h("th", { class: "num", text: "funding" }), h("th", { class: "num", text: "open interest" }), h("th", { class: "num", text: "liq." }));
+    table.append(h("thead", {}, head));
+    const body = h("tbody", {});
+    for (const k of keys) {
+      const v = venues[k];
+      const f = v.funding_rate;
+      body.append(h("tr", { "data-venue": k }, h("td", { text: k }), h("td", { class: "num " + (f && f.startsWith("-") ? "neg" : "pos"), text: f === null ? "–" : f }), h("td", { class: "num", text: v.open_interest === null ? "–" : trim(v.open_interest) }), h("td", { class: "num", text: (byMarket.get(k) || 0).toFixed(3) })));
+    }
+    table.append(body);
   }
 
   // -- the footprint of the latest bars ----------------------------------------------------------------------
