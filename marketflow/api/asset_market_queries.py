@@ -40,9 +40,11 @@ def _contracts(view: AssetView) -> tuple[AssetMarket, ...]:
     return tuple(m for m in view.markets if m.derivative)
 
 
-def _header(ctx: QueryContext, view: AssetView, since: int | None, until: int | None) -> dict[str, Any]:
+def _header(
+    ctx: QueryContext, view: AssetView, since: int | None, until: int | None, channel: str
+) -> dict[str, Any]:
     narrowed = attrs.evolve(view, markets=_contracts(view))
-    return narrowed.header(ctx, 0 if since is None else since, until)
+    return narrowed.header(ctx, 0 if since is None else since, until, (channel,))
 
 
 async def asset_liquidations(
@@ -80,7 +82,7 @@ async def asset_liquidations(
     with exact():
         for item in kept:
             totals[item["side"]] += Decimal(item["amount"])
-    body = _header(ctx, view, since, until)
+    body = _header(ctx, view, since, until, "liquidations")
     body["liquidations"] = kept
     body["count"] = len(kept)
     body["totals"] = {"buy": dec(totals["buy"]), "sell": dec(totals["sell"])}
@@ -180,7 +182,7 @@ async def asset_derivatives(
         if index + 1 < len(events) and events[index + 1][0] == ts:
             continue  # one merged row per instant
         rows.append(_merged(states, contracts, ts))
-    body = _header(ctx, view, since, until)
+    body = _header(ctx, view, since, until, "derivatives")
     body["rows"] = rows[::-1][:count]
     body["venues"] = {key: state.json(contracts[key]) for key, state in sorted(states.items())}
     end = _merged(states, contracts, events[-1][0]) if events else None

@@ -347,5 +347,17 @@ async def test_liquidations_and_open_interest_merge_across_venues(tmp_path: Path
                     Decimal(0),
                 )
                 assert in_bars > 0
+                # A venue down: its liquidation gaps are in the merged answer, the other venue's are not.
+                assert sim.drop_connections("okx") > 0
+                await wait_for(
+                    lambda: any(
+                        r.channel == "liquidations" for r in daemon.ledger.query("okx", "BTC-USD-PERP")
+                    )
+                )
+                merged = (await client.get("/liquidations", params={"asset": "BTC"})).json()
+                assert {(g["venue"], g["channel"]) for g in merged["gaps"]} >= {
+                    ("okx/swap/BTC-USD-PERP", "liquidations")
+                }
+                assert not any(g["venue"].startswith("bybit/") for g in merged["gaps"])
             await daemon.stop()
         nursery.cancel_scope.cancel()
