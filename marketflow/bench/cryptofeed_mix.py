@@ -49,7 +49,8 @@ def okx_document(native: str) -> list[dict[str, Any]]:
     if native.endswith("-SWAP"):
         row = {"instType": "SWAP", "instId": native, "tickSz": "0.1", "state": "live"}
     else:
-        row = {"instType": "SPOT", "instId": native, "baseCcy": parts[0], "quoteCcy": parts[1], "tickSz": "0.1"}
+        row = {"instType": "SPOT", "instId": native, "baseCcy": parts[0], "quoteCcy": parts[1]}
+        row["tickSz"] = "0.1"
     return [{"data": [row]}]
 
 
@@ -118,7 +119,8 @@ def main() -> int:
         runs.append(asyncio.run(one_pass(cls, symbols, args.depth, frames, conn)))
     from importlib.metadata import version
 
-    print(json.dumps({"cpu_s": min(runs), "runs": runs, "symbols": symbols, "callbacks": COUNTS, "version": version("cryptofeed")}))
+    result = {"cpu_s": min(runs), "runs": runs, "symbols": symbols, "callbacks": COUNTS}
+    print(json.dumps(result | {"version": version("cryptofeed")}))
     return 0
 
 

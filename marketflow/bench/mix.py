@@ -75,7 +75,8 @@ class Case:
     def _check(self, sync: Synchronizer, applied_before: int = 0) -> None:
         stats = sync.statistics()
         expected = self.book_frames - (0 if self.mix.snapshot is not None else 1)
-        if stats.state is not BookState.SYNCED or stats.gaps or stats.updates_applied - applied_before != expected:
+        applied = stats.updates_applied - applied_before
+        if stats.state is not BookState.SYNCED or stats.gaps or applied != expected:
             raise AssertionError(f"{self.label}: book not continuous ({stats})")
 
     def decode(self) -> float:
@@ -147,8 +148,9 @@ class Case:
             for chunk in chunks:
                 await raw.publish([RawFrames(feed, self.venue.name, self.market, 0, chunk)])
             raw.close()
-            while sync.statistics().updates_applied - applied < self.book_frames - (self.mix.snapshot is None):
-                await trio.sleep(0)
+            wanted = self.book_frames - (self.mix.snapshot is None)
+            while sync.statistics().updates_applied - applied < wanted:  # noqa: ASYNC110 - no event exists
+                await trio.lowlevel.checkpoint()
             took = time.process_time() - start
             nursery.cancel_scope.cancel()
         self._check(sync, applied)
@@ -279,7 +281,9 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m marketflow.bench.mix", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m marketflow.bench.mix", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--frames", type=int, default=20_000, help="frames per case")
     parser.add_argument("--repeat", type=int, default=5, help="passes per stage, best of K")
     parser.add_argument("--batch", type=int, default=64, help="frames per raw-bus batch (actors stage)")

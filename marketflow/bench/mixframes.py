@@ -1,4 +1,4 @@
-"""Real-mix traffic for `marketflow bench`: each venue's book, ticker and trade frames in recorded proportions.
+"""Real-mix traffic for `marketflow bench`: each venue's book, ticker and trade frames in real proportions.
 
 A recording of Bybit (4 linear + 2 spot symbols) held 2,148 orderbook : 839 tickers : 120 publicTrade
 frames; Binance USD-M 764 depth : 613 bookTicker : 91 aggTrade (issue 20). OKX has no recording here: its
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import heapq
 import random
-from bisect import insort
 import zlib
+from bisect import insort
 from collections.abc import Callable
 
 import attrs

@@ -29,7 +29,8 @@ from marketflow.exchanges.base import (
     TradeGap,
     UnknownControl,
 )
-from marketflow.model import BookUpdate, Level, Trade
+from marketflow.exchanges.orderbook import shared_levels
+from marketflow.model import BookUpdate, Trade
 
 EXCHANGE = "binance"
 MARKET_NAMES = ("spot", "usdm")
@@ -132,8 +133,8 @@ class _Depth(msgspec.Struct):
     E: int
     U: int
     u: int
-    b: list[Level]
-    a: list[Level]
+    b: list[tuple[str, Decimal]]  # prices made shared Decimals by `shared_levels`
+    a: list[tuple[str, Decimal]]
     pu: int | None = None
     T: int | None = None
 
@@ -216,6 +217,7 @@ class FrameDecoder:
         self.natives = {native.lower(): native for native in symbols}
         self.last_trade: dict[str, tuple[int, int]] = {}
         self.counters = DecodeCounters()
+        self._prices: dict[str, Decimal] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
@@ -233,8 +235,11 @@ class FrameDecoder:
                 elif kind.startswith("depth"):
                     d = _depth_decoder.decode(env.data)
                     ts = (d.T if d.T is not None else d.E) * 1000
+                    prices = self._prices
+                    bids = shared_levels(prices, d.b)
+                    asks = shared_levels(prices, d.a)
                     out.books.append(
-                        BookUpdate(self.exchange, symbol, False, d.U, d.u, d.pu, d.b, d.a, ts, recv_ts)
+                        BookUpdate(self.exchange, symbol, False, d.U, d.u, d.pu, bids, asks, ts, recv_ts)
                     )
                     counters.book_updates += 1
                 else:

@@ -28,7 +28,8 @@ from marketflow.exchanges.base import (
     SubscribeRequest,
     UnknownControl,
 )
-from marketflow.model import BookUpdate, Level, Trade
+from marketflow.exchanges.orderbook import shared_levels
+from marketflow.model import BookUpdate, Trade
 
 EXCHANGE = "bybit"
 MARKET_NAMES = ("spot", "linear")
@@ -131,8 +132,8 @@ class _TradeFrame(msgspec.Struct):
 
 class _Book(msgspec.Struct):
     s: str
-    b: list[Level]
-    a: list[Level]
+    b: list[tuple[str, Decimal]]  # prices made shared Decimals by `shared_levels`
+    a: list[tuple[str, Decimal]]
     u: int
     seq: int = 0
 
@@ -287,8 +288,8 @@ class FrameDecoder:
                             book.u,
                             book.u,
                             None,
-                            book.b,
-                            book.a,
+                            shared_levels(self._decimals, book.b),
+                            shared_levels(self._decimals, book.a),
                             env.ts * 1000,
                             recv_ts,
                         )
