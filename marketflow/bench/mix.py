@@ -6,7 +6,8 @@ Traffic is `mixframes`: each venue's book deltas, tickers and trades in recorded
 venue's book deltas alone. Stages run in this process, out of the socket (the wss transport's own cost per
 frame is the `transport wss` case of the main bench), each adding to the one before:
 
-- `decode`: the venue's `FrameDecoder` on every frame (fresh decoder per pass: no trade is a duplicate);
+- `decode`: the venue's `FrameDecoder` on every frame, `--batch` frames per call as the normalizer gets
+  them (fresh decoder per pass: no trade is a duplicate);
 - `+ book`: and the venue's synchronizer on every book update (sequence checks, crossed-book check, OKX's
   CRC32 checksum over the exact strings), seeded with the REST snapshot first where the venue needs one;
 - `+ actors`: the daemon's actors on trio: frames published in batches of `--batch` (what one coalesced
@@ -79,28 +80,32 @@ class Case:
         if stats.state is not BookState.SYNCED or stats.gaps or applied != expected:
             raise AssertionError(f"{self.label}: book not continuous ({stats})")
 
-    def decode(self) -> float:
+    def decode(self, batch: int) -> float:
         decoder = self.venue.decoder(self.market, {self.native: self.symbol})
-        out = Decoded()
+        books = 0
         start = time.process_time()
-        decoder.decode(self.frames, 0, out)
+        for chunk in _chunks(self.frames, batch):
+            out = Decoded()
+            decoder.decode(chunk, 0, out)
+            books += len(out.books)
         took = time.process_time() - start
-        if len(out.books) != self.book_frames:
-            raise AssertionError(f"{self.label}: {len(out.books)} book updates of {self.book_frames}")
+        if books != self.book_frames:
+            raise AssertionError(f"{self.label}: {books} book updates of {self.book_frames}")
         return took
 
-    def book(self) -> float:
+    def book(self, batch: int) -> float:
         decoder = self.venue.decoder(self.market, {self.native: self.symbol})
         sync = self.venue.synchronizer(self.market)
         self._seed(sync)
         applied = sync.statistics().updates_applied
         start = time.process_time()
-        out = Decoded()
-        decoder.decode(self.frames, 0, out)
         on_update = sync.on_update
-        for update in out.books:
-            if on_update(update) is not None:
-                raise AssertionError(f"{self.label}: gap")
+        for chunk in _chunks(self.frames, batch):
+            out = Decoded()
+            decoder.decode(chunk, 0, out)
+            for update in out.books:
+                if on_update(update) is not None:
+                    raise AssertionError(f"{self.label}: gap")
         took = time.process_time() - start
         self._check(sync, applied)
         return took
@@ -138,8 +143,7 @@ class Case:
                 async for items in receiver:
                     got += len(items)
 
-        frames = self.frames
-        chunks = [frames[i : i + batch] for i in range(0, len(frames), batch)]
+        chunks = _chunks(self.frames, batch)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sink)
             await nursery.start(keeper.run)
@@ -157,12 +161,16 @@ class Case:
         return took
 
 
+def _chunks(frames: list[bytes], batch: int) -> list[list[bytes]]:
+    return [frames[i : i + batch] for i in range(0, len(frames), batch)]
+
+
 def measure(cases: list[Case], repeat: int, batch: int) -> dict[str, dict[str, float]]:
     """Best CPU seconds per case and stage, stages interleaved round-robin."""
     best: dict[str, dict[str, float]] = {c.label: dict.fromkeys(STAGES, float("inf")) for c in cases}
     runs: dict[str, Callable[[Case], float]] = {
-        "decode": Case.decode,
-        "+ book": Case.book,
+        "decode": lambda c: c.decode(batch),
+        "+ book": lambda c: c.book(batch),
         "+ actors": lambda c: c.actors(batch),
     }
     for _ in range(repeat):

@@ -149,6 +149,12 @@ class OrderBook:
         asks = [ask_levels[p] for p in self._asks.prices[:n]]
         return bids, asks
 
+    def top_prices(self, n: int) -> tuple[list[Decimal], list[Decimal]]:
+        """The best `n` prices per side (bids descending, asks ascending), as the book keys them."""
+        if n < 0:
+            raise ValueError(f"top_prices() needs n >= 0, got {n}")
+        return self._bids.prices[: -n - 1 : -1], self._asks.prices[:n]
+
     def levels(self) -> tuple[list[Level], list[Level]]:
         """Every level: bids descending, asks ascending."""
         bid_levels = self._bids.levels
