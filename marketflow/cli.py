@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-cryptofeed", action="store_true", help="marketflow alone")
     bench.add_argument("--quick", action="store_true", help="smaller cases (a smoke run)")
     bench.add_argument(
+        "--mix-only", action="store_true", help="only the real-mix table (in process, about 2 minutes)"
+    )
+    bench.add_argument(
         "--soak", type=float, default=None, metavar="MIN", help="instead: an RSS soak of MIN minutes"
     )
     bench.add_argument("--soak-symbols", type=int, default=100, metavar="N", help="symbols in the soak (100)")
@@ -125,6 +128,7 @@ def _bench(args: argparse.Namespace) -> int:
         paced_seconds=args.seconds,
         storages=storages,
         cryptofeed=not args.no_cryptofeed,
+        mix_only=args.mix_only,
     )
     if args.quick:
         plan = bench.Plan(
@@ -135,6 +139,9 @@ def _bench(args: argparse.Namespace) -> int:
             storages=storages,
             cryptofeed=plan.cryptofeed,
             step_seconds=3.0,
+            mix_frames=5_000,
+            mix_repeat=2,
+            mix_only=args.mix_only,
         )
     bench.main(
         out=Path(args.out), plan=plan, soak_minutes=args.soak, soak_symbols=args.soak_symbols, keep=args.keep

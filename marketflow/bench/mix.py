@@ -147,16 +147,15 @@ class Case:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sink)
             await nursery.start(keeper.run)
-            await nursery.start(normalizer.run)
             start = time.process_time()
-            for chunk in chunks:
-                await raw.publish([RawFrames(feed, self.venue.name, self.market, 0, chunk)])
-            raw.close()
-            wanted = self.book_frames - (self.mix.snapshot is None)
-            while sync.statistics().updates_applied - applied < wanted:  # noqa: ASYNC110 - no event exists
-                await trio.lowlevel.checkpoint()
-            took = time.process_time() - start
-            nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as inner:
+                await inner.start(normalizer.run)
+                for chunk in chunks:
+                    await raw.publish([RawFrames(feed, self.venue.name, self.market, 0, chunk)])
+                raw.close()  # the normalizer ends once it has decoded everything
+            books.close()  # and the keeper and the sink once they have taken everything
+            trades.close()
+        took = time.process_time() - start
         self._check(sync, applied)
         return took
 

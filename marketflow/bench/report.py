@@ -53,6 +53,12 @@ def table(report: dict[str, Any]) -> str:
         f"marketflow bench — {report['machine']['cpus']} CPUs, Python {report['machine']['python']}"
         + (f"; cryptofeed {cf['version']}" if cf else "; cryptofeed not run")
     )
+    if "mix" in report:
+        from marketflow.bench import mix
+
+        parts.append("\n" + mix.table(report["mix"]))
+    if "stages" not in report:
+        return "\n".join(parts)
     parts.append("\nStages at full speed (CPU is the client process alone; frames = trades here):")
     rows = [_stage_row(stage) for stage in report.get("stages", [])]
     parts.append(_grid(["stage", "frames/s", "µs CPU/frame", "frames/s/core", "CPU", "loss", "RSS MB"], rows))
@@ -128,6 +134,8 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    if "soak" not in report and "cases" not in report:
+        return None  # the real-mix table alone: nothing over time to plot
     if "soak" in report:
         fig, ax = plt.subplots(figsize=(9, 4))
         series = report["soak"]["series"]

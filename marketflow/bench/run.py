@@ -434,6 +434,11 @@ class Plan:
     storages: tuple[str, ...] = ("sqlite", "postgres")
     cryptofeed: bool = True
     step_seconds: float = 6.0
+    mix_frames: int = 20_000
+    """Frames per real-mix case (`marketflow.bench.mix`, in process); 0 skips the real-mix table."""
+    mix_repeat: int = 5
+    mix_only: bool = False
+    """The real-mix table alone (no blaster cases)."""
 
 
 def sustained(
@@ -669,14 +674,15 @@ def main(
 
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="marketflow-bench-"))
-    want_pg = "postgres" in plan.storages and soak_minutes is None
+    want_pg = "postgres" in plan.storages and soak_minutes is None and not plan.mix_only
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "plan": attrs.asdict(plan),
     }
     try:
-        with environment(workdir, want_pg, plan.cryptofeed and soak_minutes is None, log) as env:
+        want_cf = plan.cryptofeed and soak_minutes is None and not plan.mix_only
+        with environment(workdir, want_pg, want_cf, log) as env:
             if env.pg_cluster is None:
                 plan = attrs.evolve(plan, storages=tuple(s for s in plan.storages if s != "postgres"))
             if env.cryptofeed is not None:
@@ -687,7 +693,12 @@ def main(
             if soak_minutes is not None:
                 report["soak"] = soak(env, soak_minutes, soak_symbols, log)
             else:
-                report.update(run_plan(env, plan, log))
+                if plan.mix_frames:
+                    from marketflow.bench import mix
+
+                    report["mix"] = mix.run(plan.mix_frames, plan.mix_repeat, 64, plan.cryptofeed, log)
+                if not plan.mix_only:
+                    report.update(run_plan(env, plan, log))
     finally:
         if keep:
             log(f"work files kept in {workdir}")
