@@ -57,6 +57,20 @@ def table(report: dict[str, Any]) -> str:
         from marketflow.bench import mix
 
         parts.append("\n" + mix.table(report["mix"]))
+    if report.get("mix_wss"):
+        parts.append("\nReal mix over wss from the blaster (client process CPU; full speed):")
+        by_venue: dict[str, dict[str, dict[str, Any]]] = {}
+        for row in report["mix_wss"]:
+            by_venue.setdefault(row["venue"], {})[row["stage"]] = row
+        rows = []
+        for venue, stages in by_venue.items():
+            line = [venue]
+            for stage in ("transport", "decode"):
+                got = stages.get(stage, {})
+                line += [_num(got.get("frames_per_s"), 0), _num(got.get("cpu_us_per_frame"), 2)]
+            rows.append(line)
+        headers = ["venue", "transport frames/s", "µs/frame", "+ decode frames/s", "µs/frame"]
+        parts.append(_grid(headers, rows))
     if "stages" not in report:
         return "\n".join(parts)
     parts.append("\nStages at full speed (CPU is the client process alone; frames = trades here):")
