@@ -68,8 +68,11 @@ class Case:
         if self.mix.snapshot is None:
             return
         last_id, bids, asks = self.mix.snapshot
-        levels = ([(Decimal(p), Decimal(a)) for p, a in side] for side in (bids, asks))
-        snap = BookUpdate(self.venue.name, self.symbol, True, last_id, last_id, None, *levels, 0, 0)
+        bid_levels = [(Decimal(p), Decimal(a)) for p, a in bids]
+        ask_levels = [(Decimal(p), Decimal(a)) for p, a in asks]
+        snap = BookUpdate(
+            self.venue.name, self.symbol, True, last_id, last_id, None, bid_levels, ask_levels, 0, 0
+        )
         if sync.on_snapshot(snap) is not None or sync.state is not BookState.SYNCED:
             raise AssertionError(f"{self.label}: the REST snapshot did not sync the book")
 
