@@ -322,3 +322,13 @@ def test_a_book_price_that_is_no_finite_decimal_rejects_the_frame(bad: str) -> N
     decoder.decode([frame, SPOT_BOOK_DELTA], 9, out)
     assert len(out.books) == 1 and decoder.counters.malformed == 1
     assert "decimal" in (decoder.counters.last_error or "")
+
+
+def test_book_frames_decode_alike_whatever_the_key_order() -> None:
+    # The usual order takes the one-pass path; any other order the envelope path: same update.
+    reordered = json.dumps({k: json.loads(SPOT_BOOK_DELTA)[k] for k in ("data", "type", "ts", "topic")})
+    decoder = bybit.FrameDecoder("bybit", "spot", {"ETHUSDT": "ETH-USDT"})
+    out = Decoded()
+    decoder.decode([SPOT_BOOK_DELTA, reordered.encode()], 9, out)
+    usual, other = out.books
+    assert usual == other and usual.last_id == 219167607 and decoder.counters.book_updates == 2

@@ -145,6 +145,20 @@ _trade_frame_decoder = msgspec.json.Decoder(_TradeFrame)
 _TRADE_FRAME_START = b'{"topic":"publicTrade.'
 """How every trade frame seen live begins; others (other key orders) take the two-pass path."""
 _book_decoder = msgspec.json.Decoder(_Book)
+
+
+class _BookFrame(msgspec.Struct):
+    """An `orderbook` frame in one pass (envelope and book), for the hot path."""
+
+    topic: str
+    data: _Book
+    ts: int = 0
+    type: str = "snapshot"
+
+
+_book_frame_decoder = msgspec.json.Decoder(_BookFrame)
+_BOOK_FRAME_START = b'{"topic":"orderbook.'
+"""How every book frame seen live begins; others take the two-pass path."""
 _SIDES: dict[str, Literal["buy", "sell"]] = {"Buy": "buy", "Sell": "sell"}
 
 
@@ -262,6 +276,10 @@ class FrameDecoder:
                         continue
                     self._trades(native, symbol, whole.data, recv_ts, out)
                     continue
+                if frame.startswith(_BOOK_FRAME_START):
+                    book = _book_frame_decoder.decode(frame)
+                    self._book(book.topic, book.type, book.ts, book.data, recv_ts, out)
+                    continue
                 env = _envelope_decoder.decode(frame)
                 topic = env.topic
                 if topic.startswith(_TRADE_PREFIX):
@@ -272,29 +290,7 @@ class FrameDecoder:
                         continue
                     self._trades(native, symbol, _trades_decoder.decode(env.data), recv_ts, out)
                 elif topic.startswith(_BOOK_PREFIX):
-                    native = topic.rpartition(".")[2]
-                    symbol = symbols.get(native)
-                    if symbol is None:
-                        counters.unknown_topics += 1
-                        continue
-                    book = _book_decoder.decode(env.data)
-                    # `u == 1` is a service restart: the message is a snapshot whatever its type says.
-                    snapshot = env.type == "snapshot" or book.u == 1
-                    out.books.append(
-                        BookUpdate(
-                            self.exchange,
-                            symbol,
-                            snapshot,
-                            book.u,
-                            book.u,
-                            None,
-                            shared_levels(self._decimals, book.b),
-                            shared_levels(self._decimals, book.a),
-                            env.ts * 1000,
-                            recv_ts,
-                        )
-                    )
-                    counters.book_updates += 1
+                    self._book(topic, env.type, env.ts, _book_decoder.decode(env.data), recv_ts, out)
                 else:
                     counters.ignored += 1
             except msgspec.DecodeError as exc:
@@ -304,6 +300,21 @@ class FrameDecoder:
                     "malformed bybit frame ignored",
                     extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
                 )
+
+    def _book(self, topic: str, kind: str, ts: int, book: _Book, recv_ts: int, out: Decoded) -> None:
+        symbol = self.symbols.get(topic.rpartition(".")[2])
+        if symbol is None:
+            self.counters.unknown_topics += 1
+            return
+        # `u == 1` is a service restart: the message is a snapshot whatever its type says.
+        snapshot = kind == "snapshot" or book.u == 1
+        prices = self._decimals
+        bids = shared_levels(prices, book.b)
+        asks = shared_levels(prices, book.a)
+        out.books.append(
+            BookUpdate(self.exchange, symbol, snapshot, book.u, book.u, None, bids, asks, ts * 1000, recv_ts)
+        )
+        self.counters.book_updates += 1
 
     def _trades(self, native: str, symbol: str, trades: list[_Trade], recv_ts: int, out: Decoded) -> None:
         if not trades:
