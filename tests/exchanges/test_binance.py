@@ -209,3 +209,13 @@ def test_a_depth_price_that_is_no_finite_decimal_rejects_the_event(bad: str) -> 
     # A NaN price would make every later comparison in the book raise (InvalidOperation).
     out, decoder = decode("usdm", [USDM_DEPTH.replace(b'"0.0024"', json.dumps(bad).encode()), USDM_DEPTH])
     assert len(out.books) == 1 and decoder.counters.malformed == 1
+
+
+def test_depth_frames_decode_alike_whatever_the_key_order() -> None:
+    # The usual order takes the one-pass path; data before stream takes the envelope path: same update.
+    doc = json.loads(USDM_DEPTH)
+    reordered = json.dumps({"data": doc["data"], "stream": doc["stream"]}).encode()
+    out, decoder = decode("usdm", [USDM_DEPTH, reordered])
+    usual, other = out.books
+    assert usual == other and (usual.first_id, usual.last_id, usual.prev_id) == (157, 160, 149)
+    assert decoder.counters.book_updates == 2

@@ -145,6 +145,16 @@ _agg_decoder = msgspec.json.Decoder(AggTrade)
 _depth_decoder = msgspec.json.Decoder(_Depth)
 
 
+class _DepthFrame(msgspec.Struct):
+    """A combined-stream depth frame in one pass, for the hot path."""
+
+    stream: str
+    data: _Depth
+
+
+_depth_frame_decoder = msgspec.json.Decoder(_DepthFrame)
+
+
 class Session:
     """Protocol rules for one Binance combined-stream connection."""
 
@@ -224,6 +234,14 @@ class FrameDecoder:
         for frame in frames:
             counters.frames += 1
             try:
+                if frame.find(b"@depth", 11, 64) > 0:  # a depth event: envelope and event in one pass
+                    whole = _depth_frame_decoder.decode(frame)
+                    symbol = self.symbols.get(whole.stream.partition("@")[0])
+                    if symbol is None:
+                        counters.unknown_topics += 1
+                    else:
+                        self._depth(symbol, whole.data, recv_ts, out)
+                    continue
                 env = _combined_decoder.decode(frame)
                 sym, _, kind = env.stream.partition("@")
                 symbol = self.symbols.get(sym)
@@ -233,15 +251,7 @@ class FrameDecoder:
                 if kind == TRADE_STREAM:
                     self._trade(sym, symbol, _agg_decoder.decode(env.data), recv_ts, out)
                 elif kind.startswith("depth"):
-                    d = _depth_decoder.decode(env.data)
-                    ts = (d.T if d.T is not None else d.E) * 1000
-                    prices = self._prices
-                    bids = shared_levels(prices, d.b)
-                    asks = shared_levels(prices, d.a)
-                    out.books.append(
-                        BookUpdate(self.exchange, symbol, False, d.U, d.u, d.pu, bids, asks, ts, recv_ts)
-                    )
-                    counters.book_updates += 1
+                    self._depth(symbol, _depth_decoder.decode(env.data), recv_ts, out)
                 else:
                     counters.ignored += 1
             except msgspec.DecodeError as exc:
@@ -251,6 +261,14 @@ class FrameDecoder:
                     "malformed binance frame ignored",
                     extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
                 )
+
+    def _depth(self, symbol: str, d: _Depth, recv_ts: int, out: Decoded) -> None:
+        ts = (d.T if d.T is not None else d.E) * 1000
+        prices = self._prices
+        bids = shared_levels(prices, d.b)
+        asks = shared_levels(prices, d.a)
+        out.books.append(BookUpdate(self.exchange, symbol, False, d.U, d.u, d.pu, bids, asks, ts, recv_ts))
+        self.counters.book_updates += 1
 
     def _trade(self, sym: str, symbol: str, t: AggTrade, recv_ts: int, out: Decoded) -> None:
         ts = t.T * 1000
