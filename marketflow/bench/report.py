@@ -48,7 +48,9 @@ def table(report: dict[str, Any]) -> str:
             f"slope after the first third {s['rss_slope_mb_per_h_after_first_third']} MB/h"
         )
         return "\n".join(parts)
-    cf = report.get("cryptofeed")
+    cf = report.get("cryptofeed") or report.get("mix", {}).get("cryptofeed") or None
+    if cf is not None and "version" not in cf:
+        cf = None
     parts.append(
         f"marketflow bench — {report['machine']['cpus']} CPUs, Python {report['machine']['python']}"
         + (f"; cryptofeed {cf['version']}" if cf else "; cryptofeed not run")
