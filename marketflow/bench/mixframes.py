@@ -140,11 +140,14 @@ def _schedule(spec: MixSpec, frames: int, rng: random.Random) -> list[str]:
     return rng.choices(("book", "ticker", "trade"), weights, k=frames)
 
 
-def build(venue: str, frames: int, *, seed: int = 1, book_only: bool = False) -> Mix:
-    """`frames` data frames of `venue`'s mix (or book deltas only), starting at T0 ms and 2 ms apart."""
+def build(venue: str, frames: int, *, seed: int = 1, book_only: bool = False, checksums: bool = True) -> Mix:
+    """`frames` data frames of `venue`'s mix (or book deltas only), starting at T0 ms and 2 ms apart.
+    `checksums=False`: OKX books carry checksum 0, as live OKX sends since 2026-06 (nothing to verify)."""
     spec = SPECS[venue]
     rng = random.Random(seed)
     kinds = ["book"] * frames if book_only else _schedule(spec, frames, rng)
+    if venue == "okx":
+        return _okx(spec, kinds, rng, checksums)
     return _BUILDERS[venue](spec, kinds, rng)
 
 
@@ -269,7 +272,7 @@ def _binance(spec: MixSpec, kinds: list[str], rng: random.Random) -> Mix:
     return Mix(spec, out, kinds, snapshot)
 
 
-def _okx(spec: MixSpec, kinds: list[str], rng: random.Random) -> Mix:
+def _okx(spec: MixSpec, kinds: list[str], rng: random.Random, checksums: bool = True) -> Mix:
     def price(t: int) -> str:
         return f"{t // 10}.{t % 10}"
 
@@ -291,7 +294,7 @@ def _okx(spec: MixSpec, kinds: list[str], rng: random.Random) -> Mix:
         "asks": okx_levels(book.levels(1)),
         "bids": okx_levels(book.levels(0)),
         "ts": str(T0),
-        "checksum": _okx_checksum(book),
+        "checksum": _okx_checksum(book) if checksums else 0,
         "prevSeqId": -1,
         "seqId": seq,
     }
@@ -306,7 +309,7 @@ def _okx(spec: MixSpec, kinds: list[str], rng: random.Random) -> Mix:
                 "asks": okx_levels(asks),
                 "bids": okx_levels(bids),
                 "ts": ts,
-                "checksum": _okx_checksum(book),
+                "checksum": _okx_checksum(book) if checksums else 0,
                 "prevSeqId": prev,
                 "seqId": seq,
             }
