@@ -93,9 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--no-cryptofeed", action="store_true", help="marketflow alone")
     bench.add_argument("--quick", action="store_true", help="smaller cases (a smoke run)")
-    bench.add_argument(
-        "--mix-only", action="store_true", help="only the real-mix tables (about 5 minutes)"
-    )
+    bench.add_argument("--mix-only", action="store_true", help="only the real-mix tables (about 5 minutes)")
     bench.add_argument(
         "--soak", type=float, default=None, metavar="MIN", help="instead: an RSS soak of MIN minutes"
     )
