@@ -361,3 +361,18 @@ async def test_liquidations_and_open_interest_merge_across_venues(tmp_path: Path
                 assert not any(g["venue"].startswith("bybit/") for g in merged["gaps"])
             await daemon.stop()
         nursery.cancel_scope.cancel()
+
+
+def test_a_contract_market_without_metadata_is_left_out_and_named(tmp_path: Path) -> None:
+    """Before the instrument metadata of a contract market loads, its units are unknown: the view leaves it
+    out (`excluded`, with the reason) instead of summing contracts as if they were BTC."""
+    sim = SimServer(SimConfig(seed=3))  # never started: only its URLs are used, nothing connects
+    daemon = Daemon(config_for(tmp_path, sim))
+    view = asset_queries.asset_view(daemon.query, "BTC", None, None)
+    assert [e["market"] for e in view.excluded] == [
+        "bybit/linear/BTC-USDT-PERP",
+        "okx/swap/BTC-USD-PERP",
+        "okx/swap/BTC-USDT-PERP",
+    ]
+    assert all("not loaded" in e["reason"] for e in view.excluded)
+    assert [m.key for m in view.markets] == ["bybit/spot/BTC-USDT", "okx/spot/BTC-USDT"]
