@@ -17,7 +17,7 @@ BTC = {"exchange": "bybit", "symbol": "BTC-USDT"}
 
 # (method, path, query, status, error param)
 CASES: list[tuple[str, dict[str, Any], int, str]] = [
-    (T, {"exchange": "kraken", "symbol": "BTC-USDT"}, 400, "exchange"),
+    (T, {"exchange": "nowhere", "symbol": "BTC-USDT"}, 400, "exchange"),
     (T, {"symbol": "BTC-USDT"}, 400, "exchange"),
     (T, {"exchange": "bybit", "symbol": "DOGE-USDT"}, 400, "symbol"),
     (T, {"exchange": "bybit", "symbol": "BTCUSDT"}, 400, "symbol"),  # spot or linear: ambiguous
@@ -32,7 +32,7 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     (T, {**BTC, "limit": "ten"}, 400, "limit"),
     ("/book/bybit/BTC-USDT", {"depth": "-1"}, 400, "depth"),
     ("/book/bybit/BTC-USDT", {"depth": "x"}, 400, "depth"),
-    ("/book/kraken/BTC-USDT", {}, 404, "exchange"),
+    ("/book/nowhere/BTC-USDT", {}, 404, "exchange"),
     ("/book/bybit/DOGE-USDT", {}, 404, "symbol"),
     ("/candles", {**BTC, "interval": "7x"}, 400, "interval"),
     ("/candles", {**BTC, "limit": "10001"}, 400, "limit"),
@@ -40,7 +40,7 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("/order-flow", {**BTC, "footprint": "maybe"}, 400, "footprint"),
     ("/volume-profile", {**BTC, "bin": "abc"}, 400, "bin"),
     ("/volume-profile", {**BTC, "since": "nan"}, 400, "since"),
-    ("/gaps", {"exchange": "kraken"}, 400, "exchange"),
+    ("/gaps", {"exchange": "nowhere"}, 400, "exchange"),
     ("/gaps", {"symbol": "DOGE-USDT"}, 400, "symbol"),
 ]
 

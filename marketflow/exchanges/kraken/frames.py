@@ -114,7 +114,8 @@ class Session:
         if method == "subscribe":
             params["snapshot"] = snapshot
         payload = _encode({"method": method, "params": params, "req_id": req_id})
-        return SubscribeRequest(str(req_id), (topic,), payload)
+        # `instrument` is no topic of the feed's: its request settles with its ack but names no topic.
+        return SubscribeRequest(str(req_id), () if topic == INSTRUMENT else (topic,), payload)
 
     def subscribe_requests(self) -> list[SubscribeRequest]:
         # The trade snapshot (the last 50 trades) fills a short reconnect's gap by itself; the decoder
