@@ -191,11 +191,12 @@ class KrakenVenue:
                 highest is None
                 or highest >= gap.next_seen - 1
                 or len(found) >= gap.next_seen - gap.first_missing
-                or page.last <= since
+                or page.last - 1 <= since
                 or len(page.trades) < TRADES_PAGE
             ):
                 return  # covered, or the venue has nothing newer
-            since = page.last
+            # One ns back: trades sharing the page's last time are asked again, not skipped (ids dedupe).
+            since = page.last - 1
 
     async def catch_up(self, market: str, native: str, symbol: str, fetch: Fetch) -> list[Trade]:
         raise NotImplementedError("kraken trades are backfilled by trade id, not caught up")
