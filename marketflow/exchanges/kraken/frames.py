@@ -225,6 +225,15 @@ _seconds_cache: dict[str, int] = {}
 
 def timestamp_us(text: str) -> int:
     """RFC3339 `2023-09-25T07:49:37.708706Z` → µs since the epoch; DecodeError if not that shape."""
+    seconds = _seconds_cache.get(text[:19])
+    if seconds is not None and len(text) == 27 and text[19] == "." and text[26] == "Z":
+        micros = text[20:26]
+        if micros.isdigit():  # the shape Kraken sends: one slice, one int
+            return seconds * 1_000_000 + int(micros)
+    return _timestamp_us(text)
+
+
+def _timestamp_us(text: str) -> int:
     if len(text) < 20 or text[-1] != "Z" or text[10] != "T":
         raise msgspec.DecodeError(f"not an RFC3339 UTC time: {text[:40]!r}")
     head = text[:19]
@@ -238,7 +247,7 @@ def timestamp_us(text: str) -> int:
             _seconds_cache.clear()
         _seconds_cache[head] = seconds
     fraction = text[20:-1] if text[19] == "." else ""
-    if not fraction.isdigit() and fraction:
+    if fraction and not (fraction.isdigit() and fraction.isascii()):
         raise msgspec.DecodeError(f"not an RFC3339 UTC time: {text[:40]!r}")
     micros = int((fraction + "000000")[:6]) if fraction else 0
     return seconds * 1_000_000 + micros
