@@ -83,7 +83,10 @@ def test_remove_and_remove_last_symbol(config: Path) -> None:
     [
         ({"exchange": "bybit", "market": "spot", "symbol": "BTC-USDT", "add": True}, "already collected"),
         ({"exchange": "bybit", "market": "spot", "symbol": "DOGE-USDT", "add": False}, "is not collected"),
-        ({"exchange": "nowhere", "market": "spot", "symbol": "BTC-USDT", "add": False}, "no feed for nowhere"),
+        (
+            {"exchange": "nowhere", "market": "spot", "symbol": "BTC-USDT", "add": False},
+            "no feed for nowhere",
+        ),
         ({"exchange": "nowhere", "market": "spot", "symbol": "BTC-USDT", "add": True}, "would make"),
         ({"exchange": "bybit", "market": "spot", "symbol": "", "add": True}, "empty symbol"),
     ],

@@ -1,8 +1,8 @@
-"""Kraken through capture and `marketflow replay`: a live run against the simulator is captured (frames and
-REST answers: AssetPairs), with a wrong checksum and a dropped connection (the resubscription's trade
-snapshot closes its gap; the trades seen twice are dropped by id); replaying the files stores the same trades and finds the same book gap (every
-recorded book message's checksum is verified again, with the precisions of the recorded `instrument`
-snapshot)."""
+"""Kraken through capture and `marketflow replay`: a live run against the simulator is captured (frames
+and REST answers: AssetPairs), with a wrong checksum and a dropped connection (the resubscription's trade
+snapshot closes its gap; the trades seen twice are dropped by id); replaying the files stores the same
+trades and finds the same book gap (every recorded book message's checksum is verified again, with the
+precisions of the recorded `instrument` snapshot)."""
 
 from __future__ import annotations
 

@@ -131,7 +131,9 @@ class SimConfig:
     """An unchanged OKX `books` stream sends a keep-alive (`prevSeqId == seqId`) after this long."""
     kraken_quiet: tuple[str, ...] = attrs.field(default=(), converter=strings)
     """Kraken pairs (`XYZ/USD`) listed but never trading or changing: only heartbeats flow for them."""
-    kraken_heartbeat_s: float | None = attrs.field(default=kraken.DEFAULT_HEARTBEAT_S, validator=_optional_positive)
+    kraken_heartbeat_s: float | None = attrs.field(
+        default=kraken.DEFAULT_HEARTBEAT_S, validator=_optional_positive
+    )
     """Kraken heartbeats while subscribed; None = none (a quiet pair's connection then goes silent)."""
 
 

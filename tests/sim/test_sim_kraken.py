@@ -8,6 +8,7 @@ the instrument's precision, zlib), independently of marketflow's book code.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import zlib
@@ -15,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
@@ -22,7 +24,7 @@ from marketflow.exchanges import kraken as kraken_venue
 from marketflow.model import RawFrames
 from marketflow.pipeline.feed import Feed, FeedCounters
 from marketflow.runtime.bus import Bus
-from marketflow.sim import Faults, SimConfig, SimServer
+from marketflow.sim import Faults, SimConfig, SimServer, add_arguments, run_from_args, sim_config_from_args
 
 
 async def start(nursery: trio.Nursery, **config: Any) -> SimServer:
@@ -335,3 +337,24 @@ async def test_a_refused_topic_is_refused_alone(nursery: trio.Nursery) -> None:
             await send(ws, "subscribe", 1, channel="trade", symbol=["ETH/USD", "BTC/USD"])
             acks = await replies(ws, 2)
             assert [a["success"] for a in acks] == [False, True]
+
+
+def test_cli_kraken_options_map_to_config() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--kraken-quiet", "ZZZ/USD", "--kraken-quiet", "QQQ/EUR", "--kraken-no-heartbeat"]
+    )
+    config = sim_config_from_args(args)
+    assert (config.kraken_quiet, config.kraken_heartbeat_s) == (("ZZZ/USD", "QQQ/EUR"), None)
+    defaults = sim_config_from_args(parser.parse_args([]))
+    assert (defaults.kraken_quiet, defaults.kraken_heartbeat_s) == ((), 1.0)
+
+
+async def test_run_from_args_prints_the_kraken_url(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with trio.move_on_after(0.3):
+        await run_from_args(parser.parse_args(["--port", "0"]))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("kraken "))
+    assert re.search(r"ws://127\.0\.0\.1:\d+/v2  rest http://127\.0\.0\.1:\d+$", line)
