@@ -40,9 +40,11 @@ DEFAULT_CONFIG_FILE: Final = "marketflow.toml"
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("console", "json")
+ROLES: Final = ("collect", "store", "serve")
 CHANNELS: Final = ("trades", "book")
 _FLOAT_DECIMAL: Final = 'write decimals as strings, e.g. "10", so they stay exact'
 _FEED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _INTERVAL = re.compile(r"([1-9][0-9]*)([smhd])")
 _INTERVAL_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SYMBOL = re.compile(r"[A-Z0-9]+-[A-Z0-9]+(-PERP)?")
@@ -81,6 +83,29 @@ class DaemonConfig:
     # After a small socket read, wait this long before the next one so frames arriving one by one are
     # handled a batch per wake-up (bounded latency for much less CPU per frame); 0 = off.
     read_coalesce_ms: float = 2.0
+    # What this daemon does (SPEC §13): collect (feeds → NATS), store (NATS → database), serve (HTTP, MCP,
+    # analytics over every symbol). Without [nats] servers it does all three, as one process.
+    roles: tuple[str, ...] = ROLES
+
+
+@attrs.frozen
+class NatsConfig:
+    """`[nats]` (SPEC §13): empty `servers` = no NATS, one process (the default)."""
+
+    servers: tuple[str, ...] = ()
+    subject_prefix: str = "marketflow"
+    stream_replicas: int = 1
+    max_age_s: int = 7 * 86400  # `max_age = "7d"`: JetStream retention of the trades stream
+    # Longest a collected trade waits before its batch is published (the store and serve roles see it then).
+    flush_interval_s: float = 0.05
+    # Synced books are published (whole, as a snapshot) at most this often per symbol.
+    book_interval_s: float = 0.25
+    # A store daemon that took messages and died: JetStream hands them to another after this many seconds.
+    ack_wait_s: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.servers)
 
 
 @attrs.frozen
@@ -200,6 +225,7 @@ class Config:
     digest: str | None = attrs.field(default=None, eq=False)
     books: BooksConfig = BooksConfig()
     capture: CaptureConfig = CaptureConfig()
+    nats: NatsConfig = NatsConfig()
     archive: ArchiveConfig = ArchiveConfig()
 
 
@@ -512,6 +538,7 @@ _DAEMON: Final[Mapping[str, _Check]] = {
     "shutdown_timeout_s": _seconds,
     "channel_capacity": _integer(1),
     "read_coalesce_ms": _read_coalesce,
+    "roles": lambda value: _roles(value),
 }
 _HTTP: Final[Mapping[str, _Check]] = {
     "listen": _listen,
@@ -546,6 +573,15 @@ _CAPTURE: Final[Mapping[str, _Check]] = {
     "max_total_mb": lambda value: _number(value, "a number of megabytes >= 0 (0 keeps all)", least=0.0),
     "level": lambda value: _zstd_level(value),
 }
+_NATS: Final[Mapping[str, _Check]] = {
+    "servers": lambda value: _nats_servers(value),
+    "subject_prefix": lambda value: _subject_prefix(value),
+    "stream_replicas": lambda value: _replicas(value),
+    "max_age": _interval_seconds,
+    "flush_interval_s": _seconds,
+    "book_interval_s": _seconds,
+    "ack_wait_s": _seconds,
+}
 _ARCHIVE: Final[Mapping[str, _Check]] = {"after_days": _integer(0), "dir": _string}
 _TOP_KEYS: Final = (
     "daemon",
@@ -556,6 +592,7 @@ _TOP_KEYS: Final = (
     "feeds",
     "analytics",
     "capture",
+    "nats",
     "archive",
 )
 
@@ -619,6 +656,15 @@ class _Checker:
             self.report(("supervisor", "backoff_max_s"), reason)
         books = self.section(doc, "books", _BOOKS)
         capture = self.section(doc, "capture", _CAPTURE)
+        nats = self.section(doc, "nats", _NATS)
+        if "max_age" in nats:
+            nats["max_age_s"] = nats.pop("max_age")
+        if "roles" in daemon and set(daemon["roles"]) != set(ROLES) and not nats.get("servers"):
+            self.report(
+                ("daemon", "roles"),
+                f"a daemon without every role ({', '.join(ROLES)}) needs NATS to reach the others: "
+                'set [nats] servers, e.g. ["nats://127.0.0.1:4222"]',
+            )
         archive = self.section(doc, "archive", _ARCHIVE)
         retention = storage.get("retention_days", 0)
         if 0 < retention <= archive.get("after_days", 0):
@@ -644,6 +690,7 @@ class _Checker:
             supervisor=SupervisorConfig(**supervisor),
             books=BooksConfig(**books),
             capture=CaptureConfig(**capture),
+            nats=NatsConfig(**nats),
             archive=ArchiveConfig(**archive),
             feeds=DEFAULT_FEEDS if feeds is None else tuple(FeedConfig(**feed) for feed in feeds),
             analytics=AnalyticsConfig(**analytics),
@@ -826,6 +873,43 @@ class _Checker:
         if len(self.issues) > bad:
             raise _Rejected()
         return out
+
+
+def _roles(value: object) -> tuple[str, ...]:
+    expected = f'must be a non-empty array of roles ({", ".join(ROLES)}), e.g. ["collect"]'
+    if not isinstance(value, list) or not value:
+        raise _Rejected(f"{expected}, got {_describe(value)}")
+    for item in value:
+        if item not in ROLES:
+            raise _Rejected(f"{expected}; {_describe(item)} is not a role")
+        if value.count(item) > 1:
+            raise _Rejected(f"{expected}; {item!r} is given twice")
+    return tuple(role for role in ROLES if role in value)  # one order, whatever the file's
+
+
+def _nats_servers(value: object) -> tuple[str, ...]:
+    expected = 'must be an array of NATS URLs, e.g. ["nats://10.0.0.1:4222"] (empty: no NATS)'
+    if not isinstance(value, list):
+        raise _Rejected(f"{expected}, got {_describe(value)}")
+    for item in value:
+        if not (isinstance(item, str) and re.fullmatch(r"(nats|tls)://[^\s/]+(:[0-9]{1,5})?", item)):
+            raise _Rejected(f"{expected}; {_describe(item)} is not a nats:// or tls:// URL")
+    return tuple(value)
+
+
+def _subject_prefix(value: object) -> str:
+    if isinstance(value, str) and _SUBJECT_PREFIX.fullmatch(value):
+        return value
+    raise _Rejected(
+        "must be NATS subject tokens of letters, digits, _ and - joined by dots (no wildcards), "
+        f'e.g. "marketflow" or "prod.marketflow", got {_describe(value)}'
+    )
+
+
+def _replicas(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5:
+        return value
+    raise _Rejected(f"must be an integer from 1 to 5 (3 on a 3-node cluster), got {_describe(value)}")
 
 
 def _feed_name(value: object) -> str:

@@ -35,6 +35,9 @@ from marketflow.capture import Capture
 from marketflow.config import Config, ConfigError, FeedConfig, load_config
 from marketflow.exchanges.base import FrameDecoder, ReconnectTrades, Venue
 from marketflow.model import BookUpdate, RawFrames, Trade
+from marketflow.nats.collect import BookPublisher, make_publisher
+from marketflow.nats.serve import RecentIds, ServeSubscriber, mirror_books
+from marketflow.nats.store import StoreConsumer
 from marketflow.pipeline.backfill import Backfiller, BackfillQueue, CatchUp
 from marketflow.pipeline.bookkeeper import BookKeeper, BookSnapshotRow, BookSpec, LiveBooks
 from marketflow.pipeline.feed import Feed, FeedCounters
@@ -106,6 +109,13 @@ class Child:
     on_stop: Callable[[], None] | None = None
 
 
+# Every section but the feeds (and where the file came from) needs a restart to take effect: derived from
+# `Config` so a section added later is never silently ignored by a reload.
+RESTART_SECTIONS: tuple[str, ...] = tuple(
+    field.name for field in attrs.fields(Config) if field.name not in ("feeds", "source", "digest")
+)
+
+
 class Daemon:
     """The whole running system for one configuration.
 
@@ -129,7 +139,24 @@ class Daemon:
         self.trade_bus: Bus[Trade] = Bus("trades")
         self.book_bus: Bus[BookUpdate] = Bus("books")
         self._raw_sub = self.raw_bus.subscribe("normalizer", capacity, Overflow.BLOCK)
-        self._trade_sub = self.trade_bus.subscribe("storage", capacity, Overflow.BLOCK)
+        # Roles (SPEC §13): without NATS one daemon does all three, trades going straight to storage. With
+        # NATS, collected trades go to JetStream, the store role writes them from there, and the serve role
+        # feeds its live views (`view_bus`) from there: every collector's trades, each once.
+        roles = set(config.daemon.roles)
+        nats = config.nats.enabled and not replay
+        self._collect = "collect" in roles or not nats
+        self._store_role = "store" in roles or not nats
+        serve = "serve" in roles or not nats
+        self._nats_publish = nats and self._collect
+        self._nats_store = nats and self._store_role
+        self._nats_serve = nats and serve
+        self._store_bus: Bus[Trade] = Bus("local") if nats else self.trade_bus
+        self._trade_sub = self._store_bus.subscribe("storage", capacity, Overflow.BLOCK)
+        self._publish_sub = (
+            self.trade_bus.subscribe("nats", capacity, Overflow.BLOCK) if self._nats_publish else None
+        )
+        self.view_bus: Bus[Trade] = Bus("served") if self._nats_serve else self.trade_bus
+        self.recent_ids = RecentIds()
         self._book_sub = self.book_bus.subscribe("books", capacity, Overflow.BLOCK)
         self.capture = (
             Capture(config.capture, config.daemon.state_dir)
@@ -153,6 +180,8 @@ class Daemon:
         for feed in config.feeds:
             book_specs.extend(self._plan_feed(feed))
         self.books = LiveBooks(book_specs, self.ledger)
+        if self._nats_serve and not self._collect:
+            mirror_books(self.books)
         self.backfill = BackfillQueue(self.ledger)
         # Contract terms of the markets whose amounts are contracts: /markets and the large-trade notional.
         self.instruments = InstrumentCatalog(self._instrument_markets, self.rest_clients)
@@ -168,17 +197,17 @@ class Daemon:
         # Analytics must never hold up the feeds: it reads live views with drop-oldest, counted. Disabled
         # (or without intervals) there is no engine and no subscription: queries use stored trades.
         self.analytics: AnalyticsEngine | None = None
-        if config.analytics.enabled and bool(config.analytics.candle_intervals):
+        if config.analytics.enabled and bool(config.analytics.candle_intervals) and serve:
             overflow = Overflow.BLOCK if replay else Overflow.DROP_OLDEST
             self.analytics = AnalyticsEngine(
-                self.trade_bus.subscribe("analytics", capacity, overflow),
+                self.view_bus.subscribe("analytics", capacity, overflow),
                 config.analytics,
                 persist=self.candle_queue.submit,
                 max_bars=config.analytics.live_bars,
                 contracts=self.instruments.contracts,
             )
         self.ring = TradeRing(
-            self.trade_bus.subscribe("ring", capacity, Overflow.DROP_OLDEST), config.http.trades_ring
+            self.view_bus.subscribe("ring", capacity, Overflow.DROP_OLDEST), config.http.trades_ring
         )
         # HTTP and MCP read everything through one query context.
         self.query = QueryContext(self, self.ring, self.analytics)
@@ -194,7 +223,7 @@ class Daemon:
         rows: list[Child | None] = [
             # First started, last stopped: it records what feeds and REST clients receive until the end.
             None if capture is None else Child("capture", capture.writer, capture.close),
-            Child("storage", self._make_writer, self.trade_bus.close),
+            Child("storage", self._make_writer, self._store_bus.close),
             # Moves old trades into Parquet through the store the writer opened (`[archive] after_days`).
             Child("archive", lambda: make_archiver(self.config, self.store))
             if self.config.archive.after_days > 0 and not self._replay
@@ -208,10 +237,21 @@ class Daemon:
             else Child(
                 "book_snapshots", lambda: RecordSink("book_snapshots", write_snapshots, queue=snapshots)
             ),
+            *self._nats_children("store"),
             # Stopped after every trade publisher (normalizer, backfill): closing the trade bus lets
             # analytics (or, without it, the ring) and then storage drain it to the end.
-            Child("ring", self.ring.feeder, None if analytics is not None else self.trade_bus.close),
-            None if analytics is None else Child("analytics", analytics.feeder, self.trade_bus.close),
+            Child("ring", self.ring.feeder, None if analytics is not None else self.view_bus.close),
+            None if analytics is None else Child("analytics", analytics.feeder, self.view_bus.close),
+            *self._nats_children("serve"),
+            *(self._collect_children() if self._collect else ()),
+            *self._nats_children("collect"),
+            # HTTP and MCP read everything above through the query context; started last, stopped first.
+            None if self._replay else Child("http", self._make_http),
+        ]
+        return [row for row in rows if row is not None]
+
+    def _collect_children(self) -> list[Child]:
+        return [
             Child("books", self._make_book_keeper, self.book_bus.close),
             Child("backfill", self._make_backfiller),
             Child("instruments", self.instruments.loader),
@@ -221,10 +261,32 @@ class Daemon:
                 for name, conn in self.connections.items()
                 if not self._replay
             ),
-            # HTTP and MCP read everything above through the query context; started last, stopped first.
-            None if self._replay else Child("http", self._make_http),
         ]
-        return [row for row in rows if row is not None]
+
+    def _nats_children(self, role: str) -> list[Child]:
+        """NATS actors by role (`marketflow/nats/`); none without `[nats] servers`."""
+        config = self.config
+        if role == "store":
+            publish = self._publish_sub
+            return [
+                *(
+                    [Child("nats_store", lambda: StoreConsumer(self.store, config))]
+                    if self._nats_store
+                    else []
+                ),
+                # Drains the trade bus to JetStream once every trade publisher stopped.
+                *(
+                    [Child("nats_trades", lambda: make_publisher(config, publish), self.trade_bus.close)]
+                    if publish is not None
+                    else []
+                ),
+            ]
+        if role == "serve" and self._nats_serve:
+            view = self.view_bus
+            return [Child("nats_serve", lambda: ServeSubscriber(view, self.books, self.recent_ids, config))]
+        if role == "collect" and self._nats_publish:
+            return [Child("nats_books", lambda: BookPublisher(self.books, config))]
+        return []
 
     def _spec(self, child: Child) -> ChildSpec:
         def factory() -> Actor:
@@ -378,7 +440,7 @@ class Daemon:
                 await self._start_feed(fresh[name])
             needs_restart = tuple(
                 section
-                for section in ("daemon", "http", "storage", "supervisor", "books", "analytics", "capture")
+                for section in RESTART_SECTIONS
                 if getattr(new, section) != getattr(self.config, section)
             )
             self.config = attrs.evolve(self.config, feeds=new.feeds, source=new.source, digest=new.digest)
@@ -412,6 +474,10 @@ class Daemon:
     async def _start_feed(self, feed: FeedConfig) -> None:
         before = set(self.connections)
         self.books.add_specs(self._plan_feed(feed))
+        if not self._collect:  # a serving daemon's feeds name the cluster's markets; NATS brings their data
+            if self._nats_serve:
+                mirror_books(self.books, only_waiting=True)
+            return
         for name, conn in list(self.connections.items()):
             if name not in before:
                 await self.supervisor.add_child(self._spec(Child(name, self._feed_factory(conn))))
@@ -512,8 +578,8 @@ class Daemon:
 
     def health(self) -> Health:
         """healthy; degraded when a circuit is open, a feed is down, a book is resyncing, the spool
-        refuses writes (disk full) or the archive job's last pass failed; unhealthy when storage is not
-        running."""
+        refuses writes (disk full), a NATS actor retries or the archive job's last pass failed; unhealthy
+        when storage is not running."""
         children = {c.name: c for c in self.supervisor.statistics().children}
         problems: dict[str, str] = {}
         storage = children.get("storage")
@@ -522,12 +588,17 @@ class Daemon:
         writer = self.writer.statistics() if self.writer is not None else None
         if writer is not None and writer.spool_failing:  # disk full: trades wait in memory, then back up
             problems["spool"] = f"{writer.state}: {writer.spool_error}"
-        for name in self.connections:
+        for name in self.connections if self._collect else ():
             child = children.get(name)
             if child is not None and child.circuit != "closed":
                 problems[name] = f"circuit {child.circuit}"
             elif self.feed_counters[name].state != "streaming":
                 problems[name] = self.feed_counters[name].state
+        for name in ("nats_trades", "nats_store", "nats_serve", "nats_books"):
+            actor_stats = getattr(children.get(name), "actor", None)
+            state = getattr(actor_stats, "state", "running")
+            if state in ("retrying", "disk_full", "spool_failing"):  # NATS (or the database) does not answer
+                problems[name] = f"{state}: {getattr(actor_stats, 'last_error', None)}"
         archiver = self.actors.get("archive")
         if isinstance(archiver, Archiver) and archiver.failing:  # old trades stay in the database
             problems["archive"] = archiver.statistics().last_error or "failing"
