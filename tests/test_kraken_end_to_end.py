@@ -24,7 +24,9 @@ from tests.conftest import wait_for
 NATIVE = {"BTC-USD": "BTC/USD", "ETH-USD": "ETH/USD"}
 
 
-def config_for(tmp_path: Path, sim: SimServer, channels: tuple[str, ...], depth: int = 10) -> Config:
+def config_for(
+    tmp_path: Path, sim: SimServer, channels: tuple[str, ...], depth: int = 10, backoff_s: float = 0.05
+) -> Config:
     base = default_config(env={})
     ws_url, rest_url = sim.urls("kraken", "spot")
     feed = FeedConfig(
@@ -42,7 +44,9 @@ def config_for(tmp_path: Path, sim: SimServer, channels: tuple[str, ...], depth:
         daemon=attrs.evolve(base.daemon, state_dir=str(tmp_path), shutdown_timeout_s=5.0),
         http=attrs.evolve(base.http, listen="127.0.0.1:0", public_reads=True),
         storage=attrs.evolve(base.storage, url=f"sqlite:///{tmp_path}/mf.db", flush_interval_s=0.05),
-        supervisor=attrs.evolve(base.supervisor, backoff_initial_s=0.05, backoff_max_s=0.2),
+        supervisor=attrs.evolve(
+            base.supervisor, backoff_initial_s=backoff_s, backoff_max_s=max(0.2, backoff_s)
+        ),
         feeds=(feed,),
     )
 
@@ -75,11 +79,12 @@ async def run_with(
     body: Callable[[Daemon, SimServer], Awaitable[None]],
     channels: tuple[str, ...],
     depth: int = 10,
+    backoff_s: float = 0.05,
 ) -> None:
     sim = SimServer(sim_config)
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.run)
-        daemon = Daemon(config_for(tmp_path, sim, channels, depth))
+        daemon = Daemon(config_for(tmp_path, sim, channels, depth, backoff_s))
         await nursery.start(daemon.run)
         with trio.fail_after(60):
             await body(daemon, sim)
@@ -171,9 +176,9 @@ async def test_a_dropped_connection_is_backfilled_by_trade_id_without_duplicates
         symbol, native = "BTC-USD", "BTC/USD"
         await wait_for(lambda: len(stored(tmp_path, symbol)) >= 20)
         counters = daemon.feed_counters["kraken-spot"]
-        # Trades go on while the feed reconnects: when more than the 50 of the subscription's snapshot are
-        # missed, the first trade after it shows an id gap that /0/public/Trades fills (at 1 request/s, so
-        # each drop waits for the backfill to finish before the next).
+        # Trades go on while the feed reconnects (after up to 0.5 s, ~900 trades/s): when more than the 50
+        # of the subscription's snapshot are missed, the first trade after it shows an id gap that
+        # /0/public/Trades fills (at 1 request/s, so each drop waits for the backfill to finish).
         while not any(r[2] > 0 and r[1] for r in gap_rows(daemon, symbol, "trades")):
             connects = counters.connects
             sim.drop_connections()
@@ -199,7 +204,7 @@ async def test_a_dropped_connection_is_backfilled_by_trade_id_without_duplicates
         assert recovered and all(r[0].startswith("trade ids ") and "missing" in r[0] for r in recovered)
 
     config = SimConfig(seed=23, rate=200.0, trade_history=20_000, trade_while_unsubscribed=True)
-    await run_with(tmp_path, config, body, ("trades",))
+    await run_with(tmp_path, config, body, ("trades",), backoff_s=0.5)
 
 
 async def test_markets_lists_the_pairs_with_their_natives(tmp_path: Path) -> None:
