@@ -259,6 +259,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run_guarded(fn: object, *args: object) -> int:
+    from marketflow.api.connections import raise_open_files_limit
+
+    raise_open_files_limit()  # before the daemon sizes its HTTP connection cap from it
     try:
         trio.run(fn, *args)  # type: ignore[arg-type]
     except Exception:

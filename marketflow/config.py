@@ -31,6 +31,7 @@ from typing import Any, Final
 import attrs
 
 from marketflow.exchanges import VENUES, example_feed_name
+from marketflow.exchanges.base import CHANNELS as VENUE_CHANNELS
 from marketflow.exchanges.base import Market
 from marketflow.model import SymbolError, normalize_symbol
 
@@ -41,7 +42,7 @@ DEFAULT_CONFIG_FILE: Final = "marketflow.toml"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("console", "json")
 ROLES: Final = ("collect", "store", "serve")
-CHANNELS: Final = ("trades", "book")
+CHANNELS: Final = VENUE_CHANNELS
 _FLOAT_DECIMAL: Final = 'write decimals as strings, e.g. "10", so they stay exact'
 _FEED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
@@ -118,6 +119,13 @@ class HttpConfig:
     allowed_hosts: tuple[str, ...] = ()
     # Serve /docs, /redocs and /scalar (they load scripts from a CDN); /openapi.json is always served.
     api_docs: bool = False
+    # One client must not starve the others: open connections (more wait in the listen backlog), seconds a
+    # connection may stay silent mid-request or idle between requests, and queries reading stored trades.
+    max_connections: int = 512
+    read_timeout_s: float = 30.0
+    idle_timeout_s: float = 15.0
+    query_timeout_s: float = 10.0
+    max_storage_queries: int = 4
 
     @property
     def host(self) -> str:
@@ -136,6 +144,8 @@ class StorageConfig:
     flush_interval_s: float = 0.25
     buffer_max: int = 1_000_000
     retention_days: int = 0
+    # Every best bid/ask change into `quotes` (SPEC §12): many rows, so off unless asked for.
+    store_quotes: bool = False
 
 
 @attrs.frozen
@@ -152,6 +162,12 @@ class BooksConfig:
     # Every synced book's top `snapshot_depth` levels are written to `book_snapshots` this often.
     snapshot_interval_s: float = 10.0
     snapshot_depth: int = 20
+
+
+@attrs.frozen
+class DerivativesConfig:
+    # One `derivatives` row per symbol per this many seconds in which a field changed (SPEC §12).
+    sample_interval_s: float = 1.0
 
 
 @attrs.frozen
@@ -226,6 +242,7 @@ class Config:
     books: BooksConfig = BooksConfig()
     capture: CaptureConfig = CaptureConfig()
     nats: NatsConfig = NatsConfig()
+    derivatives: DerivativesConfig = DerivativesConfig()
     archive: ArchiveConfig = ArchiveConfig()
 
 
@@ -546,6 +563,11 @@ _HTTP: Final[Mapping[str, _Check]] = {
     "trades_ring": _integer(1),
     "allowed_hosts": _host_names,
     "api_docs": _boolean,
+    "max_connections": _integer(1),
+    "read_timeout_s": _seconds,
+    "idle_timeout_s": _seconds,
+    "query_timeout_s": _seconds,
+    "max_storage_queries": _integer(1),
 }
 _STORAGE: Final[Mapping[str, _Check]] = {
     "url": _storage_url,
@@ -553,7 +575,9 @@ _STORAGE: Final[Mapping[str, _Check]] = {
     "flush_interval_s": _seconds,
     "buffer_max": _integer(0),
     "retention_days": _integer(0),
+    "store_quotes": _boolean,
 }
+_DERIVATIVES: Final[Mapping[str, _Check]] = {"sample_interval_s": _seconds}
 _SUPERVISOR: Final[Mapping[str, _Check]] = {
     "backoff_initial_s": _seconds,
     "backoff_max_s": _seconds,
@@ -593,6 +617,7 @@ _TOP_KEYS: Final = (
     "analytics",
     "capture",
     "nats",
+    "derivatives",
     "archive",
 )
 
@@ -655,6 +680,7 @@ class _Checker:
             reason = f"must be >= backoff_initial_s ({initial:g}), got {maximum:g}{given}"
             self.report(("supervisor", "backoff_max_s"), reason)
         books = self.section(doc, "books", _BOOKS)
+        derivatives = self.section(doc, "derivatives", _DERIVATIVES)
         capture = self.section(doc, "capture", _CAPTURE)
         nats = self.section(doc, "nats", _NATS)
         if "max_age" in nats:
@@ -689,6 +715,7 @@ class _Checker:
             storage=StorageConfig(**storage),
             supervisor=SupervisorConfig(**supervisor),
             books=BooksConfig(**books),
+            derivatives=DerivativesConfig(**derivatives),
             capture=CaptureConfig(**capture),
             nats=NatsConfig(**nats),
             archive=ArchiveConfig(**archive),
@@ -772,6 +799,14 @@ class _Checker:
                 self.report((*path, "book_depth"), f"must be one of {listed} for {depth_scope}, got {got}")
             elif market is not None:
                 feed.setdefault("book_depth", market.default_book_depth)
+        if market is not None and "channels" in feed:
+            for index, channel in enumerate(feed["channels"]):
+                if channel not in market.channels:
+                    offered = ", ".join(market.channels)
+                    self.report(
+                        (*path, "channels", index),
+                        f"{exchange} {market.name} has no {channel!r} channel; it offers {offered}",
+                    )
         if "symbols" in feed:
             # Spot or perpetual decides the normalized form, so symbols wait for a valid market.
             feed["symbols"] = self.symbols(feed["symbols"], (*path, "symbols"), exchange, market)

@@ -43,6 +43,7 @@ from marketflow.pipeline.bookkeeper import BookKeeper, BookSnapshotRow, BookSpec
 from marketflow.pipeline.feed import Feed, FeedCounters
 from marketflow.pipeline.gaps import GapLedger
 from marketflow.pipeline.instruments import InstrumentCatalog, MarketSymbols
+from marketflow.pipeline.market_actors import MarketDataPlant, RestPoller
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.pipeline.rest import RestClient, WeightBudget
 from marketflow.runtime.actor import Actor
@@ -158,6 +159,7 @@ class Daemon:
         self.view_bus: Bus[Trade] = Bus("served") if self._nats_serve else self.trade_bus
         self.recent_ids = RecentIds()
         self._book_sub = self.book_bus.subscribe("books", capacity, Overflow.BLOCK)
+        self.feed_channels: dict[str, frozenset[str]] = {}  # per connection: what the normalizer keeps
         self.capture = (
             Capture(config.capture, config.daemon.state_dir)
             if config.capture.enabled and not replay
@@ -176,6 +178,11 @@ class Daemon:
         self._reload_lock = trio.Lock()
         self._edit_lock = trio.Lock()  # held from reading the file to applying it (edit_config)
         self.ledger = GapLedger(getattr(self.store, "write_gaps", None))
+        # Tickers, derivatives and liquidations (SPEC §12): bus, live state, record queues, REST polls.
+        s = config.storage
+        self.market = MarketDataPlant(
+            self.store, capacity, config.derivatives.sample_interval_s, s.store_quotes
+        )
         book_specs: list[BookSpec] = []
         for feed in config.feeds:
             book_specs.extend(self._plan_feed(feed))
@@ -232,6 +239,7 @@ class Daemon:
             # stop (and save what they hold) before it closes.
             Child("gaps", self.ledger.sink),
             Child("candles", lambda: RecordSink("candles", write_candles, queue=self.candle_queue)),
+            *(Child(name, build) for name, build in self.market.sinks()),
             None
             if snapshots is None
             else Child(
@@ -253,9 +261,12 @@ class Daemon:
     def _collect_children(self) -> list[Child]:
         return [
             Child("books", self._make_book_keeper, self.book_bus.close),
+            # Stopped after its publishers (normalizer, pollers): it drains the bus, then flushes samples.
+            Child("market_data", self.market.keeper, self.market.bus.close),
             Child("backfill", self._make_backfiller),
             Child("instruments", self.instruments.loader),
             Child("normalizer", self._make_normalizer, self.raw_bus.close),
+            *(Child(name, self._poller_factory(name)) for name in self.market.polls if not self._replay),
             *(
                 Child(name, self._feed_factory(conn))
                 for name, conn in self.connections.items()
@@ -287,6 +298,11 @@ class Daemon:
         if role == "collect" and self._nats_publish:
             return [Child("nats_books", lambda: BookPublisher(self.books, config))]
         return []
+
+    def _poller_factory(self, name: str) -> Callable[[], RestPoller]:
+        plan = self.market.polls[name]
+        client = self.rest_clients[(plan.exchange, plan.market)]
+        return lambda: self.market.poller(name, client)
 
     def _spec(self, child: Child) -> ChildSpec:
         def factory() -> Actor:
@@ -341,6 +357,7 @@ class Daemon:
             if self.capture is not None:
                 self.capture.add_connection(name, feed, plan.url, plan.topics)
             self.decoders[name] = venue.decoder(feed.market, by_native)
+            self.feed_channels[name] = frozenset(feed.channels)
             self.feed_counters.setdefault(name, FeedCounters())
             if "book" in plan.channels:
                 for topic in plan.topics:
@@ -350,6 +367,7 @@ class Daemon:
                         specs.append(
                             BookSpec(feed.exchange, feed.market, by_native[native], native, name, topic)
                         )
+        self.market.plan_polls(feed.name, feed.exchange, venue.markets[feed.market], feed.channels, by_native)
         return specs
 
     def _feed_factory(self, conn: Connection) -> Callable[[], Feed]:
@@ -415,6 +433,8 @@ class Daemon:
             self.decoders,
             books=self.book_bus,
             on_trade_gaps=self.backfill.request_trade_gaps,
+            market_data=self.market.bus,
+            channels=self.feed_channels,
         )
 
     def _make_http(self) -> HttpServer:
@@ -469,10 +489,14 @@ class Daemon:
             self.books.remove_feed(name)
             for table in (self.connections, self.decoders, self.feed_counters, self.feeds):
                 table.pop(name, None)
+            self.feed_channels.pop(name, None)
+            self.actors.pop(name, None)
+        for name in self.market.drop_polls(feed_name):
+            await self.supervisor.remove_child(name)
             self.actors.pop(name, None)
 
     async def _start_feed(self, feed: FeedConfig) -> None:
-        before = set(self.connections)
+        before = set(self.connections) | set(self.market.polls)
         self.books.add_specs(self._plan_feed(feed))
         if not self._collect:  # a serving daemon's feeds name the cluster's markets; NATS brings their data
             if self._nats_serve:
@@ -481,6 +505,8 @@ class Daemon:
         for name, conn in list(self.connections.items()):
             if name not in before:
                 await self.supervisor.add_child(self._spec(Child(name, self._feed_factory(conn))))
+        for name in [n for n in self.market.polls if n not in before and not self._replay]:
+            await self.supervisor.add_child(self._spec(Child(name, self._poller_factory(name))))
 
     async def reload(self) -> ReloadResult | None:
         """Re-read the configuration file; if it is invalid, log why and keep running the old one."""
@@ -524,6 +550,12 @@ class Daemon:
             if "book" in channels:
                 self.ledger.close(
                     self.ledger.open(feed.exchange, symbol, "book", "disconnected", start=down_since),
+                    end=up_at,
+                )
+            if "liquidations" in channels:  # no venue serves missed liquidations again: say so
+                reason = "disconnected; liquidations in between are not recoverable"
+                self.ledger.close(
+                    self.ledger.open(feed.exchange, symbol, "liquidations", reason, start=down_since),
                     end=up_at,
                 )
         if "trades" not in channels:
@@ -621,7 +653,10 @@ class Daemon:
     def statistics(self) -> dict[str, Any]:
         return {
             "supervisor": attrs.asdict(self.supervisor.statistics(), recurse=False),
-            "buses": [self.raw_bus.statistics(), self.trade_bus.statistics(), self.book_bus.statistics()],
+            "buses": [
+                *(bus.statistics() for bus in (self.raw_bus, self.trade_bus, self.book_bus)),
+                self.market.bus.statistics(),
+            ],
         }
 
 
