@@ -7,10 +7,13 @@ Real sockets on 127.0.0.1; every wait is bounded by `trio.fail_after` and waits 
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections import deque
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx
@@ -217,3 +220,36 @@ async def test_markets_lists_the_pairs_with_their_natives(tmp_path: Path) -> Non
         assert by_symbol["BTC-USD"]["amount_unit"] == "base"
 
     await run_with(tmp_path, SimConfig(seed=24, rate=5.0), body, ("trades",))
+
+
+async def test_ticker_state_is_the_last_message_sent(tmp_path: Path) -> None:
+    async def body(daemon: Daemon, sim: SimServer) -> None:
+        stream = sim.book_feed("kraken", "spot", "BTC/USD").streams["ticker:BTC/USD"]
+        sent: deque[str] = stream.sent  # type: ignore[attr-defined]
+        live = daemon.market.live
+
+        def last_sent() -> dict[str, Any]:
+            return json.loads(sent[-1], parse_float=Decimal)["data"][0]  # type: ignore[no-any-return]
+
+        def caught_up() -> bool:
+            ticker, _ = live.ticker("kraken", "BTC-USD")
+            if len(sent) < 10 or ticker is None:
+                return False
+            wire = last_sent()
+            return (ticker.bid, ticker.ask, ticker.bid_size) == (wire["bid"], wire["ask"], wire["bid_qty"])
+
+        await wait_for(caught_up, interval=0.01)
+        # No checkpoint from here on: the daemon's state and the simulator's record are one instant's.
+        ticker, derivs = live.ticker("kraken", "BTC-USD")
+        wire = last_sent()
+        assert ticker is not None and derivs is None
+        got = [ticker.bid, ticker.bid_size, ticker.ask, ticker.ask_size, ticker.last, ticker.volume_24h]
+        assert [format(v, "f") for v in got if v is not None] == [
+            format(wire[k], "f") for k in ("bid", "bid_qty", "ask", "ask_qty", "last", "volume")
+        ]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.http.port}") as client:
+            shown = (await client.get("/ticker/kraken/BTC-USD")).json()
+        assert (shown["exchange"], shown["symbol"], shown["mark_price"]) == ("kraken", "BTC-USD", None)
+        assert shown["bid"] is not None and shown["ask"] is not None
+
+    await run_with(tmp_path, SimConfig(seed=25, rate=10.0, book_rate=40.0), body, ("ticker",))

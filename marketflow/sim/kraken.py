@@ -17,6 +17,7 @@ message greets each connection and `{"channel":"heartbeat"}` follows every `hear
   (`45285.20` at precision 1), as Kraken's older feeds did. Faults: a wrong checksum (`bad_checksum`), a
   skipped update (the next checksum then fails on the client), a quiet pair.
 - `instrument`: a snapshot of every listed pair's `price_precision`/`qty_precision`.
+- `ticker`: a snapshot, then every change of the touch, each message carrying every field.
 - REST: `/0/public/Trades?pair=&since=&count=` (rows with trade ids, `since` in ns, exclusive) and
   `/0/public/AssetPairs`; a burst of 15 calls, then one per second (`EAPI:Rate limit exceeded`, 429).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -34,6 +36,7 @@ import trio
 
 from marketflow.model import SymbolError, split_native
 from marketflow.sim.book import BookStream, BookTick, SimBook
+from marketflow.sim.derivs import SENT_KEPT, DerivsModel
 from marketflow.sim.faults import MalformedKind
 from marketflow.sim.http import HttpRequest, HttpResponse, RestHandler, ws_text_frame
 from marketflow.sim.market import (
@@ -259,6 +262,74 @@ class KrakenBookStream:
         return False
 
 
+class KrakenTickerStream:
+    """`ticker` of one pair: a snapshot on subscribe, then an update whenever the best bid or ask changes
+    (Kraken's `event_trigger: bbo`; its default, per trade, differs only in cadence). Every message carries
+    every field; `last` is the tape's latest trade, `volume` the book model's 24 h volume."""
+
+    def __init__(self, topic: str, book: SimBook, tape: Any, quiet: bool) -> None:
+        self.topic = topic
+        self.book = book
+        self.tape = tape
+        self.quiet = quiet
+        self.model = DerivsModel(book)
+        self.sent: deque[str] = deque(maxlen=SENT_KEPT)
+        """The payloads published, in order, for tests to check against."""
+        self._sinks: set[FrameSink] = set()
+        self._last: tuple[str, str, str, str] | None = None
+
+    def active(self) -> bool:
+        return bool(self._sinks)
+
+    def sinks(self) -> set[FrameSink]:
+        return self._sinks
+
+    def _payload(self, kind: str) -> str:
+        bid, bid_qty, ask, ask_qty = self._last = self.model.best()
+        latest = self.tape.history.latest(1)
+        last = latest[0][ROW_PRICE] if latest else self.model.mark()
+        mid = self.model.mark()
+        payload = (
+            '{"channel":"ticker","type":"%s","data":[{"symbol":"%s","bid":%s,"bid_qty":%s,"ask":%s,'  # noqa: UP031
+            '"ask_qty":%s,"last":%s,"volume":%s,"vwap":%s,"low":%s,"high":%s,"change":0.0,"change_pct":0.00}]}'
+            % (
+                kind,
+                self.book.symbol,
+                bid,
+                bid_qty,
+                ask,
+                ask_qty,
+                last,
+                self.model.volume_24h(),
+                mid,
+                bid,
+                ask,
+            )
+        )
+        self.sent.append(payload)
+        return payload
+
+    def add_sink(self, sink: FrameSink, combined: bool) -> WireFrame | None:
+        self._sinks.add(sink)
+        return WireFrame(ws_text_frame(self._payload("snapshot").encode()), self.topic)
+
+    def remove_sink(self, sink: FrameSink) -> None:
+        self._sinks.discard(sink)
+
+    def on_tick(self, tick: BookTick, ts_ms: int) -> None:
+        if self.quiet or self.model.best() == self._last:
+            return
+        frames = [WireFrame(ws_text_frame(self._payload("update").encode()), self.topic)]
+        for sink in self._sinks:
+            sink.push_frames(frames)
+
+    def on_idle(self, ts_ms: int) -> None:
+        """Nothing between changes."""
+
+    def crossing_outstanding(self) -> bool:
+        return False
+
+
 # -- the WebSocket session ---------------------------------------------------------------------------
 
 
@@ -350,7 +421,7 @@ class KrakenSession:
             self._instrument(method, req_id, params)
             return
         symbols = params.get("symbol")
-        if channel not in ("trade", "book") or not isinstance(symbols, list) or not symbols:
+        if channel not in ("trade", "book", "ticker") or not isinstance(symbols, list) or not symbols:
             self._error(method, req_id, f"Invalid channel or symbol list: {channel!r}")
             return
         depth = params.get("depth", 10)
@@ -388,7 +459,7 @@ class KrakenSession:
         self.host.push_frames([WireFrame(ws_text_frame(body.encode()), "instrument")])
 
     def _subscribe(self, channel: str, symbol: Any, depth: int, snapshot: Any, req_id: Any) -> None:
-        topic = f"trade:{symbol}" if channel == "trade" else f"book:{depth}:{symbol}"
+        topic = f"book:{depth}:{symbol}" if channel == "book" else f"{channel}:{symbol}"
         if (
             not isinstance(symbol, str)
             or symbol not in self.rules.listed
@@ -414,13 +485,23 @@ class KrakenSession:
                 self.host.push_frames([WireFrame(ws_text_frame(payload), topic)])
             if not quiet:
                 self.host.subscribe_trades(EXCHANGE, SPOT, symbol, topic, lambda: TradeEncoder(symbol))
+        elif channel == "ticker":
+            tape = self.market.tape(SPOT, symbol, EXCHANGE)
+            self.host.subscribe_book(
+                EXCHANGE,
+                SPOT,
+                symbol,
+                topic,
+                False,
+                lambda book: KrakenTickerStream(topic, book, tape, quiet),
+            )
         else:
             self.host.subscribe_book(
                 EXCHANGE, SPOT, symbol, topic, False, lambda book: KrakenBookStream(topic, depth, book, quiet)
             )
 
     def _unsubscribe(self, channel: str, symbol: Any, depth: int, req_id: Any) -> None:
-        topic = f"trade:{symbol}" if channel == "trade" else f"book:{depth}:{symbol}"
+        topic = f"book:{depth}:{symbol}" if channel == "book" else f"{channel}:{symbol}"
         if topic not in self.topics:
             self._error("unsubscribe", req_id, "Subscription Not Found", str(symbol))
             return
@@ -639,6 +720,7 @@ __all__ = [
     "KrakenRules",
     "KrakenSession",
     "KrakenSim",
+    "KrakenTickerStream",
     "TradeEncoder",
     "altname",
     "checksum_of",

@@ -8,7 +8,7 @@ from decimal import Decimal
 import msgspec
 import pytest
 
-from marketflow.exchanges.base import Ack, DataFrame, Decoded, Pong, TradeGap, UnknownControl
+from marketflow.exchanges.base import Ack, DataFrame, Decoded, Pong, Topic, TradeGap, UnknownControl
 from marketflow.exchanges.kraken import VENUE, KrakenBook, KrakenBookUpdate, checksum, render
 from marketflow.exchanges.kraken.book import MAX_FAILURES, RETRY_BASE_US
 from marketflow.exchanges.kraken.frames import FrameDecoder, Session, timestamp_us
@@ -248,7 +248,7 @@ def test_malformed_and_unknown_frames_are_counted_never_raised() -> None:
         bad_price,
         bad_side,
         bad_time,
-        b'{"channel":"ticker","type":"update","data":[]}',
+        b'{"channel":"ohlc","type":"update","data":[]}',
         b'{"channel":"heartbeat"}',
         b'{"channel":"status","type":"update","data":[{"system":"online"}]}',
         trade_frame(("ADA/USD", "buy", "1", "1", 1)),
@@ -428,3 +428,42 @@ async def test_instruments_hook_reads_asset_pairs() -> None:
     found = await VENUE.instruments("spot", ["BTC/USD", "ETH/USD"], fetch)  # type: ignore[arg-type]
     assert [(i.native, i.tick_size, i.amount_unit) for i in found] == [("BTC/USD", D("0.1"), "base")]
     assert len(asked) == 1
+
+
+# -- ticker ----------------------------------------------------------------------------------------------
+
+
+def test_ticker_messages_are_whole_states_with_exact_decimals() -> None:
+    topic = VENUE.topic("spot", "ticker", "BTC/USD", 10)
+    assert topic == "ticker:BTC/USD" and VENUE.parse_topic("spot", topic) == Topic("ticker", "BTC/USD")
+    (plan,) = VENUE.connections("spot", ["BTC/USD"], ("ticker",), 10)
+    assert plan.topics == (topic,) and plan.channels == frozenset({"ticker"})
+    (request,) = VENUE.session("spot", plan.topics).subscribe_requests()
+    assert msgspec.json.decode(request.payload)["params"] == {
+        "channel": "ticker",
+        "symbol": ["BTC/USD"],
+        "snapshot": True,
+    }
+    frame = (
+        b'{"channel":"ticker","type":"update","data":[{"symbol":"BTC/USD","bid":45283.50,"bid_qty":0.10000000,'
+        b'"ask":45285.20,"ask_qty":0.00100000,"last":45285.2,"volume":1234.56780000,"vwap":45000.1,'
+        b'"low":44000.0,"high":46000.0,"change":100.0,"change_pct":0.22}]}'
+    )
+    decoder = FrameDecoder("kraken", "spot", SYMBOLS)
+    out = decode(decoder, frame, recv_ts=77)
+    (ticker,) = out.tickers
+    assert (ticker.symbol, ticker.ts, ticker.recv_ts, ticker.snapshot) == ("BTC-USD", 77, 77, True)
+    fields = (ticker.bid, ticker.bid_size, ticker.ask, ticker.ask_size, ticker.last, ticker.volume_24h)
+    assert [format(v, "f") for v in fields if v is not None] == [
+        "45283.50",
+        "0.10000000",
+        "45285.20",
+        "0.00100000",
+        "45285.2",
+        "1234.56780000",
+    ]
+    timed = frame.replace(b',"change_pct":0.22}', b',"change_pct":0.22,"timestamp":"%s"}' % TS.encode())
+    assert decode(decoder, timed).tickers[0].ts == TS_US
+    assert decoder.counters.tickers == 2
+    with pytest.raises(ValueError, match="no 'derivatives' channel"):
+        VENUE.topic("spot", "derivatives", "BTC/USD", 10)

@@ -30,11 +30,13 @@ from marketflow.exchanges.kraken.book import DEPTHS, KrakenBook, KrakenBookUpdat
 from marketflow.exchanges.kraken.frames import (
     BOOK,
     DEFAULT_WS,
+    TICKER,
     TRADE,
     FrameDecoder,
     Session,
     book_topic,
     split_topic,
+    ticker_topic,
     trade_topic,
 )
 from marketflow.exchanges.kraken.rest import (
@@ -68,7 +70,9 @@ __all__ = [
 MAX_GAP = 10_000
 """Widest trade-id gap fetched whole: 10 pages of 1000 at one request per second."""
 MARKETS: Mapping[str, Market] = {
-    SPOT: Market(SPOT, False, DEPTHS, 10, "BTC/USD", "BTC-USD", ("BTC-USD", "ETH-USD")),
+    SPOT: Market(
+        SPOT, False, DEPTHS, 10, "BTC/USD", "BTC-USD", ("BTC-USD", "ETH-USD"), ("trades", "book", "ticker")
+    ),
 }
 _RECOVERY = TradeRecovery(
     ReconnectTrades.BY_ID,
@@ -76,7 +80,7 @@ _RECOVERY = TradeRecovery(
     MAX_GAP,
     "trade ids",
 )
-_CHANNELS: dict[str, Channel] = {TRADE: "trades", BOOK: "book"}
+_CHANNELS: dict[str, Channel] = {TRADE: "trades", BOOK: "book", TICKER: "ticker"}
 
 
 def _in_gap(gap: TradeGap, trade_id: int) -> bool:
@@ -119,6 +123,10 @@ class KrakenVenue:
     def topic(self, market: str, channel: Channel, native: str, book_depth: int) -> str:
         if channel == "trades":
             return trade_topic(native)
+        if channel == "ticker":
+            return ticker_topic(native)
+        if channel != "book":
+            raise ValueError(f"kraken spot has no {channel!r} channel; it offers trades, book, ticker")
         if book_depth not in DEPTHS:
             raise ValueError(f"kraken book_depth must be one of {list(DEPTHS)}, got {book_depth}")
         return book_topic(native, book_depth)
@@ -139,8 +147,8 @@ class KrakenVenue:
         ws_override: str | None = None,
     ) -> list[ConnectionPlan]:
         """One connection per feed: every topic on the v2 URL (Kraken publishes no per-connection cap)."""
-        wanted = [c for c in ("trades", "book") if c in channels]
-        topics = tuple(self.topic(market, c, n, book_depth) for c in wanted for n in natives)  # type: ignore[arg-type]
+        wanted = [c for c in MARKETS[market].channels if c in channels]
+        topics = tuple(self.topic(market, c, n, book_depth) for c in wanted for n in natives)
         url = self.ws_url(market, ws_override)
         return [ConnectionPlan("", url, topics, frozenset(wanted), tuple(natives))]
 

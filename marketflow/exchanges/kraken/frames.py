@@ -34,11 +34,12 @@ from marketflow.exchanges.base import (
     UnknownControl,
 )
 from marketflow.exchanges.kraken.book import KrakenBookUpdate
-from marketflow.model import Level, Trade
+from marketflow.model import Level, Ticker, Trade
 
 DEFAULT_WS = "wss://ws.kraken.com/v2"
 TRADE = "trade"
 BOOK = "book"
+TICKER = "ticker"
 INSTRUMENT = "instrument"
 HEARTBEAT = b'{"method":"ping"}'
 SEND_INTERVAL_S = 0.02
@@ -51,6 +52,10 @@ def trade_topic(native: str) -> str:
     return f"{TRADE}:{native}"
 
 
+def ticker_topic(native: str) -> str:
+    return f"{TICKER}:{native}"
+
+
 def book_topic(native: str, depth: int) -> str:
     return f"{BOOK}:{depth}:{native}"
 
@@ -58,8 +63,8 @@ def book_topic(native: str, depth: int) -> str:
 def split_topic(topic: str) -> tuple[str, int, str]:
     """(channel, depth or 0, native) of a topic; ValueError if it is not one."""
     channel, _, rest = topic.partition(":")
-    if channel == TRADE and rest:
-        return TRADE, 0, rest
+    if channel in (TRADE, TICKER) and rest:
+        return channel, 0, rest
     if channel == BOOK:
         depth, _, native = rest.partition(":")
         if depth.isdigit() and native:
@@ -189,6 +194,22 @@ class _Instruments(msgspec.Struct):
     pairs: list[_Pair] = []
 
 
+class _Ticker(msgspec.Struct):
+    symbol: str
+    bid: Decimal
+    bid_qty: Decimal
+    ask: Decimal
+    ask_qty: Decimal
+    last: Decimal
+    volume: Decimal
+    timestamp: str | None = None
+
+
+class _TickerFrame(msgspec.Struct, tag_field="channel", tag=TICKER):
+    data: list[_Ticker]
+    type: str = "update"
+
+
 class _TradeFrame(msgspec.Struct, tag_field="channel", tag=TRADE):
     data: list[_Trade]
     type: str = "update"
@@ -217,9 +238,11 @@ class _Envelope(msgspec.Struct):
     channel: str
 
 
-_frame_decoder = msgspec.json.Decoder(_TradeFrame | _BookFrame | _InstrumentFrame | _Heartbeat | _Status)
+_frame_decoder = msgspec.json.Decoder(
+    _TradeFrame | _BookFrame | _TickerFrame | _InstrumentFrame | _Heartbeat | _Status
+)
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
-_KNOWN = frozenset({TRADE, BOOK, INSTRUMENT, "heartbeat", "status"})
+_KNOWN = frozenset({TRADE, BOOK, TICKER, INSTRUMENT, "heartbeat", "status"})
 _seconds_cache: dict[str, int] = {}
 
 
@@ -283,6 +306,8 @@ class FrameDecoder:
                     self._books(msg, recv_ts, out)
                 elif isinstance(msg, _TradeFrame):
                     self._trades(msg.data, recv_ts, out)
+                elif isinstance(msg, _TickerFrame):
+                    self._tickers(msg, recv_ts, out)
                 elif isinstance(msg, _InstrumentFrame):
                     self._instruments(msg.data)
                 else:
@@ -300,6 +325,25 @@ class FrameDecoder:
         for pair in data.pairs:
             if pair.symbol in symbols:
                 self.precisions[pair.symbol] = (pair.price_precision, pair.qty_precision)
+
+    def _tickers(self, msg: _TickerFrame, recv_ts: int, out: Decoded) -> None:
+        """Every Kraken ticker message carries every field: each is a whole state (`snapshot`). Without a
+        `timestamp` the receive time stands in (all of a symbol's tickers then use that clock)."""
+        made = []
+        for t in msg.data:
+            symbol = self.symbols.get(t.symbol)
+            if symbol is None:
+                self.counters.unknown_topics += 1
+                continue
+            ts = recv_ts if t.timestamp is None else timestamp_us(t.timestamp)
+            made.append(
+                Ticker(
+                    self.exchange, symbol, ts, recv_ts, t.bid, t.bid_qty, t.ask, t.ask_qty, t.last, t.volume,
+                    snapshot=True,
+                )
+            )  # fmt: skip
+        out.tickers.extend(made)
+        self.counters.tickers += len(made)
 
     def _books(self, msg: _BookFrame, recv_ts: int, out: Decoded) -> None:
         snapshot = msg.type == "snapshot"
