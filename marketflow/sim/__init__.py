@@ -89,6 +89,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an unchanged OKX book sends a keep-alive (prevSeqId == seqId) after S seconds",
     )
     parser.add_argument(
+        "--kraken-quiet",
+        action="append",
+        default=[],
+        metavar="PAIR",
+        help="a Kraken pair (ZZZ/USD) listed but never trading or changing: only heartbeats (repeatable)",
+    )
+    parser.add_argument(
+        "--kraken-no-heartbeat",
+        action="store_true",
+        help="Kraken sends no heartbeats (a quiet pair's connection then goes silent)",
+    )
+    parser.add_argument(
         "--book-rate",
         type=float,
         default=10.0,
@@ -123,6 +135,8 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
         okx_zero_checksum=args.okx_zero_checksum,
         okx_legacy_books=args.okx_legacy_books,
         okx_keepalive_s=args.okx_keepalive,
+        kraken_quiet=tuple(args.kraken_quiet),
+        kraken_heartbeat_s=None if args.kraken_no_heartbeat else 1.0,
     )
 
 
@@ -158,6 +172,7 @@ async def run_from_args(args: argparse.Namespace) -> None:
             rest = server.binance_rest_base(market)
             print(f"binance {market:<6}{server.binance_ws_base(market)}  rest {rest}", flush=True)
         print(f"okx            {server.okx_ws_url()}  rest {server.http_url}", flush=True)
+        print(f"kraken         {server.urls('kraken', 'spot')[0]}  rest {server.http_url}", flush=True)
         print(f"http           {server.http_url}", flush=True)
 
 

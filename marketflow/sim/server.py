@@ -22,7 +22,7 @@ import trio
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from marketflow.sim import binance, bybit, okx
+from marketflow.sim import binance, bybit, kraken, okx
 from marketflow.sim.book import BookFeed, SimBook
 from marketflow.sim.faults import (
     Faults,
@@ -64,7 +64,12 @@ CLOSE_GRACE_S = 2.0
 _SYMBOL = re.compile(r"[A-Z0-9]+")
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _CLIENT_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
-MARKETS = {"bybit": bybit.CATEGORIES, "binance": binance.MARKETS, "okx": okx.MARKETS}
+MARKETS = {
+    "bybit": bybit.CATEGORIES,
+    "binance": binance.MARKETS,
+    "okx": okx.MARKETS,
+    "kraken": kraken.MARKETS,
+}
 
 
 def _check_range(_: object, attribute: attrs.Attribute[tuple[int, int]], value: tuple[int, int]) -> None:
@@ -124,6 +129,12 @@ class SimConfig:
     """OKX `books` carry no `seqId`/`prevSeqId` (older servers, recorded traffic)."""
     okx_keepalive_s: float = attrs.field(default=okx.KEEPALIVE_S, validator=_positive)
     """An unchanged OKX `books` stream sends a keep-alive (`prevSeqId == seqId`) after this long."""
+    kraken_quiet: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    """Kraken pairs (`XYZ/USD`) listed but never trading or changing: only heartbeats flow for them."""
+    kraken_heartbeat_s: float | None = attrs.field(
+        default=kraken.DEFAULT_HEARTBEAT_S, validator=_optional_positive
+    )
+    """Kraken heartbeats while subscribed; None = none (a quiet pair's connection then goes silent)."""
 
 
 @attrs.frozen
@@ -192,6 +203,15 @@ class SimServer:
         )
         self.okx_rest = okx.OkxRest(self.market, self.book_feed, self._okx_rules)
         self.rest_routes.update(self.okx_rest.routes())
+        self.kraken = kraken.KrakenSim(
+            self.market,
+            config.symbols,
+            self.book_feed,
+            quiet=config.kraken_quiet,
+            reject_topics=frozenset(config.faults.reject_topics),
+            heartbeat_s=config.kraken_heartbeat_s,
+        )
+        self.rest_routes.update(self.kraken.rest.routes())
         self._feeds: dict[tuple[str, str, str], TradeFeed] = {}
         self._books: dict[tuple[str, str, str], BookFeed] = {}
         self._connections: set[WsConnection] = set()
@@ -240,6 +260,8 @@ class SimServer:
             return self.bybit_ws_url(market), self.http_url
         if exchange == okx.EXCHANGE:
             return self.okx_ws_url(), self.http_url
+        if exchange == kraken.EXCHANGE:
+            return self._ws_root() + kraken.WS_PATH, self.http_url
         return self.binance_ws_base(market), self.binance_rest_base(market)
 
     def listed(self, exchange: str, market: str) -> tuple[str, ...]:
@@ -247,6 +269,8 @@ class SimServer:
         self._check(exchange, market)
         if exchange == okx.EXCHANGE:
             return tuple(i for i, m in self._okx_rules.instruments.items() if m == market)
+        if exchange == kraken.EXCHANGE:
+            return self.kraken.listed
         return self.config.symbols
 
     def add_rest_route(self, path: str, handler: RestHandler) -> None:
@@ -258,7 +282,10 @@ class SimServer:
     def _check(self, exchange: str, market: str, symbol: str | None = None) -> None:
         if market not in MARKETS.get(exchange, ()):
             raise ValueError(f"unknown exchange/market {exchange!r}/{market!r}; expected one of {MARKETS}")
-        if exchange == okx.EXCHANGE:
+        if exchange == kraken.EXCHANGE:
+            if symbol is not None and symbol not in self.kraken.listed:
+                raise ValueError(f"{symbol!r} is not listed; kraken lists {self.kraken.listed}")
+        elif exchange == okx.EXCHANGE:
             if symbol is not None and symbol not in self._okx_rules.instruments:
                 raise ValueError(f"{symbol!r} is not listed; okx lists {sorted(self._okx_rules.instruments)}")
         elif symbol is not None and symbol not in self.config.symbols:
@@ -325,8 +352,8 @@ class SimServer:
             book_frames_sent=c.book_frames_sent,
             pings_sent=c.pings_sent,
             rate_limited=c.rate_limited,
-            rest_requests=self.rest.requests + self.okx_rest.requests,
-            rest_throttled=self.rest.throttled + self.okx_rest.throttled,
+            rest_requests=self.rest.requests + self.okx_rest.requests + self.kraken.rest.requests,
+            rest_throttled=self.rest.throttled + self.okx_rest.throttled + self.kraken.rest.throttled,
         )
 
     # -- runtime faults ------------------------------------------------------------------------------
@@ -468,7 +495,7 @@ class SimServer:
 
     @staticmethod
     def _is_websocket(path: str) -> bool:
-        return path in bybit.WS_PATHS or path == okx.WS_PATH or binance.is_ws_path(path)
+        return path in bybit.WS_PATHS or path in (okx.WS_PATH, kraken.WS_PATH) or binance.is_ws_path(path)
 
     def _ws_route(self, http: HttpRequest) -> SessionFactory | HttpResponse:
         """The session for a WebSocket request, or the refusal of its handshake."""
@@ -490,6 +517,8 @@ class SimServer:
                 return okx.OkxSession(conn_id, conn, okx_rules, self.market)
 
             return open_okx
+        if http.path == kraken.WS_PATH:
+            return lambda conn: self.kraken.session(conn.number, conn)
         target = binance.parse_ws_target(http.path, http.query)
         if target is None:
             return HttpResponse(404, b"not found")
