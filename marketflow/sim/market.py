@@ -111,8 +111,12 @@ def instrument_for(category: str, symbol: str, exchange: str = "bybit") -> Instr
     """The instrument spec of `symbol` on `exchange`'s `category` (Bybit spot/linear/…, Binance spot/usdm)."""
     spot = category == "spot"
     if exchange == "kraken":  # v2 pairs BTC/USD: price_precision = tick decimals, qty_precision 8
-        if symbol.startswith("BTC/"):  # "45285.20" on the wire at precision 1, "0.00100000"
-            return Instrument(symbol, 452_852, 1, 2, 8, 50_000.0, IDS_BINANCE)
+        # "65000.20" on the wire at precision 1, "0.00100000"; BTC at 65000 as on the other venues (one
+        # shared walk per asset, sim/walk.py)
+        if symbol.startswith("BTC/"):
+            return Instrument(symbol, 650_000, 1, 2, 8, 50_000.0, IDS_BINANCE)
+        if symbol.startswith("ETH/"):
+            return Instrument(symbol, 300_000, 2, 2, 8, 500_000.0, IDS_BINANCE)
         start = (1 + stable_crc(symbol.split("/")[0]) % 500) * 10_000
         return Instrument(symbol, start, 2, 2, 8, 500_000.0, IDS_BINANCE)
     if exchange == "okx":  # instIds: BTC-USDT, BTC-USDT-SWAP, BTC-USD-SWAP, BTC-USD-270625

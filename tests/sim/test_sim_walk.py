@@ -15,6 +15,8 @@ BTC = (
     ("bybit", "linear", "BTCUSDT", (1, 3)),
     ("binance", "usdm", "BTCUSDT", (1, 4)),
     ("okx", "swap", "BTC-USD-SWAP", (1, 1)),
+    ("coinbase", "spot", "BTC-USD", (1, 3)),
+    ("kraken", "spot", "BTC/USD", (1, 3)),
 )
 CHUNKS = 60
 FRAMES = 500  # per chunk: 30,000 frames, a bit over half of the slowest octave's period
