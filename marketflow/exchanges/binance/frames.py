@@ -147,6 +147,8 @@ _depth_decoder = msgspec.json.Decoder(_Depth)
 class Session:
     """Protocol rules for one Binance combined-stream connection."""
 
+    sequence_check = None  # no per-connection message numbering
+
     def __init__(self, market: str, topics: Sequence[str]) -> None:
         _check(market)
         self.market = market
