@@ -22,7 +22,7 @@ import trio
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from marketflow.sim import binance, bybit
+from marketflow.sim import binance, bybit, coinbase
 from marketflow.sim.book import BookFeed, SimBook
 from marketflow.sim.faults import (
     Faults,
@@ -64,7 +64,7 @@ CLOSE_GRACE_S = 2.0
 _SYMBOL = re.compile(r"[A-Z0-9]+")
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _CLIENT_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
-MARKETS = {"bybit": bybit.CATEGORIES, "binance": binance.MARKETS}
+MARKETS = {"bybit": bybit.CATEGORIES, "binance": binance.MARKETS, "coinbase": coinbase.MARKETS}
 
 
 def _check_range(_: object, attribute: attrs.Attribute[tuple[int, int]], value: tuple[int, int]) -> None:
@@ -118,6 +118,8 @@ class SimConfig:
     binance_pong_timeout_s: float | None = attrs.field(default=None, validator=_optional_positive)
     """None = the real deadline: spot 60 s, USD-M 600 s."""
     binance_max_lifetime_s: float = attrs.field(default=86_400.0, validator=_positive)
+    coinbase_quiet: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    """Coinbase products listed besides `symbols` that never trade nor change (`XLM-USD`)."""
 
 
 @attrs.frozen
@@ -173,6 +175,14 @@ class SimServer:
             )
             for market in binance.MARKETS
         }
+        self._coinbase_rules = coinbase.CoinbaseRules(
+            coinbase.products(config.symbols),
+            config.coinbase_quiet,
+            frozenset(config.faults.reject_topics),
+            config.seed,
+        )
+        self.coinbase_rest = coinbase.CoinbaseRest(self.market, self._coinbase_rules)
+        self.rest_routes.update(self.coinbase_rest.routes())
         self._feeds: dict[tuple[str, str, str], TradeFeed] = {}
         self._books: dict[tuple[str, str, str], BookFeed] = {}
         self._connections: set[WsConnection] = set()
@@ -210,11 +220,17 @@ class SimServer:
         self._check("binance", market)
         return self.http_url
 
+    def coinbase_ws_url(self) -> str:
+        """Coinbase's market-data socket on the simulator, `ws://HOST:PORT/coinbase/ws`."""
+        return self._ws_root() + coinbase.WS_PATH
+
     def urls(self, exchange: str, market: str) -> tuple[str, str]:
         """`(ws_url, rest_url)` a feed of this exchange market sets to use the simulator (demo, tests)."""
         self._check(exchange, market)
         if exchange == "bybit":
             return self.bybit_ws_url(market), self.http_url
+        if exchange == coinbase.EXCHANGE:
+            return self.coinbase_ws_url(), self.http_url
         return self.binance_ws_base(market), self.binance_rest_base(market)
 
     def add_rest_route(self, path: str, handler: RestHandler) -> None:
@@ -226,7 +242,11 @@ class SimServer:
     def _check(self, exchange: str, market: str, symbol: str | None = None) -> None:
         if market not in MARKETS.get(exchange, ()):
             raise ValueError(f"unknown exchange/market {exchange!r}/{market!r}; expected one of {MARKETS}")
-        if symbol is not None and symbol not in self.config.symbols:
+        if exchange == coinbase.EXCHANGE:
+            if symbol is not None and symbol not in self._coinbase_rules.products:
+                listed = sorted(self._coinbase_rules.products)
+                raise ValueError(f"{symbol!r} is not listed; coinbase lists {listed}")
+        elif symbol is not None and symbol not in self.config.symbols:
             raise ValueError(f"{symbol!r} is not listed; the simulator lists {self.config.symbols}")
 
     def delivered_trades(self, category: str | None = None, *, exchange: str | None = None) -> list[SimTrade]:
@@ -290,8 +310,8 @@ class SimServer:
             book_frames_sent=c.book_frames_sent,
             pings_sent=c.pings_sent,
             rate_limited=c.rate_limited,
-            rest_requests=self.rest.requests,
-            rest_throttled=self.rest.throttled,
+            rest_requests=self.rest.requests + self.coinbase_rest.requests,
+            rest_throttled=self.rest.throttled + self.coinbase_rest.throttled,
         )
 
     # -- runtime faults ------------------------------------------------------------------------------
@@ -342,6 +362,15 @@ class SimServer:
         for conn in list(self._connections):
             if isinstance(conn.session, binance.BinanceSession) and not conn.session.closing:
                 conn.session.server_shutdown(ts_ms, close_after_s)
+                told += 1
+        return told
+
+    def coinbase_sequence_jump(self, count: int = 3) -> int:
+        """Every Coinbase connection's next message skips `count` sequence numbers; how many."""
+        told = 0
+        for conn in list(self._connections):
+            if isinstance(conn.session, coinbase.CoinbaseSession):
+                conn.session.sequence_jump(count)
                 told += 1
         return told
 
@@ -401,7 +430,7 @@ class SimServer:
 
     @staticmethod
     def _is_websocket(path: str) -> bool:
-        return path in bybit.WS_PATHS or binance.is_ws_path(path)
+        return path in bybit.WS_PATHS or path == coinbase.WS_PATH or binance.is_ws_path(path)
 
     def _ws_route(self, http: HttpRequest) -> SessionFactory | HttpResponse:
         """The session for a WebSocket request, or the refusal of its handshake."""
@@ -415,6 +444,15 @@ class SimServer:
                 )
 
             return open_bybit
+        if http.path == coinbase.WS_PATH:
+            coinbase_rules = self._coinbase_rules
+
+            def open_coinbase(conn: WsConnection) -> Session:
+                return coinbase.CoinbaseSession(
+                    conn.number, conn, coinbase_rules, self.market, self.book_feed
+                )
+
+            return open_coinbase
         target = binance.parse_ws_target(http.path, http.query)
         if target is None:
             return HttpResponse(404, b"not found")
@@ -464,6 +502,8 @@ class SimServer:
     def _trades_per_frame(self, exchange: str, category: str) -> tuple[int, int]:
         if exchange == binance.EXCHANGE:
             return self.config.binance_trades_per_frame
+        if exchange == coinbase.EXCHANGE:
+            return (1, 6)  # trades batched over 250 ms (§9.4)
         if category == bybit.SPOT:
             return self.config.spot_trades_per_frame
         return self.config.linear_trades_per_frame
