@@ -2,7 +2,8 @@
 
 Code logs a constant message and puts the variable parts in `extra={...}`; the formatters print those as
 fields. The same constant message from the same logger is allowed `burst` times per `interval_s`; after
-that it is counted, and the next one let through says how many were suppressed.
+that it is counted, and the next one let through says how many were suppressed. A record whose extra
+holds `_rate_key` (say, the failing child's name) is counted apart from the same message with another key.
 """
 
 from __future__ import annotations
@@ -89,12 +90,12 @@ class RateLimitFilter(logging.Filter):
         self.interval_s = interval_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._windows: dict[tuple[str, str], list[float | int]] = {}
+        self._windows: dict[tuple[str, str, str], list[float | int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, str(record.msg))
+        key = (record.name, str(record.msg), str(getattr(record, "_rate_key", "")))
         now = self._clock()
         with self._lock:
             window = self._windows.get(key)

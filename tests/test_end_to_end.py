@@ -92,7 +92,10 @@ async def test_stored_exactly_once_across_injected_disconnects(tmp_path: Path) -
             daemon = Daemon(sim_config(tmp_path, sim, flush_interval_s=0.05))
             await nursery.start(daemon.run)
             for _ in range(2):
-                await trio.sleep(0.5)
+                # Both connections streaming again, and 20 more frames sent, before each drop.
+                sent = sim.statistics().frames_sent
+                await wait_for(lambda: all(c.state == "streaming" for c in daemon.feed_counters.values()))
+                await wait_for(lambda s=sent: sim.statistics().frames_sent >= s + 20)
                 assert sim.drop_connections() == 2
             # A drop can lose frames already on the wire (the close may reset the connection); the
             # catch-up over REST after the reconnect brings them back. Once the simulator has sent its
@@ -154,7 +157,7 @@ async def test_stall_trips_the_watchdog_and_the_feed_reconnects(tmp_path: Path) 
             daemon = Daemon(sim_config(tmp_path, sim, markets=("spot",)))
             await nursery.start(daemon.run)
             counters = daemon.feed_counters["bybit-spot"]
-            await trio.sleep(0.3)
+            await wait_for(lambda: counters.state == "streaming" and counters.data_frames > 0)
             sim.stall(3.0)  # longer than the feed's 2 s stale timeout
             await wait_for(lambda: counters.connects >= 2)
             assert (

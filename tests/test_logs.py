@@ -38,6 +38,17 @@ def test_rate_limit_counts_suppressed_and_reports_them() -> None:
     assert again.suppressed == 7  # type: ignore[attr-defined]
 
 
+def test_rate_limit_keeps_a_budget_per_rate_key() -> None:
+    """Five feeds failing together: each one's lines are counted apart, none starves the others."""
+    limiter = RateLimitFilter(burst=2, interval_s=60, clock=lambda: 0.0)
+    passed = [
+        limiter.filter(record("child failed; restarting", logging.WARNING, _rate_key=child))
+        for _ in range(3)
+        for child in ("bybit-spot", "binance-spot")
+    ]
+    assert passed == [True, True, True, True, False, False]
+
+
 def test_json_lines_carry_fields_and_never_secrets() -> None:
     stream = io.StringIO()
     configure_logging("info", "json", stream=stream)

@@ -14,7 +14,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -29,7 +28,7 @@ from marketflow.analytics.engine import NotLiveError
 from marketflow.config import BooksConfig, Config, default_config
 from marketflow.daemon import Daemon
 from marketflow.progress import Progress
-from marketflow.replay import Replay, ReplayClock, ReplaySummary, parse_speed, run_replay
+from marketflow.replay import Replay, ReplayClock, ReplaySummary, parse_speed
 from tests.conftest import stored_rows
 
 FIXTURE = Path(__file__).parent / "fixtures" / "capture"
@@ -155,8 +154,13 @@ def test_stored_trades_are_the_trades_in_the_capture(tmp_path: Path) -> None:
     rest_bodies = "".join(r.get("body", "") for h, r in capture_lines() if h["kind"] == "rest")
     for row in set(stored) - set(expected):
         assert f'"{row[2]}"' in rest_bodies or f'"a":{row[2]},' in rest_bodies
-    # Exact decimals, as the exchange wrote them.
-    assert all(Decimal(r[3]) > 0 and r[3] == str(r[3]) for r in stored)
+    # Exact decimals, as the exchange wrote them: every stored price and amount is, character for
+    # character, a string of a recorded frame (parsed above without marketflow) or of a recorded REST answer.
+    written = {value for row in expected for value in (row[3], row[4])}
+    for row in stored:
+        assert Decimal(row[3]) > 0 and Decimal(row[4]) > 0
+        for value in (row[3], row[4]):
+            assert value in written or f'"{value}"' in rest_bodies, (row, value)
 
 
 def test_recorded_time_drives_the_pipeline_clock(tmp_path: Path) -> None:
@@ -179,14 +183,27 @@ def test_recorded_time_drives_the_pipeline_clock(tmp_path: Path) -> None:
 
 
 def test_recorded_speed_takes_the_recorded_time(tmp_path: Path) -> None:
+    """At 10x every recorded instant is reached a tenth of its recorded offset after the first one, in
+    Trio time on a virtual clock (autojump): exact, whatever this machine's speed."""
     fast_db, slow_db = tmp_path / "fast.db", tmp_path / "slow.db"
     _, fast = replay_fast(fast_db)
-    started = time.monotonic()
-    slow = run_replay(replay_config(slow_db), [str(p) for p in fixture_files()], 10.0)
-    elapsed = time.monotonic() - started
-    assert fast.recorded_s > 2.0
-    assert elapsed >= fast.recorded_s / 10
-    assert slow.recorded_s == fast.recorded_s
+    reached: list[tuple[int, float]] = []
+
+    class Observed(Replay):
+        async def until(self, recv_us: int) -> None:
+            await super().until(recv_us)
+            reached.append((recv_us, trio.current_time()))
+
+    replay = Observed(replay_config(slow_db), fixture_files(), speed=10.0)
+    slow = trio.run(replay.run, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert fast.recorded_s > 2.0 and slow.recorded_s == fast.recorded_s
+    (first_us, first_t), *_ = reached
+    frames = [(recv, t) for recv, t in reached if recv <= first_us + round(fast.recorded_s * 1e6)]
+    assert len(frames) > 100
+    assert [t - first_t for _, t in frames] == pytest.approx(
+        [(recv - first_us) / 1e6 / 10 for recv, _ in frames]
+    )
+    assert frames[-1][1] - first_t == pytest.approx(fast.recorded_s / 10)
     assert sorted(stored_rows(slow_db)) == sorted(stored_rows(fast_db))
 
 

@@ -8,6 +8,7 @@ flushed after every read.
 
 from __future__ import annotations
 
+import os
 import ssl
 from types import TracebackType
 
@@ -29,7 +30,21 @@ CLOSE_WAIT_S = 2.0
 
 
 class FeedError(Exception):
-    """A feed connection failed: the message names the endpoint and the cause."""
+    """A feed connection failed: the message names the endpoint and the cause (`URL: reason`).
+
+    It is an expected failure of the network or the venue (DNS, refused, TLS, timeout, close), not a
+    bug: `operational` tells a supervisor to log it as one line, without a traceback.
+    """
+
+    operational = True
+
+    @property
+    def log_fields(self) -> dict[str, str]:
+        """`url` and `reason` for a log line, split from the message."""
+        url, sep, reason = str(self).partition(": ")
+        if sep and "://" in url:
+            return {"url": url, "reason": reason}
+        return {"reason": str(self)}
 
 
 class TlsStream(trio.abc.Stream):
@@ -369,7 +384,7 @@ async def connect_ws(
     try:
         tcp = await trio.open_tcp_stream(uri.host, uri.port)
     except OSError as exc:
-        raise FeedError(f"{url}: cannot connect: {exc}") from exc
+        raise FeedError(f"{url}: cannot connect: {_connect_reason(exc)}") from exc
     stream: trio.abc.Stream = tcp
     try:
         tcp.setsockopt(6, 1, 1)  # TCP_NODELAY: control messages are tiny and latency-sensitive
@@ -388,6 +403,18 @@ async def connect_ws(
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+
+
+def _connect_reason(exc: OSError) -> str:
+    """trio says "all attempts to connect to H:P failed" and keeps why in its cause: say both."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        why = sorted(
+            {os.strerror(e.errno) if e.errno else str(e) for e in cause.exceptions if isinstance(e, OSError)}
+        )
+        if why:
+            return f"{exc}: {', '.join(why)}"
+    return str(exc)
 
 
 async def open_ws(

@@ -30,6 +30,12 @@ Graceful stop of a child (on :meth:`Supervisor.stop`, :meth:`Supervisor.remove_c
 then the spec's ``on_stop()`` if set, then ``run()`` gets ``shutdown_timeout_s`` to return before
 it is cancelled. Children are stopped one at a time, in reverse start order.
 
+Logging a failure: an exception whose class sets ``operational = True`` is an expected failure of
+the outside world (DNS, a refused or dropped connection, TLS, a timeout) that a restart may cure: it
+is one WARNING line naming the child, the reason and the next retry, plus the exception's
+``log_fields`` mapping if it has one (a feed adds its URL). Any other exception is a bug to look at
+and gets its traceback, at most once per child per ``policy.traceback_interval_s``.
+
 All times come from ``trio.current_time()``.
 """
 
@@ -92,6 +98,8 @@ class SupervisorPolicy:
     )
     """Most automatic restarts allowed within ``period_s`` across all children; None: no limit."""
     period_s: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    traceback_interval_s: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
+    """A child's unexpected failures show their traceback at most once per this many seconds."""
 
     def __attrs_post_init__(self) -> None:
         if self.backoff_max_s < self.backoff_initial_s:
@@ -167,6 +175,23 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _operational(exc: BaseException) -> bool:
+    """An expected failure of the outside world (class attribute ``operational``), or a group of them."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_operational(inner) for inner in exc.exceptions)
+    return getattr(type(exc), "operational", False) is True
+
+
+def _failure_fields(exc: BaseException) -> dict[str, object]:
+    """The reason of a failure and the exception's own ``log_fields`` (first leaf of a group)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    fields = getattr(exc, "log_fields", None)
+    merged: dict[str, object] = dict(fields) if isinstance(fields, dict) else {}
+    merged.setdefault("reason", _describe(exc))
+    return merged
+
+
 class _ChildTaskStatus:
     """The ``task_status`` handed to a child's ``run``; reports ``started()`` to the supervisor.
 
@@ -211,6 +236,8 @@ class _Child:
     next_start_at: float | None = None
     started_at: float | None = None
     incarnation: _Incarnation | None = None
+    traceback_at: float | None = None
+    """Trio time the last traceback of this child was logged."""
     launched: bool = False
     live: bool = False
     """The child's task exists (from launch until it ended)."""
@@ -553,23 +580,26 @@ class Supervisor:
             child.state = "stopped"
             return False
 
-        failed = error is not None
-        if failed:
+        if error is not None:
             child.circuit.record_failure(now)
-            logger.warning(
-                "supervisor %s: child %s failed: %s", self.name, name, child.last_error, exc_info=error
-            )
         restart = child.spec.restart is Restart.PERMANENT or (
-            child.spec.restart is Restart.TRANSIENT and failed
+            child.spec.restart is Restart.TRANSIENT and error is not None
         )
         if not restart:
-            child.state = "failed" if failed else "stopped"
-            if not failed:
+            if error is None:
+                child.state = "stopped"
                 logger.info("supervisor %s: child %s finished", self.name, name)
+            else:
+                child.state = "failed"
+                self._log_failure(child, error, None, now)
             return False
         if self._stop_requested.is_set():
+            if error is not None:
+                self._log_failure(child, error, None, now)
             return True  # the loop parks it until _stop_all stops it
         if not self._admit_restart(now):
+            if error is not None:
+                self._log_failure(child, error, None, now)
             self._escalate(child, error)
             return False
 
@@ -582,17 +612,40 @@ class Supervisor:
         else:
             child.state = "backoff"
             child.next_start_at = now + child.backoff.next_delay()
-        logger.info(
-            "supervisor %s: restarting child %s in %.3f s (%s, restart %d)",
-            self.name,
-            name,
-            child.next_start_at - now,
-            child.state,
-            child.restarts,
-        )
+        if error is not None:
+            self._log_failure(child, error, child.next_start_at - now, now)
+        else:
+            logger.info(
+                "supervisor %s: restarting child %s in %.3f s (%s, restart %d)",
+                self.name,
+                name,
+                child.next_start_at - now,
+                child.state,
+                child.restarts,
+            )
         if self._policy.strategy is Strategy.REST_FOR_ONE:
             await self._stop_successors(child)
         return True
+
+    def _log_failure(self, child: _Child, error: Exception, retry_in: float | None, now: float) -> None:
+        """One WARNING line; a traceback only for an unexpected failure, once per interval per child."""
+        fields: dict[str, object] = {"supervisor": self.name, "child": child.spec.name}
+        fields.update(_failure_fields(error))
+        if retry_in is not None:
+            fields["retry_in_s"] = round(retry_in, 3)
+            fields["state"] = child.state
+            fields["restart"] = child.restarts
+        exc_info: Exception | None = None
+        if not _operational(error):
+            interval = self._policy.traceback_interval_s
+            if child.traceback_at is None or now - child.traceback_at >= interval:
+                child.traceback_at = now
+                exc_info = error
+            else:
+                fields["traceback"] = f"shown at most once per {interval:g} s"
+        fields["_rate_key"] = child.spec.name  # repeats are rate-limited per child, not across them
+        message = "child failed; restarting" if retry_in is not None else "child failed"
+        logger.warning(message, extra=fields, exc_info=exc_info)
 
     def _admit_restart(self, now: float) -> bool:
         """Count one automatic restart at ``now``; False if that would exceed the intensity."""

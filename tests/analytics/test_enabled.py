@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ def test_enabled_key() -> None:
     ]
 
 
-async def test_a_daemon_without_analytics_answers_from_storage(tmp_path: Path) -> None:
+async def test_a_daemon_without_analytics_answers_from_storage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     sim = SimServer(SimConfig(seed=5, rate=200))
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -52,10 +55,10 @@ async def test_a_daemon_without_analytics_answers_from_storage(tmp_path: Path) -
             candles = await queries.candles(daemon.query, "bybit", "BTC-USDT", "1s", since=0, until=until)
             assert sum(c["trades"] for c in candles["candles"]) == sum(b["trades"] for b in flow["bars"])
             # Without analytics the ring closes the trade bus on shutdown, so the writer drains it and stops
-            # at once instead of waiting out its shutdown deadline (5 s here).
-            started = trio.current_time()
-            await daemon.stop()
-            assert trio.current_time() - started < 4
+            # on its own instead of being cancelled at its shutdown deadline (5 s here).
+            with caplog.at_level(logging.WARNING, logger="marketflow.supervisor"):
+                await daemon.stop()
+            assert not [r.getMessage() for r in caplog.records if "did not stop within" in r.getMessage()]
             nursery.cancel_scope.cancel()
 
 

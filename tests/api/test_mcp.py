@@ -14,7 +14,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -534,38 +533,37 @@ async def test_concurrent_first_requests_share_one_load_off_the_event_loop(
 ) -> None:
     load = mcp_module._load_transport
     threads: list[threading.Thread] = []
+    loading = threading.Event()
+    released = threading.Event()  # set by a Trio task: proof the event loop runs while the SDK loads
 
     def slow_load(ctx: QueryContext) -> Any:
         threads.append(threading.current_thread())
-        time.sleep(0.3)  # as long as a cold import of the SDK
+        loading.set()
+        # Held until the event loop lets it go: on the event loop thread itself this could never return.
+        if not released.wait(10):
+            raise AssertionError("the event loop did not run while the SDK loaded")
         return load(ctx)
 
     monkeypatch.setattr(mcp_module, "_load_transport", slow_load)
     with trio.fail_after(20):
         async with running_mcp(tmp_path) as api, httpx.AsyncClient(base_url=api.url, timeout=10) as http:
             answers: list[httpx.Response] = []
-            ticks = 0
 
             async def post(kwargs: dict[str, Any]) -> None:
                 answers.append(await http.post("/mcp", **kwargs))
 
-            async def tick() -> None:
-                nonlocal ticks
-                while True:
-                    await trio.sleep(0.01)
-                    ticks += 1
+            async def release_once_loading() -> None:
+                await trio.to_thread.run_sync(loading.wait, abandon_on_cancel=True)
+                released.set()
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(tick)
-                async with trio.open_nursery() as requests:
-                    requests.start_soon(post, initialize())
-                    requests.start_soon(post, modern("server/discover"))
-                nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as requests:
+                requests.start_soon(release_once_loading)
+                requests.start_soon(post, initialize())
+                requests.start_soon(post, modern("server/discover"))
 
             assert [a.status_code for a in answers] == [200, 200]
             assert len(threads) == 1 and threads[0] is not threading.main_thread()
             assert mcp_app(api).statistics() == McpStatistics(True, 1, True)
-            assert ticks >= 10  # the event loop ran on while the SDK loaded
 
 
 async def test_a_failed_load_is_a_503_and_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

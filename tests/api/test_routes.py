@@ -41,7 +41,8 @@ async def test_root_ping_health_status_storage_markets(api: Api) -> None:
         status = (await client.get("/collectors/status")).json()
         names = [a["name"] for a in status["actors"]]
         assert {"storage", "normalizer", "bybit-spot", "bybit-linear"} <= set(names)
-        await trio.sleep(1.2)  # the server samples message counters every second for msgs/s
+        # The server samples message counters every second for msgs/s: until it has two samples.
+        await wait_for(lambda: (api.ctx.rates.rate("bybit-spot") or 0) > 0)
         spot = (await client.get("/collectors/status/bybit-spot")).json()
         assert spot["state"] == "running" and spot["circuit"] == "closed" and spot["restarts"] == 0
         assert spot["feed"]["state"] == "streaming"
@@ -102,7 +103,11 @@ async def test_trades_from_ring_and_storage(api: Api) -> None:
         # Older than the ring holds: storage answers, merged with the ring, without duplicates.
         await wait_for(lambda: api.ring.complete_from("bybit", "ETH-USDT") is not None)
         api.ring.mark_incomplete()  # as if the ring had lost trades: everything before now is storage's
-        await trio.sleep(0.3)
+        await wait_for(  # and new trades come after the mark, so the answer is merged from both
+            lambda: bool(
+                api.ring.recent("bybit", "ETH-USDT", since=api.ring.complete_from("bybit", "ETH-USDT"))
+            )
+        )
         got = (
             await client.get(
                 "/collectors/trades",
@@ -196,13 +201,22 @@ async def test_metrics_move_as_trades_arrive(api: Api) -> None:
                     return float(s.value)
         raise AssertionError(f"{name} {labels} not exposed")
 
+    conn = {"connection": "bybit-spot"}
+    moving = (
+        ("marketflow_feed_frames_total", conn),
+        ("marketflow_decoder_trades_total", conn),
+        ("marketflow_trade_receive_lag_seconds_count", {"exchange": "bybit"}),
+    )
     async with api.client() as client:
         first = await client.get("/metrics")
         assert first.status_code == 200 and first.headers["content-type"].startswith("text/plain")
-        await trio.sleep(0.5)
-        second = (await client.get("/metrics")).text
-    one = first.text
-    conn = {"connection": "bybit-spot"}
+        one = first.text
+        with trio.fail_after(10):  # until every one of them has moved (a metric that never does: failure)
+            while True:
+                second = (await client.get("/metrics")).text
+                if all(sample(second, n, **labels) > sample(one, n, **labels) for n, labels in moving):
+                    break
+                await trio.sleep(0.05)
     assert sample(second, "marketflow_feed_frames_total", **conn) > sample(
         one, "marketflow_feed_frames_total", **conn
     )

@@ -2,7 +2,8 @@
 
 Clients are trio-websocket (which answers pings by itself) and, where pongs must be withheld or frames
 seen raw, a minimal hand-written WebSocket client. Everything runs on 127.0.0.1 port 0 under
-`trio.fail_after`; durations are short real times with wide bounds.
+`trio.fail_after`; tests about time (pings, pong deadlines, lifetimes, rate limits, shutdown notices) run
+under `autojump_clock` and assert exact virtual times.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ async def test_trade_stream_splits_each_agg_trade(nursery: trio.Nursery, market:
 # -- control messages ----------------------------------------------------------------------------------
 
 
-async def test_subscribe_list_unsubscribe(nursery: trio.Nursery) -> None:
+async def test_subscribe_list_unsubscribe(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
     server = await start(nursery, rate=50.0)
     with trio.fail_after(5):
         async with open_websocket_url(spot(server, "/ws")) as ws:
@@ -350,7 +351,9 @@ async def test_combined_property(nursery: trio.Nursery) -> None:
 
 
 @pytest.mark.parametrize(("market", "limit"), [("spot", 5), ("usdm", 10)])
-async def test_inbound_rate_limit_closes(nursery: trio.Nursery, market: str, limit: int) -> None:
+async def test_inbound_rate_limit_closes(
+    nursery: trio.Nursery, market: str, limit: int, autojump_clock: trio.abc.Clock
+) -> None:
     server = await start(nursery)
     path = "/ws" if market == "spot" else "/usdm/ws"
     with trio.fail_after(5):
@@ -393,7 +396,9 @@ async def test_stream_cap(nursery: trio.Nursery) -> None:
             assert listing["result"] == names[:MAX_STREAMS]
 
 
-async def test_ping_frames_and_the_pong_deadline(nursery: trio.Nursery) -> None:
+async def test_ping_frames_and_the_pong_deadline(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     server = await start(nursery, binance_ping_interval_s=0.25, binance_pong_timeout_s=0.6)
     with trio.fail_after(5):
         # A client that never answers: pings every 0.25 s, then a close frame (1008) at the deadline.
@@ -406,9 +411,10 @@ async def test_ping_frames_and_the_pong_deadline(nursery: trio.Nursery) -> None:
                 break
             if frame[0] == 0x9 and len(seen) == 1:
                 await client.send(0xA, b"")  # an unsolicited pong (wrong payload) does not help
-        assert trio.current_time() - opened >= 0.55
+        # Pings at 0.25, 0.5 and 0.75 s; the first one unanswered 0.6 s later (0.85 s) closes it.
+        assert trio.current_time() - opened == pytest.approx(0.85)
         pings = [p for op, p in seen if op == 0x9]
-        assert len(pings) >= 2 and len(set(pings)) == len(pings)
+        assert len(pings) == 3 and len(set(pings)) == len(pings)
         assert seen[-1][0] == 0x8 and int.from_bytes(seen[-1][1][:2], "big") == 1008
         assert seen[-1][1][2:] == b"pong timeout"
         await client.stream.aclose()
@@ -416,10 +422,12 @@ async def test_ping_frames_and_the_pong_deadline(nursery: trio.Nursery) -> None:
         async with open_websocket_url(spot(server, "/ws")) as ws:
             assert await silent_for(ws, 1.5) == []
             assert (await reply(ws, {"method": "LIST_SUBSCRIPTIONS", "id": 1}))["result"] == []
-    assert server.statistics().pings_sent >= 8
+    assert server.statistics().pings_sent == 3 + 6  # and one every 0.25 s of the 1.5 s the second one lived
 
 
-async def test_default_ping_intervals_are_the_real_ones(nursery: trio.Nursery) -> None:
+async def test_default_ping_intervals_are_the_real_ones(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     server = await start(nursery)
     with trio.fail_after(5):
         client = await RawClient.connect(server, "/usdm/public/ws")
@@ -432,7 +440,7 @@ async def test_default_ping_intervals_are_the_real_ones(nursery: trio.Nursery) -
     assert rules["spot"].max_lifetime_s == 86_400.0
 
 
-async def test_server_shutdown(nursery: trio.Nursery) -> None:
+async def test_server_shutdown(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
     server = await start(nursery, rate=20.0)
     with trio.fail_after(5):
         async with (
@@ -450,25 +458,25 @@ async def test_server_shutdown(nursery: trio.Nursery) -> None:
                 pass
             assert msg["data"]["e"] == "serverShutdown"
             assert await closed_reason(raw) == (1001, "server shutdown")
-            assert trio.current_time() - told >= 0.25
+            assert trio.current_time() - told == pytest.approx(0.3)
             assert (await closed_reason(combined))[0] == 1001
             await bybit.send_message('{"op":"ping"}')
             assert json.loads(await bybit.get_message())["ret_msg"] == "pong"
 
 
-async def test_connection_lifetime(nursery: trio.Nursery) -> None:
+async def test_connection_lifetime(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
     server = await start(nursery, binance_max_lifetime_s=0.5)
     with trio.fail_after(5):
         async with open_websocket_url(usdm(server, "/market/ws")) as ws:
             opened = trio.current_time()
             assert await closed_reason(ws) == (1001, "connection lifetime exceeded")
-            assert trio.current_time() - opened >= 0.45
+            assert trio.current_time() - opened == pytest.approx(0.5)
 
 
 # -- USD-M routing -------------------------------------------------------------------------------------
 
 
-async def test_usdm_routes(nursery: trio.Nursery) -> None:
+async def test_usdm_routes(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
     server = await start(nursery, rate=50.0)
     streams = "btcusdt@depth@100ms/btcusdt@aggTrade"
     with trio.fail_after(8):
@@ -608,7 +616,9 @@ async def test_rest_weight_limit(nursery: trio.Nursery) -> None:
 
 
 @pytest.mark.parametrize("market", ["spot", "usdm"])
-async def test_rest_agg_trades_and_backfill_after_a_disconnect(nursery: trio.Nursery, market: str) -> None:
+async def test_rest_agg_trades_and_backfill_after_a_disconnect(
+    nursery: trio.Nursery, market: str, autojump_clock: trio.abc.Clock
+) -> None:
     server = await start(nursery, rate=40.0, trade_while_unsubscribed=True)
     base, path, stream = {
         "spot": ("", "/api/v3/aggTrades", "/ws/btcusdt@aggTrade"),
@@ -701,7 +711,9 @@ async def test_bybit_recent_trade(nursery: trio.Nursery) -> None:
 # -- ground truth, determinism, malformed frames, CLI ----------------------------------------------------
 
 
-async def test_delivered_and_generated_trades_cover_binance(nursery: trio.Nursery) -> None:
+async def test_delivered_and_generated_trades_cover_binance(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     server = await start(nursery, rate=100.0, max_frames=20)
     with trio.fail_after(5):
         async with open_websocket_url(spot(server, "/stream?streams=btcusdt@aggTrade/btcusdt@trade")) as ws:

@@ -1,7 +1,7 @@
 """The simulator's Bybit v5 side, checked over real sockets with an independent client (trio-websocket).
 
-Everything runs on 127.0.0.1 port 0 under `trio.fail_after`. Durations are short real times (sockets and
-autojump_clock do not mix); time bounds are deliberately wide.
+Everything runs on 127.0.0.1 port 0 under `trio.fail_after`. Tests about time (rates, stalls, slow pongs,
+idle timeouts) run under `autojump_clock` and assert exact virtual times: loopback sockets deliver at once.
 """
 
 from __future__ import annotations
@@ -113,7 +113,9 @@ async def test_conn_ids_are_deterministic_per_connection(nursery: trio.Nursery) 
     assert ids[0] == ids[2] and ids[1] == ids[3] and ids[0] != ids[1]
 
 
-async def test_spot_more_than_ten_args_refuses_the_whole_request(nursery: trio.Nursery) -> None:
+async def test_spot_more_than_ten_args_refuses_the_whole_request(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     server = await start(nursery, rate=100.0, symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT"))
     topics = [f"publicTrade.{s}" for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
     topics += [f"orderbook.{d}.{s}" for d in (1, 50) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
@@ -223,13 +225,13 @@ async def test_protocol_pings_are_answered(nursery: trio.Nursery) -> None:
     assert server.statistics().pings == 1
 
 
-async def test_slow_pong(nursery: trio.Nursery) -> None:
+async def test_slow_pong(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
     server = await start(nursery, faults=Faults(slow_pong_s=0.3))
     with trio.fail_after(5):
         async with open_websocket_url(server.bybit_ws_url("linear")) as ws:
             sent = trio.current_time()
             assert (await request(ws, {"op": "ping"}))["ret_msg"] == "pong"
-            assert trio.current_time() - sent >= 0.25
+            assert trio.current_time() - sent == pytest.approx(0.3)
 
 
 # -- publicTrade frames ---------------------------------------------------------------------------------
@@ -333,7 +335,9 @@ def test_tape_does_not_depend_on_how_it_is_cut() -> None:
     assert one.frame_sizes(10, 1, 3) == two.frame_sizes(4, 1, 3) + two.frame_sizes(6, 1, 3)
 
 
-async def test_delivered_trades_equal_what_the_client_received(nursery: trio.Nursery) -> None:
+async def test_delivered_trades_equal_what_the_client_received(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     server = await start(nursery, rate=200.0, max_frames=25)
     with trio.fail_after(5):
         async with (
@@ -357,7 +361,9 @@ async def test_delivered_trades_equal_what_the_client_received(nursery: trio.Nur
     assert {t.category for t in everything} == {"spot", "linear"}
 
 
-async def test_max_frames_stops_the_topic_but_not_the_connection(nursery: trio.Nursery) -> None:
+async def test_max_frames_stops_the_topic_but_not_the_connection(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     server = await start(nursery, rate=100.0, max_frames=5)
     with trio.fail_after(5):
         async with open_websocket_url(server.bybit_ws_url("linear")) as ws:
@@ -367,15 +373,21 @@ async def test_max_frames_stops_the_topic_but_not_the_connection(nursery: trio.N
     assert server.statistics().frames_sent == 5
 
 
-async def test_rate_is_roughly_right(nursery: trio.Nursery) -> None:
+async def test_rate_is_exact(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
     server = await start(nursery, rate=50.0)
     with trio.fail_after(5):
         async with open_websocket_url(server.bybit_ws_url("spot")) as ws:
             await request(ws, {"op": "subscribe", "args": ["publicTrade.BTCUSDT"]})
-            assert 35 <= len(await frames_within(ws, 1.0)) <= 65
+            subscribed = trio.current_time()
+            arrivals = []
+            while len(arrivals) < 100:
+                await next_frame(ws)
+                arrivals.append(trio.current_time() - subscribed)
+    # One frame every 20 ms from the subscription on: 50 frames a second, none early or late.
+    assert arrivals == pytest.approx([(n + 1) * 0.02 for n in range(100)])
 
 
-async def test_unsubscribe_stops_that_topic(nursery: trio.Nursery) -> None:
+async def test_unsubscribe_stops_that_topic(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
     server = await start(nursery, rate=100.0)
     with trio.fail_after(5):
         async with open_websocket_url(server.bybit_ws_url("spot")) as ws:
@@ -488,23 +500,26 @@ async def test_malformed_every_n_frames(nursery: trio.Nursery) -> None:
     assert all(t.price != "abc" for t in server.delivered_trades())
 
 
-async def test_stall_sends_nothing_then_resumes(nursery: trio.Nursery) -> None:
+async def test_stall_sends_nothing_then_resumes(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
     server = await start(nursery, rate=100.0)
     with trio.fail_after(5):
         async with open_websocket_url(server.bybit_ws_url("linear")) as ws:
             await request(ws, {"op": "subscribe", "args": ["publicTrade.BTCUSDT"]})
             await next_frame(ws)
-            server.stall(0.5)
-            await frames_within(ws, 0.05)  # whatever was already in flight
-            await ws.send_message('{"op":"ping","req_id":"during"}')
             stalled = trio.current_time()
-            await ws.get_message()  # something arrives, but only once the stall is over
-            assert trio.current_time() - stalled >= 0.35
-            queued = await frames_within(ws, 0.2)
-            assert len(queued) >= 10  # the frames generated meanwhile follow
+            server.stall(0.5)
+            await ws.send_message('{"op":"ping","req_id":"during"}')
+            first = json.loads(await ws.get_message())  # something arrives, only once the stall is over
+            assert trio.current_time() - stalled == pytest.approx(0.5)
+            queued = await frames_within(ws, 0.001)
+            # The 50 frames generated meanwhile (10 ms apart) follow at once.
+            assert len(queued) + ("topic" in first) == 50
 
 
-async def test_scheduled_stalls(nursery: trio.Nursery) -> None:
+async def test_scheduled_stalls(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+    began = trio.current_time()
     server = await start(nursery, rate=100.0, faults=Faults(stall_every_s=0.3, stall_for_s=0.25))
     with trio.fail_after(5):
         async with open_websocket_url(server.bybit_ws_url("linear")) as ws:
@@ -514,18 +529,20 @@ async def test_scheduled_stalls(nursery: trio.Nursery) -> None:
                 while True:
                     await next_frame(ws)
                     arrivals.append(trio.current_time())
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
-    assert max(gaps) >= 0.15
+    # A frame every 10 ms, except while stalled (0.30-0.55 s, 0.60-0.85 s, 0.90-1.15 s): what was
+    # generated meanwhile (26 frames each time) comes at once when the stall ends.
+    ms = [round((t - began) * 1000) for t in arrivals]
+    assert ms == [*range(10, 300, 10), *[550] * 26, *range(560, 600, 10), *[850] * 26, *range(860, 900, 10)]
 
 
-async def test_idle_connection_is_closed(nursery: trio.Nursery) -> None:
+async def test_idle_connection_is_closed(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
     server = await start(nursery, idle_timeout_s=0.3)
     with trio.fail_after(5):
         async with open_websocket_url(server.bybit_ws_url("spot")) as ws:
             opened = trio.current_time()
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.get_message()
-            assert trio.current_time() - opened >= 0.25
+            assert trio.current_time() - opened == pytest.approx(0.3)
             assert closed.value.reason is not None
             assert closed.value.reason.reason == "idle timeout"
         # A client that pings is not idle.
