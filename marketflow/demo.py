@@ -39,7 +39,7 @@ def demo_config(base: Config, sim: SimServer) -> Config:
             FeedConfig(
                 exchange=exchange,
                 market=market,
-                symbols=tuple(venue.normalize_symbol(market, n) for n in DEMO_SYMBOLS),
+                symbols=tuple(venue.normalize_symbol(market, n) for n in sim.listed(exchange, market)),
                 channels=("trades", "book"),
                 book_depth=venue.markets[market].default_book_depth,
                 ws_url=ws_url,

@@ -233,6 +233,13 @@ class SimServer:
             return self.coinbase_ws_url(), self.http_url
         return self.binance_ws_base(market), self.binance_rest_base(market)
 
+    def listed(self, exchange: str, market: str) -> tuple[str, ...]:
+        """The native symbols the simulator lists on an exchange market (Coinbase: its products)."""
+        self._check(exchange, market)
+        if exchange == coinbase.EXCHANGE:
+            return coinbase.products(self.config.symbols)
+        return self.config.symbols
+
     def add_rest_route(self, path: str, handler: RestHandler) -> None:
         """Answer HTTP requests on `path` (any method, query ignored for routing) with `handler`."""
         self.rest_routes[path] = handler

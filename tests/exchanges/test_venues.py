@@ -246,7 +246,8 @@ async def stream(
     m = v.markets[market]
     ws_url, rest_url = sim.urls(name, market)
     symbols = {
-        v.native_symbol(market, s): s for s in (v.normalize_symbol(market, n) for n in sim.config.symbols)
+        v.native_symbol(market, s): s
+        for s in (v.normalize_symbol(market, n) for n in sim.listed(name, market))
     }
     natives = list(symbols)
     plans: list[ConnectionPlan] = v.connections(
