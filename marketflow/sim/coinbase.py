@@ -145,9 +145,16 @@ def trades_events(product: str, rows: list[TradeRow], kind: str, shuffle: bool) 
     return '[{"type":"%s","trades":[%s]}]' % (kind, ",".join(trades))  # noqa: UP031
 
 
-def trade_encoder(product: str) -> FrameEncoder:
+def trade_encoder(product: str, rules: CoinbaseRules) -> FrameEncoder:
     """`market_trades` update payloads of one product (unframed: the connection stamps and frames)."""
-    return lambda rows, ts: envelope("market_trades", trades_events(product, rows, "update", True))
+
+    def encode(rows: list[TradeRow], ts: int) -> bytes:
+        if rules.lose_trades.get(product):
+            rules.lose_trades[product] -= 1
+            return LOST  # the message is lost: a sequence number and a trade-id jump
+        return envelope("market_trades", trades_events(product, rows, "update", True))
+
+    return encode
 
 
 # -- level2 ----------------------------------------------------------------------------------------------
@@ -263,6 +270,8 @@ class CoinbaseRules:
         self.quiet = frozenset(quiet)
         self.reject_topics = reject_topics
         self.seed = seed
+        self.lose_trades: dict[str, int] = {}
+        """Fault: product → how many of its next `market_trades` messages are lost."""
 
 
 class CoinbaseSession:
@@ -356,7 +365,9 @@ class CoinbaseSession:
             payload = envelope("market_trades", trades_events(tagged, recent, "snapshot", True))
             self.host.push_frames([WireFrame(payload, topic)])
             if not quiet:
-                self.host.subscribe_trades(EXCHANGE, SPOT, tagged, topic, lambda: trade_encoder(tagged))
+                self.host.subscribe_trades(
+                    EXCHANGE, SPOT, tagged, topic, lambda: trade_encoder(tagged, self.rules)
+                )
             return
         if quiet:  # listed, never changing: the snapshot alone
             stream = Level2Stream(self.books(EXCHANGE, SPOT, tagged).book, tagged)

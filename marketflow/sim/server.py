@@ -372,6 +372,12 @@ class SimServer:
                 told += 1
         return told
 
+    def coinbase_lose_trades(self, product: str, messages: int = 1) -> None:
+        """The product's next `messages` `market_trades` messages are lost on every connection (their
+        sequence numbers are used, their trades never sent: a trade-id gap for REST to fill)."""
+        self._check(coinbase.EXCHANGE, coinbase.SPOT, product)
+        self._coinbase_rules.lose_trades[product] = messages
+
     def coinbase_sequence_jump(self, count: int = 3) -> int:
         """Every Coinbase connection's next message skips `count` sequence numbers; how many."""
         told = 0

@@ -23,9 +23,10 @@ class CoinbaseBook(BookSync):
 
     def on_update(self, update: BookUpdate) -> Gap | None:
         if update.first_id != update.last_id:
+            lost = update.last_id - update.first_id - 1
             return self._fail(
                 f"sequence_num jumped from {update.first_id} to {update.last_id} on the connection "
-                f"({update.last_id - update.first_id - 1} messages lost)",
+                f"({lost} message{'' if lost == 1 else 's'} lost)",
                 update,
             )
         if update.snapshot:
