@@ -2,7 +2,7 @@
 and books.
 
     python -m benchmarks.feed [--frames N] [--market spot|linear] [--repeat K] [--book-updates N]
-                              [--json PATH]
+                              [--decode-frames N] [--json PATH]
 
 Analytics is a stage of its own: the whole daemon (feeds, normalizer, SQLite writer, trade ring, HTTP)
 with `analytics.enabled = false`, then with the live engine (default config: 1m, 5m, 1h), alternating
@@ -17,6 +17,9 @@ The simulator runs in its own process (`marketflow sim --rate 0`), so the CPU fi
 alone: what marketflow spends per frame and per trade at each stage. Each stage is measured on a fresh
 simulator with the same seed, so every stage sees the same frames. Throughput is capped by whichever side
 is slower; the `client CPU` column says how busy marketflow was (100% = marketflow was the bottleneck).
+
+Last, the decode cost of every venue side by side (`benchmarks.decode`): µs per trade frame and per book
+frame of each venue's decoder, and with its book rule (sequence chain, checksum) on every message.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import attrs
 import httpx
 import trio
 
+from benchmarks import decode as decode_bench
 from marketflow.config import FeedConfig, default_config
 from marketflow.daemon import Daemon
 from marketflow.exchanges import binance, bybit
@@ -282,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3, help="daemon runs without/with analytics, best of K")
     parser.add_argument("--book-updates", type=int, default=50_000, help="book updates to apply (0: skip)")
+    parser.add_argument(
+        "--decode-frames", type=int, default=5_000, help="frames per venue for the decode table (0: skip)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     n, market, seed = args.frames, args.market, args.seed
@@ -370,6 +377,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{per_update:.2f} µs CPU per update = "
             f"{book_row['updates_per_s_per_core']:,.0f} updates/s per core"
         )
+    decode_rows = None
+    if args.decode_frames:
+        decode_rows = decode_bench.run(args.decode_frames, max(1, args.repeat))
+        print(
+            f"decode per venue ({args.decode_frames} frames each, best of {max(1, args.repeat)}, CPU time):"
+        )
+        decode_bench.print_rows(decode_rows)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -379,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                     "stages": rows,
                     "analytics": analytics_row,
                     "books": book_row,
+                    "decode": decode_rows,
                 },
                 indent=2,
             )

@@ -38,6 +38,7 @@ from marketflow.pipeline.backfill import Backfiller, BackfillQueue, CatchUp
 from marketflow.pipeline.bookkeeper import BookKeeper, BookSnapshotRow, BookSpec, LiveBooks
 from marketflow.pipeline.feed import Feed, FeedCounters
 from marketflow.pipeline.gaps import GapLedger
+from marketflow.pipeline.instruments import InstrumentCatalog, MarketSymbols
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.pipeline.rest import RestClient, WeightBudget
 from marketflow.runtime.actor import Actor
@@ -151,6 +152,8 @@ class Daemon:
             book_specs.extend(self._plan_feed(feed))
         self.books = LiveBooks(book_specs, self.ledger)
         self.backfill = BackfillQueue()
+        # Contract terms of the markets whose amounts are contracts: /markets and the large-trade notional.
+        self.instruments = InstrumentCatalog(self._instrument_markets, self.rest_clients)
         self.candle_queue: RecordQueue[Candle] = RecordQueue(
             "candles", accept=getattr(self.store, "write_candles", None) is not None
         )
@@ -170,6 +173,7 @@ class Daemon:
                 config.analytics,
                 persist=self.candle_queue.submit,
                 max_bars=config.analytics.live_bars,
+                contracts=self.instruments.contracts,
             )
         self.ring = TradeRing(
             self.trade_bus.subscribe("ring", capacity, Overflow.DROP_OLDEST), config.http.trades_ring
@@ -204,6 +208,7 @@ class Daemon:
             None if analytics is None else Child("analytics", analytics.feeder, self.trade_bus.close),
             Child("books", self._make_book_keeper, self.book_bus.close),
             Child("backfill", self._make_backfiller),
+            Child("instruments", self.instruments.loader),
             Child("normalizer", self._make_normalizer, self.raw_bus.close),
             *(
                 Child(name, self._feed_factory(conn))
@@ -245,6 +250,15 @@ class Daemon:
         url = venue.rest_url(feed.market, feed.rest_url)
         client = None if self.capture is None else self.capture.http_client(feed.exchange, feed.market, url)
         self.rest_clients[key] = RestClient(url, budget, client)
+
+    def _instrument_markets(self) -> list[MarketSymbols]:
+        """Every configured (exchange, market) with its symbols, for the instrument catalog."""
+        merged: dict[tuple[str, str], dict[str, str]] = {}
+        for feed in self.config.feeds:
+            venue = exchanges.venue(feed.exchange)
+            symbols = merged.setdefault((feed.exchange, feed.market), {})
+            symbols.update({venue.native_symbol(feed.market, s): s for s in feed.symbols})
+        return [MarketSymbols(ex, market, symbols) for (ex, market), symbols in merged.items()]
 
     def _plan_feed(self, feed: FeedConfig) -> list[BookSpec]:
         """Register the feed's connections and decoders; return the books it carries."""
@@ -363,6 +377,7 @@ class Daemon:
                 if getattr(new, section) != getattr(self.config, section)
             )
             self.config = attrs.evolve(self.config, feeds=new.feeds, source=new.source, digest=new.digest)
+            self.instruments.request_refresh()
         result = ReloadResult(added, removed, restarted, needs_restart)
         log.info("configuration applied", extra=attrs.asdict(result))
         if needs_restart:

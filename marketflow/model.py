@@ -58,6 +58,26 @@ class BookUpdate(msgspec.Struct, frozen=True, gc=False):
     """A checksum the venue sent with the message (None: none); its synchronizer verifies it."""
 
 
+class Contract(msgspec.Struct, frozen=True, gc=False):
+    """What one unit of `amount` is worth on a market whose amounts are contracts (SPEC §11).
+
+    `value` is one contract's worth: base units for a linear contract (OKX `BTC-USDT-SWAP`: 0.01 BTC),
+    quote units for an inverse one (`BTC-USD-SWAP`: 100 USD). Markets in base units have no `Contract`.
+    """
+
+    value: Decimal
+    inverse: bool = False
+
+    def notional(self, price: Decimal, amount: Decimal) -> Decimal:
+        """The trade's notional in the quote currency: `amount·value` (inverse), else `price·amount·value`."""
+        return amount * self.value if self.inverse else price * amount * self.value
+
+
+def notional(price: Decimal, amount: Decimal, contract: Contract | None) -> Decimal:
+    """Quote-currency notional of a trade: `price·amount` in base units, else per its `Contract`."""
+    return price * amount if contract is None else contract.notional(price, amount)
+
+
 class GapRecord(msgspec.Struct, frozen=True):
     """A stretch of time a channel of a symbol may be missing data, and what was recovered.
 

@@ -62,7 +62,8 @@ def test_demo_runs_offline_and_leaves_trades(tmp_path: Path) -> None:
         ).fetchone()
     finally:
         conn.close()
-    assert count > 0 and symbols == 4 and exchanges == 2  # BTC/ETH spot and perpetual on Bybit and Binance
+    # BTC/ETH spot and linear perpetuals on every venue; OKX adds inverse perpetuals and futures.
+    assert count > 0 and symbols == 8 and exchanges == 3
     assert f"{count} trades stored in" in result.stdout
 
 

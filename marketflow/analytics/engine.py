@@ -24,7 +24,7 @@ functions over the same trades:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -45,7 +45,7 @@ from marketflow.analytics.order_flow import DEFAULT_IMBALANCE_RATIO, DEFAULT_STA
 from marketflow.analytics.series import IntervalSeries, MarketBars
 from marketflow.analytics.volume_profile import VolumeProfile, profile_json, volume_profile
 from marketflow.config import AnalyticsConfig
-from marketflow.model import Trade, now_us
+from marketflow.model import Contract, Trade, now_us
 from marketflow.runtime.bus import Subscription, receive_batches
 
 __all__ = ["AnalyticsEngine", "AnalyticsFeeder", "AnalyticsStatistics", "NotLiveError"]
@@ -88,6 +88,7 @@ class AnalyticsEngine:
         clock: Callable[[], int] = now_us,
         imbalance_ratio: Decimal = DEFAULT_IMBALANCE_RATIO,
         stacked_min: int = DEFAULT_STACKED_MIN,
+        contracts: Mapping[tuple[str, str], Contract] | None = None,
     ) -> None:
         if max_bars < 1:
             raise ValueError(f"max_bars must be >= 1, got {max_bars}")
@@ -102,6 +103,9 @@ class AnalyticsEngine:
         self._stacked_min = stacked_min
         self._value_area = config.value_area
         self._large = config.large_trade_notional
+        # (exchange, symbol) → its Contract where amounts are contracts (kept fresh by the daemon): the
+        # large-trade test then uses the contract's notional (SPEC §11) instead of price·amount.
+        self._contracts: Mapping[tuple[str, str], Contract] = {} if contracts is None else contracts
         self._bins = {symbol: normalize_bin(size) for symbol, size in config.bin_size.items()}
         intervals: dict[int, str] = {}
         for text in config.candle_intervals:
@@ -173,6 +177,8 @@ class AnalyticsEngine:
         # and nothing else; everything else goes to MarketBars.add_slow.
         markets = self._markets
         large_notional = self._large
+        contracts = self._contracts
+        contract: Contract | None = None
         enqueue = self._enqueue
         market: MarketBars | None = None
         last_exchange = last_symbol = ""
@@ -191,12 +197,14 @@ class AnalyticsEngine:
                 market = markets.get((last_exchange, last_symbol))
                 if market is None:
                     market = self._new_market(last_exchange, last_symbol, price, ts)
+                contract = contracts.get((last_exchange, last_symbol)) if contracts else None
             pv = price * amount
+            large = (pv if contract is None else contract.notional(price, amount)) >= large_notional
             bar = market.base
             if bar is None or ts < bar.start or ts >= bar.end:
-                market.add_slow(price, amount, trade.side == "buy", ts, pv >= large_notional, enqueue)
+                market.add_slow(price, amount, trade.side == "buy", ts, large, enqueue)
                 continue
-            if pv >= large_notional:
+            if large:
                 bar.large += 1
             bar.pv += pv
             bar.trades += 1

@@ -31,7 +31,7 @@ from marketflow.analytics.candles import candle_json
 from marketflow.analytics.decimal_fmt import ZERO, exact
 from marketflow.analytics.order_flow import DEFAULT_IMBALANCE_RATIO, DEFAULT_STACKED_MIN, order_flow_json
 from marketflow.analytics.volume_profile import VolumeProfile, profile_json, volume_profile
-from marketflow.model import Trade
+from marketflow.model import Contract, Trade, notional
 
 if TYPE_CHECKING:  # row types only: analytics does not import storage at run time
     from marketflow.storage.aggregates import BarRow, CellRow, ScanRow
@@ -112,6 +112,7 @@ class SqlAggregates(RangeReads, Protocol):
         step_us: int,
         large: Decimal | None,
         max_rows: int,
+        contract: Contract | None = None,
     ) -> list[BarRow]: ...
 
     async def aggregate_cells(
@@ -201,9 +202,11 @@ async def stored_bars(
     large: Decimal | None = None,
     bin: Decimal | None = None,
     first: int | None = None,
+    contract: Contract | None = None,
 ) -> list[Bar]:
     """The bars (with trades) of ``step_us`` whose start is in ``[since, until)``, ascending, with footprint
-    cells at ``bin`` when given and ``large`` counting trades with price·amount ≥ it when given.
+    cells at ``bin`` when given and ``large`` counting trades with a notional ≥ it when given (price·amount,
+    or the market's ``contract`` notional where amounts are contracts).
 
     ``first``: only the first that many bars are wanted (no limit error); otherwise more than
     :data:`MAX_BARS` bars (or :data:`MAX_FOOTPRINT_CELLS` cells) is a :class:`RangeTooLargeError`.
@@ -216,7 +219,7 @@ async def stored_bars(
     keys: dict[int, list[Key]] = {}  # start → [first (ts, id), last (ts, id)]
     max_rows = first if first is not None else MAX_BARS + 1
     if isinstance(reads, SqlAggregates):
-        rows = await reads.aggregate_bars(exchange, symbol, low, high, step_us, large, max_rows)
+        rows = await reads.aggregate_bars(exchange, symbol, low, high, step_us, large, max_rows, contract)
         for row in rows:
             bars[row.start] = _bar_of_row(row, step_us)
             keys[row.start] = [(row.first_ts, row.first_id), (row.last_ts, row.last_id)]
@@ -233,11 +236,11 @@ async def stored_bars(
                         bar.cells[cell.index * bin] = [cell.bid, cell.ask]
     else:
         assert isinstance(reads, TradeScan)
-        scan = _BarScan(bars, keys, step_us, large, bin, first, exchange, symbol)
+        scan = _BarScan(bars, keys, step_us, large, bin, first, exchange, symbol, contract)
         await reads.scan_trades(exchange, symbol, low, high, scan.consume)
         scan.finish()
     fresh = await unstored_trades(reads, ring, exchange, symbol, low, high)
-    _merge_trades(bars, keys, fresh, step_us, large, bin)
+    _merge_trades(bars, keys, fresh, step_us, large, bin, contract)
     ordered = [bars[start] for start in sorted(bars)]
     if first is not None:
         return ordered[:first]
@@ -287,7 +290,9 @@ class _BarScan:
         first: int | None,
         exchange: str,
         symbol: str,
+        contract: Contract | None = None,
     ) -> None:
+        self.contract = contract
         self.bars = bars
         self.keys = keys
         self.step = step_us
@@ -304,7 +309,7 @@ class _BarScan:
 
     def consume(self, rows: Sequence[ScanRow]) -> bool:
         """Fold a chunk in; False when the wanted bars are complete (the next bar began)."""
-        step, large, size = self.step, self.large, self.size
+        step, large, size, contract = self.step, self.large, self.size, self.contract
         bar = self.bar
         end = bar.end if bar is not None else 0
         last = self.last
@@ -333,7 +338,7 @@ class _BarScan:
                         self.bin_low = bin_floor(price, size)
                         self.bin_high = self.bin_low + size
                     key = self.bin_low
-                is_large = large is not None and price * amount >= large
+                is_large = large is not None and notional(price, amount, contract) >= large
                 apply_trade(bar, price, amount, side == "buy", ts, is_large, key)
                 last = (ts, id_)
         self.bar, self.last = bar, last
@@ -353,6 +358,7 @@ def _merge_trades(
     step_us: int,
     large: Decimal | None,
     size: Decimal | None,
+    contract: Contract | None = None,
 ) -> None:
     """Add trades (by (ts, id)) that storage does not hold; open/close follow (ts, id) across both."""
     with exact():
@@ -368,7 +374,7 @@ def _merge_trades(
             else:
                 bounds = keys[start]
             saved = (bar.open, bar.open_ts, bar.close, bar.close_ts)
-            is_large = large is not None and price * amount >= large
+            is_large = large is not None and notional(price, amount, contract) >= large
             apply_trade(
                 bar,
                 price,
@@ -495,13 +501,23 @@ async def stored_order_flow(
     until: int | None,
     *,
     large_trade_notional: Decimal,
+    contract: Contract | None = None,
     footprint_bin: Decimal | None = None,
     imbalance_ratio: Decimal = DEFAULT_IMBALANCE_RATIO,
     stacked_min: int = DEFAULT_STACKED_MIN,
 ) -> dict[str, Any]:
     """``/order-flow`` JSON of the bars starting in ``[since, until)``; footprints at ``footprint_bin``."""
     bars = await stored_bars(
-        store, ring, exchange, symbol, since, until, step_us, large=large_trade_notional, bin=footprint_bin
+        store,
+        ring,
+        exchange,
+        symbol,
+        since,
+        until,
+        step_us,
+        large=large_trade_notional,
+        bin=footprint_bin,
+        contract=contract,
     )
     return order_flow_json(
         bars,

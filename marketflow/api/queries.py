@@ -40,7 +40,8 @@ from marketflow.analytics.stored import (
 
 # Status queries read the same statistics as /metrics and live with it; they are part of this layer.
 from marketflow.api.metrics import status, storage_stats, system_info
-from marketflow.model import Trade, native_symbol, normalize_symbol, now_us, us_to_iso
+from marketflow.exchanges import VENUES
+from marketflow.model import Trade, now_us, us_to_iso
 
 if TYPE_CHECKING:
     from marketflow.analytics import AnalyticsEngine
@@ -84,8 +85,8 @@ MAX_DEPTH = 5000
 _MIN_US = 0
 _MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 _EPOCH_MS = re.compile(r"-?\d{1,16}")
-_NATIVE = re.compile(r"[A-Za-z0-9]{2,40}")
-_NORMALIZED = re.compile(r"[A-Za-z0-9]{1,20}-[A-Za-z0-9]{1,20}(-PERP)?", re.IGNORECASE)
+# What a symbol may look like in any venue's spelling (BTCUSDT, BTC-USDT-PERP, BTC-USDT-SWAP, BTC/USD).
+_SYMBOL_TEXT = re.compile(r"[A-Za-z0-9]{1,20}([-/][A-Za-z0-9]{1,20}){0,3}")
 
 
 class QueryError(Exception):
@@ -281,18 +282,19 @@ def resolve_market(
         raise QueryError("missing_parameter", "symbol is required (e.g. BTC-USDT or BTC-USDT-PERP)", "symbol")
     text = symbol.strip().upper()
     matches: list[tuple[str, str, str, tuple[str, ...]]] = []
-    if _NORMALIZED.fullmatch(text):
+    if _SYMBOL_TEXT.fullmatch(text):
+        venue = VENUES[ex]
+        # Normalized as configured, else the venue's native spelling of a configured symbol; with a
+        # market, what the venue makes of the text there ("BTC-USDT" with market=linear is the perpetual).
         matches = [c for c in on_exchange if c[2] == text]
+        if not matches:
+            matches = [c for c in on_exchange if venue.native_symbol(c[1], c[2]) == text]
         if not matches and market:
-            # "BTC-USDT" with market=linear means the perpetual.
-            perpetual = any(c[2].endswith("-PERP") for c in on_exchange)
             try:
-                as_market = normalize_symbol(text, perpetual=perpetual)
+                as_market = venue.normalize_symbol(market.strip().lower(), text)
             except ValueError:
                 as_market = ""
             matches = [c for c in on_exchange if c[2] == as_market]
-    elif _NATIVE.fullmatch(text):
-        matches = [c for c in on_exchange if native_symbol(c[2]) == text]
     if not matches:
         known = ", ".join(sorted({c[2] for c in on_exchange}))
         raise QueryError(
@@ -312,19 +314,38 @@ def resolve_market(
 
 
 def markets(ctx: QueryContext) -> dict[str, Any]:
-    """`{"markets": [{exchange, market, symbol, native, channels}]}` of every configured feed."""
+    """`{"markets": [{exchange, market, symbol, native, channels, amount_unit, contract_value,
+    contract_currency, inverse}]}` of every configured feed (SPEC §11: what `amount` counts)."""
     return {
         "markets": [
             {
                 "exchange": exchange,
                 "market": market,
                 "symbol": symbol,
-                "native": native_symbol(symbol),
+                "native": VENUES[exchange].native_symbol(market, symbol),
                 "channels": list(channels),
+                **_units(ctx, exchange, market, symbol),
             }
             for exchange, market, symbol, channels in _configured(ctx.daemon)
         ]
     }
+
+
+def _units(ctx: QueryContext, exchange: str, market: str, symbol: str) -> dict[str, Any]:
+    """What a trade's `amount` counts on a market; all null until its venue's metadata has loaded."""
+    catalog = ctx.daemon.instruments
+    instrument = catalog.instruments.get((exchange, symbol))
+    if instrument is not None:
+        value = instrument.contract_value
+        return {
+            "amount_unit": instrument.amount_unit,
+            "contract_value": None if value is None else format(value, "f"),
+            "contract_currency": instrument.contract_currency,
+            "inverse": instrument.inverse,
+        }
+    if catalog.loaded(exchange, market):
+        return {"amount_unit": "base", "contract_value": None, "contract_currency": None, "inverse": False}
+    return {"amount_unit": None, "contract_value": None, "contract_currency": None, "inverse": None}
 
 
 # -- trades -----------------------------------------------------------------------------------------------
@@ -591,6 +612,7 @@ async def order_flow(
             start,
             until,
             large_trade_notional=ctx.daemon.config.analytics.large_trade_notional,
+            contract=ctx.daemon.instruments.contracts.get((ex, sym)),
             footprint_bin=fp_bin,
         )
 

@@ -321,6 +321,15 @@ class MarketOut(msgspec.Struct):
     symbol: str
     native: str
     channels: list[str]
+    amount_unit: Annotated[
+        Literal["base", "contracts"] | None,
+        Meta(description='what amount counts: "base" currency or "contracts" (null: not loaded yet)'),
+    ]
+    contract_value: Annotated[
+        Dec | None, Meta(description="one contract's worth (base units if linear, quote if inverse)")
+    ]
+    contract_currency: Annotated[str | None, Meta(description="the currency of contract_value")]
+    inverse: Annotated[bool | None, Meta(description="an inverse contract: notional = amount·contract_value")]
 
 
 class MarketsOut(msgspec.Struct):

@@ -6,10 +6,10 @@ daemon builds connections, decoders and books from it. Adding a venue adds one e
 
 from __future__ import annotations
 
-from marketflow.exchanges import binance, bybit, coinbase
+from marketflow.exchanges import binance, bybit, coinbase, okx
 from marketflow.exchanges.base import Venue
 
-VENUES: dict[str, Venue] = {v.name: v for v in (bybit.VENUE, binance.VENUE, coinbase.VENUE)}
+VENUES: dict[str, Venue] = {v.name: v for v in (bybit.VENUE, binance.VENUE, okx.VENUE, coinbase.VENUE)}
 
 
 def venue(exchange: str) -> Venue:

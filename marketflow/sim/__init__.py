@@ -72,6 +72,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trades kept per tape for REST (recent-trade, aggTrades fromId); default %(default)s",
     )
     parser.add_argument(
+        "--okx-zero-checksum",
+        action="store_true",
+        help="OKX books carry checksum 0 (as OKX sends since 2026-06); default: the real CRC32",
+    )
+    parser.add_argument(
+        "--okx-legacy-books",
+        action="store_true",
+        help="OKX books carry no seqId/prevSeqId (older servers): checked by checksum alone",
+    )
+    parser.add_argument(
+        "--okx-keepalive",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="an unchanged OKX book sends a keep-alive (prevSeqId == seqId) after S seconds",
+    )
+    parser.add_argument(
         "--book-rate",
         type=float,
         default=10.0,
@@ -103,6 +120,9 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
         trade_while_unsubscribed=args.trade_while_unsubscribed,
         book_rate=args.book_rate,
         trade_history=args.trade_history,
+        okx_zero_checksum=args.okx_zero_checksum,
+        okx_legacy_books=args.okx_legacy_books,
+        okx_keepalive_s=args.okx_keepalive,
     )
 
 
@@ -137,6 +157,7 @@ async def run_from_args(args: argparse.Namespace) -> None:
         for market in binance.MARKETS:
             rest = server.binance_rest_base(market)
             print(f"binance {market:<6}{server.binance_ws_base(market)}  rest {rest}", flush=True)
+        print(f"okx            {server.okx_ws_url()}  rest {server.http_url}", flush=True)
         print(f"http           {server.http_url}", flush=True)
 
 

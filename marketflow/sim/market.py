@@ -116,6 +116,16 @@ def instrument_for(category: str, symbol: str, exchange: str = "bybit") -> Instr
             return Instrument(symbol, 300_000, 2, 2, 8, 500_000.0, IDS_BINANCE)
         start = (1 + stable_crc(symbol) % 500) * 10_000
         return Instrument(symbol, start, 4, 4, 2, 100.0, IDS_BINANCE)
+    if exchange == "okx":  # instIds: BTC-USDT, BTC-USDT-SWAP, BTC-USD-SWAP, BTC-USD-270625
+        inverse = symbol.split("-")[1] == "USD"
+        if symbol.startswith("BTC-"):  # "65114.2"; spot "0.00012345" BTC, swaps in contracts
+            if spot:
+                return Instrument(symbol, 650_000, 1, 1, 8, 50_000.0, IDS_BINANCE)
+            return Instrument(
+                symbol, 650_000, 1, 1, 1 if inverse else 2, 30.0 if inverse else 300.0, IDS_BINANCE
+            )
+        start = (1 + stable_crc(symbol.split("-")[0]) % 500) * 10_000
+        return Instrument(symbol, start, 2, 2, 4 if spot else 1, 500.0 if spot else 30.0, IDS_BINANCE)
     if exchange == "binance":
         if symbol.startswith("BTC"):  # spot "97674.73000000" / "0.00062000"; usdm "68005.00" / "2.695"
             if spot:

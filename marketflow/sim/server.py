@@ -22,7 +22,7 @@ import trio
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from marketflow.sim import binance, bybit, coinbase
+from marketflow.sim import binance, bybit, coinbase, okx
 from marketflow.sim.book import BookFeed, SimBook
 from marketflow.sim.faults import (
     Faults,
@@ -64,7 +64,12 @@ CLOSE_GRACE_S = 2.0
 _SYMBOL = re.compile(r"[A-Z0-9]+")
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _CLIENT_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
-MARKETS = {"bybit": bybit.CATEGORIES, "binance": binance.MARKETS, "coinbase": coinbase.MARKETS}
+MARKETS = {
+    "bybit": bybit.CATEGORIES,
+    "binance": binance.MARKETS,
+    "okx": okx.MARKETS,
+    "coinbase": coinbase.MARKETS,
+}
 
 
 def _check_range(_: object, attribute: attrs.Attribute[tuple[int, int]], value: tuple[int, int]) -> None:
@@ -120,6 +125,12 @@ class SimConfig:
     binance_max_lifetime_s: float = attrs.field(default=86_400.0, validator=_positive)
     coinbase_quiet: tuple[str, ...] = attrs.field(default=(), converter=strings)
     """Coinbase products listed besides `symbols` that never trade nor change (`XLM-USD`)."""
+    okx_zero_checksum: bool = False
+    """OKX `books` carry checksum 0, as OKX sends since 2026-06 (default: the real CRC32)."""
+    okx_legacy_books: bool = False
+    """OKX `books` carry no `seqId`/`prevSeqId` (older servers, recorded traffic)."""
+    okx_keepalive_s: float = attrs.field(default=okx.KEEPALIVE_S, validator=_positive)
+    """An unchanged OKX `books` stream sends a keep-alive (`prevSeqId == seqId`) after this long."""
 
 
 @attrs.frozen
@@ -183,6 +194,15 @@ class SimServer:
         )
         self.coinbase_rest = coinbase.CoinbaseRest(self.market, self._coinbase_rules)
         self.rest_routes.update(self.coinbase_rest.routes())
+        self._okx_rules = okx.OkxRules(
+            okx.instruments(symbols),
+            frozenset(config.faults.reject_topics),
+            config.okx_zero_checksum,
+            config.okx_legacy_books,
+            config.okx_keepalive_s,
+        )
+        self.okx_rest = okx.OkxRest(self.market, self.book_feed, self._okx_rules)
+        self.rest_routes.update(self.okx_rest.routes())
         self._feeds: dict[tuple[str, str, str], TradeFeed] = {}
         self._books: dict[tuple[str, str, str], BookFeed] = {}
         self._connections: set[WsConnection] = set()
@@ -224,18 +244,27 @@ class SimServer:
         """Coinbase's market-data socket on the simulator, `ws://HOST:PORT/coinbase/ws`."""
         return self._ws_root() + coinbase.WS_PATH
 
+    def okx_ws_url(self) -> str:
+        """OKX's public stream URL on the simulator, `ws://HOST:PORT/ws/v5/public` (every market)."""
+        return self._ws_root() + okx.WS_PATH
+
     def urls(self, exchange: str, market: str) -> tuple[str, str]:
         """`(ws_url, rest_url)` a feed of this exchange market sets to use the simulator (demo, tests)."""
         self._check(exchange, market)
         if exchange == "bybit":
             return self.bybit_ws_url(market), self.http_url
+        if exchange == okx.EXCHANGE:
+            return self.okx_ws_url(), self.http_url
         if exchange == coinbase.EXCHANGE:
             return self.coinbase_ws_url(), self.http_url
         return self.binance_ws_base(market), self.binance_rest_base(market)
 
     def listed(self, exchange: str, market: str) -> tuple[str, ...]:
-        """The native symbols the simulator lists on an exchange market (Coinbase: its products)."""
+        """The native symbols the simulator lists on an exchange market (OKX: its instIds there;
+        Coinbase: its products)."""
         self._check(exchange, market)
+        if exchange == okx.EXCHANGE:
+            return tuple(i for i, m in self._okx_rules.instruments.items() if m == market)
         if exchange == coinbase.EXCHANGE:
             return coinbase.products(self.config.symbols)
         return self.config.symbols
@@ -249,7 +278,10 @@ class SimServer:
     def _check(self, exchange: str, market: str, symbol: str | None = None) -> None:
         if market not in MARKETS.get(exchange, ()):
             raise ValueError(f"unknown exchange/market {exchange!r}/{market!r}; expected one of {MARKETS}")
-        if exchange == coinbase.EXCHANGE:
+        if exchange == okx.EXCHANGE:
+            if symbol is not None and symbol not in self._okx_rules.instruments:
+                raise ValueError(f"{symbol!r} is not listed; okx lists {sorted(self._okx_rules.instruments)}")
+        elif exchange == coinbase.EXCHANGE:
             if symbol is not None and symbol not in self._coinbase_rules.products:
                 listed = sorted(self._coinbase_rules.products)
                 raise ValueError(f"{symbol!r} is not listed; coinbase lists {listed}")
@@ -317,8 +349,8 @@ class SimServer:
             book_frames_sent=c.book_frames_sent,
             pings_sent=c.pings_sent,
             rate_limited=c.rate_limited,
-            rest_requests=self.rest.requests + self.coinbase_rest.requests,
-            rest_throttled=self.rest.throttled + self.coinbase_rest.throttled,
+            rest_requests=self.rest.requests + self.okx_rest.requests + self.coinbase_rest.requests,
+            rest_throttled=self.rest.throttled + self.okx_rest.throttled + self.coinbase_rest.throttled,
         )
 
     # -- runtime faults ------------------------------------------------------------------------------
@@ -369,6 +401,34 @@ class SimServer:
         for conn in list(self._connections):
             if isinstance(conn.session, binance.BinanceSession) and not conn.session.closing:
                 conn.session.server_shutdown(ts_ms, close_after_s)
+                told += 1
+        return told
+
+    def okx_bad_checksum(self, market: str, inst: str) -> None:
+        """The next message of the instrument's OKX `books` stream carries a wrong checksum."""
+        self._check(okx.EXCHANGE, market, inst)
+        for stream in self.book_feed(okx.EXCHANGE, market, inst).streams.values():
+            if isinstance(stream, okx.OkxBookStream):
+                stream.bad_checksum_next = True
+
+    def okx_keepalive(self, market: str, inst: str) -> None:
+        """The instrument's OKX `books` stream sends a keep-alive at its next idle check."""
+        self._check(okx.EXCHANGE, market, inst)
+        for stream in self.book_feed(okx.EXCHANGE, market, inst).streams.values():
+            if isinstance(stream, okx.OkxBookStream):
+                stream.keepalive_next = True
+
+    def okx_reset(self, market: str, inst: str) -> None:
+        """The instrument's next OKX book message resets `seqId` below `prevSeqId` (after maintenance)."""
+        self._check(okx.EXCHANGE, market, inst)
+        self.book(okx.EXCHANGE, market, inst).restart_next = True
+
+    def okx_notice(self, close_after_s: float = 0.5) -> int:
+        """Send the 64008 upgrade notice to every OKX connection, close them later; how many."""
+        told = 0
+        for conn in list(self._connections):
+            if isinstance(conn.session, okx.OkxSession) and not conn.session.closing:
+                conn.session.notice_upgrade(close_after_s)
                 told += 1
         return told
 
@@ -443,7 +503,7 @@ class SimServer:
 
     @staticmethod
     def _is_websocket(path: str) -> bool:
-        return path in bybit.WS_PATHS or path == coinbase.WS_PATH or binance.is_ws_path(path)
+        return path in bybit.WS_PATHS or path in (okx.WS_PATH, coinbase.WS_PATH) or binance.is_ws_path(path)
 
     def _ws_route(self, http: HttpRequest) -> SessionFactory | HttpResponse:
         """The session for a WebSocket request, or the refusal of its handshake."""
@@ -466,6 +526,14 @@ class SimServer:
                 )
 
             return open_coinbase
+        if http.path == okx.WS_PATH:
+            okx_rules = self._okx_rules
+
+            def open_okx(conn: WsConnection) -> Session:
+                conn_id = okx.conn_id_for(self.config.seed, conn.number)
+                return okx.OkxSession(conn_id, conn, okx_rules, self.market)
+
+            return open_okx
         target = binance.parse_ws_target(http.path, http.query)
         if target is None:
             return HttpResponse(404, b"not found")
@@ -517,6 +585,8 @@ class SimServer:
             return self.config.binance_trades_per_frame
         if exchange == coinbase.EXCHANGE:
             return (1, 6)  # trades batched over 250 ms (§9.4)
+        if exchange == okx.EXCHANGE:
+            return (1, 1)  # one message per taker order
         if category == bybit.SPOT:
             return self.config.spot_trades_per_frame
         return self.config.linear_trades_per_frame

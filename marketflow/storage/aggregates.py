@@ -31,6 +31,8 @@ from typing import Any, Final
 
 import attrs
 
+from marketflow.model import Contract
+
 __all__ = [
     "SCAN_CHUNK_ROWS",
     "BarRow",
@@ -120,12 +122,21 @@ async def pg_bars(
     step_us: int,
     large: Decimal | None,
     max_rows: int,
+    contract: Contract | None = None,
 ) -> list[BarRow]:
-    """The first `max_rows` bars of `step_us` (ascending) of the trades with `since <= ts < until`."""
+    """The first `max_rows` bars of `step_us` (ascending) of the trades with `since <= ts < until`.
+
+    `large` counts trades whose notional reaches it: price·amount, or with a `contract` price·amount·value
+    (linear) or amount·value (inverse), SPEC §11."""
     params: list[Any] = [exchange, symbol]
     where = _where(since, until, params)
     params.extend([timedelta(microseconds=step_us), large, max_rows])
     step, notional, limit = (f"${len(params) - i}" for i in (2, 1, 0))
+    value = "price * amount"
+    if contract is not None:
+        params.append(contract.value)
+        factor = f"${len(params)}::numeric"
+        value = f"amount * {factor}" if contract.inverse else f"price * amount * {factor}"
     sql = f"""
 WITH b AS (
   SELECT date_bin({step}::interval, ts, timestamptz 'epoch') AS start,
@@ -133,7 +144,7 @@ WITH b AS (
          coalesce(sum(amount) FILTER (WHERE side = 'buy'), 0) AS buy,
          coalesce(sum(amount) FILTER (WHERE side <> 'buy'), 0) AS sell,
          sum(price * amount) AS pv, count(*) AS trades,
-         count(*) FILTER (WHERE price * amount >= {notional}::numeric) AS large,
+         count(*) FILTER (WHERE {value} >= {notional}::numeric) AS large,
          min(scale(price)) <> max(scale(price)) AS mixed
   FROM trades WHERE {where} AND amount > 0
   GROUP BY 1 ORDER BY 1 LIMIT {limit}

@@ -28,7 +28,7 @@ from typing import Any, Final, Literal, TypeVar
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import trio
 
-from marketflow.model import GapRecord, Trade
+from marketflow.model import Contract, GapRecord, Trade
 from marketflow.storage import aggregates, migrate
 from marketflow.storage import records as records_sql
 from marketflow.storage.writer import StorageError
@@ -343,9 +343,12 @@ class PostgresTradeStore:
         step_us: int,
         large: Decimal | None,
         max_rows: int,
+        contract: Contract | None = None,
     ) -> list[aggregates.BarRow]:
         """Per-bar aggregates computed by the server (see `aggregates.pg_bars`)."""
-        return await aggregates.pg_bars(self.fetch, exchange, symbol, since, until, step_us, large, max_rows)
+        return await aggregates.pg_bars(
+            self.fetch, exchange, symbol, since, until, step_us, large, max_rows, contract
+        )
 
     async def aggregate_cells(
         self,

@@ -58,6 +58,7 @@ async def test_root_ping_health_status_storage_markets(api: Api) -> None:
         for key in ("rows_written", "batches", "lag_ms", "buffered", "spooled", "errors"):
             assert key in stats
 
+        await wait_for(lambda: api.daemon.instruments.loaded("bybit", "linear"))
         markets = (await client.get("/markets")).json()["markets"]
         assert {
             "exchange": "bybit",
@@ -65,6 +66,10 @@ async def test_root_ping_health_status_storage_markets(api: Api) -> None:
             "symbol": "BTC-USDT-PERP",
             "native": "BTCUSDT",
             "channels": ["trades"],
+            "amount_unit": "base",
+            "contract_value": None,
+            "contract_currency": None,
+            "inverse": False,
         } in markets
 
 

@@ -1,0 +1,227 @@
+"""OKX v5 public market data (spot, swap, futures): `VENUE` is the one object the pipeline sees.
+
+Books come from WebSocket snapshots (`books`: 400 levels then increments; `books5`: 5-level snapshots) and
+are resynced by resubscribing the instrument; the `seqId` chain and the CRC32 checksum are checked on
+every message (`book.py`). Trade ids are numeric and increasing per instrument, so a jump is a gap the
+backfiller fetches exactly from `/api/v5/market/history-trades` (PROTOCOLS.md §8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from marketflow.exchanges.base import (
+    BookRecovery,
+    Channel,
+    ConnectionPlan,
+    Fetch,
+    Instrument,
+    Market,
+    ReconnectTrades,
+    RestBudget,
+    RestRequest,
+    Topic,
+    TradeGap,
+    TradeRecovery,
+    Venue,
+)
+from marketflow.exchanges.okx.book import OkxBook, checksum
+from marketflow.exchanges.okx.frames import FrameDecoder, OkxBookUpdate
+from marketflow.exchanges.okx.rest import (
+    DEFAULT_REST,
+    HISTORY_PAGE,
+    HISTORY_TRADES_PATH,
+    INSTRUMENTS_PATH,
+    REST_LIMIT,
+    REST_WINDOW_S,
+    history_params,
+    instruments_params,
+    parse_history_trades,
+    parse_instruments,
+)
+from marketflow.exchanges.okx.session import BOOK_CHANNELS, TRADES_CHANNEL, Session, split_topic
+from marketflow.exchanges.okx.symbols import EXCHANGE, FUTURES, SPOT, SWAP, to_native, to_normalized
+from marketflow.exchanges.orderbook import Synchronizer
+from marketflow.model import BookUpdate, Trade, now_us
+
+__all__ = [
+    "DEFAULT_WS",
+    "EXCHANGE",
+    "MARKETS",
+    "TOPICS_PER_CONNECTION",
+    "VENUE",
+    "FrameDecoder",
+    "OkxBook",
+    "OkxBookUpdate",
+    "OkxVenue",
+    "Session",
+    "checksum",
+]
+
+DEFAULT_WS = "wss://ws.okx.com:8443/ws/v5/public"
+TOPICS_PER_CONNECTION = 25
+"""OKX advises fewer than 30 channels per connection for many book subscriptions (PROTOCOLS §8.1)."""
+MAX_GAP = 20_000
+"""Widest trade-id gap fetched whole: 200 pages of 100 at 20 requests per 2 s."""
+_DEPTHS = (400, 5)
+MARKETS: Mapping[str, Market] = {
+    SPOT: Market(SPOT, False, _DEPTHS, 400, "BTC-USDT", "BTC-USDT", ("BTC-USDT", "ETH-USDT")),
+    SWAP: Market(
+        SWAP, True, _DEPTHS, 400, "BTC-USDT-SWAP", "BTC-USDT-PERP", ("BTC-USDT-PERP", "BTC-USD-PERP")
+    ),
+    FUTURES: Market(FUTURES, False, _DEPTHS, 400, "BTC-USD-250627", "BTC-USD-20250627"),
+}
+_RECOVERY = TradeRecovery(
+    ReconnectTrades.BY_ID,
+    "disconnected; missed trades are recovered by trade id",
+    MAX_GAP,
+    "trade ids",
+)
+_BUDGET = RestBudget(REST_LIMIT, REST_WINDOW_S)
+_CHANNELS: dict[str, Channel] = {TRADES_CHANNEL: "trades", **{c: "book" for c in BOOK_CHANNELS.values()}}
+
+
+class OkxVenue:
+    """The OKX rules behind the `Venue` contract."""
+
+    @property
+    def name(self) -> str:
+        return EXCHANGE
+
+    @property
+    def markets(self) -> Mapping[str, Market]:
+        return MARKETS
+
+    def _market(self, market: str) -> Market:
+        try:
+            return MARKETS[market]
+        except KeyError:
+            raise ValueError(f"okx has no market {market!r}; expected one of {sorted(MARKETS)}") from None
+
+    def normalize_symbol(self, market: str, symbol: str) -> str:
+        self._market(market)
+        return to_normalized(market, symbol)
+
+    def native_symbol(self, market: str, symbol: str) -> str:
+        self._market(market)
+        return to_native(market, symbol)
+
+    def ws_url(self, market: str, override: str | None = None) -> str:
+        self._market(market)
+        return override or DEFAULT_WS
+
+    def rest_url(self, market: str, override: str | None = None) -> str:
+        self._market(market)
+        return (override or DEFAULT_REST).rstrip("/")
+
+    def topic(self, market: str, channel: Channel, native: str, book_depth: int) -> str:
+        if channel == "trades":
+            return f"{TRADES_CHANNEL}:{native}"
+        try:
+            return f"{BOOK_CHANNELS[book_depth]}:{native}"
+        except KeyError:
+            raise ValueError(
+                f"okx book_depth must be one of {sorted(BOOK_CHANNELS)}, got {book_depth}"
+            ) from None
+
+    def parse_topic(self, market: str, topic: str) -> Topic | None:
+        try:
+            channel, native = split_topic(topic)
+        except ValueError:
+            return None
+        kind = _CHANNELS.get(channel)
+        return None if kind is None else Topic(kind, native)
+
+    def connections(
+        self,
+        market: str,
+        natives: Sequence[str],
+        channels: Sequence[str],
+        book_depth: int,
+        ws_override: str | None = None,
+    ) -> list[ConnectionPlan]:
+        """Every topic on the public URL, at most `TOPICS_PER_CONNECTION` per connection (an instrument's
+        topics stay together, so each connection's decoder knows its symbols)."""
+        url = self.ws_url(market, ws_override)
+        wanted = [c for c in ("trades", "book") if c in channels]
+        per = max(1, TOPICS_PER_CONNECTION // max(1, len(wanted)))
+        plans = []
+        for start in range(0, len(natives), per):
+            chunk = tuple(natives[start : start + per])
+            topics = tuple(self.topic(market, c, n, book_depth) for c in wanted for n in chunk)  # type: ignore[arg-type]
+            suffix = "" if start == 0 else f"#{start // per + 1}"
+            plans.append(ConnectionPlan(suffix, url, topics, frozenset(wanted), chunk))
+        return plans
+
+    def session(self, market: str, topics: Sequence[str]) -> Session:
+        return Session(market, topics)
+
+    def decoder(self, market: str, symbols: Mapping[str, str]) -> FrameDecoder:
+        self._market(market)
+        return FrameDecoder(EXCHANGE, market, dict(symbols))
+
+    def synchronizer(self, market: str) -> Synchronizer:
+        self._market(market)
+        return OkxBook()
+
+    def book_recovery(self, market: str) -> BookRecovery:
+        return BookRecovery.RESUBSCRIBE
+
+    def snapshot_request(self, market: str, native: str) -> RestRequest:
+        raise NotImplementedError("okx books are re-snapshotted by resubscribing the instrument")
+
+    def parse_snapshot(self, market: str, body: bytes, symbol: str, recv_ts: int) -> BookUpdate:
+        raise NotImplementedError("okx books are re-snapshotted by resubscribing the instrument")
+
+    def trade_recovery(self, market: str) -> TradeRecovery:
+        self._market(market)
+        return _RECOVERY
+
+    async def fill_gap(self, gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:
+        """Pages of `history-trades` below the first id seen after the gap, down to the gap's start."""
+        after = gap.next_seen
+        while after > gap.first_missing:
+            body = await fetch(RestRequest(HISTORY_TRADES_PATH, history_params(gap.native, after)))
+            page = parse_history_trades(body, EXCHANGE, gap.symbol, now_us())
+            wanted = [t for t in page if gap.first_missing <= int(t.id) < gap.next_seen]
+            wanted.sort(key=lambda t: int(t.id))
+            if wanted:
+                yield wanted
+            lowest = min((int(t.id) for t in page), default=None)
+            if lowest is None or lowest >= after or len(page) < HISTORY_PAGE:
+                return  # the history ends here (3 months), or the venue answered nothing older
+            after = lowest
+
+    async def catch_up(self, market: str, native: str, symbol: str, fetch: Fetch) -> list[Trade]:
+        raise NotImplementedError("okx trades are backfilled by trade id, not caught up")
+
+    def rest_budget(self, market: str) -> RestBudget:
+        self._market(market)
+        return _BUDGET
+
+    async def instruments(self, market: str, natives: Sequence[str], fetch: Fetch) -> list[Instrument]:
+        """`/public/instruments` for the market's `instType`, the listed `natives` only."""
+        self._market(market)
+        body = await fetch(RestRequest(INSTRUMENTS_PATH, instruments_params(market)))
+        listed = parse_instruments(body)
+        out = []
+        for native in natives:
+            inst = listed.get(native)
+            if inst is None:
+                continue
+            out.append(
+                Instrument(
+                    native,
+                    inst.amount_unit,
+                    inst.value_per_contract,
+                    inst.contract_currency,
+                    inst.inverse,
+                    inst.tick_size,
+                    inst.lot_size,
+                )
+            )
+        return out
+
+
+VENUE: Venue = OkxVenue()
+"""The OKX venue (registered in `marketflow.exchanges.VENUES`)."""

@@ -1,0 +1,135 @@
+"""OKX book integrity: the `seqId`/`prevSeqId` chain and the CRC32 checksum (PROTOCOLS.md §8.4).
+
+Chain, checked on every message that carries it:
+- a snapshot (`action: snapshot`, `prevSeqId = -1`) starts it;
+- each update's `prevSeqId` must equal the previous message's `seqId` (steps are not +1);
+- `prevSeqId == seqId` with no levels is a keep-alive (no depth change for about 60 s); it repeats the
+  last `seqId`, so one that does not is a gap too;
+- `seqId < prevSeqId` is a reset after maintenance: accepted, the chain goes on from the new `seqId`;
+- anything else is a gap: the book is discarded (nothing built across it is served or stored) and the
+  keeper resubscribes that instrument alone, which brings a fresh snapshot.
+
+Checksum: CRC32 of the top 25 levels interleaved `bidPx:bidSz:askPx:askSz:...` (the longer side's rest
+appended), over the strings **exactly as received**, compared as a signed int32. Verified whenever a
+message carries a non-zero one: OKX sends 0 since 2026-06, recorded traffic still carries it. A message
+without `seqId`/`prevSeqId` (older servers, recorded traffic) is checked by its checksum alone.
+
+Exactness and speed: the `OrderBook` keeps `Decimal`s (which forget how a price was written: `65000.10`
+and `65000.1` are one level), so next to it this book keeps, per side, price → `px:sz` exactly as
+received. An update costs one concatenation and one dict store per level it changes; a checksum reads the
+top 25 prices of the `OrderBook` and joins their strings — no formatting, no float.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from decimal import Decimal
+
+from marketflow.exchanges.okx.frames import OkxBookUpdate
+from marketflow.exchanges.orderbook import BookState, BookSync, Gap
+from marketflow.model import BookUpdate, Level
+
+CHECKSUM_LEVELS = 25
+
+
+def checksum(bids: Sequence[Sequence[str]], asks: Sequence[Sequence[str]]) -> int:
+    """OKX's signed CRC32 of the best 25 levels per side (bids descending, asks ascending), given as
+    `[px, sz, ...]` string lists exactly as received."""
+    return _crc(
+        [level[0] + ":" + level[1] for level in bids[:CHECKSUM_LEVELS]],
+        [level[0] + ":" + level[1] for level in asks[:CHECKSUM_LEVELS]],
+    )
+
+
+def _crc(bids: list[str], asks: list[str]) -> int:
+    """The signed CRC32 of `px:sz` strings (best first, at most 25 a side) interleaved bid, ask, ...; the
+    longer side's rest appended."""
+    n = min(len(bids), len(asks))
+    parts = [""] * (2 * n)
+    parts[::2] = bids[:n]
+    parts[1::2] = asks[:n]
+    parts += bids[n:] or asks[n:]
+    crc = zlib.crc32(":".join(parts).encode())
+    return crc - 0x1_0000_0000 if crc >= 0x8000_0000 else crc
+
+
+def _apply_raw(raw: dict[Decimal, str], levels: list[Level], received: list[list[str]]) -> None:
+    # Kept joined (`px:sz`): a message changes a few levels, a checksum reads fifty.
+    for (price, amount), text in zip(levels, received, strict=True):
+        if amount:
+            raw[price] = text[0] + ":" + text[1]
+        else:
+            raw.pop(price, None)
+
+
+class OkxBook(BookSync):
+    """One OKX instrument's book under the chain and checksum rules (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._raw_bids: dict[Decimal, str] = {}
+        self._raw_asks: dict[Decimal, str] = {}
+        self.keepalives = 0
+        self.seq_resets = 0
+        self.checksums_verified = 0
+        self.checksum_failures = 0
+
+    def reset(self) -> None:
+        super().reset()
+        self._raw_bids = {}
+        self._raw_asks = {}
+
+    def on_snapshot(self, update: BookUpdate) -> Gap | None:
+        return self.on_update(update)
+
+    def on_update(self, update: BookUpdate) -> Gap | None:
+        if not isinstance(update, OkxBookUpdate):
+            raise TypeError(f"OkxBook takes OkxBookUpdate, got {type(update).__name__}")
+        if update.snapshot:
+            self._raw_bids = {}
+            self._raw_asks = {}
+            _apply_raw(self._raw_bids, update.bids, update.raw_bids)
+            _apply_raw(self._raw_asks, update.asks, update.raw_asks)
+            gap = self._set_snapshot(update)
+            return gap if gap is not None else self._verify(update)
+        if self.state is not BookState.SYNCED:
+            self._ignored += 1
+            return None
+        seq = update.last_id
+        prev = update.prev_id
+        if prev is not None:
+            if prev == seq and not update.bids and not update.asks:
+                if seq != self._id:  # it repeats the last seqId: any other means messages were lost
+                    return self._fail(f"keep-alive seqId {seq} is not the last seqId {self._id}", update)
+                self.keepalives += 1
+                return self._verify(update)
+            if seq < prev:
+                self.seq_resets += 1
+            elif prev != self._id:
+                return self._fail(f"prevSeqId {prev} is not the last seqId {self._id}", update)
+        _apply_raw(self._raw_bids, update.bids, update.raw_bids)
+        _apply_raw(self._raw_asks, update.asks, update.raw_asks)
+        gap = self._apply(update)
+        return gap if gap is not None else self._verify(update)
+
+    def _verify(self, update: OkxBookUpdate) -> Gap | None:
+        expected = update.checksum
+        if not expected:
+            return None
+        bids, asks = self.book.top(CHECKSUM_LEVELS)
+        raw_bids = self._raw_bids
+        raw_asks = self._raw_asks
+        got = _crc([raw_bids[p] for p, _ in bids], [raw_asks[p] for p, _ in asks])
+        self.checksums_verified += 1
+        if got != expected:
+            self.checksum_failures += 1
+            return self._fail(
+                f"checksum {got} is not the {expected} sent with seqId {update.last_id}", update
+            )
+        return None
+
+    def _fail(self, reason: str, update: BookUpdate) -> Gap:
+        self._raw_bids = {}
+        self._raw_asks = {}
+        return super()._fail(reason, update)

@@ -1,0 +1,256 @@
+"""OKX v5 public frames decoded straight from bytes (PROTOCOLS.md §8.2-§8.4).
+
+Pushes look like `{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[...]}`; book channels add
+`"action":"snapshot"|"update"` (`books`) or send a whole snapshot every time (`books5`). Frames that begin
+the way every live frame of their channel begins are decoded in one pass; others (other key orders,
+recorded traffic) go through the envelope with `data` left raw.
+
+Trades: `side` is the taker's. `tradeId` is numeric and increasing per instrument; a message aggregates
+`count` maker fills and its `tradeId` is the last of them (tradeId 123, count 3 covers 121..123), so the
+next message continues at `tradeId + 1` of the previous one's *last* id, and a jump past that is a gap the
+backfiller fetches over REST. A trade at or below the last id seen is a repeat (the trade OKX pushes at
+subscription, possibly older than the subscription; the overlap after a reconnect) and is dropped.
+
+Books: levels are `[px, sz, "0", numOrders]`; the third field is deprecated and is **not** an order count.
+The decoder keeps the level lists as received next to the exact `Decimal`s, so the book can compute the
+CRC32 checksum over the exact strings (`OkxBookUpdate.raw_bids` / `raw_asks`).
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+
+from marketflow.exchanges.base import DecodeCounters, Decoded, TradeGap
+from marketflow.model import BookUpdate, Level, Trade
+
+log = logging.getLogger("marketflow.exchanges.okx")
+
+DECIMAL_INTERN_MAX = 20_000
+"""Distinct price/size strings kept per decoder before the table starts over (see the Bybit decoder)."""
+NO_SEQ = -2
+"""`prev_id`/`last_id` stand-in of a book message without `seqId`/`prevSeqId` (older servers, captures)."""
+
+
+class OkxBookUpdate(BookUpdate, frozen=True, gc=False):
+    """A `books`/`books5` message: `first_id = last_id = seqId`, `prev_id = prevSeqId` (None when the message
+    has none; both `NO_SEQ` without `seqId`), `checksum` as sent (0 or None: none to verify), and the levels
+    as received, for the checksum over the exact strings."""
+
+    raw_bids: list[list[str]] = []
+    raw_asks: list[list[str]] = []
+    whole: bool = False
+    """`books5`: every message is the whole (5-level) book."""
+
+
+class _Arg(msgspec.Struct):
+    channel: str
+    instId: str = ""
+
+
+class _Trade(msgspec.Struct):
+    instId: str
+    tradeId: str
+    px: str
+    sz: str
+    side: Literal["buy", "sell"]
+    ts: int  # sent as a string; the decoders are not strict, so "1700000000000" becomes an int
+    count: int = 1
+
+
+class _TradeFrame(msgspec.Struct):
+    arg: _Arg
+    data: list[_Trade]
+
+
+class _Book(msgspec.Struct):
+    asks: list[list[str]]
+    bids: list[list[str]]
+    ts: int
+    checksum: int | None = None
+    seqId: int | None = None
+    prevSeqId: int | None = None
+
+
+class _BookFrame(msgspec.Struct):
+    arg: _Arg
+    data: list[_Book]
+    action: str = "snapshot"
+
+
+class _Envelope(msgspec.Struct):
+    arg: _Arg
+    data: msgspec.Raw
+    action: str = "snapshot"
+
+
+_trade_frame_decoder = msgspec.json.Decoder(_TradeFrame, strict=False)
+_book_frame_decoder = msgspec.json.Decoder(_BookFrame, strict=False)
+_envelope_decoder = msgspec.json.Decoder(_Envelope, strict=False)
+_trades_decoder = msgspec.json.Decoder(list[_Trade], strict=False)
+_books_decoder = msgspec.json.Decoder(list[_Book], strict=False)
+_TRADE_START = b'{"arg":{"channel":"trades",'
+_BOOK_START = b'{"arg":{"channel":"books'
+BOOK_CHANNELS = frozenset({"books", "books5"})
+
+
+class FrameDecoder:
+    """OKX data frames → normalized trades and book updates of one feed (native → normalized symbols)."""
+
+    def __init__(self, exchange: str, market: str, symbols: dict[str, str]) -> None:
+        self.exchange = exchange
+        self.market = market
+        self.symbols = dict(symbols)
+        self.counters = DecodeCounters()
+        self.last_trade_id: dict[str, int] = {}
+        """Per instId: the highest trade id seen (live or backfilled)."""
+        self.last_ts: dict[str, int] = {}
+        self._decimals: dict[str, Decimal] = {}
+
+    def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
+        counters = self.counters
+        for frame in frames:
+            counters.frames += 1
+            try:
+                if frame.startswith(_TRADE_START):
+                    whole = _trade_frame_decoder.decode(frame)
+                    self._trades(whole.arg.instId, whole.data, recv_ts, out)
+                    continue
+                if frame.startswith(_BOOK_START):
+                    book = _book_frame_decoder.decode(frame)
+                    self._books(book.arg, book.action, book.data, recv_ts, out)
+                    continue
+                env = _envelope_decoder.decode(frame)
+                channel = env.arg.channel
+                if channel == "trades":
+                    self._trades(env.arg.instId, _trades_decoder.decode(env.data), recv_ts, out)
+                elif channel in BOOK_CHANNELS:
+                    self._books(env.arg, env.action, _books_decoder.decode(env.data), recv_ts, out)
+                else:
+                    counters.ignored += 1
+            except msgspec.DecodeError as exc:
+                counters.malformed += 1
+                counters.last_error = str(exc)
+                log.warning(
+                    "malformed okx frame ignored",
+                    extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
+                )
+
+    def _trades(self, inst: str, trades: list[_Trade], recv_ts: int, out: Decoded) -> None:
+        symbol = self.symbols.get(inst)
+        if symbol is None:
+            self.counters.unknown_topics += 1
+            return
+        if not trades:
+            return
+        exchange = self.exchange
+        decimal = self._decimal
+        # Every value converted before anything is kept: a bad one rejects the whole frame (malformed).
+        made = []
+        for t in trades:
+            if t.instId != inst:
+                raise msgspec.DecodeError(f"trade of {t.instId!r} in a frame of {inst!r}")
+            try:
+                number = int(t.tradeId)
+            except ValueError:
+                raise msgspec.DecodeError(f"trade id not numeric: {t.tradeId[:40]!r}") from None
+            trade = Trade(
+                exchange, symbol, t.tradeId, decimal(t.px), decimal(t.sz), t.side, t.ts * 1000, recv_ts
+            )
+            made.append((number, t.count, trade))
+        last = self.last_trade_id.get(inst)
+        append = out.trades.append
+        kept = 0
+        for number, count, trade in made:
+            if last is not None:
+                if number <= last:
+                    self.counters.duplicates += 1
+                    continue
+                first = number - max(count, 1) + 1
+                if first > last + 1:
+                    out.trade_gaps.append(
+                        TradeGap(
+                            exchange,
+                            self.market,
+                            symbol,
+                            inst,
+                            last + 1,
+                            first,
+                            self.last_ts.get(inst, trade.ts),
+                            trade.ts,
+                        )
+                    )
+            last = number
+            append(trade)
+            kept += 1
+            self.last_ts[inst] = trade.ts
+        if last is not None:
+            self.last_trade_id[inst] = last
+        self.counters.trades += kept
+
+    def _books(self, arg: _Arg, action: str, books: list[_Book], recv_ts: int, out: Decoded) -> None:
+        symbol = self.symbols.get(arg.instId)
+        if symbol is None:
+            self.counters.unknown_topics += 1
+            return
+        whole = arg.channel == "books5"
+        level = self._level
+        for book in books:
+            seq = book.seqId
+            prev = book.prevSeqId
+            out.books.append(
+                OkxBookUpdate(
+                    self.exchange,
+                    symbol,
+                    whole or action == "snapshot",
+                    NO_SEQ if seq is None else seq,
+                    NO_SEQ if seq is None else seq,
+                    None if seq is None or prev is None else prev,
+                    [level(x) for x in book.bids],
+                    [level(x) for x in book.asks],
+                    book.ts * 1000,
+                    recv_ts,
+                    book.checksum,
+                    book.bids,
+                    book.asks,
+                    whole,
+                )
+            )
+            self.counters.book_updates += 1
+
+    def _level(self, raw: list[str]) -> Level:
+        if len(raw) < 2:
+            raise msgspec.DecodeError(f"book level needs price and size, got {raw!r}")
+        return self._decimal(raw[0]), self._decimal(raw[1])
+
+    def _decimal(self, text: str) -> Decimal:
+        """The exact Decimal of a decimal string, one shared object per distinct string."""
+        value = self._decimals.get(text)
+        if value is None:
+            try:
+                value = Decimal(text)
+            except ArithmeticError:
+                raise msgspec.DecodeError(f"not a decimal: {text[:40]!r}") from None
+            if not value.is_finite():
+                raise msgspec.DecodeError(f"not a finite decimal: {text[:40]!r}")
+            if len(self._decimals) >= DECIMAL_INTERN_MAX:
+                self._decimals.clear()
+            self._decimals[text] = value
+        return value
+
+    def admit_backfill(self, native: str, trades: list[Trade], since_ts: int) -> list[Trade]:
+        """Of fetched trades, those past the last id seen and not older than `since_ts`, oldest first (the
+        last id moves past them). OKX gaps are filled by id (`Venue.fill_gap`), which needs no filter."""
+        last = self.last_trade_id.get(native, -1)
+        admitted = []
+        for trade in sorted(trades, key=lambda t: int(t.id)):
+            number = int(trade.id)
+            if number > last and trade.ts >= since_ts:
+                last = number
+                admitted.append(trade)
+        if admitted:
+            self.last_trade_id[native] = last
+        return admitted
