@@ -200,7 +200,8 @@ def test_config_asks_the_venue_for_markets_depths_and_symbols(name: str, market:
         assert str(issue).startswith(expected)
     else:
         listed = ", ".join(map(str, m.book_depths))
-        assert str(issue).startswith("m.toml:5: feeds[0].book_depth: must be one of " + listed + " for " + name)
+        expected = "m.toml:5: feeds[0].book_depth: must be one of " + listed + " for " + name
+        assert str(issue).startswith(expected)
     with pytest.raises(ConfigError) as caught:
         parse_config(feed.replace(m.native_example, "BTC!USDT"), source="m.toml", env={})
     (issue,) = caught.value.issues

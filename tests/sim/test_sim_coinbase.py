@@ -13,6 +13,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from marketflow.sim import Faults, SimConfig, SimServer
+from tests.conftest import wait_for
 
 MAKER = {"Buy": "SELL", "Sell": "BUY"}
 
@@ -175,9 +176,8 @@ async def test_ticker_rest_window_maker_side_and_limits(nursery: trio.Nursery) -
         await subscribe(ws, "market_trades", ["BTC-USD"])
         with trio.fail_after(10):
             await messages_until(ws, lambda m: sum(1 for x in m if x["channel"] == "market_trades") >= 10)
-    with trio.fail_after(10):
-        while sim.trade_feed("coinbase", "spot", "BTC-USD").running:  # nobody subscribed: the tape stops
-            await trio.sleep(0.01)
+    with trio.fail_after(10):  # nobody subscribed: the tape stops
+        await wait_for(lambda: not sim.trade_feed("coinbase", "spot", "BTC-USD").running, 0.01)
     truth = sim.generated_trades("coinbase", "spot", "BTC-USD")
     url = sim.http_url + "/api/v3/brokerage/market/products/BTC-USD/ticker"
     async with httpx.AsyncClient() as client:

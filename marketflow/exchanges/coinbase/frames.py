@@ -297,6 +297,8 @@ class Values:
     def __init__(self) -> None:
         self._decimals: dict[str, Decimal] = {}
         self._minutes: dict[str, int] = {}
+        self._last_text = ""
+        self._last_us = 0
 
     def decimal(self, text: str) -> Decimal:
         """The exact Decimal of a decimal string, one shared object per distinct string."""
@@ -315,6 +317,13 @@ class Values:
 
     def us(self, text: str) -> int:
         """RFC 3339 UTC (`2026-08-14T20:42:27.265123456Z`) → µs since the epoch."""
+        if text == self._last_text:  # the trades of one batch often share their time
+            return self._last_us
+        self._last_us = value = self._parse_us(text)
+        self._last_text = text
+        return value
+
+    def _parse_us(self, text: str) -> int:
         minute = self._minutes.get(text[:16])
         if minute is None:
             try:
