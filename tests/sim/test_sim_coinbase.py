@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,7 @@ import httpx
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from marketflow.sim import Faults, SimConfig, SimServer
+from marketflow.sim import Faults, SimConfig, SimServer, add_arguments, run_from_args, sim_config_from_args
 from tests.conftest import wait_for
 
 MAKER = {"Buy": "SELL", "Sell": "BUY"}
@@ -208,3 +209,43 @@ async def test_same_seed_same_tape(nursery: trio.Nursery) -> None:
         )
     shortest = min(len(t) for t in tapes)
     assert shortest > 5 and tapes[0][:shortest] == tapes[1][:shortest]
+
+
+async def test_malformed_frames_carry_no_sequence_num_and_data_keeps_counting(nursery: trio.Nursery) -> None:
+    sim = await start(nursery, rate=20.0)
+    async with open_websocket_url(sim.coinbase_ws_url()) as ws:
+        await subscribe(ws, "market_trades", ["BTC-USD"])
+        raw: list[str | bytes] = []
+        with trio.fail_after(10):
+            while len(raw) < 3:
+                raw.append(await ws.get_message())
+            sim.inject_malformed(6)
+            while len(raw) < 14:
+                raw.append(await ws.get_message())
+    numbered = []
+    broken = 0
+    for message in raw:
+        try:
+            parsed = json.loads(message)
+        except ValueError:
+            broken += 1
+            continue
+        if isinstance(parsed, dict) and "sequence_num" in parsed:
+            numbered.append(parsed["sequence_num"])
+        else:
+            broken += 1
+    assert broken == 6 and numbered == list(range(len(numbered)))
+
+
+def test_cli_lists_quiet_products_and_prints_the_url(capsys: Any) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = sim_config_from_args(parser.parse_args(["--coinbase-quiet", "xlm-usd,ALGO-USD"]))
+    assert config.coinbase_quiet == ("XLM-USD", "ALGO-USD")
+
+    async def main() -> None:
+        with trio.move_on_after(0.3):
+            await run_from_args(parser.parse_args(["--port", "0"]))
+
+    trio.run(main)
+    assert "/coinbase/ws" in capsys.readouterr().out
