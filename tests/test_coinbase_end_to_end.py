@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import attrs
+import httpx
 import trio
 
 from marketflow.config import Config, FeedConfig, default_config
@@ -105,6 +106,17 @@ async def test_trades_exact_and_books_exact_after_sequence_gaps(tmp_path: Path) 
             await wait_for(lambda: daemon.feed_counters["coinbase-spot"].connects >= 2, 0.01)
             await wait_for(lambda: daemon.feed_counters["coinbase-spot"].state == "streaming", 0.01)
             await books_true(daemon, sim)
+            # What the dashboard reads: /markets (base units: Coinbase needs no instrument metadata) and
+            # the whole book at /book.
+            await wait_for(lambda: daemon.instruments.loaded("coinbase", "spot"), 0.01)
+            assert daemon.http is not None
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.http.port}") as client:
+                markets = (await client.get("/markets")).json()["markets"]
+                book = (await client.get("/book/coinbase/ETH-USD")).json()
+            assert [(m["exchange"], m["symbol"], m["native"], m["amount_unit"]) for m in markets] == [
+                ("coinbase", p, p, "base") for p in PRODUCTS
+            ]
+            assert book["status"] == "synced" and len(book["bids"]) > 50
             marks = {p: int(sim.generated_trades("coinbase", "spot", p)[-1].id) for p in PRODUCTS}
             await wait_for(
                 lambda: all(stored(db, p) and int(stored(db, p)[-1][0]) >= marks[p] for p in PRODUCTS), 0.02
