@@ -14,7 +14,7 @@ import trio
 
 from marketflow.config import Config, FeedConfig, default_config
 from marketflow.daemon import Daemon
-from marketflow.sim import SimConfig, SimServer
+from marketflow.sim import Faults, SimConfig, SimServer
 from tests.conftest import wait_for
 
 PRODUCTS = ("BTC-USD", "ETH-USD")
@@ -76,7 +76,8 @@ def stored(db: Path, product: str) -> list[tuple[str, str, str, str]]:
 
 
 async def test_trades_exact_and_books_exact_after_sequence_gaps(tmp_path: Path) -> None:
-    sim = SimServer(SimConfig(seed=61, rate=20, book_rate=20, trade_while_unsubscribed=True))
+    faults = Faults(malformed_every=5)  # and malformed frames all along: counted, never stored
+    sim = SimServer(SimConfig(seed=61, rate=20, book_rate=20, trade_while_unsubscribed=True, faults=faults))
     db = tmp_path / "mf.db"
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.run)
@@ -121,6 +122,8 @@ async def test_trades_exact_and_books_exact_after_sequence_gaps(tmp_path: Path) 
             await wait_for(
                 lambda: all(stored(db, p) and int(stored(db, p)[-1][0]) >= marks[p] for p in PRODUCTS), 0.02
             )
+            counters = daemon.decoders["coinbase-spot"].counters
+            assert counters.malformed + counters.ignored > 0 and sim.statistics().malformed_sent > 0
             await daemon.stop()
         nursery.cancel_scope.cancel()
     for product in PRODUCTS:
