@@ -151,7 +151,7 @@ class Daemon:
         for feed in config.feeds:
             book_specs.extend(self._plan_feed(feed))
         self.books = LiveBooks(book_specs, self.ledger)
-        self.backfill = BackfillQueue()
+        self.backfill = BackfillQueue(self.ledger)
         # Contract terms of the markets whose amounts are contracts: /markets and the large-trade notional.
         self.instruments = InstrumentCatalog(self._instrument_markets, self.rest_clients)
         self.candle_queue: RecordQueue[Candle] = RecordQueue(
@@ -402,6 +402,7 @@ class Daemon:
             self.books.remove_feed(name)
             for table in (self.connections, self.decoders, self.feed_counters, self.feeds):
                 table.pop(name, None)
+            self.actors.pop(name, None)
 
     async def _start_feed(self, feed: FeedConfig) -> None:
         before = set(self.connections)

@@ -87,6 +87,7 @@ async def test_reload_starts_only_new_feeds_and_keeps_running_on_invalid_files(t
             result = await daemon.apply_config(new)
             assert result.removed == ("bybit-spot",)
             assert "bybit-spot" not in children(daemon) and "bybit-spot" not in daemon.feed_counters
+            assert "bybit-spot" not in daemon.actors  # the stopped feed actor is not kept either
             await daemon.stop()
             nursery.cancel_scope.cancel()
     symbols = {row[1] for row in stored_rows(tmp_path / "mf.db")}

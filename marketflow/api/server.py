@@ -88,6 +88,8 @@ class HttpServer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or, after `request_stop()`, until the graceful shutdown is done."""
+        if self._state != "idle":  # its stop event stays set: a second run would return at once
+            raise RuntimeError(f"HTTP server {self.name!r} serves once; a restart builds a new one")
         self._state = "starting"
         try:
             async with trio.open_nursery() as nursery:

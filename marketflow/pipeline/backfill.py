@@ -65,7 +65,8 @@ class BackfillQueue:
     closes the records its predecessor left open (the request it was working on when it ended).
     """
 
-    def __init__(self, *, capacity: int = QUEUE) -> None:
+    def __init__(self, ledger: GapLedger, *, capacity: int = QUEUE) -> None:
+        self._ledger = ledger
         self._send, self._receive = trio.open_memory_channel[TradeGap | CatchUp](capacity)
         self.requests = 0
         self.recovered = 0
@@ -90,6 +91,20 @@ class BackfillQueue:
         except trio.WouldBlock:
             self.dropped += 1
             log.error("backfill queue full; request dropped", extra={"request": repr(request)})
+            self._record_dropped(request)
+
+    def _record_dropped(self, request: TradeGap | CatchUp) -> None:
+        """A dropped request is a gap nobody will fill: the ledger says so (and no record stays open)."""
+        why = "not backfilled: backfill queue full"
+        if isinstance(request, TradeGap):
+            reason = f"{_gap_reason(request)}; {why}"
+            record = self._ledger.open(
+                request.exchange, request.symbol, "trades", reason, start=request.since_ts
+            )
+            self._ledger.close(record, end=request.until_ts)
+            return
+        for record in request.records:
+            self._ledger.close(msgspec.structs.replace(record, reason=f"{record.reason}; {why}"))
 
     async def receive(self) -> TradeGap | CatchUp:
         return await self._receive.receive()
@@ -177,8 +192,7 @@ class Backfiller:
     async def _fill_gap(self, gap: TradeGap) -> None:
         venue = exchanges.venue(gap.exchange)
         recovery = venue.trade_recovery(gap.market)
-        last_missing = gap.next_seen - 1
-        reason = f"{recovery.id_name} {gap.first_missing}..{last_missing} missing"
+        reason = _gap_reason(gap)
         record = self._ledger.open(gap.exchange, gap.symbol, "trades", reason, start=gap.since_ts)
         self.queue.in_hand = [record]
         client = self._clients.get((gap.exchange, gap.market))
@@ -187,6 +201,7 @@ class Backfiller:
             self._ledger.close(
                 msgspec.structs.replace(record, reason=f"{reason}; not backfilled: {why}"), end=gap.until_ts
             )
+            self.queue.in_hand = []
             return
         recovered = 0
         try:
@@ -232,3 +247,8 @@ class Backfiller:
             self.queue.recovered += recovered
             self.queue.in_hand.pop(0)
             self._ledger.close(record, recovered=recovered)
+
+
+def _gap_reason(gap: TradeGap) -> str:
+    id_name = exchanges.venue(gap.exchange).trade_recovery(gap.market).id_name
+    return f"{id_name} {gap.first_missing}..{gap.next_seen - 1} missing"

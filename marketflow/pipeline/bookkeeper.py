@@ -194,10 +194,10 @@ class BookKeeper:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         receiver = self._subscription.receiver()
         live = self.live
-        for key in live.fetching:  # fetches of an earlier keeper, cancelled with it
-            sync = live.books.get(key)
-            if sync is not None:
-                sync.snapshot_failed()
+        # No snapshot fetch outlives the keeper that started it: whatever an earlier one had under way is
+        # asked again (else its book would wait for an answer that never comes).
+        for sync in live.books.values():
+            sync.snapshot_failed()
         live.fetching.clear()
         try:
             async with trio.open_nursery() as nursery:

@@ -222,6 +222,8 @@ class _Incarnation:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     ended: trio.Event = attrs.field(factory=trio.Event)
     stop_requested: bool = False
+    injected: Exception | None = None
+    """A failure injected by :meth:`Supervisor.fail_child`."""
 
 
 @attrs.define(eq=False)
@@ -388,6 +390,18 @@ class Supervisor:
         logger.info("supervisor %s: restarting child %s on request", self.name, name)
         await self._launch(child)
 
+    def fail_child(self, name: str, error: Exception) -> None:
+        """Fault injection (tests, drills): end the child's current actor as if its ``run`` raised ``error``.
+
+        The actor is cancelled where it waits (its ``finally`` blocks run, as for any exception) and its
+        end is handled as a failure: circuit, backoff, then a fresh actor from the factory.
+        """
+        inc = self._find(name).incarnation
+        if inc is None or inc.ended.is_set() or inc.stop_requested:
+            raise RuntimeError(f"supervisor {self.name!r}: child {name!r} has no running actor to fail")
+        inc.injected = error
+        inc.scope.cancel(reason=f"fault injected: {_describe(error)}")
+
     # ------------------------------------------------------------------ internals
 
     def _new_child(self, spec: ChildSpec) -> _Child:
@@ -520,7 +534,9 @@ class Supervisor:
             inc.ended.set()
             child.incarnation = None
             child.started_at = None
-        if inc.scope.cancelled_caught:
+        if inc.injected is not None:
+            error = error or inc.injected
+        elif inc.scope.cancelled_caught:
             logger.warning(
                 "supervisor %s: child %s did not stop within %g s; cancelled it",
                 self.name,

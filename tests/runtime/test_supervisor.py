@@ -853,3 +853,33 @@ async def test_a_failing_stop_hook_does_not_keep_others_from_stopping(autojump_c
         (1.0, "a", "stopped"),
     ]
     assert child(sup, "b").last_error == "OSError: disk gone"
+
+
+@time_boxed(1000)
+async def test_fail_child_ends_the_actor_as_a_failure_and_a_fresh_one_starts(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    journal = Journal()
+    factory = ProbeFactory(journal, "c")
+    sup = Supervisor("sup", POLICY, [spec(factory)], rng=MaxRandom())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await trio.sleep(5)
+        sup.fail_child("c", Boom("injected"))
+        await trio.testing.wait_all_tasks_blocked()
+        stats = child(sup, "c")
+        assert (stats.state, stats.failures, stats.last_error) == ("backoff", 1, "Boom: injected")
+        assert stats.next_start_at == 6.0  # the policy's first backoff delay, from the failure at 5 s
+        with pytest.raises(RuntimeError, match="no running actor"):
+            sup.fail_child("c", Boom("while in backoff"))
+        await trio.sleep(2)
+        assert child(sup, "c").state == "running" and child(sup, "c").restarts == 1
+        sup.fail_child("c", Boom("again"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert child(sup, "c").failures == 2
+        await trio.sleep(2)
+        await sup.stop()
+        nursery.cancel_scope.cancel()
+    assert len(factory.instances) == 3  # a fresh actor per start
+    assert journal.times("c", "run") == [0.0, 6.0, 8.0]
+    assert journal.times("c", "cancelled") == [5.0, 7.0]
