@@ -99,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--soak-symbols", type=int, default=100, metavar="N", help="symbols in the soak (100)")
     bench.add_argument("--keep", action="store_true", help="keep the work files (databases, logs)")
 
+    from marketflow.archive.export import add_export_arguments
+
+    add_export_arguments(
+        sub.add_parser(
+            "export",
+            help="export stored tables as hive-partitioned Parquet (or CSV) files",
+            description="Write trades (and candles, gaps with --tables) of [--since, --until) as "
+            "<out>/<table>/exchange=/symbol=/date=/data.parquet: exact decimals, UTC µs times, zstd; one "
+            "file per partition, merged with the file an earlier export left (README: Archive).",
+        )
+    )
+
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path", metavar="PATH")
 
@@ -189,6 +201,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_replay_command(args, config)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "export":
+        from marketflow.archive.export import run_export_command
+
+        config = _load(args.config)
+        configure_logging("warning", config.daemon.log_format)
+        return run_export_command(args, config)
     if args.command == "run":
         from marketflow.daemon import serve
 

@@ -147,6 +147,14 @@ MAX_MESSAGE_MB_LIMIT = 256
 
 
 @attrs.frozen
+class ArchiveConfig:
+    """Trades older than `after_days` whole days move into Parquet files under `dir` (0: never)."""
+
+    after_days: int = 0
+    dir: str | None = None  # None: <daemon.state_dir>/archive
+
+
+@attrs.frozen
 class FeedConfig:
     exchange: str
     market: str
@@ -199,6 +207,7 @@ class Config:
     digest: str | None = attrs.field(default=None, eq=False)
     books: BooksConfig = BooksConfig()
     capture: CaptureConfig = CaptureConfig()
+    archive: ArchiveConfig = ArchiveConfig()
 
 
 DEFAULT_FEEDS: Final = tuple(
@@ -552,7 +561,18 @@ _CAPTURE: Final[Mapping[str, _Check]] = {
     "max_total_mb": lambda value: _number(value, "a number of megabytes >= 0 (0 keeps all)", least=0.0),
     "level": lambda value: _zstd_level(value),
 }
-_TOP_KEYS: Final = ("daemon", "http", "storage", "supervisor", "books", "feeds", "analytics", "capture")
+_ARCHIVE: Final[Mapping[str, _Check]] = {"after_days": _integer(0), "dir": _string}
+_TOP_KEYS: Final = (
+    "daemon",
+    "http",
+    "storage",
+    "supervisor",
+    "books",
+    "feeds",
+    "analytics",
+    "capture",
+    "archive",
+)
 
 
 class _Checker:
@@ -614,6 +634,11 @@ class _Checker:
             self.report(("supervisor", "backoff_max_s"), reason)
         books = self.section(doc, "books", _BOOKS)
         capture = self.section(doc, "capture", _CAPTURE)
+        archive = self.section(doc, "archive", _ARCHIVE)
+        retention = storage.get("retention_days", 0)
+        if 0 < retention <= archive.get("after_days", 0):
+            reason = f"must be below storage.retention_days ({retention}): retention would delete them first"
+            self.report(("archive", "after_days"), reason)
         feeds = self.feeds(doc)
         analytics = self.analytics(doc)
         if env.get(STORAGE_URL_ENV):
@@ -634,6 +659,7 @@ class _Checker:
             supervisor=SupervisorConfig(**supervisor),
             books=BooksConfig(**books),
             capture=CaptureConfig(**capture),
+            archive=ArchiveConfig(**archive),
             feeds=DEFAULT_FEEDS if feeds is None else tuple(FeedConfig(**feed) for feed in feeds),
             analytics=AnalyticsConfig(**analytics),
         )

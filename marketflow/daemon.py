@@ -30,6 +30,7 @@ from marketflow.api.mcp_routes import register_mcp_routes
 from marketflow.api.queries import QueryContext
 from marketflow.api.ring import TradeRing
 from marketflow.api.server import HttpServer
+from marketflow.archive import Archiver, make_archiver, open_archive
 from marketflow.capture import Capture
 from marketflow.config import Config, ConfigError, FeedConfig, load_config
 from marketflow.exchanges.base import FrameDecoder, ReconnectTrades, Venue
@@ -136,6 +137,7 @@ class Daemon:
             else None
         )
         self.store: TradeStore = open_store(config.storage.url)
+        self.archive = open_archive(config)  # queries read archived days from it (None: no archive)
         self.writer: StorageWriter | None = None  # the current one (its statistics outlive it)
         self.actors: dict[str, Actor] = {}
         """The current actor of every child: the last one its factory built."""
@@ -193,6 +195,10 @@ class Daemon:
             # First started, last stopped: it records what feeds and REST clients receive until the end.
             None if capture is None else Child("capture", capture.writer, capture.close),
             Child("storage", self._make_writer, self.trade_bus.close),
+            # Moves old trades into Parquet through the store the writer opened (`[archive] after_days`).
+            Child("archive", lambda: make_archiver(self.config, self.store))
+            if self.config.archive.after_days > 0 and not self._replay
+            else None,
             # After storage: the ledger and the sinks write through the store the writer opened, so they
             # stop (and save what they hold) before it closes.
             Child("gaps", self.ledger.sink),
@@ -506,8 +512,9 @@ class Daemon:
         await self.supervisor.stop()
 
     def health(self) -> Health:
-        """healthy; degraded when a circuit is open, a feed is down, a book is resyncing or the spool
-        refuses writes (disk full); unhealthy when storage is not running."""
+        """healthy; degraded when a circuit is open, a feed is down, a book is resyncing, the spool
+        refuses writes (disk full) or the archive job's last pass failed; unhealthy when storage is not
+        running."""
         children = {c.name: c for c in self.supervisor.statistics().children}
         problems: dict[str, str] = {}
         storage = children.get("storage")
@@ -522,6 +529,9 @@ class Daemon:
                 problems[name] = f"circuit {child.circuit}"
             elif self.feed_counters[name].state != "streaming":
                 problems[name] = self.feed_counters[name].state
+        archiver = self.actors.get("archive")
+        if isinstance(archiver, Archiver) and archiver.failing:  # old trades stay in the database
+            problems["archive"] = archiver.statistics().last_error or "failing"
         for key, stats in self.books.statistics().books.items():
             if str(stats.state) != "synced":
                 problems[f"book {key}"] = str(stats.state)

@@ -40,6 +40,7 @@ from marketflow.analytics.stored import (
 
 # Status queries read the same statistics as /metrics and live with it; they are part of this layer.
 from marketflow.api.metrics import status, storage_stats, system_info
+from marketflow.archive.reader import reads_for
 from marketflow.exchanges import VENUES
 from marketflow.model import Trade, now_us, us_to_iso
 
@@ -365,10 +366,15 @@ def trade_json(trade: Trade) -> dict[str, Any]:
     }
 
 
+def _reads(ctx: QueryContext, exchange: str, symbol: str, since: int | None, until: int | None) -> Any:
+    """The store, joined with the archive's files when `[since, until)` touches an archived day."""
+    return reads_for(ctx.daemon.store, getattr(ctx.daemon, "archive", None), exchange, symbol, since, until)
+
+
 async def _stored_trades(
     ctx: QueryContext, exchange: str, symbol: str, since: int | None, until: int | None, limit: int | None
 ) -> list[Trade]:
-    query = getattr(ctx.daemon.store, "query_trades", None)
+    query = getattr(_reads(ctx, exchange, symbol, since, until), "query_trades", None)
     if query is None:
         raise QueryError("storage_unavailable", "this storage engine cannot be queried for trades", None, 503)
     try:
@@ -538,7 +544,9 @@ async def _footprint_bin(
     configured = ctx.daemon.config.analytics.bin_size.get(symbol)
     if configured is not None:
         return normalize_bin(configured)
-    return await range_bin(ctx.daemon.store, ctx.ring, exchange, symbol, since, until)
+    return await range_bin(
+        _reads(ctx, exchange, symbol, since, until), ctx.ring, exchange, symbol, since, until
+    )
 
 
 async def candles(
@@ -568,7 +576,8 @@ async def candles(
             return engine.candles(ex, sym, text, since, until, count)
         except NotLiveError:
             pass
-    return await _from_storage(stored_candles(ctx.daemon.store, ctx.ring, ex, sym, step, since, until, count))
+    store = _reads(ctx, ex, sym, since, None if until is None else until + step)
+    return await _from_storage(stored_candles(store, ctx.ring, ex, sym, step, since, until, count))
 
 
 async def order_flow(
@@ -604,7 +613,7 @@ async def order_flow(
         if footprint:  # no trade in the range leaves no bin, and no bar to draw a footprint of
             fp_bin = await _footprint_bin(ctx, ex, sym, size, *bar_span(start, until, step)) or Decimal(1)
         return await stored_order_flow(
-            ctx.daemon.store,
+            _reads(ctx, ex, sym, start, None if until is None else until + step),
             ctx.ring,
             ex,
             sym,
@@ -648,7 +657,7 @@ async def volume_profile(
     async def compute() -> dict[str, Any]:
         profile_bin = await _footprint_bin(ctx, ex, sym, size, start, until)
         return await stored_volume_profile(
-            ctx.daemon.store,
+            _reads(ctx, ex, sym, start, until),
             ctx.ring,
             ex,
             sym,
