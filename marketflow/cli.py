@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--listen", default=None, metavar="HOST:PORT", help="HTTP address (default: [http] listen)"
     )
+    demo.add_argument(
+        "--nats",
+        action="store_true",
+        help="a local NATS server and the collect, store and serve roles as separate processes",
+    )
 
     sim = sub.add_parser("sim", help="the exchange simulator alone (every venue it speaks, on one port)")
     add_sim_arguments(sim)
@@ -98,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--soak-symbols", type=int, default=100, metavar="N", help="symbols in the soak (100)")
     bench.add_argument("--keep", action="store_true", help="keep the work files (databases, logs)")
+    bench.add_argument(
+        "--nats",
+        type=int,
+        nargs="?",
+        const=1_000_000,
+        default=None,
+        metavar="TRADES",
+        help="instead: collect → JetStream → store → PostgreSQL against one process (default 1M trades)",
+    )
+
+    from marketflow.nats.tail import add_arguments as add_tail_arguments
+
+    tail = sub.add_parser("tail", help="print a live NATS subject of a marketflow cluster (JSON lines)")
+    _add_config_arg(tail)
+    add_tail_arguments(tail)
 
     from marketflow.archive.export import add_export_arguments
 
@@ -121,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
+
+    if args.nats is not None:
+        from marketflow.bench import nats as bench_nats
+
+        bench_nats.main(Path(args.out), args.nats)
+        return EXIT_OK
 
     from marketflow.bench import run as bench
 
@@ -201,6 +227,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_replay_command(args, config)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "tail":
+        from marketflow.nats.tail import run_tail
+
+        return run_tail(args, _load(args.config))
     if args.command == "export":
         from marketflow.archive.export import run_export_command
 
@@ -220,11 +250,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         configure_logging(config.daemon.log_level, config.daemon.log_format)
         if args.listen is not None:
             config = attrs.evolve(config, http=attrs.evolve(config.http, listen=args.listen))
+        if args.nats:
+            from marketflow.nats.demo import run_nats_demo
+
+            return _run_guarded(run_nats_demo, config, args.duration, args.rate, args.seed)
         return _run_guarded(run_demo, config, args.duration, args.rate, args.seed)
     raise AssertionError(args.command)
 
 
 def _run_guarded(fn: object, *args: object) -> int:
+    from marketflow.api.connections import raise_open_files_limit
+
+    raise_open_files_limit()  # before the daemon sizes its HTTP connection cap from it
     try:
         trio.run(fn, *args)  # type: ignore[arg-type]
     except Exception:

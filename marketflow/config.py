@@ -31,6 +31,7 @@ from typing import Any, Final
 import attrs
 
 from marketflow.exchanges import VENUES, example_feed_name
+from marketflow.exchanges.base import CHANNELS as VENUE_CHANNELS
 from marketflow.exchanges.base import Market
 from marketflow.model import SymbolError, normalize_symbol
 
@@ -40,9 +41,11 @@ DEFAULT_CONFIG_FILE: Final = "marketflow.toml"
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("console", "json")
-CHANNELS: Final = ("trades", "book")
+ROLES: Final = ("collect", "store", "serve")
+CHANNELS: Final = VENUE_CHANNELS
 _FLOAT_DECIMAL: Final = 'write decimals as strings, e.g. "10", so they stay exact'
 _FEED_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _INTERVAL = re.compile(r"([1-9][0-9]*)([smhd])")
 _INTERVAL_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SYMBOL = re.compile(r"[A-Z0-9]+-[A-Z0-9]+(-PERP)?")
@@ -81,6 +84,29 @@ class DaemonConfig:
     # After a small socket read, wait this long before the next one so frames arriving one by one are
     # handled a batch per wake-up (bounded latency for much less CPU per frame); 0 = off.
     read_coalesce_ms: float = 2.0
+    # What this daemon does (SPEC §13): collect (feeds → NATS), store (NATS → database), serve (HTTP, MCP,
+    # analytics over every symbol). Without [nats] servers it does all three, as one process.
+    roles: tuple[str, ...] = ROLES
+
+
+@attrs.frozen
+class NatsConfig:
+    """`[nats]` (SPEC §13): empty `servers` = no NATS, one process (the default)."""
+
+    servers: tuple[str, ...] = ()
+    subject_prefix: str = "marketflow"
+    stream_replicas: int = 1
+    max_age_s: int = 7 * 86400  # `max_age = "7d"`: JetStream retention of the trades stream
+    # Longest a collected trade waits before its batch is published (the store and serve roles see it then).
+    flush_interval_s: float = 0.05
+    # Synced books are published (whole, as a snapshot) at most this often per symbol.
+    book_interval_s: float = 0.25
+    # A store daemon that took messages and died: JetStream hands them to another after this many seconds.
+    ack_wait_s: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.servers)
 
 
 @attrs.frozen
@@ -93,6 +119,13 @@ class HttpConfig:
     allowed_hosts: tuple[str, ...] = ()
     # Serve /docs, /redocs and /scalar (they load scripts from a CDN); /openapi.json is always served.
     api_docs: bool = False
+    # One client must not starve the others: open connections (more wait in the listen backlog), seconds a
+    # connection may stay silent mid-request or idle between requests, and queries reading stored trades.
+    max_connections: int = 512
+    read_timeout_s: float = 30.0
+    idle_timeout_s: float = 15.0
+    query_timeout_s: float = 10.0
+    max_storage_queries: int = 4
 
     @property
     def host(self) -> str:
@@ -111,6 +144,8 @@ class StorageConfig:
     flush_interval_s: float = 0.25
     buffer_max: int = 1_000_000
     retention_days: int = 0
+    # Every best bid/ask change into `quotes` (SPEC §12): many rows, so off unless asked for.
+    store_quotes: bool = False
 
 
 @attrs.frozen
@@ -127,6 +162,12 @@ class BooksConfig:
     # Every synced book's top `snapshot_depth` levels are written to `book_snapshots` this often.
     snapshot_interval_s: float = 10.0
     snapshot_depth: int = 20
+
+
+@attrs.frozen
+class DerivativesConfig:
+    # One `derivatives` row per symbol per this many seconds in which a field changed (SPEC §12).
+    sample_interval_s: float = 1.0
 
 
 @attrs.frozen
@@ -207,6 +248,8 @@ class Config:
     digest: str | None = attrs.field(default=None, eq=False)
     books: BooksConfig = BooksConfig()
     capture: CaptureConfig = CaptureConfig()
+    nats: NatsConfig = NatsConfig()
+    derivatives: DerivativesConfig = DerivativesConfig()
     archive: ArchiveConfig = ArchiveConfig()
 
 
@@ -527,6 +570,7 @@ _DAEMON: Final[Mapping[str, _Check]] = {
     "shutdown_timeout_s": _seconds,
     "channel_capacity": _integer(1),
     "read_coalesce_ms": _read_coalesce,
+    "roles": lambda value: _roles(value),
 }
 _HTTP: Final[Mapping[str, _Check]] = {
     "listen": _listen,
@@ -534,6 +578,11 @@ _HTTP: Final[Mapping[str, _Check]] = {
     "trades_ring": _integer(1),
     "allowed_hosts": _host_names,
     "api_docs": _boolean,
+    "max_connections": _integer(1),
+    "read_timeout_s": _seconds,
+    "idle_timeout_s": _seconds,
+    "query_timeout_s": _seconds,
+    "max_storage_queries": _integer(1),
 }
 _STORAGE: Final[Mapping[str, _Check]] = {
     "url": _storage_url,
@@ -541,7 +590,9 @@ _STORAGE: Final[Mapping[str, _Check]] = {
     "flush_interval_s": _seconds,
     "buffer_max": _integer(0),
     "retention_days": _integer(0),
+    "store_quotes": _boolean,
 }
+_DERIVATIVES: Final[Mapping[str, _Check]] = {"sample_interval_s": _seconds}
 _SUPERVISOR: Final[Mapping[str, _Check]] = {
     "backoff_initial_s": _seconds,
     "backoff_max_s": _seconds,
@@ -561,6 +612,15 @@ _CAPTURE: Final[Mapping[str, _Check]] = {
     "max_total_mb": lambda value: _number(value, "a number of megabytes >= 0 (0 keeps all)", least=0.0),
     "level": lambda value: _zstd_level(value),
 }
+_NATS: Final[Mapping[str, _Check]] = {
+    "servers": lambda value: _nats_servers(value),
+    "subject_prefix": lambda value: _subject_prefix(value),
+    "stream_replicas": lambda value: _replicas(value),
+    "max_age": _interval_seconds,
+    "flush_interval_s": _seconds,
+    "book_interval_s": _seconds,
+    "ack_wait_s": _seconds,
+}
 _ARCHIVE: Final[Mapping[str, _Check]] = {"after_days": _integer(0), "dir": _string}
 _TOP_KEYS: Final = (
     "daemon",
@@ -571,6 +631,8 @@ _TOP_KEYS: Final = (
     "feeds",
     "analytics",
     "capture",
+    "nats",
+    "derivatives",
     "archive",
 )
 
@@ -633,7 +695,17 @@ class _Checker:
             reason = f"must be >= backoff_initial_s ({initial:g}), got {maximum:g}{given}"
             self.report(("supervisor", "backoff_max_s"), reason)
         books = self.section(doc, "books", _BOOKS)
+        derivatives = self.section(doc, "derivatives", _DERIVATIVES)
         capture = self.section(doc, "capture", _CAPTURE)
+        nats = self.section(doc, "nats", _NATS)
+        if "max_age" in nats:
+            nats["max_age_s"] = nats.pop("max_age")
+        if "roles" in daemon and set(daemon["roles"]) != set(ROLES) and not nats.get("servers"):
+            self.report(
+                ("daemon", "roles"),
+                f"a daemon without every role ({', '.join(ROLES)}) needs NATS to reach the others: "
+                'set [nats] servers, e.g. ["nats://127.0.0.1:4222"]',
+            )
         archive = self.section(doc, "archive", _ARCHIVE)
         retention = storage.get("retention_days", 0)
         if 0 < retention <= archive.get("after_days", 0):
@@ -658,7 +730,9 @@ class _Checker:
             storage=StorageConfig(**storage),
             supervisor=SupervisorConfig(**supervisor),
             books=BooksConfig(**books),
+            derivatives=DerivativesConfig(**derivatives),
             capture=CaptureConfig(**capture),
+            nats=NatsConfig(**nats),
             archive=ArchiveConfig(**archive),
             feeds=DEFAULT_FEEDS if feeds is None else tuple(FeedConfig(**feed) for feed in feeds),
             analytics=AnalyticsConfig(**analytics),
@@ -749,6 +823,14 @@ class _Checker:
                 self.report((*path, "book_depth"), f"must be one of {listed} for {depth_scope}, got {got}")
             elif market is not None:
                 feed.setdefault("book_depth", market.default_book_depth)
+        if market is not None and "channels" in feed:
+            for index, channel in enumerate(feed["channels"]):
+                if channel not in market.channels:
+                    offered = ", ".join(market.channels)
+                    self.report(
+                        (*path, "channels", index),
+                        f"{exchange} {market.name} has no {channel!r} channel; it offers {offered}",
+                    )
         if "symbols" in feed:
             # Spot or perpetual decides the normalized form, so symbols wait for a valid market.
             feed["symbols"] = self.symbols(feed["symbols"], (*path, "symbols"), exchange, market)
@@ -850,6 +932,43 @@ class _Checker:
         if len(self.issues) > bad:
             raise _Rejected()
         return out
+
+
+def _roles(value: object) -> tuple[str, ...]:
+    expected = f'must be a non-empty array of roles ({", ".join(ROLES)}), e.g. ["collect"]'
+    if not isinstance(value, list) or not value:
+        raise _Rejected(f"{expected}, got {_describe(value)}")
+    for item in value:
+        if item not in ROLES:
+            raise _Rejected(f"{expected}; {_describe(item)} is not a role")
+        if value.count(item) > 1:
+            raise _Rejected(f"{expected}; {item!r} is given twice")
+    return tuple(role for role in ROLES if role in value)  # one order, whatever the file's
+
+
+def _nats_servers(value: object) -> tuple[str, ...]:
+    expected = 'must be an array of NATS URLs, e.g. ["nats://10.0.0.1:4222"] (empty: no NATS)'
+    if not isinstance(value, list):
+        raise _Rejected(f"{expected}, got {_describe(value)}")
+    for item in value:
+        if not (isinstance(item, str) and re.fullmatch(r"(nats|tls)://[^\s/]+(:[0-9]{1,5})?", item)):
+            raise _Rejected(f"{expected}; {_describe(item)} is not a nats:// or tls:// URL")
+    return tuple(value)
+
+
+def _subject_prefix(value: object) -> str:
+    if isinstance(value, str) and _SUBJECT_PREFIX.fullmatch(value):
+        return value
+    raise _Rejected(
+        "must be NATS subject tokens of letters, digits, _ and - joined by dots (no wildcards), "
+        f'e.g. "marketflow" or "prod.marketflow", got {_describe(value)}'
+    )
+
+
+def _replicas(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5:
+        return value
+    raise _Rejected(f"must be an integer from 1 to 5 (3 on a 3-node cluster), got {_describe(value)}")
 
 
 def _feed_name(value: object) -> str:

@@ -35,11 +35,15 @@ from marketflow.capture import Capture
 from marketflow.config import Config, ConfigError, FeedConfig, load_config
 from marketflow.exchanges.base import FrameDecoder, ReconnectTrades, Venue
 from marketflow.model import BookUpdate, RawFrames, Trade
+from marketflow.nats.collect import BookPublisher, make_publisher
+from marketflow.nats.serve import RecentIds, ServeSubscriber, mirror_books
+from marketflow.nats.store import StoreConsumer
 from marketflow.pipeline.backfill import Backfiller, BackfillQueue, CatchUp
 from marketflow.pipeline.bookkeeper import BookKeeper, BookSnapshotRow, BookSpec, LiveBooks
 from marketflow.pipeline.feed import Feed, FeedCounters
 from marketflow.pipeline.gaps import GapLedger
 from marketflow.pipeline.instruments import InstrumentCatalog, MarketSymbols
+from marketflow.pipeline.market_actors import MarketDataPlant, RestPoller
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.pipeline.rest import RestClient, WeightBudget
 from marketflow.runtime.actor import Actor
@@ -106,6 +110,13 @@ class Child:
     on_stop: Callable[[], None] | None = None
 
 
+# Every section but the feeds (and where the file came from) needs a restart to take effect: derived from
+# `Config` so a section added later is never silently ignored by a reload.
+RESTART_SECTIONS: tuple[str, ...] = tuple(
+    field.name for field in attrs.fields(Config) if field.name not in ("feeds", "source", "digest")
+)
+
+
 class Daemon:
     """The whole running system for one configuration.
 
@@ -129,8 +140,26 @@ class Daemon:
         self.trade_bus: Bus[Trade] = Bus("trades")
         self.book_bus: Bus[BookUpdate] = Bus("books")
         self._raw_sub = self.raw_bus.subscribe("normalizer", capacity, Overflow.BLOCK)
-        self._trade_sub = self.trade_bus.subscribe("storage", capacity, Overflow.BLOCK)
+        # Roles (SPEC §13): without NATS one daemon does all three, trades going straight to storage. With
+        # NATS, collected trades go to JetStream, the store role writes them from there, and the serve role
+        # feeds its live views (`view_bus`) from there: every collector's trades, each once.
+        roles = set(config.daemon.roles)
+        nats = config.nats.enabled and not replay
+        self._collect = "collect" in roles or not nats
+        self._store_role = "store" in roles or not nats
+        serve = "serve" in roles or not nats
+        self._nats_publish = nats and self._collect
+        self._nats_store = nats and self._store_role
+        self._nats_serve = nats and serve
+        self._store_bus: Bus[Trade] = Bus("local") if nats else self.trade_bus
+        self._trade_sub = self._store_bus.subscribe("storage", capacity, Overflow.BLOCK)
+        self._publish_sub = (
+            self.trade_bus.subscribe("nats", capacity, Overflow.BLOCK) if self._nats_publish else None
+        )
+        self.view_bus: Bus[Trade] = Bus("served") if self._nats_serve else self.trade_bus
+        self.recent_ids = RecentIds()
         self._book_sub = self.book_bus.subscribe("books", capacity, Overflow.BLOCK)
+        self.feed_channels: dict[str, frozenset[str]] = {}  # per connection: what the normalizer keeps
         self.capture = (
             Capture(config.capture, config.daemon.state_dir)
             if config.capture.enabled and not replay
@@ -149,10 +178,17 @@ class Daemon:
         self._reload_lock = trio.Lock()
         self._edit_lock = trio.Lock()  # held from reading the file to applying it (edit_config)
         self.ledger = GapLedger(getattr(self.store, "write_gaps", None))
+        # Tickers, derivatives and liquidations (SPEC §12): bus, live state, record queues, REST polls.
+        s = config.storage
+        self.market = MarketDataPlant(
+            self.store, capacity, config.derivatives.sample_interval_s, s.store_quotes
+        )
         book_specs: list[BookSpec] = []
         for feed in config.feeds:
             book_specs.extend(self._plan_feed(feed))
         self.books = LiveBooks(book_specs, self.ledger)
+        if self._nats_serve and not self._collect:
+            mirror_books(self.books)
         self.backfill = BackfillQueue(self.ledger)
         # Contract terms of the markets whose amounts are contracts: /markets and the large-trade notional.
         self.instruments = InstrumentCatalog(self._instrument_markets, self.rest_clients)
@@ -168,17 +204,17 @@ class Daemon:
         # Analytics must never hold up the feeds: it reads live views with drop-oldest, counted. Disabled
         # (or without intervals) there is no engine and no subscription: queries use stored trades.
         self.analytics: AnalyticsEngine | None = None
-        if config.analytics.enabled and bool(config.analytics.candle_intervals):
+        if config.analytics.enabled and bool(config.analytics.candle_intervals) and serve:
             overflow = Overflow.BLOCK if replay else Overflow.DROP_OLDEST
             self.analytics = AnalyticsEngine(
-                self.trade_bus.subscribe("analytics", capacity, overflow),
+                self.view_bus.subscribe("analytics", capacity, overflow),
                 config.analytics,
                 persist=self.candle_queue.submit,
                 max_bars=config.analytics.live_bars,
                 contracts=self.instruments.contracts,
             )
         self.ring = TradeRing(
-            self.trade_bus.subscribe("ring", capacity, Overflow.DROP_OLDEST), config.http.trades_ring
+            self.view_bus.subscribe("ring", capacity, Overflow.DROP_OLDEST), config.http.trades_ring
         )
         # HTTP and MCP read everything through one query context.
         self.query = QueryContext(self, self.ring, self.analytics)
@@ -194,7 +230,7 @@ class Daemon:
         rows: list[Child | None] = [
             # First started, last stopped: it records what feeds and REST clients receive until the end.
             None if capture is None else Child("capture", capture.writer, capture.close),
-            Child("storage", self._make_writer, self.trade_bus.close),
+            Child("storage", self._make_writer, self._store_bus.close),
             # Moves old trades into Parquet through the store the writer opened (`[archive] after_days`).
             Child("archive", lambda: make_archiver(self.config, self.store))
             if self.config.archive.after_days > 0 and not self._replay
@@ -203,28 +239,70 @@ class Daemon:
             # stop (and save what they hold) before it closes.
             Child("gaps", self.ledger.sink),
             Child("candles", lambda: RecordSink("candles", write_candles, queue=self.candle_queue)),
+            *(Child(name, build) for name, build in self.market.sinks()),
             None
             if snapshots is None
             else Child(
                 "book_snapshots", lambda: RecordSink("book_snapshots", write_snapshots, queue=snapshots)
             ),
+            *self._nats_children("store"),
             # Stopped after every trade publisher (normalizer, backfill): closing the trade bus lets
             # analytics (or, without it, the ring) and then storage drain it to the end.
-            Child("ring", self.ring.feeder, None if analytics is not None else self.trade_bus.close),
-            None if analytics is None else Child("analytics", analytics.feeder, self.trade_bus.close),
+            Child("ring", self.ring.feeder, None if analytics is not None else self.view_bus.close),
+            None if analytics is None else Child("analytics", analytics.feeder, self.view_bus.close),
+            *self._nats_children("serve"),
+            *(self._collect_children() if self._collect else ()),
+            *self._nats_children("collect"),
+            # HTTP and MCP read everything above through the query context; started last, stopped first.
+            None if self._replay else Child("http", self._make_http),
+        ]
+        return [row for row in rows if row is not None]
+
+    def _collect_children(self) -> list[Child]:
+        return [
             Child("books", self._make_book_keeper, self.book_bus.close),
+            # Stopped after its publishers (normalizer, pollers): it drains the bus, then flushes samples.
+            Child("market_data", self.market.keeper, self.market.bus.close),
             Child("backfill", self._make_backfiller),
             Child("instruments", self.instruments.loader),
             Child("normalizer", self._make_normalizer, self.raw_bus.close),
+            *(Child(name, self._poller_factory(name)) for name in self.market.polls if not self._replay),
             *(
                 Child(name, self._feed_factory(conn))
                 for name, conn in self.connections.items()
                 if not self._replay
             ),
-            # HTTP and MCP read everything above through the query context; started last, stopped first.
-            None if self._replay else Child("http", self._make_http),
         ]
-        return [row for row in rows if row is not None]
+
+    def _nats_children(self, role: str) -> list[Child]:
+        """NATS actors by role (`marketflow/nats/`); none without `[nats] servers`."""
+        config = self.config
+        if role == "store":
+            publish = self._publish_sub
+            return [
+                *(
+                    [Child("nats_store", lambda: StoreConsumer(self.store, config))]
+                    if self._nats_store
+                    else []
+                ),
+                # Drains the trade bus to JetStream once every trade publisher stopped.
+                *(
+                    [Child("nats_trades", lambda: make_publisher(config, publish), self.trade_bus.close)]
+                    if publish is not None
+                    else []
+                ),
+            ]
+        if role == "serve" and self._nats_serve:
+            view = self.view_bus
+            return [Child("nats_serve", lambda: ServeSubscriber(view, self.books, self.recent_ids, config))]
+        if role == "collect" and self._nats_publish:
+            return [Child("nats_books", lambda: BookPublisher(self.books, config))]
+        return []
+
+    def _poller_factory(self, name: str) -> Callable[[], RestPoller]:
+        plan = self.market.polls[name]
+        client = self.rest_clients[(plan.exchange, plan.market)]
+        return lambda: self.market.poller(name, client)
 
     def _spec(self, child: Child) -> ChildSpec:
         def factory() -> Actor:
@@ -279,6 +357,7 @@ class Daemon:
             if self.capture is not None:
                 self.capture.add_connection(name, feed, plan.url, plan.topics)
             self.decoders[name] = venue.decoder(feed.market, by_native)
+            self.feed_channels[name] = frozenset(feed.channels)
             self.feed_counters.setdefault(name, FeedCounters())
             if "book" in plan.channels:
                 for topic in plan.topics:
@@ -288,6 +367,7 @@ class Daemon:
                         specs.append(
                             BookSpec(feed.exchange, feed.market, by_native[native], native, name, topic)
                         )
+        self.market.plan_polls(feed.name, feed.exchange, venue.markets[feed.market], feed.channels, by_native)
         return specs
 
     def _feed_factory(self, conn: Connection) -> Callable[[], Feed]:
@@ -354,6 +434,8 @@ class Daemon:
             self.decoders,
             books=self.book_bus,
             on_trade_gaps=self.backfill.request_trade_gaps,
+            market_data=self.market.bus,
+            channels=self.feed_channels,
         )
 
     def _make_http(self) -> HttpServer:
@@ -379,7 +461,7 @@ class Daemon:
                 await self._start_feed(fresh[name])
             needs_restart = tuple(
                 section
-                for section in ("daemon", "http", "storage", "supervisor", "books", "analytics", "capture")
+                for section in RESTART_SECTIONS
                 if getattr(new, section) != getattr(self.config, section)
             )
             self.config = attrs.evolve(self.config, feeds=new.feeds, source=new.source, digest=new.digest)
@@ -408,14 +490,24 @@ class Daemon:
             self.books.remove_feed(name)
             for table in (self.connections, self.decoders, self.feed_counters, self.feeds):
                 table.pop(name, None)
+            self.feed_channels.pop(name, None)
+            self.actors.pop(name, None)
+        for name in self.market.drop_polls(feed_name):
+            await self.supervisor.remove_child(name)
             self.actors.pop(name, None)
 
     async def _start_feed(self, feed: FeedConfig) -> None:
-        before = set(self.connections)
+        before = set(self.connections) | set(self.market.polls)
         self.books.add_specs(self._plan_feed(feed))
+        if not self._collect:  # a serving daemon's feeds name the cluster's markets; NATS brings their data
+            if self._nats_serve:
+                mirror_books(self.books, only_waiting=True)
+            return
         for name, conn in list(self.connections.items()):
             if name not in before:
                 await self.supervisor.add_child(self._spec(Child(name, self._feed_factory(conn))))
+        for name in [n for n in self.market.polls if n not in before and not self._replay]:
+            await self.supervisor.add_child(self._spec(Child(name, self._poller_factory(name))))
 
     async def reload(self) -> ReloadResult | None:
         """Re-read the configuration file; if it is invalid, log why and keep running the old one."""
@@ -459,6 +551,12 @@ class Daemon:
             if "book" in channels:
                 self.ledger.close(
                     self.ledger.open(feed.exchange, symbol, "book", "disconnected", start=down_since),
+                    end=up_at,
+                )
+            if "liquidations" in channels:  # no venue serves missed liquidations again: say so
+                reason = "disconnected; liquidations in between are not recoverable"
+                self.ledger.close(
+                    self.ledger.open(feed.exchange, symbol, "liquidations", reason, start=down_since),
                     end=up_at,
                 )
         if "trades" not in channels:
@@ -513,8 +611,8 @@ class Daemon:
 
     def health(self) -> Health:
         """healthy; degraded when a circuit is open, a feed is down, a book is resyncing, the spool
-        refuses writes (disk full) or the archive job's last pass failed; unhealthy when storage is not
-        running."""
+        refuses writes (disk full), a NATS actor retries or the archive job's last pass failed; unhealthy
+        when storage is not running."""
         children = {c.name: c for c in self.supervisor.statistics().children}
         problems: dict[str, str] = {}
         storage = children.get("storage")
@@ -523,12 +621,17 @@ class Daemon:
         writer = self.writer.statistics() if self.writer is not None else None
         if writer is not None and writer.spool_failing:  # disk full: trades wait in memory, then back up
             problems["spool"] = f"{writer.state}: {writer.spool_error}"
-        for name in self.connections:
+        for name in self.connections if self._collect else ():
             child = children.get(name)
             if child is not None and child.circuit != "closed":
                 problems[name] = f"circuit {child.circuit}"
             elif self.feed_counters[name].state != "streaming":
                 problems[name] = self.feed_counters[name].state
+        for name in ("nats_trades", "nats_store", "nats_serve", "nats_books"):
+            actor_stats = getattr(children.get(name), "actor", None)
+            state = getattr(actor_stats, "state", "running")
+            if state in ("retrying", "disk_full", "spool_failing"):  # NATS (or the database) does not answer
+                problems[name] = f"{state}: {getattr(actor_stats, 'last_error', None)}"
         archiver = self.actors.get("archive")
         if isinstance(archiver, Archiver) and archiver.failing:  # old trades stay in the database
             problems["archive"] = archiver.statistics().last_error or "failing"
@@ -551,7 +654,10 @@ class Daemon:
     def statistics(self) -> dict[str, Any]:
         return {
             "supervisor": attrs.asdict(self.supervisor.statistics(), recurse=False),
-            "buses": [self.raw_bus.statistics(), self.trade_bus.statistics(), self.book_bus.statistics()],
+            "buses": [
+                *(bus.statistics() for bus in (self.raw_bus, self.trade_bus, self.book_bus)),
+                self.market.bus.statistics(),
+            ],
         }
 
 

@@ -29,7 +29,8 @@ DEMO_MARKETS = tuple(
 
 
 def demo_config(base: Config, sim: SimServer) -> Config:
-    """`base` with its feeds replaced by one feed (trades and books) per venue market on the simulator."""
+    """`base` with its feeds replaced by one feed per venue market on the simulator, with every channel the
+    market offers (trades, book, and ticker, derivatives, liquidations where there are)."""
     db = Path(base.daemon.state_dir) / "demo.db"
     feeds = []
     for exchange, market in DEMO_MARKETS:
@@ -40,7 +41,7 @@ def demo_config(base: Config, sim: SimServer) -> Config:
                 exchange=exchange,
                 market=market,
                 symbols=tuple(venue.normalize_symbol(market, n) for n in sim.listed(exchange, market)),
-                channels=("trades", "book"),
+                channels=venue.markets[market].channels,  # everything the market offers
                 book_depth=venue.markets[market].default_book_depth,
                 ws_url=ws_url,
                 rest_url=rest_url,

@@ -58,6 +58,84 @@ class BookUpdate(msgspec.Struct, frozen=True, gc=False):
     """A checksum the venue sent with the message (None: none); its synchronizer verifies it."""
 
 
+class Ticker(msgspec.Struct, frozen=True, gc=False):
+    """Best bid/ask with sizes, last price and 24 h volume of one symbol (SPEC §12 `ticker`).
+
+    A partial update: a field left None was not in this message and keeps its last value in the live
+    state (Binance `bookTicker` has no last price, Bybit deltas omit what did not change). A `snapshot`
+    replaces every field (None there: the venue does not give it). Decimals exactly as received.
+    """
+
+    exchange: str
+    symbol: str
+    ts: int
+    recv_ts: int
+    bid: Decimal | None = None
+    bid_size: Decimal | None = None
+    ask: Decimal | None = None
+    ask_size: Decimal | None = None
+    last: Decimal | None = None
+    volume_24h: Decimal | None = None
+    snapshot: bool = False
+
+
+TICKER_FIELDS: tuple[str, ...] = ("bid", "bid_size", "ask", "ask_size", "last", "volume_24h")
+
+
+class DerivativesTick(msgspec.Struct, frozen=True, gc=False):
+    """Mark and index price, funding and open interest of one perpetual (SPEC §12 `derivatives`).
+
+    Partial like `Ticker`: None = not in this message. `next_funding_time` is µs since the epoch;
+    `open_interest` is in the venue's unit (contracts or base), `open_interest_value` in the quote asset.
+    """
+
+    exchange: str
+    symbol: str
+    ts: int
+    recv_ts: int
+    mark_price: Decimal | None = None
+    index_price: Decimal | None = None
+    funding_rate: Decimal | None = None
+    next_funding_time: int | None = None
+    open_interest: Decimal | None = None
+    open_interest_value: Decimal | None = None
+    snapshot: bool = False
+
+
+DERIVATIVES_FIELDS: tuple[str, ...] = (
+    "mark_price",
+    "index_price",
+    "funding_rate",
+    "next_funding_time",
+    "open_interest",
+    "open_interest_value",
+)
+
+
+class Liquidation(msgspec.Struct, frozen=True, gc=False):
+    """One forced order the venue published. Identity is `(exchange, symbol, id)`: the venue's id, or,
+    where it gives none, one made from the event's own fields (time, side, price, amount), so the same
+    event received twice is stored once. `side` is the forced order's side: `sell` closes a long."""
+
+    exchange: str
+    symbol: str
+    id: str
+    side: Side
+    price: Decimal
+    amount: Decimal
+    ts: int
+    recv_ts: int
+
+
+def liquidation_id(ts_ms: int, side: str, price: str, amount: str) -> str:
+    """The identity of a liquidation the venue gives no id for: its own fields, as received."""
+    return f"{ts_ms}:{side}:{price}:{amount}"
+
+
+MarketData = Ticker | DerivativesTick | Liquidation
+"""What the market-data bus carries (channels `ticker`, `derivatives`, `liquidations`)."""
+
+
 class Contract(msgspec.Struct, frozen=True, gc=False):
     """What one unit of `amount` is worth on a market whose amounts are contracts (SPEC §11).
 

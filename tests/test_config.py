@@ -57,8 +57,9 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
     "unknown key without a close match": (
         '[http]\nlisten = "127.0.0.1:1"\nfrobnicate = 1\n',
         [
-            "m.toml:3: http.frobnicate: unknown key; "
-            "allowed: listen, public_reads, trades_ring, allowed_hosts, api_docs"
+            "m.toml:3: http.frobnicate: unknown key; allowed: listen, public_reads, trades_ring, "
+            "allowed_hosts, api_docs, max_connections, read_timeout_s, idle_timeout_s, query_timeout_s, "
+            "max_storage_queries"
         ],
     ),
     "unknown feed key": (
@@ -316,12 +317,28 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
         FEED + "channels = []\n",
         [
             "m.toml:5: feeds[0].channels: must be a non-empty array of channels "
-            "(trades, book), got an empty array"
+            "(trades, book, ticker, derivatives, liquidations), got an empty array"
         ],
     ),
     "unknown channel": (
         FEED + 'channels = ["trades", "quotes"]\n',
-        ['m.toml:5: feeds[0].channels[1]: must be one of trades, book, got string "quotes"'],
+        [
+            "m.toml:5: feeds[0].channels[1]: must be one of trades, book, ticker, derivatives, "
+            'liquidations, got string "quotes"'
+        ],
+    ),
+    "channel the market does not offer": (
+        FEED + 'channels = ["trades", "derivatives", "liquidations"]\n',
+        [
+            "m.toml:5: feeds[0].channels[1]: bybit spot has no 'derivatives' channel; "
+            "it offers trades, book, ticker",
+            "m.toml:5: feeds[0].channels[2]: bybit spot has no 'liquidations' channel; "
+            "it offers trades, book, ticker",
+        ],
+    ),
+    "derivatives sample interval": (
+        "[derivatives]\nsample_interval_s = 0\n",
+        ["m.toml:2: derivatives.sample_interval_s: must be a number of seconds > 0, got integer 0"],
     ),
     "books snapshot depth": (
         "[books]\nsnapshot_depth = 0\n",

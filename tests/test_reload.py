@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import trio
 
-from marketflow.config import load_config
+from marketflow.config import DEFAULT_FEEDS, Config, load_config, parse_config
 from marketflow.config_edit import edit_symbols
 from marketflow.daemon import Daemon
 from marketflow.sim import SimConfig, SimServer
@@ -114,3 +115,29 @@ async def test_sighup_reloads_the_file(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_every_section_but_feeds_is_reported_as_needing_a_restart(tmp_path: Path) -> None:
+    """A changed section that a reload cannot apply is named, never silently dropped (archive, nats, ...)."""
+    text = f'[daemon]\nstate_dir = "{tmp_path}"\n[storage]\nurl = "sqlite:///{tmp_path}/mf.db"\n'
+    base = parse_config(text + "[[feeds]]\nexchange = 'bybit'\nmarket = 'spot'\nsymbols = ['BTCUSDT']\n")
+    daemon = Daemon(attrs.evolve(base, feeds=DEFAULT_FEEDS[:1]))
+    sections = [f.name for f in attrs.fields(Config) if f.name not in ("feeds", "source", "digest")]
+    assert "archive" in sections and "nats" in sections
+    for name in sections:
+        changed = attrs.evolve(daemon.config, **{name: _changed(getattr(daemon.config, name))})
+        result = await daemon.apply_config(changed)
+        assert result.needs_restart == (name,), name
+
+
+def _changed(section: object) -> object:
+    """The same section with its first simple setting changed."""
+    for field in attrs.fields(type(section)):
+        value = getattr(section, field.name)
+        if isinstance(value, bool):
+            return attrs.evolve(section, **{field.name: not value})
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return attrs.evolve(section, **{field.name: value + 1})
+        if isinstance(value, str):
+            return attrs.evolve(section, **{field.name: value + "x"})
+    raise AssertionError(f"no simple setting to change in {section!r}")

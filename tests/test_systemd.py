@@ -132,6 +132,7 @@ def test_the_shipped_unit_is_a_hardened_notify_service(tmp_path: Path) -> None:
     }
     assert {k: settings.get(k) for k in required} == required
     assert int(settings["WatchdogSec"]) > 0
+    assert int(settings["LimitNOFILE"]) >= 4096  # room for http.max_connections and the rest
     analyze = shutil.which("systemd-analyze")
     if analyze is not None:  # where systemd's tools exist, the unit must also pass its own checker
         result = subprocess.run(

@@ -50,11 +50,15 @@ __all__ = [
     "stored_volume_profile",
 ]
 
-MAX_BARS: Final = 100_000
+# Sized for what a client can use, not for what the server could compute (measured: ~190 bytes of JSON an
+# order-flow bar, ~140 a footprint cell): 10,000 bars is more than a 4K screen has pixel columns (and
+# /candles' own `limit`), about 2 MB; 10,000 profile bins more than it has pixel rows; 100,000 footprint
+# cells, 50 price levels on each of 2,000 bars, about 14 MB (the old 1,000,000 allowed 140 MB and more).
+MAX_BARS: Final = 10_000
 """Most bars (with trades) one stored-range query aggregates."""
-MAX_PROFILE_BINS: Final = 100_000
+MAX_PROFILE_BINS: Final = 10_000
 """Most traded bins of one stored-range volume profile."""
-MAX_FOOTPRINT_CELLS: Final = 1_000_000
+MAX_FOOTPRINT_CELLS: Final = 100_000
 """Most (bar, bin) cells of one stored-range order-flow footprint."""
 
 _POS_INF = Decimal("Infinity")

@@ -161,7 +161,10 @@ def _validation_param(message: str) -> str | None:
 def _register_error_handlers(app: Quart) -> None:
     @app.errorhandler(QueryError)
     async def query_error(exc: QueryError) -> Response:
-        return error_response(exc.status, exc.code, exc.detail, exc.param)
+        response = error_response(exc.status, exc.code, exc.detail, exc.param)
+        if exc.retry_after_s is not None:
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.errorhandler(AuthError)
     async def auth_error(exc: AuthError) -> Response:
@@ -275,6 +278,9 @@ def create_app(ctx: QueryContext, policy: AuthPolicy | None = None) -> QuartTrio
         return error_response(refused.status, refused.code, refused.detail)
 
     app.register_blueprint(blueprint)
+    from marketflow.api.market_routes import blueprint as market_data
+
+    app.register_blueprint(market_data)
     from marketflow.api.symbols import blueprint as symbols
 
     app.register_blueprint(symbols)

@@ -93,10 +93,11 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 INSTRUCTIONS = (
-    f"marketflow collects exact crypto market data live from {' and '.join(VENUES)} (trades, order books) "
-    "and computes order-flow analytics from it. Call list_markets first: every other market tool takes an "
-    "exchange and a symbol from that list (normalized BTC-USDT / BTC-USDT-PERP, or the native BTCUSDT "
-    "with market= when ambiguous). Prices and amounts are exact decimal strings; times are ISO 8601 UTC. "
+    f"marketflow collects exact crypto market data live from {' and '.join(VENUES)} (trades, order books, "
+    "tickers, derivatives data and liquidations) and computes order-flow analytics from it. Call "
+    "list_markets first: every other market tool takes an exchange and a symbol from that list "
+    "(normalized BTC-USDT / BTC-USDT-PERP, or the native BTCUSDT with market= when ambiguous). Prices "
+    "and amounts are exact decimal strings; times are ISO 8601 UTC. "
     "Time arguments take ISO 8601 (2026-08-09T12:00:00Z; no zone means UTC) or epoch milliseconds; "
     "ranges are since <= ts < until."
 )
@@ -337,8 +338,9 @@ def _sum_markets(r: dict[str, Any], a: NoArgs) -> str:
 @tool("List markets", MarketsOut, _sum_markets)
 async def list_markets(ctx: QueryContext, args: NoArgs) -> dict[str, Any]:
     """Every market the daemon collects: exchange, market (spot, linear, usdm), normalized symbol
-    (BTC-USDT, BTC-USDT-PERP), the exchange's native symbol and the channels kept (trades, book). Call
-    this first: the other market tools take exchange and symbol from here."""
+    (BTC-USDT, BTC-USDT-PERP), the exchange's native symbol and the channels kept (trades, book, ticker,
+    derivatives, liquidations). Call this first: the other market tools take exchange and symbol from
+    here."""
     return queries.markets(ctx)
 
 
@@ -483,6 +485,10 @@ async def get_order_flow(ctx: QueryContext, args: OrderFlowArgs) -> dict[str, An
         args.market,
     )
 
+
+# The SPEC §12 tools register themselves here, after the tools above (they use `tool` and the argument
+# types): get_ticker, get_derivatives, get_liquidations.
+from marketflow.api import mcp_market  # noqa: E402, F401, I001
 
 RESOURCES: dict[str, tuple[str, str, Callable[[QueryContext], dict[str, Any]]]] = {
     "marketflow://markets": (

@@ -65,6 +65,7 @@ class DaemonCollector(Collector):
         yield from self._lag()
         yield from self._capture()
         yield from self._heap()
+        yield from self._limits()
 
     def _feeds(self) -> Iterator[Metric]:
         labels = ["connection", "exchange", "market"]
@@ -288,6 +289,29 @@ class DaemonCollector(Collector):
         )
         released.add_metric([], heap.released_bytes)
         yield from (trims, released)
+
+    def _limits(self) -> Iterator[Metric]:
+        gate = self._ctx.storage_gate.statistics()
+        for name, help_text, value, kind in (
+            ("running", "Queries of stored trades computing now", gate.running, GaugeMetricFamily),
+            ("waiting", "Queries of stored trades waiting for a slot", gate.waiting, GaugeMetricFamily),
+            ("refused", "Queries of stored trades refused: slots and queue full", gate.refused, None),
+            ("timed_out", "Queries of stored trades cut at http.query_timeout_s", gate.timed_out, None),
+        ):
+            family = (kind or CounterMetricFamily)(f"marketflow_storage_queries_{name}", help_text)
+            family.add_metric([], value)
+            yield family
+        server = getattr(self._ctx.daemon, "http", None)
+        stats = getattr(server.statistics(), "connections", None) if server is not None else None
+        if stats is not None:
+            for name, help_text, value, kind in (
+                ("connections", "Open HTTP connections", stats.open, GaugeMetricFamily),
+                ("connections_limit", "Most open HTTP connections", stats.limit, GaugeMetricFamily),
+                ("accept_errors", "Accepts failed for want of descriptors", stats.accept_errors, None),
+            ):
+                family = (kind or CounterMetricFamily)(f"marketflow_http_{name}", help_text)
+                family.add_metric([], value)
+                yield family
 
     def _lag(self) -> Iterator[Metric]:
         ring = self._ctx.ring

@@ -10,7 +10,8 @@ Trades come from the in-memory ring while it holds the range, and from storage f
 and de-duplicated. Analytics come from the live engine when it holds the range, else from stored trades
 (`marketflow/analytics/stored.py`: aggregated by PostgreSQL in SQL, streamed from SQLite), with the ring's
 not yet stored trades merged in; a range is refused (`range_too_large`) by the bars or bins it would
-produce, not by its trades.
+produce, and every read of stored trades passes the :class:`~marketflow.api.limits.StorageQueryGate`: a few
+at a time, each within `http.query_timeout_s` (503 with a retry delay otherwise).
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
 
-from marketflow.analytics import NotLiveError, parse_interval
+from marketflow.analytics import NotLiveError
 from marketflow.analytics.bars import normalize_bin
 from marketflow.analytics.stored import (
     RangeTooLargeError,
@@ -37,9 +37,22 @@ from marketflow.analytics.stored import (
     stored_order_flow,
     stored_volume_profile,
 )
+from marketflow.api.limits import StorageQueryGate, StorageQueryRefused
 
 # Status queries read the same statistics as /metrics and live with it; they are part of this layer.
 from marketflow.api.metrics import status, storage_stats, system_info
+from marketflow.api.params import (
+    MAX_DEPTH,
+    MAX_LIMIT,
+    QueryError,
+    check_range,
+    parse_bin,
+    parse_depth,
+    parse_interval_param,
+    parse_limit,
+    parse_optional_time,
+    parse_time,
+)
 from marketflow.archive.reader import reads_for
 from marketflow.exchanges import VENUES
 from marketflow.model import Trade, now_us, us_to_iso
@@ -50,6 +63,7 @@ if TYPE_CHECKING:
     from marketflow.daemon import Daemon
 
 __all__ = [
+    "MAX_DEPTH",
     "MAX_LIMIT",
     "QueryContext",
     "QueryError",
@@ -73,38 +87,17 @@ __all__ = [
     "volume_profile",
 ]
 
-MAX_LIMIT = 10_000
-"""Largest `limit` of trades and candles a query returns."""
 DEFAULT_TRADES_LIMIT = 1000
 DEFAULT_CANDLES_LIMIT = 500
 DEFAULT_ORDER_FLOW_BARS = 100
 """Bars of `/order-flow` when `since` is not given."""
 DEFAULT_PROFILE_WINDOW_US = 3_600_000_000
 """`/volume-profile` covers the last hour when `since` is not given."""
-MAX_DEPTH = 5000
 
-_MIN_US = 0
-_MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
-_EPOCH_MS = re.compile(r"-?\d{1,16}")
+T = TypeVar("T")
+
 # What a symbol may look like in any venue's spelling (BTCUSDT, BTC-USDT-PERP, BTC-USDT-SWAP, BTC/USD).
 _SYMBOL_TEXT = re.compile(r"[A-Za-z0-9]{1,20}([-/][A-Za-z0-9]{1,20}){0,3}")
-
-
-class QueryError(Exception):
-    """A query's parameter is wrong or names nothing known; `status` is the HTTP status to answer with."""
-
-    def __init__(self, code: str, detail: str, param: str | None = None, status: int = 400) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.param = param
-        self.status = status
-
-    def json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": self.code, "detail": self.detail}
-        if self.param is not None:
-            body["param"] = self.param
-        return body
 
 
 class RateMeter:
@@ -141,102 +134,14 @@ class QueryContext:
     analytics: AnalyticsEngine | None = None
     rates: RateMeter = attrs.Factory(RateMeter)
     started_at: int = attrs.Factory(now_us)
+    storage_gate: StorageQueryGate = attrs.Factory(
+        lambda self: StorageQueryGate.of(self.daemon.config.http), takes_self=True
+    )
 
     def sample_rates(self) -> None:
         """Take a sample of every feed's message counter (for msgs/s)."""
         for name, counters in self.daemon.feed_counters.items():
             self.rates.sample(name, counters.messages)
-
-
-# -- parameters -------------------------------------------------------------------------------------------
-
-
-def parse_time(value: str | int, param: str) -> int:
-    """ISO 8601 (`2026-08-09T12:00:19.680Z`; no zone means UTC) or epoch milliseconds → µs since the epoch."""
-    if isinstance(value, bool):
-        raise QueryError("bad_time", f"{param} must be ISO 8601 or epoch milliseconds, got {value!r}", param)
-    if isinstance(value, int):
-        us = value * 1000
-    else:
-        text = value.strip()
-        if _EPOCH_MS.fullmatch(text):
-            us = int(text) * 1000
-        else:
-            try:
-                parsed = datetime.fromisoformat(text.replace("z", "Z"))
-            except ValueError:
-                raise QueryError(
-                    "bad_time",
-                    f"{param} must be ISO 8601 (e.g. 2026-08-09T12:00:19.680Z) or epoch milliseconds, "
-                    f"got {value[:64]!r}",
-                    param,
-                ) from None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
-            us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    if not _MIN_US <= us <= _MAX_US:
-        raise QueryError(
-            "bad_time", f"{param} must lie between 1970 and 9999, got {str(value)[:64]!r}", param
-        )
-    return us
-
-
-def parse_optional_time(value: str | int | None, param: str) -> int | None:
-    """:func:`parse_time`, passing None (and an empty string) through as None."""
-    if value is None or value == "":
-        return None
-    return parse_time(value, param)
-
-
-def parse_limit(value: int | None, default: int, param: str = "limit") -> int:
-    """A limit in 1..:data:`MAX_LIMIT` (`default` when None)."""
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
-        raise QueryError(
-            "bad_limit", f"{param} must be an integer from 1 to {MAX_LIMIT}, got {value!r}", param
-        )
-    return value
-
-
-def parse_depth(value: int | None) -> int | None:
-    """A book depth in 1..:data:`MAX_DEPTH`, or None (every level)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DEPTH:
-        raise QueryError(
-            "bad_depth", f"depth must be an integer from 1 to {MAX_DEPTH}, got {value!r}", "depth"
-        )
-    return value
-
-
-def parse_bin(value: str | Decimal | None) -> Decimal | None:
-    """A price bin: a decimal > 0 (text, to stay exact), or None (the market's default)."""
-    if value is None or value == "":
-        return None
-    try:
-        size = Decimal(value) if isinstance(value, str) else value
-        return normalize_bin(size)
-    except (InvalidOperation, ValueError):
-        raise QueryError(
-            "bad_bin", f'bin must be a decimal > 0 such as "10", got {str(value)[:64]!r}', "bin"
-        ) from None
-
-
-def _check_range(since: int | None, until: int | None) -> None:
-    if since is not None and until is not None and until <= since:
-        raise QueryError(
-            "bad_range", f"until ({us_to_iso(until)}) must be after since ({us_to_iso(since)})", "until"
-        )
-
-
-def _interval(interval: str | None) -> tuple[str, int]:
-    text = "1m" if interval is None or interval == "" else interval
-    try:
-        return text, parse_interval(text)
-    except ValueError as exc:
-        raise QueryError("bad_interval", str(exc), "interval") from None
 
 
 # -- markets ----------------------------------------------------------------------------------------------
@@ -371,15 +276,28 @@ def _reads(ctx: QueryContext, exchange: str, symbol: str, since: int | None, unt
     return reads_for(ctx.daemon.store, getattr(ctx.daemon, "archive", None), exchange, symbol, since, until)
 
 
+async def _gated(ctx: QueryContext, compute: Callable[[], Awaitable[T]]) -> T:
+    """`compute()` through the storage query gate: a 503 with a retry delay when busy or too slow."""
+    try:
+        return await ctx.storage_gate.run(compute)
+    except StorageQueryRefused as exc:
+        raise QueryError(exc.code, exc.detail, None, 503, retry_after_s=exc.retry_after_s) from None
+
+
 async def _stored_trades(
     ctx: QueryContext, exchange: str, symbol: str, since: int | None, until: int | None, limit: int | None
 ) -> list[Trade]:
     query = getattr(_reads(ctx, exchange, symbol, since, until), "query_trades", None)
     if query is None:
         raise QueryError("storage_unavailable", "this storage engine cannot be queried for trades", None, 503)
+
+    async def read() -> list[Trade]:
+        trades: list[Trade] = await query(exchange, symbol, since, until, limit)
+        return trades
+
     try:
-        result: list[Trade] = await query(exchange, symbol, since, until, limit)
-    except trio.Cancelled:
+        result = await _gated(ctx, read)
+    except (trio.Cancelled, QueryError):
         raise
     except Exception as exc:
         raise QueryError(
@@ -423,7 +341,7 @@ async def recent_trades(
     """`/collectors/trades`: `{"trades": [...], "count": N}`, newest first, `since <= ts < until`."""
     ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
     count = parse_limit(limit, DEFAULT_TRADES_LIMIT)
-    _check_range(since, until)
+    check_range(since, until)
     trades = await fetch_trades(ctx, ex, sym, since, until, count)
     return {"trades": [trade_json(t) for t in trades], "count": len(trades)}
 
@@ -519,15 +437,17 @@ def _live(ctx: QueryContext, exchange: str, symbol: str, interval: str, since: i
     return engine if live_since is not None and since >= live_since else None
 
 
-async def _from_storage(compute: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-    """Await a stored-range computation, its failures as query errors."""
+async def _from_storage(
+    ctx: QueryContext, compute: Callable[[], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """A stored-range computation through the storage query gate, its failures as query errors."""
     try:
-        return await compute
+        return await _gated(ctx, compute)
     except RangeTooLargeError as exc:
         raise QueryError("range_too_large", exc.detail, exc.param) from None
     except StoredRangeUnavailable as exc:
         raise QueryError("storage_unavailable", str(exc), None, 503) from None
-    except trio.Cancelled:
+    except (trio.Cancelled, QueryError):
         raise
     except Exception as exc:
         raise QueryError(
@@ -564,9 +484,9 @@ async def candles(
     Without `since`, the last `limit` (default 500) candles up to `until` (default now).
     """
     ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
-    text, step = _interval(interval)
+    text, step = parse_interval_param(interval)
     count = parse_limit(limit, DEFAULT_CANDLES_LIMIT)
-    _check_range(since, until)
+    check_range(since, until)
     if since is None:
         end = now_us() if until is None else until - 1
         since = _floor(end, step) - (count - 1) * step
@@ -576,8 +496,8 @@ async def candles(
             return engine.candles(ex, sym, text, since, until, count)
         except NotLiveError:
             pass
-    store = _reads(ctx, ex, sym, since, None if until is None else until + step)
-    return await _from_storage(stored_candles(store, ctx.ring, ex, sym, step, since, until, count))
+    store, ring, start = _reads(ctx, ex, sym, since, None if until is None else until + step), ctx.ring, since
+    return await _from_storage(ctx, lambda: stored_candles(store, ring, ex, sym, step, start, until, count))
 
 
 async def order_flow(
@@ -593,16 +513,19 @@ async def order_flow(
 ) -> dict[str, Any]:
     """`/order-flow`: `{"bars": [...]}`; without `since`, the last 100 bars up to `until` (default now)."""
     ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
-    text, step = _interval(interval)
+    text, step = parse_interval_param(interval)
     size = parse_bin(bin)
-    _check_range(since, until)
+    check_range(since, until)
     if since is None:
         end = now_us() if until is None else until - 1
         since = _floor(end, step) - (DEFAULT_ORDER_FLOW_BARS - 1) * step
+    from marketflow.api.market_queries import annotate_order_flow  # it builds on this module
+
     engine = _live(ctx, ex, sym, text, since)
     if engine is not None:
         try:
-            return engine.order_flow(ex, sym, text, since, until, footprint, size)
+            live = engine.order_flow(ex, sym, text, since, until, footprint, size)
+            return await annotate_order_flow(ctx, ex, sym, step, live)
         except NotLiveError:
             pass
 
@@ -625,7 +548,7 @@ async def order_flow(
             footprint_bin=fp_bin,
         )
 
-    return await _from_storage(compute())
+    return await annotate_order_flow(ctx, ex, sym, step, await _from_storage(ctx, compute))
 
 
 async def volume_profile(
@@ -640,7 +563,7 @@ async def volume_profile(
     """`/volume-profile` over trades with `since <= ts < until`; without `since`, the last hour."""
     ex, sym = resolve_market(ctx.daemon, exchange, symbol, market)
     size = parse_bin(bin)
-    _check_range(since, until)
+    check_range(since, until)
     if since is None:
         since = (now_us() if until is None else until) - DEFAULT_PROFILE_WINDOW_US
     engine = ctx.analytics
@@ -667,4 +590,4 @@ async def volume_profile(
             value_area=ctx.daemon.config.analytics.value_area,
         )
 
-    return await _from_storage(compute())
+    return await _from_storage(ctx, compute)

@@ -293,6 +293,9 @@ class BarOut(msgspec.Struct):
     trades: int
     large_trades: int
     imbalance: Dec | None
+    liquidations_buy: Dec
+    liquidations_sell: Dec
+    oi_change: Dec | None
     footprint: dict[str, Any] | None = None
 
 

@@ -4,6 +4,10 @@
 `request_stop()` starts a graceful shutdown: no new connections, requests in flight get up to
 `graceful_timeout_s` to finish. Cancelling `run()` closes everything at once. While it runs it samples the
 feeds' message counters every second, for the msgs/s of `/collectors/status`.
+
+Limits (`[http]`): at most `max_connections` open connections (fewer if the open-files limit is tight;
+see `marketflow/api/connections.py`), a client silent for `read_timeout_s` mid-request is disconnected, an
+idle keep-alive connection closes after `idle_timeout_s`.
 """
 
 from __future__ import annotations
@@ -15,11 +19,17 @@ from typing import Any
 import attrs
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
 from quart_trio import QuartTrio
 
 from marketflow.api.app import create_app
+from marketflow.api.connections import (
+    BodyDeadline,
+    ConnectionLimit,
+    ConnectionStatistics,
+    open_files_limit,
+    serve,
+)
 from marketflow.api.queries import QueryContext
 from marketflow.config import Config, HttpConfig
 
@@ -28,6 +38,8 @@ __all__ = ["HttpServer", "HttpStatistics"]
 log = logging.getLogger("marketflow.http")
 
 RATE_SAMPLE_S = 1.0
+RESERVED_FILES = 128
+"""Descriptors kept free of HTTP connections: feeds, SQLite reads, the spool, logs, the capture."""
 
 
 @attrs.frozen
@@ -36,6 +48,7 @@ class HttpStatistics:
     state: str
     listen: str
     url: str | None
+    connections: ConnectionStatistics
 
 
 class HttpServer:
@@ -66,6 +79,7 @@ class HttpServer:
         self.port: int | None = None
         self._stop = trio.Event()
         self._state = "idle"
+        self.connections = ConnectionLimit(_connection_limit(self.http.max_connections))
 
     def request_stop(self) -> None:
         """Stop accepting connections and finish the requests in flight."""
@@ -74,7 +88,9 @@ class HttpServer:
         self._stop.set()
 
     def statistics(self) -> HttpStatistics:
-        return HttpStatistics(self.name, self._state, self.http.listen, self.url)
+        return HttpStatistics(
+            self.name, self._state, self.http.listen, self.url, self.connections.statistics()
+        )
 
     def _hypercorn_config(self) -> HypercornConfig:
         config = HypercornConfig()
@@ -82,8 +98,11 @@ class HttpServer:
         config.graceful_timeout = self.graceful_timeout_s
         config.accesslog = None
         config.errorlog = logging.getLogger("marketflow.http.server")
-        # The app limits bodies itself (413 in our JSON shape); this only bounds a slow client.
-        config.keep_alive_timeout = 30
+        # The app limits bodies itself (413 in our JSON shape); these bound slow and idle clients.
+        config.keep_alive_timeout = self.http.idle_timeout_s
+        # No byte from the client for this long, mid-request or while its answer is computed: closed.
+        # (Hypercorn types it int; it only goes to trio.fail_after.)
+        config.read_timeout = self.http.read_timeout_s  # type: ignore[assignment]
         return config
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -106,8 +125,9 @@ class HttpServer:
     async def _serve(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await serve(
-                self.asgi,
+                BodyDeadline(self.asgi, self.http.read_timeout_s),
                 self._hypercorn_config(),
+                self.connections,
                 shutdown_trigger=self._stop.wait,
                 task_status=task_status,
             )
@@ -120,6 +140,18 @@ class HttpServer:
             self.ctx.sample_rates()
             with trio.move_on_after(RATE_SAMPLE_S):
                 await self._stop.wait()
+
+
+def _connection_limit(configured: int) -> int:
+    """`http.max_connections`, lowered to leave :data:`RESERVED_FILES` of the open-files limit free."""
+    soft = open_files_limit()[0]
+    limit = max(1, min(configured, soft - RESERVED_FILES))
+    if limit < configured:
+        log.warning(
+            "HTTP connections capped below http.max_connections by the open-files limit",
+            extra={"max_connections": configured, "cap": limit, "open_files_limit": soft},
+        )
+    return limit
 
 
 def _port(url: str | None) -> int | None:

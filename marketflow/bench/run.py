@@ -563,8 +563,9 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
 
 
 def soak(env: Env, minutes: float, symbols: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """`marketflow run` for `minutes` on the simulator: `symbols` linear symbols, trades and depth-200
-    books; RSS every 5 s. Memory must be flat: the report gives start, max, end and the slope."""
+    """`marketflow run` for `minutes` on the simulator: `symbols` linear symbols, every channel (trades,
+    depth-200 books, tickers, derivatives, liquidations); RSS every 5 s. Memory must be flat: the report
+    gives start, max, end and the slope."""
     where = env.fresh_dir("soak")
     names = [f"S{i:03d}USDT" for i in range(symbols)]
     sim = subprocess.Popen(
@@ -588,7 +589,8 @@ def soak(env: Env, minutes: float, symbols: int, log: Callable[[str], None]) -> 
         f'[daemon]\nstate_dir = "{where}"\nlog_format = "json"\n\n[http]\nlisten = "127.0.0.1:0"\n\n'
         f'[storage]\nurl = "sqlite:///{where}/soak.db"\n\n'
         f'[[feeds]]\nexchange = "bybit"\nmarket = "linear"\nsymbols = [{symbols_toml}]\n'
-        f'channels = ["trades", "book"]\nbook_depth = 200\nws_url = "{urls["linear"]}"\n'
+        f'channels = ["trades", "book", "ticker", "derivatives", "liquidations"]\n'
+        f'book_depth = 200\nws_url = "{urls["linear"]}"\n'
     )
     run = subprocess.Popen(
         [sys.executable, "-m", "marketflow", "run", "--config", str(config)],

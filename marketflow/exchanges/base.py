@@ -30,10 +30,13 @@ from typing import Literal, Protocol
 import attrs
 
 from marketflow.exchanges.orderbook import Synchronizer
-from marketflow.model import BookUpdate, Trade
+from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade
 
-Channel = Literal["trades", "book"]
-"""The channels a feed may carry (config `[[feeds]] channels`)."""
+Channel = Literal["trades", "book", "ticker", "derivatives", "liquidations"]
+"""The channels a feed may carry (config `[[feeds]] channels`); `Market.channels` says which a market has."""
+
+CHANNELS: tuple[Channel, ...] = ("trades", "book", "ticker", "derivatives", "liquidations")
+"""Every channel, in the order help texts list them."""
 
 
 @attrs.frozen
@@ -177,6 +180,9 @@ class DecodeCounters:
         "frames",
         "trades",
         "book_updates",
+        "tickers",
+        "derivatives",
+        "liquidations",
         "duplicates",
         "malformed",
         "unknown_topics",
@@ -188,6 +194,9 @@ class DecodeCounters:
         self.frames = 0
         self.trades = 0
         self.book_updates = 0
+        self.tickers = 0
+        self.derivatives = 0
+        self.liquidations = 0
         self.duplicates = 0
         self.malformed = 0
         self.unknown_topics = 0
@@ -197,20 +206,35 @@ class DecodeCounters:
 
 @attrs.define
 class Decoded:
-    """What one wake-up of the normalizer decoded, across feeds."""
+    """What one wake-up of the normalizer decoded, across feeds.
+
+    `tickers` and `derivatives` are partial updates: a field left None was not in the message and keeps
+    its last value downstream (Bybit linear deltas, Binance mark price vs REST open interest), unless the
+    record is a `snapshot`. `liquidations` are events, each with an identity (`Liquidation.id`)."""
 
     trades: list[Trade] = attrs.Factory(list)
     books: list[BookUpdate] = attrs.Factory(list)
     trade_gaps: list[TradeGap] = attrs.Factory(list)
+    tickers: list[Ticker] = attrs.Factory(list)
+    derivatives: list[DerivativesTick] = attrs.Factory(list)
+    liquidations: list[Liquidation] = attrs.Factory(list)
 
     def clear(self) -> None:
         self.trades = []
         self.books = []
         self.trade_gaps = []
+        self.tickers = []
+        self.derivatives = []
+        self.liquidations = []
 
 
 class FrameDecoder(Protocol):
-    """One connection's data frames -> normalized trades and book updates (native -> normalized symbols).
+    """One connection's data frames -> normalized records (native -> normalized symbols).
+
+    Trades go to `out.trades`, book messages to `out.books`; ticker, derivatives and liquidation frames to
+    `out.tickers`, `out.derivatives`, `out.liquidations` (emit whatever a frame carries: one Bybit linear
+    `tickers` frame makes a `Ticker` and a `DerivativesTick`; the normalizer keeps only the channels the
+    connection's feed asked for).
 
     `decode` is the hot path: decode straight into msgspec Structs (decoders built once), no logging at
     info level, no per-frame allocation beyond the records made. Duplicate trades (a reconnect's or a
@@ -247,9 +271,30 @@ class Market:
     """The same symbol normalized (`BTC-USDT`, `BTC-USDT-PERP`)."""
     default_symbols: tuple[str, ...] = ()
     """Normalized symbols of the built-in default configuration (none: the market is not in it)."""
+    channels: tuple[Channel, ...] = ("trades", "book")
+    """The channels a feed on this market may ask for (config refuses others, naming these)."""
+    polls: tuple[RestPoll, ...] = ()
+    """Channels (or parts of them) that come over REST, polled per symbol by the pipeline."""
     full_book: bool = False
     """The venue streams the whole book and takes no depth (Coinbase `level2`): config refuses
     `book_depth`, `book_depths` is empty and `default_book_depth` is 0."""
+
+
+@attrs.frozen
+class RestPoll:
+    """Data a market gives only over REST (Binance USD-M open interest), polled per symbol.
+
+    The pipeline's poller asks `request(native)` for every symbol of a feed carrying `channel`, about every
+    `interval_s` — stretched so that the feed's polls spend at most `budget_share` of the market's REST
+    budget (the rest stays for snapshots and backfill) — and hands each answer to
+    `parse(body, symbol, recv_ts, out)`, which appends records to `out` (a `Decoded`) or raises
+    ValueError naming what it did not understand."""
+
+    channel: Channel
+    interval_s: float
+    request: Callable[[str], RestRequest]
+    parse: Callable[[bytes, str, int, Decoded], None]
+    budget_share: float = 0.25
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from marketflow.exchanges.base import Decoded, FrameDecoder, TradeGap
-from marketflow.model import BookUpdate, RawFrames, Trade
+from marketflow.model import BookUpdate, MarketData, RawFrames, Trade
 from marketflow.runtime.bus import Bus, Subscription, receive_batches
 
 
@@ -22,6 +22,9 @@ class DecoderStatistics:
     frames: int
     trades: int
     book_updates: int
+    tickers: int
+    derivatives: int
+    liquidations: int
     duplicates: int
     malformed: int
     unknown_topics: int
@@ -36,6 +39,7 @@ class NormalizerStatistics:
     trades: int
     book_updates: int
     trade_gaps: int
+    market_data: int
     unknown_feed_frames: int
     feeds: dict[str, DecoderStatistics]
 
@@ -51,9 +55,17 @@ class Normalizer:
         *,
         books: Bus[BookUpdate] | None = None,
         on_trade_gaps: Callable[[list[TradeGap]], None] | None = None,
+        market_data: Bus[MarketData] | None = None,
+        channels: dict[str, frozenset[str]] | None = None,
         name: str = "normalizer",
     ) -> None:
+        """`channels` (feed -> the channels its config asks for, shared with the daemon like `decoders`):
+        ticker/derivatives/liquidation records of a channel the feed did not ask for are dropped (one
+        venue topic can serve two channels: Bybit linear `tickers`)."""
         self.name = name
+        self._market_data = market_data
+        self._channels = channels if channels is not None else {}
+        self._market_count = 0
         self._raw = raw
         self._trades = trades
         self._books = books
@@ -72,6 +84,9 @@ class Normalizer:
                 c.frames,
                 c.trades,
                 c.book_updates,
+                c.tickers,
+                c.derivatives,
+                c.liquidations,
                 c.duplicates,
                 c.malformed,
                 c.unknown_topics,
@@ -86,6 +101,7 @@ class Normalizer:
             self._trade_count,
             self._book_count,
             self._gap_count,
+            self._market_count,
             self._unknown_feed_frames,
             feeds,
         )
@@ -93,6 +109,7 @@ class Normalizer:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         receiver = self._raw.receiver()
         decoders = self._decoders
+        channels = self._channels
         task_status.started()
         with receiver:
             while True:
@@ -107,7 +124,18 @@ class Normalizer:
                         if decoder is None:
                             self._unknown_feed_frames += len(raw.frames)
                             continue
+                        wanted = channels.get(raw.feed)
+                        if wanted is None:
+                            decoder.decode(raw.frames, raw.recv_ts, out)
+                            continue
+                        marks = (len(out.tickers), len(out.derivatives), len(out.liquidations))
                         decoder.decode(raw.frames, raw.recv_ts, out)
+                        if "ticker" not in wanted:
+                            del out.tickers[marks[0] :]
+                        if "derivatives" not in wanted:
+                            del out.derivatives[marks[1] :]
+                        if "liquidations" not in wanted:
+                            del out.liquidations[marks[2] :]
                 self._batches += 1
                 if out.trade_gaps:
                     self._gap_count += len(out.trade_gaps)
@@ -120,3 +148,8 @@ class Normalizer:
                     self._book_count += len(out.books)
                     if self._books is not None:
                         await self._books.publish(out.books)
+                if out.tickers or out.derivatives or out.liquidations:
+                    data: list[MarketData] = [*out.tickers, *out.derivatives, *out.liquidations]
+                    self._market_count += len(data)
+                    if self._market_data is not None:
+                        await self._market_data.publish(data)

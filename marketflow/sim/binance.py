@@ -34,6 +34,12 @@ import trio
 
 from marketflow.sim.book import BookStream, BookTick, Crossing, SimBook, depth_every
 from marketflow.sim.bybit import BybitHost
+from marketflow.sim.derivs import (
+    BinanceBookTickerStream,
+    BinanceForceOrderStream,
+    BinanceMarkPriceStream,
+    BinanceTickerStream,
+)
 from marketflow.sim.faults import MalformedKind
 from marketflow.sim.http import ws_text_frame
 from marketflow.sim.market import (
@@ -61,6 +67,7 @@ USDM_PREFIX = "/usdm"
 PUBLIC = "public"
 MARKET_ROUTE = "market"
 MAX_STREAMS = 1024
+_MARKET_DATA = frozenset({"bookTicker", "ticker", "markPrice@1s", "forceOrder"})
 MAX_MESSAGES_PER_S = {SPOT: 5, USDM: 10}
 PING_INTERVAL_S = {SPOT: 20.0, USDM: 180.0}
 PONG_TIMEOUT_S = {SPOT: 60.0, USDM: 600.0}
@@ -93,6 +100,10 @@ def parse_stream(market: str, name: str, symbols: frozenset[str]) -> StreamSpec 
     if not at or lower != lower.lower() or symbol not in symbols:
         return None
     if kind in ("aggTrade", "trade"):
+        return StreamSpec(name, symbol, kind, MARKET_ROUTE)
+    if kind == "bookTicker":
+        return StreamSpec(name, symbol, kind, PUBLIC)
+    if kind == "ticker" or (market == USDM and kind in ("markPrice@1s", "forceOrder")):
         return StreamSpec(name, symbol, kind, MARKET_ROUTE)
     interval = DEPTH_INTERVALS_MS[market].get(kind)
     if interval is None:
@@ -368,6 +379,7 @@ class BinanceRules:
     max_lifetime_s: float
     book_rate: float
     reject_streams: frozenset[str] = frozenset()
+    out_of_order_every: int | None = None
 
     @property
     def max_messages_per_s(self) -> int:
@@ -572,12 +584,24 @@ class BinanceSession:
             self.host.subscribe_trades(
                 EXCHANGE, market, symbol, channel, lambda: trade_encoder(market, symbol, name, combined)
             )
+        elif spec.kind in _MARKET_DATA:
+            self.host.subscribe_book(EXCHANGE, market, symbol, name, combined, self._market_data(spec))
         else:
             every = depth_every(spec.interval_ms, self.rules.book_rate)
             factory: Callable[[SimBook], BookStream] = lambda book: BinanceDepthStream(  # noqa: E731
                 market, spec, every, book
             )
             self.host.subscribe_book(EXCHANGE, market, symbol, name, combined, factory)
+
+    def _market_data(self, spec: StreamSpec) -> Callable[[SimBook], BookStream]:
+        rate, late, market = self.rules.book_rate, self.rules.out_of_order_every, self.market
+        if spec.kind == "bookTicker":
+            return lambda book: BinanceBookTickerStream(market, book, late)
+        if spec.kind == "ticker":
+            return lambda book: BinanceTickerStream(book, rate)
+        if spec.kind == "markPrice@1s":
+            return lambda book: BinanceMarkPriceStream(book, rate, late)
+        return lambda book: BinanceForceOrderStream(book, rate)
 
     def malformed_frame(self, kind: MalformedKind, symbol: str, ts_ms: int) -> tuple[bytes, bool]:
         stream = symbol.lower() + "@aggTrade" if self.combined else None

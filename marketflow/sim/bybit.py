@@ -23,6 +23,7 @@ import msgspec
 import trio
 
 from marketflow.sim.book import BookStream, BookTick, Crossing, SimBook
+from marketflow.sim.derivs import BybitLiquidationStream, BybitTickerStream
 from marketflow.sim.faults import MalformedKind
 from marketflow.sim.http import ws_text_frame
 from marketflow.sim.market import (
@@ -186,6 +187,7 @@ class BybitRules:
     symbols: frozenset[str]
     reject_topics: frozenset[str] = frozenset()
     slow_pong_s: float = 0.0
+    out_of_order_every: int | None = None
 
 
 _decode_request = msgspec.json.Decoder()
@@ -258,11 +260,17 @@ class BybitSession:
             return "error:already subscribed,topic:" + topic
         parts = topic.split(".")
         symbols = self.rules.symbols
-        known = (len(parts) == 2 and parts[0] == "publicTrade" and parts[1] in symbols) or (
-            len(parts) == 3
-            and parts[0] == "orderbook"
-            and parts[1] in ORDERBOOK_DEPTHS
-            and parts[2] in symbols
+        two = len(parts) == 2 and parts[1] in symbols
+        market_data = two and (parts[0] == "tickers" or (parts[0] == "allLiquidation" and not self.spot))
+        known = (
+            market_data
+            or (len(parts) == 2 and parts[0] == "publicTrade" and parts[1] in symbols)
+            or (
+                len(parts) == 3
+                and parts[0] == "orderbook"
+                and parts[1] in ORDERBOOK_DEPTHS
+                and parts[2] in symbols
+            )
         )
         if not known or topic in self.rules.reject_topics:
             return "error:handler not found,topic:" + topic
@@ -305,6 +313,18 @@ class BybitSession:
             self.host.subscribe_trades(
                 EXCHANGE, category, symbol, topic, lambda: framed(TradePayloadEncoder(category, symbol))
             )
+        elif parts[0] == "tickers":
+            every = self.rules.out_of_order_every
+            self.host.subscribe_book(
+                EXCHANGE,
+                category,
+                parts[1],
+                topic,
+                False,
+                lambda book: BybitTickerStream(category, book, every),
+            )
+        elif parts[0] == "allLiquidation":
+            self.host.subscribe_book(EXCHANGE, category, parts[1], topic, False, BybitLiquidationStream)
         else:
             depth = int(parts[1])
             self.host.subscribe_book(

@@ -48,6 +48,9 @@ class Faults:
     """Delay every JSON pong by this long."""
     skip_every_n_updates: int | None = attrs.field(default=None, validator=_positive_or_none)
     """Every book's N-th, 2N-th, … update is generated but not sent (a sequence gap on every stream)."""
+    out_of_order_every: int | None = attrs.field(default=None, validator=_positive_or_none)
+    """Ticker and mark-price streams send every N-th message's predecessor again after it (an old tick
+    arriving late)."""
 
 
 class MalformedKind(enum.Enum):

@@ -21,6 +21,7 @@ with code 60018 for an unknown or refused instrument, the others unaffected); th
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 import zlib
@@ -34,6 +35,7 @@ import trio
 
 from marketflow.model import SymbolError, split_native
 from marketflow.sim.book import BookStream, BookTick, Crossing, SimBook
+from marketflow.sim.derivs import OKX_INST_TYPES, OkxLiquidationStream, OkxMarketDataStream
 from marketflow.sim.faults import MalformedKind
 from marketflow.sim.http import HttpRequest, HttpResponse, RestHandler, ws_text_frame
 from marketflow.sim.market import (
@@ -71,6 +73,13 @@ ERR_NOT_FOUND = "60018"
 ERR_BAD_REQUEST = "60012"
 INST_TYPES = {SPOT: "SPOT", SWAP: "SWAP", FUTURES: "FUTURES"}
 _SIDES = {"Buy": "buy", "Sell": "sell"}
+MARKET_DATA_CHANNELS = frozenset(
+    {"tickers", "mark-price", "index-tickers", "funding-rate", "open-interest", "liquidation-orders"}
+)
+
+
+def index_of(inst: str) -> str:
+    return "-".join(inst.split("-")[:2])
 
 
 def instruments(symbols: frozenset[str] | tuple[str, ...]) -> dict[str, str]:
@@ -181,6 +190,8 @@ class OkxRules:
     zero_checksum: bool = False
     legacy_books: bool = False
     keepalive_s: float = KEEPALIVE_S
+    book_rate: float = 10.0
+    out_of_order_every: int | None = None
 
 
 class OkxBookStream:
@@ -407,6 +418,9 @@ class OkxSession:
 
     def _subscribe(self, arg: Any, req_id: Any) -> None:
         channel = arg.get("channel") if isinstance(arg, dict) else None
+        if channel in MARKET_DATA_CHANNELS:
+            self._subscribe_market_data(channel, arg, req_id)
+            return
         inst = arg.get("instId") if isinstance(arg, dict) else None
         market = self.rules.instruments.get(inst) if isinstance(inst, str) else None
         topic = f"{channel}:{inst}"
@@ -433,6 +447,51 @@ class OkxSession:
             self.host.subscribe_book(
                 EXCHANGE, market, inst, topic, False, lambda book: OkxBookStream(channel, book, rules)
             )
+
+    def _subscribe_market_data(self, channel: str, arg: dict[str, Any], req_id: Any) -> None:
+        """`tickers`, `mark-price`, `funding-rate`, `open-interest` (by instId), `index-tickers` (by index)
+        and `liquidation-orders` (by instType: every listed instrument of the type)."""
+        listed = self.rules.instruments
+        key = "instType" if channel == "liquidation-orders" else "instId"
+        value = arg.get(key)
+        targets: list[tuple[str, str]] = []  # (instrument whose book drives it, its market)
+        if channel == "liquidation-orders":
+            market = {v: k for k, v in OKX_INST_TYPES.items()}.get(value) if isinstance(value, str) else None
+            if market in (SWAP, FUTURES):
+                targets = [(i, m) for i, m in listed.items() if m == market]
+        elif channel == "index-tickers":
+            if isinstance(value, str) and any(index_of(i) == value and m != SPOT for i, m in listed.items()):
+                swap = f"{value}-SWAP"
+                targets = [(swap, SWAP)] if swap in listed else []
+        elif isinstance(value, str) and value in listed:
+            market = listed[value]
+            if channel == "tickers" or (market != SPOT and (channel != "funding-rate" or market == SWAP)):
+                targets = [(value, market)]
+        topic = f"{channel}:{value}"
+        if not targets or topic in self.rules.reject_topics:
+            self.host.note_subscribes(0, 1)
+            msg = f"Wrong URL or channel:{channel},{key}:{value} doesn't exist"
+            self._event({"event": "error", "code": ERR_NOT_FOUND, "msg": msg}, req_id)
+            return
+        self.host.note_subscribes(1, 0)
+        self._event({"event": "subscribe", "arg": {"channel": channel, key: value}}, req_id)
+        if topic in self.topics:
+            return
+        self.topics.add(topic)
+        rate, late = self.rules.book_rate, self.rules.out_of_order_every
+        for inst, market in targets:
+            if channel == "liquidation-orders":
+                name = f"{topic}:{inst}"
+                factory: Callable[[SimBook], BookStream] = functools.partial(
+                    OkxLiquidationStream, inst, market
+                )
+            else:
+                name = topic
+                shown = value if isinstance(value, str) else inst
+                factory = functools.partial(
+                    OkxMarketDataStream, channel, shown, market, book_rate=rate, late=late
+                )
+            self.host.subscribe_book(EXCHANGE, market, inst, name, False, factory)
 
     def _unsubscribe(self, arg: Any, req_id: Any) -> None:
         channel = arg.get("channel") if isinstance(arg, dict) else None

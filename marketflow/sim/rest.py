@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
 from marketflow.sim.book import BookFeed, Levels
+from marketflow.sim.derivs import open_interest_body
 from marketflow.sim.http import HttpRequest, HttpResponse, RestHandler
 from marketflow.sim.market import (
     ROW_ID,
@@ -121,6 +123,7 @@ class RestApi:
         self.requests = 0
         self.throttled = 0
         self._weights: dict[str, tuple[int, int]] = {}  # market → (minute, weight used)
+        self.open_interest_served: deque[dict[str, object]] = deque(maxlen=10_000)
 
     def routes(self) -> dict[str, RestHandler]:
         return {
@@ -128,6 +131,7 @@ class RestApi:
             "/api/v3/aggTrades": self._binance("spot", self._agg_trades),
             "/fapi/v1/depth": self._binance("usdm", self._depth),
             "/fapi/v1/aggTrades": self._binance("usdm", self._agg_trades),
+            "/fapi/v1/openInterest": self._binance("usdm", self._open_interest),
             "/v5/market/recent-trade": self.recent_trade,
         }
 
@@ -203,6 +207,14 @@ class RestApi:
             body |= {"E": now, "T": now - 1}
         body |= {"bids": _format_levels(formats, bids), "asks": _format_levels(formats, asks)}
         return body, weight
+
+    async def _open_interest(self, category: str, request: HttpRequest) -> tuple[Any, int]:
+        """`GET /fapi/v1/openInterest?symbol=` (weight 1): the book's open interest now."""
+        symbol = _symbol(request, self.symbols)
+        book = self.book_source("binance", category, symbol).book
+        body = open_interest_body(book, time.time_ns() // 1_000_000)
+        self.open_interest_served.append(body)
+        return body, 1
 
     async def _agg_trades(self, category: str, request: HttpRequest) -> tuple[Any, int]:
         weight = 4 if category == "spot" else 20

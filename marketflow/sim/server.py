@@ -173,6 +173,7 @@ class SimServer:
             symbols=symbols,
             reject_topics=frozenset(config.faults.reject_topics),
             slow_pong_s=config.faults.slow_pong_s,
+            out_of_order_every=config.faults.out_of_order_every,
         )
         self._binance_rules = {
             market: binance.BinanceRules(
@@ -183,6 +184,7 @@ class SimServer:
                 config.binance_max_lifetime_s,
                 config.book_rate,
                 frozenset(config.faults.reject_topics),
+                config.faults.out_of_order_every,
             )
             for market in binance.MARKETS
         }
@@ -200,6 +202,8 @@ class SimServer:
             config.okx_zero_checksum,
             config.okx_legacy_books,
             config.okx_keepalive_s,
+            config.book_rate,
+            config.faults.out_of_order_every,
         )
         self.okx_rest = okx.OkxRest(self.market, self.book_feed, self._okx_rules)
         self.rest_routes.update(self.okx_rest.routes())

@@ -28,8 +28,8 @@ from typing import Any, Final, Literal, TypeVar
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import trio
 
-from marketflow.model import Contract, GapRecord, Trade
-from marketflow.storage import aggregates, migrate
+from marketflow.model import Contract, DerivativesTick, GapRecord, Liquidation, Trade
+from marketflow.storage import aggregates, market_rows, migrate
 from marketflow.storage import records as records_sql
 from marketflow.storage.writer import StorageError
 
@@ -273,6 +273,44 @@ class PostgresTradeStore:
         """Upsert candles (a late trade's correction replaces the stored candle)."""
         rows = records_sql.candle_rows(batch, exact_text=False)
         await self._execute_many(records_sql.POSTGRES["candles"], rows)
+
+    async def write_derivatives(self, batch: Sequence[DerivativesTick]) -> None:
+        """Upsert derivatives samples by (exchange, symbol, ts)."""
+        rows = market_rows.derivative_rows(batch, exact_text=False)
+        await self._execute_many(market_rows.POSTGRES["derivatives"], rows)
+
+    async def write_liquidations(self, batch: Sequence[Liquidation]) -> None:
+        """Insert liquidations; one already stored (same identity) is skipped."""
+        rows = market_rows.liquidation_rows(batch, exact_text=False)
+        await self._execute_many(market_rows.POSTGRES["liquidations"], rows)
+
+    async def write_quotes(self, batch: Sequence[market_rows.QuoteRow]) -> None:
+        rows = market_rows.quote_rows(batch, exact_text=False)
+        await self._execute_many(market_rows.POSTGRES["quotes"], rows)
+
+    async def query_derivatives(
+        self, exchange: str, symbol: str, since: int | None, until: int | None, limit: int | None
+    ) -> list[DerivativesTick]:
+        """Derivatives samples, newest first."""
+        return await market_rows.pg_derivatives(self.fetch, exchange, symbol, since, until, limit)
+
+    async def query_liquidations(
+        self, exchange: str, symbol: str | None, since: int | None, until: int | None, limit: int | None
+    ) -> list[Liquidation]:
+        """Liquidations, newest first."""
+        return await market_rows.pg_liquidations(self.fetch, exchange, symbol, since, until, limit)
+
+    async def prune_market_data(self, before_us: int, limit: int) -> int:
+        """Delete up to `limit` of the oldest rows with `ts < before_us` from each §12 table."""
+        return await self._on_pool("prune", self._prune_market, before_us, limit)
+
+    @staticmethod
+    async def _prune_market(pool: asyncpg.Pool, before_us: int, limit: int) -> int:
+        deleted = 0
+        async with pool.acquire() as conn:
+            for table in market_rows.PRUNED_TABLES:
+                deleted += _count(await conn.execute(market_rows.pg_prune(table), before_us, limit))
+        return deleted
 
     async def _execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if rows:

@@ -148,3 +148,49 @@ gaps = Table(
     Column("recovered", Integer, nullable=False, default=0),
     UniqueConstraint("exchange", "symbol", "channel", "start", name="gaps_identity"),
 )
+
+# SPEC §12. Decimals are nullable where a venue may not give the field (JSON null in the API).
+derivatives = Table(
+    "derivatives",
+    metadata,
+    Column("exchange", String(32), nullable=False),
+    Column("symbol", String(64), nullable=False),
+    Column("ts", Micros(), nullable=False),
+    Column("mark_price", ExactDecimal(), nullable=True),
+    Column("index_price", ExactDecimal(), nullable=True),
+    Column("funding_rate", ExactDecimal(), nullable=True),
+    Column("next_funding_ts", Micros(), nullable=True),
+    Column("open_interest", ExactDecimal(), nullable=True),
+    Column("open_interest_value", ExactDecimal(), nullable=True),
+    UniqueConstraint("exchange", "symbol", "ts", name="derivatives_identity"),
+    Index("derivatives_ts", "ts"),
+)
+
+liquidations = Table(
+    "liquidations",
+    metadata,
+    Column("exchange", String(32), nullable=False),
+    Column("symbol", String(64), nullable=False),
+    Column("ts", Micros(), nullable=False),
+    Column("id", String(128), nullable=False),
+    Column("side", String(4), nullable=False),
+    Column("price", ExactDecimal(), nullable=False),
+    Column("amount", ExactDecimal(), nullable=False),
+    Column("recv_ts", Micros(), nullable=False),
+    UniqueConstraint("exchange", "symbol", "ts", "id", name="liquidations_identity"),
+    Index("liquidations_ts", "ts"),
+)
+
+quotes = Table(
+    "quotes",
+    metadata,
+    Column("exchange", String(32), nullable=False),
+    Column("symbol", String(64), nullable=False),
+    Column("ts", Micros(), nullable=False),
+    Column("bid", ExactDecimal(), nullable=True),
+    Column("bid_size", ExactDecimal(), nullable=True),
+    Column("ask", ExactDecimal(), nullable=True),
+    Column("ask_size", ExactDecimal(), nullable=True),
+    Index("quotes_symbol_ts", "exchange", "symbol", "ts"),
+    Index("quotes_ts", "ts"),
+)

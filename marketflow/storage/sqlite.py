@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import trio
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from marketflow.model import GapRecord, Trade
-from marketflow.storage import aggregates, migrate, records
+from marketflow.model import DerivativesTick, GapRecord, Liquidation, Trade
+from marketflow.storage import aggregates, market_rows, migrate, records
 from marketflow.storage.schema import trades
 from marketflow.storage.writer import StorageError
 
@@ -45,17 +45,25 @@ def _compile_insert() -> str:
 _INSERT_TRADES = _compile_insert()
 _PRUNE = "DELETE FROM trades WHERE rowid IN (SELECT rowid FROM trades WHERE ts < ? ORDER BY ts LIMIT ?)"
 
+READ_THREADS = 4
+"""Worker threads SQLite reads may occupy at once (beyond that they queue). Reads have their own limiter so
+that many slow range scans cannot take every thread of trio's default limiter, which DNS lookups, capture
+writes and config reloads share."""
+
 
 class SqliteTradeStore:
-    """Writes and reads trades in one SQLite file. All calls run in one worker thread, one at a time."""
+    """Writes and reads trades in one SQLite file. Writes run in one worker thread, one at a time; reads
+    in up to `read_threads` more (:attr:`read_limiter`)."""
 
     engine_name = "sqlite"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_threads: int = READ_THREADS) -> None:
         self.url = url
         self.path = sqlite_path(url)
         self._conn: sqlite3.Connection | None = None
         self._limiter = trio.CapacityLimiter(1)
+        # Reads open their own connection each (WAL lets them run beside the writer).
+        self.read_limiter = trio.CapacityLimiter(read_threads)
 
     @property
     def display_url(self) -> str:
@@ -118,6 +126,48 @@ class SqliteTradeStore:
         """Upsert candles (a late trade's correction replaces the stored candle)."""
         await self._execute_many(records.SQLITE["candles"], records.candle_rows(batch, exact_text=True))
 
+    async def write_derivatives(self, batch: Sequence[DerivativesTick]) -> None:
+        """Upsert derivatives samples by (exchange, symbol, ts)."""
+        await self._execute_many(
+            market_rows.SQLITE["derivatives"], market_rows.derivative_rows(batch, exact_text=True)
+        )
+
+    async def write_liquidations(self, batch: Sequence[Liquidation]) -> None:
+        """Insert liquidations; one already stored (same identity) is skipped."""
+        rows = market_rows.liquidation_rows(batch, exact_text=True)
+        await self._execute_many(market_rows.SQLITE["liquidations"], rows)
+
+    async def write_quotes(self, batch: Sequence[market_rows.QuoteRow]) -> None:
+        await self._execute_many(market_rows.SQLITE["quotes"], market_rows.quote_rows(batch, exact_text=True))
+
+    async def query_derivatives(
+        self, exchange: str, symbol: str, since: int | None, until: int | None, limit: int | None
+    ) -> list[DerivativesTick]:
+        """Derivatives samples, newest first."""
+        return await self._read(market_rows.sqlite_derivatives, exchange, symbol, since, until, limit)
+
+    async def query_liquidations(
+        self, exchange: str, symbol: str | None, since: int | None, until: int | None, limit: int | None
+    ) -> list[Liquidation]:
+        """Liquidations, newest first."""
+        return await self._read(market_rows.sqlite_liquidations, exchange, symbol, since, until, limit)
+
+    async def prune_market_data(self, before_us: int, limit: int) -> int:
+        """Delete up to `limit` of the oldest rows with `ts < before_us` from each §12 table."""
+        return await trio.to_thread.run_sync(self._prune_market_sync, before_us, limit, limiter=self._limiter)
+
+    def _prune_market_sync(self, before_us: int, limit: int) -> int:
+        conn = self._conn
+        if conn is None:
+            raise StorageError("SQLite store used before open()")
+        try:
+            return sum(
+                conn.execute(market_rows.sqlite_prune(table), (before_us, limit)).rowcount
+                for table in market_rows.PRUNED_TABLES
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite retention delete in {self.path} failed: {exc}") from exc
+
     async def _execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if rows:
             await trio.to_thread.run_sync(self._execute_many_sync, sql, rows, limiter=self._limiter)
@@ -168,7 +218,16 @@ class SqliteTradeStore:
         limit: int | None = None,
     ) -> list[Trade]:
         """Trades newest first (by ts, then id), filtered; a separate read connection, so writes go on."""
-        return await trio.to_thread.run_sync(self._query_sync, exchange, symbol, since, until, limit)
+        return await trio.to_thread.run_sync(
+            self._query_sync,
+            exchange,
+            symbol,
+            since,
+            until,
+            limit,
+            limiter=self.read_limiter,
+            abandon_on_cancel=True,
+        )
 
     def _query_sync(
         self,
@@ -232,6 +291,7 @@ class SqliteTradeStore:
                 consume,
                 stop,
                 abandon_on_cancel=True,
+                limiter=self.read_limiter,
             )
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite query on {self.path} failed: {exc}") from exc
@@ -248,7 +308,10 @@ class SqliteTradeStore:
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await trio.to_thread.run_sync(fn, self.path, *args)
+            # Abandoned at a query's deadline: the read has its own connection, its result is dropped.
+            return await trio.to_thread.run_sync(
+                fn, self.path, *args, limiter=self.read_limiter, abandon_on_cancel=True
+            )
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite query on {self.path} failed: {exc}") from exc
 
@@ -260,4 +323,4 @@ class SqliteTradeStore:
             finally:
                 conn.close()
 
-        return await trio.to_thread.run_sync(count)
+        return await trio.to_thread.run_sync(count, limiter=self.read_limiter)

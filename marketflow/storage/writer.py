@@ -570,8 +570,12 @@ class StorageWriter:
             await self._connected.wait()
             cutoff = now_us() - self._retention_us
             while True:
+                # The SPEC §12 tables (derivatives, liquidations, quotes) age out with the trades.
+                prune_more = getattr(self._store, "prune_market_data", None)
                 try:
-                    deleted = await self._store.prune_trades(cutoff, self._prune_batch)
+                    trades = await self._store.prune_trades(cutoff, self._prune_batch)
+                    more = 0 if prune_more is None else await prune_more(cutoff, self._prune_batch)
+                    deleted = trades + more
                 except Exception as exc:  # the database is down: the writer reports it; try next round
                     self._errors += 1
                     self._last_error = f"{type(exc).__name__}: {exc}"
@@ -582,7 +586,7 @@ class StorageWriter:
                 if deleted:
                     self._pruned += deleted
                     self._prune_batches += 1
-                if deleted < self._prune_batch:
+                if trades < self._prune_batch and more < self._prune_batch:
                     break
                 # Small batches with a pause between them: writes never wait for more than one batch.
                 await trio.sleep(self._prune_pause_s)

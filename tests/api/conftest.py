@@ -57,18 +57,23 @@ async def running_api(
     seed: int = 21,
     setup: Callable[[QuartTrio], None] | None = None,
     http: Mapping[str, Any] | None = None,
+    channels: Mapping[str, tuple[str, ...]] | None = None,
+    sim_config_: SimConfig | None = None,
 ) -> AsyncIterator[Api]:
     """Simulator, daemon, trade ring and HTTP server; `setup` may add routes to the app before it serves.
 
-    `http`: more `[http]` settings (`allowed_hosts`, `api_docs`, ...).
+    `http`: more `[http]` settings (`allowed_hosts`, `api_docs`, ...). `channels`: per market, the feed's
+    channels (instead of trades, or trades and book).
     """
-    sim = SimServer(SimConfig(seed=seed, rate=rate))
+    sim = SimServer(sim_config_ or SimConfig(seed=seed, rate=rate))
     async with trio.open_nursery() as nursery:
         await nursery.start(sim.run)
         config = sim_config(tmp_path, sim, markets=markets, flush_interval_s=0.05)
         feeds = config.feeds
         if book:
             feeds = tuple(attrs.evolve(f, channels=("trades", "book")) for f in feeds)
+        if channels is not None:
+            feeds = tuple(attrs.evolve(f, channels=channels[f.market]) for f in feeds)
         config = attrs.evolve(
             config,
             feeds=feeds,

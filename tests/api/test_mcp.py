@@ -48,6 +48,10 @@ from tests.conftest import sim_config, wait_for
 MODERN, LEGACY = "2026-07-28", "2025-11-25"
 JSON_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 FRAMES = 40
+CHANNELS = {
+    "spot": ("trades", "book", "ticker"),
+    "linear": ("trades", "book", "ticker", "derivatives", "liquidations"),
+}
 Headers = dict[str, str] | None
 
 
@@ -60,7 +64,7 @@ async def running_mcp(tmp_path: Path, *, listen: str = "127.0.0.1:0") -> AsyncIt
         config = sim_config(tmp_path, sim, flush_interval_s=0.02)
         # No watchdog reconnects while the frozen tapes are silent: status and gaps stay put.
         feeds = tuple(
-            attrs.evolve(f, channels=("trades", "book"), stale_timeout_s=120.0) for f in config.feeds
+            attrs.evolve(f, channels=CHANNELS[f.market], stale_timeout_s=120.0) for f in config.feeds
         )
         config = attrs.evolve(
             config, feeds=feeds, http=attrs.evolve(config.http, listen=listen, trades_ring=500)
@@ -183,6 +187,19 @@ def cases(api: Api) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
             "/order-flow",
             {"exchange": "bybit", "symbol": "ETH-USDT", "footprint": "true", "bin": "1", **window},
         ),
+        ("get_ticker", {"exchange": "bybit", "symbol": "BTC-USDT-PERP"}, "/ticker/bybit/BTC-USDT-PERP", {}),
+        (
+            "get_derivatives",
+            {"exchange": "bybit", "symbol": "BTCUSDT", "market": "linear", "limit": 50},
+            "/derivatives",
+            {"exchange": "bybit", "symbol": "BTCUSDT", "market": "linear", "limit": 50},
+        ),
+        (
+            "get_liquidations",
+            {"exchange": "bybit", "symbol": "BTC-USDT-PERP", **window},
+            "/liquidations",
+            {"exchange": "bybit", "symbol": "BTC-USDT-PERP", **window},
+        ),
     ]
 
 
@@ -215,6 +232,9 @@ async def check_tools_match_http(api: Api, client: Client, http: httpx.AsyncClie
             "get_candles",
             "get_volume_profile",
             "get_order_flow",
+            "get_ticker",
+            "get_derivatives",
+            "get_liquidations",
         ]
     )
     for tool in listed.values():
@@ -248,6 +268,7 @@ async def check_tools_match_http(api: Api, client: Client, http: httpx.AsyncClie
     assert answers["get_candles"]["candles"][0]["trades"] > 0
     assert answers["get_volume_profile"]["poc"] is not None and answers["get_volume_profile"]["bins"]
     assert answers["get_order_flow"]["bars"] and "footprint" in answers["get_order_flow"]["bars"][-1]
+    assert answers["get_ticker"]["mark_price"] is not None and answers["get_ticker"]["bid"] is not None
 
     # Every tool with its defaults, too: results still match the declared outputSchema.
     for name in TOOLS:
@@ -391,6 +412,13 @@ BAD_ARGUMENTS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("get_volume_profile", {"exchange": "bybit", "symbol": "BTC-USDT", "bin": "-1"}, "bin"),
     ("get_order_flow", {"exchange": "bybit", "symbol": "BTC-USDT", "footprint": [1]}, "footprint"),
+    (
+        "get_order_flow",
+        {"exchange": "bybit", "symbol": "BTC-USDT", "footprint": True, "bin": "1e-990"},
+        "bin",
+    ),
+    ("get_candles", {"exchange": "bybit", "symbol": "BTC-USDT", "interval": "9" * 30 + "d"}, "interval"),
+    ("get_recent_trades", {"exchange": "bybit", "symbol": "BTC-USDT", "since": "\u0661\u0662"}, "since"),
     ("get_status", {"actor": "nope"}, "actor"),
     ("get_gaps", {"exchange": "bybit", "sybmol": "BTC-USDT"}, "sybmol"),
     ("ping", {"extra": 1}, "extra"),

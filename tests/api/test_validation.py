@@ -40,6 +40,15 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ("/order-flow", {**BTC, "footprint": "maybe"}, 400, "footprint"),
     ("/volume-profile", {**BTC, "bin": "abc"}, 400, "bin"),
     ("/volume-profile", {**BTC, "since": "nan"}, 400, "since"),
+    # Costly or misleading input (issue 14.8): huge bins and intervals, non-ASCII digits.
+    ("/order-flow", {**BTC, "bin": "1e-990", "footprint": "true"}, 400, "bin"),
+    ("/volume-profile", {**BTC, "bin": "1e990"}, 400, "bin"),
+    ("/volume-profile", {**BTC, "bin": "0." + "0" * 18 + "1"}, 400, "bin"),
+    ("/volume-profile", {**BTC, "bin": "1" * 19}, 400, "bin"),
+    ("/candles", {**BTC, "interval": "9" * 30 + "d"}, 400, "interval"),
+    ("/order-flow", {**BTC, "interval": "367d"}, 400, "interval"),
+    (T, {**BTC, "since": "\u0661\u0662"}, 400, "since"),  # Arabic-Indic "12"
+    ("/candles", {**BTC, "until": "\uff11\uff12\uff13"}, 400, "until"),  # fullwidth "123"
     ("/gaps", {"exchange": "kraken"}, 400, "exchange"),
     ("/gaps", {"symbol": "DOGE-USDT"}, 400, "symbol"),
 ]

@@ -445,3 +445,45 @@ def test_dashboard_draws_historical_data(
             assert page.locator(f"#{empty}").is_hidden(), empty
         screenshot(page, tmp_path / "dashboard-history.png", capsys)
         assert problems == []
+
+
+def test_dashboard_shows_derivatives_and_liquidations_of_a_perpetual(
+    browser: Browser, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_demo(tmp_path) as demo:
+        page, problems = open_page(browser, viewport={"width": 1280, "height": 800})
+        page.goto(demo.dashboard + "#bybit/BTC-USDT-PERP/1m")
+        page.wait_for_function(
+            "() => !document.querySelector('[data-testid=mark-price]').closest('.deriv').hidden"
+            " && document.querySelector('[data-testid=open-interest]').textContent !== '–'"
+        )
+        ticker = demo.get("/ticker/bybit/BTC-USDT-PERP")
+        assert ticker["mark_price"] is not None and ticker["next_funding_time"] is not None
+
+        # The header's values are /ticker's (read in the same second: compared until they agree once).
+        def agrees() -> bool:
+            shown = page.evaluate(
+                """() => ({
+                    mark: document.querySelector('[data-testid=mark-price]').textContent,
+                    funding: document.querySelector('[data-testid=funding-rate]').textContent,
+                    at: document.querySelector('[data-testid=funding-countdown]').dataset.at,
+                    countdown: document.querySelector('[data-testid=funding-countdown]').textContent,
+                })"""
+            )
+            now = demo.get("/ticker/bybit/BTC-USDT-PERP")
+            assert re.fullmatch(r"\d\d:\d\d:\d\d", shown["countdown"]), shown
+            return bool(
+                shown["mark"] == now["mark_price"]
+                and shown["funding"] == now["funding_rate"]
+                and shown["at"] == now["next_funding_time"]
+            )
+
+        wait_until("the header to show /ticker's mark, funding and next funding time", agrees)
+        # Liquidations are marked on the candles (the simulator liquidates a few times a second).
+        page.wait_for_selector("[data-testid=chart] svg [data-testid=liq-mark]")
+        page.wait_for_selector("[data-testid=chart] svg [data-testid=oi-change]")
+        screenshot(page, tmp_path / "dashboard-perpetual.png", capsys)
+        # A spot market has no derivatives: the header hides them.
+        page.select_option("[data-testid=market-select]", label="bybit spot · BTC-USDT")
+        page.wait_for_function("() => document.querySelector('.summary .deriv').hidden")
+        assert problems == []

@@ -98,8 +98,8 @@ def test_malformed_frames_are_counted_not_fatal(frame: bytes) -> None:
 
 def test_unknown_symbol_and_other_topics_are_counted() -> None:
     other = SPOT_LIVE.replace(b"publicTrade.BTCUSDT", b"publicTrade.DOGEUSDT")
-    ticker = b'{"topic":"tickers.BTCUSDT","ts":1,"type":"snapshot","data":{"symbol":"BTCUSDT"}}'
-    trades, decoder = decode("spot", [other, ticker])
+    kline = b'{"topic":"kline.1.BTCUSDT","ts":1,"type":"snapshot","data":[]}'
+    trades, decoder = decode("spot", [other, kline])
     assert trades == []
     assert decoder.counters.unknown_topics == 1
     assert decoder.counters.ignored == 1

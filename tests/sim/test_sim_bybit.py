@@ -141,7 +141,8 @@ async def test_spot_more_than_ten_args_refuses_the_whole_request(
     [
         "publicTrade.NOTASYMBOL",
         "orderbook.500.BTCUSDT",
-        "tickers.BTCUSDT",
+        "tickers.NOTASYMBOL",
+        "allLiquidation.NOTASYMBOL",
         "publicTrade",
         "publicTrade.btcusdt",
     ],

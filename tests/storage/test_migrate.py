@@ -71,7 +71,7 @@ async def test_first_start_initialises_exactly_the_schema_of_schema_py(store_url
     await store.close()
     status = schema_status(store_url)
     assert (status.state, status.current, status.head) == ("current", head_revision(), head_revision())
-    assert known_revisions() == ["0001", "0002"]
+    assert known_revisions() == ["0001", "0002", "0003"]
 
     def differences(connection: sa.Connection) -> list[object]:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -87,14 +87,14 @@ async def test_an_older_schema_is_refused_until_db_upgrade(
     downgrade_to(store_url, "0001")
     store = open_store(store_url)
     with pytest.raises(
-        SchemaVersionError, match="schema revision 0001, older than this marketflow's 0002"
+        SchemaVersionError, match="schema revision 0001, older than this marketflow's 0003"
     ) as e:
         await store.open()
     assert UPGRADE_HINT in str(e.value)
     assert db("check", "--url", store_url) == 1
     assert UPGRADE_HINT in capsys.readouterr().err
     assert db("upgrade", "--url", store_url) == 0
-    assert "schema upgraded 0001 -> 0002" in capsys.readouterr().out
+    assert "schema upgraded 0001 -> 0003" in capsys.readouterr().out
     assert db("check", "--url", store_url) == 0
     await store.open()
     await store.close()
@@ -125,7 +125,7 @@ async def test_an_unversioned_database_from_0_1_is_stamped_and_upgraded_keeping_
     with pytest.raises(SchemaVersionError, match="no schema version .* run `marketflow db upgrade`"):
         await store.open()
     assert db("upgrade", "--url", url) == 0
-    assert "schema upgraded (empty) -> 0002" in capsys.readouterr().out
+    assert "schema upgraded (empty) -> 0003" in capsys.readouterr().out
     await store.open()
     assert await store.count_trades() == 5  # type: ignore[attr-defined]
     await store.close()
@@ -186,16 +186,16 @@ async def test_db_commands_read_the_url_from_the_config(
     config = tmp_path / "m.toml"
     config.write_text(f'[storage]\nurl = "{url}"\n')
     assert db("current", "--config", str(config)) == 0
-    assert f"{url}: schema none (empty; newest known 0002)" in capsys.readouterr().out
+    assert f"{url}: schema none (empty; newest known 0003)" in capsys.readouterr().out
     assert db("check", "--config", str(config)) == 1
     assert "is empty: run `marketflow db upgrade`" in capsys.readouterr().err
     assert db("upgrade", "--config", str(config)) == 0
     out = capsys.readouterr().out
-    assert "schema upgraded (empty) -> 0002" in out and "TimescaleDB not applicable (SQLite)" in out
+    assert "schema upgraded (empty) -> 0003" in out and "TimescaleDB not applicable (SQLite)" in out
     assert db("upgrade", "--config", str(config)) == 0
-    assert "schema already at 0002 (newest)" in capsys.readouterr().out
+    assert "schema already at 0003 (newest)" in capsys.readouterr().out
     assert db("current", "--config", str(config)) == 0
-    assert "schema 0002 (current; newest known 0002)" in capsys.readouterr().out
+    assert "schema 0003 (current; newest known 0003)" in capsys.readouterr().out
 
 
 async def test_timescaledb_is_skipped_cleanly_when_absent(

@@ -337,11 +337,14 @@
     const interval = state.interval;
     const q = m ? { exchange: m.exchange, symbol: m.symbol } : null;
     const hasBook = Boolean(m && (m.channels || []).includes("book"));
-    const bookPath = m && "book/" + encodeURIComponent(m.exchange) + "/" + encodeURIComponent(m.symbol);
-    const [status, book, trades] = await all([
+    const channels = (m && m.channels) || [];
+    const hasTicker = channels.includes("ticker") || channels.includes("derivatives");
+    const where = m && encodeURIComponent(m.exchange) + "/" + encodeURIComponent(m.symbol);
+    const [status, book, trades, ticker] = await all([
       api("collectors/status"),
-      hasBook ? api(bookPath, { depth: BOOK_DEPTH }) : null,
+      hasBook ? api("book/" + where, { depth: BOOK_DEPTH }) : null,
       q ? api("collectors/trades", { ...q, limit: TAPE_ROWS }) : null,
+      hasTicker ? api("ticker/" + where) : null,
     ]);
     // The charts end at the newest trade, not at the clock: replayed or historical data (trades older than
     // the candle window before now) is drawn too. Live, the newest trade is now anyway.
@@ -363,7 +366,7 @@
     }
     if (m !== state.sel || interval !== state.interval) return; // switched meanwhile: the next poll draws
     if (status.error) throw status.error;
-    state.last = { m, hasBook, status: status.value, book, candles, trades, profile, flow, footprint };
+    state.last = { m, hasBook, status: status.value, book, candles, trades, profile, flow, footprint, ticker };
     render(state.last);
     if (!state.shown) {
       $("auth").hidden = true;
@@ -483,6 +486,37 @@
     const flow = (d.flow.value && d.flow.value.bars) || [];
     const cvd = flow.length ? trim(flow[flow.length - 1].cvd) : null;
     setText("s-cvd", cvd, cvd === null ? "" : cvd.startsWith("-") ? "neg" : "pos");
+    renderDerivatives(d);
+  }
+
+  // Mark, index, funding with a countdown to the next funding, open interest: shown when the market's
+  // feed carries the ticker or derivatives channel and the venue gives them (SPEC §12).
+  function renderDerivatives(d) {
+    const t = (d.ticker && d.ticker.value) || null;
+    const shown = Boolean(t && (t.mark_price !== null || t.funding_rate !== null || t.open_interest !== null));
+    for (const node of document.querySelectorAll(".summary .deriv")) node.hidden = !shown;
+    if (!shown) return;
+    setText("s-mark", t.mark_price);
+    setText("s-index", t.index_price);
+    const rate = t.funding_rate;
+    setText("s-funding", rate, rate === null ? "" : rate.startsWith("-") ? "neg" : "pos");
+    const countdown = $("s-countdown");
+    countdown.dataset.at = t.next_funding_time || "";
+    tickCountdown();
+    setText("s-oi", t.open_interest === null ? null : trim(t.open_interest));
+  }
+
+  function tickCountdown() {
+    const node = $("s-countdown");
+    const at = node.dataset.at ? Date.parse(node.dataset.at) : NaN;
+    if (Number.isNaN(at)) {
+      node.textContent = "–";
+      return;
+    }
+    const left = Math.max(0, Math.round((at - Date.now()) / 1000));
+    const hms = [Math.floor(left / 3600), Math.floor((left % 3600) / 60), left % 60];
+    node.textContent = hms.map((n) => String(n).padStart(2, "0")).join(":");
+    node.title = "funding at " + node.dataset.at;
   }
 
   function renderLadder(d) {
@@ -574,6 +608,12 @@
     return Number.isFinite(best) && best > 0 ? best : 0;
   }
 
+  // A small triangle at (x, y) pointing away from the candle (dir 1: down, -1: up).
+  function liqMark(x, y, dir, width) {
+    const w = Math.max(3, Math.min(6, width / 2));
+    return "M" + (x - w) + "," + y + " L" + (x + w) + "," + y + " L" + x + "," + (y + dir * w * 1.4) + " Z";
+  }
+
   function renderChart(d) {
     const box = $("chart");
     box.textContent = "";
@@ -661,6 +701,18 @@
       const yb = y(Math.max(o, c));
       const height = Math.max(1, y(Math.min(o, c)) - yb);
       s("rect", { x: x - bodyW / 2, width: bodyW, y: yb, height, class: up ? "body-up" : "body-down" }, svg);
+      // Liquidations in the bar: forced sells (longs closed) under the low, forced buys over the high.
+      const f = flowBars.get(b.start);
+      if (f && f.liquidations_sell && parseFloat(f.liquidations_sell) > 0) {
+        const yl = y(parseFloat(b.low)) + 4;
+        const mark = s("path", { d: liqMark(x, yl, 1, bodyW), class: "liq-sell", "data-testid": "liq-mark" }, svg);
+        s("title", { text: "liquidated longs: " + f.liquidations_sell }, mark);
+      }
+      if (f && f.liquidations_buy && parseFloat(f.liquidations_buy) > 0) {
+        const yh = y(parseFloat(b.high)) - 4;
+        const mark = s("path", { d: liqMark(x, yh, -1, bodyW), class: "liq-buy", "data-testid": "liq-mark" }, svg);
+        s("title", { text: "liquidated shorts: " + f.liquidations_buy }, mark);
+      }
     }
 
     // Volume profile beside the candles.
@@ -714,6 +766,21 @@
       s("polyline", { points: flows.length > 1 ? points : points + " " + points, class: "cvd" }, svg);
       const last = flows[flows.length - 1];
       paneLabel.textContent = "Δ " + trim(last.delta) + " · CVD " + trim(last.cvd);
+      // Open interest change per bar, as ticks along the bottom of the pane (green up, red down).
+      const ois = flows.filter((f) => f.oi_change !== null && f.oi_change !== undefined);
+      if (ois.length) {
+        const maxOi = Math.max(...ois.map((f) => Math.abs(parseFloat(f.oi_change))), 1e-12);
+        for (const f of ois) {
+          const v = parseFloat(f.oi_change);
+          const x = xOf(f.start);
+          if (x < 0) continue;
+          const hgt = Math.max(1, (Math.abs(v) / maxOi) * 6);
+          const tick = { x: x - bodyW / 2, width: bodyW, y: deltaTop + deltaH - hgt, height: hgt };
+          const node = s("rect", { ...tick, class: v >= 0 ? "oi-up" : "oi-down", "data-testid": "oi-change" }, svg);
+          s("title", { text: "open interest change " + f.oi_change }, node);
+        }
+        paneLabel.textContent += " · OI Δ " + trim(ois[ois.length - 1].oi_change);
+      }
     }
 
     // Time labels.

@@ -30,12 +30,15 @@ from marketflow.exchanges.binance.frames import (
     DEFAULT_WS,
     DEPTH_STREAM,
     MAX_STREAMS_PER_CONNECTION,
+    STREAM_CHANNELS,
     TRADE_STREAM,
     FrameDecoder,
     Session,
+    channel_streams,
     connections,
     depth_topic,
     rest_url,
+    stream_topic,
     trade_topic,
     ws_url,
 )
@@ -87,8 +90,20 @@ _DEPTHS = (5, 10, 20, 50, 100, 500, 1000, 5000)
 _SPOT_DEFAULTS = ("BTC-USDT", "ETH-USDT")
 _PERP_DEFAULTS = ("BTC-USDT-PERP", "ETH-USDT-PERP")
 MARKETS: Mapping[str, Market] = {
-    "spot": Market("spot", False, _DEPTHS, 50, "BTCUSDT", "BTC-USDT", _SPOT_DEFAULTS),
-    "usdm": Market("usdm", True, _DEPTHS, 50, "BTCUSDT", "BTC-USDT-PERP", _PERP_DEFAULTS),
+    "spot": Market(
+        "spot", False, _DEPTHS, 50, "BTCUSDT", "BTC-USDT", _SPOT_DEFAULTS, ("trades", "book", "ticker")
+    ),
+    "usdm": Market(
+        "usdm",
+        True,
+        _DEPTHS,
+        50,
+        "BTCUSDT",
+        "BTC-USDT-PERP",
+        _PERP_DEFAULTS,
+        ("trades", "book", "ticker", "derivatives", "liquidations"),
+        (rest.OPEN_INTEREST_POLL,),
+    ),
 }
 # A gap wider than this is not fetched whole (100 requests of 1000 trades).
 MAX_GAP = 100_000
@@ -131,14 +146,24 @@ class BinanceVenue:
         return rest_url(market, override)
 
     def topic(self, market: str, channel: Channel, native: str, book_depth: int) -> str:
-        return trade_topic(native) if channel == "trades" else depth_topic(native)
+        streams = channel_streams(market, channel)
+        if not streams:
+            raise ValueError(f"binance {market} has no {channel!r} channel")
+        return stream_topic(native, streams[0])
 
     def parse_topic(self, market: str, topic: str) -> Topic | None:
         stream, _, kind = topic.partition("@")
-        if kind == TRADE_STREAM:
-            return Topic("trades", stream.upper())
         if kind.startswith("depth"):
             return Topic("book", stream.upper())
+        channel = STREAM_CHANNELS.get(kind)
+        if channel == "trades":
+            return Topic("trades", stream.upper())
+        if channel == "ticker":
+            return Topic("ticker", stream.upper())
+        if channel == "derivatives":
+            return Topic("derivatives", stream.upper())
+        if channel == "liquidations":
+            return Topic("liquidations", stream.upper())
         return None
 
     def connections(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Literal
 
 import msgspec
 
@@ -29,7 +30,7 @@ from marketflow.exchanges.base import (
     TradeGap,
     UnknownControl,
 )
-from marketflow.model import BookUpdate, Level, Trade
+from marketflow.model import BookUpdate, DerivativesTick, Level, Liquidation, Ticker, Trade, liquidation_id
 
 EXCHANGE = "binance"
 MARKET_NAMES = ("spot", "usdm")
@@ -44,6 +45,19 @@ SEND_INTERVAL_S = {"spot": 0.25, "usdm": 0.125}
 MAX_LIFETIME_S = 24 * 3600 - 600
 TRADE_STREAM = "aggTrade"
 DEPTH_STREAM = "depth@100ms"
+BOOK_TICKER_STREAM = "bookTicker"
+TICKER_STREAM = "ticker"
+MARK_PRICE_STREAM = "markPrice@1s"
+FORCE_ORDER_STREAM = "forceOrder"
+STREAM_CHANNELS: dict[str, str] = {
+    TRADE_STREAM: "trades",
+    DEPTH_STREAM: "book",
+    BOOK_TICKER_STREAM: "ticker",
+    TICKER_STREAM: "ticker",
+    MARK_PRICE_STREAM: "derivatives",
+    FORCE_ORDER_STREAM: "liquidations",
+}
+"""What channel each stream kind serves (`ticker` takes two: best bid/ask and the 24 h ticker)."""
 
 log = logging.getLogger("marketflow.exchanges.binance")
 
@@ -72,6 +86,25 @@ def depth_topic(native: str) -> str:
     return f"{native.lower()}@{DEPTH_STREAM}"
 
 
+def stream_topic(native: str, stream: str) -> str:
+    return f"{native.lower()}@{stream}"
+
+
+# USD-M routing (§3): high-frequency streams on `/public`, the rest on `/market`.
+_PUBLIC_STREAMS = frozenset({DEPTH_STREAM, BOOK_TICKER_STREAM})
+
+
+def channel_streams(market: str, channel: str) -> tuple[str, ...]:
+    """The stream kinds a channel subscribes (mark price and forced orders exist on USD-M only)."""
+    if channel == "ticker":
+        return (BOOK_TICKER_STREAM, TICKER_STREAM)
+    if channel == "derivatives":
+        return (MARK_PRICE_STREAM,) if market == "usdm" else ()
+    if channel == "liquidations":
+        return (FORCE_ORDER_STREAM,) if market == "usdm" else ()
+    return (TRADE_STREAM,) if channel == "trades" else (DEPTH_STREAM,)
+
+
 def connections(
     market: str,
     natives: Sequence[str],
@@ -79,19 +112,32 @@ def connections(
     book_depth: int,
     ws_override: str | None = None,
 ) -> list[ConnectionPlan]:
-    """USD-M: trades on `/market`, depth on `/public`; spot: one path. Shards past 1024 streams."""
+    """USD-M: depth and book tickers on `/public`, the rest on `/market`; spot: one path. Shards past
+    1024 streams."""
     base = ws_url(market, ws_override)
     by_stream = {n.lower(): n for n in natives}
     groups: list[tuple[str, str, list[str], frozenset[str]]] = []
-    trades = [trade_topic(n) for n in natives] if "trades" in channels else []
-    depth = [depth_topic(n) for n in natives] if "book" in channels else []
+    public: list[str] = []
+    routed: list[str] = []
+    public_channels: set[str] = set()
+    routed_channels: set[str] = set()
+    for channel in ("trades", "book", "ticker", "derivatives", "liquidations"):
+        if channel not in channels:
+            continue
+        for stream in channel_streams(market, channel):
+            if market == "usdm" and stream in _PUBLIC_STREAMS:
+                public += [stream_topic(n, stream) for n in natives]
+                public_channels.add(channel)
+            else:
+                routed += [stream_topic(n, stream) for n in natives]
+                routed_channels.add(channel)
     if market == "usdm":
-        if trades:
-            groups.append(("/market", base + "/market/stream", trades, frozenset({"trades"})))
-        if depth:
-            groups.append(("/public", base + "/public/stream", depth, frozenset({"book"})))
-    elif trades or depth:
-        groups.append(("", base + "/stream", trades + depth, frozenset(channels)))
+        if routed:
+            groups.append(("/market", base + "/market/stream", routed, frozenset(routed_channels)))
+        if public:
+            groups.append(("/public", base + "/public/stream", public, frozenset(public_channels)))
+    elif routed:
+        groups.append(("", base + "/stream", routed, frozenset(channels)))
     plans: list[ConnectionPlan] = []
     for suffix, url, topics, chans in groups:
         for shard, start in enumerate(range(0, len(topics), MAX_STREAMS_PER_CONNECTION)):
@@ -138,10 +184,54 @@ class _Depth(msgspec.Struct):
     T: int | None = None
 
 
+class _BookTicker(msgspec.Struct):
+    """`bookTicker`: spot frames carry no time (`T`/`E` on USD-M only)."""
+
+    b: str
+    B: str
+    a: str
+    A: str
+    T: int | None = None
+    E: int | None = None
+
+
+class _Ticker24h(msgspec.Struct):
+    """`ticker` (24 h rolling): last price `c`, base volume `v`."""
+
+    E: int
+    c: str
+    v: str
+
+
+class _MarkPrice(msgspec.Struct):
+    E: int
+    p: str
+    i: str
+    r: str
+    T: int
+
+
+class _ForceOrderBody(msgspec.Struct):
+    S: str
+    q: str
+    p: str
+    T: int
+
+
+class _ForceOrder(msgspec.Struct):
+    E: int
+    o: _ForceOrderBody
+
+
 _result_decoder = msgspec.json.Decoder(_Result)
 _combined_decoder = msgspec.json.Decoder(_Combined)
 _agg_decoder = msgspec.json.Decoder(AggTrade)
 _depth_decoder = msgspec.json.Decoder(_Depth)
+_book_ticker_decoder = msgspec.json.Decoder(_BookTicker)
+_ticker_decoder = msgspec.json.Decoder(_Ticker24h)
+_mark_decoder = msgspec.json.Decoder(_MarkPrice)
+_force_decoder = msgspec.json.Decoder(_ForceOrder)
+_FORCE_SIDES: dict[str, Literal["buy", "sell"]] = {"BUY": "buy", "SELL": "sell"}
 
 
 class Session:
@@ -206,6 +296,17 @@ class Session:
         return UnknownControl("unexpected control frame")
 
 
+def _decimal(text: str) -> Decimal:
+    """The exact Decimal of a venue's decimal string (a bad one rejects the frame as malformed)."""
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        raise msgspec.DecodeError(f"not a decimal: {text[:40]!r}") from None
+    if not value.is_finite():
+        raise msgspec.DecodeError(f"not a finite decimal: {text[:40]!r}")
+    return value
+
+
 class FrameDecoder:
     """Combined-stream frames → trades (deduplicated, gaps reported) and book updates for one feed."""
 
@@ -239,6 +340,61 @@ class FrameDecoder:
                         BookUpdate(self.exchange, symbol, False, d.U, d.u, d.pu, d.b, d.a, ts, recv_ts)
                     )
                     counters.book_updates += 1
+                elif kind == BOOK_TICKER_STREAM:
+                    bt = _book_ticker_decoder.decode(env.data)
+                    when = bt.T if bt.T is not None else bt.E
+                    ts = recv_ts if when is None else when * 1000
+                    dec = _decimal
+                    out.tickers.append(
+                        Ticker(self.exchange, symbol, ts, recv_ts, dec(bt.b), dec(bt.B), dec(bt.a), dec(bt.A))
+                    )
+                    counters.tickers += 1
+                elif kind == TICKER_STREAM:
+                    t = _ticker_decoder.decode(env.data)
+                    out.tickers.append(
+                        Ticker(
+                            self.exchange,
+                            symbol,
+                            t.E * 1000,
+                            recv_ts,
+                            last=_decimal(t.c),
+                            volume_24h=_decimal(t.v),
+                        )
+                    )
+                    counters.tickers += 1
+                elif kind == MARK_PRICE_STREAM:
+                    m = _mark_decoder.decode(env.data)
+                    out.derivatives.append(
+                        DerivativesTick(
+                            self.exchange,
+                            symbol,
+                            m.E * 1000,
+                            recv_ts,
+                            mark_price=_decimal(m.p),
+                            index_price=_decimal(m.i),
+                            funding_rate=_decimal(m.r),
+                            next_funding_time=m.T * 1000,
+                        )
+                    )
+                    counters.derivatives += 1
+                elif kind == FORCE_ORDER_STREAM:
+                    o = _force_decoder.decode(env.data).o
+                    side = _FORCE_SIDES.get(o.S)
+                    if side is None:
+                        raise msgspec.DecodeError(f"unknown forced order side {o.S[:20]!r}")
+                    out.liquidations.append(
+                        Liquidation(
+                            self.exchange,
+                            symbol,
+                            liquidation_id(o.T, o.S, o.p, o.q),
+                            side,
+                            _decimal(o.p),
+                            _decimal(o.q),
+                            o.T * 1000,
+                            recv_ts,
+                        )
+                    )
+                    counters.liquidations += 1
                 else:
                     counters.ignored += 1
             except msgspec.DecodeError as exc:

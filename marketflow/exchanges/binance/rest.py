@@ -7,12 +7,13 @@ Aggregate trade ids are contiguous per symbol, so a gap is fetched exactly: `GET
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import msgspec
 
-from marketflow.exchanges.base import Fetch, RestBudget, RestRequest, TradeGap
-from marketflow.exchanges.binance.frames import AggTrade
-from marketflow.model import BookUpdate, Level, Trade, now_us
+from marketflow.exchanges.base import Decoded, Fetch, RestBudget, RestPoll, RestRequest, TradeGap
+from marketflow.exchanges.binance.frames import EXCHANGE, AggTrade
+from marketflow.model import BookUpdate, DerivativesTick, Level, Trade, now_us
 
 AGG_TRADES_PAGE = 1000
 
@@ -90,3 +91,37 @@ async def fill_gap(gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:
         if wanted:
             yield wanted
         cursor = int(rows[-1].id) + 1
+
+
+OPEN_INTEREST_PATH = "/fapi/v1/openInterest"
+OPEN_INTEREST_WEIGHT = 1
+OPEN_INTEREST_INTERVAL_S = 10.0
+"""Asked per symbol about this often; the poller stretches it to stay inside its share of the budget."""
+
+
+class _OpenInterest(msgspec.Struct):
+    openInterest: Decimal
+    time: int
+
+
+def open_interest_request(native: str) -> RestRequest:
+    return RestRequest(OPEN_INTEREST_PATH, {"symbol": native}, OPEN_INTEREST_WEIGHT)
+
+
+def parse_open_interest(body: bytes, symbol: str, recv_ts: int, out: Decoded) -> None:
+    """`GET /fapi/v1/openInterest` -> a `DerivativesTick` with only `open_interest` (in base units)."""
+    try:
+        oi = msgspec.json.decode(body, type=_OpenInterest)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"binance openInterest answer not understood: {exc}") from exc
+    if not oi.openInterest.is_finite():
+        raise ValueError(f"binance openInterest is not a finite number: {oi.openInterest}")
+    out.derivatives.append(
+        DerivativesTick(EXCHANGE, symbol, oi.time * 1000, recv_ts, open_interest=oi.openInterest)
+    )
+
+
+OPEN_INTEREST_POLL = RestPoll(
+    "derivatives", OPEN_INTEREST_INTERVAL_S, open_interest_request, parse_open_interest
+)
+"""USD-M open interest is REST only (no stream): the `derivatives` channel polls it."""

@@ -28,14 +28,18 @@ from marketflow.exchanges.bybit.frames import (
     DEFAULT_REST,
     DEFAULT_WS,
     HEARTBEAT,
+    LIQUIDATION_PREFIX,
     MAX_ARGS_PER_REQUEST,
     RECENT_IDS,
     RECENT_SPAN_US,
+    TICKER_PREFIX,
     FrameDecoder,
     Session,
     book_topic,
     connections,
+    liquidation_topic,
     rest_url,
+    ticker_topic,
     trade_topic,
     ws_url,
 )
@@ -79,8 +83,19 @@ _DEPTHS = (1, 50, 200, 1000)
 _SPOT_DEFAULTS = ("BTC-USDT", "ETH-USDT")
 _PERP_DEFAULTS = ("BTC-USDT-PERP", "ETH-USDT-PERP")
 MARKETS: Mapping[str, Market] = {
-    "spot": Market("spot", False, _DEPTHS, 50, "BTCUSDT", "BTC-USDT", _SPOT_DEFAULTS),
-    "linear": Market("linear", True, _DEPTHS, 50, "BTCUSDT", "BTC-USDT-PERP", _PERP_DEFAULTS),
+    "spot": Market(
+        "spot", False, _DEPTHS, 50, "BTCUSDT", "BTC-USDT", _SPOT_DEFAULTS, ("trades", "book", "ticker")
+    ),
+    "linear": Market(
+        "linear",
+        True,
+        _DEPTHS,
+        50,
+        "BTCUSDT",
+        "BTC-USDT-PERP",
+        _PERP_DEFAULTS,
+        ("trades", "book", "ticker", "derivatives", "liquidations"),
+    ),
 }
 _TRADE_PREFIX = "publicTrade."
 _BOOK_PREFIX = "orderbook."
@@ -118,13 +133,23 @@ class BybitVenue:
         return rest_url(market, override)
 
     def topic(self, market: str, channel: Channel, native: str, book_depth: int) -> str:
-        return trade_topic(native) if channel == "trades" else book_topic(native, book_depth)
+        if channel == "trades":
+            return trade_topic(native)
+        if channel == "book":
+            return book_topic(native, book_depth)
+        if channel == "liquidations":
+            return liquidation_topic(native)
+        return ticker_topic(native)  # ticker and derivatives share `tickers.{symbol}`
 
     def parse_topic(self, market: str, topic: str) -> Topic | None:
         if topic.startswith(_TRADE_PREFIX):
             return Topic("trades", topic[len(_TRADE_PREFIX) :])
         if topic.startswith(_BOOK_PREFIX):
             return Topic("book", topic.rpartition(".")[2])
+        if topic.startswith(TICKER_PREFIX):
+            return Topic("ticker", topic[len(TICKER_PREFIX) :])
+        if topic.startswith(LIQUIDATION_PREFIX):
+            return Topic("liquidations", topic[len(LIQUIDATION_PREFIX) :])
         return None
 
     def connections(

@@ -28,7 +28,7 @@ from marketflow.exchanges.base import (
     SubscribeRequest,
     UnknownControl,
 )
-from marketflow.model import BookUpdate, Level, Trade
+from marketflow.model import BookUpdate, DerivativesTick, Level, Liquidation, Ticker, Trade, liquidation_id
 
 EXCHANGE = "bybit"
 MARKET_NAMES = ("spot", "linear")
@@ -43,6 +43,8 @@ MAX_ARGS_PER_REQUEST = 10
 HEARTBEAT = b'{"req_id":"hb","op":"ping"}'
 _TRADE_PREFIX = "publicTrade."
 _BOOK_PREFIX = "orderbook."
+TICKER_PREFIX = "tickers."
+LIQUIDATION_PREFIX = "allLiquidation."
 # Trade ids remembered per symbol, in two generations, to tell backfilled trades we already have from new
 # ones. Backfill admits only trades younger than its disconnect time less 10 s (backfill.CLOCK_MARGIN_US),
 # so a generation turns over once it spans RECENT_SPAN_US of exchange time — both together always hold
@@ -79,6 +81,15 @@ def book_topic(native: str, depth: int) -> str:
     return f"{_BOOK_PREFIX}{depth}.{native}"
 
 
+def ticker_topic(native: str) -> str:
+    """`tickers.{symbol}`: the `ticker` channel, and on linear the `derivatives` channel too (§1.7)."""
+    return TICKER_PREFIX + native
+
+
+def liquidation_topic(native: str) -> str:
+    return LIQUIDATION_PREFIX + native
+
+
 def connections(
     market: str,
     natives: Sequence[str],
@@ -90,6 +101,10 @@ def connections(
     topics = [trade_topic(n) for n in natives] if "trades" in channels else []
     if "book" in channels:
         topics += [book_topic(n, book_depth) for n in natives]
+    if "ticker" in channels or "derivatives" in channels:
+        topics += [ticker_topic(n) for n in natives]
+    if "liquidations" in channels:
+        topics += [liquidation_topic(n) for n in natives]
     return [
         ConnectionPlan("", ws_url(market, ws_override), tuple(topics), frozenset(channels), tuple(natives))
     ]
@@ -137,6 +152,32 @@ class _Book(msgspec.Struct):
     seq: int = 0
 
 
+class _Tickers(msgspec.Struct):
+    """`tickers` data: a linear delta carries only the fields that changed (absent: None)."""
+
+    lastPrice: str | None = None
+    volume24h: str | None = None
+    bid1Price: str | None = None
+    bid1Size: str | None = None
+    ask1Price: str | None = None
+    ask1Size: str | None = None
+    markPrice: str | None = None
+    indexPrice: str | None = None
+    fundingRate: str | None = None
+    nextFundingTime: str | None = None
+    openInterest: str | None = None
+    openInterestValue: str | None = None
+
+
+class _Liquidation(msgspec.Struct):
+    """`allLiquidation` entry: `S` is the side of the liquidated *position* (`Buy`: a long)."""
+
+    T: int
+    S: Literal["Buy", "Sell"]
+    v: str
+    p: str
+
+
 _control_decoder = msgspec.json.Decoder(_Control)
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _trades_decoder = msgspec.json.Decoder(list[_Trade])
@@ -144,6 +185,10 @@ _trade_frame_decoder = msgspec.json.Decoder(_TradeFrame)
 _TRADE_FRAME_START = b'{"topic":"publicTrade.'
 """How every trade frame seen live begins; others (other key orders) take the two-pass path."""
 _book_decoder = msgspec.json.Decoder(_Book)
+_tickers_decoder = msgspec.json.Decoder(_Tickers)
+_liquidations_decoder = msgspec.json.Decoder(list[_Liquidation])
+# The forced order closing a long sells: the opposite of the position side Bybit sends.
+_FORCED_SIDE: dict[str, Literal["buy", "sell"]] = {"Buy": "sell", "Sell": "buy"}
 _SIDES: dict[str, Literal["buy", "sell"]] = {"Buy": "buy", "Sell": "sell"}
 
 
@@ -296,6 +341,18 @@ class FrameDecoder:
                         )
                     )
                     counters.book_updates += 1
+                elif topic.startswith(TICKER_PREFIX):
+                    symbol = symbols.get(topic[len(TICKER_PREFIX) :])
+                    if symbol is None:
+                        counters.unknown_topics += 1
+                        continue
+                    self._tickers(symbol, env, recv_ts, out)
+                elif topic.startswith(LIQUIDATION_PREFIX):
+                    symbol = symbols.get(topic[len(LIQUIDATION_PREFIX) :])
+                    if symbol is None:
+                        counters.unknown_topics += 1
+                        continue
+                    self._liquidations(symbol, env, recv_ts, out)
                 else:
                     counters.ignored += 1
             except msgspec.DecodeError as exc:
@@ -305,6 +362,64 @@ class FrameDecoder:
                     "malformed bybit frame ignored",
                     extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
                 )
+
+    def _tickers(self, symbol: str, env: _Envelope, recv_ts: int, out: Decoded) -> None:
+        """A snapshot or a delta (linear: only changed fields) -> a partial `Ticker` and, on linear, a
+        partial `DerivativesTick`; a field absent from a delta stays None (kept downstream). Every value
+        is converted before anything is kept: a bad one rejects the whole frame."""
+        t = _tickers_decoder.decode(env.data)
+        snapshot = env.type == "snapshot"
+        ts = env.ts * 1000
+        dec = self._maybe_decimal
+        quote = (t.bid1Price, t.bid1Size, t.ask1Price, t.ask1Size, t.lastPrice, t.volume24h)
+        ticker = None
+        if snapshot or any(v is not None for v in quote):
+            bid, bid_size, ask, ask_size, last, volume = (dec(v) for v in quote)
+            ticker = Ticker(
+                self.exchange, symbol, ts, recv_ts, bid, bid_size, ask, ask_size, last, volume, snapshot
+            )
+        derivs = None
+        fields = (t.markPrice, t.indexPrice, t.fundingRate, t.openInterest, t.openInterestValue)
+        if self.market == "linear" and (
+            snapshot or t.nextFundingTime is not None or any(v is not None for v in fields)
+        ):
+            funding_time = None
+            if t.nextFundingTime is not None:
+                try:
+                    funding_time = int(t.nextFundingTime) * 1000
+                except ValueError:
+                    raise msgspec.DecodeError(f"not a time: {t.nextFundingTime[:40]!r}") from None
+            mark, index, rate, oi, oi_value = (dec(v) for v in fields)
+            derivs = DerivativesTick(
+                self.exchange, symbol, ts, recv_ts, mark, index, rate, funding_time, oi, oi_value, snapshot
+            )
+        if ticker is not None:
+            out.tickers.append(ticker)
+            self.counters.tickers += 1
+        if derivs is not None:
+            out.derivatives.append(derivs)
+            self.counters.derivatives += 1
+
+    def _liquidations(self, symbol: str, env: _Envelope, recv_ts: int, out: Decoded) -> None:
+        rows = _liquidations_decoder.decode(env.data)
+        made = [
+            Liquidation(
+                self.exchange,
+                symbol,
+                liquidation_id(r.T, r.S, r.p, r.v),
+                _FORCED_SIDE[r.S],
+                self._decimal(r.p),
+                self._decimal(r.v),
+                r.T * 1000,
+                recv_ts,
+            )
+            for r in rows
+        ]
+        out.liquidations.extend(made)
+        self.counters.liquidations += len(made)
+
+    def _maybe_decimal(self, text: str | None) -> Decimal | None:
+        return None if text is None else self._decimal(text)
 
     def _trades(self, native: str, symbol: str, trades: list[_Trade], recv_ts: int, out: Decoded) -> None:
         if not trades:

@@ -27,6 +27,15 @@ from marketflow.exchanges.base import (
 )
 from marketflow.exchanges.okx.book import OkxBook, checksum
 from marketflow.exchanges.okx.frames import FrameDecoder, OkxBookUpdate
+from marketflow.exchanges.okx.market_data import (
+    FUNDING_RATE,
+    INDEX_TICKERS,
+    LIQUIDATION_ORDERS,
+    MARK_PRICE,
+    OPEN_INTEREST,
+    TICKERS,
+    index_of,
+)
 from marketflow.exchanges.okx.rest import (
     DEFAULT_REST,
     HISTORY_PAGE,
@@ -64,13 +73,25 @@ TOPICS_PER_CONNECTION = 25
 MAX_GAP = 20_000
 """Widest trade-id gap fetched whole: 200 pages of 100 at 20 requests per 2 s."""
 _DEPTHS = (400, 5)
+_ALL: tuple[Channel, ...] = ("trades", "book", "ticker", "derivatives", "liquidations")
 MARKETS: Mapping[str, Market] = {
-    SPOT: Market(SPOT, False, _DEPTHS, 400, "BTC-USDT", "BTC-USDT", ("BTC-USDT", "ETH-USDT")),
-    SWAP: Market(
-        SWAP, True, _DEPTHS, 400, "BTC-USDT-SWAP", "BTC-USDT-PERP", ("BTC-USDT-PERP", "BTC-USD-PERP")
+    SPOT: Market(
+        SPOT,
+        False,
+        _DEPTHS,
+        400,
+        "BTC-USDT",
+        "BTC-USDT",
+        ("BTC-USDT", "ETH-USDT"),
+        ("trades", "book", "ticker"),
     ),
-    FUTURES: Market(FUTURES, False, _DEPTHS, 400, "BTC-USD-250627", "BTC-USD-20250627"),
+    SWAP: Market(
+        SWAP, True, _DEPTHS, 400, "BTC-USDT-SWAP", "BTC-USDT-PERP", ("BTC-USDT-PERP", "BTC-USD-PERP"), _ALL
+    ),
+    FUTURES: Market(FUTURES, False, _DEPTHS, 400, "BTC-USD-250627", "BTC-USD-20250627", (), _ALL),
 }
+_INST_TYPES = {SWAP: "SWAP", FUTURES: "FUTURES"}
+"""`liquidation-orders` is subscribed per instrument type."""
 _RECOVERY = TradeRecovery(
     ReconnectTrades.BY_ID,
     "disconnected; missed trades are recovered by trade id",
@@ -78,7 +99,16 @@ _RECOVERY = TradeRecovery(
     "trade ids",
 )
 _BUDGET = RestBudget(REST_LIMIT, REST_WINDOW_S)
-_CHANNELS: dict[str, Channel] = {TRADES_CHANNEL: "trades", **{c: "book" for c in BOOK_CHANNELS.values()}}
+_CHANNELS: dict[str, Channel] = {
+    TRADES_CHANNEL: "trades",
+    **{c: "book" for c in BOOK_CHANNELS.values()},
+    TICKERS: "ticker",
+    MARK_PRICE: "derivatives",
+    INDEX_TICKERS: "derivatives",
+    FUNDING_RATE: "derivatives",
+    OPEN_INTEREST: "derivatives",
+    LIQUIDATION_ORDERS: "liquidations",
+}
 
 
 class OkxVenue:
@@ -117,6 +147,11 @@ class OkxVenue:
     def topic(self, market: str, channel: Channel, native: str, book_depth: int) -> str:
         if channel == "trades":
             return f"{TRADES_CHANNEL}:{native}"
+        if channel != "book":
+            topics = _instrument_topics(market, channel, native)
+            if not topics:
+                raise ValueError(f"okx {market} has no {channel!r} channel")
+            return topics[0]
         try:
             return f"{BOOK_CHANNELS[book_depth]}:{native}"
         except KeyError:
@@ -143,14 +178,26 @@ class OkxVenue:
         """Every topic on the public URL, at most `TOPICS_PER_CONNECTION` per connection (an instrument's
         topics stay together, so each connection's decoder knows its symbols)."""
         url = self.ws_url(market, ws_override)
-        wanted = [c for c in ("trades", "book") if c in channels]
-        per = max(1, TOPICS_PER_CONNECTION // max(1, len(wanted)))
+        wanted: list[Channel] = [c for c in MARKETS[market].channels if c in channels]
+        per_instrument = sum(
+            1 if c in ("trades", "book") else len(_instrument_topics(market, c, "X-Y-SWAP")) for c in wanted
+        )
+        per = max(1, TOPICS_PER_CONNECTION // max(1, per_instrument))
         plans = []
         for start in range(0, len(natives), per):
             chunk = tuple(natives[start : start + per])
-            topics = tuple(self.topic(market, c, n, book_depth) for c in wanted for n in chunk)  # type: ignore[arg-type]
+            topics: list[str] = []
+            for c in wanted:
+                for n in chunk:
+                    if c in ("trades", "book"):
+                        topics.append(self.topic(market, c, n, book_depth))
+                    else:
+                        topics.extend(_instrument_topics(market, c, n))
+            if "liquidations" in wanted:  # one per connection: the whole instrument type
+                topics.append(f"{LIQUIDATION_ORDERS}:{_INST_TYPES[market]}")
             suffix = "" if start == 0 else f"#{start // per + 1}"
-            plans.append(ConnectionPlan(suffix, url, topics, frozenset(wanted), chunk))
+            unique = tuple(dict.fromkeys(topics))  # two swaps on one index share `index-tickers`
+            plans.append(ConnectionPlan(suffix, url, unique, frozenset(wanted), chunk))
         return plans
 
     def session(self, market: str, topics: Sequence[str]) -> Session:
@@ -221,6 +268,18 @@ class OkxVenue:
                 )
             )
         return out
+
+
+def _instrument_topics(market: str, channel: str, native: str) -> list[str]:
+    """The per-instrument topics of a market-data channel (liquidations: none, see `connections`)."""
+    if channel == "ticker":
+        return [f"{TICKERS}:{native}"]
+    if channel == "derivatives" and market in _INST_TYPES:
+        kinds = [MARK_PRICE, FUNDING_RATE, OPEN_INTEREST] if market == SWAP else [MARK_PRICE, OPEN_INTEREST]
+        return [f"{k}:{native}" for k in kinds] + [f"{INDEX_TICKERS}:{index_of(native)}"]
+    if channel == "liquidations" and market in _INST_TYPES:
+        return [f"{LIQUIDATION_ORDERS}:{_INST_TYPES[market]}"]
+    return []
 
 
 VENUE: Venue = OkxVenue()

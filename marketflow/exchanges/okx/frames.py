@@ -25,6 +25,8 @@ from typing import Literal
 import msgspec
 
 from marketflow.exchanges.base import DecodeCounters, Decoded, TradeGap
+from marketflow.exchanges.okx.market_data import CHANNELS as MARKET_DATA_CHANNELS
+from marketflow.exchanges.okx.market_data import decode_market_data
 from marketflow.model import BookUpdate, Level, Trade
 
 log = logging.getLogger("marketflow.exchanges.okx")
@@ -49,6 +51,7 @@ class OkxBookUpdate(BookUpdate, frozen=True, gc=False):
 class _Arg(msgspec.Struct):
     channel: str
     instId: str = ""
+    instType: str = ""
 
 
 class _Trade(msgspec.Struct):
@@ -129,6 +132,10 @@ class FrameDecoder:
                     self._trades(env.arg.instId, _trades_decoder.decode(env.data), recv_ts, out)
                 elif channel in BOOK_CHANNELS:
                     self._books(env.arg, env.action, _books_decoder.decode(env.data), recv_ts, out)
+                elif channel in MARKET_DATA_CHANNELS:
+                    decode_market_data(
+                        self.exchange, channel, env.data, self.symbols, self._decimal, recv_ts, out, counters
+                    )
                 else:
                     counters.ignored += 1
             except msgspec.DecodeError as exc:

@@ -26,6 +26,7 @@ from marketflow.exchanges.base import (
     SubscribeRequest,
     UnknownControl,
 )
+from marketflow.exchanges.okx.market_data import BY_INST_TYPE
 from marketflow.exchanges.okx.symbols import MARKETS
 
 HEARTBEAT = b"ping"
@@ -101,7 +102,8 @@ class Session:
             channel, inst = split_topic(topic)
             self._next_req += 1
             req_id = f"{op[:5]}{self._next_req}"  # OKX: at most 32 letters and digits
-            payload = _encode.encode({"id": req_id, "op": op, "args": [{"channel": channel, "instId": inst}]})
+            key = "instType" if channel in BY_INST_TYPE else "instId"
+            payload = _encode.encode({"id": req_id, "op": op, "args": [{"channel": channel, key: inst}]})
             requests.append(SubscribeRequest(req_id, (topic,), payload))
         return requests
 

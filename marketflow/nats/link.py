@@ -1,0 +1,306 @@
+"""One nats-py connection, driven from trio through a dedicated asyncio thread.
+
+nats-py is asyncio-only. Measured here (docs/BENCHMARKING): an asyncio loop in its own thread published
+31-33k msgs/s and consumed 28-29k from trio, trio-asyncio 15k and 8k; the thread is also the pattern the
+PostgreSQL store uses (`storage/postgres.py`, `AsyncioThread`). Every call below runs on that loop.
+
+Pitfalls handled here: a failed `publish_async` future never resolves (nats-py issue #985: the error only
+reaches `error_cb`), so every batch of acks is awaited with a timeout and what is still pending is
+cancelled (which also frees nats-py's pending-ack slots); with replicas the server may answer 409
+"duplicate message id is in process" (err_code 10158) to a second publisher of the same id: that message is
+stored, so it counts as done; `PubAck.duplicate` is None, not False, for a new message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+import trio
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from marketflow.config import NatsConfig
+from marketflow.nats.schema import MSG_ID, stream_name
+from marketflow.storage.postgres import AsyncioThread
+
+log = logging.getLogger("marketflow.nats")
+T = TypeVar("T")
+
+PUBLISH_TIMEOUT_S: Final = 5.0
+"""Longest a batch of publishes waits for its acks (a leader election took ~4 s here)."""
+CONNECT_TIMEOUT_S: Final = 2
+DUPLICATE_WINDOW_S: Final = 600.0
+"""JetStream drops a message whose id it saw this recently (retries, spool replays)."""
+BOOK_MAX_AGE_S: Final = 3600.0
+ERR_DUPLICATE_IN_PROCESS: Final = 10158
+ERR_STREAM_NAME_IN_USE: Final = 10058
+INBOX_CAPACITY: Final = 10_000
+
+
+class NatsError(Exception):
+    """NATS refused or did not answer; the message names the servers and the cause."""
+
+
+class Inbox:
+    """Messages of one push subscription, queued on the asyncio side until trio takes them."""
+
+    def __init__(self, *, block: bool = False) -> None:
+        self.queue: asyncio.Queue[Msg] = asyncio.Queue(INBOX_CAPACITY)
+        self.block = block
+        self.dropped = 0
+
+    async def put(self, msg: Msg) -> None:
+        if self.block:  # a reader that must see everything: the subscription waits (flow control)
+            await self.queue.put(msg)
+            return
+        try:
+            self.queue.put_nowait(msg)
+        except asyncio.QueueFull:  # a live view that cannot keep up: counted, never blocks the client
+            self.dropped += 1
+
+    async def take(self, most: int) -> list[Msg]:
+        msgs = [await self.queue.get()]
+        while len(msgs) < most and not self.queue.empty():
+            msgs.append(self.queue.get_nowait())
+        return msgs
+
+
+class NatsLink:
+    """A connection to the configured NATS servers for one actor; `open()` also makes sure the streams
+    exist. `run()`-style calls raise `NatsError` for any failure."""
+
+    def __init__(self, config: NatsConfig, name: str) -> None:
+        self.config = config
+        self.name = name
+        self._thread = AsyncioThread(f"nats-{name}")
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._pull: dict[str, JetStreamContext.PullSubscription] = {}
+        self.errors = 0
+        self.last_error: str | None = None
+
+    @property
+    def display(self) -> str:
+        return ",".join(self.config.servers)
+
+    def subject_all(self, kind: str) -> str:
+        return f"{self.config.subject_prefix}.{kind}.>"
+
+    async def _run(self, doing: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            return await self._thread.run(_unless_cancelled, fn, *args)
+        except Exception as exc:  # nats-py, asyncio and socket errors alike: one error type for the actors
+            raise NatsError(f"NATS {self.display}: {doing} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def open(self, *, create_streams: bool = True) -> None:
+        """Connect (one attempt per server) and create the streams if missing."""
+        self._thread.start()
+        await self._run("connect", self._connect, create_streams)
+
+    async def _connect(self, create_streams: bool) -> None:
+        if self._nc is not None and self._nc.is_connected:
+            return
+
+        async def on_error(exc: Exception) -> None:
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+
+        self._nc = await nats.connect(
+            list(self.config.servers),
+            name=f"marketflow-{self.name}",
+            connect_timeout=CONNECT_TIMEOUT_S,
+            reconnect_time_wait=0.25,
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+            error_cb=on_error,
+        )
+        self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
+        if create_streams:
+            await self._ensure_streams(self._js)
+
+    async def _ensure_streams(self, js: JetStreamContext) -> None:
+        prefix = self.config.subject_prefix
+        streams = (
+            StreamConfig(
+                name=stream_name(prefix, "trades"),
+                subjects=[self.subject_all("trades")],
+                max_age=float(self.config.max_age_s),
+                num_replicas=self.config.stream_replicas,
+                duplicate_window=min(DUPLICATE_WINDOW_S, float(self.config.max_age_s)),
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+            ),
+            # Only the newest book of a symbol matters: a serving daemon starts from it.
+            StreamConfig(
+                name=stream_name(prefix, "book"),
+                subjects=[self.subject_all("book")],
+                max_msgs_per_subject=1,
+                max_age=BOOK_MAX_AGE_S,
+                num_replicas=self.config.stream_replicas,
+                storage=StorageType.MEMORY,
+                discard=DiscardPolicy.OLD,
+            ),
+        )
+        for config in streams:
+            assert config.name is not None
+            try:
+                await js.stream_info(config.name)
+                continue
+            except nats.js.errors.NotFoundError:
+                pass
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != ERR_STREAM_NAME_IN_USE:  # another daemon made it meanwhile
+                    raise
+
+    async def close(self) -> None:
+        if self._thread.running:
+            try:
+                await self._thread.run(self._close)
+            except Exception as exc:  # closing a broken connection: nothing left to save
+                log.debug("closing the NATS connection failed", extra={"error": repr(exc)})
+        await _stop_thread(self._thread)
+
+    async def _close(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        self._pull = {}
+        if nc is not None and not nc.is_closed:
+            await asyncio.wait_for(nc.close(), PUBLISH_TIMEOUT_S)
+
+    # -- publishing ------------------------------------------------------------------------------------------
+
+    async def publish_acked(self, messages: Sequence[tuple[str, bytes, str]]) -> list[bool]:
+        """Publish `(subject, payload, msg id)` to JetStream and wait for every ack; per message, whether
+        JetStream had it already (a duplicate). Raises `NatsError` if any is not acked in time."""
+        return await self._run("publish", self._publish_acked, messages)
+
+    async def _publish_acked(self, messages: Sequence[tuple[str, bytes, str]]) -> list[bool]:
+        js = self._js
+        if js is None:
+            raise nats.errors.ConnectionClosedError
+        futures = [
+            await js.publish_async(subject, payload, wait_stall=PUBLISH_TIMEOUT_S, headers={MSG_ID: msg_id})
+            for subject, payload, msg_id in messages
+        ]
+        _, pending = await asyncio.wait(futures, timeout=PUBLISH_TIMEOUT_S)
+        for future in pending:
+            future.cancel()  # nats-py #985: it may never resolve; cancelling frees its slot
+        if pending:
+            raise TimeoutError(f"{len(pending)} of {len(futures)} publishes not acked in time")
+        duplicates: list[bool] = []
+        for future in futures:
+            exc = future.exception()
+            if exc is None:
+                duplicates.append(bool(future.result().duplicate))
+            elif isinstance(exc, nats.js.errors.APIError) and exc.err_code == ERR_DUPLICATE_IN_PROCESS:
+                duplicates.append(True)
+            else:
+                raise exc
+        return duplicates
+
+    async def publish_core(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish without waiting for acks (books: the next one replaces a lost one)."""
+        await self._run("publish", self._publish_core, messages)
+
+    async def _publish_core(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        nc = self._nc
+        if nc is None:
+            raise nats.errors.ConnectionClosedError
+        for subject, payload in messages:
+            await nc.publish(subject, payload)
+
+    # -- consuming -------------------------------------------------------------------------------------------
+
+    async def fetch(self, durable: str, kind: str, most: int, wait_s: float) -> list[Msg]:
+        """Up to `most` messages of the shared durable pull consumer `durable` ([] after `wait_s`)."""
+        return await self._run("fetch", self._fetch, durable, kind, most, wait_s)
+
+    async def _fetch(self, durable: str, kind: str, most: int, wait_s: float) -> list[Msg]:
+        js = self._js
+        if js is None:
+            raise nats.errors.ConnectionClosedError
+        sub = self._pull.get(durable)
+        if sub is None:
+            config = ConsumerConfig(
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.config.ack_wait_s,
+                max_ack_pending=100_000,
+                filter_subject=self.subject_all(kind),
+            )
+            sub = await js.pull_subscribe(
+                self.subject_all(kind),
+                durable=durable,
+                stream=stream_name(self.config.subject_prefix, kind),
+                config=config,
+            )
+            self._pull[durable] = sub
+        try:
+            return await sub.fetch(most, timeout=wait_s)
+        except nats.errors.TimeoutError:
+            return []
+
+    async def ack(self, msgs: Sequence[Msg]) -> None:
+        await self._run("ack", self._ack, msgs)
+
+    @staticmethod
+    async def _ack(msgs: Sequence[Msg]) -> None:
+        for msg in msgs:
+            await msg.ack()
+
+    async def subscribe(
+        self, kind: str, subject: str, *, deliver: DeliverPolicy = DeliverPolicy.NEW, block: bool = False
+    ) -> Inbox:
+        """An ordered push consumer over `subject` of the `kind` stream (nats-py re-creates it after a node
+        fails), from now on, from the start, or from the newest message of every subject (`deliver`);
+        `block`: the inbox never drops (the subscription waits for the reader instead)."""
+        return await self._run("subscribe", self._subscribe, kind, subject, deliver, block)
+
+    async def _subscribe(self, kind: str, subject: str, policy: DeliverPolicy, block: bool) -> Inbox:
+        js = self._js
+        if js is None:
+            raise nats.errors.ConnectionClosedError
+        inbox = Inbox(block=block)
+        await js.subscribe(
+            subject,
+            stream=stream_name(self.config.subject_prefix, kind),
+            cb=inbox.put,
+            ordered_consumer=True,
+            deliver_policy=policy,
+        )
+        return inbox
+
+    async def take(self, inbox: Inbox, most: int) -> list[Msg]:
+        return await self._run("receive", inbox.take, most)
+
+
+async def _unless_cancelled(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """`fn(*args)`; an error it raises while being cancelled (trio stopped waiting, e.g. the connection
+    closing under a fetch) becomes the cancellation: nobody reads that result, and asyncio would log it."""
+    try:
+        return await fn(*args)
+    except Exception:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError from None
+        raise
+
+
+async def _stop_thread(thread: AsyncioThread) -> None:
+    await trio.to_thread.run_sync(thread.stop)

@@ -1,0 +1,208 @@
+"""The serve role's way in: every collector's trades and books from JetStream → this daemon's live views.
+
+Trades go onto the serving bus (analytics, the trade ring), each trade once: redundant collectors (a hot
+pair) publish the same trade in different messages, so trades are filtered by identity against the ids
+seen recently per symbol (two generations of `RECENT_IDS`, like a venue decoder's duplicate filter).
+Books arrive whole (`collect.py`) and replace the mirrored book of their symbol (`MirrorBook`), so `/book`
+answers for symbols collected on other machines.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+import trio
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from marketflow.config import Config
+from marketflow.exchanges.orderbook import BookSync, Gap
+from marketflow.model import BookUpdate, Trade
+from marketflow.nats.link import Inbox, NatsError, NatsLink
+from marketflow.nats.schema import PayloadError, unpack_book, unpack_trades
+from marketflow.pipeline.bookkeeper import LiveBooks
+from marketflow.runtime.backoff import Backoff
+from marketflow.runtime.bus import Bus
+
+log = logging.getLogger("marketflow.nats")
+
+RECENT_IDS = 10_000
+"""Per symbol and generation (~60 B an id): a duplicate is caught while fewer than this many newer trades
+of its symbol came in (seconds on busy markets: the two collectors of a hot pair publish within
+`flush_interval_s` of each other)."""
+TAKE_MESSAGES = 512
+
+
+class RecentIds:
+    """Trade ids seen lately per (exchange, symbol): two generations, the older dropped when the newer
+    holds `limit` ids, so memory stays bounded and a duplicate is caught while it is that recent."""
+
+    def __init__(self, limit: int = RECENT_IDS) -> None:
+        self._limit = limit
+        self._ids: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
+
+    def fresh(self, trades: list[Trade]) -> list[Trade]:
+        """The trades of `trades` not seen before (and remember them)."""
+        out: list[Trade] = []
+        for t in trades:
+            key = (t.exchange, t.symbol)
+            generations = self._ids.get(key)
+            if generations is None:
+                generations = self._ids[key] = (set(), set())
+            current, previous = generations
+            if t.id in current or t.id in previous:
+                continue
+            if len(current) >= self._limit:
+                previous = current
+                current = set()
+                self._ids[key] = (current, previous)
+            current.add(t.id)
+            out.append(t)
+        return out
+
+
+class MirrorBook(BookSync):
+    """A `Synchronizer` for a book kept elsewhere: every message is the whole book (a snapshot)."""
+
+    def on_update(self, update: BookUpdate) -> Gap | None:
+        return self._set_snapshot(update)
+
+    def on_snapshot(self, update: BookUpdate) -> Gap | None:
+        return self._set_snapshot(update)
+
+
+def mirror_books(books: LiveBooks, *, only_waiting: bool = False) -> None:
+    """Books of this daemon come from NATS, not from its own feeds (`only_waiting`: those added since)."""
+    for key in books.keys():  # noqa: SIM118 (LiveBooks, not a dict)
+        if not (only_waiting and isinstance(books.books[key], MirrorBook)):
+            books.books[key] = MirrorBook()
+
+
+@attrs.frozen
+class ServeStatistics:
+    name: str
+    state: str
+    trades: int
+    duplicates: int
+    books: int
+    malformed: int
+    dropped_messages: int
+    errors: int
+    last_error: str | None
+
+
+class ServeSubscriber:
+    """Subscribes to `<prefix>.trades.>` (from now) and `<prefix>.book.>` (from the newest of each)."""
+
+    def __init__(
+        self,
+        trades: Bus[Trade],
+        books: LiveBooks,
+        recent: RecentIds,
+        config: Config,
+        *,
+        name: str = "nats_serve",
+    ) -> None:
+        self.name = name
+        self._stop = trio.CancelScope()
+        self._bus = trades
+        self._books = books
+        self._recent = recent
+        self._link = NatsLink(config.nats, "serve")
+        self._prefix = config.nats.subject_prefix
+        self._backoff = Backoff(config.supervisor.backoff_initial_s, config.supervisor.backoff_max_s)
+        self._state = "starting"
+        self._trades = 0
+        self._duplicates = 0
+        self._book_messages = 0
+        self._malformed = 0
+        self._dropped = 0
+        self._errors = 0
+        self._last_error: str | None = None
+
+    def statistics(self) -> ServeStatistics:
+        return ServeStatistics(
+            self.name,
+            self._state,
+            self._trades,
+            self._duplicates,
+            self._book_messages,
+            self._malformed,
+            self._dropped,
+            self._errors,
+            self._last_error,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self._stop:
+                await self._serve_forever(task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._link.close()
+
+    def request_stop(self) -> None:
+        """Stop now: a serving view owes nothing to anyone."""
+        self._stop.cancel()
+
+    async def _serve_forever(self, task_status: trio.TaskStatus[None]) -> None:
+        started = False
+        while True:
+            try:
+                await self._link.open()
+                trades = await self._link.subscribe("trades", f"{self._prefix}.trades.>")
+                books = await self._link.subscribe(
+                    "book", f"{self._prefix}.book.>", deliver=DeliverPolicy.LAST_PER_SUBJECT
+                )
+                self._state = "running"
+                if not started:
+                    task_status.started()
+                    started = True
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._books_loop, books)
+                    while True:
+                        msgs = await self._link.take(trades, TAKE_MESSAGES)
+                        self._dropped = trades.dropped
+                        await self._publish(msgs)
+            except* NatsError as group:
+                self._errors += 1
+                self._last_error = str(group.exceptions[0])
+                self._state = "retrying"
+                log.error("NATS subscription failed; retrying", extra={"error": self._last_error})
+                if not started:  # serving starts anyway: the views fill once NATS answers
+                    task_status.started()
+                    started = True
+            # A fresh connection and fresh subscriptions (the old ones must not feed the bus twice).
+            await self._link.close()
+            await trio.sleep(self._backoff.next_delay())
+
+    async def _publish(self, msgs: list[Msg]) -> None:
+        received: list[Trade] = []
+        for msg in msgs:
+            try:
+                received.extend(unpack_trades(msg.data))
+            except PayloadError:
+                self._malformed += 1
+        fresh = self._recent.fresh(received)
+        self._duplicates += len(received) - len(fresh)
+        self._trades += len(fresh)
+        if fresh:
+            await self._bus.publish(fresh)
+
+    async def _books_loop(self, inbox: Inbox) -> None:
+        books = self._books
+        while True:
+            msgs = await self._link.take(inbox, TAKE_MESSAGES)
+            for msg in msgs:
+                try:
+                    update = unpack_book(msg.data)
+                except PayloadError:
+                    self._malformed += 1
+                    continue
+                key = (update.exchange, update.symbol)
+                sync = books.books.get(key)
+                if isinstance(sync, MirrorBook):  # a book this daemon collects itself stays its own
+                    sync.on_snapshot(update)
+                    books.updated[key] = update.ts
+                    self._book_messages += 1

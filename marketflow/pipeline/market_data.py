@@ -1,0 +1,275 @@
+"""Live tickers and derivatives per symbol, merged exactly, and what of them is stored (SPEC §12).
+
+Decoders emit partial records (`Ticker`, `DerivativesTick`: None = not in this message). `LiveMarketData`
+merges them field by field: a field takes a record's value only if the record is not older than the one
+that last set it, so out-of-order ticks never roll a field back, and a field a delta omits keeps its value.
+
+What it hands on for storage:
+- `derivatives`: one row per symbol per `sample_interval_s` bucket (of exchange time) in which a field
+  changed — the merged state at the bucket's last change. A bucket is emitted when a later bucket's record
+  arrives, or when the local clock has left it (`close_buckets`), or at stop (`flush`).
+- `quotes`: every change of the merged best bid/ask (with `store_quotes`).
+- `liquidations`: every event once (a recently seen identity is dropped).
+
+Recent samples and liquidations stay in memory (bounded per symbol) for order-flow bars.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from typing import Any
+
+import attrs
+import msgspec
+
+from marketflow.model import (
+    DERIVATIVES_FIELDS,
+    TICKER_FIELDS,
+    DerivativesTick,
+    Liquidation,
+    MarketData,
+    Ticker,
+)
+
+Key = tuple[str, str]
+RECENT_SAMPLES = 120
+"""Derivatives samples kept in memory per symbol (2 min at one a second): the ones storage may not have yet
+(its sink writes every second); order-flow bars and `/derivatives` read older ones from storage."""
+RECENT_LIQUIDATIONS = 200
+"""Liquidations kept in memory per symbol, for the same reason and to drop a repeated one before storage
+(which keeps each identity once anyway). A few hundred bytes each: 100 symbols hold at most ~6 MB."""
+_NEVER = -(2**63)
+
+
+class Quote(msgspec.Struct, frozen=True, gc=False):
+    """A change of one symbol's best bid/ask (the `quotes` table)."""
+
+    exchange: str
+    symbol: str
+    ts: int
+    bid: Decimal | None
+    bid_size: Decimal | None
+    ask: Decimal | None
+    ask_size: Decimal | None
+
+
+class _Merged:
+    """One symbol's merged fields, the time each was last set, and the newest record's times."""
+
+    __slots__ = ("bucket", "changed_ts", "dirty", "recv_ts", "stamps", "ts", "values")
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        self.values: dict[str, Any] = dict.fromkeys(fields)
+        self.stamps: dict[str, int] = dict.fromkeys(fields, _NEVER)
+        self.ts = 0
+        self.recv_ts = 0
+        self.changed_ts = 0
+        self.bucket = _NEVER
+        self.dirty = False
+
+
+def merge(state: _Merged, record: Ticker | DerivativesTick, fields: tuple[str, ...]) -> tuple[bool, int]:
+    """Merge a partial record into `state`: (whether any value changed, how many fields were too old).
+
+    A value "changes" when it differs as text too, so `"1.0"` -> `"1.00"` is kept as received."""
+    changed = False
+    stale = 0
+    ts = record.ts
+    for name in fields:
+        value = getattr(record, name)
+        if value is None and not record.snapshot:
+            continue
+        if ts < state.stamps[name]:
+            stale += 1
+            continue
+        state.stamps[name] = ts
+        old = state.values[name]
+        if old != value or str(old) != str(value):
+            state.values[name] = value
+            changed = True
+    if ts > state.ts:
+        state.ts = ts
+    if record.recv_ts > state.recv_ts:
+        state.recv_ts = record.recv_ts
+    return changed, stale
+
+
+@attrs.frozen
+class MarketDataStatistics:
+    symbols: int
+    tickers: int
+    derivatives: int
+    liquidations: int
+    duplicate_liquidations: int
+    stale_fields: int
+    samples: int
+    quotes: int
+
+
+@attrs.define
+class Emitted:
+    """What one `apply` produced for storage and analytics."""
+
+    samples: list[DerivativesTick] = attrs.Factory(list)
+    quotes: list[Quote] = attrs.Factory(list)
+    liquidations: list[Liquidation] = attrs.Factory(list)
+
+
+class LiveMarketData:
+    """Latest ticker and derivatives per (exchange, symbol); outlives the actor that feeds it."""
+
+    def __init__(self, sample_interval_s: float = 1.0, *, store_quotes: bool = False) -> None:
+        if sample_interval_s <= 0:
+            raise ValueError(f"sample_interval_s must be > 0, got {sample_interval_s}")
+        self.interval_us = max(1, round(sample_interval_s * 1_000_000))
+        self.store_quotes = store_quotes
+        self._tickers: dict[Key, _Merged] = {}
+        self._derivatives: dict[Key, _Merged] = {}
+        self._samples: dict[Key, collections.deque[DerivativesTick]] = {}
+        self._liquidations: dict[Key, collections.deque[Liquidation]] = {}
+        self._liquidation_ids: dict[Key, set[str]] = {}
+        self._counts = collections.Counter[str]()
+
+    # -- input -------------------------------------------------------------------------------------------
+
+    def apply(self, records: Iterable[MarketData]) -> Emitted:
+        out = Emitted()
+        for record in records:
+            if isinstance(record, Ticker):
+                self._ticker(record, out)
+            elif isinstance(record, DerivativesTick):
+                self._derivative(record, out)
+            else:
+                self._liquidation(record, out)
+        return out
+
+    def _ticker(self, record: Ticker, out: Emitted) -> None:
+        self._counts["tickers"] += 1
+        key = (record.exchange, record.symbol)
+        state = self._tickers.get(key)
+        if state is None:
+            state = self._tickers[key] = _Merged(TICKER_FIELDS)
+        values = state.values
+        before = (values["bid"], values["bid_size"], values["ask"], values["ask_size"])
+        changed, stale = merge(state, record, TICKER_FIELDS)
+        self._counts["stale_fields"] += stale
+        if not changed or not self.store_quotes:
+            return
+        after = (values["bid"], values["bid_size"], values["ask"], values["ask_size"])
+        if after != before or tuple(map(str, after)) != tuple(map(str, before)):
+            self._counts["quotes"] += 1
+            out.quotes.append(Quote(record.exchange, record.symbol, record.ts, *after))
+
+    def _derivative(self, record: DerivativesTick, out: Emitted) -> None:
+        self._counts["derivatives"] += 1
+        key = (record.exchange, record.symbol)
+        state = self._derivatives.get(key)
+        if state is None:
+            state = self._derivatives[key] = _Merged(DERIVATIVES_FIELDS)
+        bucket = record.ts // self.interval_us
+        if state.dirty and bucket > state.bucket:
+            self._sample(key, state, out.samples)
+        changed, stale = merge(state, record, DERIVATIVES_FIELDS)
+        self._counts["stale_fields"] += stale
+        if changed:
+            state.dirty = True
+            state.changed_ts = max(state.changed_ts, record.ts)
+            state.bucket = max(state.bucket, bucket)
+
+    def _sample(self, key: Key, state: _Merged, into: list[DerivativesTick]) -> None:
+        v = state.values
+        row = DerivativesTick(
+            key[0],
+            key[1],
+            state.changed_ts,
+            state.recv_ts,
+            v["mark_price"],
+            v["index_price"],
+            v["funding_rate"],
+            v["next_funding_time"],
+            v["open_interest"],
+            v["open_interest_value"],
+            snapshot=True,
+        )
+        state.dirty = False
+        self._counts["samples"] += 1
+        recent = self._samples.get(key)
+        if recent is None:
+            recent = self._samples[key] = collections.deque(maxlen=RECENT_SAMPLES)
+        if recent and recent[-1].ts == row.ts:
+            recent.pop()  # a late field of an emitted instant: the newer row replaces it (stored by ts)
+        recent.append(row)
+        into.append(row)
+
+    def _liquidation(self, record: Liquidation, out: Emitted) -> None:
+        key = (record.exchange, record.symbol)
+        seen = self._liquidation_ids.get(key)
+        if seen is None:
+            seen = self._liquidation_ids[key] = set()
+            self._liquidations[key] = collections.deque()
+        if record.id in seen:
+            self._counts["duplicate_liquidations"] += 1
+            return
+        recent = self._liquidations[key]
+        if len(recent) >= RECENT_LIQUIDATIONS:
+            seen.discard(recent.popleft().id)
+        recent.append(record)
+        seen.add(record.id)
+        self._counts["liquidations"] += 1
+        out.liquidations.append(record)
+
+    def close_buckets(self, now_us: int) -> list[DerivativesTick]:
+        """Samples of buckets the clock has left (a quiet symbol's last change is not held back)."""
+        current = now_us // self.interval_us
+        rows: list[DerivativesTick] = []
+        for key, state in self._derivatives.items():
+            if state.dirty and state.bucket < current:
+                self._sample(key, state, rows)
+        return rows
+
+    def flush(self) -> list[DerivativesTick]:
+        """Every pending sample (at stop)."""
+        rows: list[DerivativesTick] = []
+        for key, state in self._derivatives.items():
+            if state.dirty:
+                self._sample(key, state, rows)
+        return rows
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    def ticker(self, exchange: str, symbol: str) -> tuple[Ticker | None, DerivativesTick | None]:
+        """The merged ticker and derivatives of a symbol (None: nothing received yet)."""
+        key = (exchange, symbol)
+        t = self._tickers.get(key)
+        d = self._derivatives.get(key)
+        ticker = None if t is None else Ticker(exchange, symbol, t.ts, t.recv_ts, **t.values, snapshot=True)
+        derivs = (
+            None
+            if d is None
+            else DerivativesTick(exchange, symbol, d.ts, d.recv_ts, **d.values, snapshot=True)
+        )
+        return ticker, derivs
+
+    def recent_samples(self, exchange: str, symbol: str) -> list[DerivativesTick]:
+        return list(self._samples.get((exchange, symbol), ()))
+
+    def recent_liquidations(self, exchange: str, symbol: str) -> list[Liquidation]:
+        return list(self._liquidations.get((exchange, symbol), ()))
+
+    def statistics(self) -> MarketDataStatistics:
+        c = self._counts
+        return MarketDataStatistics(
+            len(self._tickers.keys() | self._derivatives.keys()),
+            c["tickers"],
+            c["derivatives"],
+            c["liquidations"],
+            c["duplicate_liquidations"],
+            c["stale_fields"],
+            c["samples"],
+            c["quotes"],
+        )
+
+
+Submit = Callable[[list[Any]], None]

@@ -1,0 +1,95 @@
+"""`marketflow.client` from trio and from asyncio, and `marketflow tail`, against a real nats-server: what a
+collector published comes back as the same records, decimals exact."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from decimal import Decimal
+
+import trio
+
+from marketflow.client import Record, subscribe
+from marketflow.config import NatsConfig
+from marketflow.model import BookUpdate, Trade
+from marketflow.nats.collect import NatsTradeStore
+from marketflow.nats.link import NatsLink
+from marketflow.nats.schema import pack_book, subject
+from marketflow.nats.server import NatsServer
+
+TRADES = [
+    Trade(
+        "bybit",
+        "BTC-USDT",
+        str(100 + i),
+        Decimal("65114.20"),
+        Decimal(f"0.00{i + 1}0"),
+        "buy",
+        1_000 + i,
+        2_000,
+    )
+    for i in range(7)
+] + [Trade("bybit", "ETH-USDT", "9", Decimal("3000.5"), Decimal("1E-8"), "sell", 5, 6)]
+
+
+async def publish(server: NatsServer) -> None:
+    store = NatsTradeStore(NatsLink(NatsConfig(servers=(server.url,)), "test"))
+    await store.open()
+    try:
+        assert await store.write_trades(TRADES) == len(TRADES)
+        assert await store.write_trades(TRADES) == 0  # the same chunk again: JetStream drops it
+    finally:
+        await store.close()
+
+
+async def take(n: int, server: NatsServer, kind: str, symbol: str) -> list[Record]:
+    out: list[Record] = []
+    async with subscribe([server.url], kind, "bybit", symbol, deliver="all") as feed:
+        async for record in feed:
+            out.append(record)
+            if len(out) == n:
+                return out
+    raise AssertionError("the feed ended")
+
+
+async def test_trio_and_asyncio_readers_get_the_published_trades_exactly(nats_server: NatsServer) -> None:
+    with trio.fail_after(30):
+        await publish(nats_server)
+        from_trio = await take(7, nats_server, "trades", "BTC-USDT")
+        from_asyncio = await trio.to_thread.run_sync(asyncio.run, take(8, nats_server, "trades", "*"))
+    assert from_trio == TRADES[:7]
+    assert from_asyncio == TRADES
+    assert all(
+        isinstance(t, Trade) and str(t.amount) == str(o.amount)
+        for t, o in zip(from_asyncio, TRADES, strict=True)
+    )
+
+
+async def test_book_messages_come_back_as_snapshots(nats_server: NatsServer) -> None:
+    link = NatsLink(NatsConfig(servers=(nats_server.url,)), "test")
+    bids = [(Decimal("99.50"), Decimal("2")), (Decimal("99"), Decimal("0.10"))]
+    asks = [(Decimal("100.0"), Decimal("1.5"))]
+    with trio.fail_after(30):
+        await link.open()
+        try:
+            payload = pack_book("bybit", "BTC-USDT", 42, 7, 8, bids, asks)
+            await link.publish_core([(subject("marketflow", "book", "bybit", "BTC-USDT"), payload)])
+            [book] = await take(1, nats_server, "book", "BTC-USDT")
+        finally:
+            await link.close()
+    assert book == BookUpdate("bybit", "BTC-USDT", True, 42, 42, None, bids, asks, 7, 8)
+
+
+async def test_tail_prints_json_lines_with_exact_decimals(nats_server: NatsServer) -> None:
+    with trio.fail_after(60):
+        await publish(nats_server)
+        command = [sys.executable, "-m", "marketflow", "tail", "trades", "bybit", "btc-usdt"]
+        command += ["--servers", nats_server.url, "--deliver", "all", "--count", "3"]
+        done = await trio.run_process(command, capture_stdout=True, stderr=subprocess.STDOUT, check=False)
+    assert done.returncode == 0, done.stdout.decode()
+    lines = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert [(r["id"], r["price"], r["amount"]) for r in lines] == [
+        (t.id, str(t.price), str(t.amount)) for t in TRADES[:3]
+    ]
