@@ -188,3 +188,25 @@ async def test_a_multi_megabyte_snapshot_within_the_configured_bound(tmp_path: P
                     )
                 await daemon.stop()
         nursery.cancel_scope.cancel()
+
+
+async def test_the_ticker_follows_the_tape_and_the_book(tmp_path: Path) -> None:
+    sim = SimServer(SimConfig(seed=64, rate=10, book_rate=10))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sim.run)
+        daemon = Daemon(config_for(tmp_path, sim, ("BTC-USD",), channels=("trades", "ticker")))
+        await nursery.start(daemon.run)
+
+        def caught_up() -> bool:
+            ticker, _ = daemon.market.live.ticker("coinbase", "BTC-USD")
+            trades = sim.generated_trades("coinbase", "spot", "BTC-USD")
+            return ticker is not None and bool(trades) and ticker.last == Decimal(trades[-1].price)
+
+        with trio.fail_after(30):
+            await wait_for(caught_up, 0.01)
+            ticker, derivatives = daemon.market.live.ticker("coinbase", "BTC-USD")
+            await daemon.stop()
+        nursery.cancel_scope.cancel()
+    assert ticker is not None and derivatives is None
+    assert ticker.bid is not None and ticker.ask is not None and ticker.bid < ticker.ask
+    assert ticker.bid_size and ticker.ask_size and ticker.volume_24h and ticker.volume_24h > 0

@@ -12,6 +12,8 @@ that never trade nor change). `/` (the market-data socket) takes `{"type":"subsc
   message are shuffled (not in id order); `trade_id` is contiguous per product.
 - `level2` (`l2_data`): a snapshot of the whole book on subscribe, then the changed levels of every book
   update (`new_quantity` absolute, `"0"` deletes), asks as `offer`, `event_time` of snapshot levels 1970.
+- `ticker`: a `snapshot` on subscribe, then an `update` per cut of the product's tape (last price, a
+  running volume, the book's best bid and ask with sizes).
 - `heartbeats`: one message a second while subscribed.
 - Faults: a skipped book update (`skip_update`) is lost *and* consumes a sequence number on every
   connection carrying it; `sequence_jump(n)` makes every connection skip `n` numbers; the first subscribe
@@ -27,6 +29,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, Protocol
 
 import msgspec
@@ -153,6 +156,36 @@ def trade_encoder(product: str, rules: CoinbaseRules) -> FrameEncoder:
             rules.lose_trades[product] -= 1
             return LOST  # the message is lost: a sequence number and a trade-id jump
         return envelope("market_trades", trades_events(product, rows, "update", True))
+
+    return encode
+
+
+def ticker_events(product: str, kind: str, last: TradeRow | None, volume: Decimal, book: SimBook) -> str:
+    formats = Formats(book.instrument)
+    (bids, asks) = book.top(1)
+    tick = {
+        "type": "ticker",
+        "product_id": product,
+        "price": last[ROW_PRICE] if last is not None else "",
+        "volume_24_h": format(volume, "f"),
+        "best_bid": formats.price(bids[0][0]) if bids else "",
+        "best_bid_quantity": formats.size(bids[0][1]) if bids else "",
+        "best_ask": formats.price(asks[0][0]) if asks else "",
+        "best_ask_quantity": formats.size(asks[0][1]) if asks else "",
+    }
+    return _encode.encode([{"type": kind, "tickers": [tick]}]).decode()
+
+
+def ticker_encoder(product: str, book: SimBook, volume: Decimal) -> FrameEncoder:
+    """`ticker` updates of one product, one per cut of its tape: the last price, the running volume and
+    the book's best levels (unframed: the connection stamps and frames)."""
+    total = [volume]
+
+    def encode(rows: list[TradeRow], ts: int) -> bytes:
+        total[0] += sum((Decimal(r[ROW_SIZE]) for r in rows), Decimal(0))
+        return envelope(
+            "ticker", ticker_events(product, "update", rows[-1] if rows else None, total[0], book)
+        )
 
     return encode
 
@@ -334,7 +367,7 @@ class CoinbaseSession:
             self.subscribed_once.set()
             self._subscriptions()
             return
-        if channel not in ("market_trades", "level2") or not ids:
+        if channel not in ("market_trades", "level2", "ticker") or not ids:
             self.host.note_subscribes(0, 1)
             self._error(f"{channel} needs product_ids" if ids == [] else f"unknown channel {channel}")
             return
@@ -367,6 +400,19 @@ class CoinbaseSession:
             if not quiet:
                 self.host.subscribe_trades(
                     EXCHANGE, SPOT, tagged, topic, lambda: trade_encoder(tagged, self.rules)
+                )
+            return
+        if channel == "ticker":
+            tape = self.market.tape(SPOT, tagged, EXCHANGE)
+            book = self.books(EXCHANGE, SPOT, tagged).book
+            history = tape.history.rows()
+            volume = sum((Decimal(r[ROW_SIZE]) for r in history), Decimal(0))
+            last = history[-1] if history else None
+            payload = envelope("ticker", ticker_events(tagged, "snapshot", last, volume, book))
+            self.host.push_frames([WireFrame(payload, topic)])
+            if not quiet:
+                self.host.subscribe_trades(
+                    EXCHANGE, SPOT, tagged, topic, lambda: ticker_encoder(tagged, book, volume)
                 )
             return
         if quiet:  # listed, never changing: the snapshot alone

@@ -250,7 +250,7 @@ def test_malformed_and_foreign_frames_are_counted() -> None:
         trades_frame(1, [trade(1, "BUY", price="abc")]),
         trades_frame(2, [trade(2, "HOLD")]),
         l2_frame(3, "update", [level("ask", "1", "1")]),
-        envelope("ticker", 4, []),
+        envelope("candles", 4, []),
         b"\x00\x01",
     )
     assert out.trades == [] and out.books == []
@@ -324,3 +324,36 @@ async def test_fill_gap_asks_the_gaps_window_and_keeps_only_its_ids() -> None:
             1,
         )
     ]
+
+
+def test_ticker_messages_are_whole_snapshots() -> None:
+    decoder = VENUE.decoder("spot", {"BTC-USD": "BTC-USD"})
+    tick = {
+        "type": "ticker",
+        "product_id": "BTC-USD",
+        "price": "65000.01",
+        "volume_24_h": "1234.5",
+        "low_24_h": "64000",
+        "high_24_h": "66000",
+        "best_bid": "65000.00",
+        "best_bid_quantity": "0.25",
+        "best_ask": "65000.02",
+        "best_ask_quantity": "1.5",
+    }
+    out = decode(decoder, envelope("ticker", 4, [{"type": "update", "tickers": [tick]}]))
+    (ticker,) = out.tickers
+    assert (ticker.symbol, ticker.ts, ticker.recv_ts, ticker.snapshot) == ("BTC-USD", TS_US, 99, True)
+    assert (ticker.bid, ticker.bid_size, ticker.ask, ticker.ask_size, ticker.last, ticker.volume_24h) == (
+        Decimal("65000.00"),
+        Decimal("0.25"),
+        Decimal("65000.02"),
+        Decimal("1.5"),
+        Decimal("65000.01"),
+        Decimal("1234.5"),
+    )
+    plan = VENUE.connections("spot", ["BTC-USD"], ("ticker",), 0, None)[0]
+    assert (
+        plan.topics == ("ticker:BTC-USD",) and VENUE.parse_topic("spot", plan.topics[0]).channel == "ticker"
+    )
+    bodies = [msgspec.json.decode(r.payload) for r in Session("spot", plan.topics).subscribe_requests()]
+    assert bodies[1] == {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "ticker"}

@@ -249,3 +249,23 @@ def test_cli_lists_quiet_products_and_prints_the_url(capsys: Any) -> None:
 
     trio.run(main)
     assert "/coinbase/ws" in capsys.readouterr().out
+
+
+async def test_ticker_snapshot_then_updates_with_the_last_price_and_best_levels(
+    nursery: trio.Nursery,
+) -> None:
+    sim = await start(nursery, rate=20.0)
+    async with open_websocket_url(sim.coinbase_ws_url()) as ws:
+        await subscribe(ws, "ticker", ["BTC-USD"])
+        with trio.fail_after(10):
+            got = await messages_until(ws, lambda m: sum(1 for x in m if x["channel"] == "ticker") >= 5)
+    tickers = [m["events"][0] for m in got if m["channel"] == "ticker"]
+    assert tickers[0]["type"] == "snapshot" and all(t["type"] == "update" for t in tickers[1:])
+    prices = {t.price for t in sim.generated_trades("coinbase", "spot", "BTC-USD")}
+    volumes = []
+    for event in tickers[1:]:
+        (tick,) = event["tickers"]
+        assert tick["product_id"] == "BTC-USD" and tick["price"] in prices
+        assert Decimal(tick["best_bid"]) < Decimal(tick["best_ask"])
+        volumes.append(Decimal(tick["volume_24_h"]))
+    assert volumes == sorted(volumes) and volumes[0] > 0

@@ -33,6 +33,7 @@ from marketflow.exchanges.coinbase.frames import (
     DEFAULT_WS,
     EXCHANGE,
     MARKET,
+    TICKER_PREFIX,
     TRADES_PREFIX,
     FrameDecoder,
     Session,
@@ -40,6 +41,7 @@ from marketflow.exchanges.coinbase.frames import (
     check_market,
     connections,
     rest_url,
+    ticker_topic,
     trade_topic,
     ws_url,
 )
@@ -60,7 +62,17 @@ __all__ = [
 ]
 
 MARKETS: Mapping[str, Market] = {
-    MARKET: Market(MARKET, False, (), 0, "BTC-USD", "BTC-USD", ("BTC-USD", "ETH-USD"), full_book=True),
+    MARKET: Market(
+        MARKET,
+        False,
+        (),
+        0,
+        "BTC-USD",
+        "BTC-USD",
+        ("BTC-USD", "ETH-USD"),
+        ("trades", "book", "ticker"),
+        full_book=True,
+    ),
 }
 _RECOVERY = TradeRecovery(
     ReconnectTrades.BY_ID,
@@ -107,13 +119,17 @@ class CoinbaseVenue:
         return rest_url(market, override)
 
     def topic(self, market: str, channel: Channel, native: str, book_depth: int) -> str:
-        return trade_topic(native) if channel == "trades" else book_topic(native)
+        if channel == "trades":
+            return trade_topic(native)
+        return ticker_topic(native) if channel == "ticker" else book_topic(native)
 
     def parse_topic(self, market: str, topic: str) -> Topic | None:
         if topic.startswith(TRADES_PREFIX):
             return Topic("trades", topic[len(TRADES_PREFIX) :])
         if topic.startswith(BOOK_PREFIX):
             return Topic("book", topic[len(BOOK_PREFIX) :])
+        if topic.startswith(TICKER_PREFIX):
+            return Topic("ticker", topic[len(TICKER_PREFIX) :])
         return None
 
     def connections(

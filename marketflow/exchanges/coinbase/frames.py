@@ -40,7 +40,7 @@ from marketflow.exchanges.base import (
     TradeGap,
     UnknownControl,
 )
-from marketflow.model import BookUpdate, Level, Trade
+from marketflow.model import BookUpdate, Level, Ticker, Trade
 
 EXCHANGE = "coinbase"
 MARKET = "spot"
@@ -49,8 +49,10 @@ DEFAULT_REST = "https://api.coinbase.com"
 TRADES_CHANNEL = "market_trades"
 BOOK_CHANNEL = "level2"
 HEARTBEATS_CHANNEL = "heartbeats"
+TICKER_CHANNEL = "ticker"
 TRADES_PREFIX = TRADES_CHANNEL + ":"
 BOOK_PREFIX = BOOK_CHANNEL + ":"
+TICKER_PREFIX = TICKER_CHANNEL + ":"
 PRODUCTS_PER_REQUEST = 25
 """Products per subscribe message: 100 products x 2 channels stay within the feed's ack deadline at
 `SEND_INTERVAL_S` (a refused message refuses its products alone)."""
@@ -87,13 +89,20 @@ def book_topic(native: str) -> str:
     return BOOK_PREFIX + native
 
 
+def ticker_topic(native: str) -> str:
+    return TICKER_PREFIX + native
+
+
 def connections(
     market: str, natives: Sequence[str], channels: Sequence[str], ws_override: str | None = None
 ) -> list[ConnectionPlan]:
-    """One connection per feed: its `level2` and `market_trades` topics (heartbeats are always added)."""
+    """One connection per feed: its `level2`, `market_trades` and `ticker` topics (heartbeats are always
+    added)."""
     topics = [book_topic(n) for n in natives] if "book" in channels else []
     if "trades" in channels:
         topics += [trade_topic(n) for n in natives]
+    if "ticker" in channels:
+        topics += [ticker_topic(n) for n in natives]
     return [
         ConnectionPlan("", ws_url(market, ws_override), tuple(topics), frozenset(channels), tuple(natives))
     ]
@@ -163,7 +172,7 @@ class Session:
     def _requests(self, kind: str, topics: Sequence[str]) -> list[SubscribeRequest]:
         """One channel per message (the venue refuses more), products in chunks."""
         requests = []
-        for channel in (BOOK_CHANNEL, TRADES_CHANNEL):
+        for channel in (BOOK_CHANNEL, TRADES_CHANNEL, TICKER_CHANNEL):
             prefix = channel + ":"
             mine = [t for t in topics if t.startswith(prefix)]
             step = PRODUCTS_PER_REQUEST
@@ -186,7 +195,9 @@ class Session:
         return None  # the `heartbeats` channel keeps the connection busy; the transport answers pings
 
     def is_data(self, message: bytes) -> bool:
-        return message.startswith((b'{"channel":"market_trades"', b'{"channel":"l2_data"'))
+        return message.startswith(
+            (b'{"channel":"market_trades"', b'{"channel":"l2_data"', b'{"channel":"ticker"')
+        )
 
     def control(self, message: bytes) -> ControlEvent:
         try:
@@ -270,13 +281,34 @@ class _GapFrame(msgspec.Struct, tag_field="channel", tag=SEQUENCE_GAP_CHANNEL):
     from_: int = msgspec.field(name="from")
 
 
+class _Tick(msgspec.Struct):
+    product_id: str
+    price: str = ""
+    volume_24_h: str = ""
+    best_bid: str = ""
+    best_bid_quantity: str = ""
+    best_ask: str = ""
+    best_ask_quantity: str = ""
+
+
+class _TickerEvent(msgspec.Struct):
+    tickers: list[_Tick]
+    type: str = "update"
+
+
+class _TickerFrame(msgspec.Struct, tag_field="channel", tag="ticker"):
+    events: list[_TickerEvent]
+    timestamp: str = ""
+    sequence_num: int = 0
+
+
 class _Other(msgspec.Struct):
     channel: str
 
 
-_frame_decoder = msgspec.json.Decoder(_TradesFrame | _BookFrame | _GapFrame)
+_frame_decoder = msgspec.json.Decoder(_TradesFrame | _BookFrame | _TickerFrame | _GapFrame)
 _other_decoder = msgspec.json.Decoder(_Other)
-_OURS = frozenset({"market_trades", "l2_data", SEQUENCE_GAP_CHANNEL, None})
+_OURS = frozenset({"market_trades", "l2_data", "ticker", SEQUENCE_GAP_CHANNEL, None})
 
 
 def _other_channel(frame: bytes) -> str | None:
@@ -379,6 +411,8 @@ class FrameDecoder:
                     self._trades(msg, recv_ts, out)
                 elif isinstance(msg, _BookFrame):
                     self._books(msg, recv_ts, out)
+                elif isinstance(msg, _TickerFrame):
+                    self._tickers(msg, recv_ts, out)
                 else:
                     self._gap(msg, recv_ts, out)
             except msgspec.DecodeError as exc:
@@ -479,6 +513,37 @@ class FrameDecoder:
             )
         out.books += made
         self.counters.book_updates += len(made)
+
+    def _tickers(self, msg: _TickerFrame, recv_ts: int, out: Decoded) -> None:
+        """Every `ticker` message carries all its fields: each is a snapshot of the ticker state."""
+        ts = self.values.us(msg.timestamp) if msg.timestamp else recv_ts
+        value = self._optional
+        made = []
+        for event in msg.events:
+            for t in event.tickers:
+                found = self._symbol(t.product_id)
+                if found is None:
+                    continue
+                made.append(
+                    Ticker(
+                        self.exchange,
+                        found[1],
+                        ts,
+                        recv_ts,
+                        value(t.best_bid),
+                        value(t.best_bid_quantity),
+                        value(t.best_ask),
+                        value(t.best_ask_quantity),
+                        value(t.price),
+                        value(t.volume_24_h),
+                        snapshot=True,
+                    )
+                )
+        out.tickers += made
+        self.counters.tickers += len(made)
+
+    def _optional(self, text: str) -> Decimal | None:
+        return self.values.decimal(text) if text else None
 
     def _gap(self, msg: _GapFrame, recv_ts: int, out: Decoded) -> None:
         self.epoch += 1
