@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--no-cryptofeed", action="store_true", help="marketflow alone")
     bench.add_argument("--quick", action="store_true", help="smaller cases (a smoke run)")
+    bench.add_argument("--mix-only", action="store_true", help="only the real-mix tables (about 5 minutes)")
     bench.add_argument(
         "--soak", type=float, default=None, metavar="MIN", help="instead: an RSS soak of MIN minutes"
     )
@@ -163,6 +164,7 @@ def _bench(args: argparse.Namespace) -> int:
         paced_seconds=args.seconds,
         storages=storages,
         cryptofeed=not args.no_cryptofeed,
+        mix_only=args.mix_only,
     )
     if args.quick:
         plan = bench.Plan(
@@ -173,6 +175,10 @@ def _bench(args: argparse.Namespace) -> int:
             storages=storages,
             cryptofeed=plan.cryptofeed,
             step_seconds=3.0,
+            mix_frames=5_000,
+            mix_repeat=2,
+            mix_wss_frames=30_000,
+            mix_only=args.mix_only,
         )
     bench.main(
         out=Path(args.out), plan=plan, soak_minutes=args.soak, soak_symbols=args.soak_symbols, keep=args.keep

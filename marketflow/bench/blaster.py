@@ -42,6 +42,10 @@ CHUNK_FRAMES = 512
 READ_SIZE = 65536
 
 BYBIT_PATHS = {"/v5/public/linear": "linear", "/v5/public/spot": "spot"}
+OKX_PATH = "/ws/v5/public"
+MIX_DISTINCT = 50_000
+"""Distinct real-mix frames built (`--mix`); longer runs cycle them (book ids repeat: transport and
+decode only)."""
 
 
 class Template:
@@ -185,6 +189,8 @@ class Connection:
                 await self.stream.send_all(out)
 
     def subscribe(self, name: str) -> bool:
+        if self.blaster.mix is not None:  # one real-mix stream per connection, whatever was asked
+            name = "mix"
         template = self.blaster.template_for(self.path, name)
         if template is None:
             return False
@@ -268,17 +274,28 @@ class Connection:
 
 
 class Blaster:
-    def __init__(self, frames: int, rate: float, symbols: list[str], seed: int) -> None:
+    def __init__(
+        self, frames: int, rate: float, symbols: list[str], seed: int, mix: str | None = None
+    ) -> None:
         self.frames = frames
         self.rate = rate
         self.symbols = symbols
         self.seed = seed
+        self.mix = mix
+        """A venue: serve its real-mix frames (`mixframes`, sent as built, cycled) to every connection."""
         self._templates: dict[tuple[str, str], Template] = {}
+        if mix is not None:
+            from marketflow.bench import mixframes
+
+            built = mixframes.build(mix, min(frames, MIX_DISTINCT), seed=seed)
+            self._templates["mix", mix] = Template(built.frames, {})
         self.go = trio.Event()
         """Data flows once this is set: at once, or on a `go` line on stdin (`--hold`)."""
         self.out: Callable[[dict[str, object]], None] = lambda record: print(json.dumps(record), flush=True)
 
     def template_for(self, path: str, topic: str) -> Template | None:
+        if self.mix is not None:
+            return self._templates["mix", self.mix]
         category = BYBIT_PATHS.get(path)
         if category is not None:
             symbol = topic.removeprefix("publicTrade.")
@@ -331,6 +348,7 @@ class Blaster:
             else:
                 names = parse_qs(split.query).get("streams", [""])[0].split("/")
             known = path in BYBIT_PATHS or path in ("/ws", "/stream", "/public/stream", "/market/stream")
+            known = known or (self.mix is not None and path == OKX_PATH)
             response = proto.accept(request) if known else proto.reject(404, "not found")
             proto.send_response(response)
             await stream.send_all(b"".join(proto.data_to_send()))
@@ -340,6 +358,8 @@ class Blaster:
             for name in names:
                 if name:
                     conn.subscribe(name)
+            if self.mix is not None:
+                conn.subscribe("mix")
             pending = [e for e in proto.events_received() if isinstance(e, Frame)]
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.write_loop)
@@ -380,6 +400,7 @@ class Blaster:
                 "bybit-linear": f"{root}/v5/public/linear",
                 "bybit-spot": f"{root}/v5/public/spot",
                 "binance": root,
+                "okx": f"{root}{OKX_PATH}",
                 "ca_file": ca_file,
             }
         )
@@ -414,13 +435,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls", action="store_true", help="serve wss with a throwaway CA (needs trustme)")
     parser.add_argument("--ca-file", type=Path, help="where to write the CA's PEM (with --tls)")
     parser.add_argument("--hold", action="store_true", help="send no data until a `go` line on stdin")
+    parser.add_argument(
+        "--mix", default=None, help="serve this venue's real-mix frames (bybit, binance, okx)"
+    )
     args = parser.parse_args(argv)
     context = None
     if args.tls:
         if args.ca_file is None:
             parser.error("--tls needs --ca-file")
         context = tls_context(args.ca_file)
-    blaster = Blaster(args.frames, args.rate, args.symbols.split(","), args.seed)
+    blaster = Blaster(args.frames, args.rate, args.symbols.split(","), args.seed, args.mix)
     with contextlib.suppress(KeyboardInterrupt):
         ca = str(args.ca_file) if args.ca_file else None
         trio.run(blaster.serve, args.host, args.port, context, ca, args.hold)

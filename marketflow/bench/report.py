@@ -48,11 +48,33 @@ def table(report: dict[str, Any]) -> str:
             f"slope after the first third {s['rss_slope_mb_per_h_after_first_third']} MB/h"
         )
         return "\n".join(parts)
-    cf = report.get("cryptofeed")
+    cf = report.get("cryptofeed") or report.get("mix", {}).get("cryptofeed") or None
+    if cf is not None and "version" not in cf:
+        cf = None
     parts.append(
         f"marketflow bench — {report['machine']['cpus']} CPUs, Python {report['machine']['python']}"
         + (f"; cryptofeed {cf['version']}" if cf else "; cryptofeed not run")
     )
+    if "mix" in report:
+        from marketflow.bench import mix
+
+        parts.append("\n" + mix.table(report["mix"]))
+    if report.get("mix_wss"):
+        parts.append("\nReal mix over wss from the blaster (client process CPU; full speed):")
+        by_venue: dict[str, dict[str, dict[str, Any]]] = {}
+        for row in report["mix_wss"]:
+            by_venue.setdefault(row["venue"], {})[row["stage"]] = row
+        rows = []
+        for venue, stages in by_venue.items():
+            line = [venue]
+            for stage in ("transport", "decode"):
+                got = stages.get(stage, {})
+                line += [_num(got.get("frames_per_s"), 0), _num(got.get("cpu_us_per_frame"), 2)]
+            rows.append(line)
+        headers = ["venue", "transport frames/s", "µs/frame", "+ decode frames/s", "µs/frame"]
+        parts.append(_grid(headers, rows))
+    if "stages" not in report:
+        return "\n".join(parts)
     parts.append("\nStages at full speed (CPU is the client process alone; frames = trades here):")
     rows = [_stage_row(stage) for stage in report.get("stages", [])]
     parts.append(_grid(["stage", "frames/s", "µs CPU/frame", "frames/s/core", "CPU", "loss", "RSS MB"], rows))
@@ -128,6 +150,8 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    if "soak" not in report and "cases" not in report:
+        return None  # the real-mix table alone: nothing over time to plot
     if "soak" in report:
         fig, ax = plt.subplots(figsize=(9, 4))
         series = report["soak"]["series"]

@@ -129,9 +129,18 @@ class Blaster:
     urls: dict[str, Any]
 
     @classmethod
-    def start(cls, frames: int, rate: float, tls_dir: Path | None, symbols: str = "BTCUSDT") -> Blaster:
+    def start(
+        cls,
+        frames: int,
+        rate: float,
+        tls_dir: Path | None,
+        symbols: str = "BTCUSDT",
+        mix: str | None = None,
+    ) -> Blaster:
         cmd = [sys.executable, "-m", "marketflow.bench.blaster", "--frames", str(frames), "--rate", str(rate)]
         cmd += ["--symbols", symbols, "--hold"]
+        if mix is not None:
+            cmd += ["--mix", mix]
         if tls_dir is not None:
             cmd += ["--tls", "--ca-file", str(tls_dir / "ca.pem")]
         proc = subprocess.Popen(
@@ -182,6 +191,8 @@ class Env:
     exchange: str = "bybit"
     market: str = "linear"
     symbol: str = "BTCUSDT"
+    mix: str | None = None
+    """Real-mix cases: the venue whose mix the blaster serves (transport and decode stages only)."""
     counter: int = 0
 
     def fresh_dir(self, name: str) -> Path:
@@ -251,9 +262,12 @@ class CaseResult:
 
 def _client_process(env: Env, client: Client, blaster: Blaster, tls_dir: Path | None, where: Path) -> Any:
     cafile = str(tls_dir / "ca.pem") if tls_dir is not None else None
-    ws_url = blaster.urls["bybit-linear"] if env.exchange == "bybit" else blaster.urls["binance"]
+    url_key = {"bybit": "bybit-linear", "okx": "okx"}.get(env.exchange, "binance")
+    ws_url = blaster.urls[url_key]
     if client.system == "marketflow":
         cmd = [sys.executable, "-m", "marketflow.bench.worker", "--stage", client.stage, "--url", ws_url]
+        if env.mix is not None:
+            cmd += ["--count-frames"]
         cmd += ["--exchange", env.exchange, "--market", env.market, "--symbol", env.symbol]
         cmd += ["--state-dir", str(where)]
         if cafile:
@@ -334,7 +348,7 @@ def run_case(
 ) -> CaseResult:
     where = env.fresh_dir(name)
     tls_dir = where if tls else None
-    blaster = Blaster.start(frames, rate, tls_dir, env.symbol)
+    blaster = Blaster.start(frames, rate, tls_dir, env.symbol, env.mix)
     proc = None
     poller: ApiPoller | None = None
     try:
@@ -434,6 +448,13 @@ class Plan:
     storages: tuple[str, ...] = ("sqlite", "postgres")
     cryptofeed: bool = True
     step_seconds: float = 6.0
+    mix_frames: int = 20_000
+    """Frames per real-mix case (`marketflow.bench.mix`, in process); 0 skips the real-mix table."""
+    mix_repeat: int = 5
+    mix_wss_frames: int = 200_000
+    """Frames per real-mix case over wss (transport, + decode); 0 skips them."""
+    mix_only: bool = False
+    """The real-mix table alone (no blaster cases)."""
 
 
 def sustained(
@@ -456,6 +477,32 @@ def sustained(
         if case.loss == 0 and kept_up:
             return rate, tried
     return 0.0, tried
+
+
+def mix_over_wss(env: Env, plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Each venue's real mix over wss from the blaster: the transport alone, then + the venue's decoder
+    (CPU per frame of the client process; frames/s at full speed)."""
+    from marketflow.bench import mixframes
+    from marketflow.exchanges import VENUES
+
+    rows = []
+    for venue, spec in mixframes.SPECS.items():
+        if venue not in VENUES:
+            continue
+        mixed = attrs.evolve(env, exchange=venue, market=spec.market, symbol=spec.native, mix=venue)
+        for stage in ("transport", "decode"):
+            log(f"- {venue} mix over wss: {stage}")
+            r = run_case(
+                mixed,
+                Client("marketflow", stage),
+                frames=plan.mix_wss_frames,
+                rate=0,
+                tls=True,
+                name=f"{venue} mix {stage}",
+            )
+            env.counter = mixed.counter
+            rows.append(r.json() | {"venue": venue, "stage": stage})
+    return rows
 
 
 def run_plan(env: Env, plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
@@ -671,14 +718,15 @@ def main(
 
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="marketflow-bench-"))
-    want_pg = "postgres" in plan.storages and soak_minutes is None
+    want_pg = "postgres" in plan.storages and soak_minutes is None and not plan.mix_only
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "plan": attrs.asdict(plan),
     }
     try:
-        with environment(workdir, want_pg, plan.cryptofeed and soak_minutes is None, log) as env:
+        want_cf = plan.cryptofeed and soak_minutes is None and not plan.mix_only
+        with environment(workdir, want_pg, want_cf, log) as env:
             if env.pg_cluster is None:
                 plan = attrs.evolve(plan, storages=tuple(s for s in plan.storages if s != "postgres"))
             if env.cryptofeed is not None:
@@ -689,7 +737,14 @@ def main(
             if soak_minutes is not None:
                 report["soak"] = soak(env, soak_minutes, soak_symbols, log)
             else:
-                report.update(run_plan(env, plan, log))
+                if plan.mix_frames:
+                    from marketflow.bench import mix
+
+                    report["mix"] = mix.run(plan.mix_frames, plan.mix_repeat, 64, plan.cryptofeed, log)
+                if plan.mix_wss_frames:
+                    report["mix_wss"] = mix_over_wss(env, plan, log)
+                if not plan.mix_only:
+                    report.update(run_plan(env, plan, log))
     finally:
         if keep:
             log(f"work files kept in {workdir}")

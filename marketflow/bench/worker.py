@@ -119,7 +119,7 @@ async def run_transport(args: argparse.Namespace, venue: Venue, progress: Progre
                 progress.frames += len(data)
                 out = Decoded()
                 decoder.decode(data, 0, out)
-                progress.trades += len(out.trades)
+                progress.trades = progress.frames if args.count_frames else progress.trades + len(out.trades)
             else:
                 progress.frames += len(messages)
                 progress.trades = progress.frames
@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-url", default=None)
     parser.add_argument("--state-dir", default=".")
     parser.add_argument("--report-interval", type=float, default=0.1)
+    parser.add_argument(
+        "--count-frames", action="store_true", help="decode: report data frames as delivered (real mix)"
+    )
     parser.add_argument(
         "--coalesce-ms", type=float, default=2.0, help="read coalescing (the daemon's default)"
     )

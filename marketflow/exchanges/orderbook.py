@@ -16,12 +16,56 @@ from enum import StrEnum
 from typing import Protocol
 
 import attrs
+import msgspec
 
 from marketflow.model import BookUpdate, Level
 
-__all__ = ["BookState", "BookStatistics", "BookSync", "Gap", "OrderBook", "Synchronizer", "book_view"]
+__all__ = [
+    "BookState",
+    "BookStatistics",
+    "BookSync",
+    "Gap",
+    "OrderBook",
+    "Synchronizer",
+    "book_view",
+    "shared_decimal",
+    "shared_levels",
+]
 
 DEFAULT_MAX_BUFFER = 10_000
+SHARED_DECIMALS_MAX = 20_000
+"""Distinct decimal strings a decoder's table keeps before it starts over (at most a few MB)."""
+
+
+def shared_decimal(table: dict[str, Decimal], text: str) -> Decimal:
+    """The one shared, finite `Decimal` of `text` in `table` (made and kept on first sight).
+
+    Raises `msgspec.DecodeError` (a decoder counts the frame malformed) for text that is not a finite
+    decimal: a NaN price would make every later comparison in the book raise."""
+    value = table.get(text)
+    if value is None:
+        try:
+            value = Decimal(text)
+        except ArithmeticError:
+            raise msgspec.DecodeError(f"not a decimal: {text[:40]!r}") from None
+        if not value.is_finite():
+            raise msgspec.DecodeError(f"not a finite decimal: {text[:40]!r}")
+        if len(table) >= SHARED_DECIMALS_MAX:
+            table.clear()
+        table[text] = value
+    return value
+
+
+def shared_levels(table: dict[str, Decimal], raw: list[tuple[str, Decimal]]) -> list[Level]:
+    """Book levels whose prices are the shared objects of `table` (see `shared_decimal`).
+
+    A book keys its levels by price: a `Decimal` computes its hash once per object, and that hash (not
+    the dict) was most of a delta's apply cost. Prices near the touch repeat message after message, so
+    sharing one object per price string makes every lookup after the first hit a cached hash (a Bybit
+    depth-50 delta of 13 levels: decode + apply 12.6 -> 7.3 µs CPU). Equal prices written differently
+    stay one level (the book compares values); amounts stay as decoded."""
+    get = table.get
+    return [(get(price) or shared_decimal(table, price), amount) for price, amount in raw]
 
 
 class _Side:
@@ -104,6 +148,12 @@ class OrderBook:
         bids = [bid_levels[p] for p in self._bids.prices[: -n - 1 : -1]]
         asks = [ask_levels[p] for p in self._asks.prices[:n]]
         return bids, asks
+
+    def top_prices(self, n: int) -> tuple[list[Decimal], list[Decimal]]:
+        """The best `n` prices per side (bids descending, asks ascending), as the book keys them."""
+        if n < 0:
+            raise ValueError(f"top_prices() needs n >= 0, got {n}")
+        return self._bids.prices[: -n - 1 : -1], self._asks.prices[:n]
 
     def levels(self) -> tuple[list[Level], list[Level]]:
         """Every level: bids descending, asks ascending."""

@@ -211,6 +211,7 @@ async def test_metrics_move_as_trades_arrive(api: Api) -> None:
         ("marketflow_feed_frames_total", conn),
         ("marketflow_decoder_trades_total", conn),
         ("marketflow_trade_receive_lag_seconds_count", {"exchange": "bybit"}),
+        ("marketflow_storage_rows_written_total", {}),  # committed on the writer's own schedule
     )
     async with api.client() as client:
         first = await client.get("/metrics")

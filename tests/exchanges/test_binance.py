@@ -194,3 +194,28 @@ def test_rest_parsers() -> None:
     )
     assert [(t.id, str(t.price), t.side) for t in trades] == [("26129", "0.01633102", "sell")]
     assert binance.depth_weight("spot", 1000) == 50 and binance.depth_weight("usdm", 1000) == 20
+
+
+def test_depth_prices_are_shared_objects_across_events() -> None:
+    # The book keys levels by price: one Decimal object per price string keeps its hash computed once.
+    out, _ = decode("usdm", [USDM_DEPTH, USDM_DEPTH.replace(b'"u":160,"pu":149', b'"u":161,"pu":160')])
+    first, second = out.books
+    assert second.bids[0][0] is first.bids[0][0] == Decimal("0.0024")
+    assert second.asks == [(Decimal("0.0026"), Decimal("100"))]
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-inf", "sNaN"])
+def test_a_depth_price_that_is_no_finite_decimal_rejects_the_event(bad: str) -> None:
+    # A NaN price would make every later comparison in the book raise (InvalidOperation).
+    out, decoder = decode("usdm", [USDM_DEPTH.replace(b'"0.0024"', json.dumps(bad).encode()), USDM_DEPTH])
+    assert len(out.books) == 1 and decoder.counters.malformed == 1
+
+
+def test_depth_frames_decode_alike_whatever_the_key_order() -> None:
+    # The usual order takes the one-pass path; data before stream takes the envelope path: same update.
+    doc = json.loads(USDM_DEPTH)
+    reordered = json.dumps({"data": doc["data"], "stream": doc["stream"]}).encode()
+    out, decoder = decode("usdm", [USDM_DEPTH, reordered])
+    usual, other = out.books
+    assert usual == other and (usual.first_id, usual.last_id, usual.prev_id) == (157, 160, 149)
+    assert decoder.counters.book_updates == 2

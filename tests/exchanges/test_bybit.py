@@ -302,3 +302,33 @@ def test_the_decimal_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     # Every price exact, however often the table started over; never more than its bound held.
     assert [str(t.price) for t in out.trades] == [f"{100 + i}.5" for i in range(35)]
     assert 0 < len(decoder._decimals) <= 10
+
+
+def test_book_prices_are_shared_objects_across_messages() -> None:
+    # The book keys levels by price: one Decimal object per price string keeps its hash computed once.
+    decoder = bybit.FrameDecoder("bybit", "spot", {"ETHUSDT": "ETH-USDT"})
+    out = Decoded()
+    decoder.decode([SPOT_BOOK_SNAPSHOT, SPOT_BOOK_DELTA], 9, out)
+    snap, delta = out.books
+    assert delta.bids[0][0] is snap.bids[0][0] == Decimal("2191.5")
+    assert [str(p) for p, _ in delta.bids] == ["2191.5", "2191.2"]  # exact, as sent
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-inf", "sNaN", "12x"])
+def test_a_book_price_that_is_no_finite_decimal_rejects_the_frame(bad: str) -> None:
+    decoder = bybit.FrameDecoder("bybit", "spot", {"ETHUSDT": "ETH-USDT"})
+    out = Decoded()
+    frame = SPOT_BOOK_DELTA.replace(b'"2191.2"', json.dumps(bad).encode())
+    decoder.decode([frame, SPOT_BOOK_DELTA], 9, out)
+    assert len(out.books) == 1 and decoder.counters.malformed == 1
+    assert "decimal" in (decoder.counters.last_error or "")
+
+
+def test_book_frames_decode_alike_whatever_the_key_order() -> None:
+    # The usual order takes the one-pass path; any other order the envelope path: same update.
+    reordered = json.dumps({k: json.loads(SPOT_BOOK_DELTA)[k] for k in ("data", "type", "ts", "topic")})
+    decoder = bybit.FrameDecoder("bybit", "spot", {"ETHUSDT": "ETH-USDT"})
+    out = Decoded()
+    decoder.decode([SPOT_BOOK_DELTA, reordered.encode()], 9, out)
+    usual, other = out.books
+    assert usual == other and usual.last_id == 219167607 and decoder.counters.book_updates == 2

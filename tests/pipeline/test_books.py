@@ -147,6 +147,9 @@ def test_order_book_matches_brute_force_model(ops: list[tuple[Any, ...]], reads:
             top_bids, top_asks = book.top(n)
             assert shown(top_bids) == shown(want_bids[:n])
             assert shown(top_asks) == shown(want_asks[:n])
+            # The checksum path reads prices alone: the same levels, by value, as top().
+            prices = book.top_prices(n)
+            assert prices == ([p for p, _ in want_bids[:n]], [p for p, _ in want_asks[:n]])
         assert book.depth() == (len(want_bids), len(want_asks))
         assert book.best_bid() == (want_bids[0] if want_bids else None)
         assert book.best_ask() == (want_asks[0] if want_asks else None)

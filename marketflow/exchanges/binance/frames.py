@@ -30,7 +30,8 @@ from marketflow.exchanges.base import (
     TradeGap,
     UnknownControl,
 )
-from marketflow.model import BookUpdate, DerivativesTick, Level, Liquidation, Ticker, Trade, liquidation_id
+from marketflow.exchanges.orderbook import shared_levels
+from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
 EXCHANGE = "binance"
 MARKET_NAMES = ("spot", "usdm")
@@ -178,8 +179,8 @@ class _Depth(msgspec.Struct):
     E: int
     U: int
     u: int
-    b: list[Level]
-    a: list[Level]
+    b: list[tuple[str, Decimal]]  # prices made shared Decimals by `shared_levels`
+    a: list[tuple[str, Decimal]]
     pu: int | None = None
     T: int | None = None
 
@@ -232,6 +233,16 @@ _ticker_decoder = msgspec.json.Decoder(_Ticker24h)
 _mark_decoder = msgspec.json.Decoder(_MarkPrice)
 _force_decoder = msgspec.json.Decoder(_ForceOrder)
 _FORCE_SIDES: dict[str, Literal["buy", "sell"]] = {"BUY": "buy", "SELL": "sell"}
+
+
+class _DepthFrame(msgspec.Struct):
+    """A combined-stream depth frame in one pass, for the hot path."""
+
+    stream: str
+    data: _Depth
+
+
+_depth_frame_decoder = msgspec.json.Decoder(_DepthFrame)
 
 
 class Session:
@@ -319,12 +330,21 @@ class FrameDecoder:
         self.natives = {native.lower(): native for native in symbols}
         self.last_trade: dict[str, tuple[int, int]] = {}
         self.counters = DecodeCounters()
+        self._prices: dict[str, Decimal] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
         for frame in frames:
             counters.frames += 1
             try:
+                if frame.find(b"@depth", 11, 64) > 0:  # a depth event: envelope and event in one pass
+                    whole = _depth_frame_decoder.decode(frame)
+                    symbol = self.symbols.get(whole.stream.partition("@")[0])
+                    if symbol is None:
+                        counters.unknown_topics += 1
+                    else:
+                        self._depth(symbol, whole.data, recv_ts, out)
+                    continue
                 env = _combined_decoder.decode(frame)
                 sym, _, kind = env.stream.partition("@")
                 symbol = self.symbols.get(sym)
@@ -334,12 +354,7 @@ class FrameDecoder:
                 if kind == TRADE_STREAM:
                     self._trade(sym, symbol, _agg_decoder.decode(env.data), recv_ts, out)
                 elif kind.startswith("depth"):
-                    d = _depth_decoder.decode(env.data)
-                    ts = (d.T if d.T is not None else d.E) * 1000
-                    out.books.append(
-                        BookUpdate(self.exchange, symbol, False, d.U, d.u, d.pu, d.b, d.a, ts, recv_ts)
-                    )
-                    counters.book_updates += 1
+                    self._depth(symbol, _depth_decoder.decode(env.data), recv_ts, out)
                 elif kind == BOOK_TICKER_STREAM:
                     bt = _book_ticker_decoder.decode(env.data)
                     when = bt.T if bt.T is not None else bt.E
@@ -404,6 +419,14 @@ class FrameDecoder:
                     "malformed binance frame ignored",
                     extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
                 )
+
+    def _depth(self, symbol: str, d: _Depth, recv_ts: int, out: Decoded) -> None:
+        ts = (d.T if d.T is not None else d.E) * 1000
+        prices = self._prices
+        bids = shared_levels(prices, d.b)
+        asks = shared_levels(prices, d.a)
+        out.books.append(BookUpdate(self.exchange, symbol, False, d.U, d.u, d.pu, bids, asks, ts, recv_ts))
+        self.counters.book_updates += 1
 
     def _trade(self, sym: str, symbol: str, t: AggTrade, recv_ts: int, out: Decoded) -> None:
         ts = t.T * 1000

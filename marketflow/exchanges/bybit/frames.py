@@ -28,7 +28,8 @@ from marketflow.exchanges.base import (
     SubscribeRequest,
     UnknownControl,
 )
-from marketflow.model import BookUpdate, DerivativesTick, Level, Liquidation, Ticker, Trade, liquidation_id
+from marketflow.exchanges.orderbook import shared_levels
+from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
 EXCHANGE = "bybit"
 MARKET_NAMES = ("spot", "linear")
@@ -146,8 +147,8 @@ class _TradeFrame(msgspec.Struct):
 
 class _Book(msgspec.Struct):
     s: str
-    b: list[Level]
-    a: list[Level]
+    b: list[tuple[str, Decimal]]  # prices made shared Decimals by `shared_levels`
+    a: list[tuple[str, Decimal]]
     u: int
     seq: int = 0
 
@@ -189,6 +190,20 @@ _tickers_decoder = msgspec.json.Decoder(_Tickers)
 _liquidations_decoder = msgspec.json.Decoder(list[_Liquidation])
 # The forced order closing a long sells: the opposite of the position side Bybit sends.
 _FORCED_SIDE: dict[str, Literal["buy", "sell"]] = {"Buy": "sell", "Sell": "buy"}
+
+
+class _BookFrame(msgspec.Struct):
+    """An `orderbook` frame in one pass (envelope and book), for the hot path."""
+
+    topic: str
+    data: _Book
+    ts: int = 0
+    type: str = "snapshot"
+
+
+_book_frame_decoder = msgspec.json.Decoder(_BookFrame)
+_BOOK_FRAME_START = b'{"topic":"orderbook.'
+"""How every book frame seen live begins; others take the two-pass path."""
 _SIDES: dict[str, Literal["buy", "sell"]] = {"Buy": "buy", "Sell": "sell"}
 
 
@@ -308,6 +323,10 @@ class FrameDecoder:
                         continue
                     self._trades(native, symbol, whole.data, recv_ts, out)
                     continue
+                if frame.startswith(_BOOK_FRAME_START):
+                    book = _book_frame_decoder.decode(frame)
+                    self._book(book.topic, book.type, book.ts, book.data, recv_ts, out)
+                    continue
                 env = _envelope_decoder.decode(frame)
                 topic = env.topic
                 if topic.startswith(_TRADE_PREFIX):
@@ -318,29 +337,7 @@ class FrameDecoder:
                         continue
                     self._trades(native, symbol, _trades_decoder.decode(env.data), recv_ts, out)
                 elif topic.startswith(_BOOK_PREFIX):
-                    native = topic.rpartition(".")[2]
-                    symbol = symbols.get(native)
-                    if symbol is None:
-                        counters.unknown_topics += 1
-                        continue
-                    book = _book_decoder.decode(env.data)
-                    # `u == 1` is a service restart: the message is a snapshot whatever its type says.
-                    snapshot = env.type == "snapshot" or book.u == 1
-                    out.books.append(
-                        BookUpdate(
-                            self.exchange,
-                            symbol,
-                            snapshot,
-                            book.u,
-                            book.u,
-                            None,
-                            book.b,
-                            book.a,
-                            env.ts * 1000,
-                            recv_ts,
-                        )
-                    )
-                    counters.book_updates += 1
+                    self._book(topic, env.type, env.ts, _book_decoder.decode(env.data), recv_ts, out)
                 elif topic.startswith(TICKER_PREFIX):
                     symbol = symbols.get(topic[len(TICKER_PREFIX) :])
                     if symbol is None:
@@ -420,6 +417,21 @@ class FrameDecoder:
 
     def _maybe_decimal(self, text: str | None) -> Decimal | None:
         return None if text is None else self._decimal(text)
+
+    def _book(self, topic: str, kind: str, ts: int, book: _Book, recv_ts: int, out: Decoded) -> None:
+        symbol = self.symbols.get(topic.rpartition(".")[2])
+        if symbol is None:
+            self.counters.unknown_topics += 1
+            return
+        # `u == 1` is a service restart: the message is a snapshot whatever its type says.
+        snapshot = kind == "snapshot" or book.u == 1
+        prices = self._decimals
+        bids = shared_levels(prices, book.b)
+        asks = shared_levels(prices, book.a)
+        out.books.append(
+            BookUpdate(self.exchange, symbol, snapshot, book.u, book.u, None, bids, asks, ts * 1000, recv_ts)
+        )
+        self.counters.book_updates += 1
 
     def _trades(self, native: str, symbol: str, trades: list[_Trade], recv_ts: int, out: Decoded) -> None:
         if not trades:

@@ -117,10 +117,10 @@ class OkxBook(BookSync):
         expected = update.checksum
         if not expected:
             return None
-        bids, asks = self.book.top(CHECKSUM_LEVELS)
+        bids, asks = self.book.top_prices(CHECKSUM_LEVELS)
         raw_bids = self._raw_bids
         raw_asks = self._raw_asks
-        got = _crc([raw_bids[p] for p, _ in bids], [raw_asks[p] for p, _ in asks])
+        got = _crc([raw_bids[p] for p in bids], [raw_asks[p] for p in asks])
         self.checksums_verified += 1
         if got != expected:
             self.checksum_failures += 1

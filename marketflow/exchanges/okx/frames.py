@@ -27,6 +27,7 @@ import msgspec
 from marketflow.exchanges.base import DecodeCounters, Decoded, TradeGap
 from marketflow.exchanges.okx.market_data import CHANNELS as MARKET_DATA_CHANNELS
 from marketflow.exchanges.okx.market_data import decode_market_data
+from marketflow.exchanges.orderbook import shared_decimal
 from marketflow.model import BookUpdate, Level, Trade
 
 log = logging.getLogger("marketflow.exchanges.okx")
@@ -204,7 +205,7 @@ class FrameDecoder:
             self.counters.unknown_topics += 1
             return
         whole = arg.channel == "books5"
-        level = self._level
+        levels = self._levels
         for book in books:
             seq = book.seqId
             prev = book.prevSeqId
@@ -216,8 +217,8 @@ class FrameDecoder:
                     NO_SEQ if seq is None else seq,
                     NO_SEQ if seq is None else seq,
                     None if seq is None or prev is None else prev,
-                    [level(x) for x in book.bids],
-                    [level(x) for x in book.asks],
+                    levels(book.bids),
+                    levels(book.asks),
                     book.ts * 1000,
                     recv_ts,
                     book.checksum,
@@ -228,10 +229,19 @@ class FrameDecoder:
             )
             self.counters.book_updates += 1
 
-    def _level(self, raw: list[str]) -> Level:
-        if len(raw) < 2:
-            raise msgspec.DecodeError(f"book level needs price and size, got {raw!r}")
-        return self._decimal(raw[0]), self._decimal(raw[1])
+    def _levels(self, raw: list[list[str]]) -> list[Level]:
+        """Exact levels; prices and sizes are one shared Decimal per distinct string (`shared_decimal`:
+        a book lookup then reuses the price's hash; one comprehension, no call per level unless new)."""
+        table = self._decimals
+        get = table.get
+        try:
+            return [
+                (get(x[0]) or shared_decimal(table, x[0]), get(x[1]) or shared_decimal(table, x[1]))
+                for x in raw
+            ]
+        except IndexError:
+            short = next(x for x in raw if len(x) < 2)
+            raise msgspec.DecodeError(f"book level needs price and size, got {short!r}") from None
 
     def _decimal(self, text: str) -> Decimal:
         """The exact Decimal of a decimal string, one shared object per distinct string."""
