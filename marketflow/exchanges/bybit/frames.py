@@ -210,6 +210,8 @@ _SIDES: dict[str, Literal["buy", "sell"]] = {"Buy": "buy", "Sell": "sell"}
 class Session:
     """Protocol rules for one Bybit connection (one market, several symbols)."""
 
+    sequence_check = None  # no per-connection message numbering
+
     def __init__(self, market: str, topics: Sequence[str]) -> None:
         if market not in MARKET_NAMES:
             raise ValueError(f"bybit has no market {market!r}")

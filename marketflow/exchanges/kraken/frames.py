@@ -93,6 +93,8 @@ _encode = msgspec.json.encode
 class Session:
     """Protocol rules for one Kraken v2 connection."""
 
+    sequence_check = None  # no per-connection message numbering (books carry their own checksum)
+
     def __init__(self, market: str, topics: Sequence[str]) -> None:
         self.market = market
         self.topics = list(topics)

@@ -79,6 +79,8 @@ _encode = msgspec.json.Encoder()
 class Session:
     """Protocol rules for one OKX connection (one market, several instruments)."""
 
+    sequence_check = None  # no per-connection message numbering
+
     def __init__(self, market: str, topics: Sequence[str]) -> None:
         if market not in MARKETS:
             raise ValueError(f"okx has no market {market!r}; expected one of {sorted(MARKETS)}")
