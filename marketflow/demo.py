@@ -17,6 +17,7 @@ from marketflow.daemon import Daemon
 from marketflow.exchanges import VENUES
 from marketflow.sim import SimConfig, SimServer
 from marketflow.sim.server import MARKETS as SIM_MARKETS
+from marketflow.sim.walk import asset_of
 
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 DEMO_MARKETS = tuple(
@@ -71,7 +72,11 @@ async def run_demo(base: Config, duration: float | None, rate: float, seed: int)
             f"marketflow demo: HTTP API at {url}  (try {url}/book/{first.exchange}/{first.symbols[0]})",
             flush=True,
         )
-        print(f"  dashboard at {url}/dashboard  (open it in a browser)", flush=True)
+        # It opens on one asset across every venue (SPEC §15); the market list switches to one market.
+        asset = asset_of(DEMO_SYMBOLS[0])
+        print(
+            f"  dashboard at {url}/dashboard#asset/{asset}/1m  (all venues; open it in a browser)", flush=True
+        )
         print(f"  simulator at {sim.http_url}", flush=True)
         for feed in config.feeds:
             print(f"  feed {feed.name:<14} {feed.ws_url}", flush=True)

@@ -335,6 +335,21 @@ class AnalyticsEngine:
             stacked_min=self._stacked_min,
         )
 
+    def bars(
+        self, exchange: str, symbol: str, interval: str, since: int | None, until: int | None
+    ) -> list[Bar]:
+        """Copies of the live bars (with trades, without footprint cells) starting in ``[since, until)``,
+        for views that combine markets (``analytics/assets.py``); :class:`NotLiveError` as the queries."""
+        parse_interval(interval)
+        market = self._markets.get((exchange, symbol))
+        if market is None:
+            self._check_interval(interval)
+            return []
+        series = self._series(market, interval)
+        with exact():
+            chosen = select_bars(series.view(market.base, cells=False), since, until)
+            return [bar.copy(cells=False) for bar in chosen]
+
     def volume_profile(
         self,
         exchange: str,

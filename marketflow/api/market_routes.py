@@ -8,11 +8,11 @@ from typing import Any, Literal
 import msgspec
 from quart import Blueprint
 
-from marketflow.api import market_queries
+from marketflow.api import asset_market_queries, asset_queries, market_queries
 from marketflow.api.app import context
 from marketflow.api.keys import Scope
 from marketflow.api.queries import parse_optional_time
-from marketflow.api.routes import Dec, Exchange, Iso, Limit, Market, Symbol, Time, api
+from marketflow.api.routes import Asset, Dec, Exchange, Iso, Limit, Market, Markets, Quotes, Symbol, Time, api
 
 __all__ = ["blueprint"]
 
@@ -24,8 +24,11 @@ class TickerQuery(msgspec.Struct):
 
 
 class RowsQuery(msgspec.Struct):
-    exchange: Exchange
-    symbol: Symbol
+    exchange: Exchange | None = None
+    symbol: Symbol | None = None
+    asset: Asset | None = None
+    markets: Markets | None = None
+    quotes: Quotes | None = None
     market: Market | None = None
     since: Time | None = None
     until: Time | None = None
@@ -90,6 +93,11 @@ async def ticker(exchange: str, symbol: str, query_args: TickerQuery) -> dict[st
 async def derivatives(query_args: RowsQuery) -> dict[str, Any]:
     """Sampled mark, index, funding and open interest with since <= ts < until, newest first."""
     q = query_args
+    if asset_queries.wants_asset(q.asset, q.exchange, q.symbol):
+        since, until = parse_optional_time(q.since, "since"), parse_optional_time(q.until, "until")
+        return await asset_market_queries.asset_derivatives(
+            context(), q.asset, q.markets, q.quotes, since, until, q.limit
+        )
     return await market_queries.derivatives(
         context(),
         q.exchange,
@@ -106,6 +114,11 @@ async def derivatives(query_args: RowsQuery) -> dict[str, Any]:
 async def liquidations(query_args: RowsQuery) -> dict[str, Any]:
     """Liquidations (side = the forced order's: sell closes a long) with since <= ts < until, newest first."""
     q = query_args
+    if asset_queries.wants_asset(q.asset, q.exchange, q.symbol):
+        since, until = parse_optional_time(q.since, "since"), parse_optional_time(q.until, "until")
+        return await asset_market_queries.asset_liquidations(
+            context(), q.asset, q.markets, q.quotes, since, until, q.limit
+        )
     return await market_queries.liquidations(
         context(),
         q.exchange,

@@ -44,7 +44,7 @@ from hypercorn.typing import ASGIFramework
 from msgspec import Meta
 from quart_trio import QuartTrio
 
-from marketflow.api import queries
+from marketflow.api import asset_queries, queries
 from marketflow.api.auth import AuthError, AuthPolicy, is_loopback, misdirected
 from marketflow.api.keys import Scope as KeyScope
 from marketflow.api.mcp_sessions import SessionLedgerStatistics, SessionLimits
@@ -96,8 +96,9 @@ INSTRUCTIONS = (
     f"marketflow collects exact crypto market data live from {' and '.join(VENUES)} (trades, order books, "
     "tickers, derivatives data and liquidations) and computes order-flow analytics from it. Call "
     "list_markets first: every other market tool takes an exchange and a symbol from that list "
-    "(normalized BTC-USDT / BTC-USDT-PERP, or the native BTCUSDT with market= when ambiguous). Prices "
-    "and amounts are exact decimal strings; times are ISO 8601 UTC. "
+    "(normalized BTC-USDT / BTC-USDT-PERP, or the native BTCUSDT with market= when ambiguous); "
+    "get_candles, get_order_flow and get_volume_profile take asset= (BTC) instead, for one asset across "
+    "every venue. Prices and amounts are exact decimal strings; times are ISO 8601 UTC. "
     "Time arguments take ISO 8601 (2026-08-09T12:00:00Z; no zone means UTC) or epoch milliseconds; "
     "ranges are since <= ts < until."
 )
@@ -115,6 +116,17 @@ Symbol = Annotated[
     ),
 ]
 Market = Annotated[str, Meta(description=f"Market of a native symbol: {markets_text()}.")]
+Asset = Annotated[
+    str,
+    Meta(
+        description="Instead of exchange and symbol: one asset (BTC) on every configured market, volumes in "
+        "base units, per-venue figures beside the totals."
+    ),
+]
+Markets = Annotated[str, Meta(description='With asset: "spot", "perp" (contracts) or "all" (default).')]
+Quotes = Annotated[
+    str, Meta(description='With asset: quotes to include, default "USD,USDT,USDC" (counted as one dollar).')
+]
 Time = Annotated[
     str | int,
     Meta(description="ISO 8601 UTC (2026-08-09T12:00:00Z; no zone = UTC) or epoch milliseconds (integer)."),
@@ -173,8 +185,11 @@ class GapsArgs(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CandlesArgs(msgspec.Struct, forbid_unknown_fields=True):
-    exchange: Exchange
-    symbol: Symbol
+    exchange: Exchange | None = None
+    symbol: Symbol | None = None
+    asset: Asset | None = None
+    markets: Markets | None = None
+    quotes: Quotes | None = None
     interval: Interval = "1m"
     market: Market | None = None
     since: Time | None = None
@@ -183,8 +198,11 @@ class CandlesArgs(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ProfileArgs(msgspec.Struct, forbid_unknown_fields=True):
-    exchange: Exchange
-    symbol: Symbol
+    exchange: Exchange | None = None
+    symbol: Symbol | None = None
+    asset: Asset | None = None
+    markets: Markets | None = None
+    quotes: Quotes | None = None
     market: Market | None = None
     since: Time | None = None
     until: Time | None = None
@@ -192,8 +210,11 @@ class ProfileArgs(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class OrderFlowArgs(msgspec.Struct, forbid_unknown_fields=True):
-    exchange: Exchange
-    symbol: Symbol
+    exchange: Exchange | None = None
+    symbol: Symbol | None = None
+    asset: Asset | None = None
+    markets: Markets | None = None
+    quotes: Quotes | None = None
     interval: Interval = "1m"
     market: Market | None = None
     since: Time | None = None
@@ -408,14 +429,18 @@ async def get_gaps(ctx: QueryContext, args: GapsArgs) -> dict[str, Any]:
     return queries.gaps(ctx, args.exchange, args.symbol)
 
 
+def _what(a: CandlesArgs | ProfileArgs | OrderFlowArgs) -> str:
+    return f"{a.asset} (all venues)" if a.asset is not None else f"{a.exchange} {a.symbol}"
+
+
 def _sum_candles(r: dict[str, Any], a: CandlesArgs) -> str:
     candles = r["candles"]
     if not candles:
-        return f"No {a.interval} candles of {a.exchange} {a.symbol} in the range."
+        return f"No {a.interval} candles of {_what(a)} in the range."
     high = max(Decimal(c["high"]) for c in candles)
     low = min(Decimal(c["low"]) for c in candles)
     return (
-        f"{len(candles)} {a.interval} candles of {a.exchange} {a.symbol}, oldest first, "
+        f"{len(candles)} {a.interval} candles of {_what(a)}, oldest first, "
         f"{candles[0]['start']} to {candles[-1]['start']}: last close {candles[-1]['close']}, "
         f"high {high}, low {low}, volume {_sum(c['volume'] for c in candles)}."
     )
@@ -427,6 +452,10 @@ async def get_candles(ctx: QueryContext, args: CandlesArgs) -> dict[str, Any]:
     close, volume, buy_volume, sell_volume, trades, vwap. Candles starting in [since, until); without
     since, the last `limit` (default 100) up to until (default now). {MARKET}"""
     since, until = _times(args)
+    if asset_queries.wants_asset(args.asset, args.exchange, args.symbol):
+        return await asset_queries.asset_candles(
+            ctx, args.asset, args.markets, args.quotes, args.interval, since, until, args.limit
+        )
     return await queries.candles(
         ctx, args.exchange, args.symbol, args.interval, since, until, args.limit, args.market
     )
@@ -434,9 +463,9 @@ async def get_candles(ctx: QueryContext, args: CandlesArgs) -> dict[str, Any]:
 
 def _sum_profile(r: dict[str, Any], a: ProfileArgs) -> str:
     if r["poc"] is None:
-        return f"No trades of {a.exchange} {a.symbol} in the range: the volume profile is empty."
+        return f"No trades of {_what(a)} in the range: the volume profile is empty."
     return (
-        f"Volume profile of {a.exchange} {a.symbol}: POC {r['poc']}, value area {r['val']} to {r['vah']} "
+        f"Volume profile of {_what(a)}: POC {r['poc']}, value area {r['val']} to {r['vah']} "
         f"holding {r['value_area']} of the total volume {r['total_volume']}, {len(r['bins'])} bins."
     )
 
@@ -449,6 +478,10 @@ async def get_volume_profile(ctx: QueryContext, args: ProfileArgs) -> dict[str, 
     fraction (70% by default) of total_volume; value_area is the volume it holds. `bin` defaults to the
     market's own. {MARKET}"""
     since, until = _times(args)
+    if asset_queries.wants_asset(args.asset, args.exchange, args.symbol):
+        return await asset_queries.asset_volume_profile(
+            ctx, args.asset, args.markets, args.quotes, since, until, _bin(args.bin)
+        )
     return await queries.volume_profile(
         ctx, args.exchange, args.symbol, since, until, _bin(args.bin), args.market
     )
@@ -457,9 +490,9 @@ async def get_volume_profile(ctx: QueryContext, args: ProfileArgs) -> dict[str, 
 def _sum_order_flow(r: dict[str, Any], a: OrderFlowArgs) -> str:
     bars = r["bars"]
     if not bars:
-        return f"No {a.interval} order-flow bars of {a.exchange} {a.symbol} in the range."
+        return f"No {a.interval} order-flow bars of {_what(a)} in the range."
     return (
-        f"{len(bars)} {a.interval} order-flow bars of {a.exchange} {a.symbol}, {bars[0]['start']} to "
+        f"{len(bars)} {a.interval} order-flow bars of {_what(a)}, {bars[0]['start']} to "
         f"{bars[-1]['start']}: buy {_sum(b['buy_volume'] for b in bars)}, "
         f"sell {_sum(b['sell_volume'] for b in bars)}, cvd {bars[-1]['cvd']}, "
         f"{sum(b['large_trades'] for b in bars)} large trades."
@@ -473,6 +506,10 @@ async def get_order_flow(ctx: QueryContext, args: OrderFlowArgs) -> dict[str, An
     (buy / (buy + sell)). footprint=true adds per-bar bid/ask volume per price bin of width `bin`. Without
     since, the last 100 bars up to until (default now). {MARKET}"""
     since, until = _times(args)
+    if asset_queries.wants_asset(args.asset, args.exchange, args.symbol):
+        return await asset_queries.asset_order_flow(
+            ctx, args.asset, args.markets, args.quotes, args.interval, since, until
+        )
     return await queries.order_flow(
         ctx,
         args.exchange,

@@ -11,9 +11,9 @@ from typing import Any
 
 import msgspec
 
-from marketflow.api import market_queries
+from marketflow.api import asset_market_queries, asset_queries, market_queries
 from marketflow.api.market_routes import DerivativesOut, LiquidationsOut, TickerOut
-from marketflow.api.mcp import Exchange, Limit, Market, Symbol, Time, _times, tool
+from marketflow.api.mcp import Asset, Exchange, Limit, Market, Markets, Quotes, Symbol, Time, _times, tool
 from marketflow.api.queries import QueryContext
 
 
@@ -24,8 +24,11 @@ class TickerArgs(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RowsArgs(msgspec.Struct, forbid_unknown_fields=True):
-    exchange: Exchange
-    symbol: Symbol
+    exchange: Exchange | None = None
+    symbol: Symbol | None = None
+    asset: Asset | None = None
+    markets: Markets | None = None
+    quotes: Quotes | None = None
     market: Market | None = None
     since: Time | None = None
     until: Time | None = None
@@ -58,13 +61,17 @@ async def get_ticker(ctx: QueryContext, args: TickerArgs) -> dict[str, Any]:
     return market_queries.ticker(ctx, args.exchange, args.symbol, args.market)
 
 
+def _what(a: RowsArgs) -> str:
+    return f"{a.asset} (all venues)" if a.asset is not None else f"{a.exchange} {a.symbol}"
+
+
 def _sum_derivatives(r: dict[str, Any], a: RowsArgs) -> str:
     rows = r["rows"]
     if not rows:
-        return f"No derivatives samples of {a.exchange} {a.symbol} in the range."
+        return f"No derivatives samples of {_what(a)} in the range."
     newest, oldest = rows[0], rows[-1]
     return (
-        f"{len(rows)} derivatives samples of {a.exchange} {a.symbol}, newest first, {oldest['ts']} to "
+        f"{len(rows)} derivatives samples of {_what(a)}, newest first, {oldest['ts']} to "
         f"{newest['ts']}: mark {newest['mark_price']}, funding {newest['funding_rate']}, open interest "
         f"{oldest['open_interest']} -> {newest['open_interest']}."
     )
@@ -76,6 +83,10 @@ async def get_derivatives(ctx: QueryContext, args: RowsArgs) -> dict[str, Any]:
     index_price, funding_rate, next_funding_time, open_interest, open_interest_value (one row per sample
     interval in which something changed; null where the venue gives nothing). {MARKET}"""
     since, until = _times(args)
+    if asset_queries.wants_asset(args.asset, args.exchange, args.symbol):
+        return await asset_market_queries.asset_derivatives(
+            ctx, args.asset, args.markets, args.quotes, since, until, args.limit
+        )
     return await market_queries.derivatives(
         ctx, args.exchange, args.symbol, since, until, args.limit, args.market
     )
@@ -84,10 +95,10 @@ async def get_derivatives(ctx: QueryContext, args: RowsArgs) -> dict[str, Any]:
 def _sum_liquidations(r: dict[str, Any], a: RowsArgs) -> str:
     rows = r["liquidations"]
     if not rows:
-        return f"No liquidations of {a.exchange} {a.symbol} in the range."
+        return f"No liquidations of {_what(a)} in the range."
     sells = sum(1 for x in rows if x["side"] == "sell")
     return (
-        f"{r['count']} liquidations of {a.exchange} {a.symbol}, newest first, {rows[-1]['ts']} to "
+        f"{r['count']} liquidations of {_what(a)}, newest first, {rows[-1]['ts']} to "
         f"{rows[0]['ts']}: {sells} sells (longs closed), {len(rows) - sells} buys (shorts closed)."
     )
 
@@ -98,6 +109,10 @@ async def get_liquidations(ctx: QueryContext, args: RowsArgs) -> dict[str, Any]:
     forced order: sell closes a long, buy closes a short), price and amount as the venue sent them.
     Binance sends at most the latest liquidation per symbol per second. {MARKET}"""
     since, until = _times(args)
+    if asset_queries.wants_asset(args.asset, args.exchange, args.symbol):
+        return await asset_market_queries.asset_liquidations(
+            ctx, args.asset, args.markets, args.quotes, since, until, args.limit
+        )
     return await market_queries.liquidations(
         ctx, args.exchange, args.symbol, since, until, args.limit, args.market
     )

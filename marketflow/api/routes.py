@@ -18,7 +18,7 @@ from quart import Blueprint, Response, current_app
 from quart_schema import document_response, security_scheme, validate_querystring, validate_request
 
 from marketflow import __version__
-from marketflow.api import queries
+from marketflow.api import asset_queries, queries
 from marketflow.api.app import SECURITY, ErrorBody, PrometheusText, context, require_json
 from marketflow.api.auth import require_scope
 from marketflow.api.keys import DEFAULT_DAYS, MAX_DAYS, KeyRequestError, KeyStore, Scope
@@ -45,6 +45,11 @@ Limit = Annotated[int, Meta(ge=1, le=MAX_LIMIT)]
 Interval = Annotated[str, Meta(description='a number and s|m|h|d, e.g. "1m", "5m", "1h"')]
 Bin = Annotated[str, Meta(description='price bin as a decimal string, e.g. "10"')]
 Dec = Annotated[str, Meta(description="exact decimal")]
+Asset = Annotated[
+    str, Meta(description="instead of exchange+symbol: one asset (BTC) on every market (SPEC §15)")
+]
+Markets = Annotated[str, Meta(description="with asset: spot | perp | all (default)")]
+Quotes = Annotated[str, Meta(description="with asset: quotes to include (default USD,USDT,USDC: one dollar)")]
 Iso = Annotated[str, Meta(description="ISO 8601 UTC with milliseconds")]
 
 
@@ -103,8 +108,11 @@ class BookQuery(msgspec.Struct):
 
 
 class CandlesQuery(msgspec.Struct):
-    exchange: Exchange
-    symbol: Symbol
+    exchange: Exchange | None = None
+    symbol: Symbol | None = None
+    asset: Asset | None = None
+    markets: Markets | None = None
+    quotes: Quotes | None = None
     interval: Interval = "1m"
     market: Market | None = None
     since: Time | None = None
@@ -113,8 +121,11 @@ class CandlesQuery(msgspec.Struct):
 
 
 class ProfileQuery(msgspec.Struct):
-    exchange: Exchange
-    symbol: Symbol
+    exchange: Exchange | None = None
+    symbol: Symbol | None = None
+    asset: Asset | None = None
+    markets: Markets | None = None
+    quotes: Quotes | None = None
     market: Market | None = None
     since: Time | None = None
     until: Time | None = None
@@ -122,8 +133,11 @@ class ProfileQuery(msgspec.Struct):
 
 
 class OrderFlowQuery(msgspec.Struct):
-    exchange: Exchange
-    symbol: Symbol
+    exchange: Exchange | None = None
+    symbol: Symbol | None = None
+    asset: Asset | None = None
+    markets: Markets | None = None
+    quotes: Quotes | None = None
     interval: Interval = "1m"
     market: Market | None = None
     since: Time | None = None
@@ -470,11 +484,19 @@ async def book(exchange: str, symbol: str, query_args: BookQuery) -> dict[str, A
     return queries.orderbook(context(), exchange, symbol, query_args.depth, query_args.market)
 
 
+def _range(since: str | None, until: str | None) -> tuple[int | None, int | None]:
+    return parse_optional_time(since, "since"), parse_optional_time(until, "until")
+
+
 @blueprint.get("/candles")
 @api(CandlesOut, scope=Scope.READ, query=CandlesQuery, errors=(400, 401, 403, 503))
 async def candles(query_args: CandlesQuery) -> dict[str, Any]:
     """Candles starting in [since, until), oldest first; without since, the last `limit` up to until."""
     q = query_args
+    if asset_queries.wants_asset(q.asset, q.exchange, q.symbol):
+        return await asset_queries.asset_candles(
+            context(), q.asset, q.markets, q.quotes, q.interval, *_range(q.since, q.until), q.limit
+        )
     return await queries.candles(
         context(),
         q.exchange,
@@ -492,6 +514,10 @@ async def candles(query_args: CandlesQuery) -> dict[str, Any]:
 async def volume_profile(query_args: ProfileQuery) -> dict[str, Any]:
     """Volume profile of trades with since <= ts < until (default: the last hour)."""
     q = query_args
+    if asset_queries.wants_asset(q.asset, q.exchange, q.symbol):
+        return await asset_queries.asset_volume_profile(
+            context(), q.asset, q.markets, q.quotes, *_range(q.since, q.until), q.bin
+        )
     return await queries.volume_profile(
         context(),
         q.exchange,
@@ -508,6 +534,10 @@ async def volume_profile(query_args: ProfileQuery) -> dict[str, Any]:
 async def order_flow(query_args: OrderFlowQuery) -> dict[str, Any]:
     """Order flow per bar (delta, cvd, imbalance, large trades; footprint=true adds footprints)."""
     q = query_args
+    if asset_queries.wants_asset(q.asset, q.exchange, q.symbol):
+        return await asset_queries.asset_order_flow(
+            context(), q.asset, q.markets, q.quotes, q.interval, *_range(q.since, q.until)
+        )
     return await queries.order_flow(
         context(),
         q.exchange,

@@ -25,6 +25,7 @@ import attrs
 import trio
 
 from marketflow.sim.history import TradeHistory, TradeRow
+from marketflow.sim.walk import LOCAL_BAND, AssetWalk, asset_of, basis_ppm
 
 # The fields of a `TradeRow`. Bybit: `seq` is the cross sequence and `last` repeats it. Binance: `id` is the
 # aggregate id, `seq`/`last` its first/last trade id (`f`/`l`).
@@ -117,8 +118,12 @@ def instrument_for(category: str, symbol: str, exchange: str = "bybit") -> Instr
         start = (1 + stable_crc(symbol) % 500) * 10_000
         return Instrument(symbol, start, 4, 4, 2, 100.0, IDS_BINANCE)
     if exchange == "kraken":  # v2 pairs BTC/USD: price_precision = tick decimals, qty_precision 8
-        if symbol.startswith("BTC/"):  # "45285.20" on the wire at precision 1, "0.00100000"
-            return Instrument(symbol, 452_852, 1, 2, 8, 50_000.0, IDS_BINANCE)
+        # "65000.20" on the wire at precision 1, "0.00100000"; BTC at 65000 as on the other venues (one
+        # shared walk per asset, sim/walk.py)
+        if symbol.startswith("BTC/"):
+            return Instrument(symbol, 650_000, 1, 2, 8, 50_000.0, IDS_BINANCE)
+        if symbol.startswith("ETH/"):
+            return Instrument(symbol, 300_000, 2, 2, 8, 500_000.0, IDS_BINANCE)
         start = (1 + stable_crc(symbol.split("/")[0]) % 500) * 10_000
         return Instrument(symbol, start, 2, 2, 8, 500_000.0, IDS_BINANCE)
     if exchange == "okx":  # instIds: BTC-USDT, BTC-USDT-SWAP, BTC-USD-SWAP, BTC-USD-270625
@@ -129,7 +134,10 @@ def instrument_for(category: str, symbol: str, exchange: str = "bybit") -> Instr
             return Instrument(
                 symbol, 650_000, 1, 1, 1 if inverse else 2, 30.0 if inverse else 300.0, IDS_BINANCE
             )
-        start = (1 + stable_crc(symbol.split("-")[0]) % 500) * 10_000
+        # ETH at 3000.00 as on the other venues (one shared walk per asset); others from the name.
+        start = (
+            300_000 if symbol.startswith("ETH-") else (1 + stable_crc(symbol.split("-")[0]) % 500) * 10_000
+        )
         return Instrument(symbol, start, 2, 2, 4 if spot else 1, 500.0 if spot else 30.0, IDS_BINANCE)
     if exchange == "binance":
         if symbol.startswith("BTC"):  # spot "97674.73000000" / "0.00062000"; usdm "68005.00" / "2.695"
@@ -231,6 +239,14 @@ class TradeTape:
             self._seq = base + crc % 1_000_000
         self._last_t = 0
         self._last_ts = 0
+        self.walk: AssetWalk | None = None
+        """The asset's shared path (set by `Market.tape`); None: the tape walks alone, as before."""
+        self.pace = 1.0
+        """Trades per walk step (the feed's mean trades per frame)."""
+        self.basis_ppm = basis_ppm(exchange, category, instrument.symbol)
+        self._taken = 0
+        self._step = -1
+        self._offset = 0
         self.history = TradeHistory(history)
         """The most recent generated trades (at least the last `history`), oldest first."""
 
@@ -255,7 +271,12 @@ class TradeTape:
         random_ = self._rng.random
         log = math.log
         start = self.instrument.start_ticks
-        band = start * 0.2
+        walk = self.walk
+        band = start * (0.2 if walk is None else LOCAL_BAND)
+        pace = self.pace
+        taken = self._taken
+        step = self._step
+        offset = self._offset
         mean_size = self.instrument.mean_size_steps
         formats = self.formats
         prices = formats.prices
@@ -291,7 +312,16 @@ class TradeTape:
                     side, tick, last_move = "Buy", "PlusTick", 1
                 else:
                     side, tick, last_move = "Sell", "MinusTick", -1
-            price = prices.get(ticks) or formats.price(ticks)
+            if walk is not None:  # the shared path (and the venue's basis), once per walk step
+                at = int(taken / pace)
+                taken += 1
+                if at != step:
+                    step = at
+                    offset = round(start * (walk.ppm(at) + self.basis_ppm) / 1_000_000)
+                shown = ticks + offset
+                price = prices.get(shown) or formats.price(shown)
+            else:
+                price = prices.get(ticks) or formats.price(ticks)
             steps = 1 + int(-mean_size * log(1.0 - random_()))
             size = sizes.get(steps) or formats.size(steps)
             if binance:
@@ -315,6 +345,7 @@ class TradeTape:
             append((trade_id, price, size, side, t, seq, tick, seq))
         self._ticks = ticks
         self._last_move = last_move
+        self._taken, self._step, self._offset = taken, step, offset
         self._next_id = next_id
         self._seq = seq
         return rows
@@ -412,6 +443,7 @@ class Market:
         self.seed = seed
         self.history = history
         self._tapes: dict[tuple[str, str, str], TradeTape] = {}
+        self._walks: dict[str, AssetWalk] = {}
         self.frames_generated = 0
         self.trades_generated = 0
 
@@ -421,6 +453,11 @@ class Market:
         if tape is None:
             instrument = instrument_for(category, symbol, exchange)
             tape = TradeTape(self.seed, category, instrument, exchange=exchange, history=self.history)
+            asset = asset_of(symbol)
+            walk = self._walks.get(asset)
+            if walk is None:
+                walk = self._walks[asset] = AssetWalk(self.seed, asset)
+            tape.walk = walk
             self._tapes[key] = tape
         return tape
 
@@ -430,6 +467,7 @@ class Market:
     def cut_frames(self, tape: TradeTape, count: int, trades_per_frame: tuple[int, int]) -> list[TapeFrame]:
         """Cut `count` frames off `tape` now (not encoded yet) and keep their trades in its history."""
         low, high = trades_per_frame
+        tape.pace = (low + high) / 2  # a walk step per frame: venues at one frame rate walk in step
         now_ms = time.time_ns() // 1_000_000
         ts = tape.stamp(now_ms)
         gen = self.frames_generated

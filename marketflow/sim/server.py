@@ -388,10 +388,14 @@ class SimServer:
 
     # -- runtime faults ------------------------------------------------------------------------------
 
-    def drop_connections(self) -> int:
-        """Abort every client connection's TCP without a WebSocket close frame; return how many."""
+    def drop_connections(self, exchange: str | None = None) -> int:
+        """Abort every client connection's TCP (or only `exchange`'s) without a WebSocket close frame;
+        return how many."""
         dropped = 0
         for conn in list(self._connections):
+            session = getattr(conn, "session", None)
+            if exchange is not None and type(session).__module__.rsplit(".", 1)[-1] != exchange:
+                continue  # each venue's sessions live in the module named after it (sim/okx.py, ...)
             if conn.abort():
                 dropped += 1
         self.counters.drops += dropped

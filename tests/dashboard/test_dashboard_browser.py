@@ -87,6 +87,8 @@ class Demo:
         return response.json()
 
     headers: dict[str, str] = attrs.Factory(dict)
+    printed: str = ""
+    """The line the demo printed the dashboard's URL in."""
 
 
 @contextmanager
@@ -116,18 +118,20 @@ def running_demo(tmp_path: Path, *, listen: str = "127.0.0.1:0") -> Iterator[Dem
     threading.Thread(target=pump, daemon=True).start()
     try:
         dashboard = None
+        printed = ""
         deadline = time.monotonic() + 60
         while dashboard is None:
             remaining = deadline - time.monotonic()
             assert remaining > 0 and process.poll() is None, "the demo printed no dashboard URL; see demo.log"
             try:
-                found = DASHBOARD_LINE.search(lines.get(timeout=remaining))
+                printed = lines.get(timeout=remaining)
             except queue.Empty:
                 continue
+            found = DASHBOARD_LINE.search(printed)
             if found:
                 # A wildcard listener is reached over loopback.
                 dashboard = found.group(1).replace("//0.0.0.0:", "//127.0.0.1:")
-        yield Demo(dashboard, dashboard.removesuffix("/dashboard"), config, process)
+        yield Demo(dashboard, dashboard.removesuffix("/dashboard"), config, process, printed=printed)
     finally:
         # SIGTERM, not SIGINT: a shell that started pytest in the background leaves SIGINT ignored.
         process.terminate()

@@ -26,6 +26,7 @@
 
   const state = {
     markets: [],
+    assets: [],
     marketsAt: 0,
     sel: null,
     interval: "1m",
@@ -295,17 +296,37 @@
     if (state.sel && JSON.stringify(markets) === JSON.stringify(state.markets)) return;
     state.markets = markets;
     const select = $("market");
-    const wanted = state.sel ? state.sel.exchange + "/" + state.sel.symbol : fromHash();
+    const wanted = !state.sel ? fromHash() : state.sel.asset ? "asset/" + state.sel.asset : state.sel.exchange + "/" + state.sel.symbol;
     select.textContent = "";
+    // One "all venues" choice per asset (the base of the normalized symbols), then every market.
+    state.assets = [...new Set(markets.map((m) => m.symbol.split("-")[0]))].sort();
+    state.assets.forEach((asset) => {
+      select.append(h("option", { value: "asset:" + asset, text: asset + " · all venues" }));
+    });
     state.markets.forEach((m, i) => {
       const label = m.exchange + " " + m.market + " · " + m.symbol;
       select.append(h("option", { value: String(i), text: label }));
     });
     select.disabled = state.markets.length === 0;
+    if (wanted.startsWith("asset/") && state.assets.includes(wanted.slice(6))) {
+      state.sel = assetChoice(wanted.slice(6));
+      select.value = "asset:" + state.sel.asset;
+      return;
+    }
     let index = state.markets.findIndex((m) => m.exchange + "/" + m.symbol === wanted);
     if (index < 0) index = Math.max(0, state.markets.findIndex((m) => (m.channels || []).includes("book")));
     state.sel = state.markets[index] || null;
     if (state.sel) select.value = String(index);
+  }
+
+  /** The selection "one asset on every venue" (SPEC §15), shaped like a market for the shared drawing code. */
+  function assetChoice(asset) {
+    return { asset, exchange: "all venues", market: "", symbol: asset, channels: [] };
+  }
+
+  function choose(value) {
+    if (value.startsWith("asset:")) return assetChoice(value.slice(6));
+    return state.markets[Number(value)] || null;
   }
 
   /** Epoch milliseconds just after the newest trade of a `collectors/trades` answer (newest first), as the
@@ -327,7 +348,8 @@
 
   function toHash() {
     if (!state.sel) return;
-    const hash = "#" + [state.sel.exchange, state.sel.symbol, state.interval].join("/");
+    const head = state.sel.asset ? ["asset", state.sel.asset] : [state.sel.exchange, state.sel.symbol];
+    const hash = "#" + [...head, state.interval].join("/");
     history.replaceState(null, "", hash);
   }
 
@@ -335,7 +357,7 @@
     if (!state.markets.length || Date.now() - state.marketsAt > MARKETS_EVERY_MS) await loadMarkets();
     const m = state.sel;
     const interval = state.interval;
-    const q = m ? { exchange: m.exchange, symbol: m.symbol } : null;
+    const q = m ? (m.asset ? { asset: m.asset } : { exchange: m.exchange, symbol: m.symbol }) : null;
     const hasBook = Boolean(m && (m.channels || []).includes("book"));
     const channels = (m && m.channels) || [];
     const hasTicker = channels.includes("ticker") || channels.includes("derivatives");
@@ -343,12 +365,12 @@
     const [status, book, trades, ticker] = await all([
       api("collectors/status"),
       hasBook ? api("book/" + where, { depth: BOOK_DEPTH }) : null,
-      q ? api("collectors/trades", { ...q, limit: TAPE_ROWS }) : null,
+      q && !m.asset ? api("collectors/trades", { ...q, limit: TAPE_ROWS }) : null,
       hasTicker ? api("ticker/" + where) : null,
     ]);
     // The charts end at the newest trade, not at the clock: replayed or historical data (trades older than
     // the candle window before now) is drawn too. Live, the newest trade is now anyway.
-    const until = newestTradeMs(trades);
+    const until = m && m.asset ? undefined : newestTradeMs(trades);
     const [candles] = await all([q ? api("candles", { ...q, interval, limit: CANDLES, until }) : null]);
     const bars = (candles.value && candles.value.candles) || [];
     let profile = {};
@@ -360,13 +382,23 @@
       [profile, flow, footprint] = await all([
         api("volume-profile", { ...q, since, until }),
         api("order-flow", { ...q, interval, since, until }),
-        api("order-flow", { ...q, interval, since: fpSince, until, footprint: "true" }),
+        m.asset ? null : api("order-flow", { ...q, interval, since: fpSince, until, footprint: "true" }),
       ]);
       profile.since = since;
     }
+    // One asset: open interest and funding of every contract market, and their liquidations in the window.
+    let derivs = null;
+    let liqs = null;
+    if (m && m.asset) {
+      const since = bars.length ? bars[0].start : undefined;
+      [derivs, liqs] = await all([
+        api("derivatives", { asset: m.asset, limit: 1 }),
+        api("liquidations", { asset: m.asset, since, until, limit: 1000 }),
+      ]);
+    }
     if (m !== state.sel || interval !== state.interval) return; // switched meanwhile: the next poll draws
     if (status.error) throw status.error;
-    state.last = { m, hasBook, status: status.value, book, candles, trades, profile, flow, footprint, ticker };
+    state.last = { m, hasBook, status: status.value, book, candles, trades, profile, flow, footprint, ticker, derivs, liqs };
     render(state.last);
     if (!state.shown) {
       $("auth").hidden = true;
@@ -389,6 +421,16 @@
     renderFeeds(d.status);
     if (!d.m) {
       showEmpty("chart-empty", "No markets are configured: add [[feeds]] to the configuration.");
+      return;
+    }
+    const venues = Boolean(d.m.asset);
+    $("main").classList.toggle("all-venues", venues);
+    for (const id of ["ladder-card", "tape-card", "footprint-card"]) $(id).hidden = venues;
+    $("venues-card").hidden = !venues;
+    if (venues) {
+      renderChart(d);
+      renderVenues(d);
+      renderSummary(d);
       return;
     }
     renderLadder(d);
@@ -466,7 +508,7 @@
 
   function renderSummary(d) {
     const bars = (d.candles.value && d.candles.value.candles) || [];
-    const trades = (d.trades.value && d.trades.value.trades) || [];
+    const trades = (d.trades && d.trades.value && d.trades.value.trades) || [];
     const last = trades.length ? trades[0].price : bars.length ? bars[bars.length - 1].close : null;
     setText("s-last", last);
     const book = d.book && d.book.value;
@@ -600,7 +642,7 @@
   }
 
   function binSize(d, profileBins) {
-    const fp = (d.footprint.value && d.footprint.value.bars) || [];
+    const fp = (d.footprint && d.footprint.value && d.footprint.value.bars) || [];
     for (const b of fp) if (b.footprint && b.footprint.bin) return parseFloat(b.footprint.bin);
     let best = Infinity;
     const prices = profileBins.map((b) => parseFloat(b.price)).sort((a, b) => a - b);
@@ -795,6 +837,119 @@
     box.append(svg);
   }
 
+  // -- one asset on every venue ------------------------------------------------------------------------------
+
+  const VENUE_COLORS = ["#e8a33d", "#4aa3df", "#b07cd8", "#4cc38a", "#e26d5c", "#9aa5b1", "#d6c94a", "#5ed1c9"];
+
+  /** Per-venue CVD lines over the total, each venue's share of the range, and the venues' gaps. */
+  function renderVenues(d) {
+    const box = $("venues-chart");
+    box.textContent = "";
+    const table = $("venues");
+    table.textContent = "";
+    const flow = d.flow && d.flow.value;
+    $("venues-title").textContent = d.m.asset;
+    if (!flow || !flow.bars) {
+      showEmpty("venues-empty", d.flow && d.flow.error ? "Order flow unavailable: " + paneError(d.flow.error) : "Waiting for trades…", Boolean(d.flow && d.flow.error));
+      return;
+    }
+    showEmpty("venues-empty", flow.bars.length ? "" : "No trades of " + d.m.asset + " in the range yet.");
+    const keys = (flow.markets || []).map((m) => m.market);
+    const color = new Map(keys.map((k, i) => [k, VENUE_COLORS[i % VENUE_COLORS.length]]));
+    // Each venue's running CVD, carried across the bars it has no trades in.
+    const series = new Map(keys.map((k) => [k, []]));
+    const totals = new Map(keys.map((k) => [k, { buy: 0, sell: 0 }]));
+    const running = new Map(keys.map((k) => [k, 0]));
+    for (const bar of flow.bars) {
+      for (const k of keys) {
+        const v = bar.by_venue[k];
+        if (v) {
+          running.set(k, parseFloat(v.cvd));
+          totals.get(k).buy += parseFloat(v.buy_volume);
+          totals.get(k).sell += parseFloat(v.sell_volume);
+        }
+        series.get(k).push(running.get(k));
+      }
+    }
+    const total = flow.bars.map((b) => parseFloat(b.cvd));
+    const W = Math.max(280, box.clientWidth || 600);
+    const H = 220;
+    const all = [0, ...total, ...[...series.values()].flat()];
+    let lo = Math.min(...all);
+    let hi = Math.max(...all);
+    if (hi - lo < 1e-12) hi = lo + 1;
+    const n = Math.max(1, flow.bars.length - 1);
+    const x = (i) => 8 + (i / n) * (W - 80);
+    const y = (v) => 10 + ((hi - v) / (hi - lo)) * (H - 30);
+    const svg = s("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": "CVD of " + d.m.asset + " per venue" });
+    s("line", { x1: 0, x2: W - 72, y1: y(0), y2: y(0), class: "zero" }, svg);
+    const line = (values, attrs) => {
+      const pts = values.map((v, i) => x(i).toFixed(1) + "," + y(v).toFixed(1)).join(" ");
+      s("polyline", { points: values.length > 1 ? pts : pts + " " + pts, ...attrs }, svg);
+    };
+    for (const k of keys) line(series.get(k), { class: "venue-line", stroke: color.get(k), "data-venue": k });
+    line(total, { class: "cvd total-line" });
+    if (total.length) {
+      const last = total[total.length - 1];
+      s("text", { x: W - 68, y: y(last) + 4, class: "axis", text: "Σ " + trim(flow.bars[flow.bars.length - 1].cvd) }, svg);
+    }
+    box.append(svg);
+    // The table: one row per venue, then the total.
+    const sumAll = [...totals.values()].reduce((a, t) => a + t.buy + t.sell, 0) || 1;
+    const head = h("tr", {}, h("th", { text: "venue" }), h("th", { class: "num", text: "buy" }), h("th", { class: "num", text: "sell" }), h("th", { class: "num", text: "CVD" }), h("th", { class: "num", text: "share" }));
+    table.append(h("thead", {}, head));
+    const body = h("tbody", {});
+    for (const k of keys) {
+      const t = totals.get(k);
+      const swatch = h("span", { class: "swatch" });
+      swatch.style.background = color.get(k); // CSSOM, not a style attribute: the CSP allows no inline styles
+      const cvd = series.get(k).length ? series.get(k)[series.get(k).length - 1] : 0;
+      body.append(h("tr", { "data-venue": k }, h("td", {}, swatch, k), h("td", { class: "num", text: t.buy.toFixed(3) }), h("td", { class: "num", text: t.sell.toFixed(3) }), h("td", { class: "num " + (cvd < 0 ? "neg" : "pos"), text: cvd.toFixed(3) }), h("td", { class: "num", text: Math.round(((t.buy + t.sell) / sumAll) * 100) + " %" })));
+    }
+    table.append(body);
+    const notes = [];
+    if (flow.quote_note) notes.push(flow.quote_note);
+    for (const c of flow.conversions || []) notes.push(c.market + ": " + c.rule + (c.rounding ? " (" + c.rounding + ")" : ""));
+    for (const e of flow.excluded || []) notes.push("left out " + e.market + ": " + e.reason);
+    $("venues-notes").textContent = "Volumes in " + (flow.units || "base units") + ". " + notes.join(" · ");
+    renderVenueDerivatives(d);
+    const gaps = $("venue-gaps");
+    gaps.textContent = "";
+    for (const g of flow.gaps || []) {
+      gaps.append(h("li", { class: "warn", text: g.venue + " missing " + hhmm(g.start) + "–" + (g.end ? hhmm(g.end) : "now") + " (" + g.reason + ")" }));
+    }
+  }
+
+  /** Open interest summed in base units, the OI-weighted funding, and per contract market its funding,
+   * open interest and the liquidations of the window (SPEC §15). */
+  function renderVenueDerivatives(d) {
+    const dv = (d.derivs && d.derivs.value) || null;
+    const lq = (d.liqs && d.liqs.value) || null;
+    const table = $("funding");
+    table.textContent = "";
+    setText("v-oi", dv && dv.open_interest !== null ? trim(dv.open_interest) + " " + d.m.asset : null);
+    const rate = dv && dv.funding_rate;
+    setText("v-funding", rate || null, rate ? (rate.startsWith("-") ? "neg" : "pos") : "");
+    setText("v-liq", lq ? trim(lq.totals.buy) + " / " + trim(lq.totals.sell) : null);
+    const venues = (dv && dv.venues) || {};
+    const byMarket = new Map();
+    for (const row of (lq && lq.liquidations) || []) {
+      byMarket.set(row.market, (byMarket.get(row.market) || 0) + parseFloat(row.amount));
+    }
+    const keys = Object.keys(venues);
+    $("funding-empty").hidden = keys.length > 0;
+    if (!keys.length) return;
+    const head = h("tr", {}, h("th", { text: "venue" }), h("th", { class: "num", text: "funding" }), h("th", { class: "num", text: "open interest" }), h("th", { class: "num", text: "liq." }));
+    table.append(h("thead", {}, head));
+    const body = h("tbody", {});
+    for (const k of keys) {
+      const v = venues[k];
+      const f = v.funding_rate;
+      body.append(h("tr", { "data-venue": k }, h("td", { text: k }), h("td", { class: "num " + (f && f.startsWith("-") ? "neg" : "pos"), text: f === null ? "–" : f }), h("td", { class: "num", text: v.open_interest === null ? "–" : trim(v.open_interest) }), h("td", { class: "num", text: (byMarket.get(k) || 0).toFixed(3) })));
+    }
+    table.append(body);
+  }
+
   // -- the footprint of the latest bars ----------------------------------------------------------------------
 
   function renderFootprint(d) {
@@ -882,7 +1037,7 @@
       wake();
     });
     $("market").addEventListener("change", (event) => {
-      state.sel = state.markets[Number(event.target.value)] || null;
+      state.sel = choose(event.target.value);
       toHash();
       wake();
     });
