@@ -13,7 +13,6 @@ from marketflow.exchanges.base import (
     Channel,
     ConnectionPlan,
     Fetch,
-    Instrument,
     Market,
     ReconnectTrades,
     RestBudget,
@@ -54,6 +53,7 @@ from marketflow.exchanges.binance.rest import (
 )
 from marketflow.exchanges.orderbook import Synchronizer
 from marketflow.exchanges.symbols import compact_native, normalize_compact
+from marketflow.exchanges.venue_base import VenueBase
 from marketflow.model import BookUpdate, Trade
 
 __all__ = [
@@ -115,22 +115,12 @@ _RECOVERY = TradeRecovery(
 )
 
 
-class BinanceVenue:
+class BinanceVenue(VenueBase):
     """The Binance rules behind the `Venue` contract."""
 
-    @property
-    def name(self) -> str:
-        return EXCHANGE
-
-    @property
-    def markets(self) -> Mapping[str, Market]:
-        return MARKETS
-
-    def _market(self, market: str) -> Market:
-        try:
-            return MARKETS[market]
-        except KeyError:
-            raise ValueError(f"binance has no market {market!r}; expected one of {sorted(MARKETS)}") from None
+    _exchange = EXCHANGE
+    _markets = MARKETS
+    _recovery = _RECOVERY
 
     def normalize_symbol(self, market: str, symbol: str) -> str:
         return normalize_compact(symbol, perpetual=self._market(market).perpetual)
@@ -195,10 +185,6 @@ class BinanceVenue:
     def parse_snapshot(self, market: str, body: bytes, symbol: str, recv_ts: int) -> BookUpdate:
         return parse_rest_depth(body, EXCHANGE, symbol, recv_ts)
 
-    def trade_recovery(self, market: str) -> TradeRecovery:
-        self._market(market)
-        return _RECOVERY
-
     def fill_gap(self, gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:
         return rest.fill_gap(gap, fetch)
 
@@ -208,9 +194,6 @@ class BinanceVenue:
     def rest_budget(self, market: str) -> RestBudget:
         self._market(market)
         return rest.budget(market)
-
-    async def instruments(self, market: str, natives: Sequence[str], fetch: Fetch) -> list[Instrument]:
-        return []
 
 
 VENUE: Venue = BinanceVenue()

@@ -13,7 +13,6 @@ from marketflow.exchanges.base import (
     Channel,
     ConnectionPlan,
     Fetch,
-    Instrument,
     Market,
     ReconnectTrades,
     RestBudget,
@@ -52,6 +51,7 @@ from marketflow.exchanges.bybit.rest import (
 )
 from marketflow.exchanges.orderbook import Synchronizer
 from marketflow.exchanges.symbols import compact_native, normalize_compact
+from marketflow.exchanges.venue_base import VenueBase
 from marketflow.model import BookUpdate, Trade, now_us
 
 __all__ = [
@@ -102,22 +102,12 @@ _BOOK_PREFIX = "orderbook."
 _RECOVERY = TradeRecovery(ReconnectTrades.CATCH_UP, "disconnected")
 
 
-class BybitVenue:
+class BybitVenue(VenueBase):
     """The Bybit rules behind the `Venue` contract."""
 
-    @property
-    def name(self) -> str:
-        return EXCHANGE
-
-    @property
-    def markets(self) -> Mapping[str, Market]:
-        return MARKETS
-
-    def _market(self, market: str) -> Market:
-        try:
-            return MARKETS[market]
-        except KeyError:
-            raise ValueError(f"bybit has no market {market!r}; expected one of {sorted(MARKETS)}") from None
+    _exchange = EXCHANGE
+    _markets = MARKETS
+    _recovery = _RECOVERY
 
     def normalize_symbol(self, market: str, symbol: str) -> str:
         return normalize_compact(symbol, perpetual=self._market(market).perpetual)
@@ -181,10 +171,6 @@ class BybitVenue:
     def parse_snapshot(self, market: str, body: bytes, symbol: str, recv_ts: int) -> BookUpdate:
         raise NotImplementedError("bybit books are re-snapshotted by resubscribing")
 
-    def trade_recovery(self, market: str) -> TradeRecovery:
-        self._market(market)
-        return _RECOVERY
-
     def fill_gap(self, gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:
         # Bybit ids carry no order, so the decoder never reports an id gap.
         raise NotImplementedError("bybit trades are caught up after a reconnect, not by id")
@@ -196,9 +182,6 @@ class BybitVenue:
     def rest_budget(self, market: str) -> RestBudget:
         self._market(market)
         return BUDGET
-
-    async def instruments(self, market: str, natives: Sequence[str], fetch: Fetch) -> list[Instrument]:
-        return []
 
 
 VENUE: Venue = BybitVenue()
