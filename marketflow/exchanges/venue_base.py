@@ -1,20 +1,33 @@
 """Plumbing the venue packages share behind the `Venue` contract (`base.py`).
 
-A venue class subclasses `VenueBase` and sets its `_exchange`, `_markets` and `_recovery`; it gets the
-`name` and `markets` properties, the market lookup whose error names the known markets, the one
-trade-recovery policy of all its markets and an empty instrument list (venues with linear contracts
-only). Everything venue-specific stays in the venue's own class, and its module-level `VENUE: Venue`
-annotation keeps mypy checking the whole contract.
+A venue class subclasses `VenueBase` (or `CompactSymbolVenue`, for `BTCUSDT`-style symbols) and sets its
+`_exchange`, `_markets` and `_recovery`; it gets the `name` and `markets` properties, the market lookup
+whose error names the known markets, the one trade-recovery policy of all its markets and an empty
+instrument list (venues with linear contracts only). Everything venue-specific stays in the venue's own
+class, and its module-level `VENUE: Venue` annotation keeps mypy checking the whole contract.
+
+`ResubscribingSession` is the part of a `Session` shared by venues that subscribe with `subscribe` /
+`unsubscribe` ops, send at will, keep a connection as long as it lives, and resync a book by
+resubscribing (Bybit, OKX); `count_malformed` is what every decoder does with a frame it cannot read.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from marketflow.exchanges.base import Fetch, Instrument, Market, TradeRecovery
+from marketflow.exchanges.base import (
+    DecodeCounters,
+    Fetch,
+    Instrument,
+    Market,
+    SubscribeRequest,
+    TradeRecovery,
+)
+from marketflow.exchanges.symbols import compact_native, normalize_compact
 
-__all__ = ["VenueBase"]
+__all__ = ["CompactSymbolVenue", "ResubscribingSession", "VenueBase", "count_malformed"]
 
 
 class VenueBase:
@@ -46,3 +59,54 @@ class VenueBase:
 
     async def instruments(self, market: str, natives: Sequence[str], fetch: Fetch) -> list[Instrument]:
         return []
+
+
+class CompactSymbolVenue(VenueBase):
+    """A venue whose native symbols are the compact `BTCUSDT` form (`symbols.py`)."""
+
+    def normalize_symbol(self, market: str, symbol: str) -> str:
+        return normalize_compact(symbol, perpetual=self._market(market).perpetual)
+
+    def native_symbol(self, market: str, symbol: str) -> str:
+        self._market(market)
+        return compact_native(symbol)
+
+
+class ResubscribingSession:
+    """Subscribe, unsubscribe and resubscribe (unsubscribe then subscribe again: the venue answers a new
+    subscription with a fresh book snapshot) through the subclass's `_requests(op, topics)`; no send
+    pacing and no lifetime limit."""
+
+    topics: list[str]
+
+    @property
+    def send_interval_s(self) -> float:
+        return 0.0
+
+    @property
+    def max_lifetime_s(self) -> float | None:
+        return None
+
+    def _requests(self, op: str, topics: Sequence[str]) -> list[SubscribeRequest]:
+        raise NotImplementedError
+
+    def subscribe_requests(self) -> list[SubscribeRequest]:
+        return self._requests("subscribe", self.topics)
+
+    def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        return self._requests("unsubscribe", topics)
+
+    def resubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        return self._requests("unsubscribe", topics) + self._requests("subscribe", topics)
+
+
+def count_malformed(
+    log: logging.Logger, counters: DecodeCounters, exchange: str, market: str, exc: Exception, frame: bytes
+) -> None:
+    """A frame that did not decode: counted, kept as the last error, logged on the venue's logger."""
+    counters.malformed += 1
+    counters.last_error = str(exc)
+    log.warning(
+        f"malformed {exchange} frame ignored",
+        extra={"market": market, "error": str(exc), "frame": frame[:200]},
+    )

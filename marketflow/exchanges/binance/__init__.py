@@ -52,8 +52,7 @@ from marketflow.exchanges.binance.rest import (
     parse_rest_depth,
 )
 from marketflow.exchanges.orderbook import Synchronizer
-from marketflow.exchanges.symbols import compact_native, normalize_compact
-from marketflow.exchanges.venue_base import VenueBase
+from marketflow.exchanges.venue_base import CompactSymbolVenue
 from marketflow.model import BookUpdate, Trade
 
 __all__ = [
@@ -115,19 +114,12 @@ _RECOVERY = TradeRecovery(
 )
 
 
-class BinanceVenue(VenueBase):
+class BinanceVenue(CompactSymbolVenue):
     """The Binance rules behind the `Venue` contract."""
 
     _exchange = EXCHANGE
     _markets = MARKETS
     _recovery = _RECOVERY
-
-    def normalize_symbol(self, market: str, symbol: str) -> str:
-        return normalize_compact(symbol, perpetual=self._market(market).perpetual)
-
-    def native_symbol(self, market: str, symbol: str) -> str:
-        self._market(market)
-        return compact_native(symbol)
 
     def ws_url(self, market: str, override: str | None = None) -> str:
         return ws_url(market, override)

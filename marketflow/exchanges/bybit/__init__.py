@@ -50,8 +50,7 @@ from marketflow.exchanges.bybit.rest import (
     recent_trades_request,
 )
 from marketflow.exchanges.orderbook import Synchronizer
-from marketflow.exchanges.symbols import compact_native, normalize_compact
-from marketflow.exchanges.venue_base import VenueBase
+from marketflow.exchanges.venue_base import CompactSymbolVenue
 from marketflow.model import BookUpdate, Trade, now_us
 
 __all__ = [
@@ -102,19 +101,12 @@ _BOOK_PREFIX = "orderbook."
 _RECOVERY = TradeRecovery(ReconnectTrades.CATCH_UP, "disconnected")
 
 
-class BybitVenue(VenueBase):
+class BybitVenue(CompactSymbolVenue):
     """The Bybit rules behind the `Venue` contract."""
 
     _exchange = EXCHANGE
     _markets = MARKETS
     _recovery = _RECOVERY
-
-    def normalize_symbol(self, market: str, symbol: str) -> str:
-        return normalize_compact(symbol, perpetual=self._market(market).perpetual)
-
-    def native_symbol(self, market: str, symbol: str) -> str:
-        self._market(market)
-        return compact_native(symbol)
 
     def ws_url(self, market: str, override: str | None = None) -> str:
         return ws_url(market, override)
