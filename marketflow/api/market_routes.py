@@ -11,7 +11,7 @@ from quart import Blueprint
 from marketflow.api import market_queries
 from marketflow.api.app import context
 from marketflow.api.keys import Scope
-from marketflow.api.queries import parse_optional_time
+from marketflow.api.params import parse_time_range
 from marketflow.api.routes import Dec, Exchange, Iso, Limit, Market, Symbol, Time, api
 
 __all__ = ["blueprint"]
@@ -90,15 +90,8 @@ async def ticker(exchange: str, symbol: str, query_args: TickerQuery) -> dict[st
 async def derivatives(query_args: RowsQuery) -> dict[str, Any]:
     """Sampled mark, index, funding and open interest with since <= ts < until, newest first."""
     q = query_args
-    return await market_queries.derivatives(
-        context(),
-        q.exchange,
-        q.symbol,
-        parse_optional_time(q.since, "since"),
-        parse_optional_time(q.until, "until"),
-        q.limit,
-        q.market,
-    )
+    since, until = parse_time_range(q)
+    return await market_queries.derivatives(context(), q.exchange, q.symbol, since, until, q.limit, q.market)
 
 
 @blueprint.get("/liquidations")
@@ -106,12 +99,5 @@ async def derivatives(query_args: RowsQuery) -> dict[str, Any]:
 async def liquidations(query_args: RowsQuery) -> dict[str, Any]:
     """Liquidations (side = the forced order's: sell closes a long) with since <= ts < until, newest first."""
     q = query_args
-    return await market_queries.liquidations(
-        context(),
-        q.exchange,
-        q.symbol,
-        parse_optional_time(q.since, "since"),
-        parse_optional_time(q.until, "until"),
-        q.limit,
-        q.market,
-    )
+    since, until = parse_time_range(q)
+    return await market_queries.liquidations(context(), q.exchange, q.symbol, since, until, q.limit, q.market)

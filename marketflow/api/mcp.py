@@ -48,7 +48,8 @@ from marketflow.api import queries
 from marketflow.api.auth import AuthError, AuthPolicy, is_loopback, misdirected
 from marketflow.api.keys import Scope as KeyScope
 from marketflow.api.mcp_sessions import SessionLedgerStatistics, SessionLimits
-from marketflow.api.queries import QueryContext, parse_optional_time
+from marketflow.api.params import parse_time_range
+from marketflow.api.queries import QueryContext
 from marketflow.api.routes import (
     BookOut,
     CandlesOut,
@@ -280,10 +281,6 @@ def tool(
     return register
 
 
-def _times(args: Any) -> tuple[int | None, int | None]:
-    return parse_optional_time(args.since, "since"), parse_optional_time(args.until, "until")
-
-
 def _bin(value: str | int | float | None) -> Decimal | None:
     return queries.parse_bin(None if value is None else str(value))
 
@@ -364,7 +361,7 @@ async def get_recent_trades(ctx: QueryContext, args: TradesArgs) -> dict[str, An
     """Trades of one market, newest first, with since <= ts < until (default: the most recent). Each
     trade: id, price, amount, side (the taker's: buy or sell), ts (exchange time), recv_ts. At most
     `limit` (default 100). {MARKET}"""
-    since, until = _times(args)
+    since, until = parse_time_range(args)
     return await queries.recent_trades(ctx, args.exchange, args.symbol, since, until, args.limit, args.market)
 
 
@@ -426,7 +423,7 @@ async def get_candles(ctx: QueryContext, args: CandlesArgs) -> dict[str, Any]:
     """OHLCV candles of one market, oldest first, aligned to UTC multiples of `interval`: open, high, low,
     close, volume, buy_volume, sell_volume, trades, vwap. Candles starting in [since, until); without
     since, the last `limit` (default 100) up to until (default now). {MARKET}"""
-    since, until = _times(args)
+    since, until = parse_time_range(args)
     return await queries.candles(
         ctx, args.exchange, args.symbol, args.interval, since, until, args.limit, args.market
     )
@@ -448,7 +445,7 @@ async def get_volume_profile(ctx: QueryContext, args: ProfileArgs) -> dict[str, 
     the most volume) and the value area VAL..VAH, grown from the POC until it holds the configured
     fraction (70% by default) of total_volume; value_area is the volume it holds. `bin` defaults to the
     market's own. {MARKET}"""
-    since, until = _times(args)
+    since, until = parse_time_range(args)
     return await queries.volume_profile(
         ctx, args.exchange, args.symbol, since, until, _bin(args.bin), args.market
     )
@@ -472,7 +469,7 @@ async def get_order_flow(ctx: QueryContext, args: OrderFlowArgs) -> dict[str, An
     delta from the first bar), trades, large_trades (notional >= the configured threshold), imbalance
     (buy / (buy + sell)). footprint=true adds per-bar bid/ask volume per price bin of width `bin`. Without
     since, the last 100 bars up to until (default now). {MARKET}"""
-    since, until = _times(args)
+    since, until = parse_time_range(args)
     return await queries.order_flow(
         ctx,
         args.exchange,

@@ -13,7 +13,8 @@ import msgspec
 
 from marketflow.api import market_queries
 from marketflow.api.market_routes import DerivativesOut, LiquidationsOut, TickerOut
-from marketflow.api.mcp import Exchange, Limit, Market, Symbol, Time, _times, tool
+from marketflow.api.mcp import Exchange, Limit, Market, Symbol, Time, tool
+from marketflow.api.params import parse_time_range
 from marketflow.api.queries import QueryContext
 
 
@@ -75,7 +76,7 @@ async def get_derivatives(ctx: QueryContext, args: RowsArgs) -> dict[str, Any]:
     """Sampled derivatives data of one perpetual with since <= ts < until, newest first: mark_price,
     index_price, funding_rate, next_funding_time, open_interest, open_interest_value (one row per sample
     interval in which something changed; null where the venue gives nothing). {MARKET}"""
-    since, until = _times(args)
+    since, until = parse_time_range(args)
     return await market_queries.derivatives(
         ctx, args.exchange, args.symbol, since, until, args.limit, args.market
     )
@@ -97,7 +98,7 @@ async def get_liquidations(ctx: QueryContext, args: RowsArgs) -> dict[str, Any]:
     """Forced orders (liquidations) of one perpetual with since <= ts < until, newest first: side (of the
     forced order: sell closes a long, buy closes a short), price and amount as the venue sent them.
     Binance sends at most the latest liquidation per symbol per second. {MARKET}"""
-    since, until = _times(args)
+    since, until = parse_time_range(args)
     return await market_queries.liquidations(
         ctx, args.exchange, args.symbol, since, until, args.limit, args.market
     )

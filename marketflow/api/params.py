@@ -30,6 +30,7 @@ __all__ = [
     "parse_limit",
     "parse_optional_time",
     "parse_time",
+    "parse_time_range",
 ]
 
 MAX_LIMIT = 10_000
@@ -158,6 +159,11 @@ def parse_bin(value: str | Decimal | None) -> Decimal | None:
             f"{MAX_BIN_DIGITS} of them after the point; got {str(value)[:64]!r}",
             "bin",
         ) from None
+
+
+def parse_time_range(args: Any) -> tuple[int | None, int | None]:
+    """The optional `since` and `until` of a query's or a tool's arguments, parsed in that order."""
+    return parse_optional_time(args.since, "since"), parse_optional_time(args.until, "until")
 
 
 def check_range(since: int | None, until: int | None) -> None:

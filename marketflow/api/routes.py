@@ -23,7 +23,8 @@ from marketflow.api.app import SECURITY, ErrorBody, PrometheusText, context, req
 from marketflow.api.auth import require_scope
 from marketflow.api.keys import DEFAULT_DAYS, MAX_DAYS, KeyRequestError, KeyStore, Scope
 from marketflow.api.metrics import CONTENT_TYPE, render
-from marketflow.api.queries import MAX_LIMIT, QueryError, parse_optional_time
+from marketflow.api.params import parse_time_range
+from marketflow.api.queries import MAX_LIMIT, QueryError
 from marketflow.exchanges import VENUES, market_names
 
 __all__ = ["blueprint"]
@@ -445,15 +446,9 @@ async def storage_stats() -> dict[str, Any]:
 @api(TradesOut, scope=Scope.READ, query=TradesQuery, errors=(400, 401, 403, 503))
 async def trades(query_args: TradesQuery) -> dict[str, Any]:
     """Trades with since <= ts < until, newest first (recent from memory, older from storage)."""
-    return await queries.recent_trades(
-        context(),
-        query_args.exchange,
-        query_args.symbol,
-        parse_optional_time(query_args.since, "since"),
-        parse_optional_time(query_args.until, "until"),
-        query_args.limit,
-        query_args.market,
-    )
+    q = query_args
+    since, until = parse_time_range(q)
+    return await queries.recent_trades(context(), q.exchange, q.symbol, since, until, q.limit, q.market)
 
 
 @blueprint.get("/markets")
@@ -475,16 +470,8 @@ async def book(exchange: str, symbol: str, query_args: BookQuery) -> dict[str, A
 async def candles(query_args: CandlesQuery) -> dict[str, Any]:
     """Candles starting in [since, until), oldest first; without since, the last `limit` up to until."""
     q = query_args
-    return await queries.candles(
-        context(),
-        q.exchange,
-        q.symbol,
-        q.interval,
-        parse_optional_time(q.since, "since"),
-        parse_optional_time(q.until, "until"),
-        q.limit,
-        q.market,
-    )
+    since, until = parse_time_range(q)
+    return await queries.candles(context(), q.exchange, q.symbol, q.interval, since, until, q.limit, q.market)
 
 
 @blueprint.get("/volume-profile")
@@ -492,12 +479,13 @@ async def candles(query_args: CandlesQuery) -> dict[str, Any]:
 async def volume_profile(query_args: ProfileQuery) -> dict[str, Any]:
     """Volume profile of trades with since <= ts < until (default: the last hour)."""
     q = query_args
+    since, until = parse_time_range(q)
     return await queries.volume_profile(
         context(),
         q.exchange,
         q.symbol,
-        parse_optional_time(q.since, "since"),
-        parse_optional_time(q.until, "until"),
+        since,
+        until,
         queries.parse_bin(q.bin),
         q.market,
     )
@@ -508,13 +496,14 @@ async def volume_profile(query_args: ProfileQuery) -> dict[str, Any]:
 async def order_flow(query_args: OrderFlowQuery) -> dict[str, Any]:
     """Order flow per bar (delta, cvd, imbalance, large trades; footprint=true adds footprints)."""
     q = query_args
+    since, until = parse_time_range(q)
     return await queries.order_flow(
         context(),
         q.exchange,
         q.symbol,
         q.interval,
-        parse_optional_time(q.since, "since"),
-        parse_optional_time(q.until, "until"),
+        since,
+        until,
         q.footprint,
         queries.parse_bin(q.bin),
         q.market,
