@@ -6,6 +6,7 @@ whose error names the known markets, the one trade-recovery policy of all its ma
 instrument list (venues with linear contracts only). Everything venue-specific stays in the venue's own
 class, and its module-level `VENUE: Venue` annotation keeps mypy checking the whole contract.
 
+`ResubscribedBooks` adds the book recovery of venues that resync a book by resubscribing (Bybit, OKX).
 `ResubscribingSession` is the part of a `Session` shared by venues that subscribe with `subscribe` /
 `unsubscribe` ops, send at will, keep a connection as long as it lives, and resync a book by
 resubscribing (Bybit, OKX); `count_malformed` is what every decoder does with a frame it cannot read.
@@ -18,16 +19,19 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from marketflow.exchanges.base import (
+    BookRecovery,
     DecodeCounters,
     Fetch,
     Instrument,
     Market,
+    RestRequest,
     SubscribeRequest,
     TradeRecovery,
 )
 from marketflow.exchanges.symbols import compact_native, normalize_compact
+from marketflow.model import BookUpdate
 
-__all__ = ["CompactSymbolVenue", "ResubscribingSession", "VenueBase", "count_malformed"]
+__all__ = ["CompactSymbolVenue", "ResubscribedBooks", "ResubscribingSession", "VenueBase", "count_malformed"]
 
 
 class VenueBase:
@@ -70,6 +74,23 @@ class CompactSymbolVenue(VenueBase):
     def native_symbol(self, market: str, symbol: str) -> str:
         self._market(market)
         return compact_native(symbol)
+
+
+class ResubscribedBooks:
+    """A venue whose books are re-snapshotted by resubscribing (`BookRecovery.RESUBSCRIBE`): it has no
+    REST snapshot; `_resubscribed` says what is resubscribed, for the error of asking one anyway."""
+
+    _exchange: ClassVar[str]
+    _resubscribed: ClassVar[str] = "resubscribing"
+
+    def book_recovery(self, market: str) -> BookRecovery:
+        return BookRecovery.RESUBSCRIBE
+
+    def snapshot_request(self, market: str, native: str) -> RestRequest:
+        raise NotImplementedError(f"{self._exchange} books are re-snapshotted by {self._resubscribed}")
+
+    def parse_snapshot(self, market: str, body: bytes, symbol: str, recv_ts: int) -> BookUpdate:
+        raise NotImplementedError(f"{self._exchange} books are re-snapshotted by {self._resubscribed}")
 
 
 class ResubscribingSession:

@@ -9,14 +9,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from marketflow.exchanges.base import (
-    BookRecovery,
     Channel,
     ConnectionPlan,
     Fetch,
     Market,
     ReconnectTrades,
     RestBudget,
-    RestRequest,
     Topic,
     TradeGap,
     TradeRecovery,
@@ -50,8 +48,8 @@ from marketflow.exchanges.bybit.rest import (
     recent_trades_request,
 )
 from marketflow.exchanges.orderbook import Synchronizer
-from marketflow.exchanges.venue_base import CompactSymbolVenue
-from marketflow.model import BookUpdate, Trade, now_us
+from marketflow.exchanges.venue_base import CompactSymbolVenue, ResubscribedBooks
+from marketflow.model import Trade, now_us
 
 __all__ = [
     "DEFAULT_REST",
@@ -101,7 +99,7 @@ _BOOK_PREFIX = "orderbook."
 _RECOVERY = TradeRecovery(ReconnectTrades.CATCH_UP, "disconnected")
 
 
-class BybitVenue(CompactSymbolVenue):
+class BybitVenue(CompactSymbolVenue, ResubscribedBooks):
     """The Bybit rules behind the `Venue` contract."""
 
     _exchange = EXCHANGE
@@ -153,15 +151,6 @@ class BybitVenue(CompactSymbolVenue):
 
     def synchronizer(self, market: str) -> Synchronizer:
         return BybitBook()
-
-    def book_recovery(self, market: str) -> BookRecovery:
-        return BookRecovery.RESUBSCRIBE
-
-    def snapshot_request(self, market: str, native: str) -> RestRequest:
-        raise NotImplementedError("bybit books are re-snapshotted by resubscribing")
-
-    def parse_snapshot(self, market: str, body: bytes, symbol: str, recv_ts: int) -> BookUpdate:
-        raise NotImplementedError("bybit books are re-snapshotted by resubscribing")
 
     def fill_gap(self, gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:
         # Bybit ids carry no order, so the decoder never reports an id gap.
