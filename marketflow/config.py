@@ -182,6 +182,11 @@ class CaptureConfig:
     level: int = 3  # zstd compression level
 
 
+MAX_MESSAGE_MB = 16
+"""Default bound of one WebSocket message, in MiB: room for a multi-MB order-book snapshot."""
+MAX_MESSAGE_MB_LIMIT = 256
+
+
 @attrs.frozen
 class ArchiveConfig:
     """Trades older than `after_days` whole days move into Parquet files under `dir` (0: never)."""
@@ -204,6 +209,8 @@ class FeedConfig:
     )
     stale_timeout_s: float = 30.0
     ping_interval_s: float = 20.0
+    max_message_mb: int = MAX_MESSAGE_MB
+    """The largest WebSocket message the feed accepts (a Coinbase level2 snapshot is several MB)."""
 
     @property
     def perpetual(self) -> bool:
@@ -394,6 +401,14 @@ def _integer(minimum: int) -> Callable[[object], int]:
         raise _Rejected(f"must be an integer >= {minimum}, got {_describe(value)}")
 
     return check
+
+
+def _message_mb(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_MESSAGE_MB_LIMIT:
+        return value
+    raise _Rejected(
+        f"must be an integer number of MiB from 1 to {MAX_MESSAGE_MB_LIMIT}, got {_describe(value)}"
+    )
 
 
 def _number(value: object, what: str, *, above: float | None = None, least: float | None = None) -> float:
@@ -766,6 +781,7 @@ class _Checker:
             "name": _feed_name,
             "stale_timeout_s": _seconds,
             "ping_interval_s": _seconds,
+            "max_message_mb": _message_mb,
         }
         feed = self.fields(table, path, checks)
         exchange = feed.get("exchange")
@@ -780,7 +796,15 @@ class _Checker:
                 got = _describe(feed.pop("market"))
                 self.report((*path, "market"), f"must be one of {', '.join(markets)}{scope}, got {got}")
         market = None if venue is None else venue.markets.get(feed.get("market", ""))
-        if venue is not None:
+        if market is not None and market.full_book:
+            if "book_depth" in feed:
+                self.report(
+                    (*path, "book_depth"),
+                    f"{feed['exchange']} {market.name} streams the whole book; remove book_depth "
+                    "(no depth is chosen for it)",
+                )
+            feed["book_depth"] = market.default_book_depth
+        elif venue is not None:
             # The market's depths; the venue's when the market is not known (the same on every market
             # of a venue that does not distinguish them, and then the message names just the venue).
             every = [m.book_depths for m in venue.markets.values()]

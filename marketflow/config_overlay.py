@@ -42,7 +42,8 @@ from marketflow.model import SymbolError
 OVERLAY_FILE: Final = "symbols.toml"
 # The longest listed symbols are under 20 characters (10000000AIDOGEUSDT); anything far longer is junk.
 MAX_SYMBOL_LENGTH: Final = 32
-_SYMBOL_TEXT = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+){0,2}")
+# Two or three parts joined by `-`, or a venue's `BASE/QUOTE` (the venue then decides what it means).
+_SYMBOL_TEXT = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+){0,2}|[A-Za-z0-9]+/[A-Za-z0-9]+")
 _ENTRY_KEYS: Final = ("exchange", "market", "add", "remove")
 
 
@@ -73,8 +74,8 @@ def clean_symbol(raw: str, market: str, exchange: str | None = None) -> str:
                 "symbols are ASCII letters and digits"
             )
     if not _SYMBOL_TEXT.fullmatch(raw):
-        bad = next((c for c in raw if not (c.isalnum() or c == "-")), None)
-        what = f"the character {bad!r}" if bad is not None else "a misplaced '-'"
+        bad = next((c for c in raw if not (c.isalnum() or c in "-/")), None)
+        what = f"the character {bad!r}" if bad is not None else "a misplaced '-' or '/'"
         raise SymbolError(f"{raw!r} holds {what}; write a symbol as BTCUSDT or BTC-USDT")
     return _venue(exchange, market).normalize_symbol(market, raw)
 

@@ -394,6 +394,7 @@ class Daemon:
                 on_reconnect=on_reconnect,
                 on_disconnect=on_disconnect,
                 capture=None if self.capture is None else self.capture.frames,
+                max_message=conn.feed.max_message_mb * 1024 * 1024,
             )
             self.feeds[conn.name] = feed
             return feed

@@ -44,7 +44,7 @@ from marketflow import exchanges
 from marketflow.capture import CaptureFileError, CaptureReader, Header, Record
 from marketflow.config import Config
 from marketflow.daemon import Daemon
-from marketflow.exchanges.base import Session, is_data_frame
+from marketflow.exchanges.base import Session, is_data_frame, sequence_marker
 from marketflow.model import RawFrames, replay_clock
 from marketflow.pipeline.rest import RestClient, WeightBudget
 from marketflow.progress import Progress
@@ -356,6 +356,13 @@ class Replay:
                         counts["frames"] += 1
                         header, session = sessions[feed]
                         message = record.frame_bytes()
+                        marker = sequence_marker(session, message)
+                        if marker is not None:
+                            if data and data_feed != feed:
+                                batch.append(self._raw(sessions[data_feed][0], current, data))
+                                data = []
+                            data_feed = feed
+                            data.append(marker)
                         if not is_data_frame(session, message):
                             progress.advance(1)
                             continue
@@ -369,6 +376,11 @@ class Replay:
                         counts["events"] += 1
                         progress.advance(1)
                         self._event(daemon, feed, record)
+                        if record.event == "disconnected" and feed in sessions:
+                            # A new connection has its own session state (Coinbase: sequence_num from 0).
+                            header = sessions[feed][0]
+                            venue = exchanges.venue(header.exchange)
+                            sessions[feed] = (header, venue.session(header.market, header.topics))
                 if data:
                     batch.append(self._raw(sessions[data_feed][0], current, data))
                 if batch:

@@ -62,8 +62,9 @@ def test_demo_runs_offline_and_leaves_trades(tmp_path: Path) -> None:
         ).fetchone()
     finally:
         conn.close()
-    # BTC/ETH spot and linear perpetuals on every venue; OKX adds inverse perpetuals and futures.
-    assert count > 0 and symbols == 8 and exchanges == 3
+    # BTC/ETH spot and linear perpetuals on every venue; OKX adds inverse perpetuals and futures; Coinbase
+    # and Kraken list BTC-USD and ETH-USD.
+    assert count > 0 and symbols == 10 and exchanges == 5
     assert f"{count} trades stored in" in result.stdout
 
 

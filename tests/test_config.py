@@ -254,13 +254,17 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "unknown exchange": (
-        '[[feeds]]\nexchange = "kraken"\nmarket = "spot"\nsymbols = ["BTCUSDT"]\n',
-        ['m.toml:2: feeds[0].exchange: must be one of bybit, binance, okx, got string "kraken"'],
+        '[[feeds]]\nexchange = "nowhere"\nmarket = "spot"\nsymbols = ["BTCUSDT"]\n',
+        [
+            "m.toml:2: feeds[0].exchange: must be one of bybit, binance, okx, coinbase, kraken, "
+            'got string "nowhere"'
+        ],
     ),
     "unknown exchange and market": (
-        '[[feeds]]\nexchange = "kraken"\nmarket = "options"\nsymbols = ["BTCUSDT"]\n',
+        '[[feeds]]\nexchange = "nowhere"\nmarket = "options"\nsymbols = ["BTCUSDT"]\n',
         [
-            'm.toml:2: feeds[0].exchange: must be one of bybit, binance, okx, got string "kraken"',
+            "m.toml:2: feeds[0].exchange: must be one of bybit, binance, okx, coinbase, kraken, "
+            'got string "nowhere"',
             "m.toml:3: feeds[0].market: must be one of spot, linear, usdm, swap, futures, "
             'got string "options"',
         ],
@@ -566,12 +570,14 @@ def test_defaults_are_complete() -> None:
     usdm = FeedConfig("binance", "usdm", ("BTC-USDT-PERP", "ETH-USDT-PERP"))
     okx_spot = FeedConfig("okx", "spot", ("BTC-USDT", "ETH-USDT"), book_depth=400)
     okx_swap = FeedConfig("okx", "swap", ("BTC-USDT-PERP", "BTC-USD-PERP"), book_depth=400)
+    coinbase = FeedConfig("coinbase", "spot", ("BTC-USD", "ETH-USD"), book_depth=0)
+    kraken_spot = FeedConfig("kraken", "spot", ("BTC-USD", "ETH-USD"), book_depth=10)
     assert default_config(NO_ENV) == Config(
         daemon=DaemonConfig("info", "console", "./var", 10.0, 256),
         http=HttpConfig("127.0.0.1:8000", False),
         storage=StorageConfig("sqlite:///./var/marketflow.db", 5000, 0.25, 1_000_000),
         supervisor=SupervisorConfig(0.5, 30.0, 10, 300.0, 60.0),
-        feeds=(spot, linear, binance_spot, usdm, okx_spot, okx_swap),
+        feeds=(spot, linear, binance_spot, usdm, okx_spot, okx_swap, coinbase, kraken_spot),
         analytics=AnalyticsConfig(("1m", "5m", "1h"), Decimal("0.70"), Decimal("100000"), {}),
         source=None,
     )
@@ -589,6 +595,7 @@ def test_defaults_are_complete() -> None:
         False,
         True,
     )
+    assert spot.max_message_mb == coinbase.max_message_mb == 16
     assert parse("") == attrs.evolve(default_config(NO_ENV), source="m.toml")
     hash(default_config(NO_ENV))  # usable as a dict key / in sets when diffing reloads
 

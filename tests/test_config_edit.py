@@ -83,8 +83,11 @@ def test_remove_and_remove_last_symbol(config: Path) -> None:
     [
         ({"exchange": "bybit", "market": "spot", "symbol": "BTC-USDT", "add": True}, "already collected"),
         ({"exchange": "bybit", "market": "spot", "symbol": "DOGE-USDT", "add": False}, "is not collected"),
-        ({"exchange": "kraken", "market": "spot", "symbol": "BTC-USDT", "add": False}, "no feed for kraken"),
-        ({"exchange": "kraken", "market": "spot", "symbol": "BTC-USDT", "add": True}, "would make"),
+        (
+            {"exchange": "nowhere", "market": "spot", "symbol": "BTC-USDT", "add": False},
+            "no feed for nowhere",
+        ),
+        ({"exchange": "nowhere", "market": "spot", "symbol": "BTC-USDT", "add": True}, "would make"),
         ({"exchange": "bybit", "market": "spot", "symbol": "", "add": True}, "empty symbol"),
     ],
 )
@@ -110,6 +113,8 @@ def test_refused_edits_leave_the_file_untouched(config: Path, kwargs: dict, mess
         ("BTCUSDＴ", "linear", "non-ASCII character U\\+FF34"),
         ("BTC-USDT-PERP", "spot", "not a spot symbol"),
         ("BTC--USDT", "spot", "misplaced '-'"),
+        ("BTC/USD/EUR", "spot", "misplaced '-' or '/'"),
+        ("BTC-USD/EUR", "spot", "misplaced '-' or '/'"),
         ("XYZ", "spot", "cannot tell base and quote apart"),
         ("", "spot", "empty symbol"),
     ],
@@ -123,6 +128,13 @@ def test_clean_symbol_normalizes() -> None:
     assert clean_symbol("dogeusdt", "spot") == "DOGE-USDT"
     assert clean_symbol("DOGE-USDT", "linear") == "DOGE-USDT-PERP"
     assert clean_symbol("1000PEPEUSDT", "usdm") == "1000PEPE-USDT-PERP"
+
+
+def test_clean_symbol_takes_a_venues_slash_natives() -> None:
+    assert clean_symbol("xbt/usd", "spot", "kraken") == "BTC-USD"
+    assert clean_symbol("XDGUSD", "spot", "kraken") == "DOGE-USD"
+    with pytest.raises(SymbolError):
+        clean_symbol("BTC/USDT", "spot", "bybit")  # the venue decides: bybit has no such spelling
 
 
 def running(path: Path) -> Config:

@@ -6,10 +6,12 @@ daemon builds connections, decoders and books from it. Adding a venue adds one e
 
 from __future__ import annotations
 
-from marketflow.exchanges import binance, bybit, okx
+from marketflow.exchanges import binance, bybit, coinbase, kraken, okx
 from marketflow.exchanges.base import Venue
 
-VENUES: dict[str, Venue] = {v.name: v for v in (bybit.VENUE, binance.VENUE, okx.VENUE)}
+VENUES: dict[str, Venue] = {
+    v.name: v for v in (bybit.VENUE, binance.VENUE, okx.VENUE, coinbase.VENUE, kraken.VENUE)
+}
 
 
 def venue(exchange: str) -> Venue:

@@ -104,6 +104,13 @@ def is_data_frame(session: Session, message: bytes) -> bool:
     return session.is_data(message) or isinstance(session.control(message), DataFrame)
 
 
+def sequence_marker(session: Session, message: bytes) -> bytes | None:
+    """The frame to publish ahead of `message` when the session's sequence rule found a loss (feed,
+    replay)."""
+    check = session.sequence_check
+    return None if check is None else check(message)
+
+
 class Session(Protocol):
     """Per-connection protocol rules of one venue market."""
 
@@ -141,6 +148,14 @@ class Session(Protocol):
 
     def control(self, message: bytes) -> ControlEvent:
         """Everything `is_data` said no to: an ack, a pong, a reconnect notice, or a `DataFrame`."""
+        ...
+
+    @property
+    def sequence_check(self) -> Callable[[bytes], bytes | None] | None:
+        """Venues numbering every message of a connection (Coinbase `sequence_num`): called with each
+        message in order, before it is classified; returns a data frame to publish ahead of it when
+        messages were lost in between (the venue's decoder turns it into book gaps), else None. None for
+        venues without such a number (the feed then skips the call)."""
         ...
 
 
@@ -260,6 +275,9 @@ class Market:
     """The channels a feed on this market may ask for (config refuses others, naming these)."""
     polls: tuple[RestPoll, ...] = ()
     """Channels (or parts of them) that come over REST, polled per symbol by the pipeline."""
+    full_book: bool = False
+    """The venue streams the whole book and takes no depth (Coinbase `level2`): config refuses
+    `book_depth`, `book_depths` is empty and `default_book_depth` is 0."""
 
 
 @attrs.frozen

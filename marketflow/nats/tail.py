@@ -11,6 +11,7 @@ import trio
 
 from marketflow.client import subscribe
 from marketflow.config import Config
+from marketflow.exchanges import VENUES
 from marketflow.nats.schema import KINDS
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
@@ -18,7 +19,7 @@ _encoder = msgspec.json.Encoder(decimal_format="string")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=KINDS, help="trades or book")
-    parser.add_argument("exchange", help="e.g. bybit, or * for every exchange")
+    parser.add_argument("exchange", help=f"one of {', '.join(sorted(VENUES))}, or * for every exchange")
     parser.add_argument("symbol", help="normalized, e.g. BTC-USDT or BTC-USDT-PERP, or * for every symbol")
     parser.add_argument(
         "--servers", default=None, metavar="URLS", help="NATS URLs, comma-separated (default: [nats] servers)"

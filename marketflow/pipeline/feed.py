@@ -30,7 +30,7 @@ from marketflow.exchanges.base import (
     SubscribeRequest,
     UnknownControl,
 )
-from marketflow.exchanges.ws import FeedError, WsConnection, connect_ws
+from marketflow.exchanges.ws import MAX_MESSAGE, FeedError, WsConnection, connect_ws
 from marketflow.model import RawFrames, now_us
 from marketflow.runtime.bus import Bus
 
@@ -122,6 +122,7 @@ class Feed:
         on_reconnect: Callable[[str, int, int], None] | None = None,
         on_disconnect: Callable[[str], None] | None = None,
         capture: Callable[[str, int, list[bytes]], None] | None = None,
+        max_message: int = MAX_MESSAGE,
     ) -> None:
         self.name = name
         self.exchange = exchange
@@ -139,6 +140,7 @@ class Feed:
         self._on_disconnect = on_disconnect
         # Gets every socket read, data and control alike, with its receive time; must not block.
         self._capture = capture
+        self._max_message = max_message
         self._scope = trio.CancelScope()
         self._stopping = False
         self._live: _Link | None = None
@@ -227,7 +229,10 @@ class Feed:
         try:
             with trio.fail_after(CONNECT_TIMEOUT_S):
                 conn = await connect_ws(
-                    self.url, ssl_context=self._ssl_context, coalesce_s=self._read_coalesce_s
+                    self.url,
+                    ssl_context=self._ssl_context,
+                    max_message=self._max_message,
+                    coalesce_s=self._read_coalesce_s,
                 )
         except trio.TooSlowError as exc:
             raise FeedError(f"{self.url}: connect timed out after {CONNECT_TIMEOUT_S} s") from exc
@@ -341,10 +346,17 @@ class Feed:
             self._capture(self.name, now, messages)
         counters.messages += len(messages)
         session = link.session
+        check = session.sequence_check
         data: list[bytes] = []
         events: list[ControlEvent] = []
         for message in messages:
             counters.bytes += len(message)
+            if check is not None:
+                # Messages were lost on this connection: the venue's marker goes first, so its decoder
+                # breaks the connection's books before anything that came after the loss is applied.
+                marker = check(message)
+                if marker is not None:
+                    data.append(marker)
             if session.is_data(message):
                 data.append(message)
                 continue

@@ -1,8 +1,9 @@
-"""Offline exchange simulator: Bybit v5 and Binance spot / USD-M public streams and REST (SPEC §9, PROTOCOLS).
+"""Offline exchange simulator: Bybit v5, Binance spot / USD-M, OKX v5 and Coinbase Advanced Trade public
+streams and REST (SPEC §9, PROTOCOLS).
 
 `SimServer(SimConfig(...))` is `nursery.start`-able; `marketflow sim` runs it from the command line through
-`add_arguments` / `run_from_args`. Names: exchange `bybit` (markets `spot`, `linear`, `inverse`) or
-`binance` (markets `spot`, `usdm`).
+`add_arguments` / `run_from_args`. Names: exchange `bybit` (markets `spot`, `linear`, `inverse`),
+`binance` (markets `spot`, `usdm`), `okx` (`spot`, `swap`, `futures`) or `coinbase` (`spot`).
 """
 
 from __future__ import annotations
@@ -89,6 +90,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an unchanged OKX book sends a keep-alive (prevSeqId == seqId) after S seconds",
     )
     parser.add_argument(
+        "--coinbase-quiet",
+        type=_symbols,
+        default=(),
+        metavar="P,P",
+        help="Coinbase products listed that never trade nor change (XLM-USD): a quiet connection",
+    )
+    parser.add_argument(
+        "--kraken-quiet",
+        action="append",
+        default=[],
+        metavar="PAIR",
+        help="a Kraken pair (ZZZ/USD) listed but never trading or changing: only heartbeats (repeatable)",
+    )
+    parser.add_argument(
+        "--kraken-no-heartbeat",
+        action="store_true",
+        help="Kraken sends no heartbeats (a quiet pair's connection then goes silent)",
+    )
+    parser.add_argument(
         "--book-rate",
         type=float,
         default=10.0,
@@ -123,6 +143,9 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
         okx_zero_checksum=args.okx_zero_checksum,
         okx_legacy_books=args.okx_legacy_books,
         okx_keepalive_s=args.okx_keepalive,
+        kraken_quiet=tuple(args.kraken_quiet),
+        kraken_heartbeat_s=None if args.kraken_no_heartbeat else 1.0,
+        coinbase_quiet=tuple(args.coinbase_quiet),
     )
 
 
@@ -158,6 +181,8 @@ async def run_from_args(args: argparse.Namespace) -> None:
             rest = server.binance_rest_base(market)
             print(f"binance {market:<6}{server.binance_ws_base(market)}  rest {rest}", flush=True)
         print(f"okx            {server.okx_ws_url()}  rest {server.http_url}", flush=True)
+        print(f"coinbase       {server.coinbase_ws_url()}  rest {server.http_url}", flush=True)
+        print(f"kraken         {server.urls('kraken', 'spot')[0]}  rest {server.http_url}", flush=True)
         print(f"http           {server.http_url}", flush=True)
 
 

@@ -270,6 +270,9 @@ class WsConnection:
         self._subscriptions: dict[str, Callable[[], None]] = {}  # channel → how to leave it
         self._fragments: list[bytes] = []
         self._last_activity = trio.current_time()
+        self.stamp: Callable[[bytes], bytes] | None = None
+        """Set by a venue numbering every message of a connection (Coinbase `sequence_num`): turns each
+        queued payload (data frames are then left unframed) into the wire frame, in write order."""
 
     async def run(self, pipelined: Iterable[object]) -> None:
         with self._scope:
@@ -464,10 +467,11 @@ class WsConnection:
                 chunks.pop()
             sent: list[TapeFrame] = []
             book_frames = 0
+            stamp = self.stamp
             if proto.state is OPEN:
                 for item in items:
                     if isinstance(item, TapeFrame):
-                        chunks.append(item.wire)
+                        chunks.append(item.wire if stamp is None else stamp(item.wire))
                         sent.append(item)
                         if malformed.armed:
                             due = malformed.after_data_frame()
@@ -475,8 +479,10 @@ class WsConnection:
                                 self._send_malformed(item, due)
                                 chunks += proto.data_to_send()
                     elif isinstance(item, WireFrame):
-                        chunks.append(item.wire)
+                        chunks.append(item.wire if stamp is None else stamp(item.wire))
                         book_frames += 1
+                    elif stamp is not None:
+                        chunks.append(stamp(item))
                     else:
                         proto.send_text(item)
                         chunks += proto.data_to_send()

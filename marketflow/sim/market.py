@@ -109,6 +109,18 @@ def stable_crc(text: str) -> int:
 def instrument_for(category: str, symbol: str, exchange: str = "bybit") -> Instrument:
     """The instrument spec of `symbol` on `exchange`'s `category` (Bybit spot/linear/…, Binance spot/usdm)."""
     spot = category == "spot"
+    if exchange == "coinbase":  # products BTC-USD: "65000.01" / "0.00012345"; contiguous trade ids
+        if symbol.startswith("BTC-"):
+            return Instrument(symbol, 6_500_000, 2, 2, 8, 50_000.0, IDS_BINANCE)
+        if symbol.startswith("ETH-"):
+            return Instrument(symbol, 300_000, 2, 2, 8, 500_000.0, IDS_BINANCE)
+        start = (1 + stable_crc(symbol) % 500) * 10_000
+        return Instrument(symbol, start, 4, 4, 2, 100.0, IDS_BINANCE)
+    if exchange == "kraken":  # v2 pairs BTC/USD: price_precision = tick decimals, qty_precision 8
+        if symbol.startswith("BTC/"):  # "45285.20" on the wire at precision 1, "0.00100000"
+            return Instrument(symbol, 452_852, 1, 2, 8, 50_000.0, IDS_BINANCE)
+        start = (1 + stable_crc(symbol.split("/")[0]) % 500) * 10_000
+        return Instrument(symbol, start, 2, 2, 8, 500_000.0, IDS_BINANCE)
     if exchange == "okx":  # instIds: BTC-USDT, BTC-USDT-SWAP, BTC-USD-SWAP, BTC-USD-270625
         inverse = symbol.split("-")[1] == "USD"
         if symbol.startswith("BTC-"):  # "65114.2"; spot "0.00012345" BTC, swaps in contracts

@@ -22,7 +22,7 @@ import trio
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from marketflow.sim import binance, bybit, okx
+from marketflow.sim import binance, bybit, coinbase, kraken, okx
 from marketflow.sim.book import BookFeed, SimBook
 from marketflow.sim.faults import (
     Faults,
@@ -64,7 +64,13 @@ CLOSE_GRACE_S = 2.0
 _SYMBOL = re.compile(r"[A-Z0-9]+")
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _CLIENT_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
-MARKETS = {"bybit": bybit.CATEGORIES, "binance": binance.MARKETS, "okx": okx.MARKETS}
+MARKETS = {
+    "bybit": bybit.CATEGORIES,
+    "binance": binance.MARKETS,
+    "okx": okx.MARKETS,
+    "coinbase": coinbase.MARKETS,
+    "kraken": kraken.MARKETS,
+}
 
 
 def _check_range(_: object, attribute: attrs.Attribute[tuple[int, int]], value: tuple[int, int]) -> None:
@@ -118,12 +124,20 @@ class SimConfig:
     binance_pong_timeout_s: float | None = attrs.field(default=None, validator=_optional_positive)
     """None = the real deadline: spot 60 s, USD-M 600 s."""
     binance_max_lifetime_s: float = attrs.field(default=86_400.0, validator=_positive)
+    coinbase_quiet: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    """Coinbase products listed besides `symbols` that never trade nor change (`XLM-USD`)."""
     okx_zero_checksum: bool = False
     """OKX `books` carry checksum 0, as OKX sends since 2026-06 (default: the real CRC32)."""
     okx_legacy_books: bool = False
     """OKX `books` carry no `seqId`/`prevSeqId` (older servers, recorded traffic)."""
     okx_keepalive_s: float = attrs.field(default=okx.KEEPALIVE_S, validator=_positive)
     """An unchanged OKX `books` stream sends a keep-alive (`prevSeqId == seqId`) after this long."""
+    kraken_quiet: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    """Kraken pairs (`XYZ/USD`) listed but never trading or changing: only heartbeats flow for them."""
+    kraken_heartbeat_s: float | None = attrs.field(
+        default=kraken.DEFAULT_HEARTBEAT_S, validator=_optional_positive
+    )
+    """Kraken heartbeats while subscribed; None = none (a quiet pair's connection then goes silent)."""
 
 
 @attrs.frozen
@@ -181,6 +195,14 @@ class SimServer:
             )
             for market in binance.MARKETS
         }
+        self._coinbase_rules = coinbase.CoinbaseRules(
+            coinbase.products(config.symbols),
+            config.coinbase_quiet,
+            frozenset(config.faults.reject_topics),
+            config.seed,
+        )
+        self.coinbase_rest = coinbase.CoinbaseRest(self.market, self._coinbase_rules)
+        self.rest_routes.update(self.coinbase_rest.routes())
         self._okx_rules = okx.OkxRules(
             okx.instruments(symbols),
             frozenset(config.faults.reject_topics),
@@ -192,6 +214,15 @@ class SimServer:
         )
         self.okx_rest = okx.OkxRest(self.market, self.book_feed, self._okx_rules)
         self.rest_routes.update(self.okx_rest.routes())
+        self.kraken = kraken.KrakenSim(
+            self.market,
+            config.symbols,
+            self.book_feed,
+            quiet=config.kraken_quiet,
+            reject_topics=frozenset(config.faults.reject_topics),
+            heartbeat_s=config.kraken_heartbeat_s,
+        )
+        self.rest_routes.update(self.kraken.rest.routes())
         self._feeds: dict[tuple[str, str, str], TradeFeed] = {}
         self._books: dict[tuple[str, str, str], BookFeed] = {}
         self._connections: set[WsConnection] = set()
@@ -229,6 +260,10 @@ class SimServer:
         self._check("binance", market)
         return self.http_url
 
+    def coinbase_ws_url(self) -> str:
+        """Coinbase's market-data socket on the simulator, `ws://HOST:PORT/coinbase/ws`."""
+        return self._ws_root() + coinbase.WS_PATH
+
     def okx_ws_url(self) -> str:
         """OKX's public stream URL on the simulator, `ws://HOST:PORT/ws/v5/public` (every market)."""
         return self._ws_root() + okx.WS_PATH
@@ -240,13 +275,22 @@ class SimServer:
             return self.bybit_ws_url(market), self.http_url
         if exchange == okx.EXCHANGE:
             return self.okx_ws_url(), self.http_url
+        if exchange == coinbase.EXCHANGE:
+            return self.coinbase_ws_url(), self.http_url
+        if exchange == kraken.EXCHANGE:
+            return self._ws_root() + kraken.WS_PATH, self.http_url
         return self.binance_ws_base(market), self.binance_rest_base(market)
 
     def listed(self, exchange: str, market: str) -> tuple[str, ...]:
-        """The native symbols the simulator lists on an exchange market (OKX: its instIds there)."""
+        """The native symbols the simulator lists on an exchange market (OKX: its instIds there;
+        Coinbase: its products)."""
         self._check(exchange, market)
         if exchange == okx.EXCHANGE:
             return tuple(i for i, m in self._okx_rules.instruments.items() if m == market)
+        if exchange == coinbase.EXCHANGE:
+            return coinbase.products(self.config.symbols)
+        if exchange == kraken.EXCHANGE:
+            return self.kraken.listed
         return self.config.symbols
 
     def add_rest_route(self, path: str, handler: RestHandler) -> None:
@@ -258,9 +302,16 @@ class SimServer:
     def _check(self, exchange: str, market: str, symbol: str | None = None) -> None:
         if market not in MARKETS.get(exchange, ()):
             raise ValueError(f"unknown exchange/market {exchange!r}/{market!r}; expected one of {MARKETS}")
-        if exchange == okx.EXCHANGE:
+        if exchange == kraken.EXCHANGE:
+            if symbol is not None and symbol not in self.kraken.listed:
+                raise ValueError(f"{symbol!r} is not listed; kraken lists {self.kraken.listed}")
+        elif exchange == okx.EXCHANGE:
             if symbol is not None and symbol not in self._okx_rules.instruments:
                 raise ValueError(f"{symbol!r} is not listed; okx lists {sorted(self._okx_rules.instruments)}")
+        elif exchange == coinbase.EXCHANGE:
+            if symbol is not None and symbol not in self._coinbase_rules.products:
+                listed = sorted(self._coinbase_rules.products)
+                raise ValueError(f"{symbol!r} is not listed; coinbase lists {listed}")
         elif symbol is not None and symbol not in self.config.symbols:
             raise ValueError(f"{symbol!r} is not listed; the simulator lists {self.config.symbols}")
 
@@ -325,8 +376,14 @@ class SimServer:
             book_frames_sent=c.book_frames_sent,
             pings_sent=c.pings_sent,
             rate_limited=c.rate_limited,
-            rest_requests=self.rest.requests + self.okx_rest.requests,
-            rest_throttled=self.rest.throttled + self.okx_rest.throttled,
+            rest_requests=self.rest.requests
+            + self.okx_rest.requests
+            + self.coinbase_rest.requests
+            + self.kraken.rest.requests,
+            rest_throttled=self.rest.throttled
+            + self.okx_rest.throttled
+            + self.coinbase_rest.throttled
+            + self.kraken.rest.throttled,
         )
 
     # -- runtime faults ------------------------------------------------------------------------------
@@ -408,6 +465,21 @@ class SimServer:
                 told += 1
         return told
 
+    def coinbase_lose_trades(self, product: str, messages: int = 1) -> None:
+        """The product's next `messages` `market_trades` messages are lost on every connection (their
+        sequence numbers are used, their trades never sent: a trade-id gap for REST to fill)."""
+        self._check(coinbase.EXCHANGE, coinbase.SPOT, product)
+        self._coinbase_rules.lose_trades[product] = messages
+
+    def coinbase_sequence_jump(self, count: int = 3) -> int:
+        """Every Coinbase connection's next message skips `count` sequence numbers; how many."""
+        told = 0
+        for conn in list(self._connections):
+            if isinstance(conn.session, coinbase.CoinbaseSession):
+                conn.session.sequence_jump(count)
+                told += 1
+        return told
+
     # -- serving -------------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -464,7 +536,11 @@ class SimServer:
 
     @staticmethod
     def _is_websocket(path: str) -> bool:
-        return path in bybit.WS_PATHS or path == okx.WS_PATH or binance.is_ws_path(path)
+        return (
+            path in bybit.WS_PATHS
+            or path in (okx.WS_PATH, coinbase.WS_PATH, kraken.WS_PATH)
+            or binance.is_ws_path(path)
+        )
 
     def _ws_route(self, http: HttpRequest) -> SessionFactory | HttpResponse:
         """The session for a WebSocket request, or the refusal of its handshake."""
@@ -478,6 +554,15 @@ class SimServer:
                 )
 
             return open_bybit
+        if http.path == coinbase.WS_PATH:
+            coinbase_rules = self._coinbase_rules
+
+            def open_coinbase(conn: WsConnection) -> Session:
+                return coinbase.CoinbaseSession(
+                    conn.number, conn, coinbase_rules, self.market, self.book_feed
+                )
+
+            return open_coinbase
         if http.path == okx.WS_PATH:
             okx_rules = self._okx_rules
 
@@ -486,6 +571,8 @@ class SimServer:
                 return okx.OkxSession(conn_id, conn, okx_rules, self.market)
 
             return open_okx
+        if http.path == kraken.WS_PATH:
+            return lambda conn: self.kraken.session(conn.number, conn)
         target = binance.parse_ws_target(http.path, http.query)
         if target is None:
             return HttpResponse(404, b"not found")
@@ -535,6 +622,8 @@ class SimServer:
     def _trades_per_frame(self, exchange: str, category: str) -> tuple[int, int]:
         if exchange == binance.EXCHANGE:
             return self.config.binance_trades_per_frame
+        if exchange == coinbase.EXCHANGE:
+            return (1, 6)  # trades batched over 250 ms (§9.4)
         if exchange == okx.EXCHANGE:
             return (1, 1)  # one message per taker order
         if category == bybit.SPOT:

@@ -401,7 +401,7 @@ BAD_ARGUMENTS: list[tuple[str, dict[str, Any], str]] = [
     ("get_recent_trades", {"exchange": "bybit", "symbol": "BTC-USDT", "limit": 0}, "limit"),
     ("get_recent_trades", {"exchange": "bybit", "symbol": "BTC-USDT", "limit": "many"}, "limit"),
     ("get_recent_trades", {"exchange": "bybit", "symbol": "BTC-USDT", "since": "yesterday"}, "since"),
-    ("get_recent_trades", {"exchange": "kraken", "symbol": "BTC-USDT"}, "exchange"),
+    ("get_recent_trades", {"exchange": "nowhere", "symbol": "BTC-USDT"}, "exchange"),
     ("get_orderbook", {"exchange": "bybit", "symbol": "DOGE-USDT"}, "symbol"),
     ("get_orderbook", {"exchange": "bybit", "symbol": "BTC-USDT", "depth": -3}, "depth"),
     ("get_candles", {"exchange": "bybit", "symbol": "BTC-USDT", "interval": "7x"}, "interval"),

@@ -15,4 +15,6 @@ def test_every_venue_gets_a_decode_row(capsys: object) -> None:
         assert row["trade_decode_us_per_frame"] > 0 and row["book_decode_us_per_frame"] > 0
     okx = next(r for r in rows if r["venue"] == "okx")
     assert okx["book_rule_us_per_frame"] is not None  # WebSocket snapshots: the chain and checksum are timed
+    coinbase = next(r for r in rows if r["venue"] == "coinbase")
+    assert coinbase["book_rule_us_per_frame"] is not None  # level2 snapshot, then the sequence rule
     decode.print_rows(rows)

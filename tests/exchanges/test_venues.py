@@ -74,7 +74,10 @@ def test_unknown_market_is_refused_by_name(name: str) -> None:
 def test_market_record_and_symbols_both_ways(name: str, market: str) -> None:
     v = VENUES[name]
     m = v.markets[market]
-    assert m.default_book_depth in m.book_depths
+    if m.full_book:  # the whole book, no depth to choose
+        assert (m.book_depths, m.default_book_depth) == ((), 0)
+    else:
+        assert m.default_book_depth in m.book_depths
     assert v.normalize_symbol(market, m.native_example) == m.normalized_example
     assert v.normalize_symbol(market, m.normalized_example) == m.normalized_example
     assert v.normalize_symbol(market, m.normalized_example.lower()) == m.normalized_example
@@ -188,12 +191,17 @@ def test_config_asks_the_venue_for_markets_depths_and_symbols(name: str, market:
         m.default_book_depth,
         m.perpetual,
     )
-    bad_depth = max(m.book_depths) + 1
+    bad_depth = max(m.book_depths, default=50) + 1
     with pytest.raises(ConfigError) as caught:
         parse_config(feed + f"book_depth = {bad_depth}\n", source="m.toml", env={})
     (issue,) = caught.value.issues
-    listed = ", ".join(map(str, m.book_depths))
-    assert str(issue).startswith("m.toml:5: feeds[0].book_depth: must be one of " + listed + " for " + name)
+    if m.full_book:
+        expected = f"m.toml:5: feeds[0].book_depth: {name} {market} streams the whole book; remove book_depth"
+        assert str(issue).startswith(expected)
+    else:
+        listed = ", ".join(map(str, m.book_depths))
+        expected = "m.toml:5: feeds[0].book_depth: must be one of " + listed + " for " + name
+        assert str(issue).startswith(expected)
     with pytest.raises(ConfigError) as caught:
         parse_config(feed.replace(m.native_example, "BTC!USDT"), source="m.toml", env={})
     (issue,) = caught.value.issues

@@ -249,6 +249,8 @@ _depth_frame_decoder = msgspec.json.Decoder(_DepthFrame)
 class Session:
     """Protocol rules for one Binance combined-stream connection."""
 
+    sequence_check = None  # no per-connection message numbering
+
     def __init__(self, market: str, topics: Sequence[str]) -> None:
         _check(market)
         self.market = market

@@ -212,6 +212,8 @@ class Session(ResubscribingSession):
     """Protocol rules for one Bybit connection (one market, several symbols); a resubscribe is answered
     with a fresh snapshot."""
 
+    sequence_check = None  # no per-connection message numbering
+
     def __init__(self, market: str, topics: Sequence[str]) -> None:
         if market not in MARKET_NAMES:
             raise ValueError(f"bybit has no market {market!r}")

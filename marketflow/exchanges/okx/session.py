@@ -81,6 +81,8 @@ class Session(ResubscribingSession):
     """Protocol rules for one OKX connection (one market, several instruments); resubscribing an
     instrument is answered with a fresh `books` snapshot."""
 
+    sequence_check = None  # no per-connection message numbering
+
     def __init__(self, market: str, topics: Sequence[str]) -> None:
         if market not in MARKETS:
             raise ValueError(f"okx has no market {market!r}; expected one of {sorted(MARKETS)}")

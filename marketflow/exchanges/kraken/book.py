@@ -1,0 +1,191 @@
+"""Kraken v2 book integrity: the CRC32 of the top 10, verified on every message (PROTOCOLS.md §10.4).
+
+Kraken's `book` messages carry no sequence number, only a checksum, sent with snapshots and updates alike:
+1. apply every level of the message to the local book (qty 0 deletes), then truncate each side to the
+   subscribed depth: a level pushed out of scope gets no qty-0 message;
+2. take the top 10 asks (ascending) then the top 10 bids (descending); render each price at the pair's
+   `price_precision` and each qty at its `qty_precision`, remove the `.` and strip leading zeros;
+3. CRC32 of the concatenation, unsigned, must equal the message's `checksum`.
+Rendering is from the exact `Decimal` at the pair's precision, never from the wire digits (older feeds sent
+more decimals than the precision) and never through a float.
+
+The precisions come with every update (`KrakenBookUpdate`, filled by the decoder from the `instrument`
+channel). Until they are known a book is kept but not served: it stays WAITING and becomes SYNCED at the
+first message whose checksum matches. A mismatch discards the book (a `Gap`); the keeper resubscribes the
+symbol alone, which brings a fresh snapshot at the same depth.
+
+Depth: messages do not say which depth was subscribed. A snapshot holds `min(depth, levels the venue has)`
+per side, so the depth is the smallest allowed one holding the snapshot's longer side. A thin book below a
+smaller allowed depth is truncated too early; the book stays an exact prefix of the venue's, and if it
+thins into the top 10 the checksum fails and the new snapshot (deeper by then) corrects the depth.
+
+A checksum that keeps failing must not make a resubscribe loop: after `MAX_FAILURES` consecutive failures
+the book waits `RETRY_BASE_US` (doubling up to `RETRY_MAX_US`, counted in the messages' receive times)
+before it asks again, ignoring the stream meanwhile; the gap stays open in the ledger all that time.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from decimal import Decimal
+
+from marketflow.exchanges.orderbook import BookState, BookSync, Gap
+from marketflow.model import BookUpdate, Level
+
+DEPTHS = (10, 25, 100, 500, 1000)
+CHECKSUM_LEVELS = 10
+MAX_FAILURES = 3
+"""Consecutive checksum failures resynced at once; later ones wait (nautilus stops at 3)."""
+RETRY_BASE_US = 1_000_000
+RETRY_MAX_US = 60_000_000
+
+
+class KrakenBookUpdate(BookUpdate, frozen=True, gc=False):
+    """A Kraken book message with the pair's precisions (-1: not known yet)."""
+
+    price_precision: int = -1
+    qty_precision: int = -1
+
+
+def render(value: Decimal, precision: int) -> str:
+    """Kraken's checksum text of a number: at `precision` decimals, `.` removed, leading zeros stripped
+    (`45285.2` at 1 → `452852`; `0.00100000` at 8 → `100000`)."""
+    return str(int(value.scaleb(precision)))
+
+
+def checksum(bids: Sequence[Level], asks: Sequence[Level], price_precision: int, qty_precision: int) -> int:
+    """The unsigned CRC32 of the best 10 asks then the best 10 bids (`bids` descending, `asks` ascending)."""
+    parts = [render(p, price_precision) + render(q, qty_precision) for p, q in asks[:CHECKSUM_LEVELS]]
+    parts += [render(p, price_precision) + render(q, qty_precision) for p, q in bids[:CHECKSUM_LEVELS]]
+    return zlib.crc32("".join(parts).encode())
+
+
+def depth_for(levels: int) -> int:
+    """The smallest subscribable depth that holds `levels` per side."""
+    return next((d for d in DEPTHS if d >= levels), DEPTHS[-1])
+
+
+class KrakenBook(BookSync):
+    """One Kraken pair's book under the checksum rule (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = DEPTHS[0]
+        self.checksums_verified = 0
+        self.checksum_failures = 0
+        self.consecutive_failures = 0
+        self.retry_at: int | None = None
+        self._held = False  # a book is kept but not yet verified (precisions unknown)
+        self._resyncing = False
+        self._precision = (-1, -1)
+        # price → rendered `price+qty` text per side, for the levels in the book (checksum input).
+        self._text_bids: dict[Decimal, str] = {}
+        self._text_asks: dict[Decimal, str] = {}
+
+    def reset(self) -> None:
+        super().reset()
+        self._held = False
+        self._text_bids = {}
+        self._text_asks = {}
+
+    def on_snapshot(self, update: BookUpdate) -> Gap | None:
+        return self.on_update(update)
+
+    def on_update(self, update: BookUpdate) -> Gap | None:
+        if not isinstance(update, KrakenBookUpdate):
+            raise TypeError(f"KrakenBook takes KrakenBookUpdate, got {type(update).__name__}")
+        if self.retry_at is not None:
+            if update.recv_ts < self.retry_at:
+                self._ignored += 1
+                return None
+            self.retry_at = None
+            return self._fail(
+                f"checksum failed {self.consecutive_failures} times in a row; resubscribing again", update
+            )
+        book = self.book
+        if update.snapshot:
+            self._resyncing = self._resyncing or self.state is BookState.RESYNCING
+            book.replace(update.bids, update.asks)
+            self.depth = depth_for(max(len(update.bids), len(update.asks)))
+            book.truncate(self.depth)
+            self._id = update.last_id
+            self._snapshots += 1
+            self._held = True
+            self.state = BookState.WAITING
+            self._precision = (-1, -1)  # texts rebuilt below
+        elif self.state is BookState.SYNCED or self._held:
+            book.apply(update.bids, update.asks)
+            book.truncate(self.depth)
+            self._id = update.last_id
+            self._applied += 1
+        else:
+            self._ignored += 1
+            return None
+        if book.crossed():
+            self._held = False
+            return self._fail_crossed(update)
+        precision = (update.price_precision, update.qty_precision)
+        if precision[0] < 0 or precision[1] < 0:
+            if self.state is BookState.SYNCED:  # precisions forgotten: cannot check, so cannot serve
+                self.state = BookState.WAITING
+                self._held = True
+            return None
+        if precision != self._precision or update.snapshot:
+            self._rebuild(precision)
+        else:
+            self._texts(self._text_bids, update.bids, precision)
+            self._texts(self._text_asks, update.asks, precision)
+        return self._verify(update)
+
+    def _texts(self, texts: dict[Decimal, str], levels: list[Level], precision: tuple[int, int]) -> None:
+        for price, qty in levels:
+            if qty:
+                texts[price] = render(price, precision[0]) + render(qty, precision[1])
+            else:
+                texts.pop(price, None)
+        if len(texts) > 2 * self.depth + 64:  # levels truncated away: drop their texts now and then
+            self._rebuild(precision)
+
+    def _rebuild(self, precision: tuple[int, int]) -> None:
+        self._precision = precision
+        pp, qp = precision
+        bids, asks = self.book.levels()
+        self._text_bids = {p: render(p, pp) + render(q, qp) for p, q in bids}
+        self._text_asks = {p: render(p, pp) + render(q, qp) for p, q in asks}
+
+    def _verify(self, update: KrakenBookUpdate) -> Gap | None:
+        bids, asks = self.book.top(CHECKSUM_LEVELS)
+        text_asks = self._text_asks
+        text_bids = self._text_bids
+        got = zlib.crc32("".join([text_asks[p] for p, _ in asks] + [text_bids[p] for p, _ in bids]).encode())
+        self.checksums_verified += 1
+        expected = update.checksum
+        if got != expected:
+            self.checksum_failures += 1
+            self.consecutive_failures += 1
+            if self.consecutive_failures > MAX_FAILURES:
+                shift = min(self.consecutive_failures - MAX_FAILURES - 1, 6)
+                self.retry_at = update.recv_ts + min(RETRY_BASE_US << shift, RETRY_MAX_US)
+                self._held = False
+                self.book.clear()
+                self.state = BookState.RESYNCING
+                self._ignored += 1
+                self._resyncing = True
+                return None
+            return self._fail(f"checksum {got} is not the {expected} sent (message {update.last_id})", update)
+        self.consecutive_failures = 0
+        if self._held:
+            self._held = False
+            if self._resyncing:
+                self._resyncs += 1
+                self._resyncing = False
+            self.state = BookState.SYNCED
+        return None
+
+    def _fail(self, reason: str, update: BookUpdate) -> Gap:
+        self._held = False
+        self._resyncing = True
+        self._text_bids = {}
+        self._text_asks = {}
+        return super()._fail(reason, update)
