@@ -23,7 +23,7 @@ import trio
 
 from marketflow.config import Config
 from marketflow.model import Trade, now_us
-from marketflow.nats.link import NatsError, NatsLink
+from marketflow.nats.link import LinkActor, NatsError, NatsLink
 from marketflow.nats.schema import pack_book, pack_trades, subject
 from marketflow.pipeline.bookkeeper import LiveBooks
 from marketflow.runtime.backoff import Backoff
@@ -92,7 +92,7 @@ class BookPublisherStatistics:
     last_error: str | None
 
 
-class BookPublisher:
+class BookPublisher(LinkActor):
     """Publishes every synced book that changed since its last message, every `interval_s`."""
 
     def __init__(self, books: LiveBooks, config: Config, *, name: str = "nats_books") -> None:
@@ -112,14 +112,6 @@ class BookPublisher:
         return BookPublisherStatistics(
             self.name, self._state, self._published, self._failures, self._last_error
         )
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with self._stop:
-                await self._serve_forever(task_status)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._link.close()
 
     def request_stop(self) -> None:
         """Stop now: books are live state, nothing is owed."""

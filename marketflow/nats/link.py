@@ -304,3 +304,22 @@ async def _unless_cancelled(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
 
 async def _stop_thread(thread: AsyncioThread) -> None:
     await trio.to_thread.run_sync(thread.stop)
+
+
+class LinkActor:
+    """An actor that owns one `NatsLink`: `run` serves (`_serve_forever`) until `_stop` is cancelled, then
+    closes the link, shielded, whatever ended it."""
+
+    _stop: trio.CancelScope
+    _link: NatsLink
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self._stop:
+                await self._serve_forever(task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._link.close()
+
+    async def _serve_forever(self, task_status: trio.TaskStatus[None]) -> None:
+        raise NotImplementedError

@@ -19,7 +19,7 @@ from nats.js.api import DeliverPolicy
 from marketflow.config import Config
 from marketflow.exchanges.orderbook import BookSync, Gap
 from marketflow.model import BookUpdate, Trade
-from marketflow.nats.link import Inbox, NatsError, NatsLink
+from marketflow.nats.link import Inbox, LinkActor, NatsError, NatsLink
 from marketflow.nats.schema import PayloadError, unpack_book, unpack_trades
 from marketflow.pipeline.bookkeeper import LiveBooks
 from marketflow.runtime.backoff import Backoff
@@ -92,7 +92,7 @@ class ServeStatistics:
     last_error: str | None
 
 
-class ServeSubscriber:
+class ServeSubscriber(LinkActor):
     """Subscribes to `<prefix>.trades.>` (from now) and `<prefix>.book.>` (from the newest of each)."""
 
     def __init__(
@@ -133,14 +133,6 @@ class ServeSubscriber:
             self._errors,
             self._last_error,
         )
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with self._stop:
-                await self._serve_forever(task_status)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._link.close()
 
     def request_stop(self) -> None:
         """Stop now: a serving view owes nothing to anyone."""

@@ -16,7 +16,7 @@ import trio
 
 from marketflow.config import Config
 from marketflow.model import Trade
-from marketflow.nats.link import NatsError, NatsLink
+from marketflow.nats.link import LinkActor, NatsError, NatsLink
 from marketflow.nats.schema import PayloadError, stream_name, unpack_trades
 from marketflow.runtime.backoff import Backoff
 from marketflow.storage.writer import TradeStore
@@ -40,7 +40,7 @@ class StoreConsumerStatistics:
     last_error: str | None
 
 
-class StoreConsumer:
+class StoreConsumer(LinkActor):
     """Fetches trades messages, writes their trades through `store`, then acks them."""
 
     def __init__(self, store: TradeStore, config: Config, *, name: str = "nats_store") -> None:
@@ -71,14 +71,6 @@ class StoreConsumer:
             self._errors,
             self._last_error,
         )
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with self._stop:
-                await self._serve_forever(task_status)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._link.close()
 
     def request_stop(self) -> None:
         """Stop between two messages: what was fetched and not acked is redelivered (nothing is lost)."""

@@ -119,6 +119,27 @@ def _filters(exchange: str | None, symbol: str | None, since: int | None, until:
     return [("exchange =", exchange), ("symbol =", symbol), ("ts >=", since), ("ts <", until)]
 
 
+_ORDER = {
+    "derivatives": (_DERIVATIVE_COLUMNS, "ts DESC"),
+    "liquidations": (_LIQUIDATION_COLUMNS, "ts DESC, id DESC"),
+}
+
+
+def _newest_first(
+    table: str,
+    exchange: str | None,
+    symbol: str | None,
+    since: int | None,
+    until: int | None,
+    limit: int | None,
+    placeholder: Callable[[int], str],
+) -> tuple[str, list[Any]]:
+    """The SELECT of `derivatives` or `liquidations` rows newest first, for either engine (`placeholder`
+    spells the n-th parameter)."""
+    columns, order = _ORDER[table]
+    return _select(table, columns, order, _filters(exchange, symbol, since, until), limit, placeholder)
+
+
 def _qmark(_: int) -> str:
     return "?"
 
@@ -148,9 +169,7 @@ def sqlite_derivatives(
     until: int | None,
     limit: int | None,
 ) -> list[DerivativesTick]:
-    sql, params = _select(
-        "derivatives", _DERIVATIVE_COLUMNS, "ts DESC", _filters(exchange, symbol, since, until), limit, _qmark
-    )
+    sql, params = _newest_first("derivatives", exchange, symbol, since, until, limit, _qmark)
     return [_derivative(r, Decimal) for r in _sqlite_rows(path, sql, params)]
 
 
@@ -162,14 +181,7 @@ def sqlite_liquidations(
     until: int | None,
     limit: int | None,
 ) -> list[Liquidation]:
-    sql, params = _select(
-        "liquidations",
-        _LIQUIDATION_COLUMNS,
-        "ts DESC, id DESC",
-        _filters(exchange, symbol, since, until),
-        limit,
-        _qmark,
-    )
+    sql, params = _newest_first("liquidations", exchange, symbol, since, until, limit, _qmark)
     return [_liquidation(r, Decimal) for r in _sqlite_rows(path, sql, params)]
 
 
@@ -186,27 +198,13 @@ Fetch = Callable[[str, list[Any]], Awaitable[list[Any]]]
 
 async def pg_derivatives(fetch: Fetch, exchange: str | None, symbol: str | None, since: int | None,
                          until: int | None, limit: int | None) -> list[DerivativesTick]:  # fmt: skip
-    sql, params = _select(
-        "derivatives",
-        _DERIVATIVE_COLUMNS,
-        "ts DESC",
-        _filters(exchange, symbol, since, until),
-        limit,
-        _dollar,
-    )
+    sql, params = _newest_first("derivatives", exchange, symbol, since, until, limit, _dollar)
     return [_derivative(r, pg_decimal) for r in await fetch(sql, params)]
 
 
 async def pg_liquidations(fetch: Fetch, exchange: str | None, symbol: str | None, since: int | None,
                           until: int | None, limit: int | None) -> list[Liquidation]:  # fmt: skip
-    sql, params = _select(
-        "liquidations",
-        _LIQUIDATION_COLUMNS,
-        "ts DESC, id DESC",
-        _filters(exchange, symbol, since, until),
-        limit,
-        _dollar,
-    )
+    sql, params = _newest_first("liquidations", exchange, symbol, since, until, limit, _dollar)
     return [_liquidation(r, pg_decimal) for r in await fetch(sql, params)]
 
 

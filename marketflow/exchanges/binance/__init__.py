@@ -13,7 +13,6 @@ from marketflow.exchanges.base import (
     Channel,
     ConnectionPlan,
     Fetch,
-    Instrument,
     Market,
     ReconnectTrades,
     RestBudget,
@@ -53,7 +52,7 @@ from marketflow.exchanges.binance.rest import (
     parse_rest_depth,
 )
 from marketflow.exchanges.orderbook import Synchronizer
-from marketflow.exchanges.symbols import compact_native, normalize_compact
+from marketflow.exchanges.venue_base import CompactSymbolVenue
 from marketflow.model import BookUpdate, Trade
 
 __all__ = [
@@ -115,29 +114,12 @@ _RECOVERY = TradeRecovery(
 )
 
 
-class BinanceVenue:
+class BinanceVenue(CompactSymbolVenue):
     """The Binance rules behind the `Venue` contract."""
 
-    @property
-    def name(self) -> str:
-        return EXCHANGE
-
-    @property
-    def markets(self) -> Mapping[str, Market]:
-        return MARKETS
-
-    def _market(self, market: str) -> Market:
-        try:
-            return MARKETS[market]
-        except KeyError:
-            raise ValueError(f"binance has no market {market!r}; expected one of {sorted(MARKETS)}") from None
-
-    def normalize_symbol(self, market: str, symbol: str) -> str:
-        return normalize_compact(symbol, perpetual=self._market(market).perpetual)
-
-    def native_symbol(self, market: str, symbol: str) -> str:
-        self._market(market)
-        return compact_native(symbol)
+    _exchange = EXCHANGE
+    _markets = MARKETS
+    _recovery = _RECOVERY
 
     def ws_url(self, market: str, override: str | None = None) -> str:
         return ws_url(market, override)
@@ -195,10 +177,6 @@ class BinanceVenue:
     def parse_snapshot(self, market: str, body: bytes, symbol: str, recv_ts: int) -> BookUpdate:
         return parse_rest_depth(body, EXCHANGE, symbol, recv_ts)
 
-    def trade_recovery(self, market: str) -> TradeRecovery:
-        self._market(market)
-        return _RECOVERY
-
     def fill_gap(self, gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:
         return rest.fill_gap(gap, fetch)
 
@@ -208,9 +186,6 @@ class BinanceVenue:
     def rest_budget(self, market: str) -> RestBudget:
         self._market(market)
         return rest.budget(market)
-
-    async def instruments(self, market: str, natives: Sequence[str], fetch: Fetch) -> list[Instrument]:
-        return []
 
 
 VENUE: Venue = BinanceVenue()

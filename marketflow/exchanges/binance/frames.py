@@ -31,6 +31,7 @@ from marketflow.exchanges.base import (
     UnknownControl,
 )
 from marketflow.exchanges.orderbook import shared_levels
+from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
 EXCHANGE = "binance"
@@ -413,12 +414,7 @@ class FrameDecoder:
                 else:
                     counters.ignored += 1
             except msgspec.DecodeError as exc:
-                counters.malformed += 1
-                counters.last_error = str(exc)
-                log.warning(
-                    "malformed binance frame ignored",
-                    extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
-                )
+                count_malformed(log, counters, "binance", self.market, exc, frame)
 
     def _depth(self, symbol: str, d: _Depth, recv_ts: int, out: Decoded) -> None:
         ts = (d.T if d.T is not None else d.E) * 1000

@@ -9,15 +9,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from marketflow.exchanges.base import (
-    BookRecovery,
     Channel,
     ConnectionPlan,
     Fetch,
-    Instrument,
     Market,
     ReconnectTrades,
     RestBudget,
-    RestRequest,
     Topic,
     TradeGap,
     TradeRecovery,
@@ -51,8 +48,8 @@ from marketflow.exchanges.bybit.rest import (
     recent_trades_request,
 )
 from marketflow.exchanges.orderbook import Synchronizer
-from marketflow.exchanges.symbols import compact_native, normalize_compact
-from marketflow.model import BookUpdate, Trade, now_us
+from marketflow.exchanges.venue_base import CompactSymbolVenue, ResubscribedBooks
+from marketflow.model import Trade, now_us
 
 __all__ = [
     "DEFAULT_REST",
@@ -102,29 +99,12 @@ _BOOK_PREFIX = "orderbook."
 _RECOVERY = TradeRecovery(ReconnectTrades.CATCH_UP, "disconnected")
 
 
-class BybitVenue:
+class BybitVenue(CompactSymbolVenue, ResubscribedBooks):
     """The Bybit rules behind the `Venue` contract."""
 
-    @property
-    def name(self) -> str:
-        return EXCHANGE
-
-    @property
-    def markets(self) -> Mapping[str, Market]:
-        return MARKETS
-
-    def _market(self, market: str) -> Market:
-        try:
-            return MARKETS[market]
-        except KeyError:
-            raise ValueError(f"bybit has no market {market!r}; expected one of {sorted(MARKETS)}") from None
-
-    def normalize_symbol(self, market: str, symbol: str) -> str:
-        return normalize_compact(symbol, perpetual=self._market(market).perpetual)
-
-    def native_symbol(self, market: str, symbol: str) -> str:
-        self._market(market)
-        return compact_native(symbol)
+    _exchange = EXCHANGE
+    _markets = MARKETS
+    _recovery = _RECOVERY
 
     def ws_url(self, market: str, override: str | None = None) -> str:
         return ws_url(market, override)
@@ -172,19 +152,6 @@ class BybitVenue:
     def synchronizer(self, market: str) -> Synchronizer:
         return BybitBook()
 
-    def book_recovery(self, market: str) -> BookRecovery:
-        return BookRecovery.RESUBSCRIBE
-
-    def snapshot_request(self, market: str, native: str) -> RestRequest:
-        raise NotImplementedError("bybit books are re-snapshotted by resubscribing")
-
-    def parse_snapshot(self, market: str, body: bytes, symbol: str, recv_ts: int) -> BookUpdate:
-        raise NotImplementedError("bybit books are re-snapshotted by resubscribing")
-
-    def trade_recovery(self, market: str) -> TradeRecovery:
-        self._market(market)
-        return _RECOVERY
-
     def fill_gap(self, gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:
         # Bybit ids carry no order, so the decoder never reports an id gap.
         raise NotImplementedError("bybit trades are caught up after a reconnect, not by id")
@@ -196,9 +163,6 @@ class BybitVenue:
     def rest_budget(self, market: str) -> RestBudget:
         self._market(market)
         return BUDGET
-
-    async def instruments(self, market: str, natives: Sequence[str], fetch: Fetch) -> list[Instrument]:
-        return []
 
 
 VENUE: Venue = BybitVenue()

@@ -29,6 +29,7 @@ from marketflow.exchanges.base import (
     UnknownControl,
 )
 from marketflow.exchanges.orderbook import shared_levels
+from marketflow.exchanges.venue_base import ResubscribingSession, count_malformed
 from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
 EXCHANGE = "bybit"
@@ -207,8 +208,9 @@ _BOOK_FRAME_START = b'{"topic":"orderbook.'
 _SIDES: dict[str, Literal["buy", "sell"]] = {"Buy": "buy", "Sell": "sell"}
 
 
-class Session:
-    """Protocol rules for one Bybit connection (one market, several symbols)."""
+class Session(ResubscribingSession):
+    """Protocol rules for one Bybit connection (one market, several symbols); a resubscribe is answered
+    with a fresh snapshot."""
 
     sequence_check = None  # no per-connection message numbering
 
@@ -219,14 +221,6 @@ class Session:
         self.topics = list(topics)
         self._next_req = 0
 
-    @property
-    def send_interval_s(self) -> float:
-        return 0.0
-
-    @property
-    def max_lifetime_s(self) -> float | None:
-        return None
-
     def _requests(self, op: str, topics: Sequence[str]) -> list[SubscribeRequest]:
         requests = []
         for start in range(0, len(topics), MAX_ARGS_PER_REQUEST):
@@ -236,16 +230,6 @@ class Session:
             payload = msgspec.json.encode({"req_id": req_id, "op": op, "args": list(chunk)})
             requests.append(SubscribeRequest(req_id, chunk, payload))
         return requests
-
-    def subscribe_requests(self) -> list[SubscribeRequest]:
-        return self._requests("subscribe", self.topics)
-
-    def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
-        return self._requests("unsubscribe", topics)
-
-    def resubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
-        """Unsubscribe then subscribe again: Bybit answers a new subscription with a fresh snapshot."""
-        return self._requests("unsubscribe", topics) + self._requests("subscribe", topics)
 
     def heartbeat(self) -> bytes:
         return HEARTBEAT
@@ -353,12 +337,7 @@ class FrameDecoder:
                 else:
                     counters.ignored += 1
             except msgspec.DecodeError as exc:
-                counters.malformed += 1
-                counters.last_error = str(exc)
-                log.warning(
-                    "malformed bybit frame ignored",
-                    extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
-                )
+                count_malformed(log, counters, "bybit", self.market, exc, frame)
 
     def _tickers(self, symbol: str, env: _Envelope, recv_ts: int, out: Decoded) -> None:
         """A snapshot or a delta (linear: only changed fields) -> a partial `Ticker` and, on linear, a

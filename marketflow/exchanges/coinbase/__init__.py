@@ -15,11 +15,9 @@ from marketflow.exchanges.base import (
     Channel,
     ConnectionPlan,
     Fetch,
-    Instrument,
     Market,
     ReconnectTrades,
     RestBudget,
-    RestRequest,
     Topic,
     TradeGap,
     TradeRecovery,
@@ -46,7 +44,8 @@ from marketflow.exchanges.coinbase.frames import (
     ws_url,
 )
 from marketflow.exchanges.orderbook import Synchronizer
-from marketflow.model import BookUpdate, SymbolError, Trade, split_native
+from marketflow.exchanges.venue_base import ResubscribedBooks, VenueBase
+from marketflow.model import SymbolError, Trade, split_native
 
 __all__ = [
     "DEFAULT_REST",
@@ -93,16 +92,15 @@ def normalize(symbol: str) -> str:
     return f"{parts[0]}-{parts[1]}"
 
 
-class CoinbaseVenue:
-    """The Coinbase Advanced Trade rules behind the `Venue` contract."""
+class CoinbaseVenue(VenueBase, ResubscribedBooks):
+    """The Coinbase Advanced Trade rules behind the `Venue` contract. Books are re-snapshotted by
+    resubscribing level2: the REST book (`/market/product_book`) has no sequence number to splice against
+    (§9.3)."""
 
-    @property
-    def name(self) -> str:
-        return EXCHANGE
-
-    @property
-    def markets(self) -> Mapping[str, Market]:
-        return MARKETS
+    _exchange = EXCHANGE
+    _markets = MARKETS
+    _recovery = _RECOVERY
+    _resubscribed = "resubscribing level2"
 
     def normalize_symbol(self, market: str, symbol: str) -> str:
         check_market(market)
@@ -157,17 +155,6 @@ class CoinbaseVenue:
         check_market(market)
         return BookRecovery.RESUBSCRIBE
 
-    def snapshot_request(self, market: str, native: str) -> RestRequest:
-        # The REST book (`/market/product_book`) has no sequence number to splice against (§9.3).
-        raise NotImplementedError("coinbase books are re-snapshotted by resubscribing level2")
-
-    def parse_snapshot(self, market: str, body: bytes, symbol: str, recv_ts: int) -> BookUpdate:
-        raise NotImplementedError("coinbase books are re-snapshotted by resubscribing level2")
-
-    def trade_recovery(self, market: str) -> TradeRecovery:
-        check_market(market)
-        return _RECOVERY
-
     def fill_gap(self, gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:
         return rest.fill_gap(gap, fetch)
 
@@ -178,9 +165,6 @@ class CoinbaseVenue:
     def rest_budget(self, market: str) -> RestBudget:
         check_market(market)
         return rest.BUDGET
-
-    async def instruments(self, market: str, natives: Sequence[str], fetch: Fetch) -> list[Instrument]:
-        return []
 
 
 VENUE: Venue = CoinbaseVenue()

@@ -40,6 +40,7 @@ from marketflow.exchanges.base import (
     TradeGap,
     UnknownControl,
 )
+from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, Level, Ticker, Trade
 
 EXCHANGE = "coinbase"
@@ -419,12 +420,7 @@ class FrameDecoder:
                 if _other_channel(frame) not in _OURS:
                     counters.ignored += 1  # heartbeats, ticker, ...: a channel we do not decode
                     continue
-                counters.malformed += 1
-                counters.last_error = str(exc)
-                log.warning(
-                    "malformed coinbase frame ignored",
-                    extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
-                )
+                count_malformed(log, counters, "coinbase", self.market, exc, frame)
 
     def _symbol(self, product: str) -> tuple[str, str] | None:
         native = self._route.get(product)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from marketflow.exchanges.base import (
-    BookRecovery,
     Channel,
     ConnectionPlan,
     Fetch,
@@ -20,7 +19,6 @@ from marketflow.exchanges.base import (
     Market,
     ReconnectTrades,
     RestBudget,
-    RestRequest,
     Topic,
     TradeGap,
     TradeRecovery,
@@ -50,7 +48,8 @@ from marketflow.exchanges.kraken.rest import (
 )
 from marketflow.exchanges.kraken.symbols import EXCHANGE, SPOT, to_native, to_normalized
 from marketflow.exchanges.orderbook import Synchronizer
-from marketflow.model import BookUpdate, Trade, now_us
+from marketflow.exchanges.venue_base import ResubscribedBooks, VenueBase
+from marketflow.model import Trade, now_us
 
 __all__ = [
     "DEFAULT_REST",
@@ -87,22 +86,13 @@ def _in_gap(gap: TradeGap, trade_id: int) -> bool:
     return gap.first_missing <= trade_id < gap.next_seen
 
 
-class KrakenVenue:
+class KrakenVenue(VenueBase, ResubscribedBooks):
     """The Kraken v2 rules behind the `Venue` contract."""
 
-    @property
-    def name(self) -> str:
-        return EXCHANGE
-
-    @property
-    def markets(self) -> Mapping[str, Market]:
-        return MARKETS
-
-    def _market(self, market: str) -> Market:
-        try:
-            return MARKETS[market]
-        except KeyError:
-            raise ValueError(f"kraken has no market {market!r}; expected one of {sorted(MARKETS)}") from None
+    _exchange = EXCHANGE
+    _markets = MARKETS
+    _recovery = _RECOVERY
+    _resubscribed = "resubscribing the pair"
 
     def normalize_symbol(self, market: str, symbol: str) -> str:
         self._market(market)
@@ -163,19 +153,6 @@ class KrakenVenue:
     def synchronizer(self, market: str) -> Synchronizer:
         self._market(market)
         return KrakenBook()
-
-    def book_recovery(self, market: str) -> BookRecovery:
-        return BookRecovery.RESUBSCRIBE
-
-    def snapshot_request(self, market: str, native: str) -> RestRequest:
-        raise NotImplementedError("kraken books are re-snapshotted by resubscribing the pair")
-
-    def parse_snapshot(self, market: str, body: bytes, symbol: str, recv_ts: int) -> BookUpdate:
-        raise NotImplementedError("kraken books are re-snapshotted by resubscribing the pair")
-
-    def trade_recovery(self, market: str) -> TradeRecovery:
-        self._market(market)
-        return _RECOVERY
 
     async def fill_gap(self, gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:
         """Pages of `/0/public/Trades` from just before the last trade seen, until the gap is covered."""

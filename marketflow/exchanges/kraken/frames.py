@@ -34,6 +34,7 @@ from marketflow.exchanges.base import (
     UnknownControl,
 )
 from marketflow.exchanges.kraken.book import KrakenBookUpdate
+from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import Level, Ticker, Trade
 
 DEFAULT_WS = "wss://ws.kraken.com/v2"
@@ -315,12 +316,7 @@ class FrameDecoder:
                 else:
                     counters.ignored += 1
             except msgspec.DecodeError as exc:
-                counters.malformed += 1
-                counters.last_error = str(exc)
-                log.warning(
-                    "malformed kraken frame ignored",
-                    extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
-                )
+                count_malformed(log, counters, "kraken", self.market, exc, frame)
 
     def _instruments(self, data: _Instruments) -> None:
         symbols = self.symbols

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from marketflow.exchanges.base import (
-    BookRecovery,
     Channel,
     ConnectionPlan,
     Fetch,
@@ -51,7 +50,8 @@ from marketflow.exchanges.okx.rest import (
 from marketflow.exchanges.okx.session import BOOK_CHANNELS, TRADES_CHANNEL, Session, split_topic
 from marketflow.exchanges.okx.symbols import EXCHANGE, FUTURES, SPOT, SWAP, to_native, to_normalized
 from marketflow.exchanges.orderbook import Synchronizer
-from marketflow.model import BookUpdate, Trade, now_us
+from marketflow.exchanges.venue_base import ResubscribedBooks, VenueBase
+from marketflow.model import Trade, now_us
 
 __all__ = [
     "DEFAULT_WS",
@@ -111,22 +111,13 @@ _CHANNELS: dict[str, Channel] = {
 }
 
 
-class OkxVenue:
+class OkxVenue(VenueBase, ResubscribedBooks):
     """The OKX rules behind the `Venue` contract."""
 
-    @property
-    def name(self) -> str:
-        return EXCHANGE
-
-    @property
-    def markets(self) -> Mapping[str, Market]:
-        return MARKETS
-
-    def _market(self, market: str) -> Market:
-        try:
-            return MARKETS[market]
-        except KeyError:
-            raise ValueError(f"okx has no market {market!r}; expected one of {sorted(MARKETS)}") from None
+    _exchange = EXCHANGE
+    _markets = MARKETS
+    _recovery = _RECOVERY
+    _resubscribed = "resubscribing the instrument"
 
     def normalize_symbol(self, market: str, symbol: str) -> str:
         self._market(market)
@@ -210,19 +201,6 @@ class OkxVenue:
     def synchronizer(self, market: str) -> Synchronizer:
         self._market(market)
         return OkxBook()
-
-    def book_recovery(self, market: str) -> BookRecovery:
-        return BookRecovery.RESUBSCRIBE
-
-    def snapshot_request(self, market: str, native: str) -> RestRequest:
-        raise NotImplementedError("okx books are re-snapshotted by resubscribing the instrument")
-
-    def parse_snapshot(self, market: str, body: bytes, symbol: str, recv_ts: int) -> BookUpdate:
-        raise NotImplementedError("okx books are re-snapshotted by resubscribing the instrument")
-
-    def trade_recovery(self, market: str) -> TradeRecovery:
-        self._market(market)
-        return _RECOVERY
 
     async def fill_gap(self, gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:
         """Pages of `history-trades` below the first id seen after the gap, down to the gap's start."""

@@ -28,6 +28,7 @@ from marketflow.exchanges.base import DecodeCounters, Decoded, TradeGap
 from marketflow.exchanges.okx.market_data import CHANNELS as MARKET_DATA_CHANNELS
 from marketflow.exchanges.okx.market_data import decode_market_data
 from marketflow.exchanges.orderbook import shared_decimal
+from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, Level, Trade
 
 log = logging.getLogger("marketflow.exchanges.okx")
@@ -140,12 +141,7 @@ class FrameDecoder:
                 else:
                     counters.ignored += 1
             except msgspec.DecodeError as exc:
-                counters.malformed += 1
-                counters.last_error = str(exc)
-                log.warning(
-                    "malformed okx frame ignored",
-                    extra={"market": self.market, "error": str(exc), "frame": frame[:200]},
-                )
+                count_malformed(log, counters, "okx", self.market, exc, frame)
 
     def _trades(self, inst: str, trades: list[_Trade], recv_ts: int, out: Decoded) -> None:
         symbol = self.symbols.get(inst)

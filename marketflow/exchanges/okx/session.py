@@ -28,6 +28,7 @@ from marketflow.exchanges.base import (
 )
 from marketflow.exchanges.okx.market_data import BY_INST_TYPE
 from marketflow.exchanges.okx.symbols import MARKETS
+from marketflow.exchanges.venue_base import ResubscribingSession
 
 HEARTBEAT = b"ping"
 PONG = b"pong"
@@ -76,8 +77,9 @@ _control_decoder = msgspec.json.Decoder(_Control)
 _encode = msgspec.json.Encoder()
 
 
-class Session:
-    """Protocol rules for one OKX connection (one market, several instruments)."""
+class Session(ResubscribingSession):
+    """Protocol rules for one OKX connection (one market, several instruments); resubscribing an
+    instrument is answered with a fresh `books` snapshot."""
 
     sequence_check = None  # no per-connection message numbering
 
@@ -87,14 +89,6 @@ class Session:
         self.market = market
         self.topics = list(topics)
         self._next_req = 0
-
-    @property
-    def send_interval_s(self) -> float:
-        return 0.0
-
-    @property
-    def max_lifetime_s(self) -> float | None:
-        return None
 
     def _requests(self, op: str, topics: Sequence[str]) -> list[SubscribeRequest]:
         requests = []
@@ -106,16 +100,6 @@ class Session:
             payload = _encode.encode({"id": req_id, "op": op, "args": [{"channel": channel, key: inst}]})
             requests.append(SubscribeRequest(req_id, (topic,), payload))
         return requests
-
-    def subscribe_requests(self) -> list[SubscribeRequest]:
-        return self._requests("subscribe", self.topics)
-
-    def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
-        return self._requests("unsubscribe", topics)
-
-    def resubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
-        """Unsubscribe then subscribe that instrument again: OKX answers with a fresh `books` snapshot."""
-        return self._requests("unsubscribe", topics) + self._requests("subscribe", topics)
 
     def heartbeat(self) -> bytes:
         return HEARTBEAT
