@@ -15,6 +15,7 @@ import trio
 
 from marketflow.config import Config
 from marketflow.demo import _count, demo_config, demo_simulator
+from marketflow.exchanges import VENUES
 from marketflow.nats.server import single
 
 ROLE_ORDER = ("store", "serve", "collect")  # the schema first, the readers next, then the data
@@ -41,10 +42,11 @@ def role_toml(config: Config, role: str, nats_url: str, state_dir: Path) -> str:
             f"market = {json.dumps(feed.market)}",
             f"symbols = {json.dumps(list(feed.symbols))}",
             f"channels = {json.dumps(list(feed.channels))}",
-            f"book_depth = {feed.book_depth}",
             f"ws_url = {json.dumps(feed.ws_url)}",
             f"rest_url = {json.dumps(feed.rest_url)}",
         ]
+        if not VENUES[feed.exchange].markets[feed.market].full_book:  # a whole-book venue refuses the key
+            lines.append(f"book_depth = {feed.book_depth}")
     return "\n".join(lines) + "\n"
 
 
