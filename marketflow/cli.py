@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arg(tail)
     add_tail_arguments(tail)
 
-    from marketflow.archive.export import add_export_arguments
+    from marketflow.archive.args import add_export_arguments
 
     add_export_arguments(
         sub.add_parser(

@@ -30,14 +30,11 @@ from marketflow.api.mcp_routes import register_mcp_routes
 from marketflow.api.queries import QueryContext
 from marketflow.api.ring import TradeRing
 from marketflow.api.server import HttpServer
-from marketflow.archive import Archiver, make_archiver, open_archive
+from marketflow.archive import make_archiver, open_archive
 from marketflow.capture import Capture
 from marketflow.config import Config, ConfigError, FeedConfig, load_config
 from marketflow.exchanges.base import FrameDecoder, ReconnectTrades, Venue
 from marketflow.model import BookUpdate, RawFrames, Trade
-from marketflow.nats.collect import BookPublisher, make_publisher
-from marketflow.nats.serve import RecentIds, ServeSubscriber, mirror_books
-from marketflow.nats.store import StoreConsumer
 from marketflow.pipeline.backfill import Backfiller, BackfillQueue, CatchUp
 from marketflow.pipeline.bookkeeper import BookKeeper, BookSnapshotRow, BookSpec, LiveBooks
 from marketflow.pipeline.feed import Feed, FeedCounters
@@ -157,7 +154,8 @@ class Daemon:
             self.trade_bus.subscribe("nats", capacity, Overflow.BLOCK) if self._nats_publish else None
         )
         self.view_bus: Bus[Trade] = Bus("served") if self._nats_serve else self.trade_bus
-        self.recent_ids = RecentIds()
+        # Trade ids the serve role saw lately (built with its first subscriber: NATS is imported only then).
+        self.recent_ids: Any = None
         self._book_sub = self.book_bus.subscribe("books", capacity, Overflow.BLOCK)
         self.feed_channels: dict[str, frozenset[str]] = {}  # per connection: what the normalizer keeps
         self.capture = (
@@ -188,6 +186,8 @@ class Daemon:
             book_specs.extend(self._plan_feed(feed))
         self.books = LiveBooks(book_specs, self.ledger)
         if self._nats_serve and not self._collect:
+            from marketflow.nats.serve import mirror_books  # NATS is imported only by daemons that use it
+
             mirror_books(self.books)
         self.backfill = BackfillQueue(self.ledger)
         # Contract terms of the markets whose amounts are contracts: /markets and the large-trade notional.
@@ -277,6 +277,14 @@ class Daemon:
     def _nats_children(self, role: str) -> list[Child]:
         """NATS actors by role (`marketflow/nats/`); none without `[nats] servers`."""
         config = self.config
+        if not (self._nats_store or self._nats_serve or self._nats_publish):
+            return []  # no NATS: its client library (~40 MB with its imports) is never loaded
+        from marketflow.nats.collect import BookPublisher, make_publisher
+        from marketflow.nats.serve import RecentIds, ServeSubscriber
+        from marketflow.nats.store import StoreConsumer
+
+        if self.recent_ids is None:
+            self.recent_ids = RecentIds()
         if role == "store":
             publish = self._publish_sub
             return [
@@ -501,6 +509,8 @@ class Daemon:
         self.books.add_specs(self._plan_feed(feed))
         if not self._collect:  # a serving daemon's feeds name the cluster's markets; NATS brings their data
             if self._nats_serve:
+                from marketflow.nats.serve import mirror_books
+
                 mirror_books(self.books, only_waiting=True)
             return
         for name, conn in list(self.connections.items()):
@@ -632,8 +642,8 @@ class Daemon:
             state = getattr(actor_stats, "state", "running")
             if state in ("retrying", "disk_full", "spool_failing"):  # NATS (or the database) does not answer
                 problems[name] = f"{state}: {getattr(actor_stats, 'last_error', None)}"
-        archiver = self.actors.get("archive")
-        if isinstance(archiver, Archiver) and archiver.failing:  # old trades stay in the database
+        archiver: Any = self.actors.get("archive")
+        if archiver is not None and archiver.failing:  # old trades stay in the database
             problems["archive"] = archiver.statistics().last_error or "failing"
         for key, stats in self.books.statistics().books.items():
             if str(stats.state) != "synced":

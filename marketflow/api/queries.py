@@ -53,7 +53,6 @@ from marketflow.api.params import (
     parse_optional_time,
     parse_time,
 )
-from marketflow.archive.reader import reads_for
 from marketflow.exchanges import VENUES
 from marketflow.model import Trade, now_us, us_to_iso
 
@@ -273,7 +272,12 @@ def trade_json(trade: Trade) -> dict[str, Any]:
 
 def _reads(ctx: QueryContext, exchange: str, symbol: str, since: int | None, until: int | None) -> Any:
     """The store, joined with the archive's files when `[since, until)` touches an archived day."""
-    return reads_for(ctx.daemon.store, getattr(ctx.daemon, "archive", None), exchange, symbol, since, until)
+    archive = getattr(ctx.daemon, "archive", None)
+    if archive is None:
+        return ctx.daemon.store
+    from marketflow.archive.reader import reads_for  # pyarrow/DuckDB load only where there is an archive
+
+    return reads_for(ctx.daemon.store, archive, exchange, symbol, since, until)
 
 
 async def _gated(ctx: QueryContext, compute: Callable[[], Awaitable[T]]) -> T:

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import trio
 
 from marketflow.archive import files
+from marketflow.archive.args import add_export_arguments
 from marketflow.archive.db import Partition, TableSource, row_chunks, source_for
 from marketflow.archive.reader import TradeArchive
 from marketflow.archive.tables import TABLES, ArchiveError, ArchiveTable, parse_tables
@@ -61,23 +62,6 @@ class ExportSummary:
         ]
         lines.append(f"exported {self.rows:,} rows to {out} in {self.seconds:.1f} s ({rate:,.0f} rows/s)")
         return lines
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", required=True, metavar="TIME", help="ISO 8601 (UTC) or epoch ms")
-    parser.add_argument("--until", required=True, metavar="TIME", help="ISO 8601 (UTC) or epoch ms, excluded")
-    parser.add_argument("--exchange", default=None, help="only this exchange (a feed's exchange)")
-    parser.add_argument("--symbol", default=None, help="only this normalized symbol (BTC-USDT)")
-    parser.add_argument("--format", default="parquet", choices=("parquet", "csv"), help="default parquet")
-    parser.add_argument(
-        "--tables", default="trades", metavar="LIST", help=f"comma-separated: {', '.join(TABLES)}"
-    )
-    parser.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="TOML config (default: $MARKETFLOW_CONFIG, else ./marketflow.toml, else built-in defaults)",
-    )
 
 
 def parse_bound(text: str, option: str) -> int:

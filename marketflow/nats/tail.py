@@ -9,7 +9,6 @@ import sys
 import msgspec
 import trio
 
-from marketflow.client import subscribe
 from marketflow.config import Config
 from marketflow.exchanges import VENUES
 from marketflow.nats.schema import KINDS
@@ -53,6 +52,8 @@ async def _tail(
     deliver: str,
     count: int | None,
 ) -> None:
+    from marketflow.client import subscribe  # the NATS client loads only for this command
+
     seen = 0
     out = sys.stdout.buffer
     async with subscribe(
