@@ -5,43 +5,24 @@ replaying the files stores the same trades and finds the same sequence gaps (the
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
-import attrs
 import trio
 
-from marketflow.config import Config, FeedConfig, default_config
+from marketflow.config import Config, FeedConfig
 from marketflow.daemon import Daemon
 from marketflow.replay import Replay, ReplayClock
 from marketflow.sim import SimConfig, SimServer
 from tests.conftest import wait_for
+from tests.venue_replay import TRADES, replay_test_config, rows
 
 
 def config_for(tmp: Path, sim: SimServer | None, db: str) -> Config:
-    base = default_config(env={})
     ws, rest = sim.urls("coinbase", "spot") if sim is not None else (None, None)
-    feed = FeedConfig("coinbase", "spot", ("BTC-USD", "ETH-USD"), book_depth=0, ws_url=ws, rest_url=rest)
-    return attrs.evolve(
-        base,
-        daemon=attrs.evolve(base.daemon, state_dir=str(tmp), shutdown_timeout_s=5.0),
-        http=attrs.evolve(base.http, listen="127.0.0.1:0"),
-        storage=attrs.evolve(base.storage, url=f"sqlite:///{tmp}/{db}", flush_interval_s=0.05),
-        supervisor=attrs.evolve(base.supervisor, backoff_initial_s=0.05, backoff_max_s=0.2),
-        capture=attrs.evolve(base.capture, enabled=sim is not None),
-        feeds=(feed,),
-    )
+    feeds = (FeedConfig("coinbase", "spot", ("BTC-USD", "ETH-USD"), book_depth=0, ws_url=ws, rest_url=rest),)
+    return replay_test_config(tmp, db, feeds, capture=sim is not None)
 
 
-def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return sorted(conn.execute(sql).fetchall())
-    finally:
-        conn.close()
-
-
-TRADES = "SELECT exchange, symbol, id, price, amount, side, ts FROM trades"
 SEQUENCE_GAPS = "SELECT symbol, reason FROM gaps WHERE channel = 'book' AND reason LIKE 'sequence_num%'"
 
 

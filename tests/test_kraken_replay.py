@@ -6,61 +6,30 @@ precisions of the recorded `instrument` snapshot)."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
-import attrs
 import trio
 
-from marketflow.config import Config, FeedConfig, default_config
+from marketflow.config import Config, FeedConfig
 from marketflow.daemon import Daemon
 from marketflow.replay import Replay, ReplayClock
 from marketflow.sim import SimConfig, SimServer
 from tests.conftest import wait_for
+from tests.venue_replay import TRADES, checksum_book_gaps, replay_test_config, rows
 
 
 def config_for(tmp: Path, sim: SimServer | None, db: str) -> Config:
-    base = default_config(env={})
     ws, rest = sim.urls("kraken", "spot") if sim is not None else (None, None)
     feeds = (FeedConfig("kraken", "spot", ("BTC-USD", "ETH-USD"), book_depth=10, ws_url=ws, rest_url=rest),)
-    return attrs.evolve(
-        base,
-        daemon=attrs.evolve(base.daemon, state_dir=str(tmp), shutdown_timeout_s=5.0),
-        http=attrs.evolve(base.http, listen="127.0.0.1:0"),
-        storage=attrs.evolve(base.storage, url=f"sqlite:///{tmp}/{db}", flush_interval_s=0.05),
-        supervisor=attrs.evolve(base.supervisor, backoff_initial_s=0.05, backoff_max_s=0.2),
-        capture=attrs.evolve(base.capture, enabled=sim is not None),
-        feeds=feeds,
-    )
-
-
-def trades(db: Path) -> list[tuple[str, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return sorted(
-            conn.execute("SELECT exchange, symbol, id, price, amount, side, ts FROM trades").fetchall()
-        )
-    finally:
-        conn.close()
-
-
-def book_gaps(db: Path) -> list[tuple[str, str]]:
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute(
-            "SELECT symbol, reason FROM gaps WHERE channel = 'book' AND reason LIKE 'checksum%'"
-        )
-        return sorted((symbol, reason.split(" is not")[0][:8]) for symbol, reason in rows.fetchall())
-    finally:
-        conn.close()
+    return replay_test_config(tmp, db, feeds, capture=sim is not None)
 
 
 def test_a_captured_kraken_run_replays_to_the_same_rows(tmp_path: Path) -> None:
     live_dir = tmp_path / "live"
     live_dir.mkdir()
     trio.run(record, live_dir)
-    live = trades(live_dir / "live.db")
-    assert live and book_gaps(live_dir / "live.db") == [("BTC-USD", "checksum")]
+    live = rows(live_dir / "live.db", TRADES)
+    assert live and checksum_book_gaps(live_dir / "live.db") == [("BTC-USD", "checksum")]
     files = sorted((live_dir / "capture").glob("*.jsonl.zst"))
     assert {f.name.split("-2")[0] for f in files} >= {"kraken-spot", "rest-kraken-spot"}
 
@@ -68,8 +37,8 @@ def test_a_captured_kraken_run_replays_to_the_same_rows(tmp_path: Path) -> None:
     replay_dir.mkdir()
     replay = Replay(config_for(replay_dir, None, "replay.db"), files)
     trio.run(replay.run, clock=ReplayClock())
-    assert trades(replay_dir / "replay.db") == live
-    assert book_gaps(replay_dir / "replay.db") == [("BTC-USD", "checksum")]
+    assert rows(replay_dir / "replay.db", TRADES) == live
+    assert checksum_book_gaps(replay_dir / "replay.db") == [("BTC-USD", "checksum")]
 
 
 async def record(live_dir: Path) -> None:
