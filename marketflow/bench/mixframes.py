@@ -396,7 +396,7 @@ def _coinbase(spec: MixSpec, kinds: list[str], rng: random.Random) -> Mix:
         ]
 
     epoch = "1970-01-01T00:00:00Z"  # snapshot levels carry no time (PROTOCOLS.md §9.4)
-    snap = {
+    snap: dict[str, object] = {
         "type": "snapshot",
         "product_id": product,
         "updates": updates(book.levels(0), book.levels(1), epoch),
@@ -406,7 +406,7 @@ def _coinbase(spec: MixSpec, kinds: list[str], rng: random.Random) -> Mix:
         ts = T0 + 2 * n
         if kind == "book":
             bids, asks = book.delta(_levels_per_delta(rng, spec))
-            event = {
+            event: dict[str, object] = {
                 "type": "update",
                 "product_id": product,
                 "updates": updates(bids, asks, _rfc3339(ts - 1, 6)),
