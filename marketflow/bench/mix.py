@@ -17,8 +17,10 @@ frame is the `transport wss` case of the main bench), each adding to the one bef
 Every pass checks that each book stayed synced (no gap, every delta applied). Times are process CPU time
 (`time.process_time`), best of K, stages interleaved round-robin so a loaded machine slows all alike.
 cryptofeed (its own venv, `cryptofeed_env`) is measured on the very same frames by `cryptofeed_mix.py`:
-its venue handler and its L2 book (C `order_book`), with checksum validation on for OKX; both sides decode
-the ticker frames into normalized tickers.
+its venue handler and its L2 book (C `order_book`) with its defaults — Kraken's CRC32 checked on every
+message, Coinbase's `sequence_num` followed per connection, no OKX checksum and no Bybit sequence checked;
+its Binance book starts from a REST fetch, so it is not replayed. Both sides decode the ticker frames into
+normalized tickers.
 """
 
 from __future__ import annotations
@@ -50,6 +52,18 @@ STAGES = ("decode", "+ book", "+ actors")
 CRYPTOFEED_SCRIPT = Path(__file__).with_name("cryptofeed_mix.py")
 
 
+def seed_book(sync: Synchronizer, mix: mixframes.Mix, symbol: str) -> None:
+    """Seed a REST-snapshot venue's book (Binance) with the mix's snapshot; nothing for the others."""
+    if mix.snapshot is None:
+        return
+    last_id, bids, asks = mix.snapshot
+    bid_levels = [(Decimal(p), Decimal(a)) for p, a in bids]
+    ask_levels = [(Decimal(p), Decimal(a)) for p, a in asks]
+    snap = BookUpdate(mix.spec.venue, symbol, True, last_id, last_id, None, bid_levels, ask_levels, 0, 0)
+    if sync.on_snapshot(snap) is not None or sync.state is not BookState.SYNCED:
+        raise AssertionError(f"{mix.spec.venue}: the REST snapshot did not sync the book")
+
+
 class Case:
     """One venue's frames (mix or book-only) and how to run each stage on them."""
 
@@ -65,16 +79,7 @@ class Case:
         self.book_frames = mix.kinds.count("book")
 
     def _seed(self, sync: Synchronizer) -> None:
-        if self.mix.snapshot is None:
-            return
-        last_id, bids, asks = self.mix.snapshot
-        bid_levels = [(Decimal(p), Decimal(a)) for p, a in bids]
-        ask_levels = [(Decimal(p), Decimal(a)) for p, a in asks]
-        snap = BookUpdate(
-            self.venue.name, self.symbol, True, last_id, last_id, None, bid_levels, ask_levels, 0, 0
-        )
-        if sync.on_snapshot(snap) is not None or sync.state is not BookState.SYNCED:
-            raise AssertionError(f"{self.label}: the REST snapshot did not sync the book")
+        seed_book(sync, self.mix, self.symbol)
 
     def _check(self, sync: Synchronizer, applied_before: int = 0) -> None:
         stats = sync.statistics()
@@ -282,10 +287,11 @@ def table(result: dict[str, Any]) -> str:
             f"{r['book_updates_per_s_per_core']:>14,}{cf:>12}{ratio:>7}"
         )
     lines.append(
-        "decode: venue decoder; +book: and the exact book (sequence checks, crossed check, OKX checksum); "
+        "decode: venue decoder; +book: and the exact book (sequence checks, crossed check, checksums); "
         "+actors: and raw bus -> normalizer -> buses -> book keeper. ratio: cryptofeed CPU (its handler + "
         "L2 book, same frames) / ours (+book). Ticker frames are decoded into normalized tickers on both "
-        "sides."
+        "sides. Book checks: Bybit u+1, Binance pu chain, OKX seqId chain + CRC32 top 25, Coinbase "
+        "sequence_num, Kraken CRC32 top 10 (cryptofeed checks Kraken's too)."
     )
     for key, value in result.get("cryptofeed", {}).items():
         if isinstance(value, dict) and "error" in value:

@@ -87,3 +87,14 @@ def test_coinbase_and_kraken_mix_frames_apply_with_no_error_and_no_resync(
         assert getattr(sync, "checksum_failures", -1) == 0
     else:  # one connection: sequence_num 0, 1, 2... across every channel
         assert [u.last_id for u in out.books] == [n for n, k in enumerate(built.kinds) if k == "book"]
+
+
+def test_send_latencies_take_each_frame_from_its_due_time_to_the_read_that_finished_it() -> None:
+    from marketflow.bench.run import send_latencies_us
+
+    # 4 frames at 1000 frames/s from t=100.0: due at 100.000, .001, .002, .003; reads done at
+    # 100.0015 (frames 0-1), 100.004 (frame 2-3), then a read with nothing new.
+    done = [[100.0015, 2], [100.004, 4], [100.005, 4]]
+    got = send_latencies_us(done, 100.0, 1000.0, 4)
+    assert [round(x) for x in got] == [1500, 500, 2000, 1000]
+    assert send_latencies_us(done, 100.0, 1000.0, 3) == got[:3]  # frames past the case's count ignored
