@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import msgspec
+import pytest
+
 from marketflow.exchanges import binance, bybit
 from marketflow.exchanges.base import Decoded, FrameDecoder
 from marketflow.exchanges.bybit.frames import DECIMAL_INTERN_MAX
@@ -100,3 +103,90 @@ def test_binance_book_ticker_one_pass_equals_the_general_path() -> None:
     out = Decoded()
     bad.decode([BINANCE_BOOK_TICKER.replace(b'"2.394"', b'"x"')], 7, out)
     assert (out.tickers, bad.counters.malformed) == ([], 1)
+
+
+# -- OKX and Coinbase ------------------------------------------------------------------------------------
+
+OKX_TICKERS = (
+    b'{"arg":{"channel":"tickers","instId":"BTC-USDT-SWAP"},"data":[{"instType":"SWAP",'
+    b'"instId":"BTC-USDT-SWAP","last":"65000.1","lastSz":"1","askPx":"65000.1","askSz":"12",'
+    b'"bidPx":"64999.9","bidSz":"7","open24h":"64000.1","high24h":"66000.0","low24h":"63000.5",'
+    b'"volCcy24h":"123456.78","vol24h":"%d","sodUtc0":"64500.2","sodUtc8":"64800.3","ts":"1765000000002"}]}'
+)
+OKX_BOOK = (
+    b'{"arg":{"channel":"books","instId":"BTC-USDT-SWAP"},"action":"snapshot","data":[{"asks":'
+    b'[["65000.1","3","0","1"]],"bids":[["64999.9","4","0","1"]],"ts":"1765000000000","checksum":0,'
+    b'"prevSeqId":-1,"seqId":10}]}'
+)
+COINBASE_TICKER = (
+    b'{"channel":"ticker","client_id":"","timestamp":"2025-12-06T05:46:40.020000000Z","sequence_num":%d,'
+    b'"events":[{"type":"update","tickers":[{"type":"ticker","product_id":"BTC-USD","price":"65000.30",'
+    b'"volume_24_h":"%d.95503864","low_24_h":"63000.01","high_24_h":"66000.99","best_bid":"64999.90",'
+    b'"best_bid_quantity":"2.92639867","best_ask":"65000.30","best_ask_quantity":"3.32835910"}]}]}'
+)
+COINBASE_BOOK = (
+    b'{"channel":"l2_data","client_id":"","timestamp":"2025-12-06T05:46:40.000000000Z","sequence_num":0,'
+    b'"events":[{"type":"snapshot","product_id":"BTC-USD","updates":[{"side":"bid","event_time":'
+    b'"1970-01-01T00:00:00Z","price_level":"64999.90","new_quantity":"1.5"},{"side":"offer",'
+    b'"event_time":"1970-01-01T00:00:00Z","price_level":"65000.30","new_quantity":"2.5"}]}]}'
+)
+
+
+def test_okx_ticker_one_pass_equals_the_general_path_and_keeps_volumes_out_of_the_table() -> None:
+    from marketflow.exchanges import okx
+    from marketflow.exchanges.okx.frames import DECIMAL_INTERN_MAX as OKX_MAX
+
+    frame = OKX_TICKERS % 2222
+    reordered = (
+        b'{"data":'
+        + frame[frame.index(b'"data":') + 7 : -1]
+        + b","
+        + frame[1 : frame.index(b',"data"')]
+        + b"}"
+    )
+    got = []
+    for one in (frame, reordered):
+        decoder = okx.VENUE.decoder("swap", {"BTC-USDT-SWAP": "BTC-USDT-PERP"})
+        out = Decoded()
+        decoder.decode([one], 7, out)
+        got.append(out.tickers)
+    assert got[0] == got[1]
+    assert got[0][0].ts == 1765000000002000 and got[0][0].volume_24h == Decimal("2222")
+    decoder = okx.VENUE.decoder("swap", {"BTC-USDT-SWAP": "BTC-USDT-PERP"})
+    out = Decoded()
+    decoder.decode([OKX_BOOK, *(OKX_TICKERS % n for n in range(OKX_MAX + 10))], 7, out)
+    assert len(out.tickers) == OKX_MAX + 10 and decoder.counters.malformed == 0
+    assert out.tickers[-1].bid is out.books[0].bids[0][0]  # the book's price, never flushed by volumes
+
+
+def test_coinbase_ticker_volumes_stay_out_of_the_shared_table() -> None:
+    from marketflow.exchanges import coinbase
+    from marketflow.exchanges.coinbase.frames import DECIMAL_INTERN_MAX as COINBASE_MAX
+
+    decoder = coinbase.VENUE.decoder("spot", {"BTC-USD": "BTC-USD"})
+    out = Decoded()
+    frames = [COINBASE_BOOK, *(COINBASE_TICKER % (n + 1, n) for n in range(COINBASE_MAX + 10))]
+    decoder.decode(frames, 7, out)
+    assert len(out.tickers) == COINBASE_MAX + 10 and decoder.counters.malformed == 0
+    last = out.tickers[-1]
+    assert last.volume_24h == Decimal(f"{COINBASE_MAX + 9}.95503864") and last.snapshot
+    assert last.ts == 1_765_000_000_020_000  # 2025-12-06T05:46:40.020000000Z in µs
+    assert last.bid is out.books[0].bids[0][0]
+
+
+def test_coinbase_times_on_the_fast_path_equal_the_checked_path() -> None:
+    from marketflow.exchanges.coinbase.frames import Values
+
+    fast = Values()
+    fast.us("2026-08-14T20:42:00Z")  # the minute is known from here on
+    for text in (
+        "2026-08-14T20:42:27.265123456Z",
+        "2026-08-14T20:42:27.2Z",
+        "2026-08-14T20:42:27.265123Z",
+        "2026-08-14T20:42:59.999999999Z",
+        "2026-08-14T20:42:27Z",
+    ):
+        assert fast.us(text) == Values()._parse_us_checked(text), text
+    for bad in ("2026-08-14T20:42:2x.1Z", "2026-08-14T20:42:27.12a4Z", "2026-08-14T20:42:27.1"):
+        with pytest.raises(msgspec.DecodeError):
+            fast.us(bad)
