@@ -11,8 +11,9 @@ frame is the `transport wss` case of the main bench), each adding to the one bef
 - `+ book`: and the venue's synchronizer on every book update (sequence checks, crossed-book check, OKX's
   CRC32 checksum over the exact strings), seeded with the REST snapshot first where the venue needs one;
 - `+ actors`: the daemon's actors on trio: frames published in batches of `--batch` (what one coalesced
-  read holds) on the raw bus → the `Normalizer` → the trade and book buses → the `BookKeeper` (the real one,
-  with its `LiveBooks`) and a trade consumer.
+  read holds) on the raw bus → the `Normalizer` → the trade, book and market-data buses → the `BookKeeper`
+  (the real one, with its `LiveBooks`), the `MarketDataKeeper` (tickers into the live state) and a trade
+  consumer.
 
 Every pass checks that each book stayed synced (no gap, every delta applied). Times are process CPU time
 (`time.process_time`), best of K, stages interleaved round-robin so a loaded machine slows all alike.
@@ -42,9 +43,11 @@ from marketflow.bench import mixframes
 from marketflow.exchanges import VENUES
 from marketflow.exchanges.base import Decoded
 from marketflow.exchanges.orderbook import BookState, Synchronizer
-from marketflow.model import BookUpdate, RawFrames, Trade
+from marketflow.model import BookUpdate, MarketData, RawFrames, Trade
 from marketflow.pipeline.bookkeeper import BookKeeper, BookSpec, LiveBooks
 from marketflow.pipeline.gaps import GapLedger
+from marketflow.pipeline.market_actors import MarketDataKeeper
+from marketflow.pipeline.market_data import Emitted, LiveMarketData
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.runtime.bus import Bus, Overflow
 
@@ -129,6 +132,15 @@ class Case:
         raw_sub = raw.subscribe("normalizer", 256, Overflow.BLOCK)
         trade_sub = trades.subscribe("sink", 256, Overflow.BLOCK)
         book_sub = books.subscribe("books", 256, Overflow.BLOCK)
+        market: Bus[MarketData] = Bus("market_data")
+        market_sub = market.subscribe("market_data", 256, Overflow.BLOCK)
+        live_market = LiveMarketData()
+        emitted = 0
+
+        def submit(out: Emitted) -> None:
+            nonlocal emitted
+            emitted += len(out.samples) + len(out.quotes) + len(out.liquidations)
+
         topic = self.venue.topic(self.market, "book", self.native, self.mix.spec.depth)
         spec = BookSpec(self.venue.name, self.market, self.symbol, self.native, feed, topic)
         live = LiveBooks([spec], GapLedger())
@@ -141,8 +153,13 @@ class Case:
 
         keeper = BookKeeper(book_sub, live, {}, resubscribe)
         normalizer = Normalizer(
-            raw_sub, trades, {feed: self.venue.decoder(self.market, {self.native: self.symbol})}, books=books
+            raw_sub,
+            trades,
+            {feed: self.venue.decoder(self.market, {self.native: self.symbol})},
+            books=books,
+            market_data=market,
         )
+        market_keeper = MarketDataKeeper(market_sub, live_market, submit)
         got = 0
 
         async def sink() -> None:
@@ -155,16 +172,21 @@ class Case:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sink)
             await nursery.start(keeper.run)
+            await nursery.start(market_keeper.run)
             start = time.process_time()
             async with trio.open_nursery() as inner:
                 await inner.start(normalizer.run)
                 for chunk in chunks:
                     await raw.publish([RawFrames(feed, self.venue.name, self.market, 0, chunk)])
                 raw.close()  # the normalizer ends once it has decoded everything
-            books.close()  # and the keeper and the sink once they have taken everything
+            books.close()  # and the keepers and the sink once they have taken everything
             trades.close()
+            market.close()
         took = time.process_time() - start
         self._check(sync, applied)
+        tickers = self.mix.kinds.count("ticker")
+        if live_market.statistics().tickers != tickers:
+            raise AssertionError(f"{self.label}: {live_market.statistics()} of {tickers} tickers")
         return took
 
 
