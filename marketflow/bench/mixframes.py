@@ -1,16 +1,22 @@
 """Real-mix traffic for `marketflow bench`: each venue's book, ticker and trade frames in real proportions.
 
 A recording of Bybit (4 linear + 2 spot symbols) held 2,148 orderbook : 839 tickers : 120 publicTrade
-frames; Binance USD-M 764 depth : 613 bookTicker : 91 aggTrade (issue 20). OKX has no recording here: its
-mix takes Bybit's proportions (books : tickers : trades). Frames are built in the venues' real shapes
-(PROTOCOLS.md) from one simulated book per venue:
+frames; Binance USD-M 764 depth : 613 bookTicker : 91 aggTrade (issue 20). OKX, Coinbase and Kraken have no
+recording here: their mixes take Bybit's proportions (books : tickers : trades). Frames are built in the
+venues' real shapes (PROTOCOLS.md) from one simulated book per venue:
 
 - book deltas touch 5–30 levels (both sides), most near the touch, 60% amount changes, deletes paired with
   inserts so depth stays at the subscribed depth (Bybit `orderbook.50`, Binance `depth@100ms` over a
   1000-level REST snapshot, OKX `books` 400 levels with `seqId`/`prevSeqId` and the CRC32 checksum of the
   exact strings);
+- Coinbase Advanced Trade on one connection: `l2_data` (a 1000-level snapshot, then updates of 5–30 levels
+  with their `event_time`, asks as `offer`), `ticker`, `market_trades` (`side` the maker's), `sequence_num`
+  0, 1, 2... across all of them; Kraken v2: the `instrument` snapshot first (the precisions its checksum
+  needs), then `book` at depth 100 (updates of 1–6 levels, as Kraken sends per change) with the CRC32 of the
+  top 10 on every message, `ticker` and `trade`, numbers as JSON numbers at the pair's precisions;
 - bids below and asks above a fixed mid, so the book never crosses; ids continue exactly (Bybit `u + 1`,
-  Binance `pu` = previous `u`, OKX `prevSeqId` = previous `seqId`), so a synchronizer applies every one;
+  Binance `pu` = previous `u`, OKX `prevSeqId` = previous `seqId`, Coinbase `sequence_num`) and checksums
+  are right (OKX, Kraken), so a synchronizer applies every one;
 - tickers in each venue's shape (Bybit `tickers` deltas, Binance `bookTicker`, OKX `tickers`), one trade
   per trade frame with unique, contiguous ids.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from marketflow.bench import blaster, report
+from marketflow.bench import blaster, mixwss, report
 from marketflow.bench import run as bench
 from marketflow.exchanges.ws import connect_ws
 
@@ -188,5 +188,5 @@ def test_a_paced_real_mix_case_applies_every_book_update_over_wss(tmp_path: Path
     assert book["applied"] == mixframes.build(venue, 1500).kinds.count("book") - 1
     # Every frame gets a latency: the blaster says when it started, the client when each read was done.
     assert result.sent["frames"] == 1500 and result.sent["first_wall"] > 0
-    samples = bench.send_latencies_us(result.final["done"], result.sent["first_wall"], 3000, 1500)
+    samples = mixwss.send_latencies_us(result.final["done"], result.sent["first_wall"], 3000, 1500)
     assert len(samples) == 1500

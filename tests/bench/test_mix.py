@@ -90,7 +90,7 @@ def test_coinbase_and_kraken_mix_frames_apply_with_no_error_and_no_resync(
 
 
 def test_send_latencies_take_each_frame_from_its_due_time_to_the_read_that_finished_it() -> None:
-    from marketflow.bench.run import send_latencies_us
+    from marketflow.bench.mixwss import send_latencies_us
 
     # 4 frames at 1000 frames/s from t=100.0: due at 100.000, .001, .002, .003; reads done at
     # 100.0015 (frames 0-1), 100.004 (frame 2-3), then a read with nothing new.
@@ -98,3 +98,37 @@ def test_send_latencies_take_each_frame_from_its_due_time_to_the_read_that_finis
     got = send_latencies_us(done, 100.0, 1000.0, 4)
     assert [round(x) for x in got] == [1500, 500, 2000, 1000]
     assert send_latencies_us(done, 100.0, 1000.0, 3) == got[:3]  # frames past the case's count ignored
+
+
+def test_the_readme_tables_render_from_a_bench_report() -> None:
+    from marketflow.bench import mixmd
+
+    result = mix.run(120, 1, 64, cryptofeed=False, log=lambda _: None)
+    result["rows"][0] |= {"cryptofeed_us": 20.0, "vs_cryptofeed": 2.5}
+    paced = {"venue": "kraken", "frames_per_s": 19000.4, "cpu_us_per_frame": 17.0, "cpu_pct": 34.2, "loss": 0}
+    paced |= {
+        "rate_requested": 20000.0,
+        "latency_send_applied": {"p50_ms": 14.2, "p99_ms": 68.0, "max_ms": 78.1},
+    }
+    report = {
+        "mix": result,
+        "mix_wss": [
+            {"venue": "kraken", "stage": "transport", "frames_per_s": 84829.3, "cpu_us_per_frame": 1.734},
+            {"venue": "kraken", "stage": "decode", "frames_per_s": 49715.0, "cpu_us_per_frame": 7.25},
+        ],
+        "mix_paced": [paced | {"book": {"gaps": 0}}],
+    }
+    text = mixmd.tables(report)
+    titles = [line for line in text.splitlines() if line.startswith("**")]
+    assert titles == [
+        "**Real mix, in process**",
+        "**Books only, in process**",
+        "**Over wss from the blaster**",
+        "**Paced over wss at 20,000 frames/s**",
+    ]
+    first = result["rows"][0]
+    assert f"| bybit mix | {first['book_frames']}:{first['tickers']}:{first['trades']} |" in text
+    assert "| 20.00 | **2.5×** |" in text  # cryptofeed's figure and the ratio, bold from 2×
+    assert "| binance USD-M books |" in text and "| n/a |  |" in text
+    assert "| kraken | 84,829 | 1.73 | 49,715 | 7.25 |" in text
+    assert "| kraken | 19,000 | 17.00 | 34% | 14 / 68 / 78 | 0 | 0 |" in text
