@@ -310,10 +310,11 @@ def table(result: dict[str, Any]) -> str:
         )
     lines.append(
         "decode: venue decoder; +book: and the exact book (sequence checks, crossed check, checksums); "
-        "+actors: and raw bus -> normalizer -> buses -> book keeper. ratio: cryptofeed CPU (its handler + "
-        "L2 book, same frames) / ours (+book). Ticker frames are decoded into normalized tickers on both "
-        "sides. Book checks: Bybit u+1, Binance pu chain, OKX seqId chain + CRC32 top 25, Coinbase "
-        "sequence_num, Kraken CRC32 top 10 (cryptofeed checks Kraken's too)."
+        "+actors: and raw bus -> normalizer -> buses -> book and market-data keepers. ratio: "
+        "cryptofeed CPU (its handler + L2 book, same frames) / ours (+book). Ticker frames are decoded "
+        "into normalized tickers on both sides. Book checks: Bybit u+1, Binance pu chain, OKX seqId "
+        "chain + CRC32 top 25, Coinbase sequence_num, Kraken CRC32 top 10 (cryptofeed checks Kraken's "
+        "too)."
     )
     for key, value in result.get("cryptofeed", {}).items():
         if isinstance(value, dict) and "error" in value:
