@@ -121,7 +121,8 @@ def to_arrow(table: ArchiveTable, rows: Sequence[Row]) -> pa.Table:
         else:
             arrays[column.name] = pa.array(values, pa.string()).cast(_decimal_type(values, column.name))
             if kind == "spelled":
-                arrays[column.name + "_scale"] = pa.array([_scale(v) for v in values], pa.int8())
+                scales = [None if v is None else _scale(v) for v in values]
+                arrays[column.name + "_scale"] = pa.array(scales, pa.int8())
     return pa.table(arrays)
 
 

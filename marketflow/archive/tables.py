@@ -2,8 +2,9 @@
 
 Each :class:`ArchiveTable` names its database table, its columns with their kinds, the time column that
 picks the `date=` partition and the key that identifies a row within a partition (used to merge a second
-export into the same file and to order the file). Adding a table (`derivatives`, `liquidations`) is one
-more entry in :data:`TABLES` once the database has it; nothing else in the exporter names a table.
+export into the same file and to order the file; one or two columns). Adding a table is one more entry in
+:data:`TABLES`; nothing else in the exporter names a table. `quotes` is not one: its rows have no identity
+(two best-bid/ask changes may share a µs), so neither a merge nor keyset paging could keep each exactly once.
 
 Column kinds and their Parquet types:
 
@@ -13,12 +14,12 @@ Column kinds and their Parquet types:
   fractional digits gets a wider scale for that column (``decimal128(38, s)``), never a rounded value;
 - ``spelled``: a ``decimal`` plus an int8 column ``<name>_scale`` holding the number of fractional digits
   the exchange wrote, so ``"65114.20"`` comes back as ``"65114.20"`` and ``"1.5"`` as ``"1.5"``
-  (a DECIMAL column has one scale for all its rows, which would pad every value to it).
+  (a DECIMAL column has one scale for all its rows, which would pad every value to it); a null value
+  (a derivatives field the venue did not send) has a null scale.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Final, Literal
 
 import attrs
@@ -109,7 +110,35 @@ GAPS: Final = ArchiveTable(
     ),
 )
 
-TABLES: Final[dict[str, ArchiveTable]] = {t.name: t for t in (TRADES, CANDLES, GAPS)}
+DERIVATIVES: Final = ArchiveTable(
+    "derivatives",
+    "ts",
+    ("ts",),  # one sample per (exchange, symbol, ts): the table's unique key
+    (
+        Column("ts", "time"),
+        *(Column(name, "spelled") for name in ("mark_price", "index_price", "funding_rate")),
+        Column("next_funding_ts", "time?"),
+        *(Column(name, "spelled") for name in ("open_interest", "open_interest_value")),
+    ),
+)
+
+LIQUIDATIONS: Final = ArchiveTable(
+    "liquidations",
+    "ts",
+    ("ts", "id"),
+    (
+        Column("ts", "time"),
+        Column("id", "text"),
+        Column("side", "text"),
+        Column("price", "spelled"),
+        Column("amount", "spelled"),
+        Column("recv_ts", "time"),
+    ),
+)
+
+TABLES: Final[dict[str, ArchiveTable]] = {
+    t.name: t for t in (TRADES, CANDLES, DERIVATIVES, LIQUIDATIONS, GAPS)
+}
 """Every table that can be exported, by name."""
 
 
@@ -121,11 +150,5 @@ def parse_tables(text: str) -> list[ArchiveTable]:
         raise ArchiveError(f"--tables is empty; valid tables: {', '.join(TABLES)}")
     unknown = [n for n in names if n not in TABLES]
     if unknown:
-        raise ArchiveError(
-            f"--tables: unknown table {unknown[0]!r}; valid tables: {', '.join(TABLES)}"
-            + (" (derivatives and liquidations are not stored yet)" if unknown[0] in _LATER else "")
-        )
+        raise ArchiveError(f"--tables: unknown table {unknown[0]!r}; valid tables: {', '.join(TABLES)}")
     return [TABLES[n] for n in dict.fromkeys(names)]
-
-
-_LATER: Final[Sequence[str]] = ("derivatives", "liquidations")
