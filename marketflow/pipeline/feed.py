@@ -314,7 +314,9 @@ class Feed:
         link.order.remove(req_id)
         if event.success:
             return []
-        refused = tuple(t for t in event.rejected if t in request.topics) or request.topics
+        refused = event.rejected or request.topics
+        if event.others_refused:  # the venue named a product: its topics in this request
+            refused = tuple(t for t in event.rejected if t in request.topics) or request.topics
         for topic in refused:
             rejected[topic] = event.reason
         self._counters.rejected.update(rejected)
