@@ -18,7 +18,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         "--tables",
         default="trades",
         metavar="LIST",
-        help=f"comma-separated, default trades: {', '.join(TABLES)} (quotes are not exported)",
+        help=f"comma-separated, default trades: {', '.join(TABLES)}",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
     parser.add_argument(

@@ -314,11 +314,18 @@ async def row_chunks(
     after: Row | None = None
     while True:
         rows = await source.rows(table, exchange, symbol, since, until, after, size)
-        if rows:
-            yield rows
         if len(rows) < size:
+            if rows:
+                yield rows
             return
         after = tuple(rows[-1][i] for i in positions)
+        if not table.unique_key:
+            # The key is the time alone and does not identify a row: the page may have cut the rows of
+            # its last instant short, so that instant is read again, whole (its own time range).
+            ts = after[0]
+            rows = [r for r in rows if r[positions[0]] != ts]
+            rows += await source.rows(table, exchange, symbol, ts, ts + 1)
+        yield rows
 
 
 def source_for(store: object) -> TableSource:

@@ -2,9 +2,10 @@
 
 Each :class:`ArchiveTable` names its database table, its columns with their kinds, the time column that
 picks the `date=` partition and the key that identifies a row within a partition (used to merge a second
-export into the same file and to order the file; one or two columns). Adding a table is one more entry in
-:data:`TABLES`; nothing else in the exporter names a table. `quotes` is not one: its rows have no identity
-(two best-bid/ask changes may share a µs), so neither a merge nor keyset paging could keep each exactly once.
+export into the same file and to order the file; one or two columns). A table whose key does not identify
+a row (`quotes`: two best-bid/ask changes may share a µs) names its `identity` apart: the whole row, so a
+merge keeps each distinct row once; it is read in pages that never split the rows of one key. Adding a
+table is one more entry in :data:`TABLES`; nothing else in the exporter names a table.
 
 Column kinds and their Parquet types:
 
@@ -63,10 +64,20 @@ class ArchiveTable:
     time_column: str
     key: tuple[str, ...]
     columns: tuple[Column, ...]
+    identity: tuple[str, ...] = ()  # what makes a row one, when the key does not: () = the key
 
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
+
+    @property
+    def unique_key(self) -> bool:
+        """True when the key identifies a row (keyset pages may then end anywhere)."""
+        return not self.identity
+
+    @property
+    def merge_key(self) -> tuple[str, ...]:
+        return self.identity or self.key
 
 
 TRADES: Final = ArchiveTable(
@@ -136,8 +147,16 @@ LIQUIDATIONS: Final = ArchiveTable(
     ),
 )
 
+QUOTES: Final = ArchiveTable(
+    "quotes",
+    "ts",
+    ("ts",),
+    (Column("ts", "time"), *(Column(name, "spelled") for name in ("bid", "bid_size", "ask", "ask_size"))),
+    identity=("ts", "bid", "bid_size", "ask", "ask_size"),
+)
+
 TABLES: Final[dict[str, ArchiveTable]] = {
-    t.name: t for t in (TRADES, CANDLES, DERIVATIVES, LIQUIDATIONS, GAPS)
+    t.name: t for t in (TRADES, CANDLES, DERIVATIVES, LIQUIDATIONS, QUOTES, GAPS)
 }
 """Every table that can be exported, by name."""
 

@@ -1,5 +1,5 @@
-"""`marketflow export --tables derivatives,liquidations`: the SPEC §12 tables as exact, hive-partitioned
-Parquet that DuckDB, polars and pyarrow read as they are, on SQLite and PostgreSQL."""
+"""`marketflow export --tables derivatives,liquidations,quotes`: the SPEC §12 tables as exact,
+hive-partitioned Parquet that DuckDB, polars and pyarrow read as they are, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from marketflow.archive.db import source_for
 from marketflow.archive.export import export_tables
 from marketflow.archive.tables import parse_tables
 from marketflow.cli import main
-from marketflow.model import DerivativesTick, Liquidation
+from marketflow.model import DerivativesTick, Liquidation, Ticker
 from tests.archive.helpers import BASE, DAY_US, filled_store
 
 
@@ -170,3 +170,60 @@ def test_cli_exports_liquidations_as_csv(tmp_path: Path, capsys: pytest.CaptureF
         '"1.50"',
         '"2026-08-09T00:00:00.000005Z"',
     ]
+
+
+def _quotes() -> list[Ticker]:
+    """Best bid/ask changes, three of them in one µs (a page of two cuts that instant), one side missing."""
+    rows = []
+    for i, (bid, ask) in enumerate(
+        (("65114.20", "65114.30"), ("65114.2", "65114.4"), ("65114.10", None), ("65114.00", "65114.5"))
+    ):
+        ts = BASE + (0 if i < 3 else 7)
+        rows.append(
+            Ticker(
+                "bybit",
+                "BTC-USDT",
+                ts,
+                ts + 3,
+                bid=Decimal(bid),
+                bid_size=Decimal("1.50"),
+                ask=None if ask is None else Decimal(ask),
+                ask_size=None if ask is None else Decimal("0.00062000"),
+            )
+        )
+    late = Ticker(
+        "bybit", "BTC-USDT", BASE + DAY_US + 1, BASE + DAY_US + 2, bid=Decimal("1"), bid_size=Decimal("2")
+    )
+    return [*rows, late]
+
+
+def _quote_text(q: Ticker) -> tuple[object, ...]:
+    def text(v: Decimal | None) -> str | None:
+        return None if v is None else format(v, "f")
+
+    return (q.ts, text(q.bid), text(q.bid_size), text(q.ask), text(q.ask_size))
+
+
+async def test_quotes_export_every_change_once(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "READ_CHUNK", 2)  # the first page ends inside the three rows of one µs
+    quotes = _quotes()
+    store = await filled_store(store_url, [])
+    try:
+        await store.write_quotes(quotes)  # type: ignore[attr-defined]
+        out = tmp_path / "out"
+        source, tables = source_for(store), parse_tables("quotes")
+        summary = await export_tables(source, tables, out, BASE, BASE + 2 * DAY_US)
+        again = await export_tables(source, tables, out, BASE, BASE + 2 * DAY_US)  # merged: no doubles
+    finally:
+        await store.close()
+    assert summary.tables["quotes"].rows == again.tables["quotes"].rows == 5
+    assert summary.tables["quotes"].partitions == 2
+    fields = ("bid", "bid_size", "ask", "ask_size")
+    got = duckdb.sql(
+        f"SELECT epoch_us(ts), {', '.join(f'{f}, {f}_scale' for f in fields)} "
+        f"FROM read_parquet('{out}/quotes/**/*.parquet', hive_partitioning = true)"
+    ).fetchall()
+    rows = sorted((r[0], *(_spelled(r[1 + 2 * i], r[2 + 2 * i]) for i in range(4))) for r in got)
+    assert rows == sorted(_quote_text(q) for q in quotes)
