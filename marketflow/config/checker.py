@@ -32,6 +32,7 @@ from marketflow.config.sections import (
     StorageConfig,
     SupervisorConfig,
 )
+from marketflow.config.symbols import check_symbol_text
 from marketflow.config.values import (
     _ARCHIVE,
     _BOOKS,
@@ -77,6 +78,19 @@ def _normalized_on_some_venue(symbol: str) -> bool:
             except SymbolError:
                 continue
     return False
+
+
+def _symbol_text_problem(symbol: str) -> str | None:
+    """What the symbols API would refuse in `symbol` (look-alike letters, whitespace), or None."""
+    try:
+        check_symbol_text(symbol)
+    except SymbolError as exc:
+        return str(exc)
+    return None
+
+
+def _write_as(market: Market) -> str:
+    return f"write a {market.name} symbol as {market.native_example} or {market.normalized_example}"
 
 
 def _default(cls: type, name: str) -> Any:
@@ -294,12 +308,14 @@ class _Checker:
         for index, item in enumerate(value):
             if not isinstance(item, str):
                 self.report((*path, index), f'must be a symbol string like "BTCUSDT", got {_describe(item)}')
+            elif (problem := _symbol_text_problem(item)) is not None:
+                hint = "" if market is None else "; " + _write_as(market)
+                self.report((*path, index), problem + hint)
             elif exchange is not None and market is not None:
                 try:
                     symbol = VENUES[exchange].normalize_symbol(market.name, item)
                 except SymbolError as exc:
-                    forms = f"{market.native_example} or {market.normalized_example}"
-                    self.report((*path, index), f"{exc}; write a {market.name} symbol as {forms}")
+                    self.report((*path, index), f"{exc}; {_write_as(market)}")
                     continue
                 if symbol in out:
                     self.report(
@@ -370,6 +386,9 @@ class _Checker:
                 if "-" in symbol and normalized and _SYMBOL.fullmatch(normalized):
                     example = repr(normalized)
                 self.report((*path, symbol), f"must be a normalized symbol, e.g. {example}")
+                continue
+            if (problem := _symbol_text_problem(symbol)) is not None:  # a venue lenient about letters
+                self.report((*path, symbol), f"{problem}; write a normalized symbol, e.g. 'BTC-USDT'")
                 continue
             try:
                 out[symbol] = _decimal(size, floats=False)
