@@ -27,21 +27,9 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from marketflow import __version__
 from marketflow.api.app import MAX_BODY_BYTES
 from marketflow.api.keys import ApiKey
-from marketflow.api.mcp import (
-    INSTRUCTIONS,
-    RESOURCES,
-    TOOLS,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    ToolSpec,
-    drain,
-    input_schema,
-    json_response,
-    object_schema,
-)
+from marketflow.api.mcp import Message, Receive, Scope, Send, drain, json_response
 from marketflow.api.mcp_sessions import SessionLedger, SessionLimits
+from marketflow.api.mcp_tools import INSTRUCTIONS, RESOURCES, TOOLS, ToolSpec, input_schema, object_schema
 from marketflow.api.queries import QueryContext, QueryError
 
 __all__ = ["McpTransport", "build_server"]
