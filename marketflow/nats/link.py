@@ -35,7 +35,7 @@ from nats.js.api import (
 )
 
 from marketflow.config import NatsConfig
-from marketflow.nats.schema import MSG_ID, stream_name
+from marketflow.nats.schema import MSG_ID, STREAM_OF, stream_name, stream_of
 from marketflow.storage.postgres import AsyncioThread
 
 log = logging.getLogger("marketflow.nats")
@@ -101,6 +101,10 @@ class NatsLink:
     def subject_all(self, kind: str) -> str:
         return f"{self.config.subject_prefix}.{kind}.>"
 
+    def subjects_of(self, stream: str) -> list[str]:
+        """Every subject of a stream (`schema.STREAM_OF`): `<prefix>.<kind>.>` of each of its kinds."""
+        return [self.subject_all(kind) for kind, of in STREAM_OF.items() if of == stream]
+
     async def _run(self, doing: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         try:
             return await self._thread.run(_unless_cancelled, fn, *args)
@@ -153,6 +157,25 @@ class NatsLink:
                 max_age=BOOK_MAX_AGE_S,
                 num_replicas=self.config.stream_replicas,
                 storage=StorageType.MEMORY,
+                discard=DiscardPolicy.OLD,
+            ),
+            # Tickers, derivatives and liquidations: what the store role writes, kept like trades.
+            StreamConfig(
+                name=stream_name(prefix, "market"),
+                subjects=self.subjects_of("market"),
+                max_age=float(self.config.max_age_s),
+                num_replicas=self.config.stream_replicas,
+                duplicate_window=min(DUPLICATE_WINDOW_S, float(self.config.max_age_s)),
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+            ),
+            StreamConfig(
+                name=stream_name(prefix, "candles"),
+                subjects=self.subjects_of("candles"),
+                max_age=float(self.config.max_age_s),
+                num_replicas=self.config.stream_replicas,
+                duplicate_window=min(DUPLICATE_WINDOW_S, float(self.config.max_age_s)),
+                storage=StorageType.FILE,
                 discard=DiscardPolicy.OLD,
             ),
         )
@@ -227,27 +250,30 @@ class NatsLink:
 
     # -- consuming -------------------------------------------------------------------------------------------
 
-    async def fetch(self, durable: str, kind: str, most: int, wait_s: float) -> list[Msg]:
-        """Up to `most` messages of the shared durable pull consumer `durable` ([] after `wait_s`)."""
-        return await self._run("fetch", self._fetch, durable, kind, most, wait_s)
+    async def fetch(self, durable: str, stream: str, most: int, wait_s: float) -> list[Msg]:
+        """Up to `most` messages of the shared durable pull consumer `durable` over every subject of
+        `stream` ("trades", "market"; [] after `wait_s`)."""
+        return await self._run("fetch", self._fetch, durable, stream, most, wait_s)
 
-    async def _fetch(self, durable: str, kind: str, most: int, wait_s: float) -> list[Msg]:
+    async def _fetch(self, durable: str, stream: str, most: int, wait_s: float) -> list[Msg]:
         js = self._js
         if js is None:
             raise nats.errors.ConnectionClosedError
         sub = self._pull.get(durable)
         if sub is None:
+            subjects = self.subjects_of(stream)
             config = ConsumerConfig(
                 durable_name=durable,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.config.ack_wait_s,
                 max_ack_pending=100_000,
-                filter_subject=self.subject_all(kind),
+                filter_subject=subjects[0] if len(subjects) == 1 else None,
+                filter_subjects=subjects if len(subjects) > 1 else None,
             )
             sub = await js.pull_subscribe(
-                self.subject_all(kind),
+                subjects[0],
                 durable=durable,
-                stream=stream_name(self.config.subject_prefix, kind),
+                stream=stream_name(self.config.subject_prefix, stream),
                 config=config,
             )
             self._pull[durable] = sub
@@ -265,21 +291,31 @@ class NatsLink:
             await msg.ack()
 
     async def subscribe(
-        self, kind: str, subject: str, *, deliver: DeliverPolicy = DeliverPolicy.NEW, block: bool = False
+        self,
+        kind: str,
+        subject: str,
+        *,
+        deliver: DeliverPolicy = DeliverPolicy.NEW,
+        block: bool = False,
+        inbox: Inbox | None = None,
     ) -> Inbox:
         """An ordered push consumer over `subject` of the `kind` stream (nats-py re-creates it after a node
         fails), from now on, from the start, or from the newest message of every subject (`deliver`);
-        `block`: the inbox never drops (the subscription waits for the reader instead)."""
-        return await self._run("subscribe", self._subscribe, kind, subject, deliver, block)
+        `block`: the inbox never drops (the subscription waits for the reader instead); `inbox`: deliver
+        into this one (several subscriptions, one reader)."""
+        return await self._run("subscribe", self._subscribe, kind, subject, deliver, block, inbox)
 
-    async def _subscribe(self, kind: str, subject: str, policy: DeliverPolicy, block: bool) -> Inbox:
+    async def _subscribe(
+        self, kind: str, subject: str, policy: DeliverPolicy, block: bool, inbox: Inbox | None
+    ) -> Inbox:
         js = self._js
         if js is None:
             raise nats.errors.ConnectionClosedError
-        inbox = Inbox(block=block)
+        if inbox is None:
+            inbox = Inbox(block=block)
         await js.subscribe(
             subject,
-            stream=stream_name(self.config.subject_prefix, kind),
+            stream=stream_of(self.config.subject_prefix, kind),
             cb=inbox.put,
             ordered_consumer=True,
             deliver_policy=policy,
