@@ -276,6 +276,17 @@ class NatsLink:
         if nc is not None and not nc.is_closed:
             await asyncio.wait_for(nc.close(), PUBLISH_TIMEOUT_S)
 
+    async def stream_count(self, kind: str, subject: str) -> int:
+        """How many messages the stream of `kind` holds on `subject` (wildcards allowed)."""
+        return await self._run("stream info", self._stream_count, kind, subject)
+
+    async def _stream_count(self, kind: str, subject: str) -> int:
+        js = self._js
+        if js is None:
+            raise nats.errors.ConnectionClosedError
+        info = await js.stream_info(stream_of(self.config.subject_prefix, kind), subjects_filter=subject)
+        return sum((info.state.subjects or {}).values())
+
     # -- publishing ------------------------------------------------------------------------------------------
 
     async def publish_acked(self, messages: Sequence[tuple[str, bytes, str]]) -> list[bool]:
