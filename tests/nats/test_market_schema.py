@@ -4,11 +4,14 @@ pair of collectors."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
+from pathlib import Path
 
 import msgspec
 import pytest
 
+from marketflow.client import decode
 from marketflow.model import DerivativesTick, Liquidation, Ticker
 from marketflow.nats.market_schema import (
     DerivativesUpdate,
@@ -97,3 +100,15 @@ def test_mirrored_state_keeps_the_newest_and_rows_of_a_hot_pair_once() -> None:
     live.mirror_liquidations([liq])
     assert live.recent_liquidations("bybit", "BTC-USDT-PERP") == [liq]
     assert live.statistics().duplicate_liquidations == 1
+
+
+def test_every_payload_example_in_docs_nats_md_reads_as_documented() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "NATS.md").read_text()
+    examples = re.findall(r"```json\n(.*?)```", text, re.S)
+    kinds = []
+    for example in examples:
+        # The kind is the subject named last before the example ("A ticker message (`marketflow.ticker...`)").
+        kind = re.findall(r"`marketflow\.(\w+)\.", text[: text.index(example)])[-1]
+        assert decode(kind, example.encode())  # refuses nothing, holds records
+        kinds.append(kind)
+    assert kinds == ["trades", "book", "ticker", "derivatives", "liquidations", "candles"]
