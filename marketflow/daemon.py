@@ -156,6 +156,7 @@ class Daemon:
         self.view_bus: Bus[Trade] = Bus("served") if self._nats_serve else self.trade_bus
         # Trade ids the serve role saw lately (built with its first subscriber: NATS is imported only then).
         self.recent_ids: Any = None
+        self._market_keys: tuple[object, set[tuple[str, str]]] = (None, set())
         self._book_sub = self.book_bus.subscribe("books", capacity, Overflow.BLOCK)
         self.feed_channels: dict[str, frozenset[str]] = {}  # per connection: what the normalizer keeps
         self.capture = (
@@ -359,12 +360,16 @@ class Daemon:
         own then, not mirrored from NATS)."""
         if not self._collect:
             return False
-        return any(
-            feed.exchange == exchange
-            and symbol in feed.symbols
-            and not {"ticker", "derivatives", "liquidations"}.isdisjoint(feed.channels)
-            for feed in self.config.feeds
-        )
+        feeds = self.config.feeds
+        if self._market_keys[0] is not feeds:  # computed again only after a reload changed the feeds
+            keys = {
+                (feed.exchange, symbol)
+                for feed in feeds
+                if not {"ticker", "derivatives", "liquidations"}.isdisjoint(feed.channels)
+                for symbol in feed.symbols
+            }
+            self._market_keys = (feeds, keys)
+        return (exchange, symbol) in self._market_keys[1]
 
     def _poller_factory(self, name: str) -> Callable[[], RestPoller]:
         plan = self.market.polls[name]

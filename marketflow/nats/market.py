@@ -65,7 +65,8 @@ class _QueuePublisher(LinkActor):
     _last_error: str | None
 
     async def _publish(self, messages: list[Message]) -> bool:
-        if not messages:
+        if not messages:  # nothing waits to be sent
+            self._state = "running"
             return True
         try:
             await self._link.open()

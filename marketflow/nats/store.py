@@ -50,12 +50,13 @@ class StoreConsumer(LinkActor):
 
     _stream = "trades"
     _durable_suffix = "store"
+    _link_name = "store"
 
     def __init__(self, store: TradeStore, config: Config, *, name: str = "nats_store") -> None:
         self.name = name
         self._stop = trio.CancelScope()
         self._store = store
-        self._link = NatsLink(config.nats, "store")
+        self._link = NatsLink(config.nats, self._link_name)
         self._durable = stream_name(config.nats.subject_prefix, self._durable_suffix)
         self._backoff = Backoff(config.supervisor.backoff_initial_s, config.supervisor.backoff_max_s)
         self._state = "starting"
@@ -172,10 +173,10 @@ class MarketStoreConsumer(StoreConsumer):
 
     _stream = "market"
     _durable_suffix = "store_market"
+    _link_name = "store-market"
 
     def __init__(self, store: object, config: Config, *, name: str = "nats_store_market") -> None:
         super().__init__(store, config, name=name)  # type: ignore[arg-type]  # any store with the §12 writers
-        self._link = NatsLink(config.nats, "store-market")
         self._prefix = config.nats.subject_prefix
         self._write_samples = getattr(store, "write_derivatives", None)
         self._write_liquidations = getattr(store, "write_liquidations", None)

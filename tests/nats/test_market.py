@@ -264,3 +264,20 @@ async def test_candles_of_two_serve_daemons_reach_the_stream_once_each(
     latest = {(c.interval, c.start): c for c in published}
     assert {key: candle_json(c) for key, c in latest.items()} == expected
     assert all(s.actors["nats_candles"].statistics().candles >= len(expected) for s in serves)
+
+
+def test_a_daemon_that_collects_and_serves_keeps_its_own_market_state_and_mirrors_the_rest(
+    tmp_path: Path,
+) -> None:
+    sim = SimServer(SimConfig())
+    base = market_config(tmp_path, sim)
+    server = NatsServer("n1", tmp_path)  # never started: only the daemon's wiring is looked at
+    both = Daemon(with_nats(base, [server], ("collect", "serve")))
+    serving = Daemon(with_nats(base, [server], ("serve",)))
+    assert both._collects_market("bybit", SYMBOL)
+    assert not both._collects_market("bybit", "ETH-USDT-PERP") and not both._collects_market("okx", SYMBOL)
+    assert not serving._collects_market("bybit", SYMBOL)  # it collects nothing: everything is mirrored
+    trades_only = attrs.evolve(base, feeds=(attrs.evolve(base.feeds[0], channels=("trades",)),))
+    assert not Daemon(with_nats(trades_only, [server], ("collect", "serve")))._collects_market(
+        "bybit", SYMBOL
+    )
