@@ -185,8 +185,8 @@ class NatsLink:
         await self._run("connect", self._connect, create_streams)
 
     async def _connect(self, create_streams: bool) -> None:
-        if self._nc is not None and self._nc.is_connected:
-            return
+        if self._nc is not None and not self._nc.is_closed:
+            return  # connected, or reconnecting on its own (a second client would leak, and wait meanwhile)
 
         async def on_error(exc: Exception) -> None:
             self.errors += 1

@@ -211,3 +211,38 @@ async def test_two_publishers_of_one_message_id_on_three_replicas_store_it_once(
                 await link.close()
     assert held == total
     assert sum(link.in_process_duplicates for link in links) > 0
+
+
+async def test_nats_down_mid_stream_collector_keeps_its_rows_and_sends_them_once_back(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    sim = SimServer(SimConfig(seed=12, rate=20, book_rate=40))
+    records: list[MarketData] = []
+    store_db = tmp_path / "store" / "marketflow.db"
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.run)
+            store = Daemon(with_nats(market_config(tmp_path / "store", sim), [nats_server], ("store",)))
+            collect = Daemon(with_nats(market_config(tmp_path / "collect", sim), [nats_server], ("collect",)))
+            await nursery.start(store.run)
+            nursery.start_soon(tap, collect, records)
+            await nursery.start(collect.run)
+            await wait_until(lambda: len(rows(store_db, LIQUIDATIONS_SQL)) >= 2, interval=0.1)
+            nats_server.kill()
+            try:
+                before = len(liquidations_of(records))
+                await wait_until(lambda: collect.actors["nats_market"].statistics().state == "retrying")
+                await wait_until(lambda: len(liquidations_of(records)) >= before + 3)  # made while down
+                health = collect.health()
+            finally:
+                nats_server.start()
+            await nats_server.wait_ready()
+            await collect.stop()
+            sent = liquidations_of(records)
+            await wait_until(lambda: len(rows(store_db, LIQUIDATIONS_SQL)) >= len(sent), interval=0.1)
+            await store.stop()
+            nursery.cancel_scope.cancel()
+    assert health.status == "degraded" and health.problems["nats_market"].startswith("retrying: NATS")
+    stored = rows(store_db, LIQUIDATIONS_SQL)
+    assert len(stored) == len(sent) and {r[:3] for r in stored} == sent
+    assert collect.actors["nats_market"].statistics().failures >= 1
