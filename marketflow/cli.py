@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(
             "export",
             help="export stored tables as hive-partitioned Parquet (or CSV) files",
-            description="Write trades (and candles, gaps with --tables) of [--since, --until) as "
+            description="Write trades (and candles, derivatives, liquidations, quotes, gaps with "
+            "--tables) of [--since, --until) as "
             "<out>/<table>/exchange=/symbol=/date=/data.parquet: exact decimals, UTC µs times, zstd; one "
             "file per partition, merged with the file an earlier export left (README: Archive).",
         )

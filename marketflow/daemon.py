@@ -156,6 +156,7 @@ class Daemon:
         self.view_bus: Bus[Trade] = Bus("served") if self._nats_serve else self.trade_bus
         # Trade ids the serve role saw lately (built with its first subscriber: NATS is imported only then).
         self.recent_ids: Any = None
+        self._market_keys: tuple[object, set[tuple[str, str]]] = (None, set())
         self._book_sub = self.book_bus.subscribe("books", capacity, Overflow.BLOCK)
         self.feed_channels: dict[str, frozenset[str]] = {}  # per connection: what the normalizer keeps
         self.capture = (
@@ -179,7 +180,11 @@ class Daemon:
         # Tickers, derivatives and liquidations (SPEC §12): bus, live state, record queues, REST polls.
         s = config.storage
         self.market = MarketDataPlant(
-            self.store, capacity, config.derivatives.sample_interval_s, s.store_quotes
+            self.store,
+            capacity,
+            config.derivatives.sample_interval_s,
+            s.store_quotes,
+            publish=self._nats_publish,  # a collector's rows go to NATS (the store role writes them)
         )
         book_specs: list[BookSpec] = []
         for feed in config.feeds:
@@ -204,12 +209,26 @@ class Daemon:
         # Analytics must never hold up the feeds: it reads live views with drop-oldest, counted. Disabled
         # (or without intervals) there is no engine and no subscription: queries use stored trades.
         self.analytics: AnalyticsEngine | None = None
+        # A serving daemon on NATS publishes its closed candles too (`nats/market.py`, CandlePublisher).
+        self.nats_candles: RecordQueue[Candle] | None = None
+        persist: Callable[[list[Candle]], None] = self.candle_queue.submit
+        if self._nats_serve:
+            from marketflow.nats.market import candle_queue
+
+            self.nats_candles = nats_candles = candle_queue()
+
+            def persist_and_publish(candles: list[Candle]) -> None:
+                self.candle_queue.submit(candles)
+                nats_candles.submit(candles)
+
+            persist = persist_and_publish
+
         if config.analytics.enabled and bool(config.analytics.candle_intervals) and serve:
             overflow = Overflow.BLOCK if replay else Overflow.DROP_OLDEST
             self.analytics = AnalyticsEngine(
                 self.view_bus.subscribe("analytics", capacity, overflow),
                 config.analytics,
-                persist=self.candle_queue.submit,
+                persist=persist,
                 max_bars=config.analytics.live_bars,
                 contracts=self.instruments.contracts,
             )
@@ -240,6 +259,7 @@ class Daemon:
             Child("gaps", self.ledger.sink),
             Child("candles", lambda: RecordSink("candles", write_candles, queue=self.candle_queue)),
             *(Child(name, build) for name, build in self.market.sinks()),
+            *self._nats_children("market"),
             None
             if snapshots is None
             else Child(
@@ -280,17 +300,32 @@ class Daemon:
         if not (self._nats_store or self._nats_serve or self._nats_publish):
             return []  # no NATS: its client library (~40 MB with its imports) is never loaded
         from marketflow.nats.collect import BookPublisher, make_publisher
+        from marketflow.nats.market import CandlePublisher, MarketPublisher
         from marketflow.nats.serve import RecentIds, ServeSubscriber
-        from marketflow.nats.store import StoreConsumer
+        from marketflow.nats.store import MarketStoreConsumer, StoreConsumer
 
         if self.recent_ids is None:
             self.recent_ids = RecentIds()
+        if role == "market":  # where the §12 sinks stand: stopped after the keeper flushed its samples
+            if not self._nats_publish:
+                return []
+            return [Child("nats_market", lambda: MarketPublisher(self.market, config))]
         if role == "store":
             publish = self._publish_sub
+            candles = self.nats_candles
             return [
                 *(
-                    [Child("nats_store", lambda: StoreConsumer(self.store, config))]
+                    [
+                        Child("nats_store", lambda: StoreConsumer(self.store, config)),
+                        Child("nats_store_market", lambda: MarketStoreConsumer(self.store, config)),
+                    ]
                     if self._nats_store
+                    else []
+                ),
+                # Started before analytics, so stopped after it handed over its last candles.
+                *(
+                    [Child("nats_candles", lambda: CandlePublisher(candles, config))]
+                    if candles is not None and self.analytics is not None
                     else []
                 ),
                 # Drains the trade bus to JetStream once every trade publisher stopped.
@@ -302,10 +337,39 @@ class Daemon:
             ]
         if role == "serve" and self._nats_serve:
             view = self.view_bus
-            return [Child("nats_serve", lambda: ServeSubscriber(view, self.books, self.recent_ids, config))]
+            live = self.market.live
+            return [
+                Child(
+                    "nats_serve",
+                    lambda: ServeSubscriber(
+                        view,
+                        self.books,
+                        self.recent_ids,
+                        config,
+                        market=live,
+                        collected=self._collects_market,
+                    ),
+                )
+            ]
         if role == "collect" and self._nats_publish:
             return [Child("nats_books", lambda: BookPublisher(self.books, config))]
         return []
+
+    def _collects_market(self, exchange: str, symbol: str) -> bool:
+        """Whether this daemon's own feeds carry a market-data channel of that symbol (its live state is its
+        own then, not mirrored from NATS)."""
+        if not self._collect:
+            return False
+        feeds = self.config.feeds
+        if self._market_keys[0] is not feeds:  # computed again only after a reload changed the feeds
+            keys = {
+                (feed.exchange, symbol)
+                for feed in feeds
+                if not {"ticker", "derivatives", "liquidations"}.isdisjoint(feed.channels)
+                for symbol in feed.symbols
+            }
+            self._market_keys = (feeds, keys)
+        return (exchange, symbol) in self._market_keys[1]
 
     def _poller_factory(self, name: str) -> Callable[[], RestPoller]:
         plan = self.market.polls[name]
@@ -637,7 +701,15 @@ class Daemon:
                 problems[name] = f"circuit {child.circuit}"
             elif self.feed_counters[name].state != "streaming":
                 problems[name] = self.feed_counters[name].state
-        for name in ("nats_trades", "nats_store", "nats_serve", "nats_books"):
+        for name in (
+            "nats_trades",
+            "nats_store",
+            "nats_store_market",
+            "nats_serve",
+            "nats_books",
+            "nats_market",
+            "nats_candles",
+        ):
             actor_stats = getattr(children.get(name), "actor", None)
             state = getattr(actor_stats, "state", "running")
             if state in ("retrying", "disk_full", "spool_failing"):  # NATS (or the database) does not answer

@@ -287,6 +287,9 @@ class Session:
     def subscribe_requests(self) -> list[SubscribeRequest]:
         return self._requests("SUBSCRIBE", self.topics)
 
+    def subscribe_topic_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        return self._requests("SUBSCRIBE", topics)
+
     def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
         return self._requests("UNSUBSCRIBE", topics)
 

@@ -56,7 +56,8 @@ BOOK_PREFIX = BOOK_CHANNEL + ":"
 TICKER_PREFIX = TICKER_CHANNEL + ":"
 PRODUCTS_PER_REQUEST = 25
 """Products per subscribe message: 100 products x 2 channels stay within the feed's ack deadline at
-`SEND_INTERVAL_S` (a refused message refuses its products alone)."""
+`SEND_INTERVAL_S`. A message with an unknown product is refused whole; the feed then asks again for its
+other products, so one bad product costs only itself."""
 SEND_INTERVAL_S = 0.15
 """Unauthenticated messages are limited to 8/s per IP (§9.1); a little under it."""
 SEQUENCE_GAP_CHANNEL = "marketflow_sequence_gap"
@@ -122,6 +123,18 @@ class _Control(msgspec.Struct):
 
 
 _control_decoder = msgspec.json.Decoder(_Control)
+_NOT_A_PRODUCT = " is not a valid product"
+_PRODUCT_CHANNELS = (BOOK_CHANNEL, TRADES_CHANNEL, TICKER_CHANNEL)
+
+
+def _refused_product(reason: str | None) -> str | None:
+    """`"DOGE-XYZ is not a valid product"` → `"DOGE-XYZ"`; None for an error about the whole message."""
+    if reason is None or not reason.endswith(_NOT_A_PRODUCT):
+        return None
+    product = reason[: -len(_NOT_A_PRODUCT)]
+    return product if product and " " not in product else None
+
+
 _DATA_CHANNELS = frozenset({"market_trades", "l2_data", "ticker", "ticker_batch", "candles", "status"})
 _SEQUENCE_KEY = b'"sequence_num":'
 
@@ -185,6 +198,9 @@ class Session:
         # product's channels are closed after 60-90 s (§9.3).
         return [self._request("subscribe", HEARTBEATS_CHANNEL, ()), *self._requests("subscribe", self.topics)]
 
+    def subscribe_topic_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        return self._requests("subscribe", topics)
+
     def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
         return self._requests("unsubscribe", topics)
 
@@ -209,7 +225,13 @@ class Session:
             reason = msg.message or "error"
             if msg.reason:
                 reason += ": " + msg.reason
-            return Ack(None, False, reason)
+            product = _refused_product(msg.reason)
+            if product is None:
+                return Ack(None, False, reason)
+            # The error names one product but answers the whole message (its other products get no
+            # `subscriptions` ack): that product alone is refused, the feed asks again for the rest.
+            refused = tuple(channel + ":" + product for channel in _PRODUCT_CHANNELS)
+            return Ack(None, False, reason, refused, others_refused=True)
         channel = msg.channel
         if channel == "subscriptions":
             return Ack(None, True, "")
