@@ -179,6 +179,7 @@ def _bench(args: argparse.Namespace) -> int:
             mix_frames=5_000,
             mix_repeat=2,
             mix_wss_frames=30_000,
+            mix_paced_frames=10_000,
             mix_only=args.mix_only,
         )
     bench.main(
