@@ -217,6 +217,7 @@ class Daemon(FeedWiring, NatsRoles, HealthReport):
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._supervise, nursery.cancel_scope)
                 nursery.start_soon(self.heap.run)
+                nursery.start_soon(self._release_publishers)
                 log.info("marketflow running")
                 task_status.started()
         finally:
@@ -230,6 +231,19 @@ class Daemon(FeedWiring, NatsRoles, HealthReport):
     ) -> None:
         await self.supervisor.run(task_status=task_status)
         background.cancel()  # every actor stopped: so do the helpers beside them (the heap trimmer)
+
+    async def _release_publishers(self) -> None:
+        """When the daemon is cancelled (the shutdown deadline passed), close the decoded-data buses.
+
+        The normalizer hands each decoded batch over shielded from cancellation (its frames are already
+        off the raw bus); closing the buses wakes a hand-off waiting on a subscriber that will never read
+        again, so a cancelled daemon still ends. After a graceful stop every actor is gone: closing is moot.
+        """
+        try:
+            await trio.sleep_forever()
+        finally:
+            for bus in (self.trade_bus, self.book_bus, self.market.bus):
+                bus.close()
 
     async def stop(self) -> None:
         """Graceful stop: feeds first, then drain the normalizer, then flush storage."""
