@@ -1,5 +1,5 @@
 """The text of a symbol, checked before any venue reads it: one rule for a hand-written configuration, the
-symbols overlay and the symbols API (`marketflow.config_overlay.clean_symbol`)."""
+symbols overlay and the symbols API (`marketflow.config.overlay.clean_symbol`)."""
 
 from __future__ import annotations
 
