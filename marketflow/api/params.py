@@ -15,7 +15,8 @@ from typing import Any
 
 from marketflow.analytics import parse_interval
 from marketflow.analytics.bars import normalize_bin
-from marketflow.model import us_to_iso
+from marketflow.exchanges.symbols import check_ascii_symbol
+from marketflow.model import SymbolError, us_to_iso
 
 __all__ = [
     "MAX_BIN_DIGITS",
@@ -29,6 +30,7 @@ __all__ = [
     "parse_interval_param",
     "parse_limit",
     "parse_optional_time",
+    "parse_symbol",
     "parse_time",
 ]
 
@@ -176,3 +178,14 @@ def parse_interval_param(interval: str | None) -> tuple[str, int]:
     if len(text) > 32 or step > MAX_INTERVAL_US:
         raise QueryError("bad_interval", f"interval must be at most 366d, got {text[:40]!r}", "interval")
     return text, step
+
+
+def parse_symbol(value: str) -> str:
+    """A `symbol` parameter as matched against configured symbols: stripped and upper-cased, once it is
+    known to hold only ASCII (`str.upper` turns a long `ſ` into `S`: `BTC-UſDT` would find BTC-USDT). A
+    look-alike is a 400 `bad_symbol` naming the character, not an unknown symbol that reads the same."""
+    try:
+        check_ascii_symbol(value)
+    except SymbolError as exc:
+        raise QueryError("bad_symbol", str(exc), "symbol") from None
+    return value.strip().upper()
