@@ -15,7 +15,7 @@ from typing import Any
 
 from marketflow.analytics import parse_interval
 from marketflow.analytics.bars import normalize_bin
-from marketflow.exchanges.symbols import check_ascii_symbol
+from marketflow.exchanges.symbols import check_ascii_symbol, non_ascii_character
 from marketflow.model import SymbolError, us_to_iso
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "parse_optional_time",
     "parse_symbol",
     "parse_time",
+    "refuse_non_ascii",
 ]
 
 MAX_LIMIT = 10_000
@@ -189,3 +190,15 @@ def parse_symbol(value: str) -> str:
     except SymbolError as exc:
         raise QueryError("bad_symbol", str(exc), "symbol") from None
     return value.strip().upper()
+
+
+def refuse_non_ascii(value: str, param: str, code: str) -> None:
+    """A 400 `code` naming the first non-ASCII character of `value`, if it has one: an asset or quote code
+    is matched upper-cased, and `str.upper` makes a look-alike such as a long `ſ` an `S`."""
+    char = non_ascii_character(value)
+    if char is not None:
+        raise QueryError(
+            code,
+            f"{param} {value[:40]!r} holds the non-ASCII character {char}; codes are ASCII letters",
+            param,
+        )

@@ -14,6 +14,14 @@ _COMPACT = re.compile(r"[A-Z0-9]+-[A-Z0-9]+(-PERP)?")
 _SHOWN: Final = 40
 
 
+def non_ascii_character(text: str) -> str | None:
+    """`U+0412 (CYRILLIC CAPITAL LETTER VE)`: the first non-ASCII character of `text`, or None."""
+    if text.isascii():
+        return None
+    char = next(c for c in text if not c.isascii())
+    return f"U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')})"
+
+
 def check_ascii_symbol(symbol: str) -> None:
     """Raise `SymbolError` naming the first non-ASCII character of `symbol`, if it has one.
 
@@ -21,14 +29,12 @@ def check_ascii_symbol(symbol: str) -> None:
     (a Cyrillic `В`, a fullwidth `Ｔ`) passes `str.isalnum`, and `str.upper` and `str.strip` turn some
     characters into ASCII or nothing (a long `ſ` into `S`, a dotless `ı` into `I`, a no-break space away),
     so `BTC-UſDT` would otherwise name BTC-USDT."""
-    if symbol.isascii():
-        return
-    char = next(c for c in symbol if not c.isascii())
-    shown = symbol if len(symbol) <= _SHOWN else symbol[:_SHOWN] + "..."
-    raise SymbolError(
-        f"{shown!r} holds the non-ASCII character U+{ord(char):04X} ({unicodedata.name(char, 'unnamed')}); "
-        "symbols are ASCII letters and digits"
-    )
+    char = non_ascii_character(symbol)
+    if char is not None:
+        shown = symbol if len(symbol) <= _SHOWN else symbol[:_SHOWN] + "..."
+        raise SymbolError(
+            f"{shown!r} holds the non-ASCII character {char}; symbols are ASCII letters and digits"
+        )
 
 
 def normalize_compact(symbol: str, *, perpetual: bool) -> str:

@@ -1,6 +1,6 @@
 """A look-alike symbol in a query (a Cyrillic `В`, a long `ſ` that `str.upper` makes an `S`) is a 400
 `bad_symbol` naming the character, over HTTP and MCP: never an "unknown symbol" that reads exactly like a
-configured one, and never the configured market's data."""
+configured one, and never the configured market's data. The same for asset= and quotes= codes."""
 
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ async def test_look_alike_symbols_are_a_400_naming_the_character(tmp_path: Path)
             got = response.json()
             assert (got["error"], got["param"]) == ("bad_symbol", "symbol"), got
             assert named in got["detail"] and "ASCII" in got["detail"], got
+        # asset= and quotes= are codes matched upper-cased the same way.
+        for params, param, code, named in (
+            ({"asset": "\u0412TC"}, "asset", "bad_asset", VE),
+            ({"asset": "btc", "quotes": "u\u017fdt"}, "quotes", "bad_quotes", LONG_S),
+        ):
+            response = await client.get("/order-flow", params=params)
+            assert response.status_code == 400, (params, response.text)
+            got = response.json()
+            assert (got["error"], got["param"]) == (code, param) and named in got["detail"], got
         # The same symbols written in ASCII are the configured markets.
         for params in ({"exchange": "okx", "symbol": "BTC-USDT"}, {"exchange": "okx", "symbol": "btc-usdt"}):
             response = await client.get(T, params=params)
