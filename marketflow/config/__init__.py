@@ -8,7 +8,10 @@ built with plain attrs constructors (no cattrs: the checks already produce the e
 The package, by job: `sections` (the typed classes and defaults), `values` (checks of single values and
 the per-section tables of them), `checker` (the walk over a document, cross-key rules), `locator` (the
 line of each key, which the stdlib parser does not give), `issues` (what a rejection reports) and `load`
-(text or file -> `Config`). Every public name is importable from `marketflow.config` itself.
+(text or file -> `Config`). Every public name of these is importable from `marketflow.config` itself.
+Symbol changes made at run time live beside them, imported by module: `symbols` (the text of a symbol),
+`overlay` (the symbols overlay under the state directory) and `edit` (comment-keeping edits of the file,
+what the symbols API runs).
 """
 
 from marketflow.config.issues import ConfigError, ConfigIssue, format_key

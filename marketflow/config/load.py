@@ -46,7 +46,7 @@ def config_digest(text: str, overlay: str | None) -> str:
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate the TOML file at `path`, then apply the symbols overlay under its `state_dir`
-    (`marketflow.config_overlay`); an unreadable file is a `ConfigError` naming it."""
+    (`marketflow.config.overlay`); an unreadable file is a `ConfigError` naming it."""
     name = os.fspath(path)
     try:
         data = Path(path).read_bytes()
@@ -58,7 +58,7 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError([ConfigIssue(name, line, "<toml>", "the file is not valid UTF-8")]) from None
-    from marketflow.config_overlay import apply_overlay_file  # it builds on this module
+    from marketflow.config.overlay import apply_overlay_file  # it builds on this module
 
     return apply_overlay_file(parse_config(text, source=name, env=env), text)
 

@@ -1,12 +1,12 @@
 """The text of a symbol, checked before any venue reads it: one rule for a hand-written configuration, the
-symbols overlay and the symbols API (`marketflow.config_overlay.clean_symbol`)."""
+symbols overlay and the symbols API (`marketflow.config.overlay.clean_symbol`)."""
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Final
 
+from marketflow.exchanges.symbols import check_ascii_symbol
 from marketflow.model import SymbolError
 
 # The longest listed symbols are under 20 characters (10000000AIDOGEUSDT); anything far longer is junk.
@@ -24,13 +24,7 @@ def check_symbol_text(raw: str) -> None:
         raise SymbolError("empty symbol")
     if len(raw) > MAX_SYMBOL_LENGTH:
         raise SymbolError(f"a symbol of {len(raw)} characters; symbols have at most {MAX_SYMBOL_LENGTH}")
-    for char in raw:
-        if not char.isascii():
-            name = unicodedata.name(char, "unnamed")
-            raise SymbolError(
-                f"{raw!r} holds the non-ASCII character U+{ord(char):04X} ({name}); "
-                "symbols are ASCII letters and digits"
-            )
+    check_ascii_symbol(raw)  # the venues' own parsers run the same check
     if not _SYMBOL_TEXT.fullmatch(raw):
         bad = next((c for c in raw if not (c.isalnum() or c in "-/")), None)
         what = f"the character {bad!r}" if bad is not None else "a misplaced '-' or '/'"

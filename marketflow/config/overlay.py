@@ -25,14 +25,9 @@ from typing import Any, Final
 
 import attrs
 
-from marketflow.config import (
-    Config,
-    ConfigError,
-    ConfigIssue,
-    FeedConfig,
-    config_digest,
-    format_key,
-)
+from marketflow.config.issues import ConfigError, ConfigIssue, format_key
+from marketflow.config.load import config_digest
+from marketflow.config.sections import Config, FeedConfig
 from marketflow.config.symbols import MAX_SYMBOL_LENGTH as MAX_SYMBOL_LENGTH  # re-exported
 from marketflow.config.symbols import check_symbol_text
 from marketflow.exchanges import VENUES
