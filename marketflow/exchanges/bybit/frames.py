@@ -28,7 +28,7 @@ from marketflow.exchanges.base import (
     SubscribeRequest,
     UnknownControl,
 )
-from marketflow.exchanges.orderbook import shared_levels
+from marketflow.exchanges.orderbook import bad_amount, shared_decimal
 from marketflow.exchanges.venue_base import ResubscribingSession, count_malformed
 from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
@@ -148,7 +148,7 @@ class _TradeFrame(msgspec.Struct):
 
 class _Book(msgspec.Struct):
     s: str
-    b: list[tuple[str, Decimal]]  # prices made shared Decimals by `shared_levels`
+    b: list[tuple[str, Decimal]]  # prices made shared, checked Decimals as `shared_levels` does
     a: list[tuple[str, Decimal]]
     u: int
     seq: int = 0
@@ -317,6 +317,10 @@ class FrameDecoder:
         # lookups and one insert per trade, with no per-trade bookkeeping to expire old ids.
         self._seen: dict[str, _RecentIds] = {}
         self._decimals: dict[str, Decimal] = {}
+        # Book prices have their own table: every entry checked by `shared_decimal` (finite, >= 0).
+        self._book_prices: dict[str, Decimal] = {}
+        self._book_topics: dict[str, str] = {}
+        """`orderbook.{depth}.{native}` → normalized symbol, filled on first sight."""
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
@@ -455,15 +459,28 @@ class FrameDecoder:
         return self._decimal(text) if value is None else value
 
     def _book(self, topic: str, kind: str, ts: int, book: _Book, recv_ts: int, out: Decoded) -> None:
-        symbol = self.symbols.get(topic.rpartition(".")[2])
+        symbol = self._book_topics.get(topic)
         if symbol is None:
-            self.counters.unknown_topics += 1
-            return
+            symbol = self.symbols.get(topic.rpartition(".")[2])
+            if symbol is None:
+                self.counters.unknown_topics += 1
+                return
+            self._book_topics[topic] = symbol
         # `u == 1` is a service restart: the message is a snapshot whatever its type says.
         snapshot = kind == "snapshot" or book.u == 1
-        prices = self._decimals
-        bids = shared_levels(prices, book.b)
-        asks = shared_levels(prices, book.a)
+        # `shared_levels` inlined (see there): shared checked prices, amounts checked finite and >= 0.
+        table = self._book_prices
+        get = table.get
+        bids = [
+            (get(price) or shared_decimal(table, price), amount)
+            for price, amount in book.b
+            if amount.is_finite() and not amount.is_signed() or bad_amount(amount)
+        ]
+        asks = [
+            (get(price) or shared_decimal(table, price), amount)
+            for price, amount in book.a
+            if amount.is_finite() and not amount.is_signed() or bad_amount(amount)
+        ]
         out.books.append(
             BookUpdate(self.exchange, symbol, snapshot, book.u, book.u, None, bids, asks, ts * 1000, recv_ts)
         )

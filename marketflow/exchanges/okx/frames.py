@@ -114,6 +114,8 @@ class FrameDecoder:
         """Per instId: the highest trade id seen (live or backfilled)."""
         self.last_ts: dict[str, int] = {}
         self._decimals: dict[str, Decimal] = {}
+        # Book levels have their own table: every entry checked by `shared_decimal` (finite, >= 0).
+        self._book_decimals: dict[str, Decimal] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
@@ -233,7 +235,7 @@ class FrameDecoder:
     def _levels(self, raw: list[list[str]]) -> list[Level]:
         """Exact levels; prices and sizes are one shared Decimal per distinct string (`shared_decimal`:
         a book lookup then reuses the price's hash; one comprehension, no call per level unless new)."""
-        table = self._decimals
+        table = self._book_decimals
         get = table.get
         try:
             return [
