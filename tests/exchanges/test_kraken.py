@@ -259,6 +259,17 @@ def test_malformed_and_unknown_frames_are_counted_never_raised() -> None:
     assert (c.malformed, c.ignored, c.unknown_topics) == (4, 3, 1)
 
 
+@pytest.mark.parametrize("bad", ['"NaN"', '"Infinity"', "-1.5", '"-0"'])
+@pytest.mark.parametrize("where", ["price", "qty"])
+def test_a_book_level_that_is_no_finite_non_negative_decimal_rejects_the_frame(bad: str, where: str) -> None:
+    # Levels decode straight into Decimal, which takes "NaN" or a negative number: checked before use.
+    decoder = FrameDecoder("kraken", "spot", SYMBOLS)
+    level = (bad, "1.5") if where == "price" else ("100.5", bad)
+    out = decode(decoder, book_frame("BTC/USD", [level], [], 0), book_frame("BTC/USD", [("100.5", "1")], [], 0))
+    assert len(out.books) == 1 and decoder.counters.malformed == 1
+    assert "not a finite non-negative decimal" in (decoder.counters.last_error or "")
+
+
 def test_timestamps_are_read_to_the_microsecond() -> None:
     assert timestamp_us(TS) == TS_US
     assert timestamp_us("2023-10-06T17:35:55Z") == TS_US - 440295
