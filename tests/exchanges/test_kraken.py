@@ -265,7 +265,8 @@ def test_a_book_level_that_is_no_finite_non_negative_decimal_rejects_the_frame(b
     # Levels decode straight into Decimal, which takes "NaN" or a negative number: checked before use.
     decoder = FrameDecoder("kraken", "spot", SYMBOLS)
     level = (bad, "1.5") if where == "price" else ("100.5", bad)
-    out = decode(decoder, book_frame("BTC/USD", [level], [], 0), book_frame("BTC/USD", [("100.5", "1")], [], 0))
+    good = book_frame("BTC/USD", [("100.5", "1")], [], 0)
+    out = decode(decoder, book_frame("BTC/USD", [level], [], 0), good)
     assert len(out.books) == 1 and decoder.counters.malformed == 1
     assert "not a finite non-negative decimal" in (decoder.counters.last_error or "")
 
