@@ -343,6 +343,23 @@ def test_updates_apply_truncate_to_depth_and_check_every_message() -> None:
     assert book.checksums_verified == 2
 
 
+def test_the_subscribed_depth_holds_when_the_snapshot_is_thinner() -> None:
+    # A 10-level snapshot of a depth-25 subscription: the book has only 10 levels now. Inferred from the
+    # snapshot, the depth would be 10 and a level arriving below them would be cut; given, it is kept.
+    deeper = [("45270.0", "1.00000000")]  # below every bid: outside the checksum's top 10
+    given = VENUE.synchronizer("spot", 25)
+    inferred = VENUE.synchronizer("spot")
+    assert isinstance(given, KrakenBook) and isinstance(inferred, KrakenBook)
+    for book in (given, inferred):
+        assert book.on_update(updates(True, DOC_BIDS, DOC_ASKS, DOC_CHECKSUM)) is None
+        assert book.on_update(updates(False, deeper, [], DOC_CHECKSUM)) is None
+        assert book.state is BookState.SYNCED
+    assert (given.depth, given.book.depth()) == (25, (11, 10))
+    assert (inferred.depth, inferred.book.depth()) == (10, (10, 10))
+    with pytest.raises(ValueError, match="kraken book depth must be one of"):
+        VENUE.synchronizer("spot", 30)
+
+
 def test_a_mismatch_discards_the_book_and_the_next_snapshot_resyncs() -> None:
     book = KrakenBook()
     book.on_update(updates(True, DOC_BIDS, DOC_ASKS, DOC_CHECKSUM))
