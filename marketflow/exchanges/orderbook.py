@@ -31,7 +31,6 @@ __all__ = [
     "book_view",
     "check_levels",
     "shared_decimal",
-    "shared_levels",
 ]
 
 DEFAULT_MAX_BUFFER = 10_000
@@ -45,7 +44,15 @@ def shared_decimal(table: dict[str, Decimal], text: str) -> Decimal:
     Raises `msgspec.DecodeError` (a decoder counts the frame malformed) for text that is not a finite
     non-negative decimal: a NaN price would make every later comparison in the book raise, and no book
     price or amount is negative. A table filled only through here holds only checked values, so a hit
-    needs no check."""
+    needs no check.
+
+    Decoders make book prices through it: a book keys its levels by price, a `Decimal` computes its hash
+    once per object, and that hash (not the dict) was most of a delta's apply cost. Prices near the touch
+    repeat message after message, so one object per price string makes every lookup after the first hit
+    a cached hash (a Bybit depth-50 delta of 13 levels: decode + apply 12.6 -> 7.3 µs CPU). Equal prices
+    written differently stay one level (the book compares values). The hot decoders build levels in one
+    comprehension, `(get(price) or shared_decimal(table, price), amount)`, amounts checked in its filter
+    with `bad_amount` (msgspec decodes `"NaN"`, `"-1"` or `"Infinity"` into a `Decimal`)."""
     value = table.get(text)
     if value is None:
         try:
@@ -63,24 +70,6 @@ def shared_decimal(table: dict[str, Decimal], text: str) -> Decimal:
 def bad_amount(amount: Decimal) -> NoReturn:
     """Refuse a book level's amount that is not a finite non-negative decimal (the frame is malformed)."""
     raise msgspec.DecodeError(f"book amount not a finite non-negative decimal: {str(amount)[:40]!r}")
-
-
-def shared_levels(table: dict[str, Decimal], raw: list[tuple[str, Decimal]]) -> list[Level]:
-    """Book levels whose prices are the shared objects of `table` (see `shared_decimal`), every amount
-    checked finite and non-negative (`msgspec` decodes `"NaN"`, `"-1"` or `"Infinity"` into a `Decimal`).
-
-    A book keys its levels by price: a `Decimal` computes its hash once per object, and that hash (not
-    the dict) was most of a delta's apply cost. Prices near the touch repeat message after message, so
-    sharing one object per price string makes every lookup after the first hit a cached hash (a Bybit
-    depth-50 delta of 13 levels: decode + apply 12.6 -> 7.3 µs CPU). Equal prices written differently
-    stay one level (the book compares values); amounts stay as decoded. The hot decoders inline this
-    comprehension (two calls a frame cost 0.25 µs); keep them alike."""
-    get = table.get
-    return [
-        (get(price) or shared_decimal(table, price), amount)
-        for price, amount in raw
-        if amount.is_finite() and not amount.is_signed() or bad_amount(amount)
-    ]
 
 
 def check_levels(levels: list[Level]) -> list[Level]:

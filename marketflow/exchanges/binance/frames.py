@@ -180,7 +180,7 @@ class _Depth(msgspec.Struct):
     E: int
     U: int
     u: int
-    b: list[tuple[str, Decimal]]  # prices made shared, checked Decimals as `shared_levels` does
+    b: list[tuple[str, Decimal]]  # prices made shared, checked Decimals by `shared_decimal`
     a: list[tuple[str, Decimal]]
     pu: int | None = None
     T: int | None = None
@@ -435,7 +435,7 @@ class FrameDecoder:
 
     def _depth(self, symbol: str, d: _Depth, recv_ts: int, out: Decoded) -> None:
         ts = (d.T if d.T is not None else d.E) * 1000
-        # `shared_levels` inlined (see there): shared checked prices, amounts checked finite and >= 0.
+        # Shared checked prices (`shared_decimal`), amounts checked finite and >= 0, in one comprehension.
         table = self._prices
         get = table.get
         bids = [

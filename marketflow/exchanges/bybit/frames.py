@@ -148,7 +148,7 @@ class _TradeFrame(msgspec.Struct):
 
 class _Book(msgspec.Struct):
     s: str
-    b: list[tuple[str, Decimal]]  # prices made shared, checked Decimals as `shared_levels` does
+    b: list[tuple[str, Decimal]]  # prices made shared, checked Decimals by `shared_decimal`
     a: list[tuple[str, Decimal]]
     u: int
     seq: int = 0
@@ -468,7 +468,7 @@ class FrameDecoder:
             self._book_topics[topic] = symbol
         # `u == 1` is a service restart: the message is a snapshot whatever its type says.
         snapshot = kind == "snapshot" or book.u == 1
-        # `shared_levels` inlined (see there): shared checked prices, amounts checked finite and >= 0.
+        # Shared checked prices (`shared_decimal`), amounts checked finite and >= 0, in one comprehension.
         table = self._book_prices
         get = table.get
         bids = [
