@@ -100,6 +100,7 @@ _books_decoder = msgspec.json.Decoder(list[_Book], strict=False)
 _TRADE_START = b'{"arg":{"channel":"trades",'
 _BOOK_START = b'{"arg":{"channel":"books'
 BOOK_CHANNELS = frozenset({"books", "books5"})
+_ZERO = Decimal(0)
 
 
 class FrameDecoder:
@@ -238,8 +239,12 @@ class FrameDecoder:
         table = self._book_decimals
         get = table.get
         try:
+            # A size "0" (a delete, a fifth of the levels) finds a falsy Decimal: named, not called for.
             return [
-                (get(x[0]) or shared_decimal(table, x[0]), get(x[1]) or shared_decimal(table, x[1]))
+                (
+                    get(x[0]) or shared_decimal(table, x[0]),
+                    get(x[1]) or (_ZERO if x[1] == "0" else shared_decimal(table, x[1])),
+                )
                 for x in raw
             ]
         except IndexError:
