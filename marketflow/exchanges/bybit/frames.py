@@ -317,7 +317,8 @@ class FrameDecoder:
         # lookups and one insert per trade, with no per-trade bookkeeping to expire old ids.
         self._seen: dict[str, _RecentIds] = {}
         self._decimals: dict[str, Decimal] = {}
-        # Book prices have their own table: every entry checked by `shared_decimal` (finite, >= 0).
+        # Book (and ticker quote) prices have their own table: every entry checked by `shared_decimal`
+        # (finite, >= 0), unlike `_decimals` (trades, funding rates: a negative value is legitimate there).
         self._book_prices: dict[str, Decimal] = {}
         self._book_topics: dict[str, str] = {}
         """`orderbook.{depth}.{native}` → normalized symbol, filled on first sight."""
@@ -396,19 +397,21 @@ class FrameDecoder:
             or last is not None
             or volume is not None
         ):
-            # Prices and sizes repeat: one shared object each. The 24 h volume changes with every trade:
-            # a fresh Decimal, kept out of the shared table (it would only crowd the book's prices out).
-            get = self._decimals.get  # a hit is one lookup (None and "0" miss and take `dec`)
+            # Prices and sizes repeat: one shared object each, the book's (its checked table). The 24 h
+            # volume changes with every trade: a fresh Decimal, kept out of the shared table (it would
+            # only crowd the book's prices out).
+            get = self._book_prices.get  # a hit is one lookup (None and "0" miss and take `quote`)
+            quote = self._quote
             ticker = Ticker(
                 self.exchange,
                 symbol,
                 ts,
                 recv_ts,
-                get(bid) or dec(bid),  # type: ignore[arg-type]
-                get(bid_size) or dec(bid_size),  # type: ignore[arg-type]
-                get(ask) or dec(ask),  # type: ignore[arg-type]
-                get(ask_size) or dec(ask_size),  # type: ignore[arg-type]
-                get(last) or dec(last),  # type: ignore[arg-type]
+                get(bid) or quote(bid),  # type: ignore[arg-type]
+                get(bid_size) or quote(bid_size),  # type: ignore[arg-type]
+                get(ask) or quote(ask),  # type: ignore[arg-type]
+                get(ask_size) or quote(ask_size),  # type: ignore[arg-type]
+                get(last) or quote(last),  # type: ignore[arg-type]
                 None if volume is None else _exact(volume),
                 snapshot,
             )
@@ -451,6 +454,10 @@ class FrameDecoder:
         ]
         out.liquidations.extend(made)
         self.counters.liquidations += len(made)
+
+    def _quote(self, text: str | None) -> Decimal | None:
+        """A ticker's price or size: the book's shared, checked object (None: not in this message)."""
+        return None if text is None else shared_decimal(self._book_prices, text)
 
     def _maybe_decimal(self, text: str | None) -> Decimal | None:
         if text is None:

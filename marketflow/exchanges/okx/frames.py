@@ -115,7 +115,8 @@ class FrameDecoder:
         """Per instId: the highest trade id seen (live or backfilled)."""
         self.last_ts: dict[str, int] = {}
         self._decimals: dict[str, Decimal] = {}
-        # Book levels have their own table: every entry checked by `shared_decimal` (finite, >= 0).
+        # Book levels (and the tickers' quotes) have their own table: every entry checked by
+        # `shared_decimal` (finite, >= 0), unlike `_decimals` (trades, funding rates may be negative).
         self._book_decimals: dict[str, Decimal] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
@@ -133,7 +134,7 @@ class FrameDecoder:
                     continue
                 if frame.startswith(TICKERS_START):
                     decode_tickers_frame(
-                        self.exchange, frame, self.symbols, self._decimals, recv_ts, out, counters
+                        self.exchange, frame, self.symbols, self._book_decimals, recv_ts, out, counters
                     )
                     continue
                 env = _envelope_decoder.decode(frame)
