@@ -161,10 +161,10 @@ class KrakenBook(BookSync):
         self._text_asks = {p: render(p, pp) + render(q, qp) for p, q in asks}
 
     def _verify(self, update: KrakenBookUpdate) -> Gap | None:
-        bids, asks = self.book.top(CHECKSUM_LEVELS)
-        text_asks = self._text_asks
-        text_bids = self._text_bids
-        got = zlib.crc32("".join([text_asks[p] for p, _ in asks] + [text_bids[p] for p, _ in bids]).encode())
+        bids, asks = self.book.top_prices(CHECKSUM_LEVELS)
+        texts = list(map(self._text_asks.__getitem__, asks))
+        texts += map(self._text_bids.__getitem__, bids)
+        got = zlib.crc32("".join(texts).encode())
         self.checksums_verified += 1
         expected = update.checksum
         if got != expected:
