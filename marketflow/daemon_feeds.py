@@ -96,9 +96,9 @@ class FeedWiring(ChildTable):
                     parsed = venue.parse_topic(feed.market, topic)
                     if parsed is not None and parsed.channel == "book":
                         native = parsed.native
-                        specs.append(
-                            BookSpec(feed.exchange, feed.market, by_native[native], native, name, topic)
-                        )
+                        symbol = by_native[native]
+                        depth = feed.book_depth
+                        specs.append(BookSpec(feed.exchange, feed.market, symbol, native, name, topic, depth))
         self.market.plan_polls(feed.name, feed.exchange, venue.markets[feed.market], feed.channels, by_native)
         return specs
 

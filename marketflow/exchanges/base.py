@@ -450,8 +450,9 @@ class Venue(Protocol):
 
     # -- books ------------------------------------------------------------------------------------
 
-    def synchronizer(self, market: str) -> Synchronizer:
-        """A fresh book state machine for one symbol (sequence rule, checksum)."""
+    def synchronizer(self, market: str, depth: int | None = None) -> Synchronizer:
+        """A fresh book state machine for one symbol (sequence rule, checksum); `depth` is the subscribed
+        book depth (the feed's `book_depth`; None: not known, a venue that needs it infers it)."""
         ...
 
     def book_recovery(self, market: str) -> BookRecovery: ...

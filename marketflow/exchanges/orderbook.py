@@ -13,7 +13,7 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable
 from decimal import Decimal
 from enum import StrEnum
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import attrs
 import msgspec
@@ -27,9 +27,10 @@ __all__ = [
     "Gap",
     "OrderBook",
     "Synchronizer",
+    "bad_amount",
     "book_view",
+    "check_levels",
     "shared_decimal",
-    "shared_levels",
 ]
 
 DEFAULT_MAX_BUFFER = 10_000
@@ -38,34 +39,49 @@ SHARED_DECIMALS_MAX = 20_000
 
 
 def shared_decimal(table: dict[str, Decimal], text: str) -> Decimal:
-    """The one shared, finite `Decimal` of `text` in `table` (made and kept on first sight).
+    """The one shared, finite, non-negative `Decimal` of `text` in `table` (made and kept on first sight).
 
     Raises `msgspec.DecodeError` (a decoder counts the frame malformed) for text that is not a finite
-    decimal: a NaN price would make every later comparison in the book raise."""
+    non-negative decimal: a NaN price would make every later comparison in the book raise, and no book
+    price or amount is negative. A table filled only through here holds only checked values, so a hit
+    needs no check.
+
+    Decoders make book prices through it: a book keys its levels by price, a `Decimal` computes its hash
+    once per object, and that hash (not the dict) was most of a delta's apply cost. Prices near the touch
+    repeat message after message, so one object per price string makes every lookup after the first hit
+    a cached hash (a Bybit depth-50 delta of 13 levels: decode + apply 12.6 -> 7.3 µs CPU). Equal prices
+    written differently stay one level (the book compares values). The hot decoders build levels in one
+    comprehension, `(get(price) or shared_decimal(table, price), amount)`, amounts checked in its filter
+    with `bad_amount` (msgspec decodes `"NaN"`, `"-1"` or `"Infinity"` into a `Decimal`)."""
     value = table.get(text)
     if value is None:
         try:
             value = Decimal(text)
         except ArithmeticError:
             raise msgspec.DecodeError(f"not a decimal: {text[:40]!r}") from None
-        if not value.is_finite():
-            raise msgspec.DecodeError(f"not a finite decimal: {text[:40]!r}")
+        if not value.is_finite() or value.is_signed():
+            raise msgspec.DecodeError(f"not a finite non-negative decimal: {text[:40]!r}")
         if len(table) >= SHARED_DECIMALS_MAX:
             table.clear()
         table[text] = value
     return value
 
 
-def shared_levels(table: dict[str, Decimal], raw: list[tuple[str, Decimal]]) -> list[Level]:
-    """Book levels whose prices are the shared objects of `table` (see `shared_decimal`).
+def bad_amount(amount: Decimal) -> NoReturn:
+    """Refuse a book level's amount that is not a finite non-negative decimal (the frame is malformed)."""
+    raise msgspec.DecodeError(f"book amount not a finite non-negative decimal: {str(amount)[:40]!r}")
 
-    A book keys its levels by price: a `Decimal` computes its hash once per object, and that hash (not
-    the dict) was most of a delta's apply cost. Prices near the touch repeat message after message, so
-    sharing one object per price string makes every lookup after the first hit a cached hash (a Bybit
-    depth-50 delta of 13 levels: decode + apply 12.6 -> 7.3 µs CPU). Equal prices written differently
-    stay one level (the book compares values); amounts stay as decoded."""
-    get = table.get
-    return [(get(price) or shared_decimal(table, price), amount) for price, amount in raw]
+
+def check_levels(levels: list[Level]) -> list[Level]:
+    """`levels` when every price and amount is a finite non-negative decimal, else `msgspec.DecodeError`:
+    for levels decoded straight into `Decimal` (JSON numbers, REST snapshots), where `"NaN"` or `-1`
+    would otherwise reach the book."""
+    for price, amount in levels:
+        if not price.is_finite() or price.is_signed():
+            raise msgspec.DecodeError(f"book price not a finite non-negative decimal: {str(price)[:40]!r}")
+        if not amount.is_finite() or amount.is_signed():
+            bad_amount(amount)
+    return levels
 
 
 class _Side:

@@ -41,6 +41,8 @@ class BookSpec:
     native: str
     feed: str  # the connection that carries its updates
     topic: str
+    depth: int | None = None
+    """The subscribed book depth (the feed's `book_depth`), for venues whose messages do not say it."""
 
 
 @attrs.frozen
@@ -74,8 +76,8 @@ class KeeperStatistics:
     snapshots_written: int
 
 
-def make_synchronizer(exchange: str, market: str) -> Synchronizer:
-    return exchanges.venue(exchange).synchronizer(market)
+def make_synchronizer(spec: BookSpec) -> Synchronizer:
+    return exchanges.venue(spec.exchange).synchronizer(spec.market, spec.depth)
 
 
 class LiveBooks:
@@ -86,7 +88,7 @@ class LiveBooks:
         self.ledger = ledger
         self.specs = {(s.exchange, s.symbol): s for s in specs}
         self.books: dict[tuple[str, str], Synchronizer] = {
-            key: make_synchronizer(s.exchange, s.market) for key, s in self.specs.items()
+            key: make_synchronizer(s) for key, s in self.specs.items()
         }
         self.updated: dict[tuple[str, str], int] = {}
         self.open_gaps: dict[tuple[str, str], GapRecord] = {}
@@ -131,7 +133,7 @@ class LiveBooks:
         for spec in specs:
             key = (spec.exchange, spec.symbol)
             self.specs[key] = spec
-            self.books[key] = make_synchronizer(spec.exchange, spec.market)
+            self.books[key] = make_synchronizer(spec)
 
     def remove_feed(self, feed: str) -> None:
         """Forget the books carried by a connection that is going away."""

@@ -211,6 +211,25 @@ def test_a_depth_price_that_is_no_finite_decimal_rejects_the_event(bad: str) -> 
     assert len(out.books) == 1 and decoder.counters.malformed == 1
 
 
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-inf", "sNaN", "-100", "-0"])
+def test_a_depth_amount_that_is_no_finite_non_negative_decimal_rejects_the_event(bad: str) -> None:
+    # msgspec decodes "NaN" or "-100" into a Decimal amount: the decoder refuses the event itself.
+    frame = USDM_DEPTH.replace(b'"100"', json.dumps(bad).encode(), 1)
+    assert frame != USDM_DEPTH
+    out, decoder = decode("usdm", [frame, USDM_DEPTH])
+    assert len(out.books) == 1 and decoder.counters.malformed == 1
+    assert "book amount not a finite non-negative decimal" in (decoder.counters.last_error or "")
+
+
+@pytest.mark.parametrize("bad", ['"NaN"', '"-1"', '"Infinity"'])
+@pytest.mark.parametrize("where", [0, 1])
+def test_a_rest_snapshot_with_a_bad_level_is_refused_with_the_reason(bad: str, where: int) -> None:
+    level = [bad, '"1"'] if where == 0 else ['"0.0024"', bad]
+    body = f'{{"lastUpdateId":7,"bids":[[{level[0]},{level[1]}]],"asks":[]}}'.encode()
+    with pytest.raises(ValueError, match="not a finite non-negative decimal"):
+        binance.parse_rest_depth(body, "binance", "BTC-USDT", 5)
+
+
 def test_depth_frames_decode_alike_whatever_the_key_order() -> None:
     # The usual order takes the one-pass path; data before stream takes the envelope path: same update.
     doc = json.loads(USDM_DEPTH)

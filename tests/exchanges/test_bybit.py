@@ -324,6 +324,30 @@ def test_a_book_price_that_is_no_finite_decimal_rejects_the_frame(bad: str) -> N
     assert "decimal" in (decoder.counters.last_error or "")
 
 
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-inf", "sNaN", "-0.5", "-0"])
+@pytest.mark.parametrize("where", ["price", "amount"])
+def test_a_book_level_that_is_no_finite_non_negative_decimal_rejects_the_frame(bad: str, where: str) -> None:
+    # msgspec decodes "NaN", "-1" or "Infinity" into a Decimal: the decoder refuses them itself.
+    decoder = bybit.FrameDecoder("bybit", "spot", {"ETHUSDT": "ETH-USDT"})
+    data = json.loads(SPOT_BOOK_DELTA)
+    data["data"]["b"][0][0 if where == "price" else 1] = bad
+    frame = json.dumps(data, separators=(",", ":")).encode()
+    assert frame.startswith(b'{"topic":"orderbook.')  # the one-pass path
+    out = Decoded()
+    decoder.decode([frame, SPOT_BOOK_DELTA], 9, out)
+    assert len(out.books) == 1 and decoder.counters.malformed == 1
+    assert "non-negative decimal" in (decoder.counters.last_error or "")
+
+
+def test_a_negative_trade_price_does_not_reach_the_book_through_the_shared_table() -> None:
+    # Book prices have their own checked table: a trade string kept elsewhere is never taken unchecked.
+    decoder = bybit.FrameDecoder("bybit", "spot", {"ETHUSDT": "ETH-USDT"})
+    decoder._decimals["-2191.2"] = Decimal("-2191.2")
+    out = Decoded()
+    decoder.decode([SPOT_BOOK_DELTA.replace(b'"2191.2"', b'"-2191.2"')], 9, out)
+    assert out.books == [] and decoder.counters.malformed == 1
+
+
 def test_book_frames_decode_alike_whatever_the_key_order() -> None:
     # The usual order takes the one-pass path; any other order the envelope path: same update.
     reordered = json.dumps({k: json.loads(SPOT_BOOK_DELTA)[k] for k in ("data", "type", "ts", "topic")})

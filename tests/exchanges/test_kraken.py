@@ -259,6 +259,18 @@ def test_malformed_and_unknown_frames_are_counted_never_raised() -> None:
     assert (c.malformed, c.ignored, c.unknown_topics) == (4, 3, 1)
 
 
+@pytest.mark.parametrize("bad", ['"NaN"', '"Infinity"', "-1.5", '"-0"'])
+@pytest.mark.parametrize("where", ["price", "qty"])
+def test_a_book_level_that_is_no_finite_non_negative_decimal_rejects_the_frame(bad: str, where: str) -> None:
+    # Levels decode straight into Decimal, which takes "NaN" or a negative number: checked before use.
+    decoder = FrameDecoder("kraken", "spot", SYMBOLS)
+    level = (bad, "1.5") if where == "price" else ("100.5", bad)
+    good = book_frame("BTC/USD", [("100.5", "1")], [], 0)
+    out = decode(decoder, book_frame("BTC/USD", [level], [], 0), good)
+    assert len(out.books) == 1 and decoder.counters.malformed == 1
+    assert "not a finite non-negative decimal" in (decoder.counters.last_error or "")
+
+
 def test_timestamps_are_read_to_the_microsecond() -> None:
     assert timestamp_us(TS) == TS_US
     assert timestamp_us("2023-10-06T17:35:55Z") == TS_US - 440295
@@ -329,6 +341,23 @@ def test_updates_apply_truncate_to_depth_and_check_every_message() -> None:
     assert book.state is BookState.SYNCED
     assert book.book.top(20) == (levels(new_bids), levels(new_asks))
     assert book.checksums_verified == 2
+
+
+def test_the_subscribed_depth_holds_when_the_snapshot_is_thinner() -> None:
+    # A 10-level snapshot of a depth-25 subscription: the book has only 10 levels now. Inferred from the
+    # snapshot, the depth would be 10 and a level arriving below them would be cut; given, it is kept.
+    deeper = [("45270.0", "1.00000000")]  # below every bid: outside the checksum's top 10
+    given = VENUE.synchronizer("spot", 25)
+    inferred = VENUE.synchronizer("spot")
+    assert isinstance(given, KrakenBook) and isinstance(inferred, KrakenBook)
+    for book in (given, inferred):
+        assert book.on_update(updates(True, DOC_BIDS, DOC_ASKS, DOC_CHECKSUM)) is None
+        assert book.on_update(updates(False, deeper, [], DOC_CHECKSUM)) is None
+        assert book.state is BookState.SYNCED
+    assert (given.depth, given.book.depth()) == (25, (11, 10))
+    assert (inferred.depth, inferred.book.depth()) == (10, (10, 10))
+    with pytest.raises(ValueError, match="kraken book depth must be one of"):
+        VENUE.synchronizer("spot", 30)
 
 
 def test_a_mismatch_discards_the_book_and_the_next_snapshot_resyncs() -> None:

@@ -268,6 +268,58 @@ def test_a_wrong_checksum_is_a_gap_and_zero_is_not_checked() -> None:
     assert book_view(book) is None
 
 
+def test_a_book_whose_snapshot_carries_no_checksum_keeps_no_strings_and_applies_alike() -> None:
+    # Live OKX sends checksum 0 since 2026-06: the `px:sz` strings are then not kept (half the apply cost).
+    bids = [["100", "2", "0", "1"], ["99", "1", "0", "1"]]
+    asks = [["101", "1", "0", "1"]]
+    snap, up = books(
+        book_frame("BTC-USDT", "snapshot", bids, asks, seq=1, prev=-1),
+        book_frame("BTC-USDT", "update", [["99", "0", "0", "0"]], [["102", "5", "0", "1"]], seq=2, prev=1),
+    )
+    book = OkxBook()
+    assert book.on_update(snap) is None and book.on_update(up) is None
+    assert (book._raw_bids, book._raw_asks, book.checksums_verified) == ({}, {}, 0)
+    assert book_view(book) == (
+        [(Decimal("100"), Decimal("2"))],
+        [(Decimal("101"), Decimal("1")), (Decimal("102"), Decimal("5"))],
+    )
+
+
+def test_a_checksum_after_a_snapshot_without_one_resyncs_once_then_is_verified() -> None:
+    # The strings were not kept since that snapshot: the book cannot verify, so it resyncs, and keeps them
+    # from the next snapshot on even when that one carries no checksum either (no resync loop).
+    bids = [["100", "2", "0", "1"]]
+    asks = [["101", "1", "0", "1"]]
+    after = signed("100:3:101:1")
+    snap, up, snap2, up2, wrong = books(
+        book_frame("BTC-USDT", "snapshot", bids, asks, seq=1, prev=-1),
+        book_frame("BTC-USDT", "update", [["100", "3", "0", "1"]], [], seq=2, prev=1, checksum=after),
+        book_frame("BTC-USDT", "snapshot", bids, asks, seq=5, prev=-1),
+        book_frame("BTC-USDT", "update", [["100", "3", "0", "1"]], [], seq=6, prev=5, checksum=after),
+        book_frame("BTC-USDT", "update", [["100", "4", "0", "1"]], [], seq=7, prev=6, checksum=after),
+    )
+    book = OkxBook()
+    assert book.on_update(snap) is None
+    gap = book.on_update(up)
+    assert gap is not None and "the snapshot carried none" in gap.reason
+    assert book.state is BookState.RESYNCING and book.checksum_failures == 0
+    assert book.on_update(snap2) is None and book.on_update(up2) is None
+    assert book.checksums_verified == 1 and book.state is BookState.SYNCED
+    wrong_gap = book.on_update(wrong)
+    assert wrong_gap is not None and book.checksum_failures == 1
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-inf", "sNaN", "-1", "-0", "1x", ""])
+@pytest.mark.parametrize("where", ["price", "size"])
+def test_a_book_level_that_is_no_finite_non_negative_decimal_rejects_the_frame(bad: str, where: str) -> None:
+    decoder = FrameDecoder("okx", "spot", SYMBOLS)
+    level = [bad, "1", "0", "1"] if where == "price" else ["99", bad, "0", "1"]
+    good = book_frame("BTC-USDT", "update", [["99", "1", "0", "1"]], [], seq=2, prev=1)
+    out = decode(decoder, book_frame("BTC-USDT", "update", [level], [], seq=2, prev=1), good)
+    assert len(out.books) == 1 and decoder.counters.malformed == 1
+    assert "decimal" in (decoder.counters.last_error or "")
+
+
 def test_messages_without_seq_ids_are_checked_by_checksum_alone() -> None:
     snap, up, bad = books(
         book_frame("BTC-USDT", "snapshot", [["100", "2"]], [["101", "1"]], checksum=signed("100:2:101:1")),

@@ -72,6 +72,15 @@ def test_bybit_ticker_volumes_do_not_crowd_the_books_prices_out_of_the_shared_ta
     assert tickers[-1].bid is bid_price
 
 
+@pytest.mark.parametrize("bad", [b"-64999.90", b"NaN"])
+def test_bybit_ticker_quote_that_no_book_could_hold_is_malformed(bad: bytes) -> None:
+    # Quotes share the book's checked table: a negative or NaN bid never enters it (nor the book).
+    decoder = bybit.VENUE.decoder("linear", {"BTCUSDT": "BTC-USDT-PERP"})
+    out = _bybit_decode(decoder, [(BYBIT_TICKER % 1).replace(b"64999.90", bad), BYBIT_BOOK])
+    assert (out.tickers, decoder.counters.malformed, len(out.books)) == ([], 1, 1)
+    assert "non-negative" in (decoder.counters.last_error or "")
+
+
 def test_bybit_bad_volume_on_the_one_pass_path_is_malformed() -> None:
     decoder = bybit.VENUE.decoder("linear", {"BTCUSDT": "BTC-USDT-PERP"})
     out = _bybit_decode(decoder, [BYBIT_TICKER.replace(b"%d.125", b"NaN")])

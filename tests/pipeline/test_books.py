@@ -761,3 +761,20 @@ def test_usdm_bridging_applies_to_events_arriving_after_the_snapshot() -> None:
     assert sync.on_update(upd(100, 104, 99, bids=[("6", "1")])) is None
     assert sync.on_update(upd(107, 108, 104)) is None
     assert shown(sync.book.levels()[0]) == [("6", "1"), ("1", "1")] and sync.last_id == 108
+
+
+def test_live_books_make_each_synchronizer_at_its_feeds_subscribed_depth() -> None:
+    # Kraken's messages do not say the depth subscribed: the keeper's books get the feed's `book_depth`.
+    from marketflow.exchanges.kraken import KrakenBook
+    from marketflow.pipeline.bookkeeper import BookSpec, LiveBooks
+    from marketflow.pipeline.gaps import GapLedger
+
+    spec = BookSpec("kraken", "spot", "BTC-USD", "BTC/USD", "kraken-spot", "book:BTC/USD", 100)
+    live = LiveBooks([spec], GapLedger())
+    live.add_specs([attrs.evolve(spec, symbol="ETH-USD", native="ETH/USD", topic="book:ETH/USD", depth=25)])
+    books = live.books
+    assert all(isinstance(sync, KrakenBook) for sync in books.values())
+    assert {key: sync.depth for key, sync in books.items() if isinstance(sync, KrakenBook)} == {
+        ("kraken", "BTC-USD"): 100,
+        ("kraken", "ETH-USD"): 25,
+    }

@@ -164,7 +164,7 @@ class BinanceVenue(CompactSymbolVenue):
     def decoder(self, market: str, symbols: Mapping[str, str]) -> FrameDecoder:
         return FrameDecoder(EXCHANGE, market, dict(symbols))
 
-    def synchronizer(self, market: str) -> Synchronizer:
+    def synchronizer(self, market: str, depth: int | None = None) -> Synchronizer:
         return BinanceUsdmBook() if self._market(market).name == "usdm" else BinanceSpotBook()
 
     def book_recovery(self, market: str) -> BookRecovery:

@@ -30,7 +30,7 @@ from marketflow.exchanges.base import (
     TradeGap,
     UnknownControl,
 )
-from marketflow.exchanges.orderbook import shared_decimal, shared_levels
+from marketflow.exchanges.orderbook import bad_amount, shared_decimal
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
@@ -180,7 +180,7 @@ class _Depth(msgspec.Struct):
     E: int
     U: int
     u: int
-    b: list[tuple[str, Decimal]]  # prices made shared Decimals by `shared_levels`
+    b: list[tuple[str, Decimal]]  # prices made shared, checked Decimals by `shared_decimal`
     a: list[tuple[str, Decimal]]
     pu: int | None = None
     T: int | None = None
@@ -435,9 +435,19 @@ class FrameDecoder:
 
     def _depth(self, symbol: str, d: _Depth, recv_ts: int, out: Decoded) -> None:
         ts = (d.T if d.T is not None else d.E) * 1000
-        prices = self._prices
-        bids = shared_levels(prices, d.b)
-        asks = shared_levels(prices, d.a)
+        # Shared checked prices (`shared_decimal`), amounts checked finite and >= 0, in one comprehension.
+        table = self._prices
+        get = table.get
+        bids = [
+            (get(price) or shared_decimal(table, price), amount)
+            for price, amount in d.b
+            if amount.is_finite() and not amount.is_signed() or bad_amount(amount)
+        ]
+        asks = [
+            (get(price) or shared_decimal(table, price), amount)
+            for price, amount in d.a
+            if amount.is_finite() and not amount.is_signed() or bad_amount(amount)
+        ]
         out.books.append(BookUpdate(self.exchange, symbol, False, d.U, d.u, d.pu, bids, asks, ts, recv_ts))
         self.counters.book_updates += 1
 

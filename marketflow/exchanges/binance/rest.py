@@ -13,6 +13,7 @@ import msgspec
 
 from marketflow.exchanges.base import Decoded, Fetch, RestBudget, RestPoll, RestRequest, TradeGap
 from marketflow.exchanges.binance.frames import EXCHANGE, AggTrade
+from marketflow.exchanges.orderbook import check_levels
 from marketflow.model import BookUpdate, DerivativesTick, Level, Trade, now_us
 
 AGG_TRADES_PAGE = 1000
@@ -42,12 +43,12 @@ def parse_rest_depth(body: bytes, exchange: str, symbol: str, recv_ts: int) -> B
     """`GET /api/v3/depth` (or `/fapi/v1/depth`) → a snapshot `BookUpdate` with `lastUpdateId` as its ids."""
     try:
         d = msgspec.json.decode(body, type=_RestDepth)
+        bids = check_levels(d.bids)
+        asks = check_levels(d.asks)
     except msgspec.DecodeError as exc:
         raise ValueError(f"binance depth snapshot not understood: {exc}") from exc
     ts = (d.T or d.E or recv_ts // 1000) * 1000
-    return BookUpdate(
-        exchange, symbol, True, d.lastUpdateId, d.lastUpdateId, None, d.bids, d.asks, ts, recv_ts
-    )
+    return BookUpdate(exchange, symbol, True, d.lastUpdateId, d.lastUpdateId, None, bids, asks, ts, recv_ts)
 
 
 DEPTH_PATH = {"spot": "/api/v3/depth", "usdm": "/fapi/v1/depth"}

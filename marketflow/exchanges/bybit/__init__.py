@@ -149,7 +149,7 @@ class BybitVenue(CompactSymbolVenue, ResubscribedBooks):
         self._market(market)
         return FrameDecoder(EXCHANGE, market, dict(symbols))
 
-    def synchronizer(self, market: str) -> Synchronizer:
+    def synchronizer(self, market: str, depth: int | None = None) -> Synchronizer:
         return BybitBook()
 
     def fill_gap(self, gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:

@@ -28,7 +28,7 @@ from marketflow.exchanges.base import (
     SubscribeRequest,
     UnknownControl,
 )
-from marketflow.exchanges.orderbook import shared_levels
+from marketflow.exchanges.orderbook import bad_amount, shared_decimal
 from marketflow.exchanges.venue_base import ResubscribingSession, count_malformed
 from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
@@ -148,7 +148,7 @@ class _TradeFrame(msgspec.Struct):
 
 class _Book(msgspec.Struct):
     s: str
-    b: list[tuple[str, Decimal]]  # prices made shared Decimals by `shared_levels`
+    b: list[tuple[str, Decimal]]  # prices made shared, checked Decimals by `shared_decimal`
     a: list[tuple[str, Decimal]]
     u: int
     seq: int = 0
@@ -317,6 +317,11 @@ class FrameDecoder:
         # lookups and one insert per trade, with no per-trade bookkeeping to expire old ids.
         self._seen: dict[str, _RecentIds] = {}
         self._decimals: dict[str, Decimal] = {}
+        # Book (and ticker quote) prices have their own table: every entry checked by `shared_decimal`
+        # (finite, >= 0), unlike `_decimals` (trades, funding rates: a negative value is legitimate there).
+        self._book_prices: dict[str, Decimal] = {}
+        self._book_topics: dict[str, str] = {}
+        """`orderbook.{depth}.{native}` → normalized symbol, filled on first sight."""
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
@@ -392,19 +397,21 @@ class FrameDecoder:
             or last is not None
             or volume is not None
         ):
-            # Prices and sizes repeat: one shared object each. The 24 h volume changes with every trade:
-            # a fresh Decimal, kept out of the shared table (it would only crowd the book's prices out).
-            get = self._decimals.get  # a hit is one lookup (None and "0" miss and take `dec`)
+            # Prices and sizes repeat: one shared object each, the book's (its checked table). The 24 h
+            # volume changes with every trade: a fresh Decimal, kept out of the shared table (it would
+            # only crowd the book's prices out).
+            get = self._book_prices.get  # a hit is one lookup (None and "0" miss and take `quote`)
+            quote = self._quote
             ticker = Ticker(
                 self.exchange,
                 symbol,
                 ts,
                 recv_ts,
-                get(bid) or dec(bid),  # type: ignore[arg-type]
-                get(bid_size) or dec(bid_size),  # type: ignore[arg-type]
-                get(ask) or dec(ask),  # type: ignore[arg-type]
-                get(ask_size) or dec(ask_size),  # type: ignore[arg-type]
-                get(last) or dec(last),  # type: ignore[arg-type]
+                get(bid) or quote(bid),  # type: ignore[arg-type]
+                get(bid_size) or quote(bid_size),  # type: ignore[arg-type]
+                get(ask) or quote(ask),  # type: ignore[arg-type]
+                get(ask_size) or quote(ask_size),  # type: ignore[arg-type]
+                get(last) or quote(last),  # type: ignore[arg-type]
                 None if volume is None else _exact(volume),
                 snapshot,
             )
@@ -448,6 +455,10 @@ class FrameDecoder:
         out.liquidations.extend(made)
         self.counters.liquidations += len(made)
 
+    def _quote(self, text: str | None) -> Decimal | None:
+        """A ticker's price or size: the book's shared, checked object (None: not in this message)."""
+        return None if text is None else shared_decimal(self._book_prices, text)
+
     def _maybe_decimal(self, text: str | None) -> Decimal | None:
         if text is None:
             return None
@@ -455,15 +466,28 @@ class FrameDecoder:
         return self._decimal(text) if value is None else value
 
     def _book(self, topic: str, kind: str, ts: int, book: _Book, recv_ts: int, out: Decoded) -> None:
-        symbol = self.symbols.get(topic.rpartition(".")[2])
+        symbol = self._book_topics.get(topic)
         if symbol is None:
-            self.counters.unknown_topics += 1
-            return
+            symbol = self.symbols.get(topic.rpartition(".")[2])
+            if symbol is None:
+                self.counters.unknown_topics += 1
+                return
+            self._book_topics[topic] = symbol
         # `u == 1` is a service restart: the message is a snapshot whatever its type says.
         snapshot = kind == "snapshot" or book.u == 1
-        prices = self._decimals
-        bids = shared_levels(prices, book.b)
-        asks = shared_levels(prices, book.a)
+        # Shared checked prices (`shared_decimal`), amounts checked finite and >= 0, in one comprehension.
+        table = self._book_prices
+        get = table.get
+        bids = [
+            (get(price) or shared_decimal(table, price), amount)
+            for price, amount in book.b
+            if amount.is_finite() and not amount.is_signed() or bad_amount(amount)
+        ]
+        asks = [
+            (get(price) or shared_decimal(table, price), amount)
+            for price, amount in book.a
+            if amount.is_finite() and not amount.is_signed() or bad_amount(amount)
+        ]
         out.books.append(
             BookUpdate(self.exchange, symbol, snapshot, book.u, book.u, None, bids, asks, ts * 1000, recv_ts)
         )

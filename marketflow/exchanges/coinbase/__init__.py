@@ -149,7 +149,7 @@ class CoinbaseVenue(VenueBase, ResubscribedBooks):
         check_market(market)
         return FrameDecoder(EXCHANGE, market, dict(symbols))
 
-    def synchronizer(self, market: str) -> Synchronizer:
+    def synchronizer(self, market: str, depth: int | None = None) -> Synchronizer:
         check_market(market)
         return CoinbaseBook()
 

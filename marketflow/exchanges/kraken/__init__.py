@@ -150,9 +150,9 @@ class KrakenVenue(VenueBase, ResubscribedBooks):
         self._market(market)
         return FrameDecoder(EXCHANGE, market, dict(symbols))
 
-    def synchronizer(self, market: str) -> Synchronizer:
+    def synchronizer(self, market: str, depth: int | None = None) -> Synchronizer:
         self._market(market)
-        return KrakenBook()
+        return KrakenBook(depth)
 
     async def fill_gap(self, gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:
         """Pages of `/0/public/Trades` from just before the last trade seen, until the gap is covered."""

@@ -14,10 +14,11 @@ channel). Until they are known a book is kept but not served: it stays WAITING a
 first message whose checksum matches. A mismatch discards the book (a `Gap`); the keeper resubscribes the
 symbol alone, which brings a fresh snapshot at the same depth.
 
-Depth: messages do not say which depth was subscribed. A snapshot holds `min(depth, levels the venue has)`
-per side, so the depth is the smallest allowed one holding the snapshot's longer side. A thin book below a
-smaller allowed depth is truncated too early; the book stays an exact prefix of the venue's, and if it
-thins into the top 10 the checksum fails and the new snapshot (deeper by then) corrects the depth.
+Depth: messages do not say which depth was subscribed; the keeper passes the feed's `book_depth`. Without
+it (a book made alone) the depth is inferred: a snapshot holds `min(depth, levels the venue has)` per side,
+so it is the smallest allowed one holding the snapshot's longer side. A thin book below a smaller allowed
+depth is then truncated too early; the book stays an exact prefix of the venue's, and if it thins into
+the top 10 the checksum fails and the new snapshot (deeper by then) corrects the depth.
 
 A checksum that keeps failing must not make a resubscribe loop: after `MAX_FAILURES` consecutive failures
 the book waits `RETRY_BASE_US` (doubling up to `RETRY_MAX_US`, counted in the messages' receive times)
@@ -69,9 +70,13 @@ def depth_for(levels: int) -> int:
 class KrakenBook(BookSync):
     """One Kraken pair's book under the checksum rule (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, depth: int | None = None) -> None:
         super().__init__()
-        self.depth = DEPTHS[0]
+        if depth is not None and depth not in DEPTHS:
+            raise ValueError(f"kraken book depth must be one of {list(DEPTHS)}, got {depth}")
+        self.subscribed_depth = depth
+        """The depth subscribed (None: inferred from each snapshot, see the module docstring)."""
+        self.depth = DEPTHS[0] if depth is None else depth
         self.checksums_verified = 0
         self.checksum_failures = 0
         self.consecutive_failures = 0
@@ -107,7 +112,8 @@ class KrakenBook(BookSync):
         if update.snapshot:
             self._resyncing = self._resyncing or self.state is BookState.RESYNCING
             book.replace(update.bids, update.asks)
-            self.depth = depth_for(max(len(update.bids), len(update.asks)))
+            if self.subscribed_depth is None:
+                self.depth = depth_for(max(len(update.bids), len(update.asks)))
             book.truncate(self.depth)
             self._id = update.last_id
             self._snapshots += 1
@@ -155,10 +161,10 @@ class KrakenBook(BookSync):
         self._text_asks = {p: render(p, pp) + render(q, qp) for p, q in asks}
 
     def _verify(self, update: KrakenBookUpdate) -> Gap | None:
-        bids, asks = self.book.top(CHECKSUM_LEVELS)
-        text_asks = self._text_asks
-        text_bids = self._text_bids
-        got = zlib.crc32("".join([text_asks[p] for p, _ in asks] + [text_bids[p] for p, _ in bids]).encode())
+        bids, asks = self.book.top_prices(CHECKSUM_LEVELS)
+        texts = list(map(self._text_asks.__getitem__, asks))
+        texts += map(self._text_bids.__getitem__, bids)
+        got = zlib.crc32("".join(texts).encode())
         self.checksums_verified += 1
         expected = update.checksum
         if got != expected:

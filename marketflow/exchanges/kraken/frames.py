@@ -34,8 +34,9 @@ from marketflow.exchanges.base import (
     UnknownControl,
 )
 from marketflow.exchanges.kraken.book import KrakenBookUpdate
+from marketflow.exchanges.orderbook import check_levels
 from marketflow.exchanges.venue_base import count_malformed
-from marketflow.model import Level, Ticker, Trade
+from marketflow.model import Ticker, Trade
 
 DEFAULT_WS = "wss://ws.kraken.com/v2"
 TRADE = "trade"
@@ -358,8 +359,8 @@ class FrameDecoder:
             count = self._book_messages.get(book.symbol, 0) + 1
             self._book_messages[book.symbol] = count
             pp, qp = self.precisions.get(book.symbol, (-1, -1))
-            bids: list[Level] = [(level.price, level.qty) for level in book.bids]
-            asks: list[Level] = [(level.price, level.qty) for level in book.asks]
+            bids = check_levels([(level.price, level.qty) for level in book.bids])
+            asks = check_levels([(level.price, level.qty) for level in book.asks])
             made.append(
                 KrakenBookUpdate(
                     self.exchange,

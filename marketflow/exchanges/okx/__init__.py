@@ -198,7 +198,7 @@ class OkxVenue(VenueBase, ResubscribedBooks):
         self._market(market)
         return FrameDecoder(EXCHANGE, market, dict(symbols))
 
-    def synchronizer(self, market: str) -> Synchronizer:
+    def synchronizer(self, market: str, depth: int | None = None) -> Synchronizer:
         self._market(market)
         return OkxBook()
 

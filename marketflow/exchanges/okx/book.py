@@ -17,7 +17,10 @@ without `seqId`/`prevSeqId` (older servers, recorded traffic) is checked by its 
 Exactness and speed: the `OrderBook` keeps `Decimal`s (which forget how a price was written: `65000.10`
 and `65000.1` are one level), so next to it this book keeps, per side, price → `px:sz` exactly as
 received. An update costs one concatenation and one dict store per level it changes; a checksum reads the
-top 25 prices of the `OrderBook` and joins their strings — no formatting, no float.
+top 25 prices of the `OrderBook` and joins their strings — no formatting, no float. Those strings are kept
+only from a snapshot that carries a checksum (half the apply cost; live OKX sends 0): if a non-zero one
+then arrives on a book whose snapshot had none, the book cannot verify it, so it resyncs once and keeps
+the strings from the next snapshot on, whatever that one carries.
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ class OkxBook(BookSync):
         super().__init__()
         self._raw_bids: dict[Decimal, str] = {}
         self._raw_asks: dict[Decimal, str] = {}
+        self._keep_raw = False
+        """The `px:sz` strings are kept since the last snapshot (it carried a checksum, or one was seen)."""
+        self._checksums_seen = False
+        """A non-zero checksum came on this book once: keep the strings from every later snapshot."""
         self.keepalives = 0
         self.seq_resets = 0
         self.checksums_verified = 0
@@ -79,6 +86,7 @@ class OkxBook(BookSync):
         super().reset()
         self._raw_bids = {}
         self._raw_asks = {}
+        self._keep_raw = False
 
     def on_snapshot(self, update: BookUpdate) -> Gap | None:
         return self.on_update(update)
@@ -89,8 +97,10 @@ class OkxBook(BookSync):
         if update.snapshot:
             self._raw_bids = {}
             self._raw_asks = {}
-            _apply_raw(self._raw_bids, update.bids, update.raw_bids)
-            _apply_raw(self._raw_asks, update.asks, update.raw_asks)
+            self._keep_raw = keep = self._checksums_seen or bool(update.checksum)
+            if keep:
+                _apply_raw(self._raw_bids, update.bids, update.raw_bids)
+                _apply_raw(self._raw_asks, update.asks, update.raw_asks)
             gap = self._set_snapshot(update)
             return gap if gap is not None else self._verify(update)
         if self.state is not BookState.SYNCED:
@@ -108,8 +118,9 @@ class OkxBook(BookSync):
                 self.seq_resets += 1
             elif prev != self._id:
                 return self._fail(f"prevSeqId {prev} is not the last seqId {self._id}", update)
-        _apply_raw(self._raw_bids, update.bids, update.raw_bids)
-        _apply_raw(self._raw_asks, update.asks, update.raw_asks)
+        if self._keep_raw:
+            _apply_raw(self._raw_bids, update.bids, update.raw_bids)
+            _apply_raw(self._raw_asks, update.asks, update.raw_asks)
         gap = self._apply(update)
         return gap if gap is not None else self._verify(update)
 
@@ -117,10 +128,15 @@ class OkxBook(BookSync):
         expected = update.checksum
         if not expected:
             return None
+        if not self._keep_raw:
+            self._checksums_seen = True
+            return self._fail(
+                f"checksum {expected} sent with seqId {update.last_id}, but the snapshot carried none: "
+                "resyncing to verify from the next snapshot",
+                update,
+            )
         bids, asks = self.book.top_prices(CHECKSUM_LEVELS)
-        raw_bids = self._raw_bids
-        raw_asks = self._raw_asks
-        got = _crc([raw_bids[p] for p in bids], [raw_asks[p] for p in asks])
+        got = _crc(list(map(self._raw_bids.__getitem__, bids)), list(map(self._raw_asks.__getitem__, asks)))
         self.checksums_verified += 1
         if got != expected:
             self.checksum_failures += 1
@@ -132,4 +148,5 @@ class OkxBook(BookSync):
     def _fail(self, reason: str, update: BookUpdate) -> Gap:
         self._raw_bids = {}
         self._raw_asks = {}
+        self._keep_raw = False
         return super()._fail(reason, update)

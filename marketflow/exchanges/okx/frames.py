@@ -100,6 +100,7 @@ _books_decoder = msgspec.json.Decoder(list[_Book], strict=False)
 _TRADE_START = b'{"arg":{"channel":"trades",'
 _BOOK_START = b'{"arg":{"channel":"books'
 BOOK_CHANNELS = frozenset({"books", "books5"})
+_ZERO = Decimal(0)
 
 
 class FrameDecoder:
@@ -114,6 +115,9 @@ class FrameDecoder:
         """Per instId: the highest trade id seen (live or backfilled)."""
         self.last_ts: dict[str, int] = {}
         self._decimals: dict[str, Decimal] = {}
+        # Book levels (and the tickers' quotes) have their own table: every entry checked by
+        # `shared_decimal` (finite, >= 0), unlike `_decimals` (trades, funding rates may be negative).
+        self._book_decimals: dict[str, Decimal] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
@@ -130,7 +134,7 @@ class FrameDecoder:
                     continue
                 if frame.startswith(TICKERS_START):
                     decode_tickers_frame(
-                        self.exchange, frame, self.symbols, self._decimals, recv_ts, out, counters
+                        self.exchange, frame, self.symbols, self._book_decimals, recv_ts, out, counters
                     )
                     continue
                 env = _envelope_decoder.decode(frame)
@@ -233,11 +237,15 @@ class FrameDecoder:
     def _levels(self, raw: list[list[str]]) -> list[Level]:
         """Exact levels; prices and sizes are one shared Decimal per distinct string (`shared_decimal`:
         a book lookup then reuses the price's hash; one comprehension, no call per level unless new)."""
-        table = self._decimals
+        table = self._book_decimals
         get = table.get
         try:
+            # A size "0" (a delete, a fifth of the levels) finds a falsy Decimal: named, not called for.
             return [
-                (get(x[0]) or shared_decimal(table, x[0]), get(x[1]) or shared_decimal(table, x[1]))
+                (
+                    get(x[0]) or shared_decimal(table, x[0]),
+                    get(x[1]) or (_ZERO if x[1] == "0" else shared_decimal(table, x[1])),
+                )
                 for x in raw
             ]
         except IndexError:
