@@ -320,16 +320,16 @@ class FrameDecoder:
             try:
                 if frame.startswith(_TRADE_FRAME_START):
                     whole = _trade_frame_decoder.decode(frame)
-                    topic = topics.get(whole.topic)
-                    if topic is None:
-                        topic = self._trade_topic(whole.topic[len(_TRADE_PREFIX) :])
-                        if topic is None:
+                    followed = topics.get(whole.topic)
+                    if followed is None:
+                        followed = self._trade_topic(whole.topic[len(_TRADE_PREFIX) :])
+                        if followed is None:
                             counters.unknown_topics += 1
                             continue
-                        topics[whole.topic] = topic
+                        topics[whole.topic] = followed
                     data = whole.data
                     if len(data) != 1:
-                        self._trades(topic, data, recv_ts, out)
+                        self._trades(followed, data, recv_ts, out)
                         continue
                     # One trade per frame, what a busy market mostly sends: the same steps as
                     # `_trades`, inline.
@@ -341,8 +341,8 @@ class FrameDecoder:
                     if amount is None:
                         amount = self._decimal(t.v)
                     ts = t.T * 1000
-                    trade = Trade(exchange, topic.symbol, t.i, price, amount, _SIDES[t.S], ts, recv_ts)
-                    recent = topic.recent
+                    trade = Trade(exchange, followed.symbol, t.i, price, amount, _SIDES[t.S], ts, recv_ts)
+                    recent = followed.recent
                     if t.i in recent.current or t.i in recent.previous:
                         duplicates += 1
                     else:
@@ -354,8 +354,8 @@ class FrameDecoder:
                         since = recent.since = ts
                     if len(recent.current) >= RECENT_IDS or ts - since >= RECENT_SPAN_US:
                         recent.previous, recent.current, recent.since = recent.current, set(), ts
-                    if ts > topic.last_ts:
-                        topic.last_ts = self.last_ts[topic.native] = ts
+                    if ts > followed.last_ts:
+                        followed.last_ts = self.last_ts[followed.native] = ts
                     continue
                 if frame.startswith(_BOOK_FRAME_START):
                     book = _book_frame_decoder.decode(frame)
