@@ -125,9 +125,11 @@ class SqliteTradeStore:
             conn.execute("BEGIN")
             try:
                 if whole:
-                    conn.executemany(_INSERT_TRADES_MANY, [values[i : i + step] for i in range(0, whole, step)])
+                    statements = [values[i : i + step] for i in range(0, whole, step)]
+                    conn.executemany(_INSERT_TRADES_MANY, statements)
                 if whole < len(values):
-                    conn.executemany(_INSERT_TRADES, [values[i : i + 8] for i in range(whole, len(values), 8)])
+                    rest = [values[i : i + 8] for i in range(whole, len(values), 8)]
+                    conn.executemany(_INSERT_TRADES, rest)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -1,4 +1,4 @@
-"""SQLite trade inserts: one multi-row statement per `ROWS_PER_INSERT` trades, the same rows as one at a time."""
+"""SQLite trade inserts: a multi-row statement per `ROWS_PER_INSERT` trades, rows as one at a time."""
 
 from __future__ import annotations
 
