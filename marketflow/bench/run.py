@@ -193,6 +193,8 @@ class Env:
     symbol: str = "BTCUSDT"
     mix: str | None = None
     """Real-mix cases: the venue whose mix the blaster serves (transport and decode stages only)."""
+    coalesce_ms: float | None = None
+    """marketflow's read coalescing window (None: the daemon's default)."""
     counter: int = 0
 
     def fresh_dir(self, name: str) -> Path:
@@ -270,6 +272,8 @@ def _client_process(env: Env, client: Client, blaster: Blaster, tls_dir: Path | 
             cmd += ["--count-frames"]
         cmd += ["--exchange", env.exchange, "--market", env.market, "--symbol", env.symbol]
         cmd += ["--state-dir", str(where)]
+        if env.coalesce_ms is not None:
+            cmd += ["--coalesce-ms", str(env.coalesce_ms)]
         if cafile:
             cmd += ["--cafile", cafile]
         if client.storage:
@@ -455,6 +459,8 @@ class Plan:
     """Frames per real-mix case over wss (transport, + decode); 0 skips them."""
     mix_only: bool = False
     """The real-mix table alone (no blaster cases)."""
+    coalesce_ms: float | None = None
+    """marketflow's read coalescing window in every blaster case (None: the daemon's default)."""
 
 
 def sustained(
@@ -727,6 +733,7 @@ def main(
     try:
         want_cf = plan.cryptofeed and soak_minutes is None and not plan.mix_only
         with environment(workdir, want_pg, want_cf, log) as env:
+            env.coalesce_ms = plan.coalesce_ms
             if env.pg_cluster is None:
                 plan = attrs.evolve(plan, storages=tuple(s for s in plan.storages if s != "postgres"))
             if env.cryptofeed is not None:

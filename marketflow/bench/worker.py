@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 import trio
 
-from marketflow.config import FeedConfig, default_config
+from marketflow.config import DaemonConfig, FeedConfig, default_config
 from marketflow.exchanges import VENUES
 from marketflow.exchanges.base import Decoded, FrameDecoder, Session
 from marketflow.exchanges.ws import connect_ws
@@ -273,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         "--count-frames", action="store_true", help="decode: report data frames as delivered (real mix)"
     )
     parser.add_argument(
-        "--coalesce-ms", type=float, default=2.0, help="read coalescing (the daemon's default)"
+        "--coalesce-ms",
+        type=float,
+        default=DaemonConfig().read_coalesce_ms,
+        help="read coalescing (default: the daemon's)",
     )
     args = parser.parse_args(argv)
     if args.stage == "daemon" and not args.storage_url:
