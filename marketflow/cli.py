@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(
             "export",
             help="export stored tables as hive-partitioned Parquet (or CSV) files",
-            description="Write trades (and candles, gaps with --tables) of [--since, --until) as "
+            description="Write trades (and candles, derivatives, liquidations, quotes, gaps with "
+            "--tables) of [--since, --until) as "
             "<out>/<table>/exchange=/symbol=/date=/data.parquet: exact decimals, UTC µs times, zstd; one "
             "file per partition, merged with the file an earlier export left (README: Archive).",
         )
@@ -192,6 +193,7 @@ def _bench(args: argparse.Namespace) -> int:
             mix_frames=5_000,
             mix_repeat=2,
             mix_wss_frames=30_000,
+            mix_paced_frames=10_000,
             mix_only=args.mix_only,
             coalesce_ms=args.coalesce_ms,
         )

@@ -7,7 +7,9 @@
 Works the same under asyncio and trio (under trio nats-py runs on its own asyncio thread). `exchange` and
 `symbol` may be `*` (any). `deliver`: "new" (from now on, the default), "all" (everything the stream
 still holds, then live) or "last" (the newest message of every matching subject, then live; what a book
-view wants). Records: `Trade` for `trades`, a snapshot `BookUpdate` (the whole book) for `book`. The
+view wants). Records: `Trade` for `trades`, a snapshot `BookUpdate` (the whole book) for `book`,
+`TickerUpdate` (the merged `Ticker` and its quote changes) for `ticker`, `DerivativesUpdate` (the merged
+state and its samples) for `derivatives`, `Liquidation` for `liquidations`, `Candle` for `candles`. The
 payloads are documented in docs/NATS.md for readers in other languages.
 """
 
@@ -22,13 +24,22 @@ import sniffio
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
+from marketflow.analytics.candles import Candle
 from marketflow.config import NatsConfig
-from marketflow.model import BookUpdate, Trade
+from marketflow.model import BookUpdate, Liquidation, Trade
 from marketflow.nats.link import Inbox, NatsLink
-from marketflow.nats.schema import KINDS, stream_name, unpack_book, unpack_trades
+from marketflow.nats.market_schema import (
+    DerivativesUpdate,
+    TickerUpdate,
+    unpack_candles,
+    unpack_derivatives,
+    unpack_liquidations,
+    unpack_ticker,
+)
+from marketflow.nats.schema import KINDS, stream_of, unpack_book, unpack_trades
 
 Deliver = Literal["new", "all", "last"]
-Record = Trade | BookUpdate
+Record = Trade | BookUpdate | TickerUpdate | DerivativesUpdate | Liquidation | Candle
 _POLICIES = {"new": DeliverPolicy.NEW, "all": DeliverPolicy.ALL, "last": DeliverPolicy.LAST_PER_SUBJECT}
 
 
@@ -46,11 +57,23 @@ class MarketFeed:
     async def __anext__(self) -> Record:
         while not self._pending:
             for msg in await self._take():
-                if self._kind == "trades":
-                    self._pending.extend(unpack_trades(msg.data))
-                else:
-                    self._pending.append(unpack_book(msg.data))
+                self._pending.extend(decode(self._kind, msg.data))
         return self._pending.pop(0)
+
+
+def decode(kind: str, payload: bytes) -> list[Record]:
+    """The records of one message of `kind` (raises `schema.PayloadError` for a malformed one)."""
+    if kind == "trades":
+        return list(unpack_trades(payload))
+    if kind == "book":
+        return [unpack_book(payload)]
+    if kind == "ticker":
+        return [unpack_ticker(payload)]
+    if kind == "derivatives":
+        return [unpack_derivatives(payload)]
+    if kind == "liquidations":
+        return list(unpack_liquidations(payload))
+    return list(unpack_candles(payload))
 
 
 class _Take:
@@ -102,7 +125,7 @@ async def subscribe(
         inbox = Inbox(block=True)
         await nc.jetstream().subscribe(
             subject,
-            stream=stream_name(prefix, kind),
+            stream=stream_of(prefix, kind),
             cb=inbox.put,
             ordered_consumer=True,
             deliver_policy=_POLICIES[deliver],

@@ -408,6 +408,33 @@ ERROR_CASES: dict[str, tuple[str, list[str]]] = {
         'name = "main"\n',
         ["m.toml:11: feeds[1].name: feeds[0] and feeds[1] are both named 'main'; feed names must be unique"],
     ),
+    # the same check of a symbol's text as the symbols API's (a venue may be lenient about letters)
+    "look-alike symbols: Cyrillic, fullwidth, whitespace": (
+        '[[feeds]]\nexchange = "bybit"\nmarket = "spot"\nsymbols = [\n  "BTCUSD\u0422",\n'
+        '  "\uff22\uff34\uff23USDT",\n  " ETHUSDT",\n]\n'
+        '[[feeds]]\nexchange = "okx"\nmarket = "spot"\nsymbols = ["\u0412TC-USDT"]\n',
+        [
+            "m.toml:5: feeds[0].symbols[0]: 'BTCUSD\u0422' holds the non-ASCII character U+0422 "
+            "(CYRILLIC CAPITAL LETTER TE); symbols are ASCII letters and digits; "
+            "write a spot symbol as BTCUSDT or BTC-USDT",
+            "m.toml:6: feeds[0].symbols[1]: '\uff22\uff34\uff23USDT' holds the non-ASCII character U+FF22 "
+            "(FULLWIDTH LATIN CAPITAL LETTER B); symbols are ASCII letters and digits; "
+            "write a spot symbol as BTCUSDT or BTC-USDT",
+            "m.toml:7: feeds[0].symbols[2]: ' ETHUSDT' holds the character ' '; "
+            "write a spot symbol as BTCUSDT or BTC-USDT",
+            "m.toml:12: feeds[1].symbols[0]: '\u0412TC-USDT' holds the non-ASCII character U+0412 "
+            "(CYRILLIC CAPITAL LETTER VE); symbols are ASCII letters and digits; "
+            "write a spot symbol as BTC-USDT or BTC-USDT",
+        ],
+    ),
+    "a look-alike bin_size symbol": (
+        '[analytics.bin_size]\n"\u0412TC-USDT" = "10"\n',
+        [
+            "m.toml:2: analytics.bin_size.\"\u0412TC-USDT\": '\u0412TC-USDT' holds the non-ASCII "
+            "character U+0412 (CYRILLIC CAPITAL LETTER VE); symbols are ASCII letters and digits; "
+            "write a normalized symbol, e.g. 'BTC-USDT'",
+        ],
+    ),
     "feeds written as a table": (
         '[feeds]\nexchange = "bybit"\n',
         ["m.toml:1: feeds: must be an array of tables, one [[feeds]] each, got a table"],

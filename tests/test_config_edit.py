@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from marketflow.config import Config, ConfigError, load_config
-from marketflow.config_edit import (
+from marketflow.config.edit import (
     BadSymbol,
     ConfigChanged,
     ConfigReadOnly,
@@ -20,7 +20,7 @@ from marketflow.config_edit import (
     change_symbols,
     edit_symbols,
 )
-from marketflow.config_overlay import clean_symbol
+from marketflow.config.overlay import clean_symbol
 from marketflow.model import SymbolError
 from tests.readonly import read_only
 

@@ -163,7 +163,10 @@ async def test_every_metric_the_rules_and_dashboard_use_is_exported(tmp_path: Pa
             await nursery.start(sim.run)
             config = sim_config(tmp_path, sim)
             config = attrs.evolve(
-                config, feeds=tuple(attrs.evolve(f, channels=("trades", "book")) for f in config.feeds)
+                config,
+                feeds=tuple(attrs.evolve(f, channels=("trades", "book")) for f in config.feeds),
+                # the archiving job's metrics exist only where it runs (its first pass is 60 s away)
+                archive=attrs.evolve(config.archive, after_days=1, dir=str(tmp_path / "archive")),
             )
             daemon = Daemon(config)
             await nursery.start(daemon.run)

@@ -12,7 +12,7 @@ import attrs
 import trio
 
 from marketflow.config import DEFAULT_FEEDS, Config, load_config, parse_config
-from marketflow.config_edit import edit_symbols
+from marketflow.config.edit import edit_symbols
 from marketflow.daemon import Daemon
 from marketflow.sim import SimConfig, SimServer
 from tests.conftest import stored_rows, wait_for

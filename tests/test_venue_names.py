@@ -80,7 +80,11 @@ def test_the_check_covers_the_pipeline_daemon_config_and_replay() -> None:
     names = {str(p.relative_to(ROOT)) for p in checked_files()}
     assert {
         "daemon.py",
-        "config.py",
+        "daemon_children.py",
+        "daemon_feeds.py",
+        "daemon_nats.py",
+        "daemon_health.py",
+        "config/checker.py",
         "replay.py",
         "demo.py",
         "pipeline/backfill.py",

@@ -45,7 +45,14 @@ from marketflow.analytics.stored import (
     unstored_trades,
 )
 from marketflow.analytics.volume_profile import VolumeProfile, profile_json, volume_profile
-from marketflow.api.params import QueryError, check_range, parse_bin, parse_interval_param, parse_limit
+from marketflow.api.params import (
+    QueryError,
+    check_range,
+    parse_bin,
+    parse_interval_param,
+    parse_limit,
+    refuse_non_ascii,
+)
 from marketflow.api.queries import (
     DEFAULT_CANDLES_LIMIT,
     DEFAULT_ORDER_FLOW_BARS,
@@ -138,6 +145,7 @@ def _parse_markets(markets: str | None) -> str:
 def _parse_quotes(quotes: str | None) -> tuple[str, ...]:
     if quotes is None or quotes == "":
         return DOLLARS
+    refuse_non_ascii(quotes, "quotes", "bad_quotes")
     codes = tuple(sorted({q.strip().upper() for q in quotes.split(",")}))
     if not codes or not all(_CODE.fullmatch(q) for q in codes):
         raise QueryError(
@@ -183,6 +191,7 @@ def asset_view(ctx: QueryContext, asset: str | None, markets: str | None, quotes
                     contract,
                 )
             )
+    refuse_non_ascii(asset or "", "asset", "bad_asset")
     text = (asset or "").strip().upper()
     known = sorted({m.base for m in every})
     if not text or not _CODE.fullmatch(text) or text not in known:

@@ -1,7 +1,7 @@
 """MCP tools of the SPEC §12 channels: `get_ticker`, `get_derivatives`, `get_liquidations`.
 
-Registered into `mcp.TOOLS` when `mcp` imports this module (after its own market tools, so `tools/list`
-shows them last); each calls the same `market_queries` function as its HTTP route, so its
+Registered into `mcp_tools.TOOLS` when `mcp_tools` imports this module (after its own market tools, so
+`tools/list` shows them last); each calls the same `market_queries` function as its HTTP route, so its
 `structuredContent` is that route's JSON and its `outputSchema` the route's documented response type.
 """
 
@@ -13,7 +13,8 @@ import msgspec
 
 from marketflow.api import asset_market_queries, asset_queries, market_queries
 from marketflow.api.market_routes import DerivativesOut, LiquidationsOut, TickerOut
-from marketflow.api.mcp import Asset, Exchange, Limit, Market, Markets, Quotes, Symbol, Time, _times, tool
+from marketflow.api.mcp_args import Asset, Exchange, Limit, Market, Markets, Quotes, Symbol, Time
+from marketflow.api.mcp_tools import _times, tool
 from marketflow.api.queries import QueryContext
 
 

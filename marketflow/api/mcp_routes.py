@@ -16,7 +16,7 @@ from marketflow.api import queries
 from marketflow.api.app import SECURITY, ErrorBody
 from marketflow.api.auth import require_scope
 from marketflow.api.keys import Scope
-from marketflow.api.mcp import SystemInfoOut
+from marketflow.api.mcp_args import SystemInfoOut
 from marketflow.api.queries import QueryContext
 from marketflow.api.routes import PongOut
 

@@ -27,21 +27,9 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from marketflow import __version__
 from marketflow.api.app import MAX_BODY_BYTES
 from marketflow.api.keys import ApiKey
-from marketflow.api.mcp import (
-    INSTRUCTIONS,
-    RESOURCES,
-    TOOLS,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    ToolSpec,
-    drain,
-    input_schema,
-    json_response,
-    object_schema,
-)
+from marketflow.api.mcp import Message, Receive, Scope, Send, drain, json_response
 from marketflow.api.mcp_sessions import SessionLedger, SessionLimits
+from marketflow.api.mcp_tools import INSTRUCTIONS, RESOURCES, TOOLS, ToolSpec, input_schema, object_schema
 from marketflow.api.queries import QueryContext, QueryError
 
 __all__ = ["McpTransport", "build_server"]
@@ -192,6 +180,17 @@ class McpTransport:
         manager, ledger = self.manager, self.ledger
         if manager is None or ledger is None:
             raise RuntimeError("the MCP session manager is not running")
+        if scope["method"] == "POST":
+            # The body is read here, whole, before the SDK sees the request: a client gone in the middle
+            # of it is one warning line, not the SDK's ERROR traceback (and its 500 to nobody).
+            replay = await _ReadBody.of(receive)
+            if replay.disconnected:
+                log.warning(
+                    "MCP client disconnected in the middle of its request body",
+                    extra={"client": _client(scope, key), "received_bytes": replay.size},
+                )
+                return
+            receive = replay.receive
         if key is not None:
             # The SDK binds a 2025-11-25 session to the credential that opened it: another key gets a 404.
             token = AccessToken(token=key.prefix, client_id=f"api-key:{key.prefix}", scopes=list(key.scopes))
@@ -259,6 +258,44 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return str(value.decode("latin-1"))
     return None
+
+
+class _ReadBody:
+    """A request body read to its end (or to the client's disconnect), handed on as one ASGI message."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._chunks: list[bytes] = []
+        self._pending: list[Message] = []
+        self.size = 0
+        self.disconnected = False
+
+    @classmethod
+    async def of(cls, receive: Receive) -> _ReadBody:
+        """Read `receive` until the body ends; past `MAX_BODY_BYTES` the rest is left for the SDK (which
+        answers 413)."""
+        body = cls(receive)
+        while body.size <= MAX_BODY_BYTES:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body.disconnected = True
+                return body
+            chunk = bytes(message.get("body", b""))
+            body._chunks.append(chunk)
+            body.size += len(chunk)
+            if not message.get("more_body", False):
+                body._pending = [{"type": "http.request", "body": b"".join(body._chunks), "more_body": False}]
+                body._chunks = []
+                return body
+        body._pending = [{"type": "http.request", "body": b"".join(body._chunks), "more_body": True}]
+        body._chunks = []
+        return body
+
+    async def receive(self) -> Message:
+        """What was read, then the rest of the request (its disconnect) from the server."""
+        if self._pending:
+            return self._pending.pop()
+        return await self._receive()
 
 
 class _Answer:

@@ -64,6 +64,7 @@ class DaemonCollector(Collector):
         yield from self._books()
         yield from self._lag()
         yield from self._capture()
+        yield from self._archive()
         yield from self._heap()
         yield from self._limits()
 
@@ -249,6 +250,47 @@ class DaemonCollector(Collector):
         queued = GaugeMetricFamily("marketflow_capture_queued", "Socket reads waiting for the capture writer")
         queued.add_metric([], stats.queued)
         yield queued
+
+    def _archive(self) -> Iterator[Metric]:
+        """The `[archive] after_days` job, when it runs (its statistics, read like `health()` does)."""
+        archiver: Any = self._ctx.daemon.actors.get("archive")
+        if archiver is None:
+            return
+        stats = archiver.statistics()
+        for name, help_text, value in (
+            ("runs", "Archiving passes started", stats.runs),
+            ("failed_runs", "Archiving passes that left a partition in the database", stats.failed_runs),
+            ("errors", "Partitions (or listings) the archiving job failed on", stats.errors),
+            ("partitions", "Partitions (market-days) moved into the archive", stats.partitions),
+            ("rows", "Trades moved from the database into the archive", stats.trades_moved),
+            (
+                "files_written",
+                "Partition files written (a resumed run may find its file done)",
+                stats.files_written,
+            ),
+            ("bytes_written", "Bytes of the partition files written", stats.bytes_written),
+        ):
+            family = CounterMetricFamily(f"marketflow_archive_{name}", help_text)
+            family.add_metric([], value)
+            yield family
+        failing = GaugeMetricFamily(
+            "marketflow_archive_failing",
+            "1 while the last archiving pass left a partition in the database (disk full, database down)",
+        )
+        failing.add_metric([], 1 if stats.failing else 0)
+        yield failing
+        for name, help_text, us in (
+            ("last_run", "End of the last archiving pass (Unix time)", stats.last_run_us),
+            (
+                "last_success",
+                "End of the last archiving pass that failed nowhere (Unix time)",
+                stats.last_success_us,
+            ),
+        ):
+            if us is not None:
+                gauge = GaugeMetricFamily(f"marketflow_archive_{name}_timestamp_seconds", help_text)
+                gauge.add_metric([], us / 1e6)
+                yield gauge
 
     def _books(self) -> Iterator[Metric]:
         labels = ["book"]

@@ -15,7 +15,8 @@ from typing import Any
 
 from marketflow.analytics import parse_interval
 from marketflow.analytics.bars import normalize_bin
-from marketflow.model import us_to_iso
+from marketflow.exchanges.symbols import check_ascii_symbol, non_ascii_character
+from marketflow.model import SymbolError, us_to_iso
 
 __all__ = [
     "MAX_BIN_DIGITS",
@@ -29,7 +30,9 @@ __all__ = [
     "parse_interval_param",
     "parse_limit",
     "parse_optional_time",
+    "parse_symbol",
     "parse_time",
+    "refuse_non_ascii",
 ]
 
 MAX_LIMIT = 10_000
@@ -176,3 +179,26 @@ def parse_interval_param(interval: str | None) -> tuple[str, int]:
     if len(text) > 32 or step > MAX_INTERVAL_US:
         raise QueryError("bad_interval", f"interval must be at most 366d, got {text[:40]!r}", "interval")
     return text, step
+
+
+def parse_symbol(value: str) -> str:
+    """A `symbol` parameter as matched against configured symbols: stripped and upper-cased, once it is
+    known to hold only ASCII (`str.upper` turns a long `ſ` into `S`: `BTC-UſDT` would find BTC-USDT). A
+    look-alike is a 400 `bad_symbol` naming the character, not an unknown symbol that reads the same."""
+    try:
+        check_ascii_symbol(value)
+    except SymbolError as exc:
+        raise QueryError("bad_symbol", str(exc), "symbol") from None
+    return value.strip().upper()
+
+
+def refuse_non_ascii(value: str, param: str, code: str) -> None:
+    """A 400 `code` naming the first non-ASCII character of `value`, if it has one: an asset or quote code
+    is matched upper-cased, and `str.upper` makes a look-alike such as a long `ſ` an `S`."""
+    char = non_ascii_character(value)
+    if char is not None:
+        raise QueryError(
+            code,
+            f"{param} {value[:40]!r} holds the non-ASCII character {char}; codes are ASCII letters",
+            param,
+        )

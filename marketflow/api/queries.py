@@ -51,6 +51,7 @@ from marketflow.api.params import (
     parse_interval_param,
     parse_limit,
     parse_optional_time,
+    parse_symbol,
     parse_time,
 )
 from marketflow.exchanges import VENUES
@@ -185,7 +186,7 @@ def resolve_market(
         on_exchange = [c for c in on_exchange if c[1] == mk]
     if not symbol:
         raise QueryError("missing_parameter", "symbol is required (e.g. BTC-USDT or BTC-USDT-PERP)", "symbol")
-    text = symbol.strip().upper()
+    text = parse_symbol(symbol)
     matches: list[tuple[str, str, str, tuple[str, ...]]] = []
     if _SYMBOL_TEXT.fullmatch(text):
         venue = VENUES[ex]
@@ -394,7 +395,7 @@ def gaps(ctx: QueryContext, exchange: str | None = None, symbol: str | None = No
         if exchange:
             ex, sym = resolve_market(ctx.daemon, exchange, symbol)
         else:
-            sym = symbol.strip().upper()
+            sym = parse_symbol(symbol)
             if sym not in {c[2] for c in _configured(ctx.daemon)}:
                 raise QueryError(
                     "unknown_symbol",

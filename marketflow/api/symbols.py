@@ -3,7 +3,7 @@
 A change edits the configuration file (keeping its comments, order and formatting), validates the whole
 file, then applies it through the same path as SIGHUP: only the edited feed is started, stopped or
 restarted. Where the file is read-only (the shipped systemd unit and container) the change goes to the
-symbols overlay under the state directory (`marketflow.config_overlay`). One change at a time: reading,
+symbols overlay under the state directory (`marketflow.config.overlay`). One change at a time: reading,
 editing, writing and applying happen under one lock (`Daemon.edit_config`). A daemon running on built-in
 defaults has no file to write back to, a file edited since the last reload is not built on: both say so.
 """
@@ -20,7 +20,7 @@ from marketflow.api.app import context, error_response
 from marketflow.api.keys import Scope
 from marketflow.api.routes import Exchange, Market, api
 from marketflow.config import Config
-from marketflow.config_edit import EditError, change_symbols
+from marketflow.config.edit import EditError, change_symbols
 
 blueprint = Blueprint("symbols", __name__)
 

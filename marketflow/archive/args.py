@@ -15,7 +15,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--symbol", default=None, help="only this normalized symbol (BTC-USDT)")
     parser.add_argument("--format", default="parquet", choices=("parquet", "csv"), help="default parquet")
     parser.add_argument(
-        "--tables", default="trades", metavar="LIST", help=f"comma-separated: {', '.join(TABLES)}"
+        "--tables",
+        default="trades",
+        metavar="LIST",
+        help=f"comma-separated, default trades: {', '.join(TABLES)}",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
     parser.add_argument(

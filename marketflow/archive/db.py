@@ -95,6 +95,15 @@ def _quoted(name: str) -> str:
     return f'"{name}"'
 
 
+def _keyset(keys: Sequence[str], after: Row, mark: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """The condition "key after `after`" for a one- or two-column key, and its parameters (`mark(i)`
+    spells the i-th one's placeholder)."""
+    if len(keys) == 1:
+        return f" AND {keys[0]} > {mark(0)}", [after[0]]
+    k1, k2 = keys
+    return f" AND ({k1} > {mark(0)} OR ({k1} = {mark(0)} AND {k2} > {mark(1)}))", list(after)
+
+
 def _normalizer(table: ArchiveTable) -> Callable[[Row], Row]:
     decimals = [i for i, c in enumerate(table.columns) if c.kind in ("decimal", "spelled")]
     if not decimals:
@@ -103,7 +112,8 @@ def _normalizer(table: ArchiveTable) -> Callable[[Row], Row]:
     def normalize(row: Row) -> Row:
         out = list(row)
         for i in decimals:
-            out[i] = dec_text(out[i])
+            if out[i] is not None:  # a derivatives field the venue did not send
+                out[i] = dec_text(out[i])
         return tuple(out)
 
     return normalize
@@ -173,9 +183,9 @@ class SqliteSource:
         params: list[Any] = [exchange, symbol, since, until]
         keyset = ""
         if after is not None:
-            k1, k2 = map(_quoted, table.key)
-            keyset = f" AND ({k1} > ? OR ({k1} = ? AND {k2} > ?))"
-            params += [after[0], after[0], after[1]]
+            # numbered: the first key value is used twice (the LIMIT's plain `?` numbers on after them)
+            keyset, more = _keyset(list(map(_quoted, table.key)), after, lambda i: f"?{5 + i}")
+            params += more
         tail = ""
         if limit is not None:
             tail = " LIMIT ?"
@@ -255,12 +265,12 @@ class PostgresSource:
     ) -> list[Row]:
         t = _quoted(table.time_column)
         kinds = {c.name: c.kind for c in table.columns}
-        k1, k2 = (_quoted(k) + (' COLLATE "C"' if kinds[k] == "text" else "") for k in table.key)
+        keys = [_quoted(k) + (' COLLATE "C"' if kinds[k] == "text" else "") for k in table.key]
         params: list[Any] = [exchange, symbol, since, until]
         keyset = ""
         if after is not None:
-            params += [after[0], after[1]]
-            keyset = f" AND ({k1} > $5 OR ({k1} = $5 AND {k2} > $6))"
+            keyset, more = _keyset(keys, after, lambda i: f"${5 + i}")
+            params += more
         tail = ""
         if limit is not None:
             params.append(limit)
@@ -268,7 +278,7 @@ class PostgresSource:
         sql = (
             f"SELECT {', '.join(map(_quoted, table.column_names))} FROM {table.name} "
             f"WHERE exchange = $1 AND symbol = $2 AND {t} >= $3 AND {t} < $4{keyset} "
-            f"ORDER BY {k1}, {k2}{tail}"
+            f"ORDER BY {', '.join(keys)}{tail}"
         )
         normalize = _normalizer(table)
         return [normalize(tuple(r)) for r in await self._fetch(sql, params)]
@@ -300,15 +310,22 @@ async def row_chunks(
     """The partition's rows in key order, `size` (default :data:`READ_CHUNK`) at a time (keyset pages:
     memory holds one page of Python rows)."""
     size = size or READ_CHUNK
-    first, second = (table.column_names.index(k) for k in table.key)
+    positions = [table.column_names.index(k) for k in table.key]
     after: Row | None = None
     while True:
         rows = await source.rows(table, exchange, symbol, since, until, after, size)
-        if rows:
-            yield rows
         if len(rows) < size:
+            if rows:
+                yield rows
             return
-        after = (rows[-1][first], rows[-1][second])
+        after = tuple(rows[-1][i] for i in positions)
+        if not table.unique_key:
+            # The key is the time alone and does not identify a row: the page may have cut the rows of
+            # its last instant short, so that instant is read again, whole (its own time range).
+            ts = after[0]
+            rows = [r for r in rows if r[positions[0]] != ts]
+            rows += await source.rows(table, exchange, symbol, ts, ts + 1)
+        yield rows
 
 
 def source_for(store: object) -> TableSource:

@@ -121,7 +121,8 @@ def to_arrow(table: ArchiveTable, rows: Sequence[Row]) -> pa.Table:
         else:
             arrays[column.name] = pa.array(values, pa.string()).cast(_decimal_type(values, column.name))
             if kind == "spelled":
-                arrays[column.name + "_scale"] = pa.array([_scale(v) for v in values], pa.int8())
+                scales = [None if v is None else _scale(v) for v in values]
+                arrays[column.name + "_scale"] = pa.array(scales, pa.int8())
     return pa.table(arrays)
 
 
@@ -164,17 +165,18 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _merge(old: pa.Table, new: pa.Table, key: Sequence[str]) -> pa.Table:
-    """Rows of both, one per key (the new one wins), in key order (strings by code point)."""
+def _merge(old: pa.Table, new: pa.Table, table: ArchiveTable) -> pa.Table:
+    """Rows of both, one per identity (the new one wins), in key order (strings by code point)."""
     con = duck()
     try:
         con.register("old_rows", old)
         con.register("new_rows", new)
-        keys = ", ".join(f'"{k}"' for k in key)
+        keys = ", ".join(f'"{k}"' for k in table.key)
+        identity = ", ".join(f'"{k}"' for k in table.merge_key)
         merged = _arrow(
             con.sql(
                 f"SELECT * EXCLUDE (_src) FROM (SELECT *, 0 AS _src FROM new_rows UNION ALL BY NAME "
-                f"SELECT *, 1 AS _src FROM old_rows) QUALIFY row_number() OVER (PARTITION BY {keys} "
+                f"SELECT *, 1 AS _src FROM old_rows) QUALIFY row_number() OVER (PARTITION BY {identity} "
                 f"ORDER BY _src) = 1 ORDER BY {keys}"
             )
         )
@@ -213,7 +215,7 @@ def concat(parts: Sequence[pa.Table]) -> pa.Table:
 
 def merge(old: pa.Table, new: pa.Table, table: ArchiveTable) -> pa.Table:
     """Rows of both, one per key (`new`'s wins), in key order."""
-    return _merge(old, new, table.key)
+    return _merge(old, new, table)
 
 
 def write_partition(
@@ -235,7 +237,7 @@ def write_partition(
             old = pa_csv.read_csv(target, convert_options=_csv_options(table))
         else:
             old = pq.read_table(target)
-        new = _merge(old, new, table.key)
+        new = _merge(old, new, table)
     tmp = directory / f"{_TMP_PREFIX}{os.getpid()}-{target.name}"
     try:
         if fmt == "csv":

@@ -36,7 +36,7 @@ from marketflow.archive.db import DAY_US, Partition, TableSource, row_chunks, so
 from marketflow.archive.tables import TABLES, ArchiveError
 from marketflow.model import now_us
 
-__all__ = ["ArchiveRun", "Archiver", "ArchiverStatistics", "archive_partition"]
+__all__ = ["ArchiveRun", "Archiver", "ArchiverStatistics", "PartitionMove", "archive_partition"]
 
 log = logging.getLogger("marketflow.archive")
 
@@ -48,18 +48,27 @@ def _no_step(step: str) -> None:
     return None
 
 
+@attrs.frozen
+class PartitionMove:
+    """What archiving one partition did: trades deleted from the database, and the file it wrote (bytes;
+    None when the file already held the day's trades, a resumed run)."""
+
+    trades: int
+    file_bytes: int | None
+
+
 async def archive_partition(
     source: TableSource, root: Path, part: Partition, step: Callable[[str], None] = _no_step
-) -> int:
-    """Move one day of one market's trades into the archive (see the module docstring); returns how many
-    trades left the database. `step` is called at each stage (tests kill the process there)."""
+) -> PartitionMove:
+    """Move one day of one market's trades into the archive (see the module docstring). `step` is called
+    at each stage (tests kill the process there)."""
     digest = files.Checksum(part.exchange, part.symbol)
     parts: list[pa.Table] = []
     async for rows in row_chunks(source, TRADES, part.exchange, part.symbol, part.start_us, part.end_us):
         digest.update(rows)
         parts.append(await trio.to_thread.run_sync(files.to_arrow, TRADES, rows))
     if not parts:
-        return 0
+        return PartitionMove(0, None)
     step("read")
     count, expected = digest.count, digest.hexdigest()
     new = files.concat(parts)
@@ -67,17 +76,21 @@ async def archive_partition(
     keys = pa.table({"ts": new["ts"].cast(pa.int64()), "id": new["id"]})
     target = files.partition_file(root, TRADES.name, part.exchange, part.symbol, part.day, "parquet")
 
-    def write_and_verify() -> None:
+    def write_and_verify() -> int | None:
+        size = None
         if not (target.exists() and _holds(target, part, keys, count, expected)):
-            files.write_partition(TRADES, new, target, "parquet", before_rename=lambda: step("temp_written"))
+            _, size = files.write_partition(
+                TRADES, new, target, "parquet", before_rename=lambda: step("temp_written")
+            )
         step("renamed")
         if not _holds(target, part, keys, count, expected):
             raise ArchiveError(
                 f"{target}: the file read back does not hold the {count} trades written (count or "
                 "checksum differ); nothing was deleted"
             )
+        return size
 
-    await trio.to_thread.run_sync(write_and_verify)
+    file_bytes = await trio.to_thread.run_sync(write_and_verify)
     step("verified")
     deleted = 0
     slice_keys = DELETE_KEYS
@@ -87,7 +100,7 @@ async def archive_partition(
         deleted += await source.delete_trades(part.exchange, part.symbol, pairs)
         step("deleted_slice")
     step("deleted")
-    return deleted
+    return PartitionMove(deleted, file_bytes)
 
 
 def _holds(target: Path, part: Partition, keys: pa.Table, count: int, digest: str) -> bool:
@@ -116,6 +129,10 @@ class ArchiverStatistics:
     last_run_us: int | None
     next_run_in_s: float | None
     failing: bool = False  # the last pass left a partition in the database (disk full, database down)
+    last_success_us: int | None = None  # end of the last pass that failed nowhere
+    files_written: int = 0  # partition files (re)written
+    bytes_written: int = 0  # their sizes
+    failed_runs: int = 0  # passes that left a partition in the database
 
 
 class Archiver:
@@ -153,6 +170,10 @@ class Archiver:
         self._errors = 0
         self._last_error: str | None = None
         self._last_run: int | None = None
+        self._last_success: int | None = None
+        self._files = 0
+        self._bytes = 0
+        self._failed_runs = 0
         self._next_at: float | None = None
         self._logged_error_at = float("-inf")
         self.failing = False
@@ -184,12 +205,17 @@ class Archiver:
         except Exception as exc:  # the database is down: try again later
             self._failed("listing the days to archive", exc)
             self.failing = True
+            self._failed_runs += 1
             self._state = "idle"
             return ArchiveRun(0, 0, 1)
         for part in parts:
             try:
-                moved += await archive_partition(source, self.root, part, self._step)
+                move = await archive_partition(source, self.root, part, self._step)
+                moved += move.trades
                 done += 1
+                if move.file_bytes is not None:
+                    self._files += 1
+                    self._bytes += move.file_bytes
             except Exception as exc:  # one partition's failure (disk full, database) must not stop the rest
                 failed += 1
                 self._failed(f"archiving {part.exchange} {part.symbol} {files.day_of(part.day)}", exc)
@@ -206,6 +232,10 @@ class Archiver:
             )
         self._state = "idle"
         self.failing = failed > 0
+        if failed:
+            self._failed_runs += 1
+        else:
+            self._last_success = self._last_run
         return ArchiveRun(done, moved, failed)
 
     def _failed(self, doing: str, exc: Exception) -> None:
@@ -231,4 +261,8 @@ class Archiver:
             self._last_run,
             next_in,
             self.failing,
+            self._last_success,
+            self._files,
+            self._bytes,
+            self._failed_runs,
         )

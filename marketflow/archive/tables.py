@@ -2,8 +2,10 @@
 
 Each :class:`ArchiveTable` names its database table, its columns with their kinds, the time column that
 picks the `date=` partition and the key that identifies a row within a partition (used to merge a second
-export into the same file and to order the file). Adding a table (`derivatives`, `liquidations`) is one
-more entry in :data:`TABLES` once the database has it; nothing else in the exporter names a table.
+export into the same file and to order the file; one or two columns). A table whose key does not identify
+a row (`quotes`: two best-bid/ask changes may share a µs) names its `identity` apart: the whole row, so a
+merge keeps each distinct row once; it is read in pages that never split the rows of one key. Adding a
+table is one more entry in :data:`TABLES`; nothing else in the exporter names a table.
 
 Column kinds and their Parquet types:
 
@@ -13,12 +15,12 @@ Column kinds and their Parquet types:
   fractional digits gets a wider scale for that column (``decimal128(38, s)``), never a rounded value;
 - ``spelled``: a ``decimal`` plus an int8 column ``<name>_scale`` holding the number of fractional digits
   the exchange wrote, so ``"65114.20"`` comes back as ``"65114.20"`` and ``"1.5"`` as ``"1.5"``
-  (a DECIMAL column has one scale for all its rows, which would pad every value to it).
+  (a DECIMAL column has one scale for all its rows, which would pad every value to it); a null value
+  (a derivatives field the venue did not send) has a null scale.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Final, Literal
 
 import attrs
@@ -62,10 +64,20 @@ class ArchiveTable:
     time_column: str
     key: tuple[str, ...]
     columns: tuple[Column, ...]
+    identity: tuple[str, ...] = ()  # what makes a row one, when the key does not: () = the key
 
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
+
+    @property
+    def unique_key(self) -> bool:
+        """True when the key identifies a row (keyset pages may then end anywhere)."""
+        return not self.identity
+
+    @property
+    def merge_key(self) -> tuple[str, ...]:
+        return self.identity or self.key
 
 
 TRADES: Final = ArchiveTable(
@@ -109,7 +121,43 @@ GAPS: Final = ArchiveTable(
     ),
 )
 
-TABLES: Final[dict[str, ArchiveTable]] = {t.name: t for t in (TRADES, CANDLES, GAPS)}
+DERIVATIVES: Final = ArchiveTable(
+    "derivatives",
+    "ts",
+    ("ts",),  # one sample per (exchange, symbol, ts): the table's unique key
+    (
+        Column("ts", "time"),
+        *(Column(name, "spelled") for name in ("mark_price", "index_price", "funding_rate")),
+        Column("next_funding_ts", "time?"),
+        *(Column(name, "spelled") for name in ("open_interest", "open_interest_value")),
+    ),
+)
+
+LIQUIDATIONS: Final = ArchiveTable(
+    "liquidations",
+    "ts",
+    ("ts", "id"),
+    (
+        Column("ts", "time"),
+        Column("id", "text"),
+        Column("side", "text"),
+        Column("price", "spelled"),
+        Column("amount", "spelled"),
+        Column("recv_ts", "time"),
+    ),
+)
+
+QUOTES: Final = ArchiveTable(
+    "quotes",
+    "ts",
+    ("ts",),
+    (Column("ts", "time"), *(Column(name, "spelled") for name in ("bid", "bid_size", "ask", "ask_size"))),
+    identity=("ts", "bid", "bid_size", "ask", "ask_size"),
+)
+
+TABLES: Final[dict[str, ArchiveTable]] = {
+    t.name: t for t in (TRADES, CANDLES, DERIVATIVES, LIQUIDATIONS, QUOTES, GAPS)
+}
 """Every table that can be exported, by name."""
 
 
@@ -121,11 +169,5 @@ def parse_tables(text: str) -> list[ArchiveTable]:
         raise ArchiveError(f"--tables is empty; valid tables: {', '.join(TABLES)}")
     unknown = [n for n in names if n not in TABLES]
     if unknown:
-        raise ArchiveError(
-            f"--tables: unknown table {unknown[0]!r}; valid tables: {', '.join(TABLES)}"
-            + (" (derivatives and liquidations are not stored yet)" if unknown[0] in _LATER else "")
-        )
+        raise ArchiveError(f"--tables: unknown table {unknown[0]!r}; valid tables: {', '.join(TABLES)}")
     return [TABLES[n] for n in dict.fromkeys(names)]
-
-
-_LATER: Final[Sequence[str]] = ("derivatives", "liquidations")

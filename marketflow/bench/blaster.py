@@ -43,6 +43,10 @@ READ_SIZE = 65536
 
 BYBIT_PATHS = {"/v5/public/linear": "linear", "/v5/public/spot": "spot"}
 OKX_PATH = "/ws/v5/public"
+COINBASE_PATH = "/"
+KRAKEN_PATH = "/v2"
+MIX_PATHS = (OKX_PATH, COINBASE_PATH, KRAKEN_PATH)
+"""Paths only a real-mix blaster serves (its stream goes to whatever subscribes there)."""
 MIX_DISTINCT = 50_000
 """Distinct real-mix frames built (`--mix`); longer runs cycle them (book ids repeat: transport and
 decode only)."""
@@ -348,7 +352,7 @@ class Blaster:
             else:
                 names = parse_qs(split.query).get("streams", [""])[0].split("/")
             known = path in BYBIT_PATHS or path in ("/ws", "/stream", "/public/stream", "/market/stream")
-            known = known or (self.mix is not None and path == OKX_PATH)
+            known = known or (self.mix is not None and path in MIX_PATHS)
             response = proto.accept(request) if known else proto.reject(404, "not found")
             proto.send_response(response)
             await stream.send_all(b"".join(proto.data_to_send()))
@@ -401,6 +405,8 @@ class Blaster:
                 "bybit-spot": f"{root}/v5/public/spot",
                 "binance": root,
                 "okx": f"{root}{OKX_PATH}",
+                "coinbase": f"{root}{COINBASE_PATH}",
+                "kraken": f"{root}{KRAKEN_PATH}",
                 "ca_file": ca_file,
             }
         )
@@ -436,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ca-file", type=Path, help="where to write the CA's PEM (with --tls)")
     parser.add_argument("--hold", action="store_true", help="send no data until a `go` line on stdin")
     parser.add_argument(
-        "--mix", default=None, help="serve this venue's real-mix frames (bybit, binance, okx)"
+        "--mix",
+        default=None,
+        help="serve this venue's real-mix frames (bybit, binance, okx, coinbase, kraken)",
     )
     args = parser.parse_args(argv)
     context = None

@@ -54,6 +54,23 @@ def okx_document(native: str) -> list[dict[str, Any]]:
     return [{"data": [row]}]
 
 
+def coinbase_document(native: str) -> dict[str, Any]:
+    base, quote = native.split("-")
+    row = {
+        "base_currency_id": base,
+        "quote_currency_id": quote,
+        "quote_increment": "0.01",
+        "product_id": native,
+    }
+    return {"products": [row]}
+
+
+def kraken_document(native: str) -> dict[str, Any]:
+    base, quote = native.split("/")
+    legacy = {"BTC": "XBT", "DOGE": "XDG"}
+    return {"result": {"PAIR": {"wsname": f"{legacy.get(base, base)}/{legacy.get(quote, quote)}"}}}
+
+
 def feed_class(venue: str, market: str) -> Any:
     if venue == "bybit":
         from cryptofeed.exchanges import Bybit
@@ -63,6 +80,14 @@ def feed_class(venue: str, market: str) -> Any:
         from cryptofeed.exchanges import OKX
 
         return OKX
+    if venue == "coinbase":
+        from cryptofeed.exchanges import Coinbase
+
+        return Coinbase
+    if venue == "kraken":
+        from cryptofeed.exchanges import Kraken
+
+        return Kraken
     raise SystemExit(f"cryptofeed_mix: no L2-book replay for {venue} (its book starts from a REST fetch)")
 
 
@@ -104,6 +129,12 @@ def main() -> int:
 
         document = instruments_document(args.venue, args.market, [args.native])
         address = f"wss://127.0.0.1/v5/public/{args.market}"
+    elif args.venue == "coinbase":
+        document = coinbase_document(args.native)
+        address = "wss://127.0.0.1"
+    elif args.venue == "kraken":
+        document = kraken_document(args.native)
+        address = "wss://127.0.0.1/v2"
     else:
         document = okx_document(args.native)
         address = "wss://127.0.0.1/ws/v5/public"

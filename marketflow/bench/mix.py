@@ -11,14 +11,17 @@ frame is the `transport wss` case of the main bench), each adding to the one bef
 - `+ book`: and the venue's synchronizer on every book update (sequence checks, crossed-book check, OKX's
   CRC32 checksum over the exact strings), seeded with the REST snapshot first where the venue needs one;
 - `+ actors`: the daemon's actors on trio: frames published in batches of `--batch` (what one coalesced
-  read holds) on the raw bus → the `Normalizer` → the trade and book buses → the `BookKeeper` (the real one,
-  with its `LiveBooks`) and a trade consumer.
+  read holds) on the raw bus → the `Normalizer` → the trade, book and market-data buses → the `BookKeeper`
+  (the real one, with its `LiveBooks`), the `MarketDataKeeper` (tickers into the live state) and a trade
+  consumer.
 
 Every pass checks that each book stayed synced (no gap, every delta applied). Times are process CPU time
 (`time.process_time`), best of K, stages interleaved round-robin so a loaded machine slows all alike.
 cryptofeed (its own venv, `cryptofeed_env`) is measured on the very same frames by `cryptofeed_mix.py`:
-its venue handler and its L2 book (C `order_book`), with checksum validation on for OKX; both sides decode
-the ticker frames into normalized tickers.
+its venue handler and its L2 book (C `order_book`) with its defaults — Kraken's CRC32 checked on every
+message, Coinbase's `sequence_num` followed per connection, no OKX checksum and no Bybit sequence checked;
+its Binance book starts from a REST fetch, so it is not replayed. Both sides decode the ticker frames into
+normalized tickers.
 """
 
 from __future__ import annotations
@@ -40,14 +43,28 @@ from marketflow.bench import mixframes
 from marketflow.exchanges import VENUES
 from marketflow.exchanges.base import Decoded
 from marketflow.exchanges.orderbook import BookState, Synchronizer
-from marketflow.model import BookUpdate, RawFrames, Trade
+from marketflow.model import BookUpdate, MarketData, RawFrames, Trade
 from marketflow.pipeline.bookkeeper import BookKeeper, BookSpec, LiveBooks
 from marketflow.pipeline.gaps import GapLedger
+from marketflow.pipeline.market_actors import MarketDataKeeper
+from marketflow.pipeline.market_data import Emitted, LiveMarketData
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.runtime.bus import Bus, Overflow
 
 STAGES = ("decode", "+ book", "+ actors")
 CRYPTOFEED_SCRIPT = Path(__file__).with_name("cryptofeed_mix.py")
+
+
+def seed_book(sync: Synchronizer, mix: mixframes.Mix, symbol: str) -> None:
+    """Seed a REST-snapshot venue's book (Binance) with the mix's snapshot; nothing for the others."""
+    if mix.snapshot is None:
+        return
+    last_id, bids, asks = mix.snapshot
+    bid_levels = [(Decimal(p), Decimal(a)) for p, a in bids]
+    ask_levels = [(Decimal(p), Decimal(a)) for p, a in asks]
+    snap = BookUpdate(mix.spec.venue, symbol, True, last_id, last_id, None, bid_levels, ask_levels, 0, 0)
+    if sync.on_snapshot(snap) is not None or sync.state is not BookState.SYNCED:
+        raise AssertionError(f"{mix.spec.venue}: the REST snapshot did not sync the book")
 
 
 class Case:
@@ -65,16 +82,7 @@ class Case:
         self.book_frames = mix.kinds.count("book")
 
     def _seed(self, sync: Synchronizer) -> None:
-        if self.mix.snapshot is None:
-            return
-        last_id, bids, asks = self.mix.snapshot
-        bid_levels = [(Decimal(p), Decimal(a)) for p, a in bids]
-        ask_levels = [(Decimal(p), Decimal(a)) for p, a in asks]
-        snap = BookUpdate(
-            self.venue.name, self.symbol, True, last_id, last_id, None, bid_levels, ask_levels, 0, 0
-        )
-        if sync.on_snapshot(snap) is not None or sync.state is not BookState.SYNCED:
-            raise AssertionError(f"{self.label}: the REST snapshot did not sync the book")
+        seed_book(sync, self.mix, self.symbol)
 
     def _check(self, sync: Synchronizer, applied_before: int = 0) -> None:
         stats = sync.statistics()
@@ -124,6 +132,15 @@ class Case:
         raw_sub = raw.subscribe("normalizer", 256, Overflow.BLOCK)
         trade_sub = trades.subscribe("sink", 256, Overflow.BLOCK)
         book_sub = books.subscribe("books", 256, Overflow.BLOCK)
+        market: Bus[MarketData] = Bus("market_data")
+        market_sub = market.subscribe("market_data", 256, Overflow.BLOCK)
+        live_market = LiveMarketData()
+        emitted = 0
+
+        def submit(out: Emitted) -> None:
+            nonlocal emitted
+            emitted += len(out.samples) + len(out.quotes) + len(out.liquidations)
+
         topic = self.venue.topic(self.market, "book", self.native, self.mix.spec.depth)
         spec = BookSpec(self.venue.name, self.market, self.symbol, self.native, feed, topic)
         live = LiveBooks([spec], GapLedger())
@@ -136,8 +153,13 @@ class Case:
 
         keeper = BookKeeper(book_sub, live, {}, resubscribe)
         normalizer = Normalizer(
-            raw_sub, trades, {feed: self.venue.decoder(self.market, {self.native: self.symbol})}, books=books
+            raw_sub,
+            trades,
+            {feed: self.venue.decoder(self.market, {self.native: self.symbol})},
+            books=books,
+            market_data=market,
         )
+        market_keeper = MarketDataKeeper(market_sub, live_market, submit)
         got = 0
 
         async def sink() -> None:
@@ -150,16 +172,21 @@ class Case:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sink)
             await nursery.start(keeper.run)
+            await nursery.start(market_keeper.run)
             start = time.process_time()
             async with trio.open_nursery() as inner:
                 await inner.start(normalizer.run)
                 for chunk in chunks:
                     await raw.publish([RawFrames(feed, self.venue.name, self.market, 0, chunk)])
                 raw.close()  # the normalizer ends once it has decoded everything
-            books.close()  # and the keeper and the sink once they have taken everything
+            books.close()  # and the keepers and the sink once they have taken everything
             trades.close()
+            market.close()
         took = time.process_time() - start
         self._check(sync, applied)
+        tickers = self.mix.kinds.count("ticker")
+        if live_market.statistics().tickers != tickers:
+            raise AssertionError(f"{self.label}: {live_market.statistics()} of {tickers} tickers")
         return took
 
 
@@ -282,10 +309,12 @@ def table(result: dict[str, Any]) -> str:
             f"{r['book_updates_per_s_per_core']:>14,}{cf:>12}{ratio:>7}"
         )
     lines.append(
-        "decode: venue decoder; +book: and the exact book (sequence checks, crossed check, OKX checksum); "
-        "+actors: and raw bus -> normalizer -> buses -> book keeper. ratio: cryptofeed CPU (its handler + "
-        "L2 book, same frames) / ours (+book). Ticker frames are decoded into normalized tickers on both "
-        "sides."
+        "decode: venue decoder; +book: and the exact book (sequence checks, crossed check, checksums); "
+        "+actors: and raw bus -> normalizer -> buses -> book and market-data keepers. ratio: "
+        "cryptofeed CPU (its handler + L2 book, same frames) / ours (+book). Ticker frames are decoded "
+        "into normalized tickers on both sides. Book checks: Bybit u+1, Binance pu chain, OKX seqId "
+        "chain + CRC32 top 25, Coinbase sequence_num, Kraken CRC32 top 10 (cryptofeed checks Kraken's "
+        "too)."
     )
     for key, value in result.get("cryptofeed", {}).items():
         if isinstance(value, dict) and "error" in value:

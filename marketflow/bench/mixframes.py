@@ -1,16 +1,22 @@
 """Real-mix traffic for `marketflow bench`: each venue's book, ticker and trade frames in real proportions.
 
 A recording of Bybit (4 linear + 2 spot symbols) held 2,148 orderbook : 839 tickers : 120 publicTrade
-frames; Binance USD-M 764 depth : 613 bookTicker : 91 aggTrade (issue 20). OKX has no recording here: its
-mix takes Bybit's proportions (books : tickers : trades). Frames are built in the venues' real shapes
-(PROTOCOLS.md) from one simulated book per venue:
+frames; Binance USD-M 764 depth : 613 bookTicker : 91 aggTrade (issue 20). OKX, Coinbase and Kraken have no
+recording here: their mixes take Bybit's proportions (books : tickers : trades). Frames are built in the
+venues' real shapes (PROTOCOLS.md) from one simulated book per venue:
 
 - book deltas touch 5–30 levels (both sides), most near the touch, 60% amount changes, deletes paired with
   inserts so depth stays at the subscribed depth (Bybit `orderbook.50`, Binance `depth@100ms` over a
   1000-level REST snapshot, OKX `books` 400 levels with `seqId`/`prevSeqId` and the CRC32 checksum of the
   exact strings);
+- Coinbase Advanced Trade on one connection: `l2_data` (a 1000-level snapshot, then updates of 5–30 levels
+  with their `event_time`, asks as `offer`), `ticker`, `market_trades` (`side` the maker's), `sequence_num`
+  0, 1, 2... across all of them; Kraken v2: the `instrument` snapshot first (the precisions its checksum
+  needs), then `book` at depth 100 (updates of 1–6 levels, as Kraken sends per change) with the CRC32 of the
+  top 10 on every message, `ticker` and `trade`, numbers as JSON numbers at the pair's precisions;
 - bids below and asks above a fixed mid, so the book never crosses; ids continue exactly (Bybit `u + 1`,
-  Binance `pu` = previous `u`, OKX `prevSeqId` = previous `seqId`), so a synchronizer applies every one;
+  Binance `pu` = previous `u`, OKX `prevSeqId` = previous `seqId`, Coinbase `sequence_num`) and checksums
+  are right (OKX, Kraken), so a synchronizer applies every one;
 - tickers in each venue's shape (Bybit `tickers` deltas, Binance `bookTicker`, OKX `tickers`), one trade
   per trade frame with unique, contiguous ids.
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 import random
+import time
 import zlib
 from bisect import insort
 from collections.abc import Callable
@@ -45,12 +52,16 @@ class MixSpec:
     trades: int
     """Recorded proportions (frames)."""
     source: str
+    levels: tuple[int, int] = (5, 30)
+    """Levels per book delta (both sides), drawn uniformly."""
 
 
 SPECS: dict[str, MixSpec] = {
     "bybit": MixSpec("bybit", "linear", "BTCUSDT", 50, 2148, 839, 120, "recorded (issue 20)"),
     "binance": MixSpec("binance", "usdm", "BTCUSDT", 1000, 764, 613, 91, "recorded (issue 20)"),
     "okx": MixSpec("okx", "swap", "BTC-USDT-SWAP", 400, 2148, 839, 120, "Bybit's proportions"),
+    "coinbase": MixSpec("coinbase", "spot", "BTC-USD", 1000, 2148, 839, 120, "Bybit's proportions"),
+    "kraken": MixSpec("kraken", "spot", "BTC/USD", 100, 2148, 839, 120, "Bybit's proportions", (1, 6)),
 }
 
 
@@ -154,8 +165,9 @@ def build(venue: str, frames: int, *, seed: int = 1, book_only: bool = False, ch
 T0 = 1_765_000_000_000
 
 
-def _levels_per_delta(rng: random.Random) -> int:
-    return rng.randint(5, 30)
+def _levels_per_delta(rng: random.Random, spec: MixSpec | None = None) -> int:
+    low, high = (5, 30) if spec is None else spec.levels
+    return rng.randint(low, high)
 
 
 def _bybit(spec: MixSpec, kinds: list[str], rng: random.Random) -> Mix:
@@ -352,8 +364,196 @@ def _okx(spec: MixSpec, kinds: list[str], rng: random.Random, checksums: bool = 
     return Mix(spec, out, ["book", *kinds[1:]], None)
 
 
+def _rfc3339(ms: int, digits: int) -> str:
+    """`2025-12-06T05:46:40.002000Z` (`digits` of fraction: Kraken writes 6, Coinbase 9 in envelopes)."""
+    seconds, millis = divmod(ms, 1000)
+    head = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{head}.{str(millis).zfill(3).ljust(digits, '0')}Z"
+
+
+def _coinbase(spec: MixSpec, kinds: list[str], rng: random.Random) -> Mix:
+    """Advanced Trade on one connection: `l2_data` (whole-book snapshot first, then updates with each
+    level's `event_time`; asks are `offer`), `ticker` and `market_trades`; `sequence_num` runs 0, 1, 2...
+    across all of them, as Coinbase numbers a connection's messages."""
+
+    def price(t: int) -> str:
+        return f"{t // 10}.{t % 10}0"
+
+    def size() -> str:
+        n = rng.randint(1, 400_000_000)
+        return f"{n // 10**8}.{n % 10**8:08d}"
+
+    book = _Book(rng, spec.depth, price, size)
+    product = spec.native
+    out: list[bytes] = []
+    trade_id = 900_000_000
+    enc = msgspec.json.encode
+
+    def envelope(channel: str, ts: int, seq: int, events: list[dict[str, object]]) -> bytes:
+        stamp = _rfc3339(ts, 9)
+        return enc(
+            {"channel": channel, "client_id": "", "timestamp": stamp, "sequence_num": seq, "events": events}
+        )
+
+    def updates(bids: list[list[str]], asks: list[list[str]], when: str) -> list[dict[str, str]]:
+        rows = [{"side": "bid", "event_time": when, "price_level": p, "new_quantity": a} for p, a in bids]
+        return rows + [
+            {"side": "offer", "event_time": when, "price_level": p, "new_quantity": a} for p, a in asks
+        ]
+
+    epoch = "1970-01-01T00:00:00Z"  # snapshot levels carry no time (PROTOCOLS.md §9.4)
+    snap: dict[str, object] = {
+        "type": "snapshot",
+        "product_id": product,
+        "updates": updates(book.levels(0), book.levels(1), epoch),
+    }
+    out.append(envelope("l2_data", T0, 0, [snap]))
+    for n, kind in enumerate(kinds[1:], start=1):
+        ts = T0 + 2 * n
+        if kind == "book":
+            bids, asks = book.delta(_levels_per_delta(rng, spec))
+            event: dict[str, object] = {
+                "type": "update",
+                "product_id": product,
+                "updates": updates(bids, asks, _rfc3339(ts - 1, 6)),
+            }
+            out.append(envelope("l2_data", ts, n, [event]))
+        elif kind == "ticker":
+            bid = book.levels(0, 1)[0]
+            ask = book.levels(1, 1)[0]
+            tick = {
+                "type": "ticker",
+                "product_id": product,
+                "price": ask[0],
+                "volume_24_h": f"{rng.randint(1000, 9999)}.{rng.randint(0, 10**8 - 1):08d}",
+                "low_24_h": "63000.01",
+                "high_24_h": "66000.99",
+                "low_52_w": "15460",
+                "high_52_w": "126296",
+                "price_percent_chg_24_h": "0.09772441285005",
+                "best_bid": bid[0],
+                "best_bid_quantity": bid[1],
+                "best_ask": ask[0],
+                "best_ask_quantity": ask[1],
+            }
+            out.append(envelope("ticker", ts, n, [{"type": "update", "tickers": [tick]}]))
+        else:
+            trade_id += 1
+            maker_buy = rng.random() < 0.5  # `side` is the maker's (§9.8): a BUY print hit the bid
+            trade = {
+                "trade_id": str(trade_id),
+                "product_id": product,
+                "price": book.levels(0 if maker_buy else 1, 1)[0][0],
+                "size": size(),
+                "side": "BUY" if maker_buy else "SELL",
+                "time": _rfc3339(ts - 1, 6),
+            }
+            out.append(envelope("market_trades", ts, n, [{"type": "update", "trades": [trade]}]))
+    return Mix(spec, out, ["book", *kinds[1:]], None)
+
+
+KRAKEN_PRICE_PRECISION = 1
+KRAKEN_QTY_PRECISION = 8
+
+
+def _kraken(spec: MixSpec, kinds: list[str], rng: random.Random) -> Mix:
+    """Kraken v2: the `instrument` snapshot (the precisions the checksum needs), then `book` (snapshot of
+    `depth` levels, then updates), `ticker` and `trade`; numbers are JSON numbers written at the pair's
+    precisions, and every book message carries the CRC32 of the top 10 (PROTOCOLS.md §10.4)."""
+
+    def price(t: int) -> str:
+        return f"{t // 10}.{t % 10}"
+
+    def size() -> str:
+        n = rng.randint(1, 400_000_000)
+        return f"{n // 10**8}.{n % 10**8:08d}"
+
+    book = _Book(rng, spec.depth, price, size)
+    pair = spec.native
+    out: list[bytes] = []
+    trade_id = 80_000_000
+
+    def text(value: str) -> str:  # the checksum text: `.` removed, leading zeros stripped
+        return value.replace(".", "").lstrip("0") or "0"
+
+    def crc() -> int:
+        top = book.levels(1, 10) + book.levels(0, 10)  # asks then bids, best first
+        return zlib.crc32("".join(text(p) + text(a) for p, a in top).encode())
+
+    def levels(rows: list[list[str]]) -> str:
+        return ",".join('{"price":%s,"qty":%s}' % (p, a if a != "0" else "0.00000000") for p, a in rows)  # noqa: UP031
+
+    def book_frame(kind: str, bids: list[list[str]], asks: list[list[str]], ts: int) -> bytes:
+        return (
+            '{"channel":"book","type":"%s","data":[{"symbol":"%s","bids":[%s],"asks":[%s],"checksum":%d,'  # noqa: UP031
+            '"timestamp":"%s"}]}' % (kind, pair, levels(bids), levels(asks), crc(), _rfc3339(ts, 6))
+        ).encode()
+
+    base, quote = pair.split("/")
+    instrument = {
+        "symbol": pair,
+        "base": base,
+        "quote": quote,
+        "status": "online",
+        "qty_precision": KRAKEN_QTY_PRECISION,
+        "qty_increment": "QTYINC",
+        "price_precision": KRAKEN_PRICE_PRECISION,
+        "cost_precision": 5,
+        "marginable": True,
+        "has_index": True,
+        "cost_min": 0.5,
+        "tick_size": "TICK",
+        "price_increment": "TICK",
+        "qty_min": "QTYMIN",
+    }
+    doc = msgspec.json.encode(
+        {"channel": "instrument", "type": "snapshot", "data": {"assets": [], "pairs": [instrument]}}
+    )
+    doc = doc.replace(b'"QTYINC"', b"0.00000001").replace(b'"TICK"', b"0.1").replace(b'"QTYMIN"', b"0.00005")
+    out.append(doc)
+    out.append(book_frame("snapshot", book.levels(0), book.levels(1), T0))
+    for n, kind in enumerate(kinds[2:], start=2):
+        ts = T0 + 2 * n
+        if kind == "book":
+            bids, asks = book.delta(_levels_per_delta(rng, spec))
+            out.append(book_frame("update", bids, asks, ts))
+        elif kind == "ticker":
+            bid = book.levels(0, 1)[0]
+            ask = book.levels(1, 1)[0]
+            volume = f"{rng.randint(1000, 9999)}.{rng.randint(0, 10**8 - 1):08d}"
+            out.append(
+                (
+                    '{"channel":"ticker","type":"update","data":[{"symbol":"%s","bid":%s,"bid_qty":%s,'  # noqa: UP031
+                    '"ask":%s,"ask_qty":%s,"last":%s,"volume":%s,"vwap":64990.4,"low":63000.5,'
+                    '"high":66000.0,"change":-458.2,"change_pct":-0.70,"timestamp":"%s"}]}'
+                    % (pair, bid[0], bid[1], ask[0], ask[1], ask[0], volume, _rfc3339(ts, 6))
+                ).encode()
+            )
+        else:
+            trade_id += 1
+            buy = rng.random() < 0.5  # `side` is the taker's (§10.3)
+            out.append(
+                (
+                    '{"channel":"trade","type":"update","data":[{"symbol":"%s","side":"%s","price":%s,'  # noqa: UP031
+                    '"qty":%s,"ord_type":"%s","trade_id":%d,"timestamp":"%s"}]}'
+                    % (
+                        pair,
+                        "buy" if buy else "sell",
+                        book.levels(1 if buy else 0, 1)[0][0],
+                        size(),
+                        "market" if rng.random() < 0.7 else "limit",
+                        trade_id,
+                        _rfc3339(ts - 1, 6),
+                    )
+                ).encode()
+            )
+    return Mix(spec, out, ["instrument", "book", *kinds[2:]], None)
+
+
 _BUILDERS: dict[str, Callable[[MixSpec, list[str], random.Random], Mix]] = {
     "bybit": _bybit,
     "binance": _binance,
     "okx": _okx,
+    "coinbase": _coinbase,
+    "kraken": _kraken,
 }

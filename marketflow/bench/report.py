@@ -73,6 +73,29 @@ def table(report: dict[str, Any]) -> str:
             rows.append(line)
         headers = ["venue", "transport frames/s", "µs/frame", "+ decode frames/s", "µs/frame"]
         parts.append(_grid(headers, rows))
+    if report.get("mix_paced"):
+        rate = report["mix_paced"][0]["rate_requested"]
+        parts.append(
+            f"\nReal mix over wss at {rate:,.0f} frames/s, + the exact book (client process CPU; latency: "
+            "frame due at the blaster → its book update applied, read coalescing included):"
+        )
+        rows = []
+        for row in report["mix_paced"]:
+            lat = row.get("latency_send_applied") or {}
+            book = row.get("book") or {}
+            rows.append(
+                [
+                    row["venue"],
+                    _num(row["frames_per_s"], 0),
+                    _num(row["cpu_us_per_frame"], 2),
+                    _num(row["cpu_pct"], 0, "%"),
+                    "/".join(_num(lat.get(k), 2) for k in ("p50_ms", "p99_ms", "max_ms")) if lat else "–",
+                    _num(row["loss"]),
+                    f"{book.get('gaps', '–')}" if book else "–",
+                ]
+            )
+        headers = ["venue", "frames/s", "µs CPU/frame", "CPU", "latency p50/p99/max ms", "loss", "book gaps"]
+        parts.append(_grid(headers, rows))
     if "stages" not in report:
         return "\n".join(parts)
     parts.append("\nStages at full speed (CPU is the client process alone; frames = trades here):")

@@ -127,6 +127,8 @@ def _stop(proc: subprocess.Popen[str], grace_s: float = 30.0) -> None:
 class Blaster:
     proc: subprocess.Popen[str]
     urls: dict[str, Any]
+    lines: JsonLines | None = None
+    """Its later lines (`sent`: when each topic's frames were out, and the wall time it started)."""
 
     @classmethod
     def start(
@@ -150,7 +152,7 @@ class Blaster:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError("the blaster did not start")
-        return cls(proc, json.loads(line))
+        return cls(proc, json.loads(line), JsonLines(proc))
 
     def go(self) -> None:
         assert self.proc.stdin is not None
@@ -192,7 +194,9 @@ class Env:
     market: str = "linear"
     symbol: str = "BTCUSDT"
     mix: str | None = None
-    """Real-mix cases: the venue whose mix the blaster serves (transport and decode stages only)."""
+    """Real-mix cases: the venue whose mix the blaster serves (transport, decode and book stages)."""
+    mix_frames: int = 0
+    """Real-mix `book` cases: the distinct frames the blaster built (the client builds the same)."""
     coalesce_ms: float | None = None
     """marketflow's read coalescing window (None: the daemon's default)."""
     counter: int = 0
@@ -229,6 +233,10 @@ class CaseResult:
     api_latency: dict[str, Any] | None = None
     commit_points: list[tuple[float, float]] = attrs.Factory(list)  # (s since start, latency ms)
     errors: list[str] = attrs.Factory(list)
+    final: dict[str, Any] = attrs.Factory(dict)
+    """The client's final line (not in the JSON: `book` cases hold a time per read)."""
+    sent: dict[str, Any] = attrs.Factory(dict)
+    """The blaster's `sent` line (its `first_wall`: when the first frame was due)."""
 
     @property
     def trades_per_s(self) -> float:
@@ -264,12 +272,12 @@ class CaseResult:
 
 def _client_process(env: Env, client: Client, blaster: Blaster, tls_dir: Path | None, where: Path) -> Any:
     cafile = str(tls_dir / "ca.pem") if tls_dir is not None else None
-    url_key = {"bybit": "bybit-linear", "okx": "okx"}.get(env.exchange, "binance")
-    ws_url = blaster.urls[url_key]
+    url_key = {"bybit": "bybit-linear", "okx": "okx", "coinbase": "coinbase", "kraken": "kraken"}
+    ws_url = blaster.urls[url_key.get(env.exchange, "binance")]
     if client.system == "marketflow":
         cmd = [sys.executable, "-m", "marketflow.bench.worker", "--stage", client.stage, "--url", ws_url]
         if env.mix is not None:
-            cmd += ["--count-frames"]
+            cmd += ["--count-frames", "--mix-frames", str(env.mix_frames)]
         cmd += ["--exchange", env.exchange, "--market", env.market, "--symbol", env.symbol]
         cmd += ["--state-dir", str(where)]
         if env.coalesce_ms is not None:
@@ -419,6 +427,8 @@ def run_case(
             api_latency=latency_summary(poller.samples) if poller is not None else None,
             commit_points=points,
             errors=lines.errors,
+            final=final,
+            sent=(blaster.lines.wait_event("sent", 5) or {}) if blaster.lines is not None else {},
         )
     finally:
         if poller is not None:
@@ -457,8 +467,11 @@ class Plan:
     mix_repeat: int = 5
     mix_wss_frames: int = 200_000
     """Frames per real-mix case over wss (transport, + decode); 0 skips them."""
+    mix_paced_frames: int = 50_000
+    """Frames per real-mix case over wss at `paced_rate` (+ the exact book, latency); 0 skips them. At
+    most the blaster's distinct frames (`blaster.MIX_DISTINCT`): books must not see ids again."""
     mix_only: bool = False
-    """The real-mix table alone (no blaster cases)."""
+    """The real-mix tables alone (no one-trade-frame cases)."""
     coalesce_ms: float | None = None
     """marketflow's read coalescing window in every blaster case (None: the daemon's default)."""
 
@@ -483,32 +496,6 @@ def sustained(
         if case.loss == 0 and kept_up:
             return rate, tried
     return 0.0, tried
-
-
-def mix_over_wss(env: Env, plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Each venue's real mix over wss from the blaster: the transport alone, then + the venue's decoder
-    (CPU per frame of the client process; frames/s at full speed)."""
-    from marketflow.bench import mixframes
-    from marketflow.exchanges import VENUES
-
-    rows = []
-    for venue, spec in mixframes.SPECS.items():
-        if venue not in VENUES:
-            continue
-        mixed = attrs.evolve(env, exchange=venue, market=spec.market, symbol=spec.native, mix=venue)
-        for stage in ("transport", "decode"):
-            log(f"- {venue} mix over wss: {stage}")
-            r = run_case(
-                mixed,
-                Client("marketflow", stage),
-                frames=plan.mix_wss_frames,
-                rate=0,
-                tls=True,
-                name=f"{venue} mix {stage}",
-            )
-            env.counter = mixed.counter
-            rows.append(r.json() | {"venue": venue, "stage": stage})
-    return rows
 
 
 def run_plan(env: Env, plan: Plan, log: Callable[[str], None]) -> dict[str, Any]:
@@ -748,8 +735,13 @@ def main(
                     from marketflow.bench import mix
 
                     report["mix"] = mix.run(plan.mix_frames, plan.mix_repeat, 64, plan.cryptofeed, log)
-                if plan.mix_wss_frames:
-                    report["mix_wss"] = mix_over_wss(env, plan, log)
+                if plan.mix_wss_frames or plan.mix_paced_frames:
+                    from marketflow.bench import mixwss
+
+                    if plan.mix_wss_frames:
+                        report["mix_wss"] = mixwss.mix_over_wss(env, plan, log)
+                    if plan.mix_paced_frames:
+                        report["mix_paced"] = mixwss.mix_paced(env, plan, log)
                 if not plan.mix_only:
                     report.update(run_plan(env, plan, log))
     finally:

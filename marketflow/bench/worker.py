@@ -6,6 +6,9 @@ Stages, each adding to the one before:
 
 - `transport`: the WebSocket client alone (Sans-I/O on trio), counting data frames;
 - `decode`: + the venue's frame decoder (exact decimals, both timestamps);
+- `book` (real-mix traffic, `--mix-frames`): + the venue's exact book on every book update (sequence
+  checks, checksums), in the read loop; the final line holds, per read, the wall time it was done and the
+  data frames done so far (the harness turns them into send → applied latencies);
 - `pipeline`: + the feed and normalizer actors and the trade bus, as in the daemon, with a consumer that
   only counts — the daemon without storage;
 - `daemon`: the whole daemon (feeds, normalizer, books, analytics, trade ring, HTTP, storage writer).
@@ -42,7 +45,7 @@ from marketflow.pipeline.feed import Feed, FeedCounters
 from marketflow.pipeline.normalizer import Normalizer
 from marketflow.runtime.bus import Bus, Overflow
 
-STAGES = ("transport", "decode", "pipeline", "daemon")
+STAGES = ("transport", "decode", "book", "pipeline", "daemon")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -128,6 +131,50 @@ async def run_transport(args: argparse.Namespace, venue: Venue, progress: Progre
             else:
                 progress.frames += len(messages)
                 progress.trades = progress.frames
+
+
+async def run_book(args: argparse.Namespace, venue: Venue, progress: Progress) -> None:
+    """Transport + decoder + the exact book in one loop, over the blaster's real-mix stream."""
+    from marketflow.bench import mix, mixframes
+
+    built = mixframes.build(venue.exchange, args.mix_frames, seed=args.seed)  # the blaster's frames
+    sync = VENUES[venue.exchange].synchronizer(venue.market)
+    mix.seed_book(sync, built, venue.symbol)
+    context = _ssl_context(args.cafile)
+    conn = await connect_ws(_ws_url(args.url, venue), ssl_context=context, coalesce_s=args.coalesce_ms / 1000)
+    session = venue.session()
+    for request in session.subscribe_requests():
+        await conn.send_text(request.payload)
+    decoder = venue.decoder()
+    done: list[tuple[float, int]] = []
+    gaps = 0
+
+    def final() -> dict[str, Any]:
+        stats = sync.statistics()
+        return {
+            "done": done,
+            "book": {"state": stats.state.name, "applied": stats.updates_applied, "gaps": stats.gaps + gaps},
+            "coalesced_waits": conn.coalesced_waits,
+        }
+
+    progress.final = final  # type: ignore[attr-defined]
+    emit({"event": "ready", "cpu": time.process_time(), "rss": rss_bytes()})
+    on_update = sync.on_update
+    is_data = session.is_data
+    async with conn:
+        while True:
+            messages = await conn.receive_messages()
+            data = [m for m in messages if is_data(m)]
+            if not data:
+                continue
+            out = Decoded()
+            decoder.decode(data, time.time_ns() // 1000, out)
+            for update in out.books:
+                if on_update(update) is not None:
+                    gaps += 1
+            progress.frames += len(data)
+            progress.trades = progress.frames
+            done.append((time.time(), progress.frames))
 
 
 async def run_pipeline(args: argparse.Namespace, venue: Venue, progress: Progress) -> None:
@@ -251,6 +298,8 @@ async def main_async(args: argparse.Namespace) -> None:
         async def body() -> None:
             if args.stage in ("transport", "decode"):
                 await run_transport(args, venue, progress, decode=args.stage == "decode")
+            elif args.stage == "book":
+                await run_book(args, venue, progress)
             elif args.stage == "pipeline":
                 await run_pipeline(args, venue, progress)
             else:
@@ -279,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         "--count-frames", action="store_true", help="decode: report data frames as delivered (real mix)"
     )
     parser.add_argument(
+        "--mix-frames", type=int, default=0, help="book: the blaster's real-mix frame count (same frames)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="book: the blaster's seed")
+    parser.add_argument(
         "--coalesce-ms",
         type=float,
         default=DaemonConfig().read_coalesce_ms,
@@ -287,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.stage == "daemon" and not args.storage_url:
         parser.error("--stage daemon needs --storage-url")
+    if args.stage == "book" and args.mix_frames <= 0:
+        parser.error("--stage book needs --mix-frames (the blaster's real-mix frame count)")
     profile_to = os.environ.get("MARKETFLOW_BENCH_PROFILE")
     if profile_to:  # cProfile of the whole stage, for finding where the CPU per frame goes
         import cProfile

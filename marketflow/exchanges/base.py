@@ -61,12 +61,17 @@ class SubscribeRequest:
 
 @attrs.frozen
 class Ack:
-    """The venue answered a subscribe request: `rejected` lists the refused topics when it names them."""
+    """The venue answered a subscribe request: `rejected` lists the refused topics when it names them.
+
+    `others_refused`: the venue refused the whole request because of the `rejected` topics, so the
+    request's other topics are not subscribed either; the feed asks for them again in requests of their
+    own (`Session.subscribe_topic_requests`), and a refused topic refuses only itself."""
 
     req_id: str | None
     success: bool
     reason: str
     rejected: tuple[str, ...] = ()
+    others_refused: bool = False
 
 
 @attrs.frozen
@@ -129,6 +134,10 @@ class Session(Protocol):
     def subscribe_requests(self) -> list[SubscribeRequest]:
         """Every topic of the connection, batched as the venue allows (sent on every (re)connect). The feed
         settles one request per `Ack` (by `req_id`, else the oldest pending)."""
+        ...
+
+    def subscribe_topic_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        """Subscribe requests for just these topics of the connection (the others of a refused request)."""
         ...
 
     def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]: ...

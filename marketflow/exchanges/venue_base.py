@@ -114,6 +114,9 @@ class ResubscribingSession:
     def subscribe_requests(self) -> list[SubscribeRequest]:
         return self._requests("subscribe", self.topics)
 
+    def subscribe_topic_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        return self._requests("subscribe", topics)
+
     def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
         return self._requests("unsubscribe", topics)
 

@@ -4,19 +4,23 @@ nats-py is asyncio-only. Measured here (docs/BENCHMARKING): an asyncio loop in i
 31-33k msgs/s and consumed 28-29k from trio, trio-asyncio 15k and 8k; the thread is also the pattern the
 PostgreSQL store uses (`storage/postgres.py`, `AsyncioThread`). Every call below runs on that loop.
 
-Pitfalls handled here: a failed `publish_async` future never resolves (nats-py issue #985: the error only
-reaches `error_cb`), so every batch of acks is awaited with a timeout and what is still pending is
-cancelled (which also frees nats-py's pending-ack slots); with replicas the server may answer 409
-"duplicate message id is in process" (err_code 10158) to a second publisher of the same id: that message is
-stored, so it counts as done; `PubAck.duplicate` is None, not False, for a new message.
+Pitfalls handled here: nats-py's `publish_async` never resolves the future of a publish the server refused
+(issue #985: `APIError.from_error` raises inside its reply handler, so the error only reaches `error_cb`).
+So acks are not taken from `publish_async`: every publish carries a reply subject of this link's own ack
+inbox, whose handler parses the server's answer itself (a `PubAck`, or an error with its code), and every
+batch of acks is awaited with a timeout (a reply lost with a node). With replicas the server answers 409
+"duplicate message id is in process" (err_code 10158) to a second publisher of an id whose first copy is
+being replicated: that message is stored, so it counts as done (a duplicate).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import nats
 import nats.errors
@@ -35,7 +39,7 @@ from nats.js.api import (
 )
 
 from marketflow.config import NatsConfig
-from marketflow.nats.schema import MSG_ID, stream_name
+from marketflow.nats.schema import MSG_ID, STREAM_OF, stream_name, stream_of
 from marketflow.storage.postgres import AsyncioThread
 
 log = logging.getLogger("marketflow.nats")
@@ -54,6 +58,67 @@ INBOX_CAPACITY: Final = 10_000
 
 class NatsError(Exception):
     """NATS refused or did not answer; the message names the servers and the cause."""
+
+
+class PublishRefused(Exception):
+    """JetStream answered a publish with an error (its `code`, `err_code` and description)."""
+
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        super().__init__(f"code={code} err_code={err_code} {description}")
+        self.code = code
+        self.err_code = err_code
+
+
+Ack = Literal["new", "duplicate", "in_process"]
+
+
+def parse_ack(msg: Msg) -> Ack:
+    """JetStream's answer to a publish: stored (`new`), had it already (`duplicate`), or another
+    publisher's copy of that id is being stored (`in_process`, the 409 of `ERR_DUPLICATE_IN_PROCESS`);
+    raises `PublishRefused` for any other error answer."""
+    if msg.headers and msg.headers.get("Status") == "503":
+        raise PublishRefused(503, 0, "no responders: no stream takes this subject")
+    try:
+        answer = json.loads(msg.data)
+    except ValueError:
+        raise PublishRefused(0, 0, f"unreadable answer {msg.data[:100]!r}") from None
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if error is not None:
+        err_code = int(error.get("err_code", 0))
+        if err_code == ERR_DUPLICATE_IN_PROCESS:
+            return "in_process"
+        raise PublishRefused(int(error.get("code", 0)), err_code, str(error.get("description", "")))
+    if not isinstance(answer, dict) or "seq" not in answer:
+        raise PublishRefused(0, 0, f"not a publish ack: {msg.data[:100]!r}")
+    return "duplicate" if answer.get("duplicate") else "new"
+
+
+class AckInbox:
+    """Answers to this link's JetStream publishes: one wildcard subscription, a future per publish."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._tokens = itertools.count()
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+
+    def expect(self) -> tuple[str, asyncio.Future[Msg]]:
+        """A reply subject and the future its answer resolves."""
+        token = str(next(self._tokens))
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        return self.prefix + token, future
+
+    def forget(self, futures: Sequence[asyncio.Future[Msg]]) -> None:
+        """Stop waiting for these (answered or given up)."""
+        gone = {id(f) for f in futures}
+        for token, future in list(self._waiting.items()):
+            if id(future) in gone:
+                del self._waiting[token]
+
+    async def on_reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self.prefix) :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
 
 
 class Inbox:
@@ -90,9 +155,12 @@ class NatsLink:
         self._thread = AsyncioThread(f"nats-{name}")
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._acks: AckInbox | None = None
         self._pull: dict[str, JetStreamContext.PullSubscription] = {}
         self.errors = 0
         self.last_error: str | None = None
+        self.in_process_duplicates = 0
+        """409s "duplicate message id is in process" taken as stored (another publisher's copy is)."""
 
     @property
     def display(self) -> str:
@@ -100,6 +168,10 @@ class NatsLink:
 
     def subject_all(self, kind: str) -> str:
         return f"{self.config.subject_prefix}.{kind}.>"
+
+    def subjects_of(self, stream: str) -> list[str]:
+        """Every subject of a stream (`schema.STREAM_OF`): `<prefix>.<kind>.>` of each of its kinds."""
+        return [self.subject_all(kind) for kind, of in STREAM_OF.items() if of == stream]
 
     async def _run(self, doing: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         try:
@@ -113,8 +185,8 @@ class NatsLink:
         await self._run("connect", self._connect, create_streams)
 
     async def _connect(self, create_streams: bool) -> None:
-        if self._nc is not None and self._nc.is_connected:
-            return
+        if self._nc is not None and not self._nc.is_closed:
+            return  # connected, or reconnecting on its own (a second client would leak, and wait meanwhile)
 
         async def on_error(exc: Exception) -> None:
             self.errors += 1
@@ -130,6 +202,8 @@ class NatsLink:
             error_cb=on_error,
         )
         self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
+        self._acks = AckInbox(self._nc.new_inbox() + ".")
+        await self._nc.subscribe(self._acks.prefix + "*", cb=self._acks.on_reply)
         if create_streams:
             await self._ensure_streams(self._js)
 
@@ -155,6 +229,25 @@ class NatsLink:
                 storage=StorageType.MEMORY,
                 discard=DiscardPolicy.OLD,
             ),
+            # Tickers, derivatives and liquidations: what the store role writes, kept like trades.
+            StreamConfig(
+                name=stream_name(prefix, "market"),
+                subjects=self.subjects_of("market"),
+                max_age=float(self.config.max_age_s),
+                num_replicas=self.config.stream_replicas,
+                duplicate_window=min(DUPLICATE_WINDOW_S, float(self.config.max_age_s)),
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+            ),
+            StreamConfig(
+                name=stream_name(prefix, "candles"),
+                subjects=self.subjects_of("candles"),
+                max_age=float(self.config.max_age_s),
+                num_replicas=self.config.stream_replicas,
+                duplicate_window=min(DUPLICATE_WINDOW_S, float(self.config.max_age_s)),
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+            ),
         )
         for config in streams:
             assert config.name is not None
@@ -178,10 +271,21 @@ class NatsLink:
         await _stop_thread(self._thread)
 
     async def _close(self) -> None:
-        nc, self._nc, self._js = self._nc, None, None
+        nc, self._nc, self._js, self._acks = self._nc, None, None, None
         self._pull = {}
         if nc is not None and not nc.is_closed:
             await asyncio.wait_for(nc.close(), PUBLISH_TIMEOUT_S)
+
+    async def stream_count(self, kind: str, subject: str) -> int:
+        """How many messages the stream of `kind` holds on `subject` (wildcards allowed)."""
+        return await self._run("stream info", self._stream_count, kind, subject)
+
+    async def _stream_count(self, kind: str, subject: str) -> int:
+        js = self._js
+        if js is None:
+            raise nats.errors.ConnectionClosedError
+        info = await js.stream_info(stream_of(self.config.subject_prefix, kind), subjects_filter=subject)
+        return sum((info.state.subjects or {}).values())
 
     # -- publishing ------------------------------------------------------------------------------------------
 
@@ -191,28 +295,23 @@ class NatsLink:
         return await self._run("publish", self._publish_acked, messages)
 
     async def _publish_acked(self, messages: Sequence[tuple[str, bytes, str]]) -> list[bool]:
-        js = self._js
-        if js is None:
+        nc, acks = self._nc, self._acks
+        if nc is None or acks is None:
             raise nats.errors.ConnectionClosedError
-        futures = [
-            await js.publish_async(subject, payload, wait_stall=PUBLISH_TIMEOUT_S, headers={MSG_ID: msg_id})
-            for subject, payload, msg_id in messages
-        ]
-        _, pending = await asyncio.wait(futures, timeout=PUBLISH_TIMEOUT_S)
-        for future in pending:
-            future.cancel()  # nats-py #985: it may never resolve; cancelling frees its slot
+        futures = []
+        try:
+            for subject, payload, msg_id in messages:
+                reply, future = acks.expect()
+                futures.append(future)
+                await nc.publish(subject, payload, reply=reply, headers={MSG_ID: msg_id})
+            _, pending = await asyncio.wait(futures, timeout=PUBLISH_TIMEOUT_S) if futures else ((), ())
+        finally:
+            acks.forget(futures)
         if pending:
             raise TimeoutError(f"{len(pending)} of {len(futures)} publishes not acked in time")
-        duplicates: list[bool] = []
-        for future in futures:
-            exc = future.exception()
-            if exc is None:
-                duplicates.append(bool(future.result().duplicate))
-            elif isinstance(exc, nats.js.errors.APIError) and exc.err_code == ERR_DUPLICATE_IN_PROCESS:
-                duplicates.append(True)
-            else:
-                raise exc
-        return duplicates
+        answers = [parse_ack(future.result()) for future in futures]
+        self.in_process_duplicates += answers.count("in_process")
+        return [answer != "new" for answer in answers]
 
     async def publish_core(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Publish without waiting for acks (books: the next one replaces a lost one)."""
@@ -227,27 +326,30 @@ class NatsLink:
 
     # -- consuming -------------------------------------------------------------------------------------------
 
-    async def fetch(self, durable: str, kind: str, most: int, wait_s: float) -> list[Msg]:
-        """Up to `most` messages of the shared durable pull consumer `durable` ([] after `wait_s`)."""
-        return await self._run("fetch", self._fetch, durable, kind, most, wait_s)
+    async def fetch(self, durable: str, stream: str, most: int, wait_s: float) -> list[Msg]:
+        """Up to `most` messages of the shared durable pull consumer `durable` over every subject of
+        `stream` ("trades", "market"; [] after `wait_s`)."""
+        return await self._run("fetch", self._fetch, durable, stream, most, wait_s)
 
-    async def _fetch(self, durable: str, kind: str, most: int, wait_s: float) -> list[Msg]:
+    async def _fetch(self, durable: str, stream: str, most: int, wait_s: float) -> list[Msg]:
         js = self._js
         if js is None:
             raise nats.errors.ConnectionClosedError
         sub = self._pull.get(durable)
         if sub is None:
+            subjects = self.subjects_of(stream)
             config = ConsumerConfig(
                 durable_name=durable,
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.config.ack_wait_s,
                 max_ack_pending=100_000,
-                filter_subject=self.subject_all(kind),
+                filter_subject=subjects[0] if len(subjects) == 1 else None,
+                filter_subjects=subjects if len(subjects) > 1 else None,
             )
             sub = await js.pull_subscribe(
-                self.subject_all(kind),
+                subjects[0],
                 durable=durable,
-                stream=stream_name(self.config.subject_prefix, kind),
+                stream=stream_name(self.config.subject_prefix, stream),
                 config=config,
             )
             self._pull[durable] = sub
@@ -265,21 +367,31 @@ class NatsLink:
             await msg.ack()
 
     async def subscribe(
-        self, kind: str, subject: str, *, deliver: DeliverPolicy = DeliverPolicy.NEW, block: bool = False
+        self,
+        kind: str,
+        subject: str,
+        *,
+        deliver: DeliverPolicy = DeliverPolicy.NEW,
+        block: bool = False,
+        inbox: Inbox | None = None,
     ) -> Inbox:
         """An ordered push consumer over `subject` of the `kind` stream (nats-py re-creates it after a node
         fails), from now on, from the start, or from the newest message of every subject (`deliver`);
-        `block`: the inbox never drops (the subscription waits for the reader instead)."""
-        return await self._run("subscribe", self._subscribe, kind, subject, deliver, block)
+        `block`: the inbox never drops (the subscription waits for the reader instead); `inbox`: deliver
+        into this one (several subscriptions, one reader)."""
+        return await self._run("subscribe", self._subscribe, kind, subject, deliver, block, inbox)
 
-    async def _subscribe(self, kind: str, subject: str, policy: DeliverPolicy, block: bool) -> Inbox:
+    async def _subscribe(
+        self, kind: str, subject: str, policy: DeliverPolicy, block: bool, inbox: Inbox | None
+    ) -> Inbox:
         js = self._js
         if js is None:
             raise nats.errors.ConnectionClosedError
-        inbox = Inbox(block=block)
+        if inbox is None:
+            inbox = Inbox(block=block)
         await js.subscribe(
             subject,
-            stream=stream_name(self.config.subject_prefix, kind),
+            stream=stream_of(self.config.subject_prefix, kind),
             cb=inbox.put,
             ordered_consumer=True,
             deliver_policy=policy,

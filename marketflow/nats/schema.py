@@ -21,7 +21,17 @@ from marketflow.model import BookUpdate, Side, Trade
 VERSION: Final = 1
 TRADES_PER_MESSAGE: Final = 500
 """Most trades packed into one message (~45 KB of JSON; NATS' default max payload is 1 MB)."""
-KINDS: Final = ("trades", "book")
+KINDS: Final = ("trades", "book", "ticker", "derivatives", "liquidations", "candles")
+STREAM_OF: Final = {
+    "trades": "trades",
+    "book": "book",
+    "ticker": "market",
+    "derivatives": "market",
+    "liquidations": "market",
+    "candles": "candles",
+}
+"""The stream (by `stream_name`) a kind's subjects belong to: the three collected market-data kinds share one,
+so the store role reads them through one durable consumer."""
 MSG_ID: Final = "Nats-Msg-Id"
 
 
@@ -79,6 +89,11 @@ def subject(prefix: str, kind: str, exchange: str, symbol: str) -> str:
 def stream_name(prefix: str, kind: str) -> str:
     """The JetStream stream of a kind: `MARKETFLOW_TRADES` for prefix `marketflow`."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", prefix).upper() + "_" + kind.upper()
+
+
+def stream_of(prefix: str, kind: str) -> str:
+    """The JetStream stream holding the subjects of `kind`."""
+    return stream_name(prefix, STREAM_OF[kind])
 
 
 def pack_trades(batch: Sequence[Trade]) -> Iterator[tuple[str, str, bytes, str, int]]:

@@ -4,12 +4,17 @@ Trades go onto the serving bus (analytics, the trade ring), each trade once: red
 pair) publish the same trade in different messages, so trades are filtered by identity against the ids
 seen recently per symbol (two generations of `RECENT_IDS`, like a venue decoder's duplicate filter).
 Books arrive whole (`collect.py`) and replace the mirrored book of their symbol (`MirrorBook`), so `/book`
-answers for symbols collected on other machines.
+answers for symbols collected on other machines. Ticker and derivatives states, the collectors' derivatives
+samples and their liquidations (`market.py`) go into the daemon's `LiveMarketData` (newest state by `ts`,
+samples by instant, liquidations by identity), so `/ticker`, `/derivatives`, `/liquidations` and the
+order-flow bars' liquidation and open-interest fields answer for them too; a symbol this daemon collects
+itself keeps its own.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -20,8 +25,16 @@ from marketflow.config import Config
 from marketflow.exchanges.orderbook import BookSync, Gap
 from marketflow.model import BookUpdate, Trade
 from marketflow.nats.link import Inbox, LinkActor, NatsError, NatsLink
+from marketflow.nats.market_schema import (
+    MARKET_KINDS,
+    DerivativesUpdate,
+    TickerUpdate,
+    subject_parts,
+    unpack_market,
+)
 from marketflow.nats.schema import PayloadError, unpack_book, unpack_trades
 from marketflow.pipeline.bookkeeper import LiveBooks
+from marketflow.pipeline.market_data import LiveMarketData
 from marketflow.runtime.backoff import Backoff
 from marketflow.runtime.bus import Bus
 
@@ -90,10 +103,13 @@ class ServeStatistics:
     dropped_messages: int
     errors: int
     last_error: str | None
+    market_messages: int
 
 
 class ServeSubscriber(LinkActor):
-    """Subscribes to `<prefix>.trades.>` (from now) and `<prefix>.book.>` (from the newest of each)."""
+    """Subscribes to `<prefix>.trades.>` (from now), `<prefix>.book.>` and, with `market`, the ticker,
+    derivatives and liquidations subjects (from the newest of each, then live). `collected(exchange,
+    symbol)`: this daemon's own feeds carry that symbol's market data (it is not mirrored)."""
 
     def __init__(
         self,
@@ -102,6 +118,8 @@ class ServeSubscriber(LinkActor):
         recent: RecentIds,
         config: Config,
         *,
+        market: LiveMarketData | None = None,
+        collected: Callable[[str, str], bool] = lambda exchange, symbol: False,
         name: str = "nats_serve",
     ) -> None:
         self.name = name
@@ -109,6 +127,9 @@ class ServeSubscriber(LinkActor):
         self._bus = trades
         self._books = books
         self._recent = recent
+        self._market = market
+        self._collected = collected
+        self._market_messages = 0
         self._link = NatsLink(config.nats, "serve")
         self._prefix = config.nats.subject_prefix
         self._backoff = Backoff(config.supervisor.backoff_initial_s, config.supervisor.backoff_max_s)
@@ -132,6 +153,7 @@ class ServeSubscriber(LinkActor):
             self._dropped,
             self._errors,
             self._last_error,
+            self._market_messages,
         )
 
     def request_stop(self) -> None:
@@ -147,12 +169,22 @@ class ServeSubscriber(LinkActor):
                 books = await self._link.subscribe(
                     "book", f"{self._prefix}.book.>", deliver=DeliverPolicy.LAST_PER_SUBJECT
                 )
+                market = None
+                for kind in MARKET_KINDS if self._market is not None else ():
+                    market = await self._link.subscribe(
+                        kind,
+                        f"{self._prefix}.{kind}.>",
+                        deliver=DeliverPolicy.LAST_PER_SUBJECT,
+                        inbox=market,
+                    )
                 self._state = "running"
                 if not started:
                     task_status.started()
                     started = True
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._books_loop, books)
+                    if market is not None:
+                        nursery.start_soon(self._market_loop, market)
                     while True:
                         msgs = await self._link.take(trades, TAKE_MESSAGES)
                         self._dropped = trades.dropped
@@ -198,3 +230,27 @@ class ServeSubscriber(LinkActor):
                     sync.on_snapshot(update)
                     books.updated[key] = update.ts
                     self._book_messages += 1
+
+    async def _market_loop(self, inbox: Inbox) -> None:
+        live = self._market
+        assert live is not None
+        while True:
+            for msg in await self._link.take(inbox, TAKE_MESSAGES):
+                try:
+                    kind, exchange, symbol = subject_parts(self._prefix, msg.subject)
+                    update = unpack_market(kind, msg.data, (exchange, symbol))
+                except PayloadError as exc:  # counted and logged (repeats rate-limited), never applied
+                    self._malformed += 1
+                    log.warning(
+                        "malformed message skipped", extra={"subject": msg.subject, "error": str(exc)}
+                    )
+                    continue
+                if self._collected(exchange, symbol):
+                    continue
+                self._market_messages += 1
+                if isinstance(update, TickerUpdate):
+                    live.mirror_ticker(update.ticker)
+                elif isinstance(update, DerivativesUpdate):
+                    live.mirror_derivatives(update.state, update.samples)
+                else:
+                    live.mirror_liquidations(update)

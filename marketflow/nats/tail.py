@@ -14,10 +14,12 @@ from marketflow.exchanges import VENUES
 from marketflow.nats.schema import KINDS
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
+STATE_KINDS = ("book", "ticker", "derivatives")
+"""Kinds whose every message is a whole state: a tail starts from the newest of each subject."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=KINDS, help="trades or book")
+    parser.add_argument("kind", choices=KINDS, help=", ".join(KINDS))
     parser.add_argument("exchange", help=f"one of {', '.join(sorted(VENUES))}, or * for every exchange")
     parser.add_argument("symbol", help="normalized, e.g. BTC-USDT or BTC-USDT-PERP, or * for every symbol")
     parser.add_argument(
@@ -27,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--deliver",
         choices=("new", "all", "last"),
         default=None,
-        help="new: from now (trades default); last: the newest per subject, then live (book default); "
-        "all: everything the stream holds",
+        help="new: from now (trades, liquidations, candles default); last: the newest per subject, then "
+        "live (book, ticker, derivatives default); all: everything the stream holds",
     )
     parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N records")
 
@@ -38,7 +40,7 @@ def run_tail(args: argparse.Namespace, config: Config) -> int:
     if not servers:
         print("marketflow tail: no NATS servers: give --servers or set [nats] servers", file=sys.stderr)
         return 2
-    deliver = args.deliver or ("last" if args.kind == "book" else "new")
+    deliver = args.deliver or ("last" if args.kind in STATE_KINDS else "new")
     trio.run(_tail, servers, args.kind, args.exchange, args.symbol.upper(), config, deliver, args.count)
     return 0
 

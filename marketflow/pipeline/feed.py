@@ -264,8 +264,10 @@ class Feed:
         with trio.move_on_after(ACK_TIMEOUT_S):
             while link.pending:
                 messages = await link.conn.receive_messages()
+                again: list[SubscribeRequest] = []
                 for event in await self._handle(link, messages):
-                    self._settle(link, event, rejected)
+                    again += self._settle(link, event, rejected)
+                await self._send_requests(link, again)
         if link.pending:
             missing = sorted(t for r, _ in link.pending.values() for t in r.topics)
             raise FeedError(f"{self.url}: no subscribe ack within {ACK_TIMEOUT_S} s for {missing}")
@@ -291,13 +293,15 @@ class Feed:
             await link.conn.send_text(request.payload)
             link.last_send = trio.current_time()
 
-    def _settle(self, link: _Link, event: ControlEvent, rejected: dict[str, str]) -> None:
+    def _settle(self, link: _Link, event: ControlEvent, rejected: dict[str, str]) -> list[SubscribeRequest]:
+        """Settle one control event; returns the requests to send again (the others of a request the
+        venue refused whole for some of its topics)."""
         if isinstance(event, Reconnect):
             log.warning("feed asked to reconnect", extra={"feed": self.name, "reason": event.reason})
             self._rotate_now.set()
-            return
+            return []
         if not isinstance(event, Ack):
-            return
+            return []
         # Match by id; a venue that does not echo ids acks in order.
         req_id = (
             event.req_id
@@ -305,12 +309,14 @@ class Feed:
             else next((r for r in link.order if r in link.pending), None)
         )
         if req_id is None:
-            return
+            return []
         request, _ = link.pending.pop(req_id)
         link.order.remove(req_id)
         if event.success:
-            return
+            return []
         refused = event.rejected or request.topics
+        if event.others_refused:  # the venue named a product: its topics in this request
+            refused = tuple(t for t in event.rejected if t in request.topics) or request.topics
         for topic in refused:
             rejected[topic] = event.reason
         self._counters.rejected.update(rejected)
@@ -319,6 +325,8 @@ class Feed:
             "subscription rejected",
             extra={"feed": self.name, "topics": list(refused), "reason": event.reason},
         )
+        others = [t for t in request.topics if t not in refused] if event.others_refused else []
+        return link.session.subscribe_topic_requests(others) if others else []
 
     async def _pump(self, link: _Link) -> None:
         stale = self._stale_timeout_s
@@ -327,8 +335,10 @@ class Feed:
                 messages = await link.conn.receive_messages()
             if scope.cancelled_caught:
                 raise FeedError(f"{self.url}: stale: nothing received for {stale} s")
+            again: list[SubscribeRequest] = []
             for event in await self._handle(link, messages):
-                self._settle(link, event, {})
+                again += self._settle(link, event, {})
+            await self._send_requests(link, again)
             if link.pending:
                 oldest = min(sent for _, sent in link.pending.values())
                 if trio.current_time() - oldest > ACK_TIMEOUT_S:

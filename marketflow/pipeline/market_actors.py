@@ -171,10 +171,20 @@ class MarketDataPlant:
     the live state, the record queues of `derivatives`, `liquidations` and `quotes`, and the planned REST
     polls. The daemon builds its children from it (`sinks`, `keeper`, `poller`)."""
 
-    def __init__(self, store: object, capacity: int, sample_interval_s: float, store_quotes: bool) -> None:
+    def __init__(
+        self,
+        store: object,
+        capacity: int,
+        sample_interval_s: float,
+        store_quotes: bool,
+        *,
+        publish: bool = False,
+    ) -> None:
+        """`publish`: the rows are drained by a publisher (a NATS collector), not by sinks into `store`."""
         self.bus: Bus[MarketData] = Bus("market_data")
         self._subscription = self.bus.subscribe("market_data", capacity, Overflow.BLOCK)
         self.live = LiveMarketData(sample_interval_s, store_quotes=store_quotes)
+        self.publish = publish
         self._writers: dict[str, Any] = {
             "derivatives": getattr(store, "write_derivatives", None),
             "liquidations": getattr(store, "write_liquidations", None),
@@ -183,14 +193,16 @@ class MarketDataPlant:
         self.derivatives: RecordQueue[DerivativesTick] = RecordQueue(
             "derivatives",
             key=lambda r: (r.exchange, r.symbol, r.ts),  # a replaced sample of the same instant wins
-            accept=self._writers["derivatives"] is not None,
+            accept=publish or self._writers["derivatives"] is not None,
         )
         self.liquidations: RecordQueue[Liquidation] = RecordQueue(
             "liquidations",
             key=lambda r: (r.exchange, r.symbol, r.id),
-            accept=self._writers["liquidations"] is not None,
+            accept=publish or self._writers["liquidations"] is not None,
         )
-        self.quotes: RecordQueue[Quote] = RecordQueue("quotes", accept=self._writers["quotes"] is not None)
+        self.quotes: RecordQueue[Quote] = RecordQueue(
+            "quotes", accept=(publish and store_quotes) or self._writers["quotes"] is not None
+        )
         self.polls: dict[str, PollPlan] = {}
 
     def plan_polls(
@@ -222,7 +234,7 @@ class MarketDataPlant:
         return [
             (name, functools.partial(RecordSink, name, self._writers[name], queue=queue))
             for name, queue in queues.items()
-            if queue.accept
+            if queue.accept and not self.publish
         ]
 
     def keeper(self) -> MarketDataKeeper:

@@ -220,6 +220,42 @@ class LiveMarketData:
         self._counts["liquidations"] += 1
         out.liquidations.append(record)
 
+    # -- input from another daemon (the serve role over NATS) -------------------------------------------
+
+    def mirror_ticker(self, state: Ticker) -> None:
+        """Take a collector's merged ticker state (a snapshot): the newest by `ts` wins, field by field,
+        so a state from a lagging redundant collector never rolls a field back."""
+        self._ticker(state, Emitted())
+
+    def mirror_derivatives(self, state: DerivativesTick, samples: Iterable[DerivativesTick]) -> None:
+        """Take a collector's merged derivatives state and the samples it made (the collector samples:
+        it saw every record). A sample of an instant already held replaces it (as storage upserts)."""
+        self._counts["derivatives"] += 1
+        key = (state.exchange, state.symbol)
+        merged = self._derivatives.get(key)
+        if merged is None:
+            merged = self._derivatives[key] = _Merged(DERIVATIVES_FIELDS)
+        _, stale = merge(merged, state, DERIVATIVES_FIELDS)
+        self._counts["stale_fields"] += stale
+        for row in samples:
+            recent = self._samples.get(key)
+            if recent is None:
+                recent = self._samples[key] = collections.deque(maxlen=RECENT_SAMPLES)
+            if not recent or row.ts > recent[-1].ts:
+                recent.append(row)
+            else:  # an instant held already, or an older one (from the other collector of a hot pair)
+                rows = {r.ts: r for r in recent}
+                rows[row.ts] = row
+                recent.clear()
+                recent.extend(sorted(rows.values(), key=lambda r: r.ts)[-RECENT_SAMPLES:])
+            self._counts["samples"] += 1
+
+    def mirror_liquidations(self, records: Iterable[Liquidation]) -> None:
+        """Take liquidations a collector published: each identity once, as from a feed."""
+        out = Emitted()
+        for record in records:
+            self._liquidation(record, out)
+
     def close_buckets(self, now_us: int) -> list[DerivativesTick]:
         """Samples of buckets the clock has left (a quiet symbol's last change is not held back)."""
         current = now_us // self.interval_us
@@ -251,6 +287,10 @@ class LiveMarketData:
             else DerivativesTick(exchange, symbol, d.ts, d.recv_ts, **d.values, snapshot=True)
         )
         return ticker, derivs
+
+    def keys(self) -> set[Key]:
+        """Every (exchange, symbol) with a ticker or derivatives state."""
+        return self._tickers.keys() | self._derivatives.keys()
 
     def recent_samples(self, exchange: str, symbol: str) -> list[DerivativesTick]:
         return list(self._samples.get((exchange, symbol), ()))

@@ -137,19 +137,30 @@ class Normalizer:
                         if "liquidations" not in wanted:
                             del out.liquidations[marks[2] :]
                 self._batches += 1
-                if out.trade_gaps:
-                    self._gap_count += len(out.trade_gaps)
-                    if self._on_trade_gaps is not None:
-                        self._on_trade_gaps(out.trade_gaps)
-                if out.trades:
-                    self._trade_count += len(out.trades)
-                    await self._trades.publish(out.trades)
-                if out.books:
-                    self._book_count += len(out.books)
-                    if self._books is not None:
-                        await self._books.publish(out.books)
-                if out.tickers or out.derivatives or out.liquidations:
-                    data: list[MarketData] = [*out.tickers, *out.derivatives, *out.liquidations]
-                    self._market_count += len(data)
-                    if self._market_data is not None:
-                        await self._market_data.publish(data)
+                # The frames are taken from the raw bus and the decoders have moved past them: a cancel
+                # (the supervisor failing this actor, a reload) must not drop the decoded batch between
+                # here and its subscribers, or its trades are lost with no gap to show for it.
+                # A daemon cancelled past its shutdown deadline closes the buses, which ends a wait here.
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self._hand_off(out)
+                    except trio.ClosedResourceError:
+                        return
+
+    async def _hand_off(self, out: Decoded) -> None:
+        if out.trade_gaps:
+            self._gap_count += len(out.trade_gaps)
+            if self._on_trade_gaps is not None:
+                self._on_trade_gaps(out.trade_gaps)
+        if out.trades:
+            self._trade_count += len(out.trades)
+            await self._trades.publish(out.trades)
+        if out.books:
+            self._book_count += len(out.books)
+            if self._books is not None:
+                await self._books.publish(out.books)
+        if out.tickers or out.derivatives or out.liquidations:
+            data: list[MarketData] = [*out.tickers, *out.derivatives, *out.liquidations]
+            self._market_count += len(data)
+            if self._market_data is not None:
+                await self._market_data.publish(data)

@@ -42,17 +42,25 @@ All times come from ``trio.current_time()``.
 from __future__ import annotations
 
 import collections
-import enum
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import attrs
 import trio
 
 from .actor import Actor
 from .backoff import Backoff
+from .child import _Child, _ChildTaskStatus, _describe, _failure_fields, _Incarnation, _operational
 from .circuit import CircuitBreaker, CircuitState
+from .supervision import (
+    ChildSpec,
+    ChildStatistics,
+    Restart,
+    Strategy,
+    SupervisorEscalation,
+    SupervisorPolicy,
+    SupervisorStatistics,
+)
 
 __all__ = [
     "ChildSpec",
@@ -66,189 +74,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("marketflow.supervisor")
-
-
-class Strategy(enum.StrEnum):
-    """Which children a supervisor restarts when one of them ends."""
-
-    ONE_FOR_ONE = "one_for_one"
-    REST_FOR_ONE = "rest_for_one"
-
-
-class Restart(enum.StrEnum):
-    """When a child is restarted: PERMANENT always, TRANSIENT after a failure, TEMPORARY never."""
-
-    PERMANENT = "permanent"
-    TRANSIENT = "transient"
-    TEMPORARY = "temporary"
-
-
-@attrs.frozen
-class SupervisorPolicy:
-    """How a supervisor restarts its children."""
-
-    strategy: Strategy = Strategy.ONE_FOR_ONE
-    backoff_initial_s: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
-    backoff_max_s: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
-    circuit_failures: int = attrs.field(default=10, validator=attrs.validators.ge(1))
-    circuit_window_s: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
-    circuit_open_s: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
-    intensity: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.ge(0))
-    )
-    """Most automatic restarts allowed within ``period_s`` across all children; None: no limit."""
-    period_s: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
-    traceback_interval_s: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
-    """A child's unexpected failures show their traceback at most once per this many seconds."""
-
-    def __attrs_post_init__(self) -> None:
-        if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError(
-                f"backoff_max_s ({self.backoff_max_s}) must be >= "
-                f"backoff_initial_s ({self.backoff_initial_s})"
-            )
-
-
-@attrs.frozen
-class ChildSpec:
-    """One child of a supervisor."""
-
-    name: str
-    factory: Callable[[], Actor]
-    """Called for every (re)start; returns a fresh actor."""
-    restart: Restart = Restart.PERMANENT
-    shutdown_timeout_s: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
-    on_stop: Callable[[], None] | None = None
-    """Called when the supervisor stops this child, after ``request_stop()`` and before waiting."""
-
-
-@attrs.frozen
-class ChildStatistics:
-    """Snapshot of one child.
-
-    ``state`` is one of "starting", "running", "backoff", "circuit_open", "stopping", "stopped"
-    and "failed" (a TRANSIENT or TEMPORARY child that failed and will not be restarted).
-    """
-
-    name: str
-    state: str
-    restarts: int
-    failures: int
-    last_error: str | None
-    """``"ExcType: message"`` of the last failure."""
-    circuit: str
-    """The :class:`CircuitState` value."""
-    next_start_at: float | None
-    """Trio time of the next (re)start while in "backoff" or "circuit_open"."""
-    started_at: float | None
-    """Trio time the current actor called ``task_status.started()``."""
-    actor: object | None
-    """The current actor's ``statistics()`` while it exists (starting, running or stopping)."""
-
-
-@attrs.frozen
-class SupervisorStatistics:
-    """Snapshot of a supervisor and its children, in start order."""
-
-    name: str
-    strategy: Strategy
-    restarts_total: int
-    children: tuple[ChildStatistics, ...]
-
-
-class SupervisorEscalation(Exception):
-    """A supervisor's children restarted more often than its policy allows."""
-
-    def __init__(self, supervisor: str, child: str, restarts: int, period_s: float, intensity: int) -> None:
-        super().__init__(
-            f"supervisor {supervisor!r}: child {child!r} needed restart number {restarts} within "
-            f"{period_s:g} s, more than the intensity of {intensity}; all children were stopped"
-        )
-        self.supervisor = supervisor
-        self.child = child
-        self.restarts = restarts
-        self.period_s = period_s
-        self.intensity = intensity
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _operational(exc: BaseException) -> bool:
-    """An expected failure of the outside world (class attribute ``operational``), or a group of them."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_operational(inner) for inner in exc.exceptions)
-    return getattr(type(exc), "operational", False) is True
-
-
-def _failure_fields(exc: BaseException) -> dict[str, object]:
-    """The reason of a failure and the exception's own ``log_fields`` (first leaf of a group)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    fields = getattr(exc, "log_fields", None)
-    merged: dict[str, object] = dict(fields) if isinstance(fields, dict) else {}
-    merged.setdefault("reason", _describe(exc))
-    return merged
-
-
-class _ChildTaskStatus:
-    """The ``task_status`` handed to a child's ``run``; reports ``started()`` to the supervisor.
-
-    A supervisor-made status rather than ``nursery.start``'s, so an actor that fails or returns
-    before ``started()`` is an ordinary child failure instead of an error in the supervisor.
-    """
-
-    def __init__(self, on_started: Callable[[], None]) -> None:
-        self._on_started = on_started
-        self._called = False
-
-    def started(self, value: object = None) -> None:
-        if self._called:
-            raise RuntimeError("called 'started' twice on the same task status")
-        self._called = True
-        self._on_started()
-
-    @property
-    def called(self) -> bool:
-        return self._called
-
-
-@attrs.define(eq=False)
-class _Incarnation:
-    """One actor made by a child's factory, from creation until its ``run`` returned."""
-
-    actor: Actor
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    ended: trio.Event = attrs.field(factory=trio.Event)
-    stop_requested: bool = False
-    injected: Exception | None = None
-    """A failure injected by :meth:`Supervisor.fail_child`."""
-
-
-@attrs.define(eq=False)
-class _Child:
-    spec: ChildSpec
-    backoff: Backoff
-    circuit: CircuitBreaker
-    state: str = "stopped"
-    restarts: int = 0
-    failures: int = 0
-    last_error: str | None = None
-    next_start_at: float | None = None
-    started_at: float | None = None
-    incarnation: _Incarnation | None = None
-    traceback_at: float | None = None
-    """Trio time the last traceback of this child was logged."""
-    launched: bool = False
-    live: bool = False
-    """The child's task exists (from launch until it ended)."""
-    stopping: bool = False
-    """The supervisor stops this child; it must not start again in this launch."""
-    removed: bool = False
-    runner_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    done: trio.Event = attrs.field(factory=trio.Event)
-    first_attempt: trio.Event = attrs.field(factory=trio.Event)
 
 
 class Supervisor:

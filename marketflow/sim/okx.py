@@ -17,27 +17,25 @@ with code 60018 for an unknown or refused instrument, the others unaffected); th
 - `books5`: the top 5 as a snapshot message whenever it changes.
 - REST: `/api/v5/public/instruments`, `/api/v5/market/history-trades` (individual fills, newest first,
   `after` = ids below), `/api/v5/market/books`; 20 requests per 2 s per path, then HTTP 429 code 50011.
+
+The book streams live in `marketflow.sim.okx_book`, the REST routes in `marketflow.sim.okx_rest`; their
+public names are re-exported here. The sessions stay in this module: `SimServer.drop_connections` knows a
+venue's sessions by their module's name.
 """
 
 from __future__ import annotations
 
 import functools
-import random
-import time
-import zlib
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import attrs
 import msgspec
-import trio
 
 from marketflow.model import SymbolError, split_native
-from marketflow.sim.book import BookStream, BookTick, Crossing, SimBook
+from marketflow.sim.book import BookStream, SimBook
 from marketflow.sim.derivs import OKX_INST_TYPES, OkxLiquidationStream, OkxMarketDataStream
 from marketflow.sim.faults import MalformedKind
-from marketflow.sim.http import HttpRequest, HttpResponse, RestHandler, ws_text_frame
+from marketflow.sim.http import ws_text_frame
 from marketflow.sim.market import (
     ROW_LAST,
     ROW_PRICE,
@@ -45,13 +43,21 @@ from marketflow.sim.market import (
     ROW_SIDE,
     ROW_SIZE,
     ROW_T,
-    Formats,
     FrameEncoder,
-    FrameSink,
     Market,
     TradeRow,
     WireFrame,
     stable_crc,
+)
+from marketflow.sim.okx_book import (
+    BOOK_DEPTHS,
+    CHECKSUM_LEVELS,
+    KEEPALIVE_S,
+    RESET_SEQ,
+    SEQ_BASE,
+    OkxBookStream,
+    OkxRules,
+    checksum_of,
 )
 
 EXCHANGE = "okx"
@@ -61,14 +67,6 @@ SWAP = "swap"
 FUTURES = "futures"
 MARKETS: tuple[str, ...] = (SPOT, SWAP, FUTURES)
 FUTURES_EXPIRY = "270625"
-BOOK_DEPTHS = {"books": 400, "books5": 5}
-CHECKSUM_LEVELS = 25
-SEQ_BASE = 10_000_000_000
-RESET_SEQ = 1_000
-KEEPALIVE_S = 60.0
-REST_LIMIT = 20
-REST_WINDOW_S = 2.0
-HISTORY_MAX = 100
 ERR_NOT_FOUND = "60018"
 ERR_BAD_REQUEST = "60012"
 INST_TYPES = {SPOT: "SPOT", SWAP: "SWAP", FUTURES: "FUTURES"}
@@ -111,18 +109,6 @@ def contract(inst: str) -> tuple[str, str, str] | None:
 
 def _decimal_text(decimals: int) -> str:
     return "1" if decimals <= 0 else "0." + "0" * (decimals - 1) + "1"
-
-
-def checksum_of(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
-    """OKX's signed CRC32 of the top 25 levels per side, best first (the simulator's own copy)."""
-    parts: list[str] = []
-    for i in range(min(max(len(bids), len(asks)), CHECKSUM_LEVELS)):
-        if i < len(bids):
-            parts += bids[i]
-        if i < len(asks):
-            parts += asks[i]
-    crc = zlib.crc32(":".join(parts).encode())
-    return crc - (1 << 32) if crc >= 1 << 31 else crc
 
 
 # -- trades ----------------------------------------------------------------------------------------------
@@ -176,160 +162,6 @@ def fills(row: TradeRow) -> list[tuple[int, str, str, str, int]]:
         size = "%d.%0*d" % (whole, decimals, frac) if decimals else str(part)  # noqa: UP031
         out.append((first + n, row[ROW_PRICE], size, _SIDES[row[ROW_SIDE]], row[ROW_T]))
     return out
-
-
-# -- books -----------------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class OkxRules:
-    """What the venue lists and refuses, and how its books behave, from the simulator's config."""
-
-    instruments: dict[str, str]
-    reject_topics: frozenset[str] = frozenset()
-    zero_checksum: bool = False
-    legacy_books: bool = False
-    keepalive_s: float = KEEPALIVE_S
-    book_rate: float = 10.0
-    out_of_order_every: int | None = None
-
-
-class OkxBookStream:
-    """`books` (400 levels, increments) or `books5` (5-level snapshots) of one instrument."""
-
-    def __init__(self, channel: str, book: SimBook, rules: OkxRules) -> None:
-        self.channel = channel
-        self.depth = BOOK_DEPTHS[channel]
-        self.book = book
-        self.rules = rules
-        self.formats = Formats(book.instrument)
-        inst = book.symbol
-        self.topic = channel + ":" + inst
-        self._rng = random.Random(f"okx-seq:{self.topic}:{book.category}")
-        self.seq = SEQ_BASE + stable_crc(self.topic) % 1_000_000_000
-        self.bids: dict[int, int] = {}
-        self.asks: dict[int, int] = {}
-        self.bad_checksum_next = False
-        self.keepalive_next = False
-        self.keepalives = 0
-        self.skipped = 0
-        self._skip = 0
-        self._crossing = Crossing()
-        self._cross_size = max(1, int(book.instrument.mean_size_steps))
-        self._sinks: set[FrameSink] = set()
-        self._last_sent = trio.current_time()
-        self._head = '{"arg":{"channel":"' + channel + '","instId":"' + inst + '"}'
-
-    def active(self) -> bool:
-        return bool(self._sinks)
-
-    def sinks(self) -> set[FrameSink]:
-        return self._sinks
-
-    def add_sink(self, sink: FrameSink, combined: bool) -> WireFrame | None:
-        if not self._sinks:  # (re)activated: publish the book as it is now
-            self.bids, self.asks = self.book.top_maps(self.depth)
-            self.seq += 1 + int(self._rng.random() * 50)
-        self._sinks.add(sink)
-        return self._frame("snapshot", self.bids, self.asks, -1, self.seq, self._now_ms())
-
-    def remove_sink(self, sink: FrameSink) -> None:
-        self._sinks.discard(sink)
-
-    @staticmethod
-    def _now_ms() -> int:
-        return time.time_ns() // 1_000_000
-
-    def _text(self, levels: list[tuple[int, int]]) -> list[tuple[str, str]]:
-        formats = self.formats
-        return [(formats.price(p), formats.size(q) if q else "0") for p, q in levels]
-
-    def _levels(self, levels: list[tuple[str, str]]) -> str:
-        return ",".join([f'["{p}","{q}","0","{0 if q == "0" else 1 + len(q) % 5}"]' for p, q in levels])
-
-    def _frame(
-        self, action: str, bids: dict[int, int], asks: dict[int, int], prev: int, seq: int, ts: int
-    ) -> WireFrame:
-        bid_text = self._text(sorted(bids.items(), reverse=True))
-        ask_text = self._text(sorted(asks.items()))
-        if self.rules.zero_checksum:
-            crc = 0
-        else:
-            top_bids, top_asks = sorted(self.bids, reverse=True), sorted(self.asks)
-            crc = checksum_of(
-                self._text([(p, self.bids[p]) for p in top_bids[:CHECKSUM_LEVELS]]),
-                self._text([(p, self.asks[p]) for p in top_asks[:CHECKSUM_LEVELS]]),
-            )
-            if self.bad_checksum_next:
-                self.bad_checksum_next = False
-                crc = crc + 1 if crc != -1 else 1
-        head = self._head
-        if self.channel == "books":
-            head += ',"action":"' + action + '"'
-        body = (
-            head
-            + ',"data":[{"asks":['
-            + self._levels(ask_text)
-            + '],"bids":['
-            + self._levels(bid_text)
-            + '],"ts":"%d"' % ts  # noqa: UP031
-        )
-        if self.channel == "books":
-            body += ',"checksum":%d' % crc  # noqa: UP031
-            if not self.rules.legacy_books:
-                body += ',"prevSeqId":%d,"seqId":%d' % (prev, seq)  # noqa: UP031
-        else:
-            body += ',"instId":"%s","seqId":%d' % (self.book.symbol, seq)  # noqa: UP031
-        self._last_sent = trio.current_time()
-        return WireFrame(ws_text_frame((body + "}]}").encode()), self.topic)
-
-    def _publish(self, frame: WireFrame) -> None:
-        frames = [frame]
-        for sink in self._sinks:
-            sink.push_frames(frames)
-
-    def on_tick(self, tick: BookTick, ts_ms: int) -> None:
-        if tick.skip:
-            self._skip += 1
-        crossing = self._crossing
-        crossing.pending = crossing.pending or tick.cross
-        bids, asks = self.book.top_maps(self.depth)
-        bid_changes = {p: q for p, q in bids.items() if self.bids.get(p) != q}
-        bid_changes.update({p: 0 for p in self.bids.keys() - bids.keys()})
-        ask_changes = {p: q for p, q in asks.items() if self.asks.get(p) != q}
-        ask_changes.update({p: 0 for p in self.asks.keys() - asks.keys()})
-        if not bid_changes and not ask_changes and not crossing.outstanding and not tick.restart:
-            return
-        prev = self.seq
-        if tick.restart:  # maintenance: the sequence starts again below where it was
-            self.seq = RESET_SEQ + int(self._rng.random() * 1000)
-        else:
-            self.seq += 1 + int(self._rng.random() * 50)
-        self.bids, self.asks = bids, asks
-        if self._skip:
-            self._skip -= 1
-            self.skipped += 1
-            return
-        if self.channel == "books5":
-            self._publish(self._frame("snapshot", bids, asks, prev, self.seq, ts_ms))
-            return
-        if crossing.outstanding:
-            crossing.apply(bids, min(asks), self._cross_size, bid_changes)
-        self._publish(self._frame("update", bid_changes, ask_changes, prev, self.seq, ts_ms))
-
-    def on_idle(self, ts_ms: int) -> None:
-        """No change for `keepalive_s`: `prevSeqId == seqId` with no levels."""
-        due = trio.current_time() - self._last_sent >= self.rules.keepalive_s
-        if self.channel == "books" and (due or self.keepalive_next):
-            self.keepalive_next = False
-            self.keepalives += 1
-            self._publish(self._frame("update", {}, {}, self.seq, self.seq, ts_ms))
-
-    def crossing_outstanding(self) -> bool:
-        return self._crossing.outstanding
-
-
-# -- the WebSocket session ---------------------------------------------------------------------------
 
 
 class OkxHost(Protocol):
@@ -532,142 +364,20 @@ def conn_id_for(seed: int, number: int) -> str:
     return "%08x" % (stable_crc("okx:%d:%d" % (seed, number)))  # noqa: UP031
 
 
-# -- REST ------------------------------------------------------------------------------------------------
-
-
-class OkxRest:
-    """OKX's REST routes on the simulator, each limited to 20 requests per 2 s."""
-
-    def __init__(
-        self,
-        market: Market,
-        book_source: Callable[[str, str, str], Any],
-        rules: OkxRules,
-    ) -> None:
-        self.market = market
-        self.book_source = book_source
-        self.rules = rules
-        self.requests = 0
-        self.throttled = 0
-        self._recent: dict[str, deque[float]] = {}
-
-    def routes(self) -> dict[str, RestHandler]:
-        return {
-            "/api/v5/public/instruments": self._limited(self._instruments),
-            "/api/v5/market/history-trades": self._limited(self._history_trades),
-            "/api/v5/market/books": self._limited(self._books),
-        }
-
-    def _limited(self, handler: Callable[[HttpRequest], Any]) -> RestHandler:
-        async def handle(request: HttpRequest) -> HttpResponse:
-            self.requests += 1
-            now = trio.current_time()
-            recent = self._recent.setdefault(request.path, deque())
-            while recent and recent[0] <= now - REST_WINDOW_S:
-                recent.popleft()
-            if len(recent) >= REST_LIMIT:
-                self.throttled += 1
-                return HttpResponse(
-                    429, _encode.encode({"code": "50011", "msg": "Too Many Requests", "data": []})
-                )
-            recent.append(now)
-            try:
-                data = handler(request)
-            except _ParamError as exc:
-                return HttpResponse(400, _encode.encode({"code": exc.code, "msg": exc.msg, "data": []}))
-            return HttpResponse(200, _encode.encode({"code": "0", "msg": "", "data": data}))
-
-        return handle
-
-    def _inst(self, request: HttpRequest) -> tuple[str, str]:
-        values = request.query.get("instId")
-        if not values:
-            raise _ParamError("51000", "Parameter instId error")
-        market = self.rules.instruments.get(values[0])
-        if market is None:
-            raise _ParamError("51001", "Instrument ID does not exist")
-        return values[0], market
-
-    def _instruments(self, request: HttpRequest) -> list[dict[str, str]]:
-        kind = (request.query.get("instType") or [""])[0]
-        wanted = {v: k for k, v in INST_TYPES.items()}.get(kind)
-        if wanted is None:
-            raise _ParamError("51000", "Parameter instType error")
-        out = []
-        for inst, market in self.rules.instruments.items():
-            if market != wanted:
-                continue
-            spec = self.market.tape(market, inst, EXCHANGE).instrument
-            row = {"instType": kind, "instId": inst, "state": "live"}
-            row["tickSz"] = _decimal_text(spec.tick_decimals)
-            row["lotSz"] = _decimal_text(spec.size_decimals)
-            terms = contract(inst)
-            if terms is None:
-                row |= {"ctVal": "", "ctMult": "", "ctValCcy": "", "ctType": ""}
-            else:
-                row |= {"ctVal": terms[0], "ctMult": "1", "ctValCcy": terms[1], "ctType": terms[2]}
-            out.append(row)
-        return out
-
-    def _history_trades(self, request: HttpRequest) -> list[dict[str, str]]:
-        inst, market = self._inst(request)
-        after_text = (request.query.get("after") or [""])[0]
-        limit_text = (request.query.get("limit") or [str(HISTORY_MAX)])[0]
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= HISTORY_MAX:
-            raise _ParamError("51000", "Parameter limit error")
-        if after_text and not after_text.isdigit():
-            raise _ParamError("51000", "Parameter after error")
-        after = int(after_text) if after_text else None
-        limit = int(limit_text)
-        tape = self.market.tape(market, inst, EXCHANGE)
-        out: list[dict[str, str]] = []
-        for row in reversed(tape.history.rows()):
-            if after is not None and row[ROW_SEQ] >= after:
-                continue
-            for trade_id, px, sz, side, ts in reversed(fills(row)):
-                if after is not None and trade_id >= after:
-                    continue
-                out.append(
-                    {
-                        "instId": inst,
-                        "side": side,
-                        "sz": sz,
-                        "px": px,
-                        "tradeId": str(trade_id),
-                        "ts": str(ts),
-                    }
-                )
-                if len(out) >= limit:
-                    return out
-        return out
-
-    def _books(self, request: HttpRequest) -> list[dict[str, Any]]:
-        inst, market = self._inst(request)
-        size_text = (request.query.get("sz") or ["1"])[0]
-        if not size_text.isdigit() or not 1 <= int(size_text) <= 400:
-            raise _ParamError("51000", "Parameter sz error")
-        book = self.book_source(EXCHANGE, market, inst).book
-        formats = Formats(book.instrument)
-        bids, asks = book.top(int(size_text))
-        return [
-            {
-                "asks": [[formats.price(p), formats.size(q), "0", "1"] for p, q in asks],
-                "bids": [[formats.price(p), formats.size(q), "0", "1"] for p, q in bids],
-                "ts": str(time.time_ns() // 1_000_000),
-            }
-        ]
-
-
-class _ParamError(Exception):
-    def __init__(self, code: str, msg: str) -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-
+# Last: `okx_rest` builds on the names above.
+from marketflow.sim.okx_rest import HISTORY_MAX, REST_LIMIT, REST_WINDOW_S, OkxRest  # noqa: E402
 
 __all__ = [
+    "BOOK_DEPTHS",
+    "CHECKSUM_LEVELS",
     "EXCHANGE",
+    "HISTORY_MAX",
+    "KEEPALIVE_S",
     "MARKETS",
+    "RESET_SEQ",
+    "REST_LIMIT",
+    "REST_WINDOW_S",
+    "SEQ_BASE",
     "WS_PATH",
     "OkxBookStream",
     "OkxRest",

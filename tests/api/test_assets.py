@@ -294,8 +294,8 @@ async def test_liquidations_and_open_interest_merge_across_venues(tmp_path: Path
 
                 while not await ready():  # noqa: ASYNC110 - no event exists for rows reaching the routes
                     await trio.sleep(0.1)
-                liqs = (await client.get("/liquidations", params={"asset": "BTC", "limit": 10_000})).json()
-                # Brute force: every market's own liquidations, amounts converted here.
+                # Brute force: every market's own liquidations, amounts converted here; asked first, so
+                # rows arriving meanwhile can only make the merged answer longer.
                 expected = []
                 for key in DERIV_KEYS:
                     exchange, _, symbol = key.split("/")
@@ -303,6 +303,7 @@ async def test_liquidations_and_open_interest_merge_across_venues(tmp_path: Path
                         amount, price = Decimal(row["amount"]), Decimal(row["price"])
                         base = okx_base(symbol, amount, price) if exchange == "okx" else amount
                         expected.append((row["ts"], key, row["side"], row["price"], base, row["amount"]))
+                liqs = (await client.get("/liquidations", params={"asset": "BTC", "limit": 10_000})).json()
                 got = [
                     (r["ts"], r["market"], r["side"], r["price"], Decimal(r["amount"]), r["venue_amount"])
                     for r in liqs["liquidations"]

@@ -162,9 +162,10 @@ async def test_candles_and_gaps_export_exactly(store_url: str, tmp_path: Path) -
 
 def test_unknown_table_names_the_valid_ones() -> None:
     with pytest.raises(
-        ArchiveError, match=r"unknown table 'derivatives'; valid tables: trades, candles, gaps"
+        ArchiveError,
+        match=r"unknown table 'book'; valid tables: trades, candles, derivatives, liquidations, quotes, gaps",
     ):
-        parse_tables("trades,derivatives")
+        parse_tables("trades,book")
 
 
 async def _prepare_sqlite(path: Path) -> None:
@@ -188,9 +189,9 @@ def test_cli_export_csv_and_parquet_with_summary(tmp_path: Path, capsys: pytest.
     first = next((tmp_path / "csv").rglob("data.csv")).read_text().splitlines()
     assert first[0] == '"ts","id","price","amount","side","recv_ts"'
     assert first[1].startswith('"2026-08-09T')
-    assert main([*args, "--out", str(tmp_path / "x"), "--tables", "liquidations"]) == 2
+    assert main([*args, "--out", str(tmp_path / "x"), "--tables", "trades,funding"]) == 2
     err = capsys.readouterr().err
-    assert "unknown table 'liquidations'" in err and "trades, candles, gaps" in err
+    assert "unknown table 'funding'" in err and "derivatives, liquidations, quotes, gaps" in err
     assert main([*args[:3], "--until", "yesterday", "--out", str(tmp_path / "x")]) == 2
     assert "--until must be ISO 8601" in capsys.readouterr().err
 

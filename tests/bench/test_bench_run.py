@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from marketflow.bench import blaster, report
+from marketflow.bench import blaster, mixwss, report
 from marketflow.bench import run as bench
 from marketflow.exchanges.ws import connect_ws
 
@@ -198,3 +198,24 @@ def test_the_coalescing_window_reaches_marketflow_clients(
     default, chosen = started
     assert "--coalesce-ms" not in default  # the worker then uses the daemon's default
     assert chosen[chosen.index("--coalesce-ms") + 1] == "12.5"
+
+
+@pytest.mark.parametrize("venue", ["coinbase", "kraken"])
+def test_a_paced_real_mix_case_applies_every_book_update_over_wss(tmp_path: Path, venue: str) -> None:
+    from marketflow.bench import mixframes
+
+    spec = mixframes.SPECS[venue]
+    env = bench.Env(
+        tmp_path, exchange=venue, market=spec.market, symbol=spec.native, mix=venue, mix_frames=1500
+    )
+    result = bench.run_case(
+        env, bench.Client("marketflow", "book"), frames=1500, rate=3000, tls=True, name=f"{venue} paced"
+    )
+    assert result.trades == 1500 and result.loss == 0
+    book = result.final["book"]
+    assert book["state"] == "SYNCED" and book["gaps"] == 0
+    assert book["applied"] == mixframes.build(venue, 1500).kinds.count("book") - 1
+    # Every frame gets a latency: the blaster says when it started, the client when each read was done.
+    assert result.sent["frames"] == 1500 and result.sent["first_wall"] > 0
+    samples = mixwss.send_latencies_us(result.final["done"], result.sent["first_wall"], 3000, 1500)
+    assert len(samples) == 1500

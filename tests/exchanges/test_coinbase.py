@@ -119,7 +119,9 @@ def test_control_frames() -> None:
     ack = envelope("subscriptions", 0, [{"subscriptions": {"level2": ["BTC-USD"], "heartbeats": []}}])
     assert session.control(ack) == Ack(None, True, "")
     error = b'{"type":"error","message":"Failed to subscribe","reason":"BTC-XYZ is not a valid product"}'
-    assert session.control(error) == Ack(None, False, "Failed to subscribe: BTC-XYZ is not a valid product")
+    refused = ("level2:BTC-XYZ", "market_trades:BTC-XYZ", "ticker:BTC-XYZ")  # that product alone
+    reason = "Failed to subscribe: BTC-XYZ is not a valid product"
+    assert session.control(error) == Ack(None, False, reason, refused, others_refused=True)
     beat = envelope("heartbeats", 3, [{"current_time": TS, "heartbeat_counter": 7}])
     assert session.control(beat) == Pong()
     assert not session.is_data(beat) and not session.is_data(ack)

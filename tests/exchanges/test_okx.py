@@ -112,6 +112,23 @@ def test_bad_symbols_say_what_is_wrong() -> None:
         VENUE.normalize_symbol("linear", "BTC-USDT")
 
 
+def test_non_ascii_letters_and_digits_are_refused_by_name() -> None:
+    """`str.isalnum` and `str.isdigit` take any script: a Cyrillic В made 'ВTC-USDT' an instrument, and
+    Arabic-Indic digits an expiry."""
+    cases = {
+        ("spot", "\u0412TC-USDT"): "U+0412 (CYRILLIC CAPITAL LETTER VE)",
+        ("swap", "BTC-USDT-\u0405WAP"): "U+0405 (CYRILLIC CAPITAL LETTER DZE)",
+        ("futures", "BTC-USD-\u0662\u0665\u0660\u0666\u0662\u0667"): "U+0662 (ARABIC-INDIC DIGIT TWO)",
+    }
+    for (market, symbol), named in cases.items():
+        with pytest.raises(SymbolError) as refused:
+            VENUE.normalize_symbol(market, symbol)
+        assert (
+            str(refused.value)
+            == f"{symbol!r} holds the non-ASCII character {named}; symbols are ASCII letters and digits"
+        )
+
+
 # -- trades -------------------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ book synchronizer and its REST recovery.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 
 import pytest
@@ -88,6 +89,43 @@ def test_market_record_and_symbols_both_ways(name: str, market: str) -> None:
     for bad in ("", "   ", "BTC!USDT"):
         with pytest.raises(SymbolError):
             v.normalize_symbol(market, bad)
+
+
+# Look-alikes of each venue's example symbols: a letter swapped for a Cyrillic or fullwidth twin, a long s
+# that `str.upper` turns into "S", a no-break space that `str.strip` drops.
+LOOK_ALIKES = {
+    "\u0412": "CYRILLIC CAPITAL LETTER VE",  # В for B
+    "\uff34": "FULLWIDTH LATIN CAPITAL LETTER T",  # Ｔ for T
+    "\u017f": "LATIN SMALL LETTER LONG S",  # ſ for S
+    "\u00a0": "NO-BREAK SPACE",
+}
+
+
+def look_alikes(symbol: str) -> list[tuple[str, str]]:
+    """(the symbol with one look-alike in it, the character's code and name as an error names them)."""
+    out = []
+    for char, name in LOOK_ALIKES.items():
+        twin = {"\u0412": "B", "\uff34": "T", "\u017f": "S"}.get(char)
+        text = char + symbol if twin is None else symbol.replace(twin, char, 1)
+        assert text != symbol, (symbol, name)  # every example holds a B, a T and an S
+        out.append((text, f"U+{ord(char):04X} ({name})"))
+    return out
+
+
+@pytest.mark.parametrize(("name", "market"), MARKETS, ids=ids(MARKETS))
+def test_look_alike_symbols_are_refused_naming_the_character(name: str, market: str) -> None:
+    """Every venue's own parser refuses non-ASCII (not only config and the API in front of it): OKX read
+    'ВTC-USDT' as a symbol, and every venue read 'BTC-UſDT' as BTC-USDT."""
+    v = VENUES[name]
+    m = v.markets[market]
+    for example in (m.native_example, m.normalized_example):
+        for text, named in look_alikes(example):
+            with pytest.raises(SymbolError) as refused:
+                v.normalize_symbol(market, text)
+            assert named in str(refused.value) and "ASCII" in str(refused.value), (text, refused.value)
+    for text, named in look_alikes(m.normalized_example):
+        with pytest.raises(SymbolError, match=re.escape(named)):
+            v.native_symbol(market, text)
 
 
 @pytest.mark.parametrize(("name", "market"), MARKETS, ids=ids(MARKETS))

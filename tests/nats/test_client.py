@@ -9,15 +9,26 @@ import subprocess
 import sys
 from decimal import Decimal
 
+import msgspec
 import trio
 
+from marketflow.analytics.candles import Candle
 from marketflow.client import Record, subscribe
 from marketflow.config import NatsConfig
-from marketflow.model import BookUpdate, Trade
+from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade
 from marketflow.nats.collect import NatsTradeStore
 from marketflow.nats.link import NatsLink
+from marketflow.nats.market_schema import (
+    DerivativesUpdate,
+    TickerUpdate,
+    pack_candle,
+    pack_derivatives,
+    pack_liquidation,
+    pack_ticker,
+)
 from marketflow.nats.schema import pack_book, subject
 from marketflow.nats.server import NatsServer
+from marketflow.pipeline.market_data import Quote
 
 TRADES = [
     Trade(
@@ -44,9 +55,9 @@ async def publish(server: NatsServer) -> None:
         await store.close()
 
 
-async def take(n: int, server: NatsServer, kind: str, symbol: str) -> list[Record]:
+async def take(n: int, server: NatsServer, kind: str, symbol: str, exchange: str = "bybit") -> list[Record]:
     out: list[Record] = []
-    async with subscribe([server.url], kind, "bybit", symbol, deliver="all") as feed:
+    async with subscribe([server.url], kind, exchange, symbol, deliver="all") as feed:
         async for record in feed:
             out.append(record)
             if len(out) == n:
@@ -93,3 +104,95 @@ async def test_tail_prints_json_lines_with_exact_decimals(nats_server: NatsServe
     assert [(r["id"], r["price"], r["amount"]) for r in lines] == [
         (t.id, str(t.price), str(t.amount)) for t in TRADES[:3]
     ]
+
+
+TICKER = Ticker(
+    "okx",
+    "BTC-USDT-PERP",
+    10,
+    11,
+    Decimal("65000.10"),
+    Decimal("1.500"),
+    Decimal("65000.2"),
+    None,
+    Decimal("65000.15"),
+    Decimal("1E+3"),
+    snapshot=True,
+)
+QUOTES = [Quote("okx", "BTC-USDT-PERP", 9, Decimal("65000.10"), Decimal("1.500"), Decimal("65000.2"), None)]
+STATE = DerivativesTick(
+    "okx",
+    "BTC-USDT-PERP",
+    20,
+    21,
+    Decimal("65001.0"),
+    None,
+    Decimal("-0.000125"),
+    1_800_000_000_000_000,
+    Decimal("12345.678"),
+    None,
+    snapshot=True,
+)
+SAMPLES = [msgspec.structs.replace(STATE, ts=19, mark_price=Decimal("65000.9")), STATE]
+LIQUIDATION = Liquidation(
+    "okx", "BTC-USDT-PERP", "1700000000000:sell:65000.1:3", "sell", Decimal("65000.1"), Decimal("3"), 30, 31
+)
+CANDLE = Candle(
+    "okx",
+    "BTC-USDT-PERP",
+    "1m",
+    60_000_000,
+    Decimal("1.10"),
+    Decimal("2"),
+    Decimal("1.0"),
+    Decimal("1.5"),
+    Decimal("3.000"),
+    Decimal("1"),
+    Decimal("2.000"),
+    4,
+    Decimal("1.4333333333333333333333333333"),
+)
+
+
+async def test_ticker_derivatives_liquidations_and_candles_come_back_exactly_and_tail_prints_them(
+    nats_server: NatsServer,
+) -> None:
+    link = NatsLink(NatsConfig(servers=(nats_server.url,)), "test")
+    where = ("okx", "BTC-USDT-PERP")
+    with trio.fail_after(60):
+        await link.open()
+        try:
+            messages = []
+            for kind, (payload, msg_id) in (
+                ("ticker", pack_ticker(TICKER, QUOTES)),
+                ("derivatives", pack_derivatives(STATE, SAMPLES)),
+                ("liquidations", pack_liquidation(LIQUIDATION)),
+                ("candles", pack_candle(CANDLE)),
+            ):
+                messages.append((subject("marketflow", kind, *where), payload, msg_id))
+            assert await link.publish_acked(messages) == [False] * 4
+            assert await link.publish_acked(messages) == [True] * 4  # same ids: kept once
+        finally:
+            await link.close()
+        got = {
+            kind: await take_from(nats_server, kind)
+            for kind in ("ticker", "derivatives", "liquidations", "candles")
+        }
+        command = [sys.executable, "-m", "marketflow", "tail", "ticker", "okx", "btc-usdt-perp"]
+        command += ["--servers", nats_server.url, "--count", "1"]
+        done = await trio.run_process(command, capture_stdout=True, stderr=subprocess.STDOUT, check=False)
+    assert got["ticker"] == TickerUpdate(TICKER, QUOTES)
+    assert got["derivatives"] == DerivativesUpdate(STATE, SAMPLES)
+    assert got["liquidations"] == LIQUIDATION
+    assert got["candles"] == CANDLE
+    assert str(got["ticker"].ticker.volume_24h) == "1E+3"  # type: ignore[union-attr]
+    assert str(got["candles"].vwap) == "1.4333333333333333333333333333"  # type: ignore[union-attr]
+    assert done.returncode == 0, done.stdout.decode()
+    [line] = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert line["ticker"]["bid"] == "65000.10" and line["ticker"]["ask_size"] is None  # the newest state
+    assert line["quotes"][0]["bid_size"] == "1.500"
+
+
+async def take_from(server: NatsServer, kind: str) -> Record:
+    [record] = await take(1, server, kind, "BTC-USDT-PERP", exchange="okx")
+    return record

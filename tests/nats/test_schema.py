@@ -45,7 +45,7 @@ def test_bad_payloads_and_subjects_are_refused_with_a_reason() -> None:
     with pytest.raises(ValueError, match="cannot be a subject token"):
         subject("marketflow", "trades", "okx", "BTC.USDT")
     with pytest.raises(ValueError, match="unknown kind"):
-        subject("marketflow", "ticker", "okx", "BTC-USDT")
+        subject("marketflow", "quotes", "okx", "BTC-USDT")
     assert stream_name("prod.mf", "trades") == "PROD_MF_TRADES"
 
 

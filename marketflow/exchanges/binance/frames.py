@@ -30,7 +30,7 @@ from marketflow.exchanges.base import (
     TradeGap,
     UnknownControl,
 )
-from marketflow.exchanges.orderbook import shared_levels
+from marketflow.exchanges.orderbook import shared_decimal, shared_levels
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
@@ -246,6 +246,16 @@ class _DepthFrame(msgspec.Struct):
 _depth_frame_decoder = msgspec.json.Decoder(_DepthFrame)
 
 
+class _BookTickerFrame(msgspec.Struct):
+    """A combined-stream `bookTicker` frame in one pass, for the hot path."""
+
+    stream: str
+    data: _BookTicker
+
+
+_book_ticker_frame_decoder = msgspec.json.Decoder(_BookTickerFrame)
+
+
 class Session:
     """Protocol rules for one Binance combined-stream connection."""
 
@@ -276,6 +286,9 @@ class Session:
 
     def subscribe_requests(self) -> list[SubscribeRequest]:
         return self._requests("SUBSCRIBE", self.topics)
+
+    def subscribe_topic_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        return self._requests("SUBSCRIBE", topics)
 
     def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
         return self._requests("UNSUBSCRIBE", topics)
@@ -346,6 +359,17 @@ class FrameDecoder:
                     else:
                         self._depth(symbol, whole.data, recv_ts, out)
                     continue
+                if frame.find(b"@bookTicker", 11, 64) > 0:  # envelope and event in one pass
+                    quote = _book_ticker_frame_decoder.decode(frame)
+                    sym, _, kind = quote.stream.partition("@")
+                    symbol = self.symbols.get(sym)
+                    if symbol is None:
+                        counters.unknown_topics += 1
+                    elif kind == BOOK_TICKER_STREAM:
+                        self._book_ticker(symbol, quote.data, recv_ts, out)
+                    else:
+                        counters.ignored += 1
+                    continue
                 env = _combined_decoder.decode(frame)
                 sym, _, kind = env.stream.partition("@")
                 symbol = self.symbols.get(sym)
@@ -357,14 +381,7 @@ class FrameDecoder:
                 elif kind.startswith("depth"):
                     self._depth(symbol, _depth_decoder.decode(env.data), recv_ts, out)
                 elif kind == BOOK_TICKER_STREAM:
-                    bt = _book_ticker_decoder.decode(env.data)
-                    when = bt.T if bt.T is not None else bt.E
-                    ts = recv_ts if when is None else when * 1000
-                    dec = _decimal
-                    out.tickers.append(
-                        Ticker(self.exchange, symbol, ts, recv_ts, dec(bt.b), dec(bt.B), dec(bt.a), dec(bt.A))
-                    )
-                    counters.tickers += 1
+                    self._book_ticker(symbol, _book_ticker_decoder.decode(env.data), recv_ts, out)
                 elif kind == TICKER_STREAM:
                     t = _ticker_decoder.decode(env.data)
                     out.tickers.append(
@@ -423,6 +440,19 @@ class FrameDecoder:
         asks = shared_levels(prices, d.a)
         out.books.append(BookUpdate(self.exchange, symbol, False, d.U, d.u, d.pu, bids, asks, ts, recv_ts))
         self.counters.book_updates += 1
+
+    def _book_ticker(self, symbol: str, bt: _BookTicker, recv_ts: int, out: Decoded) -> None:
+        """Best bid and ask: prices are the shared objects the book uses (they repeat), sizes fresh."""
+        when = bt.T if bt.T is not None else bt.E
+        ts = recv_ts if when is None else when * 1000
+        prices = self._prices
+        get = prices.get
+        bid = get(bt.b) or shared_decimal(prices, bt.b)
+        ask = get(bt.a) or shared_decimal(prices, bt.a)
+        out.tickers.append(
+            Ticker(self.exchange, symbol, ts, recv_ts, bid, _decimal(bt.B), ask, _decimal(bt.A))
+        )
+        self.counters.tickers += 1
 
     def _trade(self, sym: str, symbol: str, t: AggTrade, recv_ts: int, out: Decoded) -> None:
         ts = t.T * 1000

@@ -203,9 +203,35 @@ class _BookFrame(msgspec.Struct):
 
 
 _book_frame_decoder = msgspec.json.Decoder(_BookFrame)
+
+
+class _TickersFrame(msgspec.Struct):
+    """A `tickers` frame in one pass (envelope and data), for the hot path."""
+
+    topic: str
+    data: _Tickers
+    ts: int = 0
+    type: str = "snapshot"
+
+
+_tickers_frame_decoder = msgspec.json.Decoder(_TickersFrame)
+_TICKERS_FRAME_START = b'{"topic":"tickers.'
+"""How every ticker frame seen live begins; others take the two-pass path."""
 _BOOK_FRAME_START = b'{"topic":"orderbook.'
 """How every book frame seen live begins; others take the two-pass path."""
 _SIDES: dict[str, Literal["buy", "sell"]] = {"Buy": "buy", "Sell": "sell"}
+_NO_DERIVATIVES = (None, None, None, None, None)
+
+
+def _exact(text: str) -> Decimal:
+    """The exact Decimal of a decimal string, not shared (for values that seldom repeat)."""
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        raise msgspec.DecodeError(f"not a decimal: {text[:40]!r}") from None
+    if not value.is_finite():
+        raise msgspec.DecodeError(f"not a finite decimal: {text[:40]!r}")
+    return value
 
 
 class Session(ResubscribingSession):
@@ -361,6 +387,14 @@ class FrameDecoder:
                     book = _book_frame_decoder.decode(frame)
                     self._book(book.topic, book.type, book.ts, book.data, recv_ts, out)
                     continue
+                if frame.startswith(_TICKERS_FRAME_START):
+                    tick = _tickers_frame_decoder.decode(frame)
+                    symbol = symbols.get(tick.topic[len(TICKER_PREFIX) :])
+                    if symbol is None:
+                        counters.unknown_topics += 1
+                        continue
+                    self._tickers(symbol, tick.type, tick.ts, tick.data, recv_ts, out)
+                    continue
                 env = _envelope_decoder.decode(frame)
                 topic = env.topic
                 if topic.startswith(_TRADE_PREFIX):
@@ -376,7 +410,7 @@ class FrameDecoder:
                     if symbol is None:
                         counters.unknown_topics += 1
                         continue
-                    self._tickers(symbol, env, recv_ts, out)
+                    self._tickers(symbol, env.type, env.ts, _tickers_decoder.decode(env.data), recv_ts, out)
                 elif topic.startswith(LIQUIDATION_PREFIX):
                     symbol = symbols.get(topic[len(LIQUIDATION_PREFIX) :])
                     if symbol is None:
@@ -390,25 +424,45 @@ class FrameDecoder:
         counters.trades += kept
         counters.duplicates += duplicates
 
-    def _tickers(self, symbol: str, env: _Envelope, recv_ts: int, out: Decoded) -> None:
+    def _tickers(self, symbol: str, kind: str, ts_ms: int, t: _Tickers, recv_ts: int, out: Decoded) -> None:
         """A snapshot or a delta (linear: only changed fields) -> a partial `Ticker` and, on linear, a
         partial `DerivativesTick`; a field absent from a delta stays None (kept downstream). Every value
         is converted before anything is kept: a bad one rejects the whole frame."""
-        t = _tickers_decoder.decode(env.data)
-        snapshot = env.type == "snapshot"
-        ts = env.ts * 1000
+        snapshot = kind == "snapshot"
+        ts = ts_ms * 1000
         dec = self._maybe_decimal
-        quote = (t.bid1Price, t.bid1Size, t.ask1Price, t.ask1Size, t.lastPrice, t.volume24h)
         ticker = None
-        if snapshot or any(v is not None for v in quote):
-            bid, bid_size, ask, ask_size, last, volume = (dec(v) for v in quote)
+        bid, bid_size, ask, ask_size = t.bid1Price, t.bid1Size, t.ask1Price, t.ask1Size
+        last, volume = t.lastPrice, t.volume24h
+        if (
+            snapshot
+            or bid is not None
+            or bid_size is not None
+            or ask is not None
+            or ask_size is not None
+            or last is not None
+            or volume is not None
+        ):
+            # Prices and sizes repeat: one shared object each. The 24 h volume changes with every trade:
+            # a fresh Decimal, kept out of the shared table (it would only crowd the book's prices out).
+            get = self._decimals.get  # a hit is one lookup (None and "0" miss and take `dec`)
             ticker = Ticker(
-                self.exchange, symbol, ts, recv_ts, bid, bid_size, ask, ask_size, last, volume, snapshot
+                self.exchange,
+                symbol,
+                ts,
+                recv_ts,
+                get(bid) or dec(bid),  # type: ignore[arg-type]
+                get(bid_size) or dec(bid_size),  # type: ignore[arg-type]
+                get(ask) or dec(ask),  # type: ignore[arg-type]
+                get(ask_size) or dec(ask_size),  # type: ignore[arg-type]
+                get(last) or dec(last),  # type: ignore[arg-type]
+                None if volume is None else _exact(volume),
+                snapshot,
             )
         derivs = None
         fields = (t.markPrice, t.indexPrice, t.fundingRate, t.openInterest, t.openInterestValue)
         if self.market == "linear" and (
-            snapshot or t.nextFundingTime is not None or any(v is not None for v in fields)
+            snapshot or t.nextFundingTime is not None or fields != _NO_DERIVATIVES
         ):
             funding_time = None
             if t.nextFundingTime is not None:
@@ -446,7 +500,10 @@ class FrameDecoder:
         self.counters.liquidations += len(made)
 
     def _maybe_decimal(self, text: str | None) -> Decimal | None:
-        return None if text is None else self._decimal(text)
+        if text is None:
+            return None
+        value = self._decimals.get(text)
+        return self._decimal(text) if value is None else value
 
     def _book(self, topic: str, kind: str, ts: int, book: _Book, recv_ts: int, out: Decoded) -> None:
         symbol = self.symbols.get(topic.rpartition(".")[2])

@@ -44,6 +44,7 @@ from marketflow.exchanges.coinbase.frames import (
     ws_url,
 )
 from marketflow.exchanges.orderbook import Synchronizer
+from marketflow.exchanges.symbols import check_ascii_symbol
 from marketflow.exchanges.venue_base import ResubscribedBooks, VenueBase
 from marketflow.model import SymbolError, Trade, split_native
 
@@ -83,6 +84,7 @@ _RECOVERY = TradeRecovery(
 
 def normalize(symbol: str) -> str:
     """`BTC-USD`, `btc-usd` or `BTCUSD` → `BTC-USD` (Coinbase product ids are the normalized form)."""
+    check_ascii_symbol(symbol)
     text = symbol.strip().upper()
     if not text:
         raise SymbolError("empty symbol")

@@ -56,7 +56,8 @@ BOOK_PREFIX = BOOK_CHANNEL + ":"
 TICKER_PREFIX = TICKER_CHANNEL + ":"
 PRODUCTS_PER_REQUEST = 25
 """Products per subscribe message: 100 products x 2 channels stay within the feed's ack deadline at
-`SEND_INTERVAL_S` (a refused message refuses its products alone)."""
+`SEND_INTERVAL_S`. A message with an unknown product is refused whole; the feed then asks again for its
+other products, so one bad product costs only itself."""
 SEND_INTERVAL_S = 0.15
 """Unauthenticated messages are limited to 8/s per IP (§9.1); a little under it."""
 SEQUENCE_GAP_CHANNEL = "marketflow_sequence_gap"
@@ -122,6 +123,18 @@ class _Control(msgspec.Struct):
 
 
 _control_decoder = msgspec.json.Decoder(_Control)
+_NOT_A_PRODUCT = " is not a valid product"
+_PRODUCT_CHANNELS = (BOOK_CHANNEL, TRADES_CHANNEL, TICKER_CHANNEL)
+
+
+def _refused_product(reason: str | None) -> str | None:
+    """`"DOGE-XYZ is not a valid product"` → `"DOGE-XYZ"`; None for an error about the whole message."""
+    if reason is None or not reason.endswith(_NOT_A_PRODUCT):
+        return None
+    product = reason[: -len(_NOT_A_PRODUCT)]
+    return product if product and " " not in product else None
+
+
 _DATA_CHANNELS = frozenset({"market_trades", "l2_data", "ticker", "ticker_batch", "candles", "status"})
 _SEQUENCE_KEY = b'"sequence_num":'
 
@@ -185,6 +198,9 @@ class Session:
         # product's channels are closed after 60-90 s (§9.3).
         return [self._request("subscribe", HEARTBEATS_CHANNEL, ()), *self._requests("subscribe", self.topics)]
 
+    def subscribe_topic_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        return self._requests("subscribe", topics)
+
     def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
         return self._requests("unsubscribe", topics)
 
@@ -209,7 +225,13 @@ class Session:
             reason = msg.message or "error"
             if msg.reason:
                 reason += ": " + msg.reason
-            return Ack(None, False, reason)
+            product = _refused_product(msg.reason)
+            if product is None:
+                return Ack(None, False, reason)
+            # The error names one product but answers the whole message (its other products get no
+            # `subscriptions` ack): that product alone is refused, the feed asks again for the rest.
+            refused = tuple(channel + ":" + product for channel in _PRODUCT_CHANNELS)
+            return Ack(None, False, reason, refused, others_refused=True)
         channel = msg.channel
         if channel == "subscriptions":
             return Ack(None, True, "")
@@ -348,6 +370,21 @@ class Values:
             self._decimals[text] = value
         return value
 
+    @property
+    def shared(self) -> dict[str, Decimal]:
+        """The table of shared decimals (text → the one object), for lookups on a hot path."""
+        return self._decimals
+
+    def fresh(self, text: str) -> Decimal:
+        """The exact Decimal of a value that seldom repeats, not kept in the shared table."""
+        try:
+            value = Decimal(text)
+        except ArithmeticError:
+            raise msgspec.DecodeError(f"not a decimal: {text[:40]!r}") from None
+        if not value.is_finite() or value < 0:
+            raise msgspec.DecodeError(f"not a finite non-negative decimal: {text[:40]!r}")
+        return value
+
     def us(self, text: str) -> int:
         """RFC 3339 UTC (`2026-08-14T20:42:27.265123456Z`) → µs since the epoch."""
         if text == self._last_text:  # the trades of one batch often share their time
@@ -357,6 +394,17 @@ class Values:
         return value
 
     def _parse_us(self, text: str) -> int:
+        # The shape Coinbase sends (`...:27.265123456Z`, a fraction of 1-9 digits): the minute from the
+        # table, then one slice per field. Anything else takes the checked path below.
+        minute = self._minutes.get(text[:16])
+        if minute is not None and 21 <= len(text) <= 30 and text[19] == "." and text[-1] == "Z":
+            seconds = text[17:19]
+            fraction = text[20:-1]
+            if seconds.isdigit() and fraction.isdigit():
+                return minute + int(seconds) * 1_000_000 + int((fraction + "00000")[:6])
+        return self._parse_us_checked(text)
+
+    def _parse_us_checked(self, text: str) -> int:
         minute = self._minutes.get(text[:16])
         if minute is None:
             try:
@@ -511,27 +559,31 @@ class FrameDecoder:
         self.counters.book_updates += len(made)
 
     def _tickers(self, msg: _TickerFrame, recv_ts: int, out: Decoded) -> None:
-        """Every `ticker` message carries all its fields: each is a snapshot of the ticker state."""
+        """Every `ticker` message carries all its fields: each is a snapshot of the ticker state. Prices
+        and sizes are the shared objects (a hit is one lookup; "" and "0" miss and take `_optional`); the
+        24 h volume changes with every trade, so it is a fresh Decimal kept out of the shared table."""
         ts = self.values.us(msg.timestamp) if msg.timestamp else recv_ts
         value = self._optional
+        get = self.values.shared.get
         made = []
         for event in msg.events:
             for t in event.tickers:
                 found = self._symbol(t.product_id)
                 if found is None:
                     continue
+                volume = t.volume_24_h
                 made.append(
                     Ticker(
                         self.exchange,
                         found[1],
                         ts,
                         recv_ts,
-                        value(t.best_bid),
-                        value(t.best_bid_quantity),
-                        value(t.best_ask),
-                        value(t.best_ask_quantity),
-                        value(t.price),
-                        value(t.volume_24_h),
+                        get(t.best_bid) or value(t.best_bid),
+                        get(t.best_bid_quantity) or value(t.best_bid_quantity),
+                        get(t.best_ask) or value(t.best_ask),
+                        get(t.best_ask_quantity) or value(t.best_ask_quantity),
+                        get(t.price) or value(t.price),
+                        self.values.fresh(volume) if volume else None,
                         snapshot=True,
                     )
                 )

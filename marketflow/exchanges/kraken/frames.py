@@ -133,6 +133,9 @@ class Session:
         )
         return first + [self._request("subscribe", t) for t in self.topics]
 
+    def subscribe_topic_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
+        return [self._request("subscribe", t) for t in topics]
+
     def unsubscribe_requests(self, topics: Sequence[str]) -> list[SubscribeRequest]:
         return [self._request("unsubscribe", t) for t in topics]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from marketflow.exchanges.symbols import check_ascii_symbol
 from marketflow.model import SymbolError
 
 EXCHANGE = "kraken"
@@ -77,6 +78,7 @@ def _split_compact(text: str, symbol: str) -> tuple[str, str]:
 
 def split(symbol: str) -> tuple[str, str]:
     """(base, quote) of any accepted spelling, with `BTC`/`DOGE` for `XBT`/`XDG`."""
+    check_ascii_symbol(symbol)
     text = symbol.strip().upper()
     if not text:
         raise SymbolError("empty symbol")

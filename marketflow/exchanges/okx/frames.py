@@ -26,7 +26,7 @@ import msgspec
 
 from marketflow.exchanges.base import DecodeCounters, Decoded, TradeGap
 from marketflow.exchanges.okx.market_data import CHANNELS as MARKET_DATA_CHANNELS
-from marketflow.exchanges.okx.market_data import decode_market_data
+from marketflow.exchanges.okx.market_data import TICKERS_START, decode_market_data, decode_tickers_frame
 from marketflow.exchanges.orderbook import shared_decimal
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, Level, Trade
@@ -127,6 +127,11 @@ class FrameDecoder:
                 if frame.startswith(_BOOK_START):
                     book = _book_frame_decoder.decode(frame)
                     self._books(book.arg, book.action, book.data, recv_ts, out)
+                    continue
+                if frame.startswith(TICKERS_START):
+                    decode_tickers_frame(
+                        self.exchange, frame, self.symbols, self._decimals, recv_ts, out, counters
+                    )
                     continue
                 env = _envelope_decoder.decode(frame)
                 channel = env.arg.channel

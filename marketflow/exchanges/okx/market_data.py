@@ -20,6 +20,7 @@ from typing import Literal
 import msgspec
 
 from marketflow.exchanges.base import DecodeCounters, Decoded
+from marketflow.exchanges.orderbook import shared_decimal
 from marketflow.model import DerivativesTick, Liquidation, Ticker, liquidation_id
 
 TICKERS = "tickers"
@@ -70,6 +71,82 @@ class _Liquidations(msgspec.Struct):
 
 
 _ticks_decoder = msgspec.json.Decoder(list[_Tick], strict=False)
+
+
+class _TickArg(msgspec.Struct):
+    channel: str
+    instId: str = ""
+
+
+class _TickersFrame(msgspec.Struct):
+    """A `tickers` push in one pass (its `arg` and data), for the hot path."""
+
+    arg: _TickArg
+    data: list[_Tick]
+
+
+_tickers_frame_decoder = msgspec.json.Decoder(_TickersFrame, strict=False)
+TICKERS_START = b'{"arg":{"channel":"tickers",'
+"""How every `tickers` push begins; others (other key orders) take the envelope-then-data path."""
+
+
+def decode_tickers_frame(
+    exchange: str,
+    frame: bytes,
+    symbols: Mapping[str, str],
+    shared: dict[str, Decimal],
+    recv_ts: int,
+    out: Decoded,
+    counters: DecodeCounters,
+) -> None:
+    """A whole `tickers` frame: prices and sizes are the objects of the `shared` table (they repeat), the
+    24 h volume a fresh Decimal (it changes with every trade: it would only crowd the table). Raises
+    msgspec.DecodeError on a bad value (nothing is kept)."""
+    msg = _tickers_frame_decoder.decode(frame)
+    if msg.arg.channel != TICKERS:
+        raise msgspec.DecodeError(f"not a tickers push: {msg.arg.channel[:40]!r}")
+    get = shared.get
+    made = []
+    for t in msg.data:
+        symbol = symbols.get(t.instId)
+        if symbol is None:
+            counters.unknown_topics += 1
+            continue
+        bid, bid_size, ask, ask_size, last = t.bidPx, t.bidSz, t.askPx, t.askSz, t.last
+        made.append(
+            Ticker(
+                exchange,
+                symbol,
+                t.ts * 1000,
+                recv_ts,
+                get(bid) or _shared(shared, bid),
+                get(bid_size) or _shared(shared, bid_size),
+                get(ask) or _shared(shared, ask),
+                get(ask_size) or _shared(shared, ask_size),
+                get(last) or _shared(shared, last),
+                _fresh(t.vol24h),
+            )
+        )
+    out.tickers.extend(made)
+    counters.tickers += len(made)
+
+
+def _shared(table: dict[str, Decimal], text: str) -> Decimal | None:
+    return None if text == "" else shared_decimal(table, text)
+
+
+def _fresh(text: str) -> Decimal | None:
+    if text == "":
+        return None
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        raise msgspec.DecodeError(f"not a decimal: {text[:40]!r}") from None
+    if not value.is_finite():
+        raise msgspec.DecodeError(f"not a finite decimal: {text[:40]!r}")
+    return value
+
+
 _liquidations_decoder = msgspec.json.Decoder(list[_Liquidations], strict=False)
 _SIDES: dict[str, Literal["buy", "sell"]] = {"buy": "buy", "sell": "sell"}
 

@@ -11,6 +11,7 @@ Both forms are accepted as input (`BTCUSDT` too, on spot, when its quote asset i
 
 from __future__ import annotations
 
+from marketflow.exchanges.symbols import check_ascii_symbol
 from marketflow.model import SymbolError, split_native
 
 EXCHANGE = "okx"
@@ -38,6 +39,7 @@ def _pair(parts: list[str], symbol: str) -> tuple[str, str]:
 def to_native(market: str, symbol: str) -> str:
     """Any accepted form of `symbol` on `market` → OKX's `instId` (`BTC-USDT-PERP` → `BTC-USDT-SWAP`)."""
     _check_market(market)
+    check_ascii_symbol(symbol)
     text = symbol.strip().upper()
     if not text:
         raise SymbolError("empty symbol")

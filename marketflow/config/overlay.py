@@ -18,32 +18,23 @@ copy, so edits a person makes to the main file keep taking effect.
 
 from __future__ import annotations
 
-import re
 import tomllib
-import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 
-from marketflow.config import (
-    Config,
-    ConfigError,
-    ConfigIssue,
-    FeedConfig,
-    config_digest,
-    format_key,
-)
+from marketflow.config.issues import ConfigError, ConfigIssue, format_key
+from marketflow.config.load import config_digest
+from marketflow.config.sections import Config, FeedConfig
+from marketflow.config.symbols import MAX_SYMBOL_LENGTH as MAX_SYMBOL_LENGTH  # re-exported
+from marketflow.config.symbols import check_symbol_text
 from marketflow.exchanges import VENUES
 from marketflow.exchanges.base import Venue
 from marketflow.model import SymbolError
 
 OVERLAY_FILE: Final = "symbols.toml"
-# The longest listed symbols are under 20 characters (10000000AIDOGEUSDT); anything far longer is junk.
-MAX_SYMBOL_LENGTH: Final = 32
-# Two or three parts joined by `-`, or a venue's `BASE/QUOTE` (the venue then decides what it means).
-_SYMBOL_TEXT = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+){0,2}|[A-Za-z0-9]+/[A-Za-z0-9]+")
 _ENTRY_KEYS: Final = ("exchange", "market", "add", "remove")
 
 
@@ -62,21 +53,10 @@ def clean_symbol(raw: str, market: str, exchange: str | None = None) -> str:
     (BTCUSDT) or normalized, by the venue's rule (`exchange`; without one, the first venue with that
     market). Raises `SymbolError` naming what is wrong: nothing is stripped or guessed, so whitespace,
     control and non-ASCII characters (look-alikes such as a Cyrillic `С`) are refused."""
-    if not raw:
-        raise SymbolError("empty symbol")
-    if len(raw) > MAX_SYMBOL_LENGTH:
-        raise SymbolError(f"a symbol of {len(raw)} characters; symbols have at most {MAX_SYMBOL_LENGTH}")
-    for char in raw:
-        if not char.isascii():
-            name = unicodedata.name(char, "unnamed")
-            raise SymbolError(
-                f"{raw!r} holds the non-ASCII character U+{ord(char):04X} ({name}); "
-                "symbols are ASCII letters and digits"
-            )
-    if not _SYMBOL_TEXT.fullmatch(raw):
-        bad = next((c for c in raw if not (c.isalnum() or c in "-/")), None)
-        what = f"the character {bad!r}" if bad is not None else "a misplaced '-' or '/'"
-        raise SymbolError(f"{raw!r} holds {what}; write a symbol as BTCUSDT or BTC-USDT")
+    try:
+        check_symbol_text(raw)
+    except SymbolError as exc:
+        raise SymbolError(f"{exc}; write a symbol as BTCUSDT or BTC-USDT") from None
     return _venue(exchange, market).normalize_symbol(market, raw)
 
 

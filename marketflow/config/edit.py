@@ -8,7 +8,7 @@ and the file is left untouched. A symlinked file is edited where it points (the 
 `change_symbols` is what the API runs: it refuses to build on a file that changed since the daemon loaded
 it (a person's unreloaded edit must not go live behind their back), and where the file cannot be written
 (a read-only /etc under systemd or in the container) it records the change in the symbols overlay under
-the state directory instead (`marketflow.config_overlay`).
+the state directory instead (`marketflow.config.overlay`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import tomlkit
 import tomlkit.exceptions
 from tomlkit.items import AoT, Array, Table
 
-from marketflow.config import Config, ConfigError, config_digest, parse_config
-from marketflow.config_overlay import (
+from marketflow.config.issues import ConfigError
+from marketflow.config.load import config_digest, parse_config
+from marketflow.config.overlay import (
     SymbolDelta,
     apply_deltas,
     check_market,
@@ -35,6 +36,7 @@ from marketflow.config_overlay import (
     read_overlay,
     render_overlay,
 )
+from marketflow.config.sections import Config
 from marketflow.exchanges import VENUES
 from marketflow.model import SymbolError
 

@@ -1,0 +1,253 @@
+"""Publishers of the kinds `ticker`, `derivatives`, `liquidations` (collect role) and `candles` (serve role).
+
+Collect role (`MarketPublisher`): the collector runs the single-process market-data keeper
+(`pipeline/market_data.py`: every record merged in order, derivatives sampled per `sample_interval_s`,
+quote changes, liquidations once), so the rows a single process would store are made here, from every
+record. Every `book_interval_s` it publishes, per symbol that changed, one ticker and one derivatives
+message holding the merged state and the rows made since (quotes, samples), and one message per new
+liquidation — all acked by JetStream. Rows not acked go back to their queues and are sent again next round
+(the same content has the same message id, so a resend after lost acks is dropped by JetStream); NATS down,
+they wait there, bounded like the single-process sinks (oldest dropped and counted past 100,000).
+
+Why coalesce the states instead of packing every tick: a ticker feed runs at hundreds of records per second
+per symbol on busy markets, but what a reader of the live state needs is its newest value; the rows that
+must be complete (quotes, samples) travel beside it. Figures in docs/NATS.md.
+
+Serve role (`CandlePublisher`): every closed (or corrected) candle of the serving daemon's analytics, one
+a message, its id `exchange.symbol.interval.start.<content digest>`: several serve daemons see every trade
+once (deduplicated) and make the same candle, which JetStream then keeps once. Collectors cannot make
+candles: two collectors of a hot pair each see only their own connection's trades.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Iterable
+
+import attrs
+import trio
+
+from marketflow.analytics.candles import Candle
+from marketflow.config import Config
+from marketflow.model import DerivativesTick, Liquidation, Ticker
+from marketflow.nats.link import LinkActor, NatsError, NatsLink
+from marketflow.nats.market_schema import pack_candle, pack_derivatives, pack_liquidation, pack_ticker
+from marketflow.nats.schema import subject
+from marketflow.pipeline.market_actors import MarketDataPlant
+from marketflow.pipeline.market_data import Quote
+from marketflow.runtime.backoff import Backoff
+from marketflow.runtime.sink import RecordQueue
+
+log = logging.getLogger("marketflow.nats")
+
+Key = tuple[str, str]
+Message = tuple[str, bytes, str]
+
+
+@attrs.frozen
+class MarketPublisherStatistics:
+    name: str
+    state: str
+    messages: int
+    liquidations: int
+    samples: int
+    quotes: int
+    failures: int
+    last_error: str | None
+
+
+class _QueuePublisher(LinkActor):
+    """Publishes in rounds; a round that NATS did not ack is reported and its rows are requeued."""
+
+    name: str
+    _state: str
+    _failures: int
+    _last_error: str | None
+
+    async def _publish(self, messages: list[Message]) -> bool:
+        if not messages:  # nothing waits to be sent
+            self._state = "running"
+            return True
+        try:
+            await self._link.open()
+            await self._link.publish_acked(messages)
+        except NatsError as exc:  # unreachable or not acked in time: the caller requeues the rows
+            self._failures += 1
+            self._last_error = str(exc)
+            self._state = "retrying"
+            log.warning("publishing failed; retrying", extra={"actor": self.name, "error": self._last_error})
+            await self._link.close()
+            return False
+        self._state = "running"
+        return True
+
+
+class MarketPublisher(_QueuePublisher):
+    """The collect role's ticker, derivatives and liquidations out to JetStream (module docstring)."""
+
+    def __init__(self, plant: MarketDataPlant, config: Config, *, name: str = "nats_market") -> None:
+        self.name = name
+        self._stop = trio.CancelScope()
+        self._plant = plant
+        self._link = NatsLink(config.nats, "market")
+        self._prefix = config.nats.subject_prefix
+        self._interval_s = config.nats.book_interval_s
+        self._final_s = config.daemon.shutdown_timeout_s / 2
+        self._backoff = Backoff(config.supervisor.backoff_initial_s, config.supervisor.backoff_max_s)
+        self._sent: dict[tuple[str, str, str], Ticker | DerivativesTick] = {}
+        self._state = "starting"
+        self._messages = 0
+        self._liquidations = 0
+        self._samples = 0
+        self._quotes = 0
+        self._failures = 0
+        self._last_error: str | None = None
+
+    def statistics(self) -> MarketPublisherStatistics:
+        return MarketPublisherStatistics(
+            self.name,
+            self._state,
+            self._messages,
+            self._liquidations,
+            self._samples,
+            self._quotes,
+            self._failures,
+            self._last_error,
+        )
+
+    def request_stop(self) -> None:
+        """Stop after one last round (what the keeper flushed at its stop goes out too, within half the
+        shutdown timeout)."""
+        self._stop.cancel()
+
+    async def _serve_forever(self, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()  # NATS may be down: the rows wait in their queues, nothing else waits
+        try:
+            while True:
+                delay = self._interval_s if await self._round() else self._backoff.next_delay()
+                await trio.sleep(delay)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(self._final_s):
+                await self._round()
+
+    async def _round(self) -> bool:
+        plant = self._plant
+        samples = plant.derivatives.take()
+        liquidations = plant.liquidations.take()
+        quotes = plant.quotes.take()
+        messages, marks = self._messages_of(samples.values(), liquidations.values(), quotes.values())
+        if not await self._publish(messages):
+            plant.derivatives.put_back(samples)
+            plant.liquidations.put_back(liquidations)
+            plant.quotes.put_back(quotes)
+            return False
+        self._backoff.reset()
+        self._sent.update(marks)
+        self._messages += len(messages)
+        self._liquidations += len(liquidations)
+        self._samples += len(samples)
+        self._quotes += len(quotes)
+        return True
+
+    def _messages_of(
+        self,
+        samples: Iterable[DerivativesTick],
+        liquidations: Iterable[Liquidation],
+        quotes: Iterable[Quote],
+    ) -> tuple[list[Message], dict[tuple[str, str, str], Ticker | DerivativesTick]]:
+        live = self._plant.live
+        samples_of: dict[Key, list[DerivativesTick]] = {}
+        for s in samples:
+            samples_of.setdefault((s.exchange, s.symbol), []).append(s)
+        quotes_of: dict[Key, list[Quote]] = {}
+        for q in quotes:
+            quotes_of.setdefault((q.exchange, q.symbol), []).append(q)
+        messages: list[Message] = []
+        marks: dict[tuple[str, str, str], Ticker | DerivativesTick] = {}
+        for exchange, symbol in sorted(live.keys() | samples_of.keys() | quotes_of.keys()):
+            ticker, derivatives = live.ticker(exchange, symbol)
+            key_q = quotes_of.get((exchange, symbol), [])
+            if ticker is not None and (key_q or self._sent.get(("ticker", exchange, symbol)) != ticker):
+                payload, msg_id = pack_ticker(ticker, key_q)
+                messages.append((subject(self._prefix, "ticker", exchange, symbol), payload, msg_id))
+                marks["ticker", exchange, symbol] = ticker
+            key_s = sorted(samples_of.get((exchange, symbol), []), key=lambda r: r.ts)
+            if derivatives is not None and (
+                key_s or self._sent.get(("derivatives", exchange, symbol)) != derivatives
+            ):
+                payload, msg_id = pack_derivatives(derivatives, key_s)
+                messages.append((subject(self._prefix, "derivatives", exchange, symbol), payload, msg_id))
+                marks["derivatives", exchange, symbol] = derivatives
+        for liq in liquidations:
+            payload, msg_id = pack_liquidation(liq)
+            where = subject(self._prefix, "liquidations", liq.exchange, liq.symbol)
+            messages.append((where, payload, msg_id))
+        return messages, marks
+
+
+@attrs.frozen
+class CandlePublisherStatistics:
+    name: str
+    state: str
+    candles: int
+    failures: int
+    last_error: str | None
+
+
+class CandlePublisher(_QueuePublisher):
+    """The serve role's closed candles out to JetStream (module docstring); drains `queue`, which the
+    daemon's analytics feeds beside the `candles` table's."""
+
+    def __init__(self, queue: RecordQueue[Candle], config: Config, *, name: str = "nats_candles") -> None:
+        self.name = name
+        self._stop = trio.CancelScope()
+        self._queue = queue
+        self._link = NatsLink(config.nats, "candles")
+        self._prefix = config.nats.subject_prefix
+        self._interval_s = config.nats.flush_interval_s
+        self._final_s = config.daemon.shutdown_timeout_s / 2
+        self._backoff = Backoff(config.supervisor.backoff_initial_s, config.supervisor.backoff_max_s)
+        self._state = "starting"
+        self._candles = 0
+        self._failures = 0
+        self._last_error: str | None = None
+
+    def statistics(self) -> CandlePublisherStatistics:
+        return CandlePublisherStatistics(
+            self.name, self._state, self._candles, self._failures, self._last_error
+        )
+
+    def request_stop(self) -> None:
+        self._stop.cancel()
+
+    async def _serve_forever(self, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            while True:
+                await self._queue.wait_submitted()
+                await trio.sleep(self._interval_s)
+                if not await self._round():
+                    await trio.sleep(self._backoff.next_delay())
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(self._final_s):
+                await self._round()
+
+    async def _round(self) -> bool:
+        pending: dict[Hashable, Candle] = self._queue.take()
+        messages = [self._message(c) for c in pending.values()]
+        if not await self._publish(messages):
+            self._queue.put_back(pending)
+            return False
+        self._backoff.reset()
+        self._candles += len(messages)
+        self._queue.written += len(messages)
+        return True
+
+    def _message(self, candle: Candle) -> Message:
+        payload, msg_id = pack_candle(candle)
+        return subject(self._prefix, "candles", candle.exchange, candle.symbol), payload, msg_id
+
+
+def candle_queue() -> RecordQueue[Candle]:
+    """The serve role's queue of candles to publish (a newer version of a candle replaces a queued one)."""
+    return RecordQueue("nats_candles", key=lambda c: (c.exchange, c.symbol, c.interval, c.start))
