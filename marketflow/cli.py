@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage", default="sqlite,postgres", metavar="LIST", help="storages to measure (sqlite,postgres)"
     )
     bench.add_argument("--no-cryptofeed", action="store_true", help="marketflow alone")
+    bench.add_argument(
+        "--coalesce-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="marketflow's read_coalesce_ms (0 to 50)",
+    )
     bench.add_argument("--quick", action="store_true", help="smaller cases (a smoke run)")
     bench.add_argument("--mix-only", action="store_true", help="only the real-mix tables (about 5 minutes)")
     bench.add_argument(
@@ -153,6 +160,12 @@ def _bench(args: argparse.Namespace) -> int:
     from marketflow.bench import run as bench
 
     storages = tuple(s for s in args.storage.split(",") if s)
+    if args.coalesce_ms is not None and not 0 <= args.coalesce_ms <= 50:
+        print(
+            f"marketflow bench: --coalesce-ms: must be from 0 to 50, got {args.coalesce_ms:g}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     unknown = [s for s in storages if s not in ("sqlite", "postgres")]
     if unknown:
         print(
@@ -166,6 +179,7 @@ def _bench(args: argparse.Namespace) -> int:
         storages=storages,
         cryptofeed=not args.no_cryptofeed,
         mix_only=args.mix_only,
+        coalesce_ms=args.coalesce_ms,
     )
     if args.quick:
         plan = bench.Plan(
@@ -181,6 +195,7 @@ def _bench(args: argparse.Namespace) -> int:
             mix_wss_frames=30_000,
             mix_paced_frames=10_000,
             mix_only=args.mix_only,
+            coalesce_ms=args.coalesce_ms,
         )
     bench.main(
         out=Path(args.out), plan=plan, soak_minutes=args.soak, soak_symbols=args.soak_symbols, keep=args.keep

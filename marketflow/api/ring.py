@@ -9,8 +9,10 @@ every trade it takes (`recv_ts - ts`) into a fixed-bucket histogram that `/metri
 from __future__ import annotations
 
 import bisect
-from collections import deque
+import functools
+from collections import Counter, deque
 from collections.abc import Sequence
+from itertools import islice
 
 import attrs
 import trio
@@ -38,6 +40,8 @@ LAG_BUCKETS_S: tuple[float, ...] = (
 """Upper bounds (seconds) of the exchange → receipt lag histogram; +Inf is implied."""
 
 _BOUNDS_US = tuple(int(b * 1_000_000) for b in LAG_BUCKETS_S)
+_bucket = functools.partial(bisect.bisect_left, _BOUNDS_US)
+"""The histogram bucket of a lag in µs."""
 # Exchange clocks run a little ahead of ours: a trade stamped just after the ring started may have been
 # received just before it. The ring claims completeness only from this much after its start.
 CLOCK_MARGIN_US = 1_000_000
@@ -131,40 +135,49 @@ class TradeRing:
         """Add a batch (arrival order) and observe each trade's exchange → receipt lag."""
         if self._started_at is None:
             self._started_at = now_us() + CLOCK_MARGIN_US
-        rings = self._rings
-        lags = self._lag
-        bounds = _BOUNDS_US
-        ring: deque[Trade] | None = None
-        lag: _Lag | None = None
-        last_key: tuple[str, str] | None = None
-        last_exchange = ""
-        for trade in trades:
-            key = (trade.exchange, trade.symbol)
-            if key != last_key:
-                last_key = key
-                ring = rings.get(key)
-                if ring is None:
-                    ring = rings[key] = deque(maxlen=self.capacity)
-                    self._complete_from[key] = self._started_at
-            if trade.exchange != last_exchange or lag is None:
-                last_exchange = trade.exchange
-                lag = lags.get(last_exchange)
-                if lag is None:
-                    lag = lags[last_exchange] = _Lag()
-            assert ring is not None
-            if len(ring) == self.capacity:
-                evicted = ring[0]
-                # The oldest trade leaves: the ring is complete only after it from now on.
-                if evicted.ts >= self._complete_from[key]:
-                    self._complete_from[key] = evicted.ts + 1
-            ring.append(trade)
-            delay = trade.recv_ts - trade.ts
-            if delay < 0:
-                delay = 0
-            lag.counts[bisect.bisect_left(bounds, delay)] += 1
-            lag.sum_us += delay
-        self._trades += len(trades)
+        count = len(trades)
+        start = 0
+        while start < count:
+            first = trades[start]
+            exchange, symbol = first.exchange, first.symbol
+            end = start + 1
+            # A run of one market's trades (a busy market's batch is mostly one run) is added at once.
+            while end < count:
+                trade = trades[end]
+                if trade.symbol != symbol or trade.exchange != exchange:
+                    break
+                end += 1
+            self._add_run(exchange, symbol, trades[start:end] if start or end < count else trades)
+            start = end
+        self._trades += count
         self._batches += 1
+
+    def _add_run(self, exchange: str, symbol: str, run: Sequence[Trade]) -> None:
+        key = (exchange, symbol)
+        ring = self._rings.get(key)
+        if ring is None:
+            ring = self._rings[key] = deque(maxlen=self.capacity)
+            assert self._started_at is not None
+            self._complete_from[key] = self._started_at
+        leaving = len(ring) + len(run) - self.capacity
+        if leaving > 0:
+            # The oldest trades leave: the ring is complete only after the newest of them from now on.
+            held = min(leaving, len(ring))
+            newest = max(t.ts for t in islice(ring, held)) if held else -1
+            if leaving > held:
+                newest = max(newest, max(t.ts for t in islice(run, leaving - held)))
+            if newest >= self._complete_from[key]:
+                self._complete_from[key] = newest + 1
+        ring.extend(run)
+        lag = self._lag.get(exchange)
+        if lag is None:
+            lag = self._lag[exchange] = _Lag()
+        delays = [t.recv_ts - t.ts for t in run]
+        counts = lag.counts
+        # A negative delay (an exchange clock ahead of ours) counts as 0: bucket 0, nothing to the sum.
+        for bucket, n in Counter(map(_bucket, delays)).items():
+            counts[bucket] += n
+        lag.sum_us += sum(delays) if min(delays) >= 0 else sum(d for d in delays if d > 0)
 
     def mark_incomplete(self, at: int | None = None) -> None:
         """Trades were lost before reaching the ring (bus overflow): trust it only from `at` (now) on."""

@@ -197,6 +197,8 @@ class Env:
     """Real-mix cases: the venue whose mix the blaster serves (transport, decode and book stages)."""
     mix_frames: int = 0
     """Real-mix `book` cases: the distinct frames the blaster built (the client builds the same)."""
+    coalesce_ms: float | None = None
+    """marketflow's read coalescing window (None: the daemon's default)."""
     counter: int = 0
 
     def fresh_dir(self, name: str) -> Path:
@@ -278,6 +280,8 @@ def _client_process(env: Env, client: Client, blaster: Blaster, tls_dir: Path | 
             cmd += ["--count-frames", "--mix-frames", str(env.mix_frames)]
         cmd += ["--exchange", env.exchange, "--market", env.market, "--symbol", env.symbol]
         cmd += ["--state-dir", str(where)]
+        if env.coalesce_ms is not None:
+            cmd += ["--coalesce-ms", str(env.coalesce_ms)]
         if cafile:
             cmd += ["--cafile", cafile]
         if client.storage:
@@ -468,6 +472,8 @@ class Plan:
     most the blaster's distinct frames (`blaster.MIX_DISTINCT`): books must not see ids again."""
     mix_only: bool = False
     """The real-mix tables alone (no one-trade-frame cases)."""
+    coalesce_ms: float | None = None
+    """marketflow's read coalescing window in every blaster case (None: the daemon's default)."""
 
 
 def sustained(
@@ -714,6 +720,7 @@ def main(
     try:
         want_cf = plan.cryptofeed and soak_minutes is None and not plan.mix_only
         with environment(workdir, want_pg, want_cf, log) as env:
+            env.coalesce_ms = plan.coalesce_ms
             if env.pg_cluster is None:
                 plan = attrs.evolve(plan, storages=tuple(s for s in plan.storages if s != "postgres"))
             if env.cryptofeed is not None:

@@ -23,6 +23,8 @@ from websockets.uri import parse_uri
 READ_SIZE = 256 * 1024
 COALESCE_BELOW = 64 * 1024
 """A read smaller than this means the stream is not bursting: the next read may wait to coalesce."""
+COPY_BELOW = 2 * READ_SIZE
+"""Buffers up to this size are copied once per read for the short path of `_split`."""
 _FAST_FIRST_BYTES = frozenset({0x00, 0x01, 0x02, 0x80, 0x81, 0x82})
 """First header bytes the fast path takes: continuation/text/binary, FIN or not, no reserved bits."""
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -223,10 +225,32 @@ class WsConnection:
         at = 0
         messages: list[bytes] = []
         max_message = self._max_message
+        # Small frames are sliced from one bytes copy of the buffer (one allocation each, not two); a
+        # buffer holding part of a big message is not copied on every read.
+        data = bytes(buf) if size <= COPY_BELOW else b""
         view = memoryview(buf)
         try:
             while size - at >= 2:
                 b0 = buf[at]
+                if b0 == 0x81 and data and not self._fragments:
+                    # A whole unmasked text message, what a venue sends all day: the short way.
+                    length = buf[at + 1]
+                    if length < 126 and length <= max_message:
+                        end = at + 2 + length
+                        if end > size:
+                            break
+                        messages.append(data[at + 2 : end])
+                        at = end
+                        continue
+                    if length == 126 and size - at >= 4:
+                        length = (buf[at + 2] << 8) | buf[at + 3]
+                        end = at + 4 + length
+                        if length <= max_message:  # else the general path below refuses it
+                            if end > size:
+                                break
+                            messages.append(data[at + 4 : end])
+                            at = end
+                            continue
                 length = buf[at + 1]  # mask bit clear on the fast path, so this is the 7-bit length
                 head = 2
                 if length == 126:

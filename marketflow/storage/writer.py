@@ -43,6 +43,10 @@ from marketflow.storage.spool import Spool, SpoolError
 log = logging.getLogger("marketflow.storage")
 
 DAY_US = 86_400_000_000
+GATHER_S = 0.05
+"""While trades trickle in (few batches per wake-up), the reader lets batches gather on the bus this long
+(at most until the chunk is due) instead of waking for each: the chunk is sealed at the same time."""
+FEW_BATCHES = 8
 LAST_RESORT_S = 5.0  # most a stopping writer spends putting what memory still holds on disk
 
 
@@ -101,6 +105,8 @@ class WriterStatistics:
     spool_errors: int = 0
     spool_failing: bool = False
     spool_error: str | None = None
+    reads: int = 0
+    """How many times the reader took batches from the bus."""
 
 
 class StorageWriter:
@@ -169,6 +175,7 @@ class StorageWriter:
         self._last_batch_ms: float | None = None
         self._pruned = 0
         self._prune_batches = 0
+        self._reads = 0
 
     # -- statistics -----------------------------------------------------------------------------------------
 
@@ -217,6 +224,7 @@ class StorageWriter:
             spool_errors=spool.write_errors + spool.remove_errors if spool else 0,
             spool_failing=failure is not None,
             spool_error=None if failure is None else str(failure),
+            reads=self._reads,
         )
 
     # -- the actor ------------------------------------------------------------------------------------------
@@ -264,12 +272,14 @@ class StorageWriter:
         deadline = math.inf
         while True:
             ended = False
+            batches: list[list[Trade]] = []
             with trio.move_on_at(deadline):
                 try:
                     batches = await receive_batches(receiver)
                 except trio.EndOfChannel:
                     ended = True
                 else:
+                    self._reads += 1
                     if not assembling:
                         deadline = trio.current_time() + self._flush_interval_s
                     for batch in batches:
@@ -280,6 +290,10 @@ class StorageWriter:
             if len(assembling) >= self._batch_max or trio.current_time() >= deadline:
                 await self._seal_all()
                 deadline = math.inf
+            elif len(batches) < FEW_BATCHES and assembling:
+                # A trickle: one wake-up per GATHER_S takes what gathered, not one per batch. A burst
+                # (many batches per wake-up) never waits; the bus's capacity bounds what can gather.
+                await trio.sleep_until(min(deadline, trio.current_time() + GATHER_S))
         await self._seal_all()
         self._final_deadline = trio.current_time() + self._shutdown_write_s
         self._input_done.set()

@@ -171,6 +171,35 @@ def test_bench_cli_names_a_bad_option() -> None:
     assert proc.returncode == 2 and "--storage: unknown storage 'mysql'" in proc.stderr
 
 
+def test_bench_cli_refuses_a_coalescing_window_out_of_range() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "marketflow", "bench", "--coalesce-ms", "80"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "--coalesce-ms: must be from 0 to 50, got 80" in proc.stderr
+
+
+def test_the_coalescing_window_reaches_marketflow_clients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[list[str]] = []
+
+    class Started:
+        def __init__(self, cmd: list[str], **kw: object) -> None:
+            started.append(cmd)
+
+    monkeypatch.setattr(bench.subprocess, "Popen", Started)
+    fake = bench.Blaster(None, {"bybit-linear": "ws://127.0.0.1:1/v5/public/linear"})  # type: ignore[arg-type]
+    for window in (None, 12.5):
+        env = bench.Env(tmp_path, coalesce_ms=window)
+        bench._client_process(env, bench.Client("marketflow", "pipeline"), fake, None, tmp_path)
+    default, chosen = started
+    assert "--coalesce-ms" not in default  # the worker then uses the daemon's default
+    assert chosen[chosen.index("--coalesce-ms") + 1] == "12.5"
+
+
 @pytest.mark.parametrize("venue", ["coinbase", "kraken"])
 def test_a_paced_real_mix_case_applies_every_book_update_over_wss(tmp_path: Path, venue: str) -> None:
     from marketflow.bench import mixframes

@@ -356,3 +356,29 @@ def test_book_frames_decode_alike_whatever_the_key_order() -> None:
     decoder.decode([SPOT_BOOK_DELTA, reordered.encode()], 9, out)
     usual, other = out.books
     assert usual == other and usual.last_id == 219167607 and decoder.counters.book_updates == 2
+
+
+def test_one_trade_frames_decode_like_the_same_trades_in_one_frame() -> None:
+    """One-trade frames take an inline path: same trades, duplicates, counters and newest time as the
+    same trades sent together."""
+    ids = [1, 2, 3, 2, 4, 1, 5]
+    single = bybit.FrameDecoder("bybit", "linear", {"BTCUSDT": "BTC-USDT-PERP"})
+    joined = bybit.FrameDecoder("bybit", "linear", {"BTCUSDT": "BTC-USDT-PERP"})
+    one, together = Decoded(), Decoded()
+    t0 = 1_700_000_000_000
+
+    def frame(*ids: int) -> bytes:
+        data = ",".join(
+            f'{{"T":{t0 + i},"s":"BTCUSDT","S":"Buy","v":"1","p":"100","i":"id-{i}"}}' for i in ids
+        )
+        return f'{{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1,"data":[{data}]}}'.encode()
+
+    single.decode([frame(i) for i in ids], 7, one)
+    joined.decode([frame(*ids[:3]), frame(*ids[3:])], 7, together)
+    assert [t.id for t in one.trades] == ["id-1", "id-2", "id-3", "id-4", "id-5"]
+    assert one.trades == together.trades
+    for decoder in (single, joined):
+        assert (decoder.counters.trades, decoder.counters.duplicates) == (5, 2)
+        assert decoder.last_ts == {"BTCUSDT": 1_700_000_000_005_000}
+    recent = single._seen["BTCUSDT"]
+    assert recent.current == {"id-1", "id-2", "id-3", "id-4", "id-5"} and recent.since == t0 * 1000 + 1000

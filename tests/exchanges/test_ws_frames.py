@@ -17,7 +17,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from marketflow.exchanges.ws import FeedError, WsConnection, open_ws
+from marketflow.exchanges.ws import COPY_BELOW, FeedError, WsConnection, open_ws
 
 URL = "ws://127.0.0.1/v5/public/linear"
 
@@ -184,3 +184,16 @@ async def test_close_frame_is_answered_and_named() -> None:
     assert got == [b"last"]
     closes = [f for f in await peer.received_frames() if f.opcode is Opcode.CLOSE]
     assert len(closes) == 1
+
+
+async def test_a_message_bigger_than_the_copied_buffer_arrives_whole_among_small_ones() -> None:
+    conn, peer = await connect(max_message=4 * COPY_BELOW)
+    big = bytes(range(256)) * (COPY_BELOW // 128)  # two copy limits: read in many pieces
+    wire = frame(0x1, b"before") + frame(0x1, big) + frame(0x1, b"after") + frame(0x1, b"x" * 200)
+    got: list[bytes] = []
+    with trio.fail_after(5):
+        for at in range(0, len(wire), 50_000):
+            await peer.stream.send_all(wire[at : at + 50_000])
+        while len(got) < 4:
+            got.extend(await conn.receive_messages())
+    assert got == [b"before", big, b"after", b"x" * 200]

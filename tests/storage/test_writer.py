@@ -272,3 +272,32 @@ async def test_daemon_writer_keeps_the_store_open_for_later_sinks(tmp_path: Path
             writer.request_stop()
     assert len(rows(db)) == 2
     assert writer.statistics().state == "stopped"
+
+
+async def test_a_trickle_of_batches_wakes_the_reader_once_per_gathering_not_per_batch(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    db = tmp_path / "t.db"
+    bus: Bus[Trade] = Bus("trades")
+    writer = StorageWriter(
+        SqliteTradeStore(f"sqlite:///{db}"),
+        bus.subscribe("storage", 256, Overflow.BLOCK),
+        batch_max=1000,
+        flush_interval_s=0.25,
+    )
+    commits: list[tuple[float, int]] = []
+    writer.on_commit = lambda chunk: commits.append((trio.current_time(), len(chunk)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        start = trio.current_time()
+        for i in range(100):  # a batch every 10 ms for a second
+            await trio.sleep_until(start + i * 0.01)
+            await bus.publish([trade(i)])
+        bus.close()
+    stats = writer.statistics()
+    assert stats.rows_written == 100 and len(rows(db)) == 100
+    # A wake-up takes what gathered over GATHER_S (50 ms): about 5 batches each, not one.
+    assert stats.reads <= 100 // 4
+    # Still sealed by the flush interval (about 25 trades a chunk; the store's thread lets virtual time
+    # run, so not exactly), in order, each trade once.
+    assert sum(n for _, n in commits) == 100 and 4 <= len(commits) <= 6

@@ -302,6 +302,19 @@ class _RecentIds:
         self.since: int | None = None
 
 
+class _TradeTopic:
+    """One followed trade topic: its symbols, its recent ids, and its newest trade time (also kept in
+    `FrameDecoder.last_ts` for backfill)."""
+
+    __slots__ = ("last_ts", "native", "recent", "symbol")
+
+    def __init__(self, native: str, symbol: str, recent: _RecentIds, last_ts: int) -> None:
+        self.native = native
+        self.symbol = symbol
+        self.recent = recent
+        self.last_ts = last_ts
+
+
 class FrameDecoder:
     """Bybit data frames → normalized trades and book updates of one feed (native → normalized symbols)."""
 
@@ -322,21 +335,58 @@ class FrameDecoder:
         self._book_prices: dict[str, Decimal] = {}
         self._book_topics: dict[str, str] = {}
         """`orderbook.{depth}.{native}` → normalized symbol, filled on first sight."""
+        # Per trade topic as sent (`publicTrade.BTCUSDT`): one lookup per frame finds all of the above.
+        self._trade_topics: dict[str, _TradeTopic] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
+        counters.frames += len(frames)
         symbols = self.symbols
+        topics = self._trade_topics
+        known = self._decimals
+        exchange = self.exchange
+        kept = duplicates = 0
+        append = out.trades.append
         for frame in frames:
-            counters.frames += 1
             try:
                 if frame.startswith(_TRADE_FRAME_START):
                     whole = _trade_frame_decoder.decode(frame)
-                    native = whole.topic[len(_TRADE_PREFIX) :]
-                    symbol = symbols.get(native)
-                    if symbol is None:
-                        counters.unknown_topics += 1
+                    followed = topics.get(whole.topic)
+                    if followed is None:
+                        followed = self._trade_topic(whole.topic[len(_TRADE_PREFIX) :])
+                        if followed is None:
+                            counters.unknown_topics += 1
+                            continue
+                        topics[whole.topic] = followed
+                    data = whole.data
+                    if len(data) != 1:
+                        self._trades(followed, data, recv_ts, out)
                         continue
-                    self._trades(native, symbol, whole.data, recv_ts, out)
+                    # One trade per frame, what a busy market mostly sends: the same steps as
+                    # `_trades`, inline.
+                    t = data[0]
+                    price = known.get(t.p)
+                    if price is None:
+                        price = self._decimal(t.p)
+                    amount = known.get(t.v)
+                    if amount is None:
+                        amount = self._decimal(t.v)
+                    ts = t.T * 1000
+                    trade = Trade(exchange, followed.symbol, t.i, price, amount, _SIDES[t.S], ts, recv_ts)
+                    recent = followed.recent
+                    if t.i in recent.current or t.i in recent.previous:
+                        duplicates += 1
+                    else:
+                        recent.current.add(t.i)
+                        append(trade)
+                        kept += 1
+                    since = recent.since
+                    if since is None:
+                        since = recent.since = ts
+                    if len(recent.current) >= RECENT_IDS or ts - since >= RECENT_SPAN_US:
+                        recent.previous, recent.current, recent.since = recent.current, set(), ts
+                    if ts > followed.last_ts:
+                        followed.last_ts = self.last_ts[followed.native] = ts
                     continue
                 if frame.startswith(_BOOK_FRAME_START):
                     book = _book_frame_decoder.decode(frame)
@@ -353,12 +403,11 @@ class FrameDecoder:
                 env = _envelope_decoder.decode(frame)
                 topic = env.topic
                 if topic.startswith(_TRADE_PREFIX):
-                    native = topic[len(_TRADE_PREFIX) :]
-                    symbol = symbols.get(native)
-                    if symbol is None:
+                    trade_topic = self._trade_topic(topic[len(_TRADE_PREFIX) :])
+                    if trade_topic is None:
                         counters.unknown_topics += 1
                         continue
-                    self._trades(native, symbol, _trades_decoder.decode(env.data), recv_ts, out)
+                    self._trades(trade_topic, _trades_decoder.decode(env.data), recv_ts, out)
                 elif topic.startswith(_BOOK_PREFIX):
                     self._book(topic, env.type, env.ts, _book_decoder.decode(env.data), recv_ts, out)
                 elif topic.startswith(TICKER_PREFIX):
@@ -377,6 +426,8 @@ class FrameDecoder:
                     counters.ignored += 1
             except msgspec.DecodeError as exc:
                 count_malformed(log, counters, "bybit", self.market, exc, frame)
+        counters.trades += kept
+        counters.duplicates += duplicates
 
     def _tickers(self, symbol: str, kind: str, ts_ms: int, t: _Tickers, recv_ts: int, out: Decoded) -> None:
         """A snapshot or a delta (linear: only changed fields) -> a partial `Ticker` and, on linear, a
@@ -493,18 +544,25 @@ class FrameDecoder:
         )
         self.counters.book_updates += 1
 
-    def _trades(self, native: str, symbol: str, trades: list[_Trade], recv_ts: int, out: Decoded) -> None:
+    def _trades(self, topic: _TradeTopic, trades: list[_Trade], recv_ts: int, out: Decoded) -> None:
         if not trades:
             return
         exchange = self.exchange
+        symbol = topic.symbol
         sides = _SIDES
+        known = self._decimals
         decimal = self._decimal
         # Every value converted before anything is kept: a bad one rejects the whole frame (malformed).
-        made = [
-            Trade(exchange, symbol, t.i, decimal(t.p), decimal(t.v), sides[t.S], t.T * 1000, recv_ts)
-            for t in trades
-        ]
-        recent = self._recent(native)
+        made = []
+        for t in trades:
+            price = known.get(t.p)
+            if price is None:
+                price = decimal(t.p)
+            amount = known.get(t.v)
+            if amount is None:
+                amount = decimal(t.v)
+            made.append(Trade(exchange, symbol, t.i, price, amount, sides[t.S], t.T * 1000, recv_ts))
+        recent = topic.recent
         current, previous = recent.current, recent.previous
         append = out.trades.append
         kept = 0
@@ -517,13 +575,14 @@ class FrameDecoder:
             append(trade)
             kept += 1
         self.counters.trades += kept
-        last = trades[-1].T * 1000
-        if recent.since is None:
-            recent.since = trades[0].T * 1000
-        if len(current) >= RECENT_IDS or last - recent.since >= RECENT_SPAN_US:
+        last = made[-1].ts
+        since = recent.since
+        if since is None:
+            since = recent.since = made[0].ts
+        if len(current) >= RECENT_IDS or last - since >= RECENT_SPAN_US:
             recent.previous, recent.current, recent.since = current, set(), last
-        if last > self.last_ts.get(native, 0):
-            self.last_ts[native] = last
+        if last > topic.last_ts:
+            topic.last_ts = self.last_ts[topic.native] = last
 
     def _decimal(self, text: str) -> Decimal:
         """The exact Decimal of an exchange's decimal string, one shared object per distinct string.
@@ -548,6 +607,13 @@ class FrameDecoder:
         if recent is None:
             recent = self._seen[native] = _RecentIds()
         return recent
+
+    def _trade_topic(self, native: str) -> _TradeTopic | None:
+        """What the trade path keeps per native symbol, or None when the feed does not follow it."""
+        symbol = self.symbols.get(native)
+        if symbol is None:
+            return None
+        return _TradeTopic(native, symbol, self._recent(native), self.last_ts.get(native, 0))
 
     def admit_backfill(self, native: str, trades: list[Trade], since_ts: int) -> list[Trade]:
         """Backfilled trades we do not have: not seen recently and not older than `since_ts`."""
