@@ -209,16 +209,21 @@ class NatsLink:
 
     async def _ensure_streams(self, js: JetStreamContext) -> None:
         prefix = self.config.subject_prefix
-        streams = (
-            StreamConfig(
-                name=stream_name(prefix, "trades"),
-                subjects=[self.subject_all("trades")],
+
+        def kept(kind: str, subjects: list[str]) -> StreamConfig:
+            """A stream kept like trades: on file for `max_age`, ids deduplicated within the window."""
+            return StreamConfig(
+                name=stream_name(prefix, kind),
+                subjects=subjects,
                 max_age=float(self.config.max_age_s),
                 num_replicas=self.config.stream_replicas,
                 duplicate_window=min(DUPLICATE_WINDOW_S, float(self.config.max_age_s)),
                 storage=StorageType.FILE,
                 discard=DiscardPolicy.OLD,
-            ),
+            )
+
+        streams = (
+            kept("trades", [self.subject_all("trades")]),
             # Only the newest book of a symbol matters: a serving daemon starts from it.
             StreamConfig(
                 name=stream_name(prefix, "book"),
@@ -230,24 +235,8 @@ class NatsLink:
                 discard=DiscardPolicy.OLD,
             ),
             # Tickers, derivatives and liquidations: what the store role writes, kept like trades.
-            StreamConfig(
-                name=stream_name(prefix, "market"),
-                subjects=self.subjects_of("market"),
-                max_age=float(self.config.max_age_s),
-                num_replicas=self.config.stream_replicas,
-                duplicate_window=min(DUPLICATE_WINDOW_S, float(self.config.max_age_s)),
-                storage=StorageType.FILE,
-                discard=DiscardPolicy.OLD,
-            ),
-            StreamConfig(
-                name=stream_name(prefix, "candles"),
-                subjects=self.subjects_of("candles"),
-                max_age=float(self.config.max_age_s),
-                num_replicas=self.config.stream_replicas,
-                duplicate_window=min(DUPLICATE_WINDOW_S, float(self.config.max_age_s)),
-                storage=StorageType.FILE,
-                discard=DiscardPolicy.OLD,
-            ),
+            kept("market", self.subjects_of("market")),
+            kept("candles", self.subjects_of("candles")),
         )
         for config in streams:
             assert config.name is not None
