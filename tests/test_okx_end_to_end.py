@@ -185,7 +185,9 @@ async def test_books_without_a_ws_snapshot_sync_from_rest_and_recover_a_gap(tmp_
         sim.skip_update("okx", "swap", "BTC-USD-SWAP")
         await wait_for(lambda: book_gaps(daemon)["okx:BTC-USD-PERP"] == 1)
         await wait_for(
-            lambda: synced(daemon, "BTC-USD-PERP") and all(r[1] for r in gap_rows(daemon, "BTC-USD-PERP", "book"))
+            lambda: (
+                synced(daemon, "BTC-USD-PERP") and all(r[1] for r in gap_rows(daemon, "BTC-USD-PERP", "book"))
+            )
         )
         (chain_gap,) = gap_rows(daemon, "BTC-USD-PERP", "book")
         assert chain_gap[0].startswith("prevSeqId ")
@@ -193,7 +195,9 @@ async def test_books_without_a_ws_snapshot_sync_from_rest_and_recover_a_gap(tmp_
         await wait_for(lambda: matches_truth(daemon, sim, "swap", "BTC-USD-PERP", "BTC-USD-SWAP"))
         assert book_gaps(daemon)["okx:BTC-USDT"] == 0 and book_gaps(daemon)["okx:ETH-USDT"] == 0
 
-    sim_config = SimConfig(seed=7, rate=10.0, book_rate=20.0, okx_no_book_snapshot=True, okx_zero_checksum=True)
+    sim_config = SimConfig(
+        seed=7, rate=10.0, book_rate=20.0, okx_no_book_snapshot=True, okx_zero_checksum=True
+    )
     await run_with(tmp_path, sim_config, body, ("book",))
 
 

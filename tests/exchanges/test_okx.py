@@ -514,8 +514,10 @@ def test_updates_without_a_ws_snapshot_are_aligned_with_a_rest_snapshot() -> Non
     book.snapshot_requested()
     assert not book.needs_snapshot()
     snapshot = VENUE.parse_snapshot(
-        "spot", rest_books([["100", "2", "0", "1"], ["99", "5", "0", "1"]], [["101", "1", "0", "1"]], 12),
-        "BTC-USDT", 7,
+        "spot",
+        rest_books([["100", "2", "0", "1"], ["99", "5", "0", "1"]], [["101", "1", "0", "1"]], 12),
+        "BTC-USDT",
+        7,
     )
     assert snapshot.snapshot and snapshot.last_id == 12 and snapshot.ts == 1_700_000_000_456_000
     assert book.on_snapshot(snapshot) is None
@@ -558,7 +560,9 @@ def test_a_ws_snapshot_still_starts_the_book_and_a_late_rest_one_is_ignored() ->
         book.on_update(update)
     book.snapshot_requested()
     (snap,) = books(
-        book_frame("BTC-USDT", "snapshot", [["100", "2", "0", "1"]], [["101", "1", "0", "1"]], seq=30, prev=-1)
+        book_frame(
+            "BTC-USDT", "snapshot", [["100", "2", "0", "1"]], [["101", "1", "0", "1"]], seq=30, prev=-1
+        )
     )
     assert book.on_update(snap) is None and book.state is BookState.SYNCED and book.last_id == 30
     late = VENUE.parse_snapshot("spot", rest_books([["90", "1"]], [["91", "1"]], 25), "BTC-USDT", 7)
@@ -585,7 +589,9 @@ def test_the_rest_snapshot_request_and_its_refusals() -> None:
     with pytest.raises(ValueError, match="no seqId: it cannot be aligned"):
         VENUE.parse_snapshot("spot", rest_books([["100", "1"]], [["101", "1"]], None), "BTC-USDT", 7)
     with pytest.raises(ValueError, match="refused: code 51001"):
-        VENUE.parse_snapshot("spot", b'{"code":"51001","msg":"Instrument ID does not exist","data":[]}', "X", 7)
+        VENUE.parse_snapshot(
+            "spot", b'{"code":"51001","msg":"Instrument ID does not exist","data":[]}', "X", 7
+        )
     with pytest.raises(ValueError, match="not a decimal"):
         VENUE.parse_snapshot("spot", rest_books([["abc", "1"]], [], 3), "BTC-USDT", 7)
     with pytest.raises(ValueError, match="out of range"):

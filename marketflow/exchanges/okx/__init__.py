@@ -2,9 +2,9 @@
 
 Books come from WebSocket snapshots (`books`: 400 levels then increments; `books5`: 5-level snapshots) and
 are resynced by resubscribing the instrument; a `books` stream that sends updates but no snapshot (OKX's
-announced delisting of it) is aligned with a REST snapshot (`/api/v5/market/books`, `book.py`); the `seqId` chain and the CRC32 checksum are checked on
-every message (`book.py`). Trade ids are numeric and increasing per instrument, so a jump is a gap the
-backfiller fetches exactly from `/api/v5/market/history-trades` (PROTOCOLS.md §8).
+announced delisting of it) is aligned with a REST snapshot (`/api/v5/market/books`). The `seqId` chain
+and the CRC32 checksum are checked on every message (`book.py`). Trade ids are numeric and increasing
+per instrument, so a jump is a gap the backfiller fetches exactly from `/api/v5/market/history-trades` (PROTOCOLS.md §8).
 """
 
 from __future__ import annotations
