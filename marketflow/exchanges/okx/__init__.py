@@ -4,7 +4,8 @@ Books come from WebSocket snapshots (`books`: 400 levels then increments; `books
 are resynced by resubscribing the instrument; a `books` stream that sends updates but no snapshot (OKX's
 announced delisting of it) is aligned with a REST snapshot (`/api/v5/market/books`). The `seqId` chain
 and the CRC32 checksum are checked on every message (`book.py`). Trade ids are numeric and increasing
-per instrument, so a jump is a gap the backfiller fetches exactly from `/api/v5/market/history-trades` (PROTOCOLS.md §8).
+per instrument, so a jump is a gap the backfiller fetches exactly from `/api/v5/market/history-trades`
+(PROTOCOLS.md §8).
 """
 
 from __future__ import annotations
