@@ -172,6 +172,35 @@ async def test_wrong_checksum_and_chain_break_resync_that_book_only(tmp_path: Pa
     await run_with(tmp_path, SimConfig(seed=6, rate=10.0, book_rate=20.0), body, ("book",))
 
 
+async def test_books_without_a_ws_snapshot_sync_from_rest_and_recover_a_gap(tmp_path: Path) -> None:
+    # OKX's changelog ("Delist initial snapshot and checksum field in order book channels") announces that
+    # `books` will stop sending its initial snapshot: each book then comes from `/api/v5/market/books`,
+    # aligned with the stream by seqId, and a chain break is recovered the same way after the resubscribe.
+    async def body(daemon: Daemon, sim: SimServer) -> None:
+        for symbol in NATIVE:
+            await wait_for(lambda s=symbol: synced(daemon, s))
+        stats = daemon.books.statistics()
+        assert stats.snapshot_requests >= len(NATIVE) and stats.resubscribes == 0
+        await wait_for(lambda: matches_truth(daemon, sim, "spot", "ETH-USDT", "ETH-USDT"))
+        sim.skip_update("okx", "swap", "BTC-USD-SWAP")
+        await wait_for(lambda: book_gaps(daemon)["okx:BTC-USD-PERP"] == 1)
+        await wait_for(
+            lambda: (
+                synced(daemon, "BTC-USD-PERP") and all(r[1] for r in gap_rows(daemon, "BTC-USD-PERP", "book"))
+            )
+        )
+        (chain_gap,) = gap_rows(daemon, "BTC-USD-PERP", "book")
+        assert chain_gap[0].startswith("prevSeqId ")
+        assert daemon.books.statistics().resubscribes == 1
+        await wait_for(lambda: matches_truth(daemon, sim, "swap", "BTC-USD-PERP", "BTC-USD-SWAP"))
+        assert book_gaps(daemon)["okx:BTC-USDT"] == 0 and book_gaps(daemon)["okx:ETH-USDT"] == 0
+
+    sim_config = SimConfig(
+        seed=7, rate=10.0, book_rate=20.0, okx_no_book_snapshot=True, okx_zero_checksum=True
+    )
+    await run_with(tmp_path, sim_config, body, ("book",))
+
+
 async def test_a_dropped_connection_is_backfilled_by_trade_id_without_duplicates(tmp_path: Path) -> None:
     async def body(daemon: Daemon, sim: SimServer) -> None:
         symbol, native = "BTC-USDT-PERP", "BTC-USDT-SWAP"

@@ -78,6 +78,8 @@ class SimConfig:
     """OKX `books` carry checksum 0, as OKX sends since 2026-06 (default: the real CRC32)."""
     okx_legacy_books: bool = False
     """OKX `books` carry no `seqId`/`prevSeqId` (older servers, recorded traffic)."""
+    okx_no_book_snapshot: bool = False
+    """OKX `books` sends no snapshot on subscribe (the announced delisting); REST `books` carries `seqId`."""
     okx_keepalive_s: float = attrs.field(default=okx.KEEPALIVE_S, validator=_positive)
     """An unchanged OKX `books` stream sends a keep-alive (`prevSeqId == seqId`) after this long."""
     kraken_quiet: tuple[str, ...] = attrs.field(default=(), converter=strings)

@@ -52,6 +52,9 @@ class OkxRules:
     keepalive_s: float = KEEPALIVE_S
     book_rate: float = 10.0
     out_of_order_every: int | None = None
+    no_book_snapshot: bool = False
+    """`books` sends no snapshot on subscribe, only updates (OKX's announced delisting of it): clients
+    take the snapshot from `/api/v5/market/books`, whose answer then carries the stream's `seqId`."""
 
 
 class OkxBookStream:
@@ -91,7 +94,15 @@ class OkxBookStream:
             self.bids, self.asks = self.book.top_maps(self.depth)
             self.seq += 1 + int(self._rng.random() * 50)
         self._sinks.add(sink)
+        if self.rules.no_book_snapshot and self.channel == "books":
+            return None
         return self._frame("snapshot", self.bids, self.asks, -1, self.seq, self._now_ms())
+
+    def published(self, depth: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]], int]:
+        """The best `depth` bid and ask levels as last published (text), and the `seqId` they are at."""
+        bids = sorted(self.bids.items(), reverse=True)[:depth]
+        asks = sorted(self.asks.items())[:depth]
+        return self._text(bids), self._text(asks), self.seq
 
     def remove_sink(self, sink: FrameSink) -> None:
         self._sinks.discard(sink)

@@ -1,6 +1,10 @@
 """OKX's public REST on the simulator (PROTOCOLS.md §8): `/api/v5/public/instruments`,
 `/api/v5/market/history-trades` (individual fills, newest first, `after` = ids below) and
-`/api/v5/market/books`; 20 requests per 2 s per path, then HTTP 429 code 50011."""
+`/api/v5/market/books`; 20 requests per 2 s per path, then HTTP 429 code 50011.
+
+`/api/v5/market/books` answers, while the instrument's `books` stream is live, with that stream's levels as
+published and its `seqId` (what a client aligns the stream with, OKX's recipe for a stream without a
+WebSocket snapshot); otherwise with the simulated book and no `seqId`."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from marketflow.sim.market import (
     Market,
 )
 from marketflow.sim.okx import EXCHANGE, INST_TYPES, _decimal_text, _encode, contract, fills
-from marketflow.sim.okx_book import OkxRules
+from marketflow.sim.okx_book import OkxBookStream, OkxRules
 
 REST_LIMIT = 20
 REST_WINDOW_S = 2.0
@@ -136,7 +140,19 @@ class OkxRest:
         size_text = (request.query.get("sz") or ["1"])[0]
         if not size_text.isdigit() or not 1 <= int(size_text) <= 400:
             raise _ParamError("51000", "Parameter sz error")
-        book = self.book_source(EXCHANGE, market, inst).book
+        feed = self.book_source(EXCHANGE, market, inst)
+        stream = feed.streams.get("books:" + inst)
+        if isinstance(stream, OkxBookStream) and stream.active() and not self.rules.legacy_books:
+            bid_text, ask_text, seq = stream.published(int(size_text))
+            return [
+                {
+                    "asks": [[p, q, "0", "1"] for p, q in ask_text],
+                    "bids": [[p, q, "0", "1"] for p, q in bid_text],
+                    "ts": str(time.time_ns() // 1_000_000),
+                    "seqId": seq,
+                }
+            ]
+        book = feed.book
         formats = Formats(book.instrument)
         bids, asks = book.top(int(size_text))
         return [

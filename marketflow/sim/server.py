@@ -110,6 +110,7 @@ class SimServer:
             config.okx_keepalive_s,
             config.book_rate,
             config.faults.out_of_order_every,
+            config.okx_no_book_snapshot,
         )
         self.okx_rest = okx.OkxRest(self.market, self.book_feed, self._okx_rules)
         self.rest_routes.update(self.okx_rest.routes())

@@ -480,3 +480,119 @@ async def test_fill_gap_pages_down_to_the_gap_and_keeps_only_its_ids() -> None:
     assert [p["after"] for p in asked] == [1250, 1150, 1050]
     assert all(p["type"] == 1 and p["limit"] == 100 for p in asked)
     assert parse_history_trades(history(range(1, 2)), "okx", "BTC-USDT", 7)[0].ts == 1001000
+
+
+# -- no WebSocket snapshot: a REST snapshot aligned by seqId (OKX changelog "Delist initial snapshot") ----
+
+
+def rest_books(bids: list[list[str]], asks: list[list[str]], seq: int | None) -> bytes:
+    data: dict[str, Any] = {"asks": asks, "bids": bids, "ts": "1700000000456"}
+    if seq is not None:
+        data["seqId"] = seq
+    return json.dumps({"code": "0", "msg": "", "data": [data]}).encode()
+
+
+def chain(*links: tuple[int, int, list[list[str]]]) -> list[OkxBookUpdate]:
+    """`books` updates (no snapshot) `(prevSeqId, seqId, bids)`."""
+    return books(
+        *(book_frame("BTC-USDT", "update", bids, [], seq=seq, prev=prev) for prev, seq, bids in links)
+    )
+
+
+def test_updates_without_a_ws_snapshot_are_aligned_with_a_rest_snapshot() -> None:
+    book = OkxBook()
+    updates = chain(
+        (5, 10, [["99", "1", "0", "1"]]),  # before the snapshot: dropped
+        (10, 17, [["98", "2", "0", "1"]]),  # bridges it: prevSeqId 10 <= 12 < 17
+        (17, 20, [["100", "0", "0", "0"]]),
+    )
+    assert not book.needs_snapshot()
+    for update in updates:
+        assert book.on_update(update) is None
+    assert book.state is BookState.WAITING and book.needs_snapshot()
+    assert book.statistics().buffered == 3
+    book.snapshot_requested()
+    assert not book.needs_snapshot()
+    snapshot = VENUE.parse_snapshot(
+        "spot",
+        rest_books([["100", "2", "0", "1"], ["99", "5", "0", "1"]], [["101", "1", "0", "1"]], 12),
+        "BTC-USDT",
+        7,
+    )
+    assert snapshot.snapshot and snapshot.last_id == 12 and snapshot.ts == 1_700_000_000_456_000
+    assert book.on_snapshot(snapshot) is None
+    assert book.state is BookState.SYNCED and book.last_id == 20 and not book.needs_snapshot()
+    assert book_view(book) == (
+        [(Decimal("99"), Decimal("5")), (Decimal("98"), Decimal("2"))],
+        [(Decimal("101"), Decimal("1"))],
+    )
+    stats = book.statistics()
+    assert (stats.updates_dropped_stale, stats.updates_applied, stats.buffered) == (1, 2, 0)
+    # The chain then goes on from the last applied seqId.
+    (more,) = chain((20, 26, [["97", "1", "0", "1"]]))
+    assert book.on_update(more) is None and book.last_id == 26
+
+
+def test_a_rest_snapshot_older_than_the_buffer_is_refused_and_asked_again() -> None:
+    book = OkxBook()
+    for update in chain((10, 17, []), (17, 20, [])):
+        book.on_update(update)
+    book.snapshot_requested()
+    old = VENUE.parse_snapshot("spot", rest_books([["100", "1"]], [["101", "1"]], 8), "BTC-USDT", 7)
+    assert book.on_snapshot(old) is None
+    assert book.state is BookState.WAITING and book.statistics().snapshots_too_old == 1
+    assert book.needs_snapshot()  # fetched again
+
+
+def test_a_rest_snapshot_the_buffer_does_not_continue_is_a_gap() -> None:
+    book = OkxBook()
+    for update in chain((10, 11, []), (15, 20, [["98", "1", "0", "1"]])):  # 11..15 was lost
+        book.on_update(update)
+    snapshot = VENUE.parse_snapshot("spot", rest_books([["100", "1"]], [["101", "1"]], 12), "BTC-USDT", 7)
+    gap = book.on_snapshot(snapshot)
+    assert gap is not None and "first update after REST snapshot 12 has prevSeqId 15" in gap.reason
+    assert book.state is BookState.RESYNCING and book_view(book) is None
+
+
+def test_a_ws_snapshot_still_starts_the_book_and_a_late_rest_one_is_ignored() -> None:
+    book = OkxBook()
+    for update in chain((10, 17, [])):
+        book.on_update(update)
+    book.snapshot_requested()
+    (snap,) = books(
+        book_frame(
+            "BTC-USDT", "snapshot", [["100", "2", "0", "1"]], [["101", "1", "0", "1"]], seq=30, prev=-1
+        )
+    )
+    assert book.on_update(snap) is None and book.state is BookState.SYNCED and book.last_id == 30
+    late = VENUE.parse_snapshot("spot", rest_books([["90", "1"]], [["91", "1"]], 25), "BTC-USDT", 7)
+    assert book.on_snapshot(late) is None and book.last_id == 30
+    assert book.statistics().snapshots_ignored == 1 and book.statistics().buffered == 0
+    # The answered request no longer blocks a later one: after a gap, updates ask for a snapshot again.
+    (broken,) = chain((40, 45, []))
+    assert book.on_update(broken) is not None
+    (next_update,) = chain((45, 50, []))
+    assert book.on_update(next_update) is None and book.needs_snapshot()
+
+
+def test_updates_without_seq_ids_are_not_buffered_for_a_rest_snapshot() -> None:
+    book = OkxBook()
+    (legacy,) = books(book_frame("BTC-USDT", "update", [["99", "1", "0", "1"]], [], checksum=5))
+    assert book.on_update(legacy) is None
+    assert not book.needs_snapshot() and book.statistics().updates_ignored == 1
+
+
+def test_the_rest_snapshot_request_and_its_refusals() -> None:
+    assert VENUE.snapshot_request("swap", "BTC-USDT-SWAP") == RestRequest(
+        "/api/v5/market/books", {"instId": "BTC-USDT-SWAP", "sz": 400}
+    )
+    with pytest.raises(ValueError, match="no seqId: it cannot be aligned"):
+        VENUE.parse_snapshot("spot", rest_books([["100", "1"]], [["101", "1"]], None), "BTC-USDT", 7)
+    with pytest.raises(ValueError, match="refused: code 51001"):
+        VENUE.parse_snapshot(
+            "spot", b'{"code":"51001","msg":"Instrument ID does not exist","data":[]}', "X", 7
+        )
+    with pytest.raises(ValueError, match="not a decimal"):
+        VENUE.parse_snapshot("spot", rest_books([["abc", "1"]], [], 3), "BTC-USDT", 7)
+    with pytest.raises(ValueError, match="out of range"):
+        VENUE.parse_snapshot("spot", rest_books([["100", "-1"]], [], 3), "BTC-USDT", 7)

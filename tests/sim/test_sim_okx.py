@@ -288,3 +288,34 @@ async def test_legacy_books_carry_no_seq_ids_but_a_checksum(nursery: trio.Nurser
                 assert "seqId" not in data and "prevSeqId" not in data
                 book.apply(data, message["action"] == "snapshot")
                 assert data["checksum"] == book.checksum()
+
+
+async def test_no_book_snapshot_mode_sends_updates_only_and_rest_books_carries_the_seq_id(
+    nursery: trio.Nursery,
+) -> None:
+    # OKX's changelog announces that `books` will send no initial snapshot; the REST book, taken while the
+    # stream runs, carries the `seqId` the stream's chain is aligned with.
+    server = await start(nursery, book_rate=50.0, okx_no_book_snapshot=True)
+    with trio.fail_after(10):
+        async with open_websocket_url(server.okx_ws_url()) as ws:
+            sub = {"op": "subscribe", "args": [{"channel": "books", "instId": "BTC-USDT"}]}
+            await ws.send_message(json.dumps(sub))
+            first = await pushes(ws, "books", 3)
+            assert [m["action"] for m in first] == ["update"] * 3
+            assert all(m["data"][0]["prevSeqId"] != -1 for m in first)
+            async with httpx.AsyncClient(base_url=server.http_url) as client:
+                answer = await client.get("/api/v5/market/books", params={"instId": "BTC-USDT", "sz": "400"})
+            (rest,) = answer.json()["data"]
+            stream = server.book_feed("okx", "spot", "BTC-USDT").streams["books:BTC-USDT"]
+            assert first[-1]["data"][0]["seqId"] <= rest["seqId"] <= stream.seq  # type: ignore[attr-defined]
+            # The stream continues from that seqId: applying the later updates to it gives the stream's book.
+            book = Book()
+            book.apply(rest, True)
+            last = rest["seqId"]
+            while True:
+                (data,) = [m["data"][0] for m in await pushes(ws, "books", 1)]
+                if data["seqId"] > last:
+                    break
+            assert data["prevSeqId"] == last
+            book.apply(data, False)
+            assert data["checksum"] == book.checksum() != 0

@@ -1,9 +1,11 @@
 """OKX v5 public market data (spot, swap, futures): `VENUE` is the one object the pipeline sees.
 
 Books come from WebSocket snapshots (`books`: 400 levels then increments; `books5`: 5-level snapshots) and
-are resynced by resubscribing the instrument; the `seqId` chain and the CRC32 checksum are checked on
-every message (`book.py`). Trade ids are numeric and increasing per instrument, so a jump is a gap the
-backfiller fetches exactly from `/api/v5/market/history-trades` (PROTOCOLS.md §8).
+are resynced by resubscribing the instrument; a `books` stream that sends updates but no snapshot (OKX's
+announced delisting of it) is aligned with a REST snapshot (`/api/v5/market/books`). The `seqId` chain
+and the CRC32 checksum are checked on every message (`book.py`). Trade ids are numeric and increasing
+per instrument, so a jump is a gap the backfiller fetches exactly from `/api/v5/market/history-trades`
+(PROTOCOLS.md §8).
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ from marketflow.exchanges.okx.market_data import (
     index_of,
 )
 from marketflow.exchanges.okx.rest import (
+    BOOKS_PATH,
     DEFAULT_REST,
     HISTORY_PAGE,
     HISTORY_TRADES_PATH,
     INSTRUMENTS_PATH,
     REST_LIMIT,
     REST_WINDOW_S,
+    books_params,
     history_params,
     instruments_params,
+    parse_books,
     parse_history_trades,
     parse_instruments,
 )
@@ -51,7 +56,7 @@ from marketflow.exchanges.okx.session import BOOK_CHANNELS, TRADES_CHANNEL, Sess
 from marketflow.exchanges.okx.symbols import EXCHANGE, FUTURES, SPOT, SWAP, to_native, to_normalized
 from marketflow.exchanges.orderbook import Synchronizer
 from marketflow.exchanges.venue_base import ResubscribedBooks, VenueBase
-from marketflow.model import Trade, now_us
+from marketflow.model import BookUpdate, Trade, now_us
 
 __all__ = [
     "DEFAULT_WS",
@@ -201,6 +206,16 @@ class OkxVenue(VenueBase, ResubscribedBooks):
     def synchronizer(self, market: str, depth: int | None = None) -> Synchronizer:
         self._market(market)
         return OkxBook()
+
+    def snapshot_request(self, market: str, native: str) -> RestRequest:
+        """Recovery stays `RESUBSCRIBE`; this serves a book that gets updates without a WebSocket snapshot
+        (`OkxBook.needs_snapshot`)."""
+        self._market(market)
+        return RestRequest(BOOKS_PATH, books_params(native))
+
+    def parse_snapshot(self, market: str, body: bytes, symbol: str, recv_ts: int) -> BookUpdate:
+        self._market(market)
+        return parse_books(body, EXCHANGE, symbol, recv_ts)
 
     async def fill_gap(self, gap: TradeGap, fetch: Fetch) -> AsyncIterator[list[Trade]]:
         """Pages of `history-trades` below the first id seen after the gap, down to the gap's start."""

@@ -9,6 +9,15 @@ Chain, checked on every message that carries it:
 - anything else is a gap: the book is discarded (nothing built across it is served or stored) and the
   keeper resubscribes that instrument alone, which brings a fresh snapshot.
 
+No WebSocket snapshot (OKX's changelog, "Delist initial snapshot and checksum field in order book
+channels", last updated 2026-02-12, announces that `books`/`books-l2-tbt`/`books50-l2-tbt` will stop
+sending it and says to take it from `GET /api/v5/market/books`): while the book waits, updates that carry
+`seqId`/`prevSeqId` are buffered and `needs_snapshot()` asks the keeper for a REST snapshot. Aligned as
+OKX's recipe says: buffered updates with `seqId <= snapshot seqId` are dropped; the first kept one must
+satisfy `prevSeqId <= snapshot seqId < seqId` (a snapshot older than the first buffered update is refused
+and fetched again); then the chain goes on as above. A WebSocket snapshot, whenever one comes, still
+replaces the book at once (today's behaviour), and a REST one arriving on a synced book is ignored.
+
 Checksum: CRC32 of the top 25 levels interleaved `bidPx:bidSz:askPx:askSz:...` (the longer side's rest
 appended), over the strings **exactly as received**, compared as a signed int32. Verified whenever a
 message carries a non-zero one: OKX sends 0 since 2026-06, recorded traffic still carries it. A message
@@ -30,7 +39,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from marketflow.exchanges.okx.frames import OkxBookUpdate
-from marketflow.exchanges.orderbook import BookState, BookSync, Gap
+from marketflow.exchanges.orderbook import DEFAULT_MAX_BUFFER, BookState, BookSync, Gap
 from marketflow.model import BookUpdate, Level
 
 CHECKSUM_LEVELS = 25
@@ -69,8 +78,12 @@ def _apply_raw(raw: dict[Decimal, str], levels: list[Level], received: list[list
 class OkxBook(BookSync):
     """One OKX instrument's book under the chain and checksum rules (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
         super().__init__()
+        self.max_buffer = max_buffer
+        self._buffer: list[OkxBookUpdate] = []
+        """Chained updates received while waiting, for a REST snapshot to be aligned with."""
+        self._pending = False
         self._raw_bids: dict[Decimal, str] = {}
         self._raw_asks: dict[Decimal, str] = {}
         self._keep_raw = False
@@ -87,14 +100,63 @@ class OkxBook(BookSync):
         self._raw_bids = {}
         self._raw_asks = {}
         self._keep_raw = False
+        self._buffer = []
+        self._pending = False
+
+    def needs_snapshot(self) -> bool:
+        return self.state is not BookState.SYNCED and bool(self._buffer) and not self._pending
+
+    def snapshot_requested(self) -> None:
+        self._pending = True
+
+    def snapshot_failed(self) -> None:
+        self._pending = False
+
+    def _buffered(self) -> int:
+        return len(self._buffer)
 
     def on_snapshot(self, update: BookUpdate) -> Gap | None:
-        return self.on_update(update)
+        """A REST snapshot (`GET /api/v5/market/books`, `last_id` = its `seqId`): aligned with the buffered
+        updates (see the module docstring); ignored on a synced book, refused when too old."""
+        if not isinstance(update, OkxBookUpdate):
+            raise TypeError(f"OkxBook takes OkxBookUpdate, got {type(update).__name__}")
+        self._pending = False  # answered, whatever happens to it (a WebSocket snapshot may have come first)
+        if self.state is BookState.SYNCED:
+            self._snapshots_ignored += 1
+            return None
+        snapshot_id = update.last_id
+        buffer = self._buffer
+        if buffer and buffer[0].prev_id is not None and snapshot_id < buffer[0].prev_id:
+            self._too_old += 1
+            return None
+        keep = [event for event in buffer if event.last_id > snapshot_id]
+        self._stale += len(buffer) - len(keep)
+        self._buffer = []
+        self._raw_bids = {}
+        self._raw_asks = {}
+        self._keep_raw = False  # a REST snapshot carries no checksum
+        gap = self._set_snapshot(update)
+        if gap is not None:
+            return gap
+        if keep and not (keep[0].prev_id is not None and keep[0].prev_id <= snapshot_id):
+            return self._fail(
+                f"first update after REST snapshot {snapshot_id} has prevSeqId {keep[0].prev_id}", keep[0]
+            )
+        for index, event in enumerate(keep):
+            if index == 0:  # bridges the snapshot: prevSeqId <= snapshot seqId < seqId
+                gap = self._apply(event)
+                gap = gap if gap is not None else self._verify(event)
+            else:
+                gap = self.on_update(event)
+            if gap is not None:
+                return gap
+        return None
 
     def on_update(self, update: BookUpdate) -> Gap | None:
         if not isinstance(update, OkxBookUpdate):
             raise TypeError(f"OkxBook takes OkxBookUpdate, got {type(update).__name__}")
         if update.snapshot:
+            self._buffer = []  # a WebSocket snapshot starts the book by itself
             self._raw_bids = {}
             self._raw_asks = {}
             self._keep_raw = keep = self._checksums_seen or bool(update.checksum)
@@ -104,7 +166,13 @@ class OkxBook(BookSync):
             gap = self._set_snapshot(update)
             return gap if gap is not None else self._verify(update)
         if self.state is not BookState.SYNCED:
-            self._ignored += 1
+            if update.prev_id is None:  # no chain (older servers): only a snapshot can start this book
+                self._ignored += 1
+            elif len(self._buffer) >= self.max_buffer:
+                self._ignored += len(self._buffer)
+                self._buffer = [update]
+            else:
+                self._buffer.append(update)
             return None
         seq = update.last_id
         prev = update.prev_id

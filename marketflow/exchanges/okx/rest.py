@@ -5,6 +5,10 @@ Every answer is `{"code":"0","msg":"","data":[...]}`; a non-zero `code` raises `
   linear/inverse, tick and lot size. Sizes of SWAP/FUTURES trades and books are **contracts**.
 - `GET /api/v5/market/history-trades?instId=&type=1&after=<tradeId>&limit=100`: trades with ids below
   `after`, newest first, 100 at most; 20 requests per 2 s per IP.
+- `GET /api/v5/market/books?instId=&sz=400`: the book snapshot a `books` subscription is aligned with when
+  OKX sends no WebSocket snapshot (its changelog's "Delist initial snapshot" recipe); `data[0]` carries
+  `asks`, `bids` (`[px, sz, "0", numOrders]`), `ts` and the `seqId` the stream's chain is matched against
+  (an answer without `seqId` cannot be aligned and is refused).
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ from typing import Literal
 import attrs
 import msgspec
 
+from marketflow.exchanges.okx.frames import OkxBookUpdate
 from marketflow.exchanges.okx.symbols import INST_TYPES
-from marketflow.model import Trade
+from marketflow.model import Level, Trade
 
 DEFAULT_REST = "https://www.okx.com"
 INSTRUMENTS_PATH = "/api/v5/public/instruments"
 HISTORY_TRADES_PATH = "/api/v5/market/history-trades"
 BOOKS_PATH = "/api/v5/market/books"
+BOOKS_DEPTH = 400
+"""`sz` of the REST snapshot: the depth of the `books` channel."""
 HISTORY_PAGE = 100
 REST_LIMIT = 20
 """OKX's published limit per `REST_WINDOW_S` for history-trades and instruments (per IP); the daemon spends a
@@ -86,7 +93,15 @@ class _HistoryTrade(msgspec.Struct):
     ts: int
 
 
+class _RestBook(msgspec.Struct):
+    asks: list[list[str]]
+    bids: list[list[str]]
+    ts: int
+    seqId: int | None = None
+
+
 _envelope = msgspec.json.Decoder(_Envelope)
+_rest_books = msgspec.json.Decoder(list[_RestBook], strict=False)
 _instruments = msgspec.json.Decoder(list[_Instrument])
 _history = msgspec.json.Decoder(list[_HistoryTrade], strict=False)
 
@@ -168,4 +183,49 @@ def parse_history_trades(body: bytes, exchange: str, symbol: str, recv_ts: int) 
                 recv_ts,
             )
         )
+    return out
+
+
+def books_params(native: str) -> dict[str, str | int]:
+    return {"instId": native, "sz": BOOKS_DEPTH}
+
+
+def parse_books(body: bytes, exchange: str, symbol: str, recv_ts: int) -> OkxBookUpdate:
+    """`/market/books` → a snapshot whose `last_id` is the answer's `seqId`."""
+    try:
+        rows = _rest_books.decode(_data(body, "books"))
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"okx books answer not understood: {exc}") from exc
+    if len(rows) != 1:
+        raise ValueError(f"okx books answer for {symbol} has {len(rows)} books, not 1")
+    row = rows[0]
+    if row.seqId is None:
+        raise ValueError(f"okx books answer for {symbol} has no seqId: it cannot be aligned with the stream")
+    return OkxBookUpdate(
+        exchange,
+        symbol,
+        True,
+        row.seqId,
+        row.seqId,
+        None,
+        _book_levels(row.bids, f"books {symbol} bid"),
+        _book_levels(row.asks, f"books {symbol} ask"),
+        row.ts * 1000,
+        recv_ts,
+        None,
+        row.bids,
+        row.asks,
+    )
+
+
+def _book_levels(raw: list[list[str]], what: str) -> list[Level]:
+    out = []
+    for level in raw:
+        if len(level) < 2:
+            raise ValueError(f"okx {what}: a level needs price and size, got {level[:4]!r}")
+        price = _decimal(level[0], what)
+        size = _decimal(level[1], what)
+        if price <= 0 or size < 0:
+            raise ValueError(f"okx {what}: price {level[0]!r} or size {level[1]!r} out of range")
+        out.append((price, size))
     return out
