@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, NoReturn
 
 import msgspec
 
@@ -34,7 +34,7 @@ from marketflow.exchanges.base import (
     UnknownControl,
 )
 from marketflow.exchanges.kraken.book import KrakenBookUpdate
-from marketflow.exchanges.orderbook import check_levels
+from marketflow.exchanges.orderbook import bad_amount
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import Ticker, Trade
 
@@ -251,6 +251,14 @@ _frame_decoder = msgspec.json.Decoder(
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _KNOWN = frozenset({TRADE, BOOK, TICKER, INSTRUMENT, "heartbeat", "status"})
 _seconds_cache: dict[str, int] = {}
+_UNKNOWN_PRECISIONS = (-1, -1)
+
+
+def bad_level(price: Decimal, qty: Decimal) -> NoReturn:
+    """Refuse a book level whose price or qty is not a finite non-negative decimal (a malformed frame)."""
+    if not price.is_finite() or price.is_signed():
+        raise msgspec.DecodeError(f"book price not a finite non-negative decimal: {str(price)[:40]!r}")
+    bad_amount(qty)
 
 
 def timestamp_us(text: str) -> int:
@@ -358,9 +366,26 @@ class FrameDecoder:
             ts = recv_ts if book.timestamp is None else timestamp_us(book.timestamp)
             count = self._book_messages.get(book.symbol, 0) + 1
             self._book_messages[book.symbol] = count
-            pp, qp = self.precisions.get(book.symbol, (-1, -1))
-            bids = check_levels([(level.price, level.qty) for level in book.bids])
-            asks = check_levels([(level.price, level.qty) for level in book.asks])
+            pp, qp = self.precisions.get(book.symbol, _UNKNOWN_PRECISIONS)
+            # Checked finite and >= 0 in the comprehension (msgspec takes "NaN" or -1 into a Decimal).
+            bids = [
+                (price, qty)
+                for level in book.bids
+                if (price := level.price).is_finite()
+                and not price.is_signed()
+                and (qty := level.qty).is_finite()
+                and not qty.is_signed()
+                or bad_level(level.price, level.qty)
+            ]
+            asks = [
+                (price, qty)
+                for level in book.asks
+                if (price := level.price).is_finite()
+                and not price.is_signed()
+                and (qty := level.qty).is_finite()
+                and not qty.is_signed()
+                or bad_level(level.price, level.qty)
+            ]
             made.append(
                 KrakenBookUpdate(
                     self.exchange,
