@@ -174,12 +174,16 @@ class KrakenBook(BookSync):
     def _texts(self, texts: dict[Decimal, str], levels: list[Level]) -> None:
         price_texts = self._price_texts
         qp = self._precision[1]
+        dot = -qp - 1
         for price, qty in levels:
             if qty:
-                text = price_texts.get(price)
-                if text is None:
-                    text = self._price_text(price)
-                texts[price] = text + render_qty(qty, qp)
+                text = price_texts.get(price) or self._price_text(price)
+                # `render_qty` inlined: the quantity's own text when it has exactly `qp` decimals.
+                qty_text = str(qty)
+                if len(qty_text) > qp and qty_text[dot] == "." and "E" not in qty_text:
+                    texts[price] = text + (qty_text.replace(".", "").lstrip("0") or "0")
+                else:
+                    texts[price] = text + str(int(qty.scaleb(qp)))
             else:
                 texts.pop(price, None)
         if len(texts) > 2 * self.depth + 64:  # levels truncated away: drop their texts now and then
