@@ -282,7 +282,8 @@ class _TradesFrame(msgspec.Struct, tag_field="channel", tag="market_trades"):
 
 
 class _Level(msgspec.Struct):
-    side: str
+    side: Literal["bid", "offer"]
+    """Checked by msgspec (another side makes the frame malformed)."""
     price_level: str
     new_quantity: Decimal
     """Decoded by msgspec: quantities seldom repeat, so a shared table would only churn (checked finite
@@ -569,9 +570,6 @@ class FrameDecoder:
                     or bad_amount(amount)
                 )
             ]
-            if len(bids) + len(asks) != len(updates):
-                side = next(level.side for level in updates if level.side not in ("bid", "offer"))
-                raise msgspec.DecodeError(f"unknown book side {side[:20]!r}")
             snapshot = event.type == "snapshot"
             made.append(
                 BookUpdate(self.exchange, found[1], snapshot, seq, seq, self.epoch, bids, asks, ts, recv_ts)
