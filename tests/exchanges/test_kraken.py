@@ -273,6 +273,26 @@ def test_a_book_level_that_is_no_finite_non_negative_decimal_rejects_the_frame(b
     assert "not a finite non-negative decimal" in (decoder.counters.last_error or "")
 
 
+def test_book_prices_are_one_shared_exact_decimal_per_number_text() -> None:
+    # A fresh Decimal computes its hash on first use; one object per price text makes the book's lookups
+    # hit a cached hash (issue 20). Prices keep their digits; integers and strings are prices too.
+    decoder = FrameDecoder("kraken", "spot", SYMBOLS)
+    out = decode(
+        decoder,
+        book_frame("BTC/USD", [("64999.60", "1.5"), ("65000", "2")], [("65001.3", "1")], 0),
+        book_frame("BTC/USD", [("64999.60", "0.5")], [("65001.3", "0"), ('"65002.5"', "3")], 0),
+    )
+    first, second = out.books
+    assert first.bids[0][0] is second.bids[0][0] and first.asks[0][0] is second.asks[0][0]
+    assert [(str(p), str(q)) for p, q in first.bids + second.asks] == [
+        ("64999.60", "1.5"),
+        ("65000", "2"),
+        ("65001.3", "0"),
+        ("65002.5", "3"),
+    ]
+    assert decoder.counters.malformed == 0
+
+
 def test_timestamps_are_read_to_the_microsecond() -> None:
     assert timestamp_us(TS) == TS_US
     assert timestamp_us("2023-10-06T17:35:55Z") == TS_US - 440295
