@@ -453,7 +453,6 @@ class FrameDecoder:
         self.last_ts: dict[str, int] = {}
         self.epoch = 0
         self.values = Values()
-        self._book_prices: dict[str, Decimal] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
@@ -540,9 +539,10 @@ class FrameDecoder:
     def _books(self, msg: _BookFrame, recv_ts: int, out: Decoded) -> None:
         ts = self.values.us(msg.timestamp) if msg.timestamp else recv_ts
         seq = msg.sequence_num
-        # Prices from the book's own shared table (they repeat near the touch), quantities as msgspec made
-        # them, checked finite and >= 0, one comprehension per side (a Python call per value was most of it).
-        table = self._book_prices
+        # Prices from the shared table (they repeat near the touch; tickers share them), quantities as
+        # msgspec made them, checked finite and >= 0, one comprehension per side (a Python call per value
+        # was most of it, and quantities, seldom seen twice, made the table start over often).
+        table = self.values.shared
         get = table.get
         made = []
         for event in msg.events:
