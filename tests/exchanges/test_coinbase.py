@@ -212,6 +212,33 @@ def test_level2_offers_are_asks_and_quantities_absolute() -> None:
     assert book.book.levels() == ([(Decimal("100.5"), Decimal("0.25"))], [(Decimal("102"), Decimal("3"))])
 
 
+def test_book_prices_are_shared_objects_and_quantities_stay_out_of_the_tables() -> None:
+    # Quantities seldom repeat: keeping them in a shared table only made it start over often (issue 20).
+    decoder = VENUE.decoder("spot", {"BTC-USD": "BTC-USD"})
+    out = decode(
+        decoder,
+        l2_frame(1, "snapshot", [level("bid", "100.50", "2.125"), level("offer", "101", "1")]),
+        l2_frame(2, "update", [level("bid", "100.50", "3.375"), level("offer", "101", "0")]),
+    )
+    first, second = out.books
+    assert first.bids[0][0] is second.bids[0][0] and first.asks[0][0] is second.asks[0][0]
+    assert [b.bids + b.asks for b in out.books] == [
+        [(Decimal("100.50"), Decimal("2.125")), (Decimal("101"), Decimal("1"))],
+        [(Decimal("100.50"), Decimal("3.375")), (Decimal("101"), Decimal("0"))],
+    ]
+    assert not {"2.125", "3.375", "1", "0"} & set(decoder.values.shared)
+
+
+@pytest.mark.parametrize(
+    ("price", "qty"),
+    [("100", "NaN"), ("100", "-1"), ("100", "Infinity"), ("100", "x"), ("NaN", "1"), ("-5", "1")],
+)
+def test_a_book_level_that_is_no_finite_non_negative_decimal_rejects_the_frame(price: str, qty: str) -> None:
+    decoder = VENUE.decoder("spot", {"BTC-USD": "BTC-USD"})
+    out = decode(decoder, l2_frame(1, "update", [level("bid", "99", "1"), level("offer", price, qty)]))
+    assert out.books == [] and decoder.counters.malformed == 1
+
+
 def test_a_sequence_gap_fails_the_books_and_a_new_snapshot_heals_them() -> None:
     session = Session("spot", ["level2:BTC-USD"])
     decoder = VENUE.decoder("spot", {"BTC-USD": "BTC-USD"})

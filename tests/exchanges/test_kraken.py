@@ -7,10 +7,12 @@ from decimal import Decimal
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from marketflow.exchanges.base import Ack, DataFrame, Decoded, Pong, Topic, TradeGap, UnknownControl
 from marketflow.exchanges.kraken import VENUE, KrakenBook, KrakenBookUpdate, checksum, render
-from marketflow.exchanges.kraken.book import MAX_FAILURES, RETRY_BASE_US
+from marketflow.exchanges.kraken.book import MAX_FAILURES, RETRY_BASE_US, render_qty
 from marketflow.exchanges.kraken.frames import FrameDecoder, Session, timestamp_us
 from marketflow.exchanges.kraken.rest import parse_asset_pairs, parse_trades, trades_request
 from marketflow.exchanges.orderbook import BookState
@@ -271,6 +273,26 @@ def test_a_book_level_that_is_no_finite_non_negative_decimal_rejects_the_frame(b
     assert "not a finite non-negative decimal" in (decoder.counters.last_error or "")
 
 
+def test_book_prices_are_one_shared_exact_decimal_per_number_text() -> None:
+    # A fresh Decimal computes its hash on first use; one object per price text makes the book's lookups
+    # hit a cached hash (issue 20). Prices keep their digits; integers and strings are prices too.
+    decoder = FrameDecoder("kraken", "spot", SYMBOLS)
+    out = decode(
+        decoder,
+        book_frame("BTC/USD", [("64999.60", "1.5"), ("65000", "2")], [("65001.3", "1")], 0),
+        book_frame("BTC/USD", [("64999.60", "0.5")], [("65001.3", "0"), ('"65002.5"', "3")], 0),
+    )
+    first, second = out.books
+    assert first.bids[0][0] is second.bids[0][0] and first.asks[0][0] is second.asks[0][0]
+    assert [(str(p), str(q)) for p, q in first.bids + second.asks] == [
+        ("64999.60", "1.5"),
+        ("65000", "2"),
+        ("65001.3", "0"),
+        ("65002.5", "3"),
+    ]
+    assert decoder.counters.malformed == 0
+
+
 def test_timestamps_are_read_to_the_microsecond() -> None:
     assert timestamp_us(TS) == TS_US
     assert timestamp_us("2023-10-06T17:35:55Z") == TS_US - 440295
@@ -407,6 +429,57 @@ def test_repeated_failures_back_off_instead_of_looping() -> None:
     )
     assert book.on_update(updates(True, DOC_BIDS, DOC_ASKS, DOC_CHECKSUM, recv_ts=10 * RETRY_BASE_US)) is None
     assert book.state is BookState.SYNCED and book.consecutive_failures == 0
+
+
+@given(st.decimals(min_value=0, max_value=10**9, allow_nan=False, places=None), st.integers(0, 10))
+def test_the_quick_quantity_text_is_the_checksum_text(value: Decimal, precision: int) -> None:
+    assert render_qty(value, precision) == render(value, precision)
+    for text in ("1E-8", "0.00000001", "2.5", "2.50000000", "2.500000001", "12E+3", "1.2E+5", "0.00000000"):
+        assert render_qty(D(text), 8) == render(D(text), 8), text
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_every_message_checks_against_a_brute_force_book(data: st.DataObject) -> None:
+    # Random deltas near and far from the touch, one side or both, now and then a message before the
+    # precisions are known: each message's checksum is the one of a plain dict book truncated to depth.
+    depth = 25
+    model: dict[str, dict[Decimal, Decimal]] = {"bids": {}, "asks": {}}
+    book = KrakenBook(depth)
+
+    def apply(bids: list[Level], asks: list[Level]) -> int:
+        for side, changes in (("bids", bids), ("asks", asks)):
+            for price, qty in changes:
+                if qty:
+                    model[side][price] = qty
+                else:
+                    model[side].pop(price, None)
+        kept_bids = sorted(model["bids"].items(), reverse=True)[:depth]
+        kept_asks = sorted(model["asks"].items())[:depth]
+        model["bids"], model["asks"] = dict(kept_bids), dict(kept_asks)
+        return checksum(kept_bids, kept_asks, 1, 8)
+
+    def side_levels(low: int, high: int, size: int) -> list[Level]:
+        ticks = data.draw(st.lists(st.integers(low, high), max_size=size, unique=True))
+        sizes = st.sampled_from(["0", "0.00000001", "1.5", "2.12345678", "30"])
+        return [(D(tick) / 10, D(data.draw(sizes))) for tick in ticks]
+
+    bids = side_levels(9000, 9999, 40)
+    asks = side_levels(10000, 10999, 40)
+    crc = apply(bids, asks)
+    assert book.on_update(KrakenBookUpdate("kraken", "X", True, 1, 1, 0, bids, asks, 0, 0, crc, 1, 8)) is None
+    for n in range(2, 40):
+        bids = side_levels(9000, 9999, 4) if data.draw(st.booleans()) else []
+        asks = side_levels(10000, 10999, 4) if data.draw(st.booleans()) else []
+        crc = apply(bids, asks)
+        known = data.draw(st.integers(0, 9)) > 0
+        update = KrakenBookUpdate(
+            "kraken", "X", False, n, n, n - 1, bids, asks, 0, 0, crc, 1 if known else -1, 8 if known else -1
+        )
+        assert book.on_update(update) is None, n
+        if known:
+            assert book.state is BookState.SYNCED
+    assert book.statistics().gaps == 0
 
 
 # -- REST ------------------------------------------------------------------------------------------------

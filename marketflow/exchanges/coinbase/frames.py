@@ -40,6 +40,7 @@ from marketflow.exchanges.base import (
     TradeGap,
     UnknownControl,
 )
+from marketflow.exchanges.orderbook import bad_amount, shared_decimal
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, Level, Ticker, Trade
 
@@ -281,9 +282,12 @@ class _TradesFrame(msgspec.Struct, tag_field="channel", tag="market_trades"):
 
 
 class _Level(msgspec.Struct):
-    side: str
+    side: Literal["bid", "offer"]
+    """Checked by msgspec (another side makes the frame malformed)."""
     price_level: str
-    new_quantity: str
+    new_quantity: Decimal
+    """Decoded by msgspec: quantities seldom repeat, so a shared table would only churn (checked finite
+    and >= 0 in `FrameDecoder._books`)."""
 
 
 class _BookEvent(msgspec.Struct):
@@ -535,22 +539,37 @@ class FrameDecoder:
     def _books(self, msg: _BookFrame, recv_ts: int, out: Decoded) -> None:
         ts = self.values.us(msg.timestamp) if msg.timestamp else recv_ts
         seq = msg.sequence_num
-        decimal = self.values.decimal
+        # Prices from the shared table (they repeat near the touch; tickers share them), quantities as
+        # msgspec made them, checked finite and >= 0, one comprehension per side (a Python call per value
+        # was most of it, and quantities, seldom seen twice, made the table start over often).
+        table = self.values.shared
+        get = table.get
         made = []
         for event in msg.events:
             found = self._symbol(event.product_id)
             if found is None:
                 continue
-            bids: list[Level] = []
-            asks: list[Level] = []
-            for level in event.updates:
-                pair = (decimal(level.price_level), decimal(level.new_quantity))
-                if level.side == "bid":
-                    bids.append(pair)
-                elif level.side == "offer":
-                    asks.append(pair)
-                else:
-                    raise msgspec.DecodeError(f"unknown book side {level.side[:20]!r}")
+            updates = event.updates
+            bids: list[Level] = [
+                (get(level.price_level) or shared_decimal(table, level.price_level), amount)
+                for level in updates
+                if level.side == "bid"
+                and (
+                    (amount := level.new_quantity).is_finite()
+                    and not amount.is_signed()
+                    or bad_amount(amount)
+                )
+            ]
+            asks: list[Level] = [
+                (get(level.price_level) or shared_decimal(table, level.price_level), amount)
+                for level in updates
+                if level.side == "offer"
+                and (
+                    (amount := level.new_quantity).is_finite()
+                    and not amount.is_signed()
+                    or bad_amount(amount)
+                )
+            ]
             snapshot = event.type == "snapshot"
             made.append(
                 BookUpdate(self.exchange, found[1], snapshot, seq, seq, self.epoch, bids, asks, ts, recv_ts)

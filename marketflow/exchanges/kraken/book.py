@@ -40,6 +40,8 @@ MAX_FAILURES = 3
 """Consecutive checksum failures resynced at once; later ones wait (nautilus stops at 3)."""
 RETRY_BASE_US = 1_000_000
 RETRY_MAX_US = 60_000_000
+PRICE_TEXTS_MAX = 4096
+"""Rendered prices a book keeps before it starts over."""
 
 
 class KrakenBookUpdate(BookUpdate, frozen=True, gc=False):
@@ -52,6 +54,15 @@ class KrakenBookUpdate(BookUpdate, frozen=True, gc=False):
 def render(value: Decimal, precision: int) -> str:
     """Kraken's checksum text of a number: at `precision` decimals, `.` removed, leading zeros stripped
     (`45285.2` at 1 → `452852`; `0.00100000` at 8 → `100000`)."""
+    return str(int(value.scaleb(precision)))
+
+
+def render_qty(value: Decimal, precision: int) -> str:
+    """`render`, reading `str(value)` when it already has exactly `precision` decimals (the usual case:
+    the venue writes quantities at the pair's precision), which is cheaper than scaling."""
+    text = str(value)
+    if len(text) > precision and text[-precision - 1] == "." and "E" not in text:
+        return text.replace(".", "").lstrip("0") or "0"
     return str(int(value.scaleb(precision)))
 
 
@@ -87,12 +98,23 @@ class KrakenBook(BookSync):
         # price → rendered `price+qty` text per side, for the levels in the book (checksum input).
         self._text_bids: dict[Decimal, str] = {}
         self._text_asks: dict[Decimal, str] = {}
+        # price → its rendered text, whatever the side: prices repeat message after message.
+        self._price_texts: dict[Decimal, str] = {}
+        # The checksum input of each side's top 10 as last verified (None: to be made again). A side with
+        # no level in a message keeps its top 10 (truncation keeps at least 10), so its part is reused.
+        self._part_asks: bytes | None = None
+        self._part_bids: bytes | None = None
 
     def reset(self) -> None:
         super().reset()
         self._held = False
+        self._forget_texts()
+
+    def _forget_texts(self) -> None:
         self._text_bids = {}
         self._text_asks = {}
+        self._part_asks = None
+        self._part_bids = None
 
     def on_snapshot(self, update: BookUpdate) -> Gap | None:
         return self.on_update(update)
@@ -136,35 +158,66 @@ class KrakenBook(BookSync):
             if self.state is BookState.SYNCED:  # precisions forgotten: cannot check, so cannot serve
                 self.state = BookState.WAITING
                 self._held = True
+            self._precision = (-1, -1)  # levels applied without their texts: all made again later
             return None
         if precision != self._precision or update.snapshot:
             self._rebuild(precision)
         else:
-            self._texts(self._text_bids, update.bids, precision)
-            self._texts(self._text_asks, update.asks, precision)
+            if update.bids:
+                self._texts(self._text_bids, update.bids)
+                self._part_bids = None
+            if update.asks:
+                self._texts(self._text_asks, update.asks)
+                self._part_asks = None
         return self._verify(update)
 
-    def _texts(self, texts: dict[Decimal, str], levels: list[Level], precision: tuple[int, int]) -> None:
+    def _texts(self, texts: dict[Decimal, str], levels: list[Level]) -> None:
+        price_texts = self._price_texts
+        qp = self._precision[1]
+        dot = -qp - 1
         for price, qty in levels:
             if qty:
-                texts[price] = render(price, precision[0]) + render(qty, precision[1])
+                text = price_texts.get(price) or self._price_text(price)
+                # `render_qty` inlined: the quantity's own text when it has exactly `qp` decimals.
+                qty_text = str(qty)
+                if len(qty_text) > qp and qty_text[dot] == "." and "E" not in qty_text:
+                    texts[price] = text + (qty_text.replace(".", "").lstrip("0") or "0")
+                else:
+                    texts[price] = text + str(int(qty.scaleb(qp)))
             else:
                 texts.pop(price, None)
         if len(texts) > 2 * self.depth + 64:  # levels truncated away: drop their texts now and then
-            self._rebuild(precision)
+            self._rebuild(self._precision)
+
+    def _price_text(self, price: Decimal) -> str:
+        price_texts = self._price_texts
+        if len(price_texts) >= PRICE_TEXTS_MAX:
+            price_texts.clear()
+        text = price_texts[price] = render(price, self._precision[0])
+        return text
 
     def _rebuild(self, precision: tuple[int, int]) -> None:
-        self._precision = precision
-        pp, qp = precision
+        if precision != self._precision:
+            self._price_texts = {}
+            self._precision = precision
+        self._part_asks = None
+        self._part_bids = None
+        qp = precision[1]
+        price_text = self._price_texts.get
         bids, asks = self.book.levels()
-        self._text_bids = {p: render(p, pp) + render(q, qp) for p, q in bids}
-        self._text_asks = {p: render(p, pp) + render(q, qp) for p, q in asks}
+        self._text_bids = {p: (price_text(p) or self._price_text(p)) + render_qty(q, qp) for p, q in bids}
+        self._text_asks = {p: (price_text(p) or self._price_text(p)) + render_qty(q, qp) for p, q in asks}
 
     def _verify(self, update: KrakenBookUpdate) -> Gap | None:
-        bids, asks = self.book.top_prices(CHECKSUM_LEVELS)
-        texts = list(map(self._text_asks.__getitem__, asks))
-        texts += map(self._text_bids.__getitem__, bids)
-        got = zlib.crc32("".join(texts).encode())
+        asks_part = self._part_asks
+        bids_part = self._part_bids
+        if asks_part is None or bids_part is None:
+            bids, asks = self.book.top_prices(CHECKSUM_LEVELS)
+            if asks_part is None:
+                asks_part = self._part_asks = "".join(map(self._text_asks.__getitem__, asks)).encode()
+            if bids_part is None:
+                bids_part = self._part_bids = "".join(map(self._text_bids.__getitem__, bids)).encode()
+        got = zlib.crc32(bids_part, zlib.crc32(asks_part))
         self.checksums_verified += 1
         expected = update.checksum
         if got != expected:
@@ -175,6 +228,7 @@ class KrakenBook(BookSync):
                 self.retry_at = update.recv_ts + min(RETRY_BASE_US << shift, RETRY_MAX_US)
                 self._held = False
                 self.book.clear()
+                self._forget_texts()
                 self.state = BookState.RESYNCING
                 self._ignored += 1
                 self._resyncing = True
@@ -192,6 +246,5 @@ class KrakenBook(BookSync):
     def _fail(self, reason: str, update: BookUpdate) -> Gap:
         self._held = False
         self._resyncing = True
-        self._text_bids = {}
-        self._text_asks = {}
+        self._forget_texts()
         return super()._fail(reason, update)
