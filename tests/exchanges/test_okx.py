@@ -213,7 +213,12 @@ def test_decoded_book_levels_hold_nothing_the_garbage_collector_tracks() -> None
     # hand-off to the book keeper were promoted and re-walked by generation 1 and 2 collections.
     (update,) = books(
         book_frame(
-            "BTC-USDT", "update", [["100", "2", "0", "3"], ["99.50", "0"]], [["101", "1", "0", "1"]], seq=6, prev=5
+            "BTC-USDT",
+            "update",
+            [["100", "2", "0", "3"], ["99.50", "0"]],
+            [["101", "1", "0", "1"]],
+            seq=6,
+            prev=5,
         )
     )
     raw = [*update.raw_bids, *update.raw_asks]
