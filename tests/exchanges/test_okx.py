@@ -5,6 +5,7 @@ Frames are shaped as OKX sends them (PROTOCOLS.md §8; the checksum examples are
 
 from __future__ import annotations
 
+import gc
 import json
 import zlib
 from collections.abc import AsyncIterator
@@ -205,6 +206,33 @@ def test_levels_third_field_is_not_an_order_count() -> None:
     book = OkxBook()
     assert book.on_update(snap) is None
     assert book_view(book) == ([(Decimal("100"), Decimal("2"))], [(Decimal("101"), Decimal("1"))])
+
+
+def test_decoded_book_levels_hold_nothing_the_garbage_collector_tracks() -> None:
+    # Issue 20: as `list[str]` every level was a tracked list (~10 a delta); updates alive across the
+    # hand-off to the book keeper were promoted and re-walked by generation 1 and 2 collections.
+    (update,) = books(
+        book_frame(
+            "BTC-USDT",
+            "update",
+            [["100", "2", "0", "3"], ["99.50", "0"]],
+            [["101", "1", "0", "1"]],
+            seq=6,
+            prev=5,
+        )
+    )
+    raw = [*update.raw_bids, *update.raw_asks]
+    assert [(level.px, level.sz) for level in raw] == [("100", "2"), ("99.50", "0"), ("101", "1")]
+    assert not any(gc.is_tracked(level) for level in raw)
+    assert not gc.is_tracked(update)
+
+
+def test_a_book_level_without_a_size_is_a_malformed_frame() -> None:
+    decoder = FrameDecoder("okx", "spot", SYMBOLS)
+    good = book_frame("BTC-USDT", "update", [["99", "1", "0", "1"]], [], seq=2, prev=1)
+    out = decode(decoder, book_frame("BTC-USDT", "update", [["99"]], [], seq=2, prev=1), good)
+    assert len(out.books) == 1 and decoder.counters.malformed == 1
+    assert "length 2" in (decoder.counters.last_error or "")
 
 
 def test_seq_chain_keepalive_reset_and_break() -> None:

@@ -38,7 +38,7 @@ import zlib
 from collections.abc import Sequence
 from decimal import Decimal
 
-from marketflow.exchanges.okx.frames import OkxBookUpdate
+from marketflow.exchanges.okx.frames import OkxBookUpdate, RawLevel
 from marketflow.exchanges.orderbook import DEFAULT_MAX_BUFFER, BookState, BookSync, Gap
 from marketflow.model import BookUpdate, Level
 
@@ -66,11 +66,11 @@ def _crc(bids: list[str], asks: list[str]) -> int:
     return crc - 0x1_0000_0000 if crc >= 0x8000_0000 else crc
 
 
-def _apply_raw(raw: dict[Decimal, str], levels: list[Level], received: list[list[str]]) -> None:
+def _apply_raw(raw: dict[Decimal, str], levels: list[Level], received: list[RawLevel]) -> None:
     # Kept joined (`px:sz`): a message changes a few levels, a checksum reads fifty.
     for (price, amount), text in zip(levels, received, strict=True):
         if amount:
-            raw[price] = text[0] + ":" + text[1]
+            raw[price] = text.px + ":" + text.sz
         else:
             raw.pop(price, None)
 

@@ -12,8 +12,11 @@ backfiller fetches over REST. A trade at or below the last id seen is a repeat (
 subscription, possibly older than the subscription; the overlap after a reconnect) and is dropped.
 
 Books: levels are `[px, sz, "0", numOrders]`; the third field is deprecated and is **not** an order count.
-The decoder keeps the level lists as received next to the exact `Decimal`s, so the book can compute the
-CRC32 checksum over the exact strings (`OkxBookUpdate.raw_bids` / `raw_asks`).
+The decoder keeps each level's `px` and `sz` strings as received (`RawLevel`) next to the exact `Decimal`s,
+so the book can compute the CRC32 checksum over the exact strings (`OkxBookUpdate.raw_bids` / `raw_asks`).
+`RawLevel` is a struct the garbage collector does not track: decoded as `list[str]`, every level was a
+tracked list, ~10 per delta, and an update kept alive across the hand-off to the book keeper made the
+collector promote and re-walk them (generations 1 and 2: a whole-heap pass every few thousand frames).
 """
 
 from __future__ import annotations
@@ -39,18 +42,26 @@ NO_SEQ = -2
 """`prev_id`/`last_id` stand-in of a book message without `seqId`/`prevSeqId` (older servers, captures)."""
 
 
+class RawLevel(msgspec.Struct, array_like=True, gc=False):
+    """One book level's price and size strings exactly as received; the rest of the array (the deprecated
+    `"0"`, the order count) is not decoded. Not tracked by the collector (it holds two strings)."""
+
+    px: str
+    sz: str
+
+
 class OkxBookUpdate(BookUpdate, frozen=True, gc=False):
     """A `books`/`books5` message: `first_id = last_id = seqId`, `prev_id = prevSeqId` (None when the message
     has none; both `NO_SEQ` without `seqId`), `checksum` as sent (0 or None: none to verify), and the levels
     as received, for the checksum over the exact strings."""
 
-    raw_bids: list[list[str]] = []
-    raw_asks: list[list[str]] = []
+    raw_bids: list[RawLevel] = []
+    raw_asks: list[RawLevel] = []
     whole: bool = False
     """`books5`: every message is the whole (5-level) book."""
 
 
-class _Arg(msgspec.Struct):
+class _Arg(msgspec.Struct, gc=False):
     channel: str
     instId: str = ""
     instType: str = ""
@@ -71,16 +82,16 @@ class _TradeFrame(msgspec.Struct):
     data: list[_Trade]
 
 
-class _Book(msgspec.Struct):
-    asks: list[list[str]]
-    bids: list[list[str]]
+class _Book(msgspec.Struct, gc=False):
+    asks: list[RawLevel]
+    bids: list[RawLevel]
     ts: int
     checksum: int | None = None
     seqId: int | None = None
     prevSeqId: int | None = None
 
 
-class _BookFrame(msgspec.Struct):
+class _BookFrame(msgspec.Struct, gc=False):
     arg: _Arg
     data: list[_Book]
     action: str = "snapshot"
@@ -234,23 +245,20 @@ class FrameDecoder:
             )
             self.counters.book_updates += 1
 
-    def _levels(self, raw: list[list[str]]) -> list[Level]:
+    def _levels(self, raw: list[RawLevel]) -> list[Level]:
         """Exact levels; prices and sizes are one shared Decimal per distinct string (`shared_decimal`:
         a book lookup then reuses the price's hash; one comprehension, no call per level unless new)."""
         table = self._book_decimals
         get = table.get
-        try:
-            # A size "0" (a delete, a fifth of the levels) finds a falsy Decimal: named, not called for.
-            return [
-                (
-                    get(x[0]) or shared_decimal(table, x[0]),
-                    get(x[1]) or (_ZERO if x[1] == "0" else shared_decimal(table, x[1])),
-                )
-                for x in raw
-            ]
-        except IndexError:
-            short = next(x for x in raw if len(x) < 2)
-            raise msgspec.DecodeError(f"book level needs price and size, got {short!r}") from None
+        # A size "0" (a delete, a fifth of the levels) finds a falsy Decimal: named, not called for.
+        # A level shorter than [px, sz] was refused by msgspec already (the frame is malformed).
+        return [
+            (
+                get(x.px) or shared_decimal(table, x.px),
+                get(x.sz) or (_ZERO if x.sz == "0" else shared_decimal(table, x.sz)),
+            )
+            for x in raw
+        ]
 
     def _decimal(self, text: str) -> Decimal:
         """The exact Decimal of a decimal string, one shared object per distinct string."""

@@ -19,7 +19,7 @@ from typing import Literal
 import attrs
 import msgspec
 
-from marketflow.exchanges.okx.frames import OkxBookUpdate
+from marketflow.exchanges.okx.frames import OkxBookUpdate, RawLevel
 from marketflow.exchanges.okx.symbols import INST_TYPES
 from marketflow.model import Level, Trade
 
@@ -213,8 +213,8 @@ def parse_books(body: bytes, exchange: str, symbol: str, recv_ts: int) -> OkxBoo
         row.ts * 1000,
         recv_ts,
         None,
-        row.bids,
-        row.asks,
+        [RawLevel(level[0], level[1]) for level in row.bids],  # lengths checked by _book_levels
+        [RawLevel(level[0], level[1]) for level in row.asks],
     )
 
 
