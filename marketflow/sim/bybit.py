@@ -22,9 +22,10 @@ import attrs
 import msgspec
 import trio
 
-from marketflow.sim.book import BookStream, BookTick, Crossing, SimBook
+from marketflow.sim.book import BookTick, Crossing, SimBook
 from marketflow.sim.derivs import BybitLiquidationStream, BybitTickerStream
 from marketflow.sim.faults import MalformedKind
+from marketflow.sim.host import StreamHost
 from marketflow.sim.http import ws_text_frame
 from marketflow.sim.market import (
     ROW_ID,
@@ -149,35 +150,12 @@ def malformed_payload(kind: MalformedKind, category: str, symbol: str, ts_ms: in
     return payload, False
 
 
-class BybitHost(Protocol):
-    """What a session needs from its connection."""
-
-    def send_control(self, payload: bytes) -> None:
-        """Queue a text frame (ack, pong) after everything queued before it."""
+class BybitHost(StreamHost, Protocol):
+    """What a Bybit session needs from its connection, beyond `StreamHost`."""
 
     def send_control_later(self, payload: bytes, delay: float) -> None: ...
 
-    def subscribe_trades(
-        self, exchange: str, category: str, symbol: str, channel: str, encoder: Callable[[], FrameEncoder]
-    ) -> None:
-        """Receive the tape's frames on `channel` (a name unique on this connection), encoded by `encoder`."""
-
-    def subscribe_book(
-        self,
-        exchange: str,
-        category: str,
-        symbol: str,
-        channel: str,
-        combined: bool,
-        factory: Callable[[SimBook], BookStream],
-    ) -> None:
-        """Receive the book stream named `channel` (created by `factory` if new)."""
-
-    def unsubscribe(self, channel: str) -> None: ...
-
     def note_ping(self) -> None: ...
-
-    def note_subscribes(self, accepted: int, rejected: int) -> None: ...
 
 
 @attrs.frozen

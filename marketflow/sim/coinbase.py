@@ -36,8 +36,9 @@ import msgspec
 import trio
 
 from marketflow.model import SymbolError, split_native
-from marketflow.sim.book import BookStream, BookTick, SimBook
+from marketflow.sim.book import BookTick, SimBook
 from marketflow.sim.faults import MalformedKind
+from marketflow.sim.host import StreamHost
 from marketflow.sim.http import HttpRequest, HttpResponse, RestHandler, ws_text_frame
 from marketflow.sim.market import (
     ROW_ID,
@@ -259,32 +260,12 @@ class Level2Stream:
 # -- the WebSocket session ---------------------------------------------------------------------------
 
 
-class CoinbaseHost(Protocol):
-    """What a session needs from its connection."""
+class CoinbaseHost(StreamHost, Protocol):
+    """What a Coinbase session needs from its connection, beyond `StreamHost`."""
 
     stamp: Callable[[bytes], bytes] | None
 
-    def send_control(self, payload: bytes) -> None: ...
-
     def push_frames(self, frames: list[WireFrame]) -> None: ...
-
-    def subscribe_trades(
-        self, exchange: str, category: str, symbol: str, channel: str, encoder: Callable[[], FrameEncoder]
-    ) -> None: ...
-
-    def subscribe_book(
-        self,
-        exchange: str,
-        category: str,
-        symbol: str,
-        channel: str,
-        combined: bool,
-        factory: Callable[[SimBook], BookStream],
-    ) -> None: ...
-
-    def unsubscribe(self, channel: str) -> None: ...
-
-    def note_subscribes(self, accepted: int, rejected: int) -> None: ...
 
     def close(self, code: int, reason: str, after: float = 0.0) -> None: ...
 

@@ -38,8 +38,8 @@ import msgspec
 import trio
 
 from marketflow.model import SymbolError, split_native
-from marketflow.sim.book import BookStream, SimBook
 from marketflow.sim.faults import MalformedKind
+from marketflow.sim.host import StreamHost
 from marketflow.sim.http import ws_text_frame
 from marketflow.sim.kraken_rest import KrakenRest, altname
 from marketflow.sim.kraken_streams import (
@@ -52,7 +52,6 @@ from marketflow.sim.kraken_streams import (
 )
 from marketflow.sim.market import (
     Formats,
-    FrameEncoder,
     Market,
     WireFrame,
     stable_crc,
@@ -97,32 +96,12 @@ class KrakenRules:
 # -- the WebSocket session ---------------------------------------------------------------------------
 
 
-class KrakenHost(Protocol):
-    """What a session needs from its connection."""
-
-    def send_control(self, payload: bytes) -> None: ...
+class KrakenHost(StreamHost, Protocol):
+    """What a Kraken session needs from its connection, beyond `StreamHost`."""
 
     def push_frames(self, frames: list[WireFrame]) -> None: ...
 
-    def subscribe_trades(
-        self, exchange: str, category: str, symbol: str, channel: str, encoder: Callable[[], FrameEncoder]
-    ) -> None: ...
-
-    def subscribe_book(
-        self,
-        exchange: str,
-        category: str,
-        symbol: str,
-        channel: str,
-        combined: bool,
-        factory: Callable[[SimBook], BookStream],
-    ) -> None: ...
-
-    def unsubscribe(self, channel: str) -> None: ...
-
     def note_ping(self) -> None: ...
-
-    def note_subscribes(self, accepted: int, rejected: int) -> None: ...
 
 
 _decode_request = msgspec.json.Decoder()

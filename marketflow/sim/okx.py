@@ -35,6 +35,7 @@ from marketflow.model import SymbolError, split_native
 from marketflow.sim.book import BookStream, SimBook
 from marketflow.sim.derivs import OKX_INST_TYPES, OkxLiquidationStream, OkxMarketDataStream
 from marketflow.sim.faults import MalformedKind
+from marketflow.sim.host import StreamHost
 from marketflow.sim.http import ws_text_frame
 from marketflow.sim.market import (
     ROW_LAST,
@@ -43,7 +44,6 @@ from marketflow.sim.market import (
     ROW_SIDE,
     ROW_SIZE,
     ROW_T,
-    FrameEncoder,
     Market,
     TradeRow,
     WireFrame,
@@ -164,32 +164,12 @@ def fills(row: TradeRow) -> list[tuple[int, str, str, str, int]]:
     return out
 
 
-class OkxHost(Protocol):
-    """What a session needs from its connection."""
-
-    def send_control(self, payload: bytes) -> None: ...
+class OkxHost(StreamHost, Protocol):
+    """What an OKX session needs from its connection, beyond `StreamHost`."""
 
     def push_frames(self, frames: list[WireFrame]) -> None: ...
 
-    def subscribe_trades(
-        self, exchange: str, category: str, symbol: str, channel: str, encoder: Callable[[], FrameEncoder]
-    ) -> None: ...
-
-    def subscribe_book(
-        self,
-        exchange: str,
-        category: str,
-        symbol: str,
-        channel: str,
-        combined: bool,
-        factory: Callable[[SimBook], BookStream],
-    ) -> None: ...
-
-    def unsubscribe(self, channel: str) -> None: ...
-
     def note_ping(self) -> None: ...
-
-    def note_subscribes(self, accepted: int, rejected: int) -> None: ...
 
     def close(self, code: int, reason: str, after: float = 0.0) -> None: ...
 
