@@ -93,21 +93,29 @@ async def test_routes_answer_spec_shapes_with_the_venues_strings(tmp_path: Path)
                 assert (await client.get("/derivatives", params={"exchange": "bybit"})).status_code == 400
 
                 # Order-flow bars carry the liquidation sums and the open-interest change, the same from the
-                # live engine and from storage.
-                live_flow = (await client.get("/order-flow", params={**PERP, "interval": "1m"})).json()[
-                    "bars"
-                ]
-                stored_flow = (
-                    await client.get("/order-flow", params={**PERP, "interval": "1m", "since": 0})
-                ).json()["bars"]
-                assert live_flow and {"liquidations_buy", "liquidations_sell", "oi_change"} <= set(
-                    live_flow[-1]
-                )
+                # live engine and from storage. The feed keeps running, so a liquidation may land between the
+                # two reads (live ahead of storage by one flush, or storage ahead of an older live read):
+                # read both again until they agree on every bar they share.
                 keys = ("liquidations_buy", "liquidations_sell", "oi_change")
-                by_start = {b["start"]: [b[k] for k in keys] for b in stored_flow}
-                for bar in live_flow:
-                    if bar["start"] in by_start:
-                        assert [bar[k] for k in keys] == by_start[bar["start"]]
+                mismatch: list[Any] = []
+                for _ in range(50):
+                    live_flow = (await client.get("/order-flow", params={**PERP, "interval": "1m"})).json()[
+                        "bars"
+                    ]
+                    stored_flow = (
+                        await client.get("/order-flow", params={**PERP, "interval": "1m", "since": 0})
+                    ).json()["bars"]
+                    assert live_flow and {"liquidations_buy", "liquidations_sell", "oi_change"} <= set(
+                        live_flow[-1]
+                    )
+                    by_start = {b["start"]: [b[k] for k in keys] for b in stored_flow}
+                    shared = [b for b in live_flow if b["start"] in by_start]
+                    mismatch = [(b["start"], [b[k] for k in keys], by_start[b["start"]]) for b in shared
+                                if [b[k] for k in keys] != by_start[b["start"]]]  # fmt: skip
+                    if shared and not mismatch:
+                        break
+                    await trio.sleep(0.1)
+                assert shared and not mismatch, mismatch
                 total = sum(
                     Decimal(b["liquidations_buy"]) + Decimal(b["liquidations_sell"]) for b in live_flow
                 )
