@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import httpx
 
-from marketflow.bench.measure import JsonLines, _stop, latency_summary, proc_cpu_s, proc_rss
+from marketflow.bench.measure import JsonLines, latency_summary, proc_cpu_s, proc_rss, stop_process
 
 SAMPLE_S = 0.1
 API_POLL_S = 0.01
@@ -303,7 +303,7 @@ def run_case(
         rss_end = proc_rss(proc.pid) if proc.poll() is None else 0
         if poller is not None:
             poller.stop()
-        _stop(proc)
+        stop_process(proc)
         final = lines.wait_event("final", 30) or {}
         delivered = max(last_trades, 0)
         if client.system == "cryptofeed" and client.stage == "postgres" and final.get("rows") is not None:
@@ -335,7 +335,7 @@ def run_case(
         if poller is not None:
             poller.stop()
         if proc is not None:
-            _stop(proc, 5)
+            stop_process(proc, 5)
         blaster.stop()
 
 

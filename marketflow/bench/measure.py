@@ -83,7 +83,8 @@ class JsonLines:
             return self.events.get(name)
 
 
-def _stop(proc: subprocess.Popen[str], grace_s: float = 30.0) -> None:
+def stop_process(proc: subprocess.Popen[str], grace_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `grace_s`."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:

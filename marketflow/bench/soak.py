@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from marketflow.bench.case import Env
-from marketflow.bench.measure import _stop, proc_rss
+from marketflow.bench.measure import proc_rss, stop_process
 from marketflow.progress import Progress
 
 
@@ -60,7 +60,7 @@ def soak(env: Env, minutes: float, symbols: int, log: Callable[[str], None]) -> 
                 samples.append((round(time.time() - t0, 1), proc_rss(run.pid)))
                 progress.advance(5)
     finally:
-        _stop(run)
+        stop_process(run)
         sim.kill()
         sim.wait()
     if not samples:
