@@ -14,7 +14,9 @@ from typing import Any
 
 import attrs
 
-from marketflow.bench.run import Client, Env, Plan, latency_summary, run_case
+from marketflow.bench.case import Client, Env, run_case
+from marketflow.bench.measure import latency_summary
+from marketflow.bench.plan import Plan
 
 
 def mix_over_wss(env: Env, plan: Plan, log: Callable[[str], None]) -> list[dict[str, Any]]:

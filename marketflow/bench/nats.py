@@ -23,8 +23,8 @@ from typing import Any
 import attrs
 import trio
 
+from marketflow.bench.measure import proc_cpu_s
 from marketflow.bench.pgcluster import PgCluster, start_cluster
-from marketflow.bench.run import proc_cpu_s
 from marketflow.config import default_config
 from marketflow.model import Trade
 from marketflow.nats.server import NatsServer, single

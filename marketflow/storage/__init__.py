@@ -11,7 +11,8 @@ from marketflow.runtime.bus import Subscription
 from marketflow.storage.migrate import display_url
 from marketflow.storage.spool import Spool
 from marketflow.storage.sqlite import SqliteTradeStore
-from marketflow.storage.writer import SchemaVersionError, StorageError, StorageWriter, TradeStore
+from marketflow.storage.store import SchemaVersionError, StorageError, TradeStore
+from marketflow.storage.writer import StorageWriter
 
 __all__ = [
     "SchemaVersionError",

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from marketflow.storage.schema import metadata
-from marketflow.storage.writer import SchemaVersionError, StorageError
+from marketflow.storage.store import SchemaVersionError, StorageError
 
 SCRIPT_LOCATION: Final = "marketflow.storage:migrations"
 BASELINE_REVISION: Final = "0001"

@@ -31,7 +31,7 @@ import trio
 from marketflow.model import Contract, DerivativesTick, GapRecord, Liquidation, Trade
 from marketflow.storage import aggregates, market_rows, migrate
 from marketflow.storage import records as records_sql
-from marketflow.storage.writer import StorageError
+from marketflow.storage.store import StorageError
 
 T = TypeVar("T")
 

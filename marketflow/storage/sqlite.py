@@ -22,7 +22,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from marketflow.model import DerivativesTick, GapRecord, Liquidation, Trade
 from marketflow.storage import aggregates, market_rows, migrate, records
 from marketflow.storage.schema import trades
-from marketflow.storage.writer import StorageError
+from marketflow.storage.store import StorageError
 
 __all__ = ["SqliteTradeStore", "StorageError", "sqlite_path"]
 

@@ -30,7 +30,6 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import attrs
 import trio
@@ -39,6 +38,9 @@ from marketflow.model import Trade, now_us
 from marketflow.runtime.backoff import Backoff
 from marketflow.runtime.bus import Subscription, receive_batches
 from marketflow.storage.spool import Spool, SpoolError
+from marketflow.storage.store import SchemaVersionError, StorageError, TradeStore
+
+__all__ = ["SchemaVersionError", "StorageError", "StorageWriter", "TradeStore", "WriterStatistics"]
 
 log = logging.getLogger("marketflow.storage")
 
@@ -48,29 +50,6 @@ GATHER_S = 0.05
 (at most until the chunk is due) instead of waking for each: the chunk is sealed at the same time."""
 FEW_BATCHES = 8
 LAST_RESORT_S = 5.0  # most a stopping writer spends putting what memory still holds on disk
-
-
-class StorageError(Exception):
-    """The database refused or failed an operation; the message names the database and the cause."""
-
-
-class SchemaVersionError(StorageError):
-    """The database's schema is not the one this marketflow writes; the message says what to do."""
-
-
-class TradeStore(Protocol):
-    engine_name: str
-
-    @property
-    def display_url(self) -> str: ...
-
-    async def open(self) -> None: ...
-
-    async def write_trades(self, batch: Sequence[Trade]) -> int: ...
-
-    async def prune_trades(self, before_us: int, limit: int) -> int: ...
-
-    async def close(self) -> None: ...
 
 
 @attrs.frozen

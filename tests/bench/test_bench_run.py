@@ -13,6 +13,8 @@ import pytest
 import trio
 
 from marketflow.bench import blaster, mixwss, report
+from marketflow.bench import case as bench_case
+from marketflow.bench import plan as bench_plan
 from marketflow.bench import run as bench
 from marketflow.exchanges.ws import connect_ws
 
@@ -108,7 +110,7 @@ def test_sustained_rate_steps_down_until_nothing_is_lost(
             "x", client.label, True, rate, frames, frames - loss, 3.0, 1.0, loss, 0, 0, []
         )
 
-    monkeypatch.setattr(bench, "run_case", fake_case)
+    monkeypatch.setattr(bench_plan, "run_case", fake_case)  # where `sustained` looks it up
     burst = bench.CaseResult("b", "c", True, 0, 10_000, 1000, 0.1, 0.1, 9000, 0, 0, [])  # 10k frames/s, lossy
     rate, cases = bench.sustained(
         bench.Env(tmp_path), bench.Client("cryptofeed", "postgres"), bench.Plan(step_seconds=3), burst, print
@@ -190,11 +192,11 @@ def test_the_coalescing_window_reaches_marketflow_clients(
         def __init__(self, cmd: list[str], **kw: object) -> None:
             started.append(cmd)
 
-    monkeypatch.setattr(bench.subprocess, "Popen", Started)
+    monkeypatch.setattr(subprocess, "Popen", Started)
     fake = bench.Blaster(None, {"bybit-linear": "ws://127.0.0.1:1/v5/public/linear"})  # type: ignore[arg-type]
     for window in (None, 12.5):
         env = bench.Env(tmp_path, coalesce_ms=window)
-        bench._client_process(env, bench.Client("marketflow", "pipeline"), fake, None, tmp_path)
+        bench_case._client_process(env, bench.Client("marketflow", "pipeline"), fake, None, tmp_path)
     default, chosen = started
     assert "--coalesce-ms" not in default  # the worker then uses the daemon's default
     assert chosen[chosen.index("--coalesce-ms") + 1] == "12.5"
