@@ -31,6 +31,7 @@ from marketflow.exchanges.base import (
     UnknownControl,
 )
 from marketflow.exchanges.orderbook import bad_amount, shared_decimal
+from marketflow.exchanges.trade_values import positive_decimal
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
@@ -170,8 +171,8 @@ class _Combined(msgspec.Struct):
 
 class AggTrade(msgspec.Struct):
     a: int
-    p: Decimal
-    q: Decimal
+    p: str  # decimal strings, made Decimal through a table of checked values (`positive_decimal`)
+    q: str
     T: int
     m: bool
 
@@ -345,6 +346,8 @@ class FrameDecoder:
         self.last_trade: dict[str, tuple[int, int]] = {}
         self.counters = DecodeCounters()
         self._prices: dict[str, Decimal] = {}
+        # Trade prices and amounts: one shared object per string, each checked finite and > 0 on entry.
+        self._trade_values: dict[str, Decimal] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
@@ -465,6 +468,10 @@ class FrameDecoder:
         self.counters.tickers += 1
 
     def _trade(self, sym: str, symbol: str, t: AggTrade, recv_ts: int, out: Decoded) -> None:
+        # Checked first: a refused trade (the frame malformed) reports no gap and does not move the id on.
+        known = self._trade_values
+        price = known.get(t.p) or positive_decimal(known, t.p, "price")
+        amount = known.get(t.q) or positive_decimal(known, t.q, "amount")
         ts = t.T * 1000
         last = self.last_trade.get(sym)
         if last is not None:
@@ -480,7 +487,7 @@ class FrameDecoder:
                 )
         self.last_trade[sym] = (t.a, ts)
         out.trades.append(
-            Trade(self.exchange, symbol, str(t.a), t.p, t.q, "sell" if t.m else "buy", ts, recv_ts)
+            Trade(self.exchange, symbol, str(t.a), price, amount, "sell" if t.m else "buy", ts, recv_ts)
         )
         self.counters.trades += 1
 

@@ -29,6 +29,7 @@ from marketflow.exchanges.base import (
     UnknownControl,
 )
 from marketflow.exchanges.orderbook import bad_amount, shared_decimal
+from marketflow.exchanges.trade_values import positive_decimal
 from marketflow.exchanges.venue_base import ResubscribingSession, count_malformed
 from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
@@ -330,8 +331,11 @@ class FrameDecoder:
         # lookups and one insert per trade, with no per-trade bookkeeping to expire old ids.
         self._seen: dict[str, _RecentIds] = {}
         self._decimals: dict[str, Decimal] = {}
+        # Trade prices and amounts have their own table: every entry checked by `positive_decimal` (finite,
+        # > 0), so a hit needs no check; `_decimals` holds the rest (a funding rate may be negative).
+        self._trade_values: dict[str, Decimal] = {}
         # Book (and ticker quote) prices have their own table: every entry checked by `shared_decimal`
-        # (finite, >= 0), unlike `_decimals` (trades, funding rates: a negative value is legitimate there).
+        # (finite, >= 0), unlike `_decimals` (funding rates: a negative value is legitimate there).
         self._book_prices: dict[str, Decimal] = {}
         self._book_topics: dict[str, str] = {}
         """`orderbook.{depth}.{native}` → normalized symbol, filled on first sight."""
@@ -343,7 +347,7 @@ class FrameDecoder:
         counters.frames += len(frames)
         symbols = self.symbols
         topics = self._trade_topics
-        known = self._decimals
+        known = self._trade_values
         exchange = self.exchange
         kept = duplicates = 0
         append = out.trades.append
@@ -365,12 +369,8 @@ class FrameDecoder:
                     # One trade per frame, what a busy market mostly sends: the same steps as
                     # `_trades`, inline.
                     t = data[0]
-                    price = known.get(t.p)
-                    if price is None:
-                        price = self._decimal(t.p)
-                    amount = known.get(t.v)
-                    if amount is None:
-                        amount = self._decimal(t.v)
+                    price = known.get(t.p) or positive_decimal(known, t.p, "price", DECIMAL_INTERN_MAX)
+                    amount = known.get(t.v) or positive_decimal(known, t.v, "amount", DECIMAL_INTERN_MAX)
                     ts = t.T * 1000
                     trade = Trade(exchange, followed.symbol, t.i, price, amount, _SIDES[t.S], ts, recv_ts)
                     recent = followed.recent
@@ -550,17 +550,13 @@ class FrameDecoder:
         exchange = self.exchange
         symbol = topic.symbol
         sides = _SIDES
-        known = self._decimals
-        decimal = self._decimal
-        # Every value converted before anything is kept: a bad one rejects the whole frame (malformed).
+        known = self._trade_values
+        # Every value converted before anything is kept: a bad one (not a finite decimal above zero)
+        # rejects the whole frame (malformed).
         made = []
         for t in trades:
-            price = known.get(t.p)
-            if price is None:
-                price = decimal(t.p)
-            amount = known.get(t.v)
-            if amount is None:
-                amount = decimal(t.v)
+            price = known.get(t.p) or positive_decimal(known, t.p, "price", DECIMAL_INTERN_MAX)
+            amount = known.get(t.v) or positive_decimal(known, t.v, "amount", DECIMAL_INTERN_MAX)
             made.append(Trade(exchange, symbol, t.i, price, amount, sides[t.S], t.T * 1000, recv_ts))
         recent = topic.recent
         current, previous = recent.current, recent.previous
@@ -587,8 +583,8 @@ class FrameDecoder:
     def _decimal(self, text: str) -> Decimal:
         """The exact Decimal of an exchange's decimal string, one shared object per distinct string.
 
-        Prices and sizes repeat all the time, so trades held in memory (the trade ring) share them: about
-        200 bytes less per trade, and a dict lookup is cheaper than building a Decimal."""
+        Values repeat, so records held in memory share them (trades the same way through their own checked
+        table, `positive_decimal`): about 200 bytes less per trade, and a lookup is cheaper than a Decimal."""
         value = self._decimals.get(text)
         if value is None:
             try:

@@ -41,6 +41,7 @@ from marketflow.exchanges.base import (
     UnknownControl,
 )
 from marketflow.exchanges.orderbook import bad_amount, shared_decimal
+from marketflow.exchanges.trade_values import positive_decimal
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, Level, Ticker, Trade
 
@@ -355,6 +356,9 @@ class Values:
 
     def __init__(self) -> None:
         self._decimals: dict[str, Decimal] = {}
+        self._trade_values: dict[str, Decimal] = {}
+        """Trade prices and sizes: every entry checked finite and > 0 (`positive_decimal`), so a hit needs
+        no check; the shared table may hold a zero (a ticker's empty side)."""
         self._minutes: dict[str, int] = {}
         self._last_text = ""
         self._last_us = 0
@@ -373,6 +377,11 @@ class Values:
                 self._decimals.clear()
             self._decimals[text] = value
         return value
+
+    def trade_value(self, text: str, field: str) -> Decimal:
+        """A trade's price or size (`field`): the one shared Decimal, finite and above zero."""
+        table = self._trade_values
+        return table.get(text) or positive_decimal(table, text, field, DECIMAL_INTERN_MAX)
 
     @property
     def shared(self) -> dict[str, Decimal]:
@@ -482,7 +491,7 @@ class FrameDecoder:
         return native, self.symbols[native]
 
     def _trades(self, msg: _TradesFrame, recv_ts: int, out: Decoded) -> None:
-        decimal = self.values.decimal
+        value = self.values.trade_value
         stamp = self.values.us
         by_product: dict[str, list[tuple[int, _Trade]]] = {}
         for event in msg.events:
@@ -506,8 +515,8 @@ class FrameDecoder:
                     self.exchange,
                     symbol,
                     t.trade_id,
-                    decimal(t.price),
-                    decimal(t.size),
+                    value(t.price, "price"),
+                    value(t.size, "amount"),
                     side,
                     stamp(t.time),
                     recv_ts,

@@ -35,6 +35,7 @@ from marketflow.exchanges.base import (
 )
 from marketflow.exchanges.kraken.book import KrakenBookUpdate
 from marketflow.exchanges.orderbook import bad_amount, shared_decimal
+from marketflow.exchanges.trade_values import bad_trade
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import Ticker, Trade
 
@@ -272,6 +273,7 @@ _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _KNOWN = frozenset({TRADE, BOOK, TICKER, INSTRUMENT, "heartbeat", "status"})
 _seconds_cache: dict[str, int] = {}
 _UNKNOWN_PRECISIONS = (-1, -1)
+_ZERO = Decimal(0)
 
 
 def timestamp_us(text: str) -> int:
@@ -414,8 +416,17 @@ class FrameDecoder:
     def _trades(self, trades: list[_Trade], recv_ts: int, out: Decoded) -> None:
         if any(a.trade_id > b.trade_id for a, b in zip(trades, trades[1:], strict=False)):
             trades = sorted(trades, key=lambda t: t.trade_id)
-        # Every value converted before anything is kept: a bad one rejects the whole frame (malformed).
-        made = [(t, timestamp_us(t.timestamp)) for t in trades]
+        # Every value converted and checked before anything is kept: a bad one (a price or quantity not a
+        # finite decimal above zero: msgspec takes "NaN" or -1) rejects the whole frame (malformed).
+        made = [
+            (t, timestamp_us(t.timestamp))
+            for t in trades
+            if (price := t.price).is_finite()
+            and price > _ZERO
+            and (qty := t.qty).is_finite()
+            and qty > _ZERO
+            or bad_trade(t.price, t.qty)
+        ]
         counters = self.counters
         for t, ts in made:
             native = t.symbol

@@ -1,0 +1,65 @@
+"""A trade's price and amount: exact, finite and above zero (no venue prints a trade at or below zero).
+
+Every venue's frame decoder and REST trade parser checks both before it makes a `Trade`: a price of `-1` or
+an amount of `0` is refused like a `NaN` is, the frame counted malformed (a REST page refused) with an error
+naming the field and the value as sent. The hot paths keep the check almost free:
+
+- values decoded as strings go through `positive_decimal`'s table, which holds only checked values: a hit
+  needs no check, and since a zero `Decimal` is falsy, `get(text) or positive_decimal(table, text, field)`
+  sends a zero that reached the table some other way through the checked path too;
+- values msgspec decodes into `Decimal` (JSON numbers) are checked with `positive` (one comparison each).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import NoReturn
+
+import msgspec
+
+__all__ = ["TRADE_VALUES_MAX", "bad_trade", "bad_trade_value", "positive", "positive_decimal"]
+
+TRADE_VALUES_MAX = 20_000
+"""Distinct price/amount strings a decoder's trade table keeps before it starts over (a few MB at most)."""
+_ZERO = Decimal(0)
+
+
+def bad_trade_value(field: str, value: object) -> NoReturn:
+    """Refuse a trade's `field` (`price`, `amount`) that is not a finite decimal above zero."""
+    raise msgspec.DecodeError(f"trade {field} not a finite decimal above zero: {str(value)[:40]!r}")
+
+
+def bad_trade(price: Decimal, amount: Decimal) -> NoReturn:
+    """Refuse a trade whose price or amount (decoded `Decimal`s) is not a finite decimal above zero: for a
+    comprehension's filter, `... and amount > 0 or bad_trade(price, amount)`."""
+    positive(price, "price")
+    positive(amount, "amount")
+    raise AssertionError("bad_trade called on a good trade")
+
+
+def positive_decimal(
+    table: dict[str, Decimal], text: str, field: str, limit: int = TRADE_VALUES_MAX
+) -> Decimal:
+    """The one shared, finite Decimal above zero of `text` in `table` (made and kept on first sight);
+    `msgspec.DecodeError` naming `field` otherwise. Fill `table` only through here: every entry is then
+    checked, so a lookup that hits needs no check."""
+    value = table.get(text)
+    if value is None:
+        try:
+            value = Decimal(text)
+        except ArithmeticError:
+            raise msgspec.DecodeError(f"trade {field} not a decimal: {text[:40]!r}") from None
+        if not value.is_finite() or value <= _ZERO:
+            bad_trade_value(field, text)
+        if len(table) >= limit:
+            table.clear()
+        table[text] = value
+    return value
+
+
+def positive(value: Decimal, field: str) -> Decimal:
+    """`value` when it is a finite decimal above zero, else `msgspec.DecodeError` naming `field`: for values
+    msgspec decoded straight into `Decimal`, which takes `"NaN"`, `"-1"` or `0`."""
+    if value.is_finite() and value > _ZERO:
+        return value
+    bad_trade_value(field, value)
