@@ -237,3 +237,26 @@ def test_a_rest_trade_at_or_below_zero_refuses_the_page_naming_the_field(
     assert (trade.price, trade.amount) == (Decimal("65000.1"), Decimal("0.5"))
     with pytest.raises(ValueError, match=f"trade {field} not a finite decimal above zero: '{bad}'"):
         parse(*good_and_bad(field, bad))
+
+
+def test_kraken_trades_in_another_key_order_or_as_strings_are_checked_the_same() -> None:
+    # The one-pass path takes frames that begin `{"channel":"trade",`; others go through the envelope.
+    decoder = VENUES["kraken"].decoder("spot", {"BTC/USD": "BTC-USD"})
+    out = Decoded()
+    frames = [
+        kraken([(7, "-1.5", "0.5")]).replace(
+            b'{"channel":"trade","type":"update",', b'{"type":"update","channel":"trade",'
+        ),
+        kraken([(8, '"65000.10"', "2")]).replace(
+            b'{"channel":"trade","type":"update",', b'{"type":"update","channel":"trade",'
+        ),
+        kraken([(9, '"-65000.1"', "1")]),
+        kraken([(10, "65000", '"0.25"')]),
+    ]
+    decoder.decode(frames, 0, out)
+    assert [(t.id, str(t.price), str(t.amount)) for t in out.trades] == [
+        ("8", "65000.10", "2"),
+        ("10", "65000", "0.25"),
+    ]
+    assert decoder.counters.malformed == 2
+    assert decoder.counters.last_error == "trade price not a finite decimal above zero: '-65000.1'"
