@@ -40,20 +40,19 @@ def bad_trade(price: Decimal, amount: Decimal) -> NoReturn:
 def positive_decimal(
     table: dict[str, Decimal], text: str, field: str, limit: int = TRADE_VALUES_MAX
 ) -> Decimal:
-    """The one shared, finite Decimal above zero of `text` in `table` (made and kept on first sight);
-    `msgspec.DecodeError` naming `field` otherwise. Fill `table` only through here: every entry is then
-    checked, so a lookup that hits needs no check."""
-    value = table.get(text)
-    if value is None:
-        try:
-            value = Decimal(text)
-        except ArithmeticError:
-            raise msgspec.DecodeError(f"trade {field} not a decimal: {text[:40]!r}") from None
-        if not value.is_finite() or value <= _ZERO:
-            bad_trade_value(field, text)
-        if len(table) >= limit:
-            table.clear()
-        table[text] = value
+    """The finite Decimal above zero of `text`, kept in `table` as the one shared object of that text;
+    `msgspec.DecodeError` naming `field` otherwise. Called once a lookup missed, as
+    `table.get(text) or positive_decimal(table, text, field)` (it does not look again). Fill `table` only
+    through here: every entry is then checked, so a lookup that hits needs no check."""
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        raise msgspec.DecodeError(f"trade {field} not a decimal: {text[:40]!r}") from None
+    if not value.is_finite() or value <= _ZERO:
+        bad_trade_value(field, text)
+    if len(table) >= limit:
+        table.clear()
+    table[text] = value
     return value
 
 

@@ -31,7 +31,7 @@ from marketflow.exchanges.base import (
     UnknownControl,
 )
 from marketflow.exchanges.orderbook import bad_amount, shared_decimal
-from marketflow.exchanges.trade_values import positive_decimal
+from marketflow.exchanges.trade_values import bad_trade
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
@@ -171,8 +171,8 @@ class _Combined(msgspec.Struct):
 
 class AggTrade(msgspec.Struct):
     a: int
-    p: str  # decimal strings, made Decimal through a table of checked values (`positive_decimal`)
-    q: str
+    p: Decimal  # made by msgspec, which takes "NaN" or "-1": checked in `FrameDecoder._trade`
+    q: Decimal
     T: int
     m: bool
 
@@ -235,6 +235,7 @@ _ticker_decoder = msgspec.json.Decoder(_Ticker24h)
 _mark_decoder = msgspec.json.Decoder(_MarkPrice)
 _force_decoder = msgspec.json.Decoder(_ForceOrder)
 _FORCE_SIDES: dict[str, Literal["buy", "sell"]] = {"BUY": "buy", "SELL": "sell"}
+_ZERO = Decimal(0)
 
 
 class _DepthFrame(msgspec.Struct):
@@ -346,8 +347,6 @@ class FrameDecoder:
         self.last_trade: dict[str, tuple[int, int]] = {}
         self.counters = DecodeCounters()
         self._prices: dict[str, Decimal] = {}
-        # Trade prices and amounts: one shared object per string, each checked finite and > 0 on entry.
-        self._trade_values: dict[str, Decimal] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
         counters = self.counters
@@ -469,9 +468,9 @@ class FrameDecoder:
 
     def _trade(self, sym: str, symbol: str, t: AggTrade, recv_ts: int, out: Decoded) -> None:
         # Checked first: a refused trade (the frame malformed) reports no gap and does not move the id on.
-        known = self._trade_values
-        price = known.get(t.p) or positive_decimal(known, t.p, "price")
-        amount = known.get(t.q) or positive_decimal(known, t.q, "amount")
+        price, amount = t.p, t.q
+        if not (price.is_finite() and price > _ZERO and amount.is_finite() and amount > _ZERO):
+            bad_trade(price, amount)
         ts = t.T * 1000
         last = self.last_trade.get(sym)
         if last is not None:

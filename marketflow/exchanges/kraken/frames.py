@@ -35,7 +35,7 @@ from marketflow.exchanges.base import (
 )
 from marketflow.exchanges.kraken.book import KrakenBookUpdate
 from marketflow.exchanges.orderbook import bad_amount, shared_decimal
-from marketflow.exchanges.trade_values import TRADE_VALUES_MAX, bad_trade_value, positive_decimal
+from marketflow.exchanges.trade_values import TRADE_VALUES_MAX, bad_trade_value, positive, positive_decimal
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import Ticker, Trade
 
@@ -176,7 +176,8 @@ class _Trade(msgspec.Struct):
     price: Any
     """The shared Decimal `_trade_number` made of the JSON number's text when it is above zero; any other
     value as decoded (text, int, str), for `_checked` to convert or refuse."""
-    qty: Any
+    qty: Decimal
+    """Made by msgspec (quantities seldom repeat: a table would only churn), checked in `_trades`."""
     trade_id: int
     timestamp: str
 
@@ -289,7 +290,7 @@ def _checked(t: _Trade) -> bool:
     """A trade whose price or quantity is not a shared Decimal from `_trade_number`: converted in place
     when it is a JSON integer or a string above zero, else `msgspec.DecodeError` naming the field."""
     t.price = _positive(t.price, "price")
-    t.qty = _positive(t.qty, "amount")
+    positive(t.qty, "amount")
     return True
 
 
@@ -313,6 +314,7 @@ _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _KNOWN = frozenset({TRADE, BOOK, TICKER, INSTRUMENT, "heartbeat", "status"})
 _seconds_cache: dict[str, int] = {}
 _UNKNOWN_PRECISIONS = (-1, -1)
+_ZERO = Decimal(0)
 
 
 def timestamp_us(text: str) -> int:
@@ -466,7 +468,7 @@ class FrameDecoder:
         made = [
             (t, timestamp_us(t.timestamp))
             for t in trades
-            if type(t.price) is Decimal and type(t.qty) is Decimal or _checked(t)
+            if type(t.price) is Decimal and (qty := t.qty).is_finite() and qty > _ZERO or _checked(t)
         ]
         counters = self.counters
         for t, ts in made:

@@ -174,8 +174,8 @@ def parse_history_trades(body: bytes, exchange: str, symbol: str, recv_ts: int) 
         if not row.tradeId.isdigit():
             raise ValueError(f"okx history-trades: trade id not numeric: {row.tradeId[:40]!r}")
         try:
-            price = positive_decimal(values, row.px, "price")
-            amount = positive_decimal(values, row.sz, "amount")
+            price = values.get(row.px) or positive_decimal(values, row.px, "price")
+            amount = values.get(row.sz) or positive_decimal(values, row.sz, "amount")
         except msgspec.DecodeError as exc:
             raise ValueError(f"okx history-trades: trade {row.tradeId}: {exc}") from None
         out.append(Trade(exchange, symbol, row.tradeId, price, amount, row.side, row.ts * 1000, recv_ts))
