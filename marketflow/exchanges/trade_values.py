@@ -4,10 +4,11 @@ Every venue's frame decoder and REST trade parser checks both before it makes a 
 an amount of `0` is refused like a `NaN` is, the frame counted malformed (a REST page refused) with an error
 naming the field and the value as sent. The hot paths keep the check almost free:
 
-- values decoded as strings go through `positive_decimal`'s table, which holds only checked values: a hit
-  needs no check, and since a zero `Decimal` is falsy, `get(text) or positive_decimal(table, text, field)`
-  sends a zero that reached the table some other way through the checked path too;
-- values msgspec decodes into `Decimal` (JSON numbers) are checked with `positive` (one comparison each).
+- values that repeat (prices; Bybit, OKX and Coinbase amounts) go through a table `positive_decimal` fills
+  with checked values only: `table.get(text) or positive_decimal(table, text, field)` is one lookup when
+  the text was seen before, and the check runs once per distinct text;
+- values msgspec decodes into `Decimal` are checked inline (`is_finite()` and one comparison each), with
+  `bad_trade` or `positive` naming what was wrong.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def bad_trade_value(field: str, value: object) -> NoReturn:
 
 
 def bad_trade(price: Decimal, amount: Decimal) -> NoReturn:
-    """Refuse a trade whose price or amount (decoded `Decimal`s) is not a finite decimal above zero: for a
-    comprehension's filter, `... and amount > 0 or bad_trade(price, amount)`."""
+    """Refuse a trade whose price or amount (decoded `Decimal`s) is not a finite decimal above zero, naming
+    the first that is not: called once an inline check failed."""
     positive(price, "price")
     positive(amount, "amount")
     raise AssertionError("bad_trade called on a good trade")

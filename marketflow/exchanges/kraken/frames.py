@@ -7,8 +7,9 @@ snapshot carries every pair's `price_precision`/`qty_precision` the book checksu
 application-level `{"method":"ping"}` (answered by `pong`); the venue sends `{"channel":"heartbeat"}` when
 nothing else flows, which counts as traffic for the feed's stale-data watchdog and is ignored here.
 
-Prices and quantities are JSON numbers at full precision: decoded straight into `Decimal` by msgspec,
-which keeps the literal's digits (`45285.20` stays `45285.20`), never through a float.
+Prices and quantities are JSON numbers at full precision, made `Decimal` from the literal's text (a
+`float_hook` for prices, which repeat: one shared, checked object each; msgspec for quantities), which
+keeps its digits (`45285.20` stays `45285.20`), never through a float.
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ class _Trade(msgspec.Struct):
     symbol: str
     side: Literal["buy", "sell"]
     price: Any
-    """The shared Decimal `_trade_number` made of the JSON number's text when it is above zero; any other
-    value as decoded (text, int, str), for `_checked` to convert or refuse."""
+    """The shared Decimal `_trade_number` made of the JSON number's text when it is above zero; anything
+    else as decoded (a number's text, an int, a JSON string), for `_checked` to convert or refuse."""
     qty: Decimal
     """Made by msgspec (quantities seldom repeat: a table would only churn), checked in `_trades`."""
     trade_id: int
@@ -463,8 +464,8 @@ class FrameDecoder:
         if any(a.trade_id > b.trade_id for a, b in zip(trades, trades[1:], strict=False)):
             trades = sorted(trades, key=lambda t: t.trade_id)
         # Every value converted and checked before anything is kept: a bad one (a price or quantity not a
-        # finite decimal above zero) rejects the whole frame (malformed). A shared Decimal from
-        # `_trade_number` is checked already: one type test each.
+        # finite decimal above zero) rejects the whole frame (malformed). A price that is a Decimal came
+        # from `_trade_number`'s checked table: one type test; a quantity: `is_finite` and one comparison.
         made = [
             (t, timestamp_us(t.timestamp))
             for t in trades
