@@ -301,7 +301,7 @@ def test_the_decimal_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     decoder.decode([f'{{"topic":"publicTrade.BTCUSDT","data":[{rows}]}}'.encode()], 0, out)
     # Every price exact, however often the table started over; never more than its bound held.
     assert [str(t.price) for t in out.trades] == [f"{100 + i}.5" for i in range(35)]
-    assert 0 < len(decoder._decimals) <= 10
+    assert 0 < len(decoder._trade_values) <= 10
 
 
 def test_book_prices_are_shared_objects_across_messages() -> None:

@@ -31,6 +31,7 @@ from marketflow.exchanges.base import (
     UnknownControl,
 )
 from marketflow.exchanges.orderbook import bad_amount, shared_decimal
+from marketflow.exchanges.trade_values import bad_trade
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
@@ -170,7 +171,7 @@ class _Combined(msgspec.Struct):
 
 class AggTrade(msgspec.Struct):
     a: int
-    p: Decimal
+    p: Decimal  # made by msgspec, which takes "NaN" or "-1": checked in `FrameDecoder._trade`
     q: Decimal
     T: int
     m: bool
@@ -234,6 +235,7 @@ _ticker_decoder = msgspec.json.Decoder(_Ticker24h)
 _mark_decoder = msgspec.json.Decoder(_MarkPrice)
 _force_decoder = msgspec.json.Decoder(_ForceOrder)
 _FORCE_SIDES: dict[str, Literal["buy", "sell"]] = {"BUY": "buy", "SELL": "sell"}
+_ZERO = Decimal(0)
 
 
 class _DepthFrame(msgspec.Struct):
@@ -465,6 +467,10 @@ class FrameDecoder:
         self.counters.tickers += 1
 
     def _trade(self, sym: str, symbol: str, t: AggTrade, recv_ts: int, out: Decoded) -> None:
+        # Checked first: a refused trade (the frame malformed) reports no gap and does not move the id on.
+        price, amount = t.p, t.q
+        if not (price.is_finite() and price > _ZERO and amount.is_finite() and amount > _ZERO):
+            bad_trade(price, amount)
         ts = t.T * 1000
         last = self.last_trade.get(sym)
         if last is not None:
@@ -480,7 +486,7 @@ class FrameDecoder:
                 )
         self.last_trade[sym] = (t.a, ts)
         out.trades.append(
-            Trade(self.exchange, symbol, str(t.a), t.p, t.q, "sell" if t.m else "buy", ts, recv_ts)
+            Trade(self.exchange, symbol, str(t.a), price, amount, "sell" if t.m else "buy", ts, recv_ts)
         )
         self.counters.trades += 1
 

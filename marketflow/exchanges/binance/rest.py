@@ -14,21 +14,32 @@ import msgspec
 from marketflow.exchanges.base import Decoded, Fetch, RestBudget, RestPoll, RestRequest, TradeGap
 from marketflow.exchanges.binance.frames import EXCHANGE, AggTrade
 from marketflow.exchanges.orderbook import check_levels
+from marketflow.exchanges.trade_values import positive
 from marketflow.model import BookUpdate, DerivativesTick, Level, Trade, now_us
 
 AGG_TRADES_PAGE = 1000
 
 
 def parse_rest_agg_trades(body: bytes, exchange: str, symbol: str, recv_ts: int) -> list[Trade]:
-    """`GET /api/v3/aggTrades` (or `/fapi/v1/aggTrades`) → trades, oldest first."""
+    """`GET /api/v3/aggTrades` (or `/fapi/v1/aggTrades`) → trades, oldest first; ValueError if not
+    understood or a price or quantity is not a finite decimal above zero."""
     try:
         rows = msgspec.json.decode(body, type=list[AggTrade])
+        return [
+            Trade(
+                exchange,
+                symbol,
+                str(t.a),
+                positive(t.p, "price"),
+                positive(t.q, "amount"),
+                "sell" if t.m else "buy",
+                t.T * 1000,
+                recv_ts,
+            )
+            for t in rows
+        ]
     except msgspec.DecodeError as exc:
         raise ValueError(f"binance aggTrades answer not understood: {exc}") from exc
-    return [
-        Trade(exchange, symbol, str(t.a), t.p, t.q, "sell" if t.m else "buy", t.T * 1000, recv_ts)
-        for t in rows
-    ]
 
 
 class _RestDepth(msgspec.Struct):

@@ -1,6 +1,7 @@
 """Bybit v5 public streams: spot and linear `publicTrade` and `orderbook.{depth}` (PROTOCOLS.md §1).
 
-Connections, topics, the per-connection `Session` and the `FrameDecoder` (the hot path).
+The `FrameDecoder` (the hot path). Markets, URLs, topics and connections are in `streams.py`, the
+per-connection `Session` in `session.py`; both are re-exported here.
 
 Frames are decoded straight into small Structs: first the envelope with `data` left raw, then `data` by the
 topic's kind. Spot trade ids are numeric strings above 2^53 and stay strings; linear ids are UUIDs, so
@@ -11,42 +12,35 @@ from `/v5/market/recent-trade` and admitted only if newer than the last trade se
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from decimal import Decimal
 from typing import Literal
 
 import msgspec
 
-from marketflow.exchanges.base import (
-    Ack,
-    ConnectionPlan,
-    ControlEvent,
-    DataFrame,
-    DecodeCounters,
-    Decoded,
-    Pong,
-    SubscribeRequest,
-    UnknownControl,
+from marketflow.exchanges.base import DecodeCounters, Decoded
+from marketflow.exchanges.bybit.session import HEARTBEAT, MAX_ARGS_PER_REQUEST, Session
+from marketflow.exchanges.bybit.streams import (
+    _BOOK_PREFIX,
+    _TRADE_PREFIX,
+    DEFAULT_REST,
+    DEFAULT_WS,
+    EXCHANGE,
+    LIQUIDATION_PREFIX,
+    MARKET_NAMES,
+    TICKER_PREFIX,
+    book_topic,
+    connections,
+    liquidation_topic,
+    rest_url,
+    ticker_topic,
+    trade_topic,
+    ws_url,
 )
 from marketflow.exchanges.orderbook import bad_amount, shared_decimal
-from marketflow.exchanges.venue_base import ResubscribingSession, count_malformed
+from marketflow.exchanges.trade_values import positive_decimal
+from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, DerivativesTick, Liquidation, Ticker, Trade, liquidation_id
 
-EXCHANGE = "bybit"
-MARKET_NAMES = ("spot", "linear")
-DEFAULT_WS = {
-    "spot": "wss://stream.bybit.com/v5/public/spot",
-    "linear": "wss://stream.bybit.com/v5/public/linear",
-}
-DEFAULT_REST = "https://api.bybit.com"
-# Spot refuses a whole subscribe request with more than 10 args; linear has no limit, but small requests
-# keep a rejected topic from hiding its neighbours' acks.
-MAX_ARGS_PER_REQUEST = 10
-HEARTBEAT = b'{"req_id":"hb","op":"ping"}'
-_TRADE_PREFIX = "publicTrade."
-_BOOK_PREFIX = "orderbook."
-TICKER_PREFIX = "tickers."
-LIQUIDATION_PREFIX = "allLiquidation."
 # Trade ids remembered per symbol, in two generations, to tell backfilled trades we already have from new
 # ones. Backfill admits only trades younger than its disconnect time less 10 s (backfill.CLOCK_MARGIN_US),
 # so a generation turns over once it spans RECENT_SPAN_US of exchange time — both together always hold
@@ -61,66 +55,28 @@ DECIMAL_INTERN_MAX = 20_000
 
 log = logging.getLogger("marketflow.exchanges.bybit")
 
-
-def ws_url(market: str, override: str | None = None) -> str:
-    """The stream URL of a market: the override as given (it is the full URL), else mainnet's."""
-    if market not in MARKET_NAMES:
-        raise ValueError(f"bybit has no market {market!r}; expected one of {sorted(MARKET_NAMES)}")
-    return override or DEFAULT_WS[market]
-
-
-def rest_url(market: str, override: str | None = None) -> str:
-    if market not in MARKET_NAMES:
-        raise ValueError(f"bybit has no market {market!r}; expected one of {sorted(MARKET_NAMES)}")
-    return (override or DEFAULT_REST).rstrip("/")
-
-
-def trade_topic(native: str) -> str:
-    return _TRADE_PREFIX + native
-
-
-def book_topic(native: str, depth: int) -> str:
-    return f"{_BOOK_PREFIX}{depth}.{native}"
-
-
-def ticker_topic(native: str) -> str:
-    """`tickers.{symbol}`: the `ticker` channel, and on linear the `derivatives` channel too (§1.7)."""
-    return TICKER_PREFIX + native
-
-
-def liquidation_topic(native: str) -> str:
-    return LIQUIDATION_PREFIX + native
-
-
-def connections(
-    market: str,
-    natives: Sequence[str],
-    channels: Sequence[str],
-    book_depth: int,
-    ws_override: str | None = None,
-) -> list[ConnectionPlan]:
-    """One connection per feed: every topic of the market on its stream URL."""
-    topics = [trade_topic(n) for n in natives] if "trades" in channels else []
-    if "book" in channels:
-        topics += [book_topic(n, book_depth) for n in natives]
-    if "ticker" in channels or "derivatives" in channels:
-        topics += [ticker_topic(n) for n in natives]
-    if "liquidations" in channels:
-        topics += [liquidation_topic(n) for n in natives]
-    return [
-        ConnectionPlan("", ws_url(market, ws_override), tuple(topics), frozenset(channels), tuple(natives))
-    ]
-
-
-class _Control(msgspec.Struct):
-    """Acks and pongs in every category's shape (§1.2, §1.4); absent fields stay None."""
-
-    op: str | None = None
-    success: bool | None = None
-    ret_msg: str | None = None
-    req_id: str | None = None
-    conn_id: str | None = None
-    topic: str | None = None
+__all__ = [
+    "DECIMAL_INTERN_MAX",
+    "DEFAULT_REST",
+    "DEFAULT_WS",
+    "EXCHANGE",
+    "HEARTBEAT",
+    "LIQUIDATION_PREFIX",
+    "MARKET_NAMES",
+    "MAX_ARGS_PER_REQUEST",
+    "RECENT_IDS",
+    "RECENT_SPAN_US",
+    "TICKER_PREFIX",
+    "FrameDecoder",
+    "Session",
+    "book_topic",
+    "connections",
+    "liquidation_topic",
+    "rest_url",
+    "ticker_topic",
+    "trade_topic",
+    "ws_url",
+]
 
 
 class _Envelope(msgspec.Struct):
@@ -180,7 +136,6 @@ class _Liquidation(msgspec.Struct):
     p: str
 
 
-_control_decoder = msgspec.json.Decoder(_Control)
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _trades_decoder = msgspec.json.Decoder(list[_Trade])
 _trade_frame_decoder = msgspec.json.Decoder(_TradeFrame)
@@ -234,62 +189,6 @@ def _exact(text: str) -> Decimal:
     return value
 
 
-class Session(ResubscribingSession):
-    """Protocol rules for one Bybit connection (one market, several symbols); a resubscribe is answered
-    with a fresh snapshot."""
-
-    sequence_check = None  # no per-connection message numbering
-
-    def __init__(self, market: str, topics: Sequence[str]) -> None:
-        if market not in MARKET_NAMES:
-            raise ValueError(f"bybit has no market {market!r}")
-        self.market = market
-        self.topics = list(topics)
-        self._next_req = 0
-
-    def _requests(self, op: str, topics: Sequence[str]) -> list[SubscribeRequest]:
-        requests = []
-        for start in range(0, len(topics), MAX_ARGS_PER_REQUEST):
-            chunk = tuple(topics[start : start + MAX_ARGS_PER_REQUEST])
-            self._next_req += 1
-            req_id = f"{op[:5]}-{self._next_req}"
-            payload = msgspec.json.encode({"req_id": req_id, "op": op, "args": list(chunk)})
-            requests.append(SubscribeRequest(req_id, chunk, payload))
-        return requests
-
-    def heartbeat(self) -> bytes:
-        return HEARTBEAT
-
-    def is_data(self, message: bytes) -> bool:
-        # Every data frame carries a `topic`; acks and pongs never do. The prefix test is the fast path
-        # for the frames Bybit actually sends; anything else is decided by the control decoder.
-        return message.startswith(b'{"topic":')
-
-    def control(self, message: bytes) -> ControlEvent:
-        try:
-            msg = _control_decoder.decode(message)
-        except msgspec.DecodeError as exc:
-            return UnknownControl(f"undecodable frame: {exc}")
-        if msg.topic is not None:
-            return DataFrame()  # a data frame with its topic out of the usual place
-        if msg.ret_msg == "pong" or msg.op == "pong":
-            return Pong()
-        if msg.op in ("subscribe", "unsubscribe") and msg.success is not None:
-            reason = msg.ret_msg or ""
-            return Ack(msg.req_id or None, msg.success, reason, _rejected_topics(reason))
-        return UnknownControl(f"unexpected control frame op={msg.op!r} ret_msg={msg.ret_msg!r}")
-
-
-def _rejected_topics(reason: str) -> tuple[str, ...]:
-    """Topics named in a failure ack such as `error:handler not found,topic:publicTrade.X`."""
-    found = []
-    for part in reason.split(","):
-        key, sep, value = part.partition(":")
-        if sep and key.strip() == "topic" and value:
-            found.append(value.strip())
-    return tuple(found)
-
-
 class _RecentIds:
     """One symbol's recent trade ids: the generation being filled, the one before, and the exchange time
     (µs) the current one started at."""
@@ -330,8 +229,11 @@ class FrameDecoder:
         # lookups and one insert per trade, with no per-trade bookkeeping to expire old ids.
         self._seen: dict[str, _RecentIds] = {}
         self._decimals: dict[str, Decimal] = {}
+        # Trade prices and amounts have their own table: every entry checked by `positive_decimal` (finite,
+        # > 0), so a hit needs no check; `_decimals` holds the rest (a funding rate may be negative).
+        self._trade_values: dict[str, Decimal] = {}
         # Book (and ticker quote) prices have their own table: every entry checked by `shared_decimal`
-        # (finite, >= 0), unlike `_decimals` (trades, funding rates: a negative value is legitimate there).
+        # (finite, >= 0), unlike `_decimals` (funding rates: a negative value is legitimate there).
         self._book_prices: dict[str, Decimal] = {}
         self._book_topics: dict[str, str] = {}
         """`orderbook.{depth}.{native}` → normalized symbol, filled on first sight."""
@@ -343,7 +245,7 @@ class FrameDecoder:
         counters.frames += len(frames)
         symbols = self.symbols
         topics = self._trade_topics
-        known = self._decimals
+        known = self._trade_values
         exchange = self.exchange
         kept = duplicates = 0
         append = out.trades.append
@@ -365,12 +267,8 @@ class FrameDecoder:
                     # One trade per frame, what a busy market mostly sends: the same steps as
                     # `_trades`, inline.
                     t = data[0]
-                    price = known.get(t.p)
-                    if price is None:
-                        price = self._decimal(t.p)
-                    amount = known.get(t.v)
-                    if amount is None:
-                        amount = self._decimal(t.v)
+                    price = known.get(t.p) or positive_decimal(known, t.p, "price", DECIMAL_INTERN_MAX)
+                    amount = known.get(t.v) or positive_decimal(known, t.v, "amount", DECIMAL_INTERN_MAX)
                     ts = t.T * 1000
                     trade = Trade(exchange, followed.symbol, t.i, price, amount, _SIDES[t.S], ts, recv_ts)
                     recent = followed.recent
@@ -550,17 +448,13 @@ class FrameDecoder:
         exchange = self.exchange
         symbol = topic.symbol
         sides = _SIDES
-        known = self._decimals
-        decimal = self._decimal
-        # Every value converted before anything is kept: a bad one rejects the whole frame (malformed).
+        known = self._trade_values
+        # Every value converted before anything is kept: a bad one (not a finite decimal above zero)
+        # rejects the whole frame (malformed).
         made = []
         for t in trades:
-            price = known.get(t.p)
-            if price is None:
-                price = decimal(t.p)
-            amount = known.get(t.v)
-            if amount is None:
-                amount = decimal(t.v)
+            price = known.get(t.p) or positive_decimal(known, t.p, "price", DECIMAL_INTERN_MAX)
+            amount = known.get(t.v) or positive_decimal(known, t.v, "amount", DECIMAL_INTERN_MAX)
             made.append(Trade(exchange, symbol, t.i, price, amount, sides[t.S], t.T * 1000, recv_ts))
         recent = topic.recent
         current, previous = recent.current, recent.previous
@@ -587,8 +481,8 @@ class FrameDecoder:
     def _decimal(self, text: str) -> Decimal:
         """The exact Decimal of an exchange's decimal string, one shared object per distinct string.
 
-        Prices and sizes repeat all the time, so trades held in memory (the trade ring) share them: about
-        200 bytes less per trade, and a dict lookup is cheaper than building a Decimal."""
+        Values repeat, so records held in memory share them (trades the same way through their own checked
+        table, `positive_decimal`): about 200 bytes less per trade, and a lookup is cheaper than a Decimal."""
         value = self._decimals.get(text)
         if value is None:
             try:

@@ -12,6 +12,7 @@ from typing import Literal
 import msgspec
 
 from marketflow.exchanges.base import RestBudget, RestRequest
+from marketflow.exchanges.trade_values import positive
 from marketflow.model import Trade
 
 RECENT_TRADE_PATH = "/v5/market/recent-trade"
@@ -47,17 +48,27 @@ class _RestResponse(msgspec.Struct):
 
 
 def parse_recent_trades(body: bytes, exchange: str, symbol: str, recv_ts: int) -> list[Trade]:
-    """`GET /v5/market/recent-trade` → trades, oldest first. A non-zero `retCode` raises ValueError."""
+    """`GET /v5/market/recent-trade` → trades, oldest first. A non-zero `retCode`, or a trade whose price or
+    size is not a finite decimal above zero, raises ValueError."""
     try:
         response = msgspec.json.decode(body, type=_RestResponse)
         if response.retCode != 0:
             raise ValueError(f"bybit recent-trade refused: retCode {response.retCode}: {response.retMsg}")
         result = msgspec.json.decode(response.result, type=_RestTrades)
+        trades = [
+            Trade(
+                exchange,
+                symbol,
+                t.execId,
+                positive(t.price, "price"),
+                positive(t.size, "amount"),
+                _SIDES[t.side],
+                int(t.time) * 1000,
+                recv_ts,
+            )
+            for t in result.items
+        ]
     except msgspec.DecodeError as exc:
         raise ValueError(f"bybit recent-trade answer not understood: {exc}") from exc
-    trades = [
-        Trade(exchange, symbol, t.execId, t.price, t.size, _SIDES[t.side], int(t.time) * 1000, recv_ts)
-        for t in result.items
-    ]
     trades.reverse()
     return trades

@@ -61,7 +61,9 @@ def parse_ticker(body: bytes, exchange: str, symbol: str, recv_ts: int, values: 
             side = _TAKER.get(t.side)
             if side is None or not t.trade_id.isdigit():
                 raise ValueError(f"coinbase ticker trade not understood: {t!r}")
-            price, size, ts = values.decimal(t.price), values.decimal(t.size), values.us(t.time)
+            price = values.trade_value(t.price, "price")
+            size = values.trade_value(t.size, "amount")
+            ts = values.us(t.time)
             rows.append(Trade(exchange, symbol, t.trade_id, price, size, side, ts, recv_ts))
     except msgspec.DecodeError as exc:
         raise ValueError(f"coinbase ticker answer not understood: {exc}") from exc

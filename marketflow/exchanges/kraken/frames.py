@@ -7,8 +7,9 @@ snapshot carries every pair's `price_precision`/`qty_precision` the book checksu
 application-level `{"method":"ping"}` (answered by `pong`); the venue sends `{"channel":"heartbeat"}` when
 nothing else flows, which counts as traffic for the feed's stale-data watchdog and is ignored here.
 
-Prices and quantities are JSON numbers at full precision: decoded straight into `Decimal` by msgspec,
-which keeps the literal's digits (`45285.20` stays `45285.20`), never through a float.
+Prices and quantities are JSON numbers at full precision, made `Decimal` from the literal's text (a
+`float_hook` for prices, which repeat: one shared, checked object each; msgspec for quantities), which
+keeps its digits (`45285.20` stays `45285.20`), never through a float.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from marketflow.exchanges.base import (
 )
 from marketflow.exchanges.kraken.book import KrakenBookUpdate
 from marketflow.exchanges.orderbook import bad_amount, shared_decimal
+from marketflow.exchanges.trade_values import TRADE_VALUES_MAX, bad_trade_value, positive, positive_decimal
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import Ticker, Trade
 
@@ -172,8 +174,11 @@ class Session:
 class _Trade(msgspec.Struct):
     symbol: str
     side: Literal["buy", "sell"]
-    price: Decimal
+    price: Any
+    """The shared Decimal `_trade_number` made of the JSON number's text when it is above zero; anything
+    else as decoded (a number's text, an int, a JSON string), for `_checked` to convert or refuse."""
     qty: Decimal
+    """Made by msgspec (quantities seldom repeat: a table would only churn), checked in `_trades`."""
     trade_id: int
     timestamp: str
 
@@ -265,13 +270,52 @@ def _other_price(value: object) -> Decimal:
     raise msgspec.DecodeError(f"book price not a finite non-negative decimal: {str(value)[:40]!r}")
 
 
+_trade_values: dict[str, Decimal] = {}
+
+
+def _trade_number(text: str) -> Decimal | str:
+    """A trade frame's number text → its one shared Decimal when above zero (the table holds only those);
+    any other number stays text, which `_checked` refuses naming the field."""
+    value = _trade_values.get(text)
+    if value is None:
+        value = Decimal(text)  # the text of a JSON number: always a finite decimal
+        if value <= 0:
+            return text
+        if len(_trade_values) >= TRADE_VALUES_MAX:
+            _trade_values.clear()
+        _trade_values[text] = value
+    return value
+
+
+def _checked(t: _Trade) -> bool:
+    """A trade whose price or quantity is not a shared Decimal from `_trade_number`: converted in place
+    when it is a JSON integer or a string above zero, else `msgspec.DecodeError` naming the field."""
+    t.price = _positive(t.price, "price")
+    positive(t.qty, "amount")
+    return True
+
+
+def _positive(value: object, field: str) -> Decimal:
+    if type(value) is Decimal:
+        return value
+    if type(value) is int and value > 0:
+        return Decimal(value)
+    if type(value) is str:  # a JSON string, or the text of a number not above zero: refused there
+        return positive_decimal(_trade_values, value, field)
+    bad_trade_value(field, value)
+
+
+_trade_frame_decoder = msgspec.json.Decoder(_TradeFrame, float_hook=_trade_number)
 _frame_decoder = msgspec.json.Decoder(
-    _TradeFrame | _BookFrame | _TickerFrame | _InstrumentFrame | _Heartbeat | _Status, float_hook=_book_price
+    _BookFrame | _TickerFrame | _InstrumentFrame | _Heartbeat | _Status, float_hook=_book_price
 )
+_TRADE_START = b'{"channel":"trade",'
+"""How every trade frame seen live begins; one with its keys in another order is found by its envelope."""
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _KNOWN = frozenset({TRADE, BOOK, TICKER, INSTRUMENT, "heartbeat", "status"})
 _seconds_cache: dict[str, int] = {}
 _UNKNOWN_PRECISIONS = (-1, -1)
+_ZERO = Decimal(0)
 
 
 def timestamp_us(text: str) -> int:
@@ -323,17 +367,22 @@ class FrameDecoder:
         for frame in frames:
             counters.frames += 1
             try:
+                if frame.startswith(_TRADE_START):
+                    self._trades(_trade_frame_decoder.decode(frame).data, recv_ts, out)
+                    continue
                 try:
                     msg = _frame_decoder.decode(frame)
                 except msgspec.ValidationError:
-                    if _envelope_decoder.decode(frame).channel not in _KNOWN:
+                    channel = _envelope_decoder.decode(frame).channel
+                    if channel == TRADE:
+                        self._trades(_trade_frame_decoder.decode(frame).data, recv_ts, out)
+                        continue
+                    if channel not in _KNOWN:
                         counters.ignored += 1
                         continue
                     raise
                 if isinstance(msg, _BookFrame):
                     self._books(msg, recv_ts, out)
-                elif isinstance(msg, _TradeFrame):
-                    self._trades(msg.data, recv_ts, out)
                 elif isinstance(msg, _TickerFrame):
                     self._tickers(msg, recv_ts, out)
                 elif isinstance(msg, _InstrumentFrame):
@@ -414,8 +463,14 @@ class FrameDecoder:
     def _trades(self, trades: list[_Trade], recv_ts: int, out: Decoded) -> None:
         if any(a.trade_id > b.trade_id for a, b in zip(trades, trades[1:], strict=False)):
             trades = sorted(trades, key=lambda t: t.trade_id)
-        # Every value converted before anything is kept: a bad one rejects the whole frame (malformed).
-        made = [(t, timestamp_us(t.timestamp)) for t in trades]
+        # Every value converted and checked before anything is kept: a bad one (a price or quantity not a
+        # finite decimal above zero) rejects the whole frame (malformed). A price that is a Decimal came
+        # from `_trade_number`'s checked table: one type test; a quantity: `is_finite` and one comparison.
+        made = [
+            (t, timestamp_us(t.timestamp))
+            for t in trades
+            if type(t.price) is Decimal and (qty := t.qty).is_finite() and qty > _ZERO or _checked(t)
+        ]
         counters = self.counters
         for t, ts in made:
             native = t.symbol

@@ -18,6 +18,7 @@ import msgspec
 
 from marketflow.exchanges.base import RestBudget, RestRequest
 from marketflow.exchanges.kraken.symbols import rest_pair, to_native
+from marketflow.exchanges.trade_values import positive_decimal
 from marketflow.model import Trade
 
 DEFAULT_REST = "https://api.kraken.com"
@@ -61,8 +62,8 @@ class TradesPage:
 
 def parse_trades(body: bytes, exchange: str, symbol: str, recv_ts: int) -> TradesPage:
     """`/0/public/Trades` → the page's trades (oldest first) and its `last` cursor; ValueError if not
-    understood. Prices and amounts are strings exactly as sent; the time (seconds, a JSON number) is read
-    exactly as a decimal and kept to the microsecond."""
+    understood or a price or volume is not a finite decimal above zero. Prices and amounts are strings
+    exactly as sent; the time (seconds, a JSON number) is read exactly as a decimal and kept to the µs."""
     result = _result(body, "Trades")
     try:
         payload = _trades_decoder.decode(result)
@@ -70,13 +71,14 @@ def parse_trades(body: bytes, exchange: str, symbol: str, recv_ts: int) -> Trade
         rows = next((v for k, v in payload.items() if k != "last" and isinstance(v, list)), [])
         if not isinstance(last_text, str) or not last_text.isdigit():
             raise ValueError(f"kraken Trades answer has no usable `last`: {last_text!r}")
+        values: dict[str, Decimal] = {}
         trades = [
             Trade(
                 exchange,
                 symbol,
                 str(row[6]),
-                Decimal(row[0]),
-                Decimal(row[1]),
+                values.get(row[0]) or positive_decimal(values, row[0], "price"),
+                values.get(row[1]) or positive_decimal(values, row[1], "amount"),
                 _SIDES[row[3]],
                 int(row[2].scaleb(6)),
                 recv_ts,

@@ -31,6 +31,7 @@ from marketflow.exchanges.base import DecodeCounters, Decoded, TradeGap
 from marketflow.exchanges.okx.market_data import CHANNELS as MARKET_DATA_CHANNELS
 from marketflow.exchanges.okx.market_data import TICKERS_START, decode_market_data, decode_tickers_frame
 from marketflow.exchanges.orderbook import shared_decimal
+from marketflow.exchanges.trade_values import positive_decimal
 from marketflow.exchanges.venue_base import count_malformed
 from marketflow.model import BookUpdate, Level, Trade
 
@@ -126,8 +127,11 @@ class FrameDecoder:
         """Per instId: the highest trade id seen (live or backfilled)."""
         self.last_ts: dict[str, int] = {}
         self._decimals: dict[str, Decimal] = {}
+        # Trade prices and sizes have their own table: every entry checked by `positive_decimal` (finite,
+        # > 0), so a hit needs no check; `_decimals` holds the rest (a funding rate may be negative).
+        self._trade_values: dict[str, Decimal] = {}
         # Book levels (and the tickers' quotes) have their own table: every entry checked by
-        # `shared_decimal` (finite, >= 0), unlike `_decimals` (trades, funding rates may be negative).
+        # `shared_decimal` (finite, >= 0), unlike `_decimals` (funding rates may be negative).
         self._book_decimals: dict[str, Decimal] = {}
 
     def decode(self, frames: list[bytes], recv_ts: int, out: Decoded) -> None:
@@ -171,8 +175,10 @@ class FrameDecoder:
         if not trades:
             return
         exchange = self.exchange
-        decimal = self._decimal
-        # Every value converted before anything is kept: a bad one rejects the whole frame (malformed).
+        known = self._trade_values
+        get = known.get
+        # Every value converted before anything is kept: a bad one (a price or size not a finite decimal
+        # above zero) rejects the whole frame (malformed).
         made = []
         for t in trades:
             if t.instId != inst:
@@ -181,9 +187,9 @@ class FrameDecoder:
                 number = int(t.tradeId)
             except ValueError:
                 raise msgspec.DecodeError(f"trade id not numeric: {t.tradeId[:40]!r}") from None
-            trade = Trade(
-                exchange, symbol, t.tradeId, decimal(t.px), decimal(t.sz), t.side, t.ts * 1000, recv_ts
-            )
+            price = get(t.px) or positive_decimal(known, t.px, "price", DECIMAL_INTERN_MAX)
+            amount = get(t.sz) or positive_decimal(known, t.sz, "amount", DECIMAL_INTERN_MAX)
+            trade = Trade(exchange, symbol, t.tradeId, price, amount, t.side, t.ts * 1000, recv_ts)
             made.append((number, t.count, trade))
         last = self.last_trade_id.get(inst)
         append = out.trades.append

@@ -21,6 +21,7 @@ import msgspec
 
 from marketflow.exchanges.okx.frames import OkxBookUpdate, RawLevel
 from marketflow.exchanges.okx.symbols import INST_TYPES
+from marketflow.exchanges.trade_values import positive_decimal
 from marketflow.model import Level, Trade
 
 DEFAULT_REST = "https://www.okx.com"
@@ -161,28 +162,23 @@ def history_params(native: str, after: int) -> dict[str, str | int]:
 
 
 def parse_history_trades(body: bytes, exchange: str, symbol: str, recv_ts: int) -> list[Trade]:
-    """`/market/history-trades` → trades, newest first as OKX sends them."""
+    """`/market/history-trades` → trades, newest first as OKX sends them; ValueError naming the trade and
+    field when a price or size is not a finite decimal above zero."""
     try:
         rows = _history.decode(_data(body, "history-trades"))
     except msgspec.DecodeError as exc:
         raise ValueError(f"okx history-trades answer not understood: {exc}") from exc
+    values: dict[str, Decimal] = {}
     out = []
     for row in rows:
         if not row.tradeId.isdigit():
             raise ValueError(f"okx history-trades: trade id not numeric: {row.tradeId[:40]!r}")
-        what = f"trade {row.tradeId}"
-        out.append(
-            Trade(
-                exchange,
-                symbol,
-                row.tradeId,
-                _decimal(row.px, what),
-                _decimal(row.sz, what),
-                row.side,
-                row.ts * 1000,
-                recv_ts,
-            )
-        )
+        try:
+            price = values.get(row.px) or positive_decimal(values, row.px, "price")
+            amount = values.get(row.sz) or positive_decimal(values, row.sz, "amount")
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"okx history-trades: trade {row.tradeId}: {exc}") from None
+        out.append(Trade(exchange, symbol, row.tradeId, price, amount, row.side, row.ts * 1000, recv_ts))
     return out
 
 
