@@ -260,3 +260,30 @@ def test_a_value_held_already_is_merged_without_formatting_it() -> None:
     ticker, derivs = live.ticker(EX, SYM)
     assert ticker is not None and ticker.ts == 49 and ticker.bid is price
     assert derivs is not None and derivs.mark_price is mark
+
+
+async def test_the_keepers_clock_ticks_on_its_own_beat_whatever_wakes_it_between(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The clock closes buckets every interval from the start, not an interval after the last record: a
+    ticker at 1.5 s does not put off the close of bucket 0 that the tick at 2 s is due to make."""
+    bus: Bus[MarketData] = Bus("market_data")
+    live = LiveMarketData(1.0)
+    handed: list[tuple[float, list[int]]] = []
+    keeper = MarketDataKeeper(
+        bus.subscribe("m", 4), live, lambda e: handed.append((trio.current_time(), [r.ts for r in e.samples]))
+    )
+    from marketflow import model
+
+    token = model.replay_clock.set(lambda: int(trio.current_time() * 1_000_000))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(keeper.run)
+            await bus.publish([DerivativesTick(EX, SYM, 500_000, 0, D("10"))])  # bucket 0
+            await trio.sleep(1.5)
+            await bus.publish([Ticker(EX, SYM, 1_500_000, 0, D("1"))])
+            await trio.sleep(3)
+            bus.close()
+    finally:
+        model.replay_clock.reset(token)
+    assert handed == [(2.0, [500_000])]
