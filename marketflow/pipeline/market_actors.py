@@ -49,22 +49,34 @@ class MarketDataKeeper:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         live = self._live
-        period = live.interval_us / 1_000_000
         with self._subscription.receiver() as receiver:
-            task_status.started()
-            while True:
-                with trio.move_on_after(period):
+            async with trio.open_nursery() as nursery:
+                # The clock's own task: a wait for the bus arms no timeout (a cancel scope per wake-up
+                # cost more than the wake-up's records on a busy feed).
+                nursery.start_soon(self._close_on_the_clock, live.interval_us / 1_000_000)
+                task_status.started()
+                while True:
                     try:
                         batches = await receive_batches(receiver)
                     except trio.EndOfChannel:
                         self._hand(Emitted(samples=live.flush()))
+                        nursery.cancel_scope.cancel()
                         return
                     for batch in batches:
                         self._hand(live.apply(batch))
-                # One interval of grace: the venue's clock may run a little ahead of ours.
-                closed = live.close_buckets(now_us() - live.interval_us)
-                if closed:
-                    self._hand(Emitted(samples=closed))
+                    self._close_buckets()
+
+    async def _close_on_the_clock(self, period: float) -> None:
+        while True:
+            await trio.sleep(period)
+            self._close_buckets()
+
+    def _close_buckets(self) -> None:
+        live = self._live
+        # One interval of grace: the venue's clock may run a little ahead of ours.
+        closed = live.close_buckets(now_us() - live.interval_us)
+        if closed:
+            self._hand(Emitted(samples=closed))
 
     def _hand(self, emitted: Emitted) -> None:
         if emitted.samples or emitted.quotes or emitted.liquidations:

@@ -17,6 +17,7 @@ Recent samples and liquidations stay in memory (bounded per symbol) for order-fl
 from __future__ import annotations
 
 import collections
+import operator
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
@@ -56,13 +57,16 @@ class Quote(msgspec.Struct, frozen=True, gc=False):
 
 
 class _Merged:
-    """One symbol's merged fields, the time each was last set, and the newest record's times."""
+    """One symbol's merged fields (in the order of their field names), the time each was last set, the
+    newest of those times, and the newest record's times."""
 
-    __slots__ = ("bucket", "changed_ts", "dirty", "recv_ts", "stamps", "ts", "values")
+    __slots__ = ("bucket", "changed_ts", "dirty", "newest", "recv_ts", "stamps", "ts", "values")
 
     def __init__(self, fields: tuple[str, ...]) -> None:
-        self.values: dict[str, Any] = dict.fromkeys(fields)
-        self.stamps: dict[str, int] = dict.fromkeys(fields, _NEVER)
+        self.values: list[Any] = [None] * len(fields)
+        self.stamps: list[int] = [_NEVER] * len(fields)
+        self.newest = _NEVER
+        """The newest stamp of any field: a record at least this new finds no field too old."""
         self.ts = 0
         self.recv_ts = 0
         self.changed_ts = 0
@@ -70,30 +74,89 @@ class _Merged:
         self.dirty = False
 
 
-def merge(state: _Merged, record: Ticker | DerivativesTick, fields: tuple[str, ...]) -> tuple[bool, int]:
-    """Merge a partial record into `state`: (whether any value changed, how many fields were too old).
+_TICKER_VALUES = operator.attrgetter(*TICKER_FIELDS)
+_DERIVATIVES_VALUES = operator.attrgetter(*DERIVATIVES_FIELDS)
+_QUOTE_FIELDS = 4
+"""`bid`, `bid_size`, `ask`, `ask_size`: the first four of `TICKER_FIELDS`."""
 
-    A value "changes" when it differs as text too, so `"1.0"` -> `"1.00"` is kept as received."""
-    changed = False
+
+def merge(
+    state: _Merged, record: Ticker | DerivativesTick, values_of: Callable[[Any], Any]
+) -> tuple[int, int]:
+    """Merge a partial record into `state`: (the position of the first field whose value changed, -1 for
+    none; how many fields were too old). `values_of` gives the record's values in the state's field order.
+
+    A value "changes" when it differs as text too, so `"1.0"` -> `"1.00"` is kept as received; the same
+    object (a price shared with the book) is unchanged without a look at its text."""
+    first = -1
     stale = 0
     ts = record.ts
-    for name in fields:
-        value = getattr(record, name)
-        if value is None and not record.snapshot:
-            continue
-        if ts < state.stamps[name]:
-            stale += 1
-            continue
-        state.stamps[name] = ts
-        old = state.values[name]
-        if old != value or str(old) != str(value):
-            state.values[name] = value
-            changed = True
+    values = state.values
+    stamps = state.stamps
+    snapshot = record.snapshot
+    if ts >= state.newest:  # the usual case, ticks in order: no field can be too old
+        state.newest = ts
+        for i, value in enumerate(values_of(record)):
+            if value is None and not snapshot:
+                continue
+            stamps[i] = ts
+            old = values[i]
+            if old is value:
+                continue
+            if old != value or str(old) != str(value):
+                values[i] = value
+                if first < 0:
+                    first = i
+    else:
+        for i, value in enumerate(values_of(record)):
+            if value is None and not snapshot:
+                continue
+            if ts < stamps[i]:
+                stale += 1
+                continue
+            stamps[i] = ts
+            old = values[i]
+            if old is value:
+                continue
+            if old != value or str(old) != str(value):
+                values[i] = value
+                if first < 0:
+                    first = i
     if ts > state.ts:
         state.ts = ts
     if record.recv_ts > state.recv_ts:
         state.recv_ts = record.recv_ts
-    return changed, stale
+    return first, stale
+
+
+def take(state: _Merged, record: Ticker | DerivativesTick, values_of: Callable[[Any], Any]) -> int:
+    """`merge` where no one asks what changed (tickers without `store_quotes`): every field the record
+    carries takes its value unless it is too old. The state ends the same: a value equal to the held one
+    replaces it, so its text is the newest too. How many fields were too old."""
+    ts = record.ts
+    values = state.values
+    stamps = state.stamps
+    snapshot = record.snapshot
+    stale = 0
+    if ts >= state.newest:
+        state.newest = ts
+        for i, value in enumerate(values_of(record)):
+            if value is not None or snapshot:
+                values[i] = value
+                stamps[i] = ts
+    else:
+        for i, value in enumerate(values_of(record)):
+            if value is not None or snapshot:
+                if ts < stamps[i]:
+                    stale += 1
+                else:
+                    values[i] = value
+                    stamps[i] = ts
+    if ts > state.ts:
+        state.ts = ts
+    if record.recv_ts > state.recv_ts:
+        state.recv_ts = record.recv_ts
+    return stale
 
 
 @attrs.frozen
@@ -131,6 +194,10 @@ class LiveMarketData:
         self._liquidations: dict[Key, collections.deque[Liquidation]] = {}
         self._liquidation_ids: dict[Key, set[str]] = {}
         self._counts = collections.Counter[str]()
+        # The counts of every record, kept apart from `_counts` (one attribute add each, not a Counter's).
+        self._ticker_count = 0
+        self._derivatives_count = 0
+        self._stale_fields = 0
 
     # -- input -------------------------------------------------------------------------------------------
 
@@ -146,24 +213,26 @@ class LiveMarketData:
         return out
 
     def _ticker(self, record: Ticker, out: Emitted) -> None:
-        self._counts["tickers"] += 1
+        self._ticker_count += 1
         key = (record.exchange, record.symbol)
         state = self._tickers.get(key)
         if state is None:
             state = self._tickers[key] = _Merged(TICKER_FIELDS)
-        values = state.values
-        before = (values["bid"], values["bid_size"], values["ask"], values["ask_size"])
-        changed, stale = merge(state, record, TICKER_FIELDS)
-        self._counts["stale_fields"] += stale
-        if not changed or not self.store_quotes:
+        if not self.store_quotes:
+            stale = take(state, record, _TICKER_VALUES)
+            if stale:
+                self._stale_fields += stale
             return
-        after = (values["bid"], values["bid_size"], values["ask"], values["ask_size"])
-        if after != before or tuple(map(str, after)) != tuple(map(str, before)):
+        first, stale = merge(state, record, _TICKER_VALUES)
+        if stale:
+            self._stale_fields += stale
+        # A field among the best bid/ask changed (as a value or as text): the quote changed.
+        if 0 <= first < _QUOTE_FIELDS:
             self._counts["quotes"] += 1
-            out.quotes.append(Quote(record.exchange, record.symbol, record.ts, *after))
+            out.quotes.append(Quote(record.exchange, record.symbol, record.ts, *state.values[:_QUOTE_FIELDS]))
 
     def _derivative(self, record: DerivativesTick, out: Emitted) -> None:
-        self._counts["derivatives"] += 1
+        self._derivatives_count += 1
         key = (record.exchange, record.symbol)
         state = self._derivatives.get(key)
         if state is None:
@@ -171,26 +240,21 @@ class LiveMarketData:
         bucket = record.ts // self.interval_us
         if state.dirty and bucket > state.bucket:
             self._sample(key, state, out.samples)
-        changed, stale = merge(state, record, DERIVATIVES_FIELDS)
-        self._counts["stale_fields"] += stale
-        if changed:
+        first, stale = merge(state, record, _DERIVATIVES_VALUES)
+        if stale:
+            self._stale_fields += stale
+        if first >= 0:
             state.dirty = True
             state.changed_ts = max(state.changed_ts, record.ts)
             state.bucket = max(state.bucket, bucket)
 
     def _sample(self, key: Key, state: _Merged, into: list[DerivativesTick]) -> None:
-        v = state.values
         row = DerivativesTick(
             key[0],
             key[1],
             state.changed_ts,
             state.recv_ts,
-            v["mark_price"],
-            v["index_price"],
-            v["funding_rate"],
-            v["next_funding_time"],
-            v["open_interest"],
-            v["open_interest_value"],
+            **dict(zip(DERIVATIVES_FIELDS, state.values, strict=True)),
             snapshot=True,
         )
         state.dirty = False
@@ -230,13 +294,13 @@ class LiveMarketData:
     def mirror_derivatives(self, state: DerivativesTick, samples: Iterable[DerivativesTick]) -> None:
         """Take a collector's merged derivatives state and the samples it made (the collector samples:
         it saw every record). A sample of an instant already held replaces it (as storage upserts)."""
-        self._counts["derivatives"] += 1
+        self._derivatives_count += 1
         key = (state.exchange, state.symbol)
         merged = self._derivatives.get(key)
         if merged is None:
             merged = self._derivatives[key] = _Merged(DERIVATIVES_FIELDS)
-        _, stale = merge(merged, state, DERIVATIVES_FIELDS)
-        self._counts["stale_fields"] += stale
+        _, stale = merge(merged, state, _DERIVATIVES_VALUES)
+        self._stale_fields += stale
         for row in samples:
             recent = self._samples.get(key)
             if recent is None:
@@ -280,11 +344,29 @@ class LiveMarketData:
         key = (exchange, symbol)
         t = self._tickers.get(key)
         d = self._derivatives.get(key)
-        ticker = None if t is None else Ticker(exchange, symbol, t.ts, t.recv_ts, **t.values, snapshot=True)
+        ticker = (
+            None
+            if t is None
+            else Ticker(
+                exchange,
+                symbol,
+                t.ts,
+                t.recv_ts,
+                **dict(zip(TICKER_FIELDS, t.values, strict=True)),
+                snapshot=True,
+            )
+        )
         derivs = (
             None
             if d is None
-            else DerivativesTick(exchange, symbol, d.ts, d.recv_ts, **d.values, snapshot=True)
+            else DerivativesTick(
+                exchange,
+                symbol,
+                d.ts,
+                d.recv_ts,
+                **dict(zip(DERIVATIVES_FIELDS, d.values, strict=True)),
+                snapshot=True,
+            )
         )
         return ticker, derivs
 
@@ -302,11 +384,11 @@ class LiveMarketData:
         c = self._counts
         return MarketDataStatistics(
             len(self._tickers.keys() | self._derivatives.keys()),
-            c["tickers"],
-            c["derivatives"],
+            self._ticker_count,
+            self._derivatives_count,
             c["liquidations"],
             c["duplicate_liquidations"],
-            c["stale_fields"],
+            self._stale_fields,
             c["samples"],
             c["quotes"],
         )

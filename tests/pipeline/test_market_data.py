@@ -188,3 +188,102 @@ def test_the_poll_interval_stretches_to_stay_inside_its_budget_share() -> None:
     # 100 symbols x weight 1 in a 1200/min share, a quarter of it for polls: 100 * 60 / 300 = 20 s.
     assert poll_interval(poll, 100, 1, 1200, 60.0) == 20.0
     assert poll_interval(poll, 2, 1, 1200, 60.0) == 10.0  # the declared interval when it fits
+
+
+# Venues hand on shared objects (a ticker's bid is the book's price object): the same object, an equal one
+# written alike, and an equal one written otherwise must all merge as their text says.
+POOL = [D(text) for text in ("1", "1.0", "1.00", "2.5", "17216.00", "0.000212", "-3")]
+POOL += [D(text) for text in ("1", "1.0", "2.5")]  # equal, alike, but other objects
+
+
+@st.composite
+def shared_ticks(draw: st.DrawFn) -> list[Ticker]:
+    """Partial tickers of pooled objects, times going back now and then."""
+    out = []
+    for _ in range(draw(st.integers(1, 40))):
+        ts = draw(st.integers(0, 30)) * 100_000
+        snapshot = draw(st.booleans()) and draw(st.booleans())
+        made = {name: draw(st.one_of(st.none(), st.sampled_from(POOL))) for name in TICKER_FIELDS}
+        out.append(Ticker(EX, SYM, ts, ts, **made, snapshot=snapshot))
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(shared_ticks(), st.booleans())
+def test_shared_objects_merge_exactly_and_quote_on_every_change_of_text(
+    records: list[Ticker], store_quotes: bool
+) -> None:
+    live = LiveMarketData(1.0, store_quotes=store_quotes)
+    quotes = [(q.ts, q.bid, q.bid_size, q.ask, q.ask_size) for r in records for q in live.apply([r]).quotes]
+    ticker, _ = live.ticker(EX, SYM)
+    assert ticker is not None
+    merged = {name: str(getattr(ticker, name)) for name in TICKER_FIELDS if getattr(ticker, name) is not None}
+    assert merged == brute_force(list(records), Ticker, TICKER_FIELDS)
+    # Reference quotes: the merged best bid/ask after each record, whenever its text changed.
+    expected = []
+    best: dict[str, tuple[int, object]] = {}
+    shown: list[str] = ["None"] * 4
+    for r in records:
+        for name in TICKER_FIELDS[:4]:
+            value = getattr(r, name)
+            if (value is not None or r.snapshot) and (name not in best or r.ts >= best[name][0]):
+                best[name] = (r.ts, value)
+        now = [str(best[name][1]) if name in best else "None" for name in TICKER_FIELDS[:4]]
+        if now != shown:
+            expected.append((r.ts, *now))
+            shown = now
+    assert [(ts, *map(str, rest)) for ts, *rest in quotes] == (expected if store_quotes else [])
+
+
+class _Counted(Decimal):
+    """A Decimal that counts how often it is written out as text."""
+
+    formatted = 0
+
+    def __str__(self) -> str:
+        _Counted.formatted += 1
+        return super().__str__()
+
+
+def test_a_value_held_already_is_merged_without_formatting_it() -> None:
+    """The same object again (a price the venue decoder shares with the book) is no change, seen without
+    writing either out as text: the merge runs on every ticker and derivatives record."""
+    price, size, mark = _Counted("65000.10"), _Counted("1.5"), _Counted("64999.5")
+    live = LiveMarketData(1.0, store_quotes=True)
+    live.apply([Ticker(EX, SYM, 1, 1, price, size, price, size), DerivativesTick(EX, SYM, 1, 1, mark)])
+    _Counted.formatted = 0
+    out = live.apply(
+        [Ticker(EX, SYM, ts, ts, price, size, price, size) for ts in range(2, 50)]
+        + [DerivativesTick(EX, SYM, ts, ts, mark) for ts in range(2, 50)]
+    )
+    assert out.quotes == [] and _Counted.formatted == 0
+    ticker, derivs = live.ticker(EX, SYM)
+    assert ticker is not None and ticker.ts == 49 and ticker.bid is price
+    assert derivs is not None and derivs.mark_price is mark
+
+
+async def test_the_keepers_clock_ticks_on_its_own_beat_whatever_wakes_it_between(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The clock closes buckets every interval from the start, not an interval after the last record: a
+    ticker at 1.5 s does not put off the close of bucket 0 that the tick at 2 s is due to make."""
+    bus: Bus[MarketData] = Bus("market_data")
+    live = LiveMarketData(1.0)
+    handed: list[tuple[float, list[int]]] = []
+    keeper = MarketDataKeeper(
+        bus.subscribe("m", 4), live, lambda e: handed.append((trio.current_time(), [r.ts for r in e.samples]))
+    )
+    from marketflow import model
+
+    token = model.replay_clock.set(lambda: int(trio.current_time() * 1_000_000))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(keeper.run)
+            await bus.publish([DerivativesTick(EX, SYM, 500_000, 0, D("10"))])  # bucket 0
+            await trio.sleep(1.5)
+            await bus.publish([Ticker(EX, SYM, 1_500_000, 0, D("1"))])
+            await trio.sleep(3)
+            bus.close()
+    finally:
+        model.replay_clock.reset(token)
+    assert handed == [(2.0, [500_000])]
