@@ -1,13 +1,22 @@
-"""A small actor that saves records handed to it synchronously (candles, gap ledger records).
+"""A small actor that saves records handed to it synchronously (candles, gap ledger records, derivatives
+samples, liquidations, quotes).
 
-`submit()` never waits: records queue in memory (bounded; past the bound the oldest are dropped and
-counted) and are written in batches every `flush_interval_s`. With a `key`, a queued record is replaced by
-a newer one with the same key (the store upserts by it anyway). A failed write keeps the batch for the next
-round — behind nothing, and never over a newer version of a record — so a database hiccup loses nothing
-unless it outlasts the bound.
+`submit()` never waits: records queue in memory and are written in batches every `flush_interval_s`. With
+a `key`, a queued record is replaced by a newer one with the same key (the store upserts by it anyway). A
+failed write keeps the batch for the next round — behind nothing, and never over a newer version of a
+record.
 
-The queue and its counters are a `RecordQueue`, apart from the `RecordSink` actor that drains it: a
-supervisor restarts the sink as a fresh actor over the same queue, so a restart loses nothing queued.
+With a `spill` (the daemon gives every queue one under `<state_dir>/spool/records/<name>/`), memory holds
+up to half the `capacity`; past that, each round moves the oldest records to disk (fsynced, checksummed:
+`storage/spool.py`) instead of dropping them, so a database outage of any length loses nothing while the
+disk has room. Everything on disk is older than everything in memory: the spilled batches are written
+first, in order, then memory — so an upserted record is never overwritten by an older spilled version. A
+stop writes what memory still holds to the spill too, and the next start replays it. A spill that fails
+(disk full) is tried again every round; meanwhile memory fills up to `capacity` and then, as without a
+spill, the oldest are dropped and counted (`disk_full`, `spill_errors`).
+
+The queue, its spill and its counters are a `RecordQueue`, apart from the `RecordSink` actor that drains
+it: a supervisor restarts the sink as a fresh actor over the same queue, so a restart loses nothing queued.
 """
 
 from __future__ import annotations
@@ -20,25 +29,48 @@ from typing import Generic, TypeVar
 import attrs
 import trio
 
+from marketflow.runtime.spill import Spill, SpillError
+
 log = logging.getLogger("marketflow.sink")
 
 T = TypeVar("T")
 
+SPILL_BATCH = 1000
+"""Records per spill record: a replayed batch is one write (or one NATS round) of at most this many."""
+
 
 @attrs.frozen
 class SinkStatistics:
+    """`queued`: in memory; `spooled`: on disk (both not yet written); `dropped`: lost past the bounds;
+    `disk_full`: the spill has no room (records wait in memory, then the oldest are dropped)."""
+
     name: str
     queued: int
     written: int
     dropped: int
     errors: int
     last_error: str | None
+    spooled: int = 0
+    spooled_total: int = 0
+    disk_full: bool = False
+    spill_errors: int = 0
+    spill_error: str | None = None
+
+
+@attrs.frozen
+class Taken(Generic[T]):
+    """A batch handed to a writer: `done()` it once saved, `put_back()` it when not."""
+
+    records: list[T]
+    spilled: bool  # read from the spill (it stays there until done)
+    pending: dict[Hashable, T]  # the memory records, by key (empty for a spilled batch)
 
 
 class RecordQueue(Generic[T]):
-    """Records waiting to be saved, with the counters: what outlives any one `RecordSink`.
+    """Records waiting to be saved, their spill and the counters: what outlives any one `RecordSink`.
 
-    `accept=False` (nowhere to save them) makes `submit()` discard everything.
+    `accept=False` (nowhere to save them) makes `submit()` discard everything. One drainer at a time
+    (a `RecordSink`, or a NATS publisher) calls `take`, `done`, `put_back` and `spill_overflow`.
     """
 
     def __init__(
@@ -48,6 +80,7 @@ class RecordQueue(Generic[T]):
         capacity: int = 100_000,
         key: Callable[[T], Hashable] | None = None,
         accept: bool = True,
+        spill: Spill[T] | None = None,
     ) -> None:
         self.name = name
         self.accept = accept
@@ -56,10 +89,18 @@ class RecordQueue(Generic[T]):
         self._queue: dict[Hashable, T] = {}
         self._capacity = capacity
         self._wake = trio.Event()
+        self._spill = spill if accept else None
+        self._opened = self._spill is None
+        self._in_flight = False  # a memory batch is being written: nothing may be spilled behind it
         self.written = 0
         self.dropped = 0
         self.errors = 0
         self.last_error: str | None = None
+        self.spooled_total = 0
+        self.spill_errors = 0
+        self.spill_error: str | None = None
+        self.disk_full = False
+        self._spill_failing = False
 
     def submit(self, records: list[T]) -> None:
         if not self.accept:
@@ -71,11 +112,32 @@ class RecordQueue(Generic[T]):
 
     @property
     def queued(self) -> int:
+        """Records in memory, not yet written."""
         return len(self._queue)
+
+    @property
+    def spill_failing(self) -> bool:
+        """The last spill write (or read) failed: it is tried again every round."""
+        return self._spill_failing
+
+    @property
+    def spooled(self) -> int:
+        """Records on disk, not yet written."""
+        return self._spill.held if self._spill is not None and self._opened else 0
 
     def statistics(self) -> SinkStatistics:
         return SinkStatistics(
-            self.name, len(self._queue), self.written, self.dropped, self.errors, self.last_error
+            self.name,
+            len(self._queue),
+            self.written,
+            self.dropped,
+            self.errors,
+            self.last_error,
+            self.spooled,
+            self.spooled_total,
+            self.disk_full,
+            self.spill_errors,
+            self.spill_error,
         )
 
     async def wait_submitted(self) -> None:
@@ -83,17 +145,127 @@ class RecordQueue(Generic[T]):
         await self._wake.wait()
         self._wake = trio.Event()
 
-    def take(self) -> dict[Hashable, T]:
-        """Everything queued, in order; the queue is empty after."""
-        pending, self._queue = self._queue, {}
-        return pending
+    async def open(self) -> bool:
+        """Open the spill (once) and index what an earlier run left there; False if it cannot be read
+        (reported; tried again at the next spill or take)."""
+        if self._opened:
+            return True
+        assert self._spill is not None
+        try:
+            await self._spill.open()
+        except SpillError as exc:
+            self._spill_failed(exc)
+            return False
+        self._opened = True
+        if self._spill.held:
+            log.warning(
+                "records spilled by an earlier run are written first",
+                extra={"sink": self.name, "records": self._spill.held},
+            )
+            self._wake.set()
+        return True
 
-    def put_back(self, pending: dict[Hashable, T]) -> None:
-        """Requeue a batch that was not saved, in front; what arrived meanwhile is newer and wins."""
-        pending.update(self._queue)
-        self._queue = pending
-        self._trim()
+    async def close(self) -> None:
+        """Close the spill's open segment (a later spill opens a new one)."""
+        if self._spill is not None and self._opened:
+            try:
+                await self._spill.close()
+            except OSError as exc:
+                log.error("cannot close the spill", extra={"sink": self.name, "error": str(exc)})
+
+    async def take(self) -> Taken[T] | None:
+        """The oldest records waiting: a spilled batch while the spill holds any, else all of memory.
+
+        None when nothing waits (or the spill holds records it cannot read now: memory is newer and must
+        wait behind them).
+        """
+        spill = self._spill
+        if spill is not None and await self.open() and spill.held:
+            try:
+                records = await spill.peek()
+            except SpillError as exc:
+                self._spill_failed(exc)
+                return None
+            if records is not None:
+                return Taken(records, True, {})
+        if not self._queue or self._in_flight:
+            return None
+        pending, self._queue = self._queue, {}
+        self._in_flight = True
+        return Taken(list(pending.values()), False, pending)
+
+    async def done(self, taken: Taken[T]) -> None:
+        """A taken batch is saved: off the spill (or out of flight) and counted."""
+        if taken.spilled:
+            assert self._spill is not None
+            try:
+                await self._spill.consume()
+            except SpillError as exc:  # saved anyway; a restart would only write it once more
+                self._spill_failed(exc)
+        else:
+            self._in_flight = False
+        self.written += len(taken.records)
+
+    def put_back(self, taken: Taken[T]) -> None:
+        """A taken batch was not saved: a spilled one stays first on disk; a memory one goes back in front
+        (what arrived meanwhile is newer and wins)."""
+        if not taken.spilled:
+            self._in_flight = False
+            pending = dict(taken.pending)
+            pending.update(self._queue)
+            self._queue = pending
+            self._trim()
         self._wake.set()
+
+    async def spill_overflow(self) -> None:
+        """Move the oldest records past half the capacity to the spill (none while a memory batch is being
+        written: it is older and must not end up behind them)."""
+        if self._spill is None or self._in_flight:
+            return
+        excess = len(self._queue) - self._capacity // 2
+        while excess > 0 and await self._spill_oldest(min(excess, SPILL_BATCH)):
+            excess = len(self._queue) - self._capacity // 2
+
+    async def spill_all(self) -> None:
+        """At a stop: what memory still holds goes to the spill, for the next start to write."""
+        if self._spill is None or self._in_flight:
+            return
+        while self._queue and await self._spill_oldest(SPILL_BATCH):
+            pass
+
+    async def _spill_oldest(self, count: int) -> bool:
+        spill = self._spill
+        assert spill is not None
+        if not await self.open():
+            return False
+        keys = list(itertools.islice(self._queue, count))
+        batch = {key: self._queue.pop(key) for key in keys}
+        try:
+            await spill.append(list(batch.values()))
+        except BaseException as exc:
+            batch.update(self._queue)  # back in front; what was submitted meanwhile is newer and wins
+            self._queue = batch
+            self._trim()
+            if not isinstance(exc, SpillError):
+                raise
+            self._spill_failed(exc)
+            return False
+        self.spooled_total += len(batch)
+        if self._spill_failing:
+            log.warning("records spill to disk again", extra={"sink": self.name})
+        self._spill_failing = self.disk_full = False
+        return True
+
+    def _spill_failed(self, exc: SpillError) -> None:
+        self.spill_errors += 1
+        self.spill_error = str(exc)
+        self.disk_full = exc.disk_full
+        if not self._spill_failing:  # once per episode: it is tried again every round
+            log.error(
+                "records cannot be spilled to disk; the oldest are dropped past the queue's capacity",
+                extra={"sink": self.name, "error": self.spill_error, "disk_full": self.disk_full},
+            )
+        self._spill_failing = True
 
     def _trim(self) -> None:
         overflow = len(self._queue) - self._capacity
@@ -139,6 +311,8 @@ class RecordSink(Generic[T]):
         return self.queue.statistics()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self._write is not None:
+            await self.queue.open()  # what an earlier run spilled is written first
         task_status.started()
         try:
             with self._scope:
@@ -147,22 +321,35 @@ class RecordSink(Generic[T]):
                     await trio.sleep(self._flush_interval_s)
                     await self._flush()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self._flush()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(5):
+                    await self._flush()
+                if self._write is not None:  # what the database did not take waits on disk for the next start
+                    with trio.move_on_after(5):
+                        await self.queue.spill_all()
+                        await self.queue.close()
 
     async def _flush(self) -> None:
+        """Spill what is past the memory bound, write the spilled batches in order, then memory."""
         queue = self.queue
-        if not queue.queued or self._write is None:
+        if self._write is None:
             return
-        pending = queue.take()
-        try:
-            await self._write(list(pending.values()))
-        except BaseException as exc:  # put the batch back in front; the next round retries it
-            queue.put_back(pending)
-            if not isinstance(exc, Exception):
-                raise  # cancelled mid-write (a stop): the final flush writes the batch again
-            queue.errors += 1
-            queue.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("records not saved", extra={"sink": self.name, "error": queue.last_error})
-            return
-        queue.written += len(pending)
+        while True:
+            await queue.spill_overflow()
+            taken = await queue.take()
+            if taken is None:
+                return
+            try:
+                await self._write(taken.records)
+            except BaseException as exc:  # put the batch back in front; the next round retries it
+                queue.put_back(taken)
+                if not isinstance(exc, Exception):
+                    raise  # cancelled mid-write (a stop): the final flush writes the batch again
+                queue.errors += 1
+                queue.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("records not saved", extra={"sink": self.name, "error": queue.last_error})
+                await queue.spill_overflow()
+                return
+            await queue.done(taken)
+            if not taken.spilled:
+                return  # memory is written once a round: what arrives meanwhile waits for the next
