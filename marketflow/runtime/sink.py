@@ -92,6 +92,7 @@ class RecordQueue(Generic[T]):
         self._spill = spill if accept else None
         self._opened = self._spill is None
         self._in_flight = False  # a memory batch is being written: nothing may be spilled behind it
+        self._moving = 0  # records out of `_queue` on their way to the spill (still in memory)
         self.written = 0
         self.dropped = 0
         self.errors = 0
@@ -112,8 +113,8 @@ class RecordQueue(Generic[T]):
 
     @property
     def queued(self) -> int:
-        """Records in memory, not yet written."""
-        return len(self._queue)
+        """Records in memory, not yet written (nor taken to be)."""
+        return len(self._queue) + self._moving
 
     @property
     def spill_failing(self) -> bool:
@@ -128,7 +129,7 @@ class RecordQueue(Generic[T]):
     def statistics(self) -> SinkStatistics:
         return SinkStatistics(
             self.name,
-            len(self._queue),
+            self.queued,
             self.written,
             self.dropped,
             self.errors,
@@ -240,9 +241,11 @@ class RecordQueue(Generic[T]):
             return False
         keys = list(itertools.islice(self._queue, count))
         batch = {key: self._queue.pop(key) for key in keys}
+        self._moving = len(batch)
         try:
             await spill.append(list(batch.values()))
         except BaseException as exc:
+            self._moving = 0
             batch.update(self._queue)  # back in front; what was submitted meanwhile is newer and wins
             self._queue = batch
             self._trim()
@@ -250,6 +253,7 @@ class RecordQueue(Generic[T]):
                 raise
             self._spill_failed(exc)
             return False
+        self._moving = 0
         self.spooled_total += len(batch)
         if self._spill_failing:
             log.warning("records spill to disk again", extra={"sink": self.name})
@@ -268,7 +272,8 @@ class RecordQueue(Generic[T]):
         self._spill_failing = True
 
     def _trim(self) -> None:
-        overflow = len(self._queue) - self._capacity
+        # Records on their way to the spill count too (the bound holds during the append).
+        overflow = min(len(self._queue), len(self._queue) + self._moving - self._capacity)
         for _ in range(max(0, overflow)):
             del self._queue[next(iter(self._queue))]
         self.dropped += max(0, overflow)
