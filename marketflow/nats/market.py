@@ -131,12 +131,15 @@ class MarketPublisher(_QueuePublisher):
         plant = self._plant
         queues: list[RecordQueue[Any]] = [plant.derivatives, plant.liquidations, plant.quotes]
         try:
-            while True:
-                published = await self._round()
-                if published is None:  # spilled rows went out: the next of them at once
-                    await trio.lowlevel.checkpoint()
-                    continue
-                await trio.sleep(self._interval_s if published else self._backoff.next_delay())
+            async with trio.open_nursery() as nursery:
+                for queue in queues:  # a publish that hangs must not make memory overflow
+                    nursery.start_soon(queue.keep_spilling)
+                while True:
+                    published = await self._round()
+                    if published is None:  # spilled rows went out: the next of them at once
+                        await trio.lowlevel.checkpoint()
+                        continue
+                    await trio.sleep(self._interval_s if published else self._backoff.next_delay())
         finally:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self._final_s):
@@ -174,12 +177,12 @@ class MarketPublisher(_QueuePublisher):
         self._liquidations += len(_records(liquidations))
         self._samples += len(_records(samples))
         self._quotes += len(_records(quotes))
-        spilled = False
+        ahead = False
         for queue, batch in zip(queues, taken, strict=True):
             if batch is not None:
                 await queue.done(batch)
-                spilled = spilled or batch.spilled
-        return None if spilled else True
+                ahead = ahead or batch.ahead
+        return None if ahead else True
 
     def _messages_of(
         self,
@@ -256,11 +259,13 @@ class CandlePublisher(_QueuePublisher):
         await self._queue.open()  # candles spilled by an earlier run go out first
         task_status.started()
         try:
-            while True:
-                await self._queue.wait_submitted()
-                await trio.sleep(self._interval_s)
-                if not await self._round():
-                    await trio.sleep(self._backoff.next_delay())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._queue.keep_spilling)  # a publish that hangs must not overflow
+                while True:
+                    await self._queue.wait_submitted()
+                    await trio.sleep(self._interval_s)
+                    if not await self._round():
+                        await trio.sleep(self._backoff.next_delay())
         finally:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self._final_s):
@@ -270,7 +275,7 @@ class CandlePublisher(_QueuePublisher):
                     await self._queue.close()
 
     async def _round(self) -> bool:
-        """Spilled candles first (one batch after another), then memory; False when NATS refused."""
+        """The head and spilled candles first (batch after batch), then memory; False when NATS refused."""
         while True:
             await self._queue.spill_overflow()
             taken = await self._queue.take()
@@ -289,7 +294,7 @@ class CandlePublisher(_QueuePublisher):
             self._backoff.reset()
             self._candles += len(messages)
             await self._queue.done(taken)
-            if not taken.spilled:
+            if not taken.ahead:
                 return True
 
     def _message(self, candle: Candle) -> Message:

@@ -62,15 +62,27 @@ class Taken(Generic[T]):
     """A batch handed to a writer: `done()` it once saved, `put_back()` it when not."""
 
     records: list[T]
-    spilled: bool  # read from the spill (it stays there until done)
+    source: str  # "spill" (it stays there until done), "head" (memory older than the spill), "memory"
     pending: dict[Hashable, T]  # the memory records, by key (empty for a spilled batch)
+
+    @property
+    def spilled(self) -> bool:
+        return self.source == "spill"
+
+    @property
+    def ahead(self) -> bool:
+        """Older records than memory's: more may wait behind it (take again at once)."""
+        return self.source != "memory"
 
 
 class RecordQueue(Generic[T]):
     """Records waiting to be saved, their spill and the counters: what outlives any one `RecordSink`.
 
     `accept=False` (nowhere to save them) makes `submit()` discard everything. One drainer at a time
-    (a `RecordSink`, or a NATS publisher) calls `take`, `done`, `put_back` and `spill_overflow`.
+    (a `RecordSink`, or a NATS publisher) calls `take`, `done`, `put_back` and runs `keep_spilling`.
+
+    Order, oldest first: `_head` (a memory batch whose write failed after newer records were spilled
+    behind it), the spill, `_queue`. Memory holds at most `capacity` in `_queue` and as much in `_head`.
     """
 
     def __init__(
@@ -87,11 +99,14 @@ class RecordQueue(Generic[T]):
         sequence = itertools.count()
         self._key: Callable[[T], Hashable] = key if key is not None else (lambda _: next(sequence))
         self._queue: dict[Hashable, T] = {}
+        self._head: dict[Hashable, T] = {}
         self._capacity = capacity
         self._wake = trio.Event()
         self._spill = spill if accept else None
         self._opened = self._spill is None
-        self._in_flight = False  # a memory batch is being written: nothing may be spilled behind it
+        self._spilling = trio.Lock()  # one spill write at a time; a take waits for it (older records)
+        self._overflowing = trio.Event()
+        self._in_flight = False  # a memory batch is being written
         self._moving = 0  # records out of `_queue` on their way to the spill (still in memory)
         self.written = 0
         self.dropped = 0
@@ -110,11 +125,13 @@ class RecordQueue(Generic[T]):
             self._queue[self._key(record)] = record
         self._trim()
         self._wake.set()
+        if self._spill is not None and len(self._queue) > self._capacity // 2:
+            self._overflowing.set()
 
     @property
     def queued(self) -> int:
         """Records in memory, not yet written (nor taken to be)."""
-        return len(self._queue) + self._moving
+        return len(self._queue) + len(self._head) + self._moving
 
     @property
     def spill_failing(self) -> bool:
@@ -175,25 +192,36 @@ class RecordQueue(Generic[T]):
                 log.error("cannot close the spill", extra={"sink": self.name, "error": str(exc)})
 
     async def take(self) -> Taken[T] | None:
-        """The oldest records waiting: a spilled batch while the spill holds any, else all of memory.
-
-        None when nothing waits (or the spill holds records it cannot read now: memory is newer and must
-        wait behind them).
-        """
-        spill = self._spill
-        if spill is not None and await self.open() and spill.held:
-            try:
-                records = await spill.peek()
-            except SpillError as exc:
-                self._spill_failed(exc)
-                return None
-            if records is not None:
-                return Taken(records, True, {})
-        if not self._queue or self._in_flight:
+        """The oldest records waiting: the head, else a spilled batch while the spill holds any, else all
+        of memory. None when nothing waits, a memory batch is in flight, or the spill holds records it
+        cannot read now (memory is newer and must wait behind them)."""
+        if self._in_flight:
             return None
-        pending, self._queue = self._queue, {}
+        if self._head:
+            return self._take_memory("head")
+        spill = self._spill
+        if spill is None:
+            return self._take_memory("memory")
+        async with self._spilling:  # a spill under way finishes first: its records are older
+            if await self.open() and spill.held:
+                try:
+                    records = await spill.peek()
+                except SpillError as exc:
+                    self._spill_failed(exc)
+                    return None
+                if records is not None:
+                    return Taken(records, "spill", {})
+            return self._take_memory("memory")
+
+    def _take_memory(self, source: str) -> Taken[T] | None:
+        if source == "head":
+            pending, self._head = self._head, {}
+        else:
+            if not self._queue:
+                return None
+            pending, self._queue = self._queue, {}
         self._in_flight = True
-        return Taken(list(pending.values()), False, pending)
+        return Taken(list(pending.values()), source, pending)
 
     async def done(self, taken: Taken[T]) -> None:
         """A taken batch is saved: off the spill (or out of flight) and counted."""
@@ -209,30 +237,57 @@ class RecordQueue(Generic[T]):
 
     def put_back(self, taken: Taken[T]) -> None:
         """A taken batch was not saved: a spilled one stays first on disk; a memory one goes back in front
-        (what arrived meanwhile is newer and wins)."""
+        of memory (what arrived meanwhile is newer and wins), or, if records were spilled while it was
+        out, to the head: it is older than they are and is written before them."""
         if not taken.spilled:
             self._in_flight = False
-            pending = dict(taken.pending)
-            pending.update(self._queue)
-            self._queue = pending
-            self._trim()
+            if taken.source == "head" or self._moving or self.spooled:
+                self._head = taken.pending
+            else:
+                pending = dict(taken.pending)
+                pending.update(self._queue)
+                self._queue = pending
+                self._trim()
         self._wake.set()
 
+    async def keep_spilling(self) -> None:
+        """Spill the overflow as it comes: a task beside the drainer, so that a write (or a publish) that
+        hangs does not make memory overflow. A failing spill is retried by the drainer's rounds."""
+        while True:
+            await self._overflowing.wait()
+            self._overflowing = trio.Event()
+            if not self._spill_failing:
+                await self.spill_overflow()
+
     async def spill_overflow(self) -> None:
-        """Move the oldest records past half the capacity to the spill (none while a memory batch is being
-        written: it is older and must not end up behind them)."""
-        if self._spill is None or self._in_flight:
+        """Move the oldest records of `_queue` past half the capacity to the spill."""
+        if self._spill is None:
             return
-        excess = len(self._queue) - self._capacity // 2
-        while excess > 0 and await self._spill_oldest(min(excess, SPILL_BATCH)):
-            excess = len(self._queue) - self._capacity // 2
+        async with self._spilling:
+            while (excess := len(self._queue) - self._capacity // 2) > 0:
+                if not await self._spill_oldest(min(excess, SPILL_BATCH)):
+                    return
 
     async def spill_all(self) -> None:
-        """At a stop: what memory still holds goes to the spill, for the next start to write."""
-        if self._spill is None or self._in_flight:
+        """At a stop: what memory still holds goes to the spill (the head in front), for the next start."""
+        spill = self._spill
+        if spill is None:
             return
-        while self._queue and await self._spill_oldest(SPILL_BATCH):
-            pass
+        async with self._spilling:
+            if self._head and not self._in_flight and await self.open():
+                head = list(self._head.values())
+                try:
+                    if spill.held:
+                        await spill.prepend([head])
+                    else:
+                        await spill.append(head)
+                except SpillError as exc:
+                    self._spill_failed(exc)
+                    return
+                self._head = {}
+                self.spooled_total += len(head)
+            while self._queue and await self._spill_oldest(SPILL_BATCH):
+                pass
 
     async def _spill_oldest(self, count: int) -> bool:
         spill = self._spill
@@ -321,10 +376,13 @@ class RecordSink(Generic[T]):
         task_status.started()
         try:
             with self._scope:
-                while True:
-                    await self.queue.wait_submitted()
-                    await trio.sleep(self._flush_interval_s)
-                    await self._flush()
+                async with trio.open_nursery() as nursery:
+                    if self._write is not None:
+                        nursery.start_soon(self.queue.keep_spilling)
+                    while True:
+                        await self.queue.wait_submitted()
+                        await trio.sleep(self._flush_interval_s)
+                        await self._flush()
         finally:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(5):
@@ -335,7 +393,8 @@ class RecordSink(Generic[T]):
                         await self.queue.close()
 
     async def _flush(self) -> None:
-        """Spill what is past the memory bound, write the spilled batches in order, then memory."""
+        """Write the head and the spilled batches in order, then memory (what is past the memory bound
+        spilled first)."""
         queue = self.queue
         if self._write is None:
             return
@@ -356,5 +415,5 @@ class RecordSink(Generic[T]):
                 await queue.spill_overflow()
                 return
             await queue.done(taken)
-            if not taken.spilled:
+            if not taken.ahead:
                 return  # memory is written once a round: what arrives meanwhile waits for the next
