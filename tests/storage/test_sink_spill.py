@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +26,6 @@ from marketflow.runtime.sink import RecordQueue, RecordSink
 from marketflow.storage import open_store
 from marketflow.storage.spool import SUFFIX, RecordSpool, RecordSpools, read_records
 from marketflow.storage.writer import StorageError
-from tests.conftest import wait_for
 from tests.pg import shared_cluster
 from tests.storage.full_disk import run_full_disk, tmpfs_mountable
 from tests.storage.helpers import wait_real
@@ -33,6 +33,15 @@ from tests.storage.test_market_rows import liquidation, sample
 
 CAPACITY = 20  # memory: up to 10 records, then the oldest spill; 20 at most
 CHUNK = 10
+
+
+async def wait_within(condition: Callable[[], bool], seconds: float = 60.0) -> None:
+    """Poll on the (virtual) clock, bounded in real time: under autojump a virtual deadline would expire
+    at once whenever every task waits for a thread (the spill's fsyncs, the database)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await trio.sleep(0.02)
 
 
 def liquidation_key(r: Liquidation) -> tuple[str, str, str]:
@@ -75,7 +84,7 @@ async def submit_through_failed_rounds(
         errors = [q.errors for q in queues]
         for queue, records in zip(queues, chunk, strict=True):
             queue.submit(records)
-        await wait_for(lambda e=errors: all(q.errors > n for q, n in zip(queues, e, strict=True)))  # type: ignore[misc]
+        await wait_within(lambda e=errors: all(q.errors > n for q, n in zip(queues, e, strict=True)))  # type: ignore[misc]
 
 
 def test_a_record_spool_round_trips_every_kind_exactly(tmp_path: Path) -> None:
@@ -128,7 +137,10 @@ async def test_a_long_postgresql_outage_stores_every_liquidation_and_sample_once
             await nursery.start(RecordSink("derivatives", store.write_derivatives, queue=samples).run)
             async with database_down(pg_url):
                 chunks = [
-                    [[liquidation(i) for i in range(s, s + CHUNK)], [sample(i) for i in range(s, s + CHUNK)]]
+                    [
+                        [liquidation(i) for i in range(s, s + CHUNK)],
+                        [sample(i) for i in range(s, s + CHUNK)],
+                    ]
                     for s in range(0, total, CHUNK)
                 ]
                 await submit_through_failed_rounds([liquidations, samples], chunks)
@@ -145,7 +157,7 @@ async def test_a_long_postgresql_outage_stores_every_liquidation_and_sample_once
                     assert stats.spooled + stats.queued == held
                     assert stats.spooled == sum(map(len, on_disk[queue.name]))
                 assert on_disk["derivatives"][0][0] == sample(0)  # the old version waits on disk
-            await wait_for(lambda: (liquidations.written, samples.written) == (total, total + 1))
+            await wait_within(lambda: (liquidations.written, samples.written) == (total, total + 1))
             assert not any(q.queued or q.spooled for q in (liquidations, samples))
             nursery.cancel_scope.cancel()
         stored = await store.query_liquidations("binance", "BTC-USDT-PERP", None, None, None)
@@ -195,9 +207,9 @@ async def test_a_restart_mid_outage_writes_what_the_last_run_spilled_first(
                 await nursery.start(RecordSink("derivatives", store.write_derivatives, queue=second).run)
                 assert second.spooled == 3 * CHUNK  # found at the start, nothing submitted yet
                 second.submit([sample(5, oi="9.000")])  # newer than its spilled version
-                await wait_for(lambda: second.errors > 0)
+                await wait_within(lambda: second.errors > 0)
                 await outage.aclose()  # the database answers again
-                await wait_for(lambda: second.written == 3 * CHUNK + 1)
+                await wait_within(lambda: second.written == 3 * CHUNK + 1)
                 assert not second.spooled and not second.queued
                 nursery.cancel_scope.cancel()
         rows = await store.query_derivatives("bybit", "BTC-USDT-PERP", None, None, None)
@@ -235,7 +247,7 @@ async def disk_full_while_the_database_is_down(
         submitted += CHUNK
         await wait_real(lambda: queue.errors > errors)
 
-    with trio.fail_after(60):
+    with trio.fail_after(60):  # real time (no virtual clock here)
         async with trio.open_nursery() as nursery:
             sink = RecordSink("liquidations", write, queue=queue, flush_interval_s=0.01)
             await nursery.start(sink.run)
@@ -277,3 +289,53 @@ KINDS = [
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_full_spill_disk_drops_the_oldest_counted_and_keeps_running(kind: str, tmp_path: Path) -> None:
     run_full_disk(kind, disk_full_while_the_database_is_down, tmp_path, 2 * 4096)
+
+
+async def test_a_hung_write_lets_the_overflow_spill_and_its_batch_goes_first(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A write that hangs for a minute and fails (a connection timing out): what arrives meanwhile spills
+    instead of overflowing memory; the failed batch is older than the spill and is written before it; a
+    newer version of one of its records, submitted meanwhile, still wins."""
+    store: Any = open_store(f"sqlite:///{tmp_path}/t.db")
+    await store.open()
+    calls: list[list[DerivativesTick]] = []
+    hung: list[float] = []
+
+    async def write(batch: list[DerivativesTick]) -> None:  # the real store, its first call timing out
+        calls.append(batch)
+        if len(calls) == 1:
+            hung.append(trio.current_time())
+            await trio.sleep(600)
+            hung.append(trio.current_time())
+            raise StorageError("injected: timed out after 600 s")
+        await store.write_derivatives(batch)
+
+    queue: RecordQueue[DerivativesTick] = RecordQueue(
+        "derivatives",
+        capacity=CAPACITY,
+        key=sample_key,
+        spill=RecordSpool(tmp_path / "spill", DerivativesTick),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(RecordSink("derivatives", write, queue=queue, flush_interval_s=1.0).run)
+        queue.submit([sample(i) for i in range(CHUNK)])
+        await wait_within(lambda: len(calls) == 1)
+        for s in range(CHUNK, 6 * CHUNK, CHUNK):  # 50 records while the write hangs: memory holds 20
+            queue.submit([sample(i) for i in range(s, s + CHUNK)])
+            await wait_within(lambda: queue.queued <= CAPACITY // 2)  # spilled (an fsync: real time)
+        queue.submit([sample(3, oi="7.000")])  # newer than the version in the hung batch
+        stats = queue.statistics()
+        assert stats.dropped == 0 and stats.spooled >= 4 * CHUNK and stats.errors == 0
+        assert len(calls) == 1
+        await wait_within(lambda: queue.errors == 1)
+        assert hung[1] - hung[0] == pytest.approx(600, abs=1e-9)
+        await wait_within(lambda: queue.written == 6 * CHUNK + 1)
+        nursery.cancel_scope.cancel()
+    rows = await store.query_derivatives("bybit", "BTC-USDT-PERP", None, None, None)
+    await store.close()
+    assert calls[1] == calls[0] == [sample(i) for i in range(CHUNK)]  # the failed batch first, again
+    assert [r.ts for r in calls[2]] == [sample(i).ts for i in range(CHUNK, 2 * CHUNK)]  # then the spill
+    newest = {r.ts: r for r in (sample(i) for i in range(6 * CHUNK))} | {sample(3).ts: sample(3, oi="7.000")}
+    assert rows == sorted(newest.values(), key=lambda r: r.ts, reverse=True)
+    assert queue.statistics().dropped == 0 and spill_files(tmp_path / "spill") == []
