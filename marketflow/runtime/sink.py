@@ -7,13 +7,16 @@ failed write keeps the batch for the next round — behind nothing, and never ov
 record.
 
 With a `spill` (the daemon gives every queue one under `<state_dir>/spool/records/<name>/`), memory holds
-up to half the `capacity`; past that, each round moves the oldest records to disk (fsynced, checksummed:
-`storage/spool.py`) instead of dropping them, so a database outage of any length loses nothing while the
-disk has room. Everything on disk is older than everything in memory: the spilled batches are written
-first, in order, then memory — so an upserted record is never overwritten by an older spilled version. A
-stop writes what memory still holds to the spill too, and the next start replays it. A spill that fails
-(disk full) is tried again every round; meanwhile memory fills up to `capacity` and then, as without a
-spill, the oldest are dropped and counted (`disk_full`, `spill_errors`).
+up to half the `capacity`; past that, a task beside the drainer (`keep_spilling`) moves the oldest records
+to disk (fsynced, checksummed: `storage/spool.py`) instead of dropping them — also while a write hangs —
+so a database outage of any length loses nothing while the disk has room. Order is kept: the spilled
+batches are written first, in order, then memory; a memory batch whose write failed after newer records
+were spilled becomes the head, written before the spill. So an upserted record is never overwritten by an
+older version. A stop writes what memory still holds to the spill too (the head in front), and the next
+start replays it. A spill that fails (disk full) is tried again every round; meanwhile memory fills up to
+`capacity` and then, as without a spill, the oldest are dropped and counted (`disk_full`, `spill_errors`).
+A single `submit` of more than `capacity` records drops the oldest of them at once (bursts never come
+near the default 100,000).
 
 The queue, its spill and its counters are a `RecordQueue`, apart from the `RecordSink` actor that drains
 it: a supervisor restarts the sink as a fresh actor over the same queue, so a restart loses nothing queued.

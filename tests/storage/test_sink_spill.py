@@ -16,16 +16,23 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from marketflow.analytics.candles import Candle
+from marketflow.api.metrics import make_registry, render
+from marketflow.api.queries import QueryContext
+from marketflow.daemon import Daemon
 from marketflow.model import DerivativesTick, GapRecord, Liquidation
 from marketflow.pipeline.market_data import Quote
 from marketflow.runtime.sink import RecordQueue, RecordSink
+from marketflow.sim import SimConfig, SimServer
 from marketflow.storage import open_store
 from marketflow.storage.spool import SUFFIX, RecordSpool, RecordSpools, read_records
 from marketflow.storage.writer import StorageError
+from tests.conftest import sim_config
 from tests.pg import shared_cluster
 from tests.storage.full_disk import run_full_disk, tmpfs_mountable
 from tests.storage.helpers import wait_real
@@ -339,3 +346,34 @@ async def test_a_hung_write_lets_the_overflow_spill_and_its_batch_goes_first(
     newest = {r.ts: r for r in (sample(i) for i in range(6 * CHUNK))} | {sample(3).ts: sample(3, oi="7.000")}
     assert rows == sorted(newest.values(), key=lambda r: r.ts, reverse=True)
     assert queue.statistics().dropped == 0 and spill_files(tmp_path / "spill") == []
+
+
+async def test_a_daemon_gives_each_kind_its_spill_under_state_dir_and_exposes_the_numbers(
+    tmp_path: Path,
+) -> None:
+    config = sim_config(tmp_path, SimServer(SimConfig(seed=1)), markets=())
+    config = attrs.evolve(config, storage=attrs.evolve(config.storage, record_buffer_max=CAPACITY))
+    daemon = Daemon(config)
+    queue = daemon.market.liquidations
+    queue.submit([liquidation(i) for i in range(3 * CHUNK)])  # past the bound: the oldest are dropped
+    assert metric(daemon, "marketflow_sink_queued", "liquidations") == CAPACITY
+    assert metric(daemon, "marketflow_sink_dropped_total", "liquidations") == CHUNK
+    await queue.spill_all()  # what a stop does
+    on_disk = read_records(tmp_path / "spool" / "records" / "liquidations", Liquidation)
+    assert on_disk == [[liquidation(i) for i in range(CHUNK, 3 * CHUNK)]]
+    assert metric(daemon, "marketflow_sink_spooled", "liquidations") == CAPACITY
+    assert metric(daemon, "marketflow_sink_spooled_total", "liquidations") == CAPACITY
+    assert metric(daemon, "marketflow_sink_disk_full", "liquidations") == 0
+    assert {s.name for s in map(RecordQueue.statistics, daemon.record_queues())} >= {
+        "gaps", "candles", "derivatives", "liquidations"
+    }  # fmt: skip
+    assert not any(p.startswith("spill") for p in daemon.health().problems)
+
+
+def metric(daemon: Daemon, name: str, sink: str) -> float:
+    text = render(make_registry(QueryContext(daemon))).decode()
+    for family in text_string_to_metric_families(text):
+        for sample_ in family.samples:
+            if sample_.name == name and sample_.labels.get("sink") == sink:
+                return float(sample_.value)
+    raise AssertionError(f"{name}{{sink={sink!r}}} not exposed")
