@@ -49,7 +49,7 @@ from marketflow.runtime.bus import Bus, Overflow
 from marketflow.runtime.memory import HeapTrimmer
 from marketflow.runtime.sink import RecordQueue
 from marketflow.runtime.supervisor import Supervisor, SupervisorPolicy
-from marketflow.storage import open_store
+from marketflow.storage import open_store, record_spills
 from marketflow.storage.writer import StorageWriter, TradeStore
 from marketflow.systemd import Notifier
 
@@ -140,7 +140,11 @@ class Daemon(FeedWiring, NatsRoles, HealthReport):
         self.rest_clients: dict[tuple[str, str], RestClient] = {}
         self._reload_lock = trio.Lock()
         self._edit_lock = trio.Lock()  # held from reading the file to applying it (edit_config)
-        self.ledger = GapLedger(getattr(self.store, "write_gaps", None))
+        # Records the database cannot take yet: memory, then `<state_dir>/spool/records/<queue>/` (a
+        # replay's state_dir is temporary: nothing may wait there).
+        spills = None if replay else record_spills(config)
+        records_max = config.storage.record_buffer_max
+        self.ledger = GapLedger(getattr(self.store, "write_gaps", None), spills=spills, capacity=records_max)
         # Tickers, derivatives and liquidations (SPEC §12): bus, live state, record queues, REST polls.
         s = config.storage
         self.market = MarketDataPlant(
@@ -149,6 +153,8 @@ class Daemon(FeedWiring, NatsRoles, HealthReport):
             config.derivatives.sample_interval_s,
             s.store_quotes,
             publish=self._nats_publish,  # a collector's rows go to NATS (the store role writes them)
+            spills=spills,
+            records_max=records_max,
         )
         book_specs: list[BookSpec] = []
         for feed in config.feeds:
@@ -161,8 +167,12 @@ class Daemon(FeedWiring, NatsRoles, HealthReport):
         self.backfill = BackfillQueue(self.ledger)
         # Contract terms of the markets whose amounts are contracts: /markets and the large-trade notional.
         self.instruments = InstrumentCatalog(self._instrument_markets, self.rest_clients)
+        write_candles = getattr(self.store, "write_candles", None)
         self.candle_queue: RecordQueue[Candle] = RecordQueue(
-            "candles", accept=getattr(self.store, "write_candles", None) is not None
+            "candles",
+            capacity=records_max,
+            accept=write_candles is not None,
+            spill=None if spills is None or write_candles is None else spills("candles", Candle),
         )
         # A replay's keeper must not wait for the database: its snapshot timer would drift with it.
         self.snapshot_queue: RecordQueue[BookSnapshotRow] | None = (
@@ -179,7 +189,7 @@ class Daemon(FeedWiring, NatsRoles, HealthReport):
         if self._nats_serve:
             from marketflow.nats.market import candle_queue
 
-            self.nats_candles = nats_candles = candle_queue()
+            self.nats_candles = nats_candles = candle_queue(spills, records_max)
 
             def persist_and_publish(candles: list[Candle]) -> None:
                 self.candle_queue.submit(candles)

@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 from marketflow.daemon_state import DaemonState
+from marketflow.runtime.sink import RecordQueue
 
 
 @attrs.frozen
@@ -30,6 +31,10 @@ class HealthReport(DaemonState):
         writer = self.writer.statistics() if self.writer is not None else None
         if writer is not None and writer.spool_failing:  # disk full: trades wait in memory, then back up
             problems["spool"] = f"{writer.state}: {writer.spool_error}"
+        for queue in self.record_queues():  # disk full: records wait in memory, then the oldest are lost
+            if queue.spill_failing:
+                kind = "disk_full" if queue.disk_full else "spill_failing"
+                problems[f"spill {queue.name}"] = f"{kind}: {queue.spill_error}"
         for name in self.connections if self._collect else ():
             child = children.get(name)
             if child is not None and child.circuit != "closed":
@@ -57,6 +62,20 @@ class HealthReport(DaemonState):
                 problems[f"book {key}"] = str(stats.state)
         status = "unhealthy" if "storage" in problems else "degraded" if problems else "healthy"
         return Health(status, problems)
+
+    def record_queues(self) -> list[RecordQueue[Any]]:
+        """Every queue of records waiting for the database (or NATS), for statistics and health."""
+        market = self.market
+        queues: list[RecordQueue[Any] | None] = [
+            self.ledger.queue,
+            self.candle_queue,
+            market.derivatives,
+            market.liquidations,
+            market.quotes,
+            self.nats_candles,
+            self.snapshot_queue,
+        ]
+        return [q for q in queues if q is not None and q.accept]
 
     def summary(self) -> str:
         """One line for systemd's STATUS= and logs."""

@@ -61,6 +61,7 @@ class DaemonCollector(Collector):
         yield from self._actors()
         yield from self._buses()
         yield from self._storage()
+        yield from self._sinks()
         yield from self._books()
         yield from self._lag()
         yield from self._capture()
@@ -231,6 +232,37 @@ class DaemonCollector(Collector):
             gauge = GaugeMetricFamily(name, help_text, labels=labels)
             gauge.add_metric(engine, _num(getattr(stats, field, 0)) * scale)
             yield gauge
+
+    def _sinks(self) -> Iterator[Metric]:
+        """The record queues (candles, gaps, derivatives, liquidations, quotes, NATS candles): memory,
+        the disk spill past half of `storage.record_buffer_max`, and what was lost (disk full too)."""
+        labels = ["sink"]
+        counters = (
+            ("marketflow_sink_written", "Records written (or published)", "written"),
+            ("marketflow_sink_errors", "Failed writes (retried)", "errors"),
+            ("marketflow_sink_dropped", "Records lost past the memory bound (the spill failing)", "dropped"),
+            ("marketflow_sink_spooled_total", "Records ever spilled to disk", "spooled_total"),
+            ("marketflow_sink_spill_errors", "Failed spill writes and reads", "spill_errors"),
+        )
+        gauges = (
+            ("marketflow_sink_queued", "Records in memory, not yet written", "queued"),
+            ("marketflow_sink_spooled", "Records spilled to disk, not yet written", "spooled"),
+            (
+                "marketflow_sink_disk_full",
+                "1 while the spill has no room (oldest records dropped)",
+                "disk_full",
+            ),
+        )
+        families: list[CounterMetricFamily | GaugeMetricFamily] = [
+            CounterMetricFamily(n, h, labels=labels) for n, h, _ in counters
+        ]
+        families += [GaugeMetricFamily(n, h, labels=labels) for n, h, _ in gauges]
+        fields = [f for _, _, f in (*counters, *gauges)]
+        for queue in self._ctx.daemon.record_queues():
+            stats = queue.statistics()
+            for family, field in zip(families, fields, strict=True):
+                family.add_metric([stats.name], _num(getattr(stats, field)))
+        yield from families
 
     def _capture(self) -> Iterator[Metric]:
         capture = getattr(self._ctx.daemon, "capture", None)

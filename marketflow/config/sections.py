@@ -101,6 +101,9 @@ class StorageConfig:
     batch_max: int = 5000
     flush_interval_s: float = 0.25
     buffer_max: int = 1_000_000
+    # Records of each other kind (liquidations, samples, candles, gaps, ...) held in memory while the
+    # database does not take them; past half of it the oldest spill to `<state_dir>/spool/records/`.
+    record_buffer_max: int = 100_000
     retention_days: int = 0
     # Every best bid/ask change into `quotes` (SPEC §12): many rows, so off unless asked for.
     store_quotes: bool = False

@@ -243,6 +243,7 @@ _STORAGE: Final[Mapping[str, _Check]] = {
     "batch_max": _integer(1),
     "flush_interval_s": _seconds,
     "buffer_max": _integer(0),
+    "record_buffer_max": _integer(2),
     "retention_days": _integer(0),
     "store_quotes": _boolean,
 }

@@ -7,7 +7,10 @@ record. Every `book_interval_s` it publishes, per symbol that changed, one ticke
 message holding the merged state and the rows made since (quotes, samples), and one message per new
 liquidation — all acked by JetStream. Rows not acked go back to their queues and are sent again next round
 (the same content has the same message id, so a resend after lost acks is dropped by JetStream); NATS down,
-they wait there, bounded like the single-process sinks (oldest dropped and counted past 100,000).
+they wait there like the single-process sinks' rows (`runtime/sink.py`): in memory up to half of
+`storage.record_buffer_max` per kind, then spilled to `<state_dir>/spool/records/<kind>/` and sent first, in
+order, when NATS answers (a stop spills what memory holds; the next start sends it). Only with the disk
+full too are the oldest dropped (counted) past `record_buffer_max`.
 
 Why coalesce the states instead of packing every tick: a ticker feed runs at hundreds of records per second
 per symbol on busy markets, but what a reader of the live state needs is its newest value; the rows that
@@ -22,10 +25,12 @@ candles: two collectors of a hot pair each see only their own connection's trade
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 import trio
+import trio.lowlevel
 
 from marketflow.analytics.candles import Candle
 from marketflow.config import Config
@@ -36,7 +41,8 @@ from marketflow.nats.schema import subject
 from marketflow.pipeline.market_actors import MarketDataPlant
 from marketflow.pipeline.market_data import Quote
 from marketflow.runtime.backoff import Backoff
-from marketflow.runtime.sink import RecordQueue
+from marketflow.runtime.sink import RecordQueue, Taken
+from marketflow.runtime.spill import SpillFactory
 
 log = logging.getLogger("marketflow.nats")
 
@@ -122,32 +128,61 @@ class MarketPublisher(_QueuePublisher):
 
     async def _serve_forever(self, task_status: trio.TaskStatus[None]) -> None:
         task_status.started()  # NATS may be down: the rows wait in their queues, nothing else waits
-        try:
-            while True:
-                delay = self._interval_s if await self._round() else self._backoff.next_delay()
-                await trio.sleep(delay)
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(self._final_s):
-                await self._round()
-
-    async def _round(self) -> bool:
         plant = self._plant
-        samples = plant.derivatives.take()
-        liquidations = plant.liquidations.take()
-        quotes = plant.quotes.take()
-        messages, marks = self._messages_of(samples.values(), liquidations.values(), quotes.values())
-        if not await self._publish(messages):
-            plant.derivatives.put_back(samples)
-            plant.liquidations.put_back(liquidations)
-            plant.quotes.put_back(quotes)
+        queues: list[RecordQueue[Any]] = [plant.derivatives, plant.liquidations, plant.quotes]
+        try:
+            async with trio.open_nursery() as nursery:
+                for queue in queues:  # a publish that hangs must not make memory overflow
+                    nursery.start_soon(queue.keep_spilling)
+                while True:
+                    published = await self._round()
+                    if published is None:  # spilled rows went out: the next of them at once
+                        await trio.lowlevel.checkpoint()
+                        continue
+                    await trio.sleep(self._interval_s if published else self._backoff.next_delay())
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self._final_s):
+                    await self._round()
+                with trio.move_on_after(self._final_s):  # what NATS did not take waits on disk
+                    for queue in queues:
+                        await queue.spill_all()
+                        await queue.close()
+
+    async def _round(self) -> bool | None:
+        """One round: True if published, False if not (the rows are back in their queues), None if it
+        published rows read from a spill (more may wait there)."""
+        plant = self._plant
+        queues: list[RecordQueue[Any]] = [plant.derivatives, plant.liquidations, plant.quotes]
+        for queue in queues:
+            await queue.spill_overflow()
+        samples = await plant.derivatives.take()
+        liquidations = await plant.liquidations.take()
+        quotes = await plant.quotes.take()
+        taken: list[Taken[Any] | None] = [samples, liquidations, quotes]
+        messages, marks = self._messages_of(_records(samples), _records(liquidations), _records(quotes))
+        published = False
+        try:
+            published = await self._publish(messages)
+        finally:  # not acked (or cancelled mid-publish: a stop): the rows go back for the next round
+            if not published:
+                for queue, batch in zip(queues, taken, strict=True):
+                    if batch is not None:
+                        queue.put_back(batch)
+        if not published:
             return False
         self._backoff.reset()
         self._sent.update(marks)
         self._messages += len(messages)
-        self._liquidations += len(liquidations)
-        self._samples += len(samples)
-        self._quotes += len(quotes)
-        return True
+        self._liquidations += len(_records(liquidations))
+        self._samples += len(_records(samples))
+        self._quotes += len(_records(quotes))
+        ahead = False
+        for queue, batch in zip(queues, taken, strict=True):
+            if batch is not None:
+                await queue.done(batch)
+                ahead = ahead or batch.ahead
+        return None if ahead else True
 
     def _messages_of(
         self,
@@ -221,33 +256,61 @@ class CandlePublisher(_QueuePublisher):
         self._stop.cancel()
 
     async def _serve_forever(self, task_status: trio.TaskStatus[None]) -> None:
+        await self._queue.open()  # candles spilled by an earlier run go out first
         task_status.started()
         try:
-            while True:
-                await self._queue.wait_submitted()
-                await trio.sleep(self._interval_s)
-                if not await self._round():
-                    await trio.sleep(self._backoff.next_delay())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._queue.keep_spilling)  # a publish that hangs must not overflow
+                while True:
+                    await self._queue.wait_submitted()
+                    await trio.sleep(self._interval_s)
+                    if not await self._round():
+                        await trio.sleep(self._backoff.next_delay())
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(self._final_s):
-                await self._round()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self._final_s):
+                    await self._round()
+                with trio.move_on_after(self._final_s):  # what NATS did not take waits on disk
+                    await self._queue.spill_all()
+                    await self._queue.close()
 
     async def _round(self) -> bool:
-        pending: dict[Hashable, Candle] = self._queue.take()
-        messages = [self._message(c) for c in pending.values()]
-        if not await self._publish(messages):
-            self._queue.put_back(pending)
-            return False
-        self._backoff.reset()
-        self._candles += len(messages)
-        self._queue.written += len(messages)
-        return True
+        """The head and spilled candles first (batch after batch), then memory; False when NATS refused."""
+        while True:
+            await self._queue.spill_overflow()
+            taken = await self._queue.take()
+            if taken is None:
+                self._state = "running"
+                return True
+            messages = [self._message(c) for c in taken.records]
+            published = False
+            try:
+                published = await self._publish(messages)
+            finally:  # not acked (or cancelled mid-publish: a stop): back for the next round
+                if not published:
+                    self._queue.put_back(taken)
+            if not published:
+                return False
+            self._backoff.reset()
+            self._candles += len(messages)
+            await self._queue.done(taken)
+            if not taken.ahead:
+                return True
 
     def _message(self, candle: Candle) -> Message:
         payload, msg_id = pack_candle(candle)
         return subject(self._prefix, "candles", candle.exchange, candle.symbol), payload, msg_id
 
 
-def candle_queue() -> RecordQueue[Candle]:
+def candle_queue(spills: SpillFactory | None = None, capacity: int = 100_000) -> RecordQueue[Candle]:
     """The serve role's queue of candles to publish (a newer version of a candle replaces a queued one)."""
-    return RecordQueue("nats_candles", key=lambda c: (c.exchange, c.symbol, c.interval, c.start))
+    return RecordQueue(
+        "nats_candles",
+        capacity=capacity,
+        key=lambda c: (c.exchange, c.symbol, c.interval, c.start),
+        spill=None if spills is None else spills("nats_candles", Candle),
+    )
+
+
+def _records(taken: Taken[Any] | None) -> list[Any]:
+    return [] if taken is None else taken.records

@@ -16,6 +16,7 @@ import attrs
 
 from marketflow.model import GapRecord, now_us
 from marketflow.runtime.sink import RecordQueue, RecordSink
+from marketflow.runtime.spill import SpillFactory
 
 log = logging.getLogger("marketflow.gaps")
 
@@ -42,14 +43,28 @@ class GapLedger:
         keep: int = 10_000,
         flush_interval_s: float = 1.0,
         name: str = "gaps",
+        spills: SpillFactory | None = None,
+        capacity: int = 100_000,
     ) -> None:
+        """`spills`: where records the database cannot take yet go past the queue's memory bound."""
         self.name = name
         self._keep = keep
         self._records: OrderedDict[GapKey, GapRecord] = OrderedDict()
         self._persist = persist
         self._flush_interval_s = flush_interval_s
         # Saving is the sink's: changes to one record before a save are written once, latest version.
-        self._unsaved: RecordQueue[GapRecord] = RecordQueue(name, key=self.key, accept=persist is not None)
+        self._unsaved: RecordQueue[GapRecord] = RecordQueue(
+            name,
+            key=self.key,
+            capacity=capacity,
+            accept=persist is not None,
+            spill=None if spills is None or persist is None else spills(name, GapRecord),
+        )
+
+    @property
+    def queue(self) -> RecordQueue[GapRecord]:
+        """Changed records not saved yet (for statistics)."""
+        return self._unsaved
 
     def sink(self) -> RecordSink[GapRecord]:
         """A new actor saving the ledger's changes; what it had not saved when it ended waits for the next."""

@@ -19,6 +19,7 @@ from marketflow.pipeline.market_data import Emitted, LiveMarketData, MarketDataS
 from marketflow.pipeline.rest import RestClient, RestError
 from marketflow.runtime.bus import Bus, Overflow, Subscription, receive_batches
 from marketflow.runtime.sink import RecordQueue, RecordSink
+from marketflow.runtime.spill import SpillFactory
 
 log = logging.getLogger("marketflow.market_data")
 
@@ -191,8 +192,11 @@ class MarketDataPlant:
         store_quotes: bool,
         *,
         publish: bool = False,
+        spills: SpillFactory | None = None,
+        records_max: int = 100_000,
     ) -> None:
-        """`publish`: the rows are drained by a publisher (a NATS collector), not by sinks into `store`."""
+        """`publish`: the rows are drained by a publisher (a NATS collector), not by sinks into `store`;
+        `spills`: where rows not saved (or published) yet go past the queues' memory bound."""
         self.bus: Bus[MarketData] = Bus("market_data")
         self._subscription = self.bus.subscribe("market_data", capacity, Overflow.BLOCK)
         self.live = LiveMarketData(sample_interval_s, store_quotes=store_quotes)
@@ -204,16 +208,23 @@ class MarketDataPlant:
         }
         self.derivatives: RecordQueue[DerivativesTick] = RecordQueue(
             "derivatives",
+            capacity=records_max,
             key=lambda r: (r.exchange, r.symbol, r.ts),  # a replaced sample of the same instant wins
             accept=publish or self._writers["derivatives"] is not None,
+            spill=None if spills is None else spills("derivatives", DerivativesTick),
         )
         self.liquidations: RecordQueue[Liquidation] = RecordQueue(
             "liquidations",
+            capacity=records_max,
             key=lambda r: (r.exchange, r.symbol, r.id),
             accept=publish or self._writers["liquidations"] is not None,
+            spill=None if spills is None else spills("liquidations", Liquidation),
         )
         self.quotes: RecordQueue[Quote] = RecordQueue(
-            "quotes", accept=(publish and store_quotes) or self._writers["quotes"] is not None
+            "quotes",
+            capacity=records_max,
+            accept=(publish and store_quotes) or self._writers["quotes"] is not None,
+            spill=None if spills is None else spills("quotes", Quote),
         )
         self.polls: dict[str, PollPlan] = {}
 

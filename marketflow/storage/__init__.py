@@ -9,7 +9,7 @@ from marketflow.model import Trade
 from marketflow.runtime.backoff import Backoff
 from marketflow.runtime.bus import Subscription
 from marketflow.storage.migrate import display_url
-from marketflow.storage.spool import Spool
+from marketflow.storage.spool import RecordSpools, Spool
 from marketflow.storage.sqlite import SqliteTradeStore
 from marketflow.storage.store import SchemaVersionError, StorageError, TradeStore
 from marketflow.storage.writer import StorageWriter
@@ -21,6 +21,7 @@ __all__ = [
     "TradeStore",
     "make_writer",
     "open_store",
+    "record_spills",
     "spool_directory",
 ]
 
@@ -41,6 +42,11 @@ def open_store(url: str) -> TradeStore:
 def spool_directory(config: Config) -> str:
     """Where the writer spools trades the database cannot take: `<daemon.state_dir>/spool/trades`."""
     return os.path.join(config.daemon.state_dir, "spool", "trades")
+
+
+def record_spills(config: Config) -> RecordSpools:
+    """Where the record sinks spill what the database cannot take yet: `<state_dir>/spool/records/<name>`."""
+    return RecordSpools(os.path.join(config.daemon.state_dir, "spool", "records"))
 
 
 def make_writer(config: Config, store: TradeStore, subscription: Subscription[Trade]) -> StorageWriter:

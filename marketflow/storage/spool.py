@@ -1,9 +1,14 @@
-"""The disk spool: trade batches the database cannot take yet, kept durably and replayed in order.
+"""The disk spool: batches the database (or NATS) cannot take yet, kept durably and replayed in order.
+
+`Spool` holds trades (the storage writer's, the NATS collector's); `RecordSpool(directory, type)` holds
+batches of any msgspec record (the record sinks' overflow, `runtime/sink.py`), in the same format.
 
 Layout: `<directory>/<20-digit sequence>.spool` segment files, replayed in name order, each a run of records:
 
     magic "MFSPOOL1" | payload length u32 | trade count u32 | first recv_ts i64 | payload CRC32 u32
-    | CRC32 of those 28 header bytes u32 | payload (msgpack list of Trade)
+    | CRC32 of those 28 header bytes u32 | payload (msgpack list of Trade, or of the spool's record type)
+
+(For other records "trade count" is the record count and "first recv_ts" the first record's `stamp`, or 0.)
 
 Every record is written whole (short writes are continued) and fsynced before `append` returns. A write
 that fails (disk full, I/O error) is cut off again: the segment is truncated back to its last good record,
@@ -24,15 +29,16 @@ import os
 import struct
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import attrs
 import msgspec
 import trio
 
 from marketflow.model import Trade
+from marketflow.runtime.spill import SpillError
 
 log = logging.getLogger("marketflow.storage.spool")
 
@@ -45,13 +51,14 @@ FIRST_SEGMENT: Final = 10**12  # leaves room below for segments written in front
 SEGMENT_MAX_BYTES: Final = 8 * 1024 * 1024
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[Trade])
+
+R = TypeVar("R")
 
 
 _FULL_DISK: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
-class SpoolError(Exception):
+class SpoolError(SpillError):
     """The spool directory or a segment could not be written or read (disk full, permissions, ...).
 
     `errno` is the operating system's error number when there is one.
@@ -102,8 +109,11 @@ class SpoolStatistics:
 
 
 def encode_record(batch: Sequence[Trade]) -> bytes:
+    return _encode(batch, batch[0].recv_ts if batch else 0)
+
+
+def _encode(batch: Sequence[object], first: int) -> bytes:
     payload = _encoder.encode(batch if isinstance(batch, list) else list(batch))
-    first = batch[0].recv_ts if batch else 0
     header = _HEADER.pack(MAGIC, len(payload), len(batch), first, zlib.crc32(payload))
     return header + _CRC.pack(zlib.crc32(header)) + payload
 
@@ -178,27 +188,43 @@ def _why_damaged(data: bytes, view: memoryview, pos: int, nxt: int) -> str:
 
 def read_spool(directory: str | os.PathLike[str]) -> list[list[Trade]]:
     """Every valid record's trades, oldest first, without changing anything (for tools and tests)."""
-    batches: list[list[Trade]] = []
+    return read_records(directory, Trade)
+
+
+def read_records(directory: str | os.PathLike[str], record_type: type[R]) -> list[list[R]]:
+    """Every valid record's batch of `record_type`, oldest first, without changing anything."""
+    decoder = msgspec.msgpack.Decoder(list[record_type])  # type: ignore[valid-type]
+    batches: list[list[R]] = []
     for path in sorted(Path(directory).glob("*" + SUFFIX)):
         data = path.read_bytes()
         records, _ = scan_segment(data)
         for offset, length, _count, _first in records:
             start = offset + HEADER_SIZE
-            batches.append(_decoder.decode(data[start : start + length]))
+            batches.append(decoder.decode(data[start : start + length]))
     return batches
 
 
-class Spool:
-    """An append-only, checksummed, fsynced FIFO of trade batches in one directory.
+class RecordSpool(Generic[R]):
+    """An append-only, checksummed, fsynced FIFO of batches of `record_type` (msgspec Structs) in one
+    directory; `stamp` gives a record's time for the statistics (`oldest_recv_ts`).
 
-    One writer actor owns it. File work runs in one worker thread at a time; a lock keeps appends,
+    One actor owns it. File work runs in one worker thread at a time; a lock keeps appends,
     front-writes and consumption from interleaving.
     """
 
     def __init__(
-        self, directory: str | os.PathLike[str], *, segment_max_bytes: int = SEGMENT_MAX_BYTES
+        self,
+        directory: str | os.PathLike[str],
+        record_type: type[R],
+        *,
+        stamp: Callable[[R], int] | None = None,
+        segment_max_bytes: int = SEGMENT_MAX_BYTES,
     ) -> None:
         self.directory = Path(directory)
+        self._decoder: msgspec.msgpack.Decoder[list[R]] = msgspec.msgpack.Decoder(
+            list[record_type]  # type: ignore[valid-type]
+        )
+        self._stamp: Callable[[R], int] = stamp if stamp is not None else (lambda _: 0)
         self._segment_max_bytes = segment_max_bytes
         self._index: deque[SpoolRecord] = deque()
         self._per_segment: dict[int, int] = {}  # segment -> records not yet consumed
@@ -222,7 +248,12 @@ class Spool:
 
     @property
     def trades(self) -> int:
-        """Trades in the spool, not yet in the database."""
+        """Trades (records) in the spool, not yet in the database."""
+        return self._trades
+
+    @property
+    def held(self) -> int:
+        """Records in the spool (trades, for a trade spool), not yet replayed."""
         return self._trades
 
     def __bool__(self) -> bool:
@@ -302,14 +333,14 @@ class Spool:
 
     # -- writing ------------------------------------------------------------------------------------------
 
-    async def append(self, batch: Sequence[Trade]) -> None:
+    async def append(self, batch: Sequence[R]) -> None:
         """Add a batch after everything spooled; returns once it is on disk (fsynced).
 
         Raises `SpoolError` (nothing of the batch is kept) when it cannot be written whole.
         """
         if not batch:
             return
-        data = encode_record(batch)
+        data = _encode(batch, self._stamp(batch[0]))
         async with self._lock:
             try:
                 segment, offset = await trio.to_thread.run_sync(
@@ -318,7 +349,8 @@ class Spool:
             except SpoolError:
                 self._write_errors += 1
                 raise
-            self._add(SpoolRecord(segment, offset, len(data) - HEADER_SIZE, len(batch), batch[0].recv_ts))
+            record = SpoolRecord(segment, offset, len(data) - HEADER_SIZE, len(batch), self._stamp(batch[0]))
+            self._add(record)
             self._appended += len(batch)
 
     def _append_sync(self, data: bytes) -> tuple[int, int]:
@@ -369,7 +401,7 @@ class Spool:
                 self._unremoved.add(self._active or 0)  # holds no record: delete it with the next one
             self._close_active_sync()
 
-    async def prepend(self, batches: Sequence[Sequence[Trade]]) -> None:
+    async def prepend(self, batches: Sequence[Sequence[R]]) -> None:
         """Put batches in front of everything spooled (in the order given), durably.
 
         For the writer: batches it held in memory are older than what it had spooled. All or nothing:
@@ -393,7 +425,7 @@ class Spool:
                 self._add(record, front=True)
             self._appended += sum(r.count for r in records)
 
-    def _write_segment_sync(self, segment: int, batches: list[Sequence[Trade]]) -> list[SpoolRecord]:
+    def _write_segment_sync(self, segment: int, batches: list[Sequence[R]]) -> list[SpoolRecord]:
         records = []
         path = self._path(segment)
         try:
@@ -404,11 +436,10 @@ class Spool:
             try:
                 offset = 0
                 for batch in batches:
-                    data = encode_record(batch)
+                    first = self._stamp(batch[0])
+                    data = _encode(batch, first)
                     _write_all(fd, data)
-                    records.append(
-                        SpoolRecord(segment, offset, len(data) - HEADER_SIZE, len(batch), batch[0].recv_ts)
-                    )
+                    records.append(SpoolRecord(segment, offset, len(data) - HEADER_SIZE, len(batch), first))
                     offset += len(data)
                 os.fsync(fd)
             finally:
@@ -445,7 +476,7 @@ class Spool:
 
     # -- replaying ----------------------------------------------------------------------------------------
 
-    async def peek(self) -> list[Trade] | None:
+    async def peek(self) -> list[R] | None:
         """The oldest batch (still spooled until `consume()`), or None when the spool is empty.
 
         A record damaged since it was indexed is reported and dropped here, and the next one returned.
@@ -462,7 +493,7 @@ class Spool:
             await self.consume(replayed=False)
         return None
 
-    def _read_sync(self, record: SpoolRecord) -> list[Trade] | None:
+    def _read_sync(self, record: SpoolRecord) -> list[R] | None:
         try:
             with open(self._path(record.segment), "rb") as f:
                 f.seek(record.offset)
@@ -476,7 +507,7 @@ class Spool:
         if zlib.crc32(payload) != header[3]:
             return None
         try:
-            return _decoder.decode(payload)
+            return self._decoder.decode(payload)
         except msgspec.DecodeError:
             return None
 
@@ -525,6 +556,29 @@ class Spool:
             log.warning("damaged spool segment kept for inspection", extra={"path": str(path) + ".corrupt"})
         else:
             path.unlink(missing_ok=True)
+
+
+class Spool(RecordSpool[Trade]):
+    """The spool of trade batches (the storage writer's, the NATS collector's)."""
+
+    def __init__(
+        self, directory: str | os.PathLike[str], *, segment_max_bytes: int = SEGMENT_MAX_BYTES
+    ) -> None:
+        super().__init__(directory, Trade, stamp=_recv_ts, segment_max_bytes=segment_max_bytes)
+
+
+def _recv_ts(trade: Trade) -> int:
+    return trade.recv_ts
+
+
+class RecordSpools:
+    """Makes the spill of a record queue: `<directory>/<queue name>/`, a `RecordSpool` of its type."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def __call__(self, name: str, record_type: type[R]) -> RecordSpool[R]:
+        return RecordSpool(self.directory / name, record_type)
 
 
 def _write_all(fd: int, data: bytes) -> None:
