@@ -15,6 +15,7 @@ downstream (trade ids, book update ids).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Sequence
@@ -444,10 +445,8 @@ class Feed:
         before the replacement was subscribed and so never repeated on it (a trade gap, found under load).
         """
         link.retired = True
-        try:
+        with contextlib.suppress(FeedError):  # broken already: its pump ends on its own
             await link.conn.start_close()
-        except FeedError:
-            pass  # broken already: its pump ends on its own
         with trio.move_on_after(RETIRE_TIMEOUT_S):
             await link.done.wait()
         link.scope.cancel()
