@@ -149,6 +149,8 @@ class WsConnection:
         self._small_read = False
         self.coalesced_waits = 0
         self._fragment_size = 0
+        self._closing = False
+        """`start_close()` sent our close frame; the server's frames are still read until it answers."""
         self._failure: FeedError | None = None
         """Set when a read ended in an error after completing messages: raised by the next call."""
         self._stream = stream
@@ -203,7 +205,7 @@ class WsConnection:
             if protocol.parser_exc is not None:
                 self._failure = FeedError(f"{self.url}: protocol error: {protocol.parser_exc}")
                 self._failure.__cause__ = protocol.parser_exc
-            elif protocol.state is State.CLOSING or protocol.state is State.CLOSED:
+            elif self._ended():
                 self._failure = FeedError(f"{self.url}: server closed the connection{self._close_detail()}")
         if self._failure is not None and not messages:
             raise self._failure
@@ -308,7 +310,7 @@ class WsConnection:
                 for event in self._protocol.events_received():
                     if isinstance(event, Frame) and event.opcode is Opcode.PING:
                         self.pings_received += 1
-                if self._protocol.parser_exc is not None or self._protocol.state is not State.OPEN:
+                if self._protocol.parser_exc is not None or self._ended():
                     at = size
                     break
         finally:
@@ -345,6 +347,22 @@ class WsConnection:
         data = payload.encode() if isinstance(payload, str) else payload
         self._protocol.send_text(data)
         await self._flush()
+
+    async def start_close(self) -> None:
+        """Send our close frame and keep the socket: `receive_messages()` goes on delivering what the
+        server sent before it read our close, and raises `FeedError` once its close reply (or EOF) comes."""
+        if self._protocol.state is State.OPEN:
+            self._closing = True
+            self._protocol.send_close(1000)
+            await self._flush()
+
+    def _ended(self) -> bool:
+        """Nothing more will be delivered: the connection is closed, or closing for any reason other than
+        our own close frame still waiting for the server's reply (its frames keep coming until then)."""
+        protocol = self._protocol
+        if protocol.state is State.OPEN:
+            return False
+        return not (self._closing and protocol.state is State.CLOSING and protocol.close_rcvd is None)
 
     async def send_ping(self, payload: bytes = b"") -> None:
         self._protocol.send_ping(payload)

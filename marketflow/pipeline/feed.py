@@ -6,13 +6,16 @@ jitter — that is the reconnect loop, and it resubscribes every time. Counters 
 daemon keeps across instances, so statistics survive reconnects.
 
 Venues that cut connections at a fixed age (`Session.max_lifetime_s`) or announce a restart (`Reconnect`)
-get a replacement connection opened and subscribed *before* the old one closes. The replacement's frames are
-held back until the old connection has ended, then published in order; the overlap is de-duplicated
+get a replacement connection opened and subscribed *before* the old one closes. The old one is then closed
+with a closing handshake, and read and published until the venue's close reply: whatever the venue sent on it
+before the replacement was subscribed is still in flight and must not be dropped. The replacement's frames
+are held back until the old connection has ended, then published in order; the overlap is de-duplicated
 downstream (trade ids, book update ids).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Sequence
@@ -39,6 +42,9 @@ log = logging.getLogger("marketflow.feed")
 CONNECT_TIMEOUT_S = 10.0
 ACK_TIMEOUT_S = 10.0
 ROTATE_RETRY_S = 5.0
+RETIRE_TIMEOUT_S = 5.0
+"""How long a retired connection may take to answer our close frame before it is cut (what it had not
+delivered by then is left to the gap detectors)."""
 
 
 @attrs.define
@@ -249,6 +255,7 @@ class Feed:
                     task_status.started(link)
                     nursery.start_soon(self._heartbeat, link)
                     await self._pump(link)
+                    nursery.cancel_scope.cancel()  # retired and closed: the heartbeat goes too
         finally:
             link.done.set()
             if link.live and not link.retired and not self._stopping:
@@ -288,6 +295,8 @@ class Feed:
             wait = link.last_send + interval - trio.current_time()
             if wait > 0:
                 await trio.sleep(wait)
+            if link.retired:
+                return  # closing: it takes no more requests (the replacement subscribed everything)
             link.pending[request.req_id] = (request, trio.current_time())
             link.order.append(request.req_id)
             await link.conn.send_text(request.payload)
@@ -297,6 +306,8 @@ class Feed:
         """Settle one control event; returns the requests to send again (the others of a request the
         venue refused whole for some of its topics)."""
         if isinstance(event, Reconnect):
+            if link.retired:
+                return []  # its replacement is up already
             log.warning("feed asked to reconnect", extra={"feed": self.name, "reason": event.reason})
             self._rotate_now.set()
             return []
@@ -329,17 +340,25 @@ class Feed:
         return link.session.subscribe_topic_requests(others) if others else []
 
     async def _pump(self, link: _Link) -> None:
+        """Read and publish until the connection fails; returns once a retired connection has closed."""
         stale = self._stale_timeout_s
         while True:
             with trio.move_on_after(stale) as scope:
-                messages = await link.conn.receive_messages()
+                try:
+                    messages = await link.conn.receive_messages()
+                except FeedError:
+                    if link.retired:
+                        return  # the venue answered our close (or dropped the socket): all is read
+                    raise
             if scope.cancelled_caught:
+                if link.retired:
+                    return  # no close reply: `_retire` cuts it anyway
                 raise FeedError(f"{self.url}: stale: nothing received for {stale} s")
             again: list[SubscribeRequest] = []
             for event in await self._handle(link, messages):
                 again += self._settle(link, event, {})
             await self._send_requests(link, again)
-            if link.pending:
+            if link.pending and not link.retired:
                 oldest = min(sent for _, sent in link.pending.values())
                 if trio.current_time() - oldest > ACK_TIMEOUT_S:
                     missing = sorted(t for r, _ in link.pending.values() for t in r.topics)
@@ -415,7 +434,23 @@ class Feed:
             return
         while True:
             await trio.sleep(self._ping_interval_s)
+            if link.retired:
+                return  # a closing connection takes no more data frames
             await link.conn.send_text(payload)
+
+    async def _retire(self, link: _Link) -> None:
+        """Close `link` and wait until it has published everything the venue sent before reading our close.
+
+        Cancelling its read instead would drop the frames still in flight or in the socket buffer, sent
+        before the replacement was subscribed and so never repeated on it (a trade gap, found under load).
+        """
+        link.retired = True
+        with contextlib.suppress(FeedError):  # broken already: its pump ends on its own
+            await link.conn.start_close()
+        with trio.move_on_after(RETIRE_TIMEOUT_S):
+            await link.done.wait()
+        link.scope.cancel()
+        await link.done.wait()
 
     async def _rotator(self, nursery: trio.Nursery) -> None:
         while True:
@@ -435,11 +470,9 @@ class Feed:
                 await trio.sleep(ROTATE_RETRY_S)
                 self._rotate_now.set()
                 continue
-            link.retired = True
-            link.scope.cancel()
-            await link.done.wait()
+            self._live = replacement  # resubscribes go to the connection that stays
+            await self._retire(link)
             replacement.live = True
-            self._live = replacement
             self._counters.rotations += 1
             await self._emit(replacement, [])
             log.info("feed connection replaced", extra={"feed": self.name, "url": self.url})
