@@ -8,9 +8,15 @@ from pathlib import Path
 
 import attrs
 import trio
+from hypothesis import settings
 
 from marketflow.config import Config, FeedConfig, default_config
 from marketflow.sim import SimServer
+
+# Property tests check what they compute, never how long an example takes: Hypothesis's default 200 ms
+# wall-clock deadline fails correct examples whenever a busy machine stalls the process.
+settings.register_profile("marketflow", deadline=None)
+settings.load_profile("marketflow")
 
 
 def sim_config(
