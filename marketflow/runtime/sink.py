@@ -18,6 +18,10 @@ start replays it. A spill that fails (disk full) is tried again every round; mea
 A single `submit` of more than `capacity` records drops the oldest of them at once (bursts never come
 near the default 100,000).
 
+A database outage is logged once when it starts (ERROR, with the error), then at most once per
+`FAILURE_LOG_INTERVAL_S` (WARNING, with how many rounds failed and how many records wait), and once when a
+write succeeds again (INFO, how long it was down and how many records waited) — not every round.
+
 The queue, its spill and its counters are a `RecordQueue`, apart from the `RecordSink` actor that drains
 it: a supervisor restarts the sink as a fresh actor over the same queue, so a restart loses nothing queued.
 """
@@ -40,6 +44,20 @@ T = TypeVar("T")
 
 SPILL_BATCH = 1000
 """Records per spill record: a replayed batch is one write (or one NATS round) of at most this many."""
+
+
+FAILURE_LOG_INTERVAL_S = 60.0
+"""During an outage, a "still not saved" line at most this often (virtual trio time)."""
+
+
+@attrs.define
+class Outage:
+    """The write failures since the last successful write, for logging them once per interval."""
+
+    since: float  # trio time of the first failed round
+    logged_at: float  # trio time of the last line logged about it
+    rounds: int = 1  # failed rounds in all
+    unlogged: int = 0  # failed rounds since the last line
 
 
 @attrs.frozen
@@ -120,6 +138,7 @@ class RecordQueue(Generic[T]):
         self.spill_error: str | None = None
         self.disk_full = False
         self._spill_failing = False
+        self.outage: Outage | None = None  # writes are failing (kept across sink restarts)
 
     def submit(self, records: list[T]) -> None:
         if not self.accept:
@@ -318,6 +337,51 @@ class RecordQueue(Generic[T]):
         self._spill_failing = self.disk_full = False
         return True
 
+    def write_failed(self, exc: Exception) -> None:
+        """A round's write failed: counted; logged when the outage starts, then once per interval."""
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        now = trio.current_time()
+        outage = self.outage
+        fields = {"sink": self.name, "_rate_key": self.name, "error": self.last_error}
+        if outage is None:
+            self.outage = Outage(since=now, logged_at=now)
+            log.error(
+                "records not saved; retrying every round",
+                extra={**fields, "queued": self.queued, "spooled": self.spooled},
+            )
+            return
+        outage.rounds += 1
+        outage.unlogged += 1
+        if now - outage.logged_at >= FAILURE_LOG_INTERVAL_S:
+            log.warning(
+                "records still not saved",
+                extra={
+                    **fields,
+                    "failed_rounds": outage.unlogged,
+                    "failed_rounds_total": outage.rounds,
+                    "down_s": round(now - outage.since, 3),
+                    "queued": self.queued,
+                    "spooled": self.spooled,
+                },
+            )
+            outage.logged_at = now
+            outage.unlogged = 0
+
+    def write_succeeded(self, waited: int) -> None:
+        """A write succeeded: an outage, if any, is over (one line: how long, how many records waited)."""
+        outage, self.outage = self.outage, None
+        if outage is not None:
+            log.info(
+                "records saved again",
+                extra={
+                    "sink": self.name,
+                    "down_s": round(trio.current_time() - outage.since, 3),
+                    "failed_rounds": outage.rounds,
+                    "waiting": waited,
+                },
+            )
+
     def _spill_failed(self, exc: SpillError) -> None:
         self.spill_errors += 1
         self.spill_error = str(exc)
@@ -412,11 +476,13 @@ class RecordSink(Generic[T]):
                 queue.put_back(taken)
                 if not isinstance(exc, Exception):
                     raise  # cancelled mid-write (a stop): the final flush writes the batch again
-                queue.errors += 1
-                queue.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("records not saved", extra={"sink": self.name, "error": queue.last_error})
+                queue.write_failed(exc)
                 await queue.spill_overflow()
                 return
+            if queue.outage is not None:  # what waited: this batch, memory and the spill
+                queue.write_succeeded(
+                    queue.queued + queue.spooled + (0 if taken.spilled else len(taken.records))
+                )
             await queue.done(taken)
             if not taken.ahead:
                 return  # memory is written once a round: what arrives meanwhile waits for the next

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import trio
 
 from marketflow.runtime.sink import RecordSink
@@ -60,3 +63,50 @@ async def test_stop_during_a_write_loses_nothing(autojump_clock: trio.abc.Clock)
         sink.request_stop()
     assert written == [[1, 2, 3]]
     assert sink.queued == 0
+
+
+async def test_outage_is_logged_once_per_minute_not_every_round(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 10-minute database outage with a 1 s flush interval fails 600 rounds: one ERROR when it starts,
+    one WARNING a minute with the count, one INFO when writes succeed again (not 600 ERRORs)."""
+    caplog.set_level(logging.DEBUG, logger="marketflow.sink")
+    written: list[int] = []
+    down = [True]
+
+    async def write(batch: list[int]) -> None:
+        if down[0]:
+            raise OSError("connection refused")
+        written.extend(batch)
+
+    sink: RecordSink[int] = RecordSink("candles", write, flush_interval_s=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sink.run)
+        sink.submit([1, 2, 3])
+        await trio.sleep(300.5)
+        sink.submit([4, 5])  # more arrive during the outage
+        await trio.sleep(300)  # rounds fail at t=1, 2, ..., 600
+        down[0] = False  # the round at t=601 succeeds
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+
+    assert written == [1, 2, 3, 4, 5]
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "marketflow.sink"]
+    still = ("WARNING", "records still not saved")
+    assert lines == [
+        ("ERROR", "records not saved; retrying every round"),
+        *[still] * 9,  # t=61, 121, ..., 541
+        ("INFO", "records saved again"),
+    ]
+    first, *minutes, recovered = [r for r in caplog.records if r.name == "marketflow.sink"]
+    assert first.__dict__["error"] == "OSError: connection refused"
+    assert first.__dict__["queued"] == 3  # the failed batch is back in the queue
+    assert [r.__dict__["failed_rounds"] for r in minutes] == [60] * 9
+    assert [r.__dict__["queued"] for r in minutes] == [3] * 4 + [5] * 5  # t=301: two more arrived
+    assert [r.__dict__["failed_rounds_total"] for r in minutes] == [61 + 60 * i for i in range(9)]
+    assert [r.__dict__["down_s"] for r in minutes] == [60.0 * (i + 1) for i in range(9)]
+    assert recovered.__dict__["down_s"] == 600.0
+    assert recovered.__dict__["failed_rounds"] == 600
+    assert recovered.__dict__["waiting"] == 5
+    assert sink.statistics().errors == 600
+    assert sink.queue.outage is None
