@@ -64,6 +64,13 @@ class TlsStream(trio.abc.Stream):
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
         self._send_lock = trio.StrictFIFOLock()
+        self._plain = b""
+        """Decrypted bytes of a call cancelled while it answered the peer (a key update): returned next."""
+
+    @property
+    def holds_data(self) -> bool:
+        """Bytes decrypted already wait for the next `receive_some` (which returns them at once)."""
+        return bool(self._plain) or self._ssl.pending() > 0
 
     async def do_handshake(self) -> None:
         while True:
@@ -80,6 +87,9 @@ class TlsStream(trio.abc.Stream):
                 return
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._plain:
+            plain, self._plain = self._plain, b""
+            return plain
         while True:
             chunks: list[bytes] = []
             try:
@@ -95,7 +105,10 @@ class TlsStream(trio.abc.Stream):
             except ssl.SSLError as exc:
                 raise trio.BrokenResourceError(f"TLS error: {exc}") from exc
             if self._outgoing.pending:  # e.g. a TLS 1.3 key update answered
+                # Decrypted bytes are out of the SSL object: a cancellation of this write must not lose them.
+                self._plain = b"".join(chunks)
                 await self._flush()
+                self._plain = b""
             if chunks:
                 return b"".join(chunks)
             data = await self._tcp.receive_some(READ_SIZE)
@@ -153,6 +166,9 @@ class WsConnection:
         """`start_close()` sent our close frame; the server's frames are still read until it answers."""
         self._failure: FeedError | None = None
         """Set when a read ended in an error after completing messages: raised by the next call."""
+        self._ready: list[bytes] = []
+        """Messages completed by a call that was cancelled while it answered the server (a pong, our half
+        of a close): the next call returns them first, so a deadline passing then loses no data."""
         self._stream = stream
         self._protocol = protocol
         self._send_lock = trio.StrictFIFOLock()
@@ -176,6 +192,9 @@ class WsConnection:
         that still proves the connection is alive, which is what the caller's stale-data watchdog wants.
         Raises `FeedError` when the connection closes or breaks.
         """
+        if self._ready:
+            ready, self._ready = self._ready, []
+            return ready
         if self._failure is not None:
             raise self._failure
         if self._unparsed:
@@ -200,7 +219,12 @@ class WsConnection:
         messages = self._split()
         protocol = self._protocol
         if protocol.writes:
-            await self._flush()
+            self._ready = messages  # kept if the write below is cancelled
+            try:
+                await self._flush()
+            except FeedError as exc:  # the messages read before it are still delivered
+                self._failure = exc
+            self._ready = []
         if self._failure is None:
             if protocol.parser_exc is not None:
                 self._failure = FeedError(f"{self.url}: protocol error: {protocol.parser_exc}")
@@ -211,6 +235,10 @@ class WsConnection:
             raise self._failure
         # Messages completed before a failure in the same read are delivered; the failure comes next call.
         return messages
+
+    def holds_messages(self) -> bool:
+        """Data read already waits for the next `receive_messages` (a call cancelled after its read)."""
+        return bool(self._ready) or (isinstance(self._stream, TlsStream) and self._stream.holds_data)
 
     def _split(self) -> list[bytes]:
         """Cut the buffered bytes into frames: data frames here, every other frame through `websockets`.

@@ -353,6 +353,8 @@ class Feed:
             if scope.cancelled_caught:
                 if link.retired:
                     return  # no close reply: `_retire` cuts it anyway
+                if link.conn.holds_messages():
+                    continue  # data came as the deadline passed (a stalled process): not stale, read it
                 raise FeedError(f"{self.url}: stale: nothing received for {stale} s")
             again: list[SubscribeRequest] = []
             for event in await self._handle(link, messages):

@@ -197,3 +197,37 @@ async def test_a_message_bigger_than_the_copied_buffer_arrives_whole_among_small
         while len(got) < 4:
             got.extend(await conn.receive_messages())
     assert got == [b"before", big, b"after", b"x" * 200]
+
+
+async def test_a_read_cancelled_while_answering_a_ping_keeps_its_messages(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A deadline passing while the client writes its pong (a stalled process, a slow socket) must not lose
+    the data frames that same read completed: the next call returns them, and the feed's stale watchdog
+    sees that the connection holds data."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    peer = Peer(server_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.accept)
+        conn = await open_ws(URL, client_stream)
+
+    async def stall() -> None:
+        await trio.sleep_forever()  # the server stops taking bytes: the pong write hangs
+
+    pump = client_stream.send_stream.send_all_hook  # moves the client's bytes to the server side
+    assert pump is not None
+    client_stream.send_stream.send_all_hook = stall
+    await peer.stream.send_all(frame(0x9, b"are you there") + frame(0x1, b"trade-1") + frame(0x1, b"trade-2"))
+    with trio.move_on_after(1) as scope:
+        await conn.receive_messages()
+    assert scope.cancelled_caught and trio.current_time() == 1
+    assert conn.holds_messages()
+    client_stream.send_stream.send_all_hook = pump
+    with trio.fail_after(1):
+        assert await conn.receive_messages() == [b"trade-1", b"trade-2"]
+    assert not conn.holds_messages()
+    await peer.stream.send_all(frame(0x1, b"trade-3"))
+    with trio.fail_after(1):
+        assert await read_all(conn, 1) == [b"trade-3"]
+    await pump()  # the pong the cancelled write queued
+    assert [f.data for f in await peer.received_frames() if f.opcode == Opcode.PONG] == [b"are you there"]
