@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
+from marketflow.config import default_config
 from marketflow.daemon import Daemon
-from marketflow.nats.server import single
+from marketflow.nats.link import NatsError, NatsLink
+from marketflow.nats.server import NatsServer, single
 from marketflow.nats.store import StoreConsumerStatistics
 from marketflow.sim import SimConfig, SimServer
 from tests.nats.conftest import with_nats
@@ -90,3 +93,42 @@ async def test_roles_started_while_nats_is_down_start_spool_then_publish_every_t
     assert consumed.trades == len(delivered) and consumed.duplicates == 0
     assert [key for key, n in Counter(r[:3] for r in rows).items() if n > 1] == []
     assert sorted(rows) == sorted(expected_rows(delivered))
+
+
+@attrs.define
+class WithoutJetStream(NatsServer):
+    """A nats-server that accepts connections but has no JetStream (as one just started may not yet)."""
+
+    def config_text(self) -> str:
+        return (
+            "\n".join(line for line in super().config_text().splitlines() if "jetstream" not in line) + "\n"
+        )
+
+
+async def test_streams_are_created_once_jetstream_answers_not_only_at_the_first_connect(
+    tmp_path: Path,
+) -> None:
+    plain = WithoutJetStream("plain", tmp_path / "plain")
+    server = NatsServer("js", tmp_path / "js", port=plain.port, http_port=plain.http_port)
+    link = NatsLink(attrs.evolve(default_config(env={}).nats, servers=(server.url,)), "test")
+    try:
+        with trio.fail_after(60):
+            plain.start()
+            await plain.wait_ready()
+            for _ in range(2):  # connected, but no stream can be made: every open says so
+                with pytest.raises(NatsError, match="connect failed"):
+                    await link.open()
+            plain.stop()
+            server.start()
+            await server.wait_ready()
+            while True:  # the client reconnects on its own; the next open makes the streams
+                try:
+                    await link.open()
+                    break
+                except NatsError:
+                    await trio.sleep(0.1)
+            assert await link.stream_count("trades", "marketflow.trades.>") == 0
+    finally:
+        await link.close()
+        plain.stop()
+        server.stop()
