@@ -18,6 +18,7 @@ from marketflow.config import default_config
 from marketflow.daemon import Daemon
 from marketflow.nats.link import NatsError, NatsLink
 from marketflow.nats.server import NatsServer, single
+from marketflow.nats.serve import ServeStatistics
 from marketflow.nats.store import StoreConsumerStatistics
 from marketflow.sim import SimConfig, SimServer
 from tests.nats.conftest import with_nats
@@ -33,6 +34,12 @@ port fails in well under a second, a start that waits for NATS never ends)."""
 @pytest.fixture(scope="session")
 def pg_cluster() -> PgCluster:
     return shared_cluster()
+
+
+def serving(daemon: Daemon) -> ServeStatistics:
+    stats = daemon.actors["nats_serve"].statistics()
+    assert isinstance(stats, ServeStatistics)
+    return stats
 
 
 def stored(daemon: Daemon) -> StoreConsumerStatistics:
@@ -62,7 +69,7 @@ async def test_roles_started_while_nats_is_down_start_spool_then_publish_every_t
                 await wait_until(lambda: publisher(collect).spooled > 0)
                 during = publisher(collect)
                 await wait_until(lambda: stored(store).state == "retrying")
-                await wait_until(lambda: serve.actors["nats_serve"].statistics().state == "retrying")
+                await wait_until(lambda: serving(serve).state == "retrying")
                 health = {
                     name: d.health() for name, d in (("collect", collect), ("store", store), ("serve", serve))
                 }
@@ -75,7 +82,7 @@ async def test_roles_started_while_nats_is_down_start_spool_then_publish_every_t
                 after, consumed = publisher(collect), stored(store)
                 # The serving daemon subscribes once NATS answers (its live view starts there, as any serve
                 # daemon's does: `DeliverPolicy.NEW`).
-                await wait_until(lambda: serve.actors["nats_serve"].statistics().state == "running")
+                await wait_until(lambda: serving(serve).state == "running")
                 # Every role healthy again (a daemon that never connected stays degraded: this times out).
                 await wait_until(lambda: all(d.health().status == "healthy" for d in (collect, store, serve)))
                 for daemon in (collect, store, serve):
