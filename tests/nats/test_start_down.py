@@ -17,8 +17,8 @@ import trio
 from marketflow.config import default_config
 from marketflow.daemon import Daemon
 from marketflow.nats.link import NatsError, NatsLink
-from marketflow.nats.server import NatsServer, single
 from marketflow.nats.serve import ServeStatistics
+from marketflow.nats.server import NatsServer, single
 from marketflow.nats.store import StoreConsumerStatistics
 from marketflow.sim import SimConfig, SimServer
 from tests.nats.conftest import with_nats
