@@ -48,6 +48,9 @@ T = TypeVar("T")
 PUBLISH_TIMEOUT_S: Final = 5.0
 """Longest a batch of publishes waits for its acks (a leader election took ~4 s here)."""
 CONNECT_TIMEOUT_S: Final = 2
+FIRST_CONNECT_ATTEMPTS: Final = 1
+"""Retries per server of a first connect (nats-py's `max_reconnect_attempts`: -1 would retry forever, and a
+daemon started while NATS is down would never finish starting); once connected, it reconnects forever."""
 DUPLICATE_WINDOW_S: Final = 600.0
 """JetStream drops a message whose id it saw this recently (retries, spool replays)."""
 BOOK_MAX_AGE_S: Final = 3600.0
@@ -156,6 +159,7 @@ class NatsLink:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._acks: AckInbox | None = None
+        self._streams_ready = False
         self._pull: dict[str, JetStreamContext.PullSubscription] = {}
         self.errors = 0
         self.last_error: str | None = None
@@ -180,14 +184,21 @@ class NatsLink:
             raise NatsError(f"NATS {self.display}: {doing} failed: {type(exc).__name__}: {exc}") from exc
 
     async def open(self, *, create_streams: bool = True) -> None:
-        """Connect (one attempt per server) and create the streams if missing."""
+        """Connect (a bounded attempt: `FIRST_CONNECT_ATTEMPTS`) and create the streams if missing (until
+        that succeeded once: a server just started may take a connection before JetStream answers)."""
         self._thread.start()
         await self._run("connect", self._connect, create_streams)
 
     async def _connect(self, create_streams: bool) -> None:
-        if self._nc is not None and not self._nc.is_closed:
-            return  # connected, or reconnecting on its own (a second client would leak, and wait meanwhile)
+        # Connected, or reconnecting on its own: a second client would leak (and wait meanwhile).
+        if self._nc is None or self._nc.is_closed:
+            await self._dial()
+        if create_streams and not self._streams_ready:
+            assert self._js is not None
+            await self._ensure_streams(self._js)
+            self._streams_ready = True
 
+    async def _dial(self) -> None:
         async def on_error(exc: Exception) -> None:
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -197,15 +208,15 @@ class NatsLink:
             name=f"marketflow-{self.name}",
             connect_timeout=CONNECT_TIMEOUT_S,
             reconnect_time_wait=0.25,
-            max_reconnect_attempts=-1,
+            max_reconnect_attempts=FIRST_CONNECT_ATTEMPTS,
             allow_reconnect=True,
             error_cb=on_error,
         )
+        # Connected: from now on an outage is waited out (nats-py reads this option at each reconnect).
+        self._nc.options["max_reconnect_attempts"] = -1
         self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
         self._acks = AckInbox(self._nc.new_inbox() + ".")
         await self._nc.subscribe(self._acks.prefix + "*", cb=self._acks.on_reply)
-        if create_streams:
-            await self._ensure_streams(self._js)
 
     async def _ensure_streams(self, js: JetStreamContext) -> None:
         prefix = self.config.subject_prefix
@@ -261,6 +272,7 @@ class NatsLink:
 
     async def _close(self) -> None:
         nc, self._nc, self._js, self._acks = self._nc, None, None, None
+        self._streams_ready = False
         self._pull = {}
         if nc is not None and not nc.is_closed:
             await asyncio.wait_for(nc.close(), PUBLISH_TIMEOUT_S)
