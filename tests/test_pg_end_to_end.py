@@ -328,10 +328,14 @@ async def test_two_daemons_one_database_no_duplicates_and_no_gap_when_one_dies(
             config_a = daemon_toml(
                 tmp_path / "a.toml", state_dir=tmp_path / "a", url=pg_url, sim=sim, buffer_max=1000
             )
-            # Both start on the same empty database: one creates the schema, the other waits for it.
+            # The tape runs for 6 s from the first subscription; a process can take longer than that to
+            # start on a busy machine, and would then never write a trade b also writes: b starts once
+            # a has subscribed. (Daemons creating the schema at once: storage/test_migrate.py.)
             a = await start_daemon(config_a, log)
+            tapes = [sim.trade_feed("bybit", "spot", native) for native in ("BTCUSDT", "ETHUSDT")]
             b = Daemon(pg_config(tmp_path / "b", sim, pg_url, markets=("spot",), flush_interval_s=0.05))
             try:
+                await wait_until(lambda: all(tape.subscribed for tape in tapes))
                 await nursery.start(b.run)
                 # Both write every trade: b finds some already written by a.
                 await wait_until(lambda: writer_stats(b).duplicates > 0)
