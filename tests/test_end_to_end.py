@@ -42,13 +42,16 @@ async def wait_stored(daemon: Daemon, sim: SimServer, db: Path) -> None:
 
 
 async def sent_everything(
-    sim: SimServer, markets: tuple[str, ...] = ("spot", "linear"), natives: tuple[str, ...] = NATIVES
+    sim: SimServer,
+    markets: tuple[str, ...] = ("spot", "linear"),
+    natives: tuple[str, ...] = NATIVES,
+    interval: float = 0.05,
 ) -> None:
-    """Until the simulator's Bybit tapes are exhausted (`max_frames`) and every frame they cut was written
-    to its socket or dropped with it: nothing more will be delivered.
+    """Until the simulator's Bybit tapes that ever ran are exhausted (`max_frames`) and every frame they cut
+    was written to its socket or dropped with it: nothing more will be delivered.
 
     A feed's connection takes its frames out of the backlog just before the write that delivers them, so
-    the count of frames sent must also stay the same over one poll.
+    the count of frames sent (by every feed) must also stay the same over one poll of `interval`.
     """
     feeds = [sim.trade_feed("bybit", market, native) for market in markets for native in natives]
     last = -1
@@ -56,13 +59,14 @@ async def sent_everything(
     def done() -> bool:
         nonlocal last
         before, last = last, sim.statistics().frames_sent
+        started = [feed for feed in feeds if feed.frames_published or feed.subscribed]
         return (
             before == last
-            and all(feed.exhausted for feed in feeds)
-            and all(sink.backlog() == 0 for feed in feeds for sink in feed.sinks())
+            and all(feed.exhausted for feed in started)
+            and all(sink.backlog() == 0 for feed in started for sink in feed.sinks())
         )
 
-    await wait_for(done, 0.05)
+    await wait_for(done, interval)
 
 
 def assert_exactly_once(sim: SimServer, db: Path, *, backfilled: bool = False) -> None:

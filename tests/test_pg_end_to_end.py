@@ -107,7 +107,7 @@ async def wait_all_stored(
     Stopped for good (its tapes exhausted, every frame written), not quiet for a moment: a starved process
     is quiet too, and a trade delivered after this returns may be lost when the daemon stops.
     """
-    await sent_everything(sim, markets)
+    await sent_everything(sim, markets, interval=0.2)
     wanted = {e[:3] for e in expected_rows(sim.delivered_trades())}
     assert wanted
     while True:
