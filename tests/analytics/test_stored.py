@@ -101,10 +101,15 @@ def trade_sets(draw: st.DrawFn) -> tuple[str, list[Trade]]:
     )
     symbol = f"S{next(_symbols)}-USDT"
     trades = []
+    ids: set[str] = set()
     for index, (tick, two, units, side, slot, nudge, form) in enumerate(rows):
         ts = max(T0, T0 + slot * 250_000 + nudge)
+        trade_id = form.format(index)
+        if trade_id in ids:  # "{}0" of 1 is "{}" of 10: a market's trade ids are unique (storage keeps one)
+            continue
+        ids.add(trade_id)
         trades.append(
-            Trade(EXCHANGE, symbol, form.format(index), price_of(tick, two), amount_of(units), side, ts, ts)  # type: ignore[arg-type]
+            Trade(EXCHANGE, symbol, trade_id, price_of(tick, two), amount_of(units), side, ts, ts)  # type: ignore[arg-type]
         )
     return family, trades
 
