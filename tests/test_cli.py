@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from marketflow.demo import demo_simulator
 from marketflow.sim import SimConfig, SimServer
 from tests.conftest import stored_rows, wait_for
 
 PY = sys.executable
+
+
+async def decoded(client: httpx.AsyncClient, connection: str) -> float:
+    """The daemon's count of trades decoded from `connection`, from its /metrics."""
+    text = (await client.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "marketflow_decoder_trades_total" and sample.labels["connection"] == connection:
+                return float(sample.value)
+    return 0.0
 
 
 def marketflow(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -95,12 +108,20 @@ async def test_run_stops_cleanly_on_sigterm_with_every_trade_committed(tmp_path:
                 env=env,
                 stderr=subprocess.PIPE,
             )
+            assert proc.stderr is not None
+            logs = ""
+            while (listening := re.search(r'"msg": "HTTP API listening", "url": "([^"]+)"', logs)) is None:
+                logs += (await proc.stderr.receive_some(65536)).decode()
             # The flush interval is long, so rows still pending when SIGTERM lands must be flushed by it.
+            # Trades the daemon has not read yet are not: SIGTERM once it decoded every one delivered.
             await wait_for(lambda: sim.statistics().frames_sent >= 200, 0.05)
+            delivered = len(sim.delivered_trades())
+            async with httpx.AsyncClient(base_url=listening[1], timeout=10) as client:
+                while await decoded(client, "bybit-linear") < delivered:  # noqa: ASYNC110 - a counter
+                    await trio.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
             code = await proc.wait()
-            assert proc.stderr is not None
-            logs = (await proc.stderr.receive_some(1 << 20)).decode()
+            logs += (await proc.stderr.receive_some(1 << 20)).decode()
             nursery.cancel_scope.cancel()
     assert code == 0, logs
     assert '"msg": "stopping", "signal": "SIGTERM"' in logs

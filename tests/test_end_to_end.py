@@ -12,6 +12,7 @@ from marketflow.sim import Faults, SimConfig, SimServer, SimTrade
 from tests.conftest import sim_config, stored_rows, wait_for
 
 PERP = {"spot": "", "linear": "-PERP"}
+NATIVES = ("BTCUSDT", "ETHUSDT")
 
 
 def expected_rows(trades: list[SimTrade]) -> list[tuple[str, str, str, str, str, str, int]]:
@@ -30,20 +31,42 @@ def expected_rows(trades: list[SimTrade]) -> list[tuple[str, str, str, str, str,
 
 
 async def wait_stored(daemon: Daemon, sim: SimServer, db: Path) -> None:
-    """Until the writer has committed as many rows as the simulator delivered (and it stopped sending)."""
-    while True:
-        await trio.sleep(0.05)
-        delivered = len(sim.delivered_trades())
-        if delivered and len(stored_rows(db)) >= delivered:
-            return
+    """Until the simulator stopped sending and the writer has committed every trade it delivered.
+
+    Not before it stopped: the writer can be level with the simulator mid-stream, and what it delivers
+    while the daemon stops may then never be read.
+    """
+    await sent_everything(sim)
+    wanted = set(expected_rows(sim.delivered_trades(exchange="bybit")))
+    await wait_for(lambda: wanted <= set(stored_rows(db)), 0.05)
 
 
-async def sent_everything(sim: SimServer) -> None:
-    """Until the simulator's tapes are exhausted (`max_frames`): nothing sent for half a second."""
-    sent = -1
-    while sim.statistics().frames_sent != sent:
-        sent = sim.statistics().frames_sent
-        await trio.sleep(0.5)
+async def sent_everything(
+    sim: SimServer,
+    markets: tuple[str, ...] = ("spot", "linear"),
+    natives: tuple[str, ...] = NATIVES,
+    interval: float = 0.05,
+) -> None:
+    """Until the simulator's Bybit tapes that ever ran are exhausted (`max_frames`) and every frame they cut
+    was written to its socket or dropped with it: nothing more will be delivered.
+
+    A feed's connection takes its frames out of the backlog just before the write that delivers them, so
+    the count of frames sent (by every feed) must also stay the same over one poll of `interval`.
+    """
+    feeds = [sim.trade_feed("bybit", market, native) for market in markets for native in natives]
+    last = -1
+
+    def done() -> bool:
+        nonlocal last
+        before, last = last, sim.statistics().frames_sent
+        started = [feed for feed in feeds if feed.frames_published or feed.subscribed]
+        return (
+            before == last
+            and all(feed.exhausted for feed in started)
+            and all(sink.backlog() == 0 for feed in started for sink in feed.sinks())
+        )
+
+    await wait_for(done, interval)
 
 
 def assert_exactly_once(sim: SimServer, db: Path, *, backfilled: bool = False) -> None:

@@ -394,6 +394,12 @@ def _merge_trades(
             bar.open, bar.open_ts, bar.close, bar.close_ts = saved
             if key < bounds[0]:
                 bar.open, bar.open_ts, bounds[0] = price, ts, key
+                # First of the bar: at a price equal to its high or low it is the first of equals, whose
+                # spelling ("65114.0", not a later "65114.00") the bar keeps, as in (ts, id) order.
+                if price == bar.high:
+                    bar.high = price
+                if price == bar.low:
+                    bar.low = price
             if key > bounds[1]:
                 bar.close, bar.close_ts, bounds[1] = price, ts, key
 

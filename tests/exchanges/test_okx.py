@@ -561,6 +561,38 @@ def test_updates_without_a_ws_snapshot_are_aligned_with_a_rest_snapshot() -> Non
     assert book.on_update(more) is None and book.last_id == 26
 
 
+def test_updates_still_on_their_way_when_the_rest_snapshot_was_taken_are_stale_not_a_gap() -> None:
+    """The REST answer can overtake the stream (a busy machine): every buffered update is older than the
+    snapshot and more older ones are still on their way. The snapshot holds them already: dropped as stale,
+    never applied over it; the first newer one bridges it as a buffered one would, and the chain goes on."""
+    for snapshot_id, bridge in ((20, (20, 26)), (17, (14, 20))):
+        book = OkxBook()
+        for update in chain((5, 10, [["99", "1", "0", "1"]])):
+            book.on_update(update)
+        book.snapshot_requested()
+        rest = rest_books(
+            [["100", "2", "0", "1"], ["98", "3", "0", "1"]], [["101", "1", "0", "1"]], snapshot_id
+        )
+        assert book.on_snapshot(VENUE.parse_snapshot("spot", rest, "BTC-USDT", 7)) is None
+        assert book.state is BookState.SYNCED and book.last_id == snapshot_id
+        late = [(10, 14, [["98", "7", "0", "1"]]), (14, 20, [["100", "9", "0", "1"]])]
+        for update in chain(*[link for link in late if link[1] <= snapshot_id]):
+            assert book.on_update(update) is None, update
+        assert book.state is BookState.SYNCED and book.last_id == snapshot_id
+        (bridging,) = chain((*bridge, [["97", "1", "0", "1"]]))
+        assert book.on_update(bridging) is None and book.last_id == bridge[1]
+        (more,) = chain((bridge[1], 30, [["96", "1", "0", "1"]]))
+        assert book.on_update(more) is None and book.last_id == 30
+        bids = [(Decimal("100"), Decimal("2")), (Decimal("98"), Decimal("3"))]  # not the stale 9 and 7
+        assert book_view(book) == (
+            [*bids, (Decimal("97"), Decimal("1")), (Decimal("96"), Decimal("1"))],
+            [(Decimal("101"), Decimal("1"))],
+        )
+        # Once the chain went on, an update from before it is a gap again.
+        (old,) = chain((14, 20, []))
+        assert book.on_update(old) is not None
+
+
 def test_a_rest_snapshot_older_than_the_buffer_is_refused_and_asked_again() -> None:
     book = OkxBook()
     for update in chain((10, 17, []), (17, 20, [])):

@@ -213,9 +213,17 @@ async def test_bad_checksum_fault_sends_a_checksum_that_does_not_match(nursery: 
             for message in await pushes(ws, "books", 3):
                 book.apply(message["data"][0], message["action"] == "snapshot")
             server.okx_bad_checksum("spot", "ETH-USDT")
-            (message,) = await pushes(ws, "books", 1)
-            book.apply(message["data"][0], False)
-            assert message["data"][0]["checksum"] != book.checksum()
+            # Pushes already on their way when the fault was set carry the right checksum; the first one
+            # published after it (a higher seqId than the stream's then) carries a wrong one.
+            stream = server.book_feed("okx", "spot", "ETH-USDT").streams["books:ETH-USDT"]
+            armed_at = stream.seq  # type: ignore[attr-defined]
+            while True:
+                (data,) = [m["data"][0] for m in await pushes(ws, "books", 1)]
+                book.apply(data, False)
+                if data["seqId"] > armed_at:
+                    break
+                assert data["checksum"] == book.checksum()
+            assert data["checksum"] != book.checksum()
 
 
 async def test_rest_instruments_history_and_limit(nursery: trio.Nursery) -> None:

@@ -15,7 +15,9 @@ sending it and says to take it from `GET /api/v5/market/books`): while the book 
 `seqId`/`prevSeqId` are buffered and `needs_snapshot()` asks the keeper for a REST snapshot. Aligned as
 OKX's recipe says: buffered updates with `seqId <= snapshot seqId` are dropped; the first kept one must
 satisfy `prevSeqId <= snapshot seqId < seqId` (a snapshot older than the first buffered update is refused
-and fetched again); then the chain goes on as above. A WebSocket snapshot, whenever one comes, still
+and fetched again); then the chain goes on as above. When no buffered update is newer than the snapshot
+(the REST answer overtook the stream), updates still on their way with `seqId <=` its `seqId` are dropped
+as stale, and the first newer one bridges it by the same rule. A WebSocket snapshot, whenever one comes, still
 replaces the book at once (today's behaviour), and a REST one arriving on a synced book is ignored.
 
 Checksum: CRC32 of the top 25 levels interleaved `bidPx:bidSz:askPx:askSz:...` (the longer side's rest
@@ -84,6 +86,8 @@ class OkxBook(BookSync):
         self._buffer: list[OkxBookUpdate] = []
         """Chained updates received while waiting, for a REST snapshot to be aligned with."""
         self._pending = False
+        self._bridge: int | None = None
+        """A REST snapshot's seqId no update has continued yet (see `on_update`)."""
         self._raw_bids: dict[Decimal, str] = {}
         self._raw_asks: dict[Decimal, str] = {}
         self._keep_raw = False
@@ -102,6 +106,7 @@ class OkxBook(BookSync):
         self._keep_raw = False
         self._buffer = []
         self._pending = False
+        self._bridge = None
 
     def needs_snapshot(self) -> bool:
         return self.state is not BookState.SYNCED and bool(self._buffer) and not self._pending
@@ -138,6 +143,9 @@ class OkxBook(BookSync):
         gap = self._set_snapshot(update)
         if gap is not None:
             return gap
+        # Nothing buffered is newer: the REST answer overtook the stream, whose older updates may still be
+        # on their way (`on_update` drops them, and lets the first newer one bridge the snapshot).
+        self._bridge = None if keep else snapshot_id
         if keep and not (keep[0].prev_id is not None and keep[0].prev_id <= snapshot_id):
             return self._fail(
                 f"first update after REST snapshot {snapshot_id} has prevSeqId {keep[0].prev_id}", keep[0]
@@ -157,6 +165,7 @@ class OkxBook(BookSync):
             raise TypeError(f"OkxBook takes OkxBookUpdate, got {type(update).__name__}")
         if update.snapshot:
             self._buffer = []  # a WebSocket snapshot starts the book by itself
+            self._bridge = None
             self._raw_bids = {}
             self._raw_asks = {}
             self._keep_raw = keep = self._checksums_seen or bool(update.checksum)
@@ -176,6 +185,13 @@ class OkxBook(BookSync):
             return None
         seq = update.last_id
         prev = update.prev_id
+        if prev is not None and self._bridge is not None:
+            if prev < seq <= self._bridge:  # sent before the REST snapshot was taken: it holds it already
+                self._stale += 1
+                return None
+            if prev < self._bridge < seq:  # bridges it: prevSeqId <= snapshot seqId < seqId
+                prev = self._id
+            self._bridge = None
         if prev is not None:
             if prev == seq and not update.bids and not update.asks:
                 if seq != self._id:  # it repeats the last seqId: any other means messages were lost
@@ -214,6 +230,7 @@ class OkxBook(BookSync):
         return None
 
     def _fail(self, reason: str, update: BookUpdate) -> Gap:
+        self._bridge = None
         self._raw_bids = {}
         self._raw_asks = {}
         self._keep_raw = False
