@@ -71,8 +71,7 @@ class _QueuePublisher(LinkActor):
     _last_error: str | None
 
     async def _publish(self, messages: list[Message]) -> bool:
-        if not messages:  # nothing waits to be sent
-            self._state = "running"
+        if not messages:  # nothing waits to be sent: the state stays what the last publish made it
             return True
         try:
             await self._link.open()
@@ -279,8 +278,7 @@ class CandlePublisher(_QueuePublisher):
         while True:
             await self._queue.spill_overflow()
             taken = await self._queue.take()
-            if taken is None:
-                self._state = "running"
+            if taken is None:  # nothing to send: the state stays what the last publish made it
                 return True
             messages = [self._message(c) for c in taken.records]
             published = False
