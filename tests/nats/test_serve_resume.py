@@ -5,14 +5,22 @@ after the last trade message it took; before its first, from when it started).""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import attrs
 import trio
 
+from marketflow.config import default_config
 from marketflow.daemon import Daemon
-from marketflow.nats.serve import ServeStatistics
+from marketflow.model import Trade
+from marketflow.nats.link import NatsLink
+from marketflow.nats.schema import pack_trades, stream_name, subject
+from marketflow.nats.serve import RecentIds, ServeStatistics, ServeSubscriber
 from marketflow.nats.server import NatsServer, single
+from marketflow.pipeline.bookkeeper import LiveBooks
+from marketflow.pipeline.gaps import GapLedger
+from marketflow.runtime.bus import Bus
 from marketflow.sim import SimConfig, SimServer
 from tests.conftest import sim_config
 from tests.nats.conftest import with_nats
@@ -111,3 +119,43 @@ async def test_serve_daemon_started_while_nats_is_down_counts_the_trades_stored_
     assert publisher(collect).replayed > 0
     assert stats.state == "running" and stats.duplicates == 0
     assert served == delivered, (served, delivered, stats)
+
+
+async def test_resuming_where_the_stream_no_longer_holds_starts_at_its_first_message_and_counts_the_gap(
+    nats_server: NatsServer,
+) -> None:
+    """Messages gone from the stream (`max_age`, here a purge) before the serve role resumes there: it
+    starts at the stream's first message, logs once and counts what it could not see."""
+    config = with_nats(default_config(env={}), [nats_server], ("serve",))
+    prefix = config.nats.subject_prefix
+    link = NatsLink(config.nats, "test")
+    recent = RecentIds()
+    recent.next_seq = 2  # took message 1 of 6, then away while messages 2..4 were dropped
+    bus: Bus[Trade] = Bus("served")
+    served = bus.subscribe("test", 16)
+    serve = ServeSubscriber(bus, LiveBooks([], GapLedger()), recent, config)
+    try:
+        with trio.fail_after(30):
+            await link.open()
+            for i in range(6):
+                trade = Trade("bybit", "BTC-USDT", str(i), Decimal(1), Decimal(1), "buy", i, i)
+                for exchange, symbol, payload, msg_id, _ in pack_trades([trade]):
+                    await link.publish_acked([(subject(prefix, "trades", exchange, symbol), payload, msg_id)])
+            js = link._js
+            assert js is not None
+            await link._run("purge", js.purge_stream, stream_name(prefix, "trades"), 5)
+            got: list[str] = []
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve.run)
+                with served.receiver() as rx:
+                    async for batch in rx:
+                        got += [t.id for t in batch]
+                        if len(got) >= 2:
+                            break
+                serve.request_stop()
+    finally:
+        await link.close()
+    stats = serve.statistics()
+    assert got == ["4", "5"]
+    assert (stats.skipped, stats.trades) == (3, 2)
+    assert recent.next_seq == 7
