@@ -16,12 +16,14 @@ being replicated: that message is stored, so it counts as done (a duplicate).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Literal, TypeVar
 
+import attrs
 import nats
 import nats.errors
 import nats.js.errors
@@ -146,6 +148,15 @@ class Inbox:
         while len(msgs) < most and not self.queue.empty():
             msgs.append(self.queue.get_nowait())
         return msgs
+
+
+@attrs.frozen
+class Start:
+    """Where a subscription starts in its stream: at stream sequence `seq` if set, else at the first
+    message stored at or after `time` (UTC; JetStream compares it with its own clock)."""
+
+    time: datetime.datetime
+    seq: int | None = None
 
 
 class NatsLink:
@@ -372,31 +383,40 @@ class NatsLink:
         kind: str,
         subject: str,
         *,
-        deliver: DeliverPolicy = DeliverPolicy.NEW,
+        deliver: DeliverPolicy | Start = DeliverPolicy.NEW,
         block: bool = False,
         inbox: Inbox | None = None,
     ) -> Inbox:
         """An ordered push consumer over `subject` of the `kind` stream (nats-py re-creates it after a node
-        fails), from now on, from the start, or from the newest message of every subject (`deliver`);
-        `block`: the inbox never drops (the subscription waits for the reader instead); `inbox`: deliver
-        into this one (several subscriptions, one reader)."""
+        fails), from now on, from the start, from the newest message of every subject, or from a stream
+        sequence or an instant (`deliver`: a policy, or a `Start`); `block`: the inbox never drops (the
+        subscription waits for the reader instead); `inbox`: deliver into this one (several
+        subscriptions, one reader)."""
         return await self._run("subscribe", self._subscribe, kind, subject, deliver, block, inbox)
 
     async def _subscribe(
-        self, kind: str, subject: str, policy: DeliverPolicy, block: bool, inbox: Inbox | None
+        self, kind: str, subject: str, deliver: DeliverPolicy | Start, block: bool, inbox: Inbox | None
     ) -> Inbox:
         js = self._js
         if js is None:
             raise nats.errors.ConnectionClosedError
         if inbox is None:
             inbox = Inbox(block=block)
-        await js.subscribe(
-            subject,
-            stream=stream_of(self.config.subject_prefix, kind),
-            cb=inbox.put,
-            ordered_consumer=True,
-            deliver_policy=policy,
-        )
+        stream = stream_of(self.config.subject_prefix, kind)
+        if isinstance(deliver, DeliverPolicy):
+            await js.subscribe(
+                subject, stream=stream, cb=inbox.put, ordered_consumer=True, deliver_policy=deliver
+            )
+        elif deliver.seq is not None:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=deliver.seq)
+            await js.subscribe(subject, stream=stream, cb=inbox.put, ordered_consumer=True, config=config)
+        else:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=deliver.time)
+            await js.subscribe(subject, stream=stream, cb=inbox.put, ordered_consumer=True, config=config)
+            # nats-py keeps this very config to re-create the ordered consumer (a node lost: from the
+            # sequence after its last message, BY_START_SEQUENCE); JetStream refuses a start sequence
+            # beside a start time, so that re-creation would fail forever.
+            config.opt_start_time = None
         return inbox
 
     async def take(self, inbox: Inbox, most: int) -> list[Msg]:

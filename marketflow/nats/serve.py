@@ -13,6 +13,7 @@ itself keeps its own.
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Callable
 
@@ -24,7 +25,7 @@ from nats.js.api import DeliverPolicy
 from marketflow.config import Config
 from marketflow.exchanges.orderbook import BookSync, Gap
 from marketflow.model import BookUpdate, Trade
-from marketflow.nats.link import Inbox, LinkActor, NatsError, NatsLink
+from marketflow.nats.link import Inbox, LinkActor, NatsError, NatsLink, Start
 from marketflow.nats.market_schema import (
     MARKET_KINDS,
     DerivativesUpdate,
@@ -49,11 +50,22 @@ TAKE_MESSAGES = 512
 
 class RecentIds:
     """Trade ids seen lately per (exchange, symbol): two generations, the older dropped when the newer
-    holds `limit` ids, so memory stays bounded and a duplicate is caught while it is that recent."""
+    holds `limit` ids, so memory stays bounded and a duplicate is caught while it is that recent.
 
-    def __init__(self, limit: int = RECENT_IDS) -> None:
+    Also where the serve role stands in the trades stream, kept here because it must outlive a subscriber
+    (a new connection, a restarted actor): `next_seq`, the stream sequence after the last trades message
+    taken, or before the first, `since`, when this was made (the daemon's start: a serve daemon started
+    while NATS is down still sees every trade stored since)."""
+
+    def __init__(self, limit: int = RECENT_IDS, *, since: datetime.datetime | None = None) -> None:
         self._limit = limit
         self._ids: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
+        self.since = since if since is not None else datetime.datetime.now(datetime.UTC)
+        self.next_seq: int | None = None
+
+    def start(self) -> Start:
+        """Where the next trades subscription starts (overlap is harmless: `fresh` drops it)."""
+        return Start(self.since, self.next_seq)
 
     def fresh(self, trades: list[Trade]) -> list[Trade]:
         """The trades of `trades` not seen before (and remember them)."""
@@ -104,12 +116,15 @@ class ServeStatistics:
     errors: int
     last_error: str | None
     market_messages: int
+    skipped: int
+    """Trades messages gone from the stream (past `max_age`) before this role resumed there."""
 
 
 class ServeSubscriber(LinkActor):
-    """Subscribes to `<prefix>.trades.>` (from now), `<prefix>.book.>` and, with `market`, the ticker,
-    derivatives and liquidations subjects (from the newest of each, then live). `collected(exchange,
-    symbol)`: this daemon's own feeds carry that symbol's market data (it is not mirrored)."""
+    """Subscribes to `<prefix>.trades.>` (from where `recent` left off), `<prefix>.book.>` and, with
+    `market`, the ticker, derivatives and liquidations subjects (from the newest of each, then live).
+    `collected(exchange, symbol)`: this daemon's own feeds carry that symbol's market data (it is not
+    mirrored)."""
 
     def __init__(
         self,
@@ -141,6 +156,9 @@ class ServeSubscriber(LinkActor):
         self._dropped = 0
         self._errors = 0
         self._last_error: str | None = None
+        self._resumed_at: int | None = None
+        """The stream sequence the trades subscription resumed at, until its first message came."""
+        self._skipped = 0
 
     def statistics(self) -> ServeStatistics:
         return ServeStatistics(
@@ -154,6 +172,7 @@ class ServeSubscriber(LinkActor):
             self._errors,
             self._last_error,
             self._market_messages,
+            self._skipped,
         )
 
     def request_stop(self) -> None:
@@ -165,7 +184,11 @@ class ServeSubscriber(LinkActor):
         while True:
             try:
                 await self._link.open()
-                trades = await self._link.subscribe("trades", f"{self._prefix}.trades.>")
+                # From where the last subscription left off (the trades published meanwhile, e.g. a
+                # collector's spool replayed as NATS came back), not from now.
+                start = self._recent.start()
+                self._resumed_at = start.seq
+                trades = await self._link.subscribe("trades", f"{self._prefix}.trades.>", deliver=start)
                 books = await self._link.subscribe(
                     "book", f"{self._prefix}.book.>", deliver=DeliverPolicy.LAST_PER_SUBJECT
                 )
@@ -202,6 +225,10 @@ class ServeSubscriber(LinkActor):
             await trio.sleep(self._backoff.next_delay())
 
     async def _publish(self, msgs: list[Msg]) -> None:
+        if msgs:  # in stream order: the last one tells where to resume (read once a batch, not per message)
+            if self._resumed_at is not None:
+                self._note_gap(self._resumed_at, msgs[0])
+            self._recent.next_seq = msgs[-1].metadata.sequence.stream + 1
         received: list[Trade] = []
         for msg in msgs:
             try:
@@ -213,6 +240,17 @@ class ServeSubscriber(LinkActor):
         self._trades += len(fresh)
         if fresh:
             await self._bus.publish(fresh)
+
+    def _note_gap(self, expected: int, first: Msg) -> None:
+        """Logged once per resumption: the stream no longer held where this role left it (`max_age`)."""
+        self._resumed_at = None
+        seq = first.metadata.sequence.stream
+        if seq > expected:
+            self._skipped += seq - expected
+            log.warning(
+                "trades stream no longer holds where serving left off; resumed at its first message",
+                extra={"expected_seq": expected, "resumed_seq": seq},
+            )
 
     async def _books_loop(self, inbox: Inbox) -> None:
         books = self._books

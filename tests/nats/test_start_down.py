@@ -42,6 +42,11 @@ def serving(daemon: Daemon) -> ServeStatistics:
     return stats
 
 
+def analysed(daemon: Daemon) -> int:
+    assert daemon.analytics is not None
+    return daemon.analytics.statistics().trades
+
+
 def stored(daemon: Daemon) -> StoreConsumerStatistics:
     stats = daemon.actors["nats_store"].statistics()
     assert isinstance(stats, StoreConsumerStatistics)
@@ -80,9 +85,12 @@ async def test_roles_started_while_nats_is_down_start_spool_then_publish_every_t
                 delivered = sim.delivered_trades()
                 await wait_until(lambda: stored(store).trades >= len(delivered))
                 after, consumed = publisher(collect), stored(store)
-                # The serving daemon subscribes once NATS answers (its live view starts there, as any serve
-                # daemon's does: `DeliverPolicy.NEW`).
+                # The serving daemon subscribes once NATS answers, from when it started: the trades the
+                # collector replayed before it subscribed are analysed too, each once.
                 await wait_until(lambda: serving(serve).state == "running")
+                with trio.move_on_after(30):  # a serve daemon that lost trades never gets there
+                    await wait_until(lambda: analysed(serve) >= len(delivered))
+                served = analysed(serve)
                 # Every role healthy again (a daemon that never connected stays degraded: this times out).
                 await wait_until(lambda: all(d.health().status == "healthy" for d in (collect, store, serve)))
                 for daemon in (collect, store, serve):
@@ -100,6 +108,7 @@ async def test_roles_started_while_nats_is_down_start_spool_then_publish_every_t
     assert consumed.trades == len(delivered) and consumed.duplicates == 0
     assert [key for key, n in Counter(r[:3] for r in rows).items() if n > 1] == []
     assert sorted(rows) == sorted(expected_rows(delivered))
+    assert served == len(delivered)
 
 
 @attrs.define
