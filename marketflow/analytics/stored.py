@@ -251,10 +251,8 @@ async def stored_bars(
     spelled = _merge_trades(bars, keys, fresh, step_us, large, bin, contract)
     firsts: dict[tuple[int, Decimal], Key | None] = {}
     for start, value, key, high in spelled:  # rare: see _merge_trades
-        if (start, value) not in firsts:
-            firsts[start, value] = await _first_stored_at(
-                reads, exchange, symbol, start, start + step_us, value
-            )
+        if (start, value) not in firsts:  # high and low at one price: one look-up
+            firsts[start, value] = await _first_stored_at(reads, exchange, symbol, start, step_us, value)
         at, bar = firsts[start, value], bars[start]
         if at is None or key < at:  # the unstored trade is the first at the extreme (still the bar's)
             if high and bar.high == value:
@@ -372,9 +370,10 @@ class _BarScan:
 
 
 async def _first_stored_at(
-    reads: RangeReads, exchange: str, symbol: str, since: int, until: int, price: Decimal
+    reads: RangeReads, exchange: str, symbol: str, start: int, step_us: int, price: Decimal
 ) -> Key | None:
-    """(ts, id) of the first stored trade (amount > 0) at a price equal to ``price`` in ``[since, until)``."""
+    """(ts, id) of the bar's first stored trade (amount > 0) at a price equal to ``price``, or None."""
+    since, until = start, start + step_us
     if isinstance(reads, SqlAggregates):
         return await reads.first_trade_at(exchange, symbol, since, until, price)
     assert isinstance(reads, TradeScan)
@@ -391,11 +390,6 @@ async def _first_stored_at(
     return found[0] if found else None
 
 
-Spelling = tuple[int, Decimal, Key, bool]
-"""(bar start, price, (ts, id), is high): an unstored trade at a stored bar's high (True) or low, spelled
-otherwise; whether its spelling is the bar's depends on the first stored trade at that price."""
-
-
 def _merge_trades(
     bars: dict[int, Bar],
     keys: dict[int, list[Key]],
@@ -404,16 +398,16 @@ def _merge_trades(
     large: Decimal | None,
     size: Decimal | None,
     contract: Contract | None = None,
-) -> list[Spelling]:
+) -> list[tuple[int, Decimal, Key, bool]]:
     """Add trades (by (ts, id)) that storage does not hold; open/close follow (ts, id) across both.
 
     High and low keep the spelling of the first trade at the extreme by (ts, id) ("65114.0", not a later
     "65114.00"). An unstored trade at a stored bar's extreme with another spelling is first when it comes
     before every stored trade of the bar, not when it comes after all of them; in between it depends on the
     first stored trade at that price, which the caller looks up: those cases (rare: an exchange writes one
-    scale per market) are returned. Trades come by (ts, id), so the first unstored trade at or beyond a
-    stored extreme decides it."""
-    spelled: list[Spelling] = []
+    scale per market) are returned as (bar start, price, (ts, id), is high). Trades come by (ts, id), so
+    the first unstored trade at or beyond a stored extreme decides it."""
+    spelled: list[tuple[int, Decimal, Key, bool]] = []
     extremes: dict[int, list[Decimal | None]] = {}  # start → stored [high, low] not decided yet, else None
     with exact():
         for trade in trades:
