@@ -130,6 +130,10 @@ class SqlAggregates(RangeReads, Protocol):
         max_rows: int,
     ) -> list[CellRow]: ...
 
+    async def first_trade_at(
+        self, exchange: str, symbol: str, since: int, until: int, price: Decimal
+    ) -> tuple[int, str] | None: ...
+
 
 @runtime_checkable
 class TradeScan(RangeReads, Protocol):
@@ -244,7 +248,17 @@ async def stored_bars(
         await reads.scan_trades(exchange, symbol, low, high, scan.consume)
         scan.finish()
     fresh = await unstored_trades(reads, ring, exchange, symbol, low, high)
-    _merge_trades(bars, keys, fresh, step_us, large, bin, contract)
+    spelled = _merge_trades(bars, keys, fresh, step_us, large, bin, contract)
+    firsts: dict[tuple[int, Decimal], Key | None] = {}
+    for start, value, key, high in spelled:  # rare: see _merge_trades
+        if (start, value) not in firsts:  # high and low at one price: one look-up
+            firsts[start, value] = await _first_stored_at(reads, exchange, symbol, start, step_us, value)
+        at, bar = firsts[start, value], bars[start]
+        if at is None or key < at:  # the unstored trade is the first at the extreme (still the bar's)
+            if high and bar.high == value:
+                bar.high = value
+            elif not high and bar.low == value:
+                bar.low = value
     ordered = [bars[start] for start in sorted(bars)]
     if first is not None:
         return ordered[:first]
@@ -355,6 +369,27 @@ class _BarScan:
             self.keys[self.bar.start][1] = self.last
 
 
+async def _first_stored_at(
+    reads: RangeReads, exchange: str, symbol: str, start: int, step_us: int, price: Decimal
+) -> Key | None:
+    """(ts, id) of the bar's first stored trade (amount > 0) at a price equal to ``price``, or None."""
+    since, until = start, start + step_us
+    if isinstance(reads, SqlAggregates):
+        return await reads.first_trade_at(exchange, symbol, since, until, price)
+    assert isinstance(reads, TradeScan)
+    found: list[Key] = []
+
+    def consume(rows: Sequence[ScanRow]) -> bool:
+        for ts, id_, price_text, amount_text, _side in rows:
+            if Decimal(price_text) == price and Decimal(amount_text) > 0:
+                found.append((ts, id_))
+                return False
+        return True
+
+    await reads.scan_trades(exchange, symbol, since, until, consume)
+    return found[0] if found else None
+
+
 def _merge_trades(
     bars: dict[int, Bar],
     keys: dict[int, list[Key]],
@@ -363,8 +398,17 @@ def _merge_trades(
     large: Decimal | None,
     size: Decimal | None,
     contract: Contract | None = None,
-) -> None:
-    """Add trades (by (ts, id)) that storage does not hold; open/close follow (ts, id) across both."""
+) -> list[tuple[int, Decimal, Key, bool]]:
+    """Add trades (by (ts, id)) that storage does not hold; open/close follow (ts, id) across both.
+
+    High and low keep the spelling of the first trade at the extreme by (ts, id) ("65114.0", not a later
+    "65114.00"). An unstored trade at a stored bar's extreme with another spelling is first when it comes
+    before every stored trade of the bar, not when it comes after all of them; in between it depends on the
+    first stored trade at that price, which the caller looks up: those cases (rare: an exchange writes one
+    scale per market) are returned as (bar start, price, (ts, id), is high). Trades come by (ts, id), so
+    the first unstored trade at or beyond a stored extreme decides it."""
+    spelled: list[tuple[int, Decimal, Key, bool]] = []
+    extremes: dict[int, list[Decimal | None]] = {}  # start → stored [high, low] not decided yet, else None
     with exact():
         for trade in trades:
             ts, price, amount = trade.ts, trade.price, trade.amount
@@ -374,9 +418,12 @@ def _merge_trades(
             if bar is None:
                 bar = bars[start] = Bar(start, start + step_us)
                 keys[start] = [key, key]
-                bounds = None
+                bounds = stored = None
             else:
                 bounds = keys[start]
+                stored = extremes.get(start)
+                if stored is None:
+                    stored = extremes[start] = [bar.high, bar.low]
             saved = (bar.open, bar.open_ts, bar.close, bar.close_ts)
             is_large = large is not None and notional(price, amount, contract) >= large
             apply_trade(
@@ -388,20 +435,30 @@ def _merge_trades(
                 is_large,
                 None if size is None else bin_floor(price, size),
             )
-            if bounds is None:
+            if bounds is None or stored is None:  # a bar of unstored trades only: arrival is (ts, id)
                 continue
             # apply_trade takes arrival order; a stored trade at the same ts may come after this one by id.
             bar.open, bar.open_ts, bar.close, bar.close_ts = saved
-            if key < bounds[0]:
+            before, after = key < bounds[0], key > bounds[1]
+            for index, high in ((0, True), (1, False)):
+                extreme = stored[index]
+                if extreme is None or (price < extreme if high else price > extreme):
+                    continue
+                stored[index] = None  # beyond it (a new extreme) or at it: decided by this trade
+                if price != extreme or price.as_tuple() == extreme.as_tuple() or after:
+                    continue
+                if before:
+                    if high:
+                        bar.high = price
+                    else:
+                        bar.low = price
+                else:
+                    spelled.append((start, price, key, high))
+            if before:
                 bar.open, bar.open_ts, bounds[0] = price, ts, key
-                # First of the bar: at a price equal to its high or low it is the first of equals, whose
-                # spelling ("65114.0", not a later "65114.00") the bar keeps, as in (ts, id) order.
-                if price == bar.high:
-                    bar.high = price
-                if price == bar.low:
-                    bar.low = price
-            if key > bounds[1]:
+            if after:
                 bar.close, bar.close_ts, bounds[1] = price, ts, key
+    return spelled
 
 
 # -- volume profile cells -----------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ __all__ = [
     "pg_bars",
     "pg_cells",
     "pg_first_trade",
+    "pg_first_trade_at",
     "pg_trade_ids",
     "sqlite_first_trade",
     "sqlite_scan",
@@ -244,6 +245,21 @@ async def pg_first_trade(
     sql = f'SELECT ts, id, price FROM trades WHERE {where} AND amount > 0 ORDER BY ts, id COLLATE "C" LIMIT 1'
     rows = await fetch(sql, params)
     return (rows[0][0], rows[0][1], pg_decimal(rows[0][2])) if rows else None
+
+
+async def pg_first_trade_at(
+    fetch: Fetch, exchange: str, symbol: str, since: int, until: int, price: Decimal
+) -> tuple[int, str] | None:
+    """(ts, id) of the first trade by (ts, id) with an amount > 0 and a price equal to `price` (any scale)
+    with `since <= ts < until`, or None: which spelling of an extreme comes first when a trade not stored
+    yet writes it with another scale (`analytics/stored.py`). One bar's rows of the (exchange, symbol, ts)
+    index."""
+    sql = (
+        "SELECT ts, id FROM trades WHERE exchange = $1 AND symbol = $2 AND ts >= $3 AND ts < $4 "
+        'AND amount > 0 AND price = $5 ORDER BY ts, id COLLATE "C" LIMIT 1'
+    )
+    rows = await fetch(sql, [exchange, symbol, since, until, price])
+    return (rows[0][0], rows[0][1]) if rows else None
 
 
 async def pg_trade_ids(fetch: Fetch, exchange: str, symbol: str, since: int, until: int | None) -> set[str]:

@@ -406,5 +406,10 @@ class PostgresTradeStore:
     ) -> tuple[int, str, Decimal] | None:
         return await aggregates.pg_first_trade(self.fetch, exchange, symbol, since, until)
 
+    async def first_trade_at(
+        self, exchange: str, symbol: str, since: int, until: int, price: Decimal
+    ) -> tuple[int, str] | None:
+        return await aggregates.pg_first_trade_at(self.fetch, exchange, symbol, since, until, price)
+
     async def trade_ids(self, exchange: str, symbol: str, since: int, until: int | None) -> set[str]:
         return await aggregates.pg_trade_ids(self.fetch, exchange, symbol, since, until)

@@ -507,3 +507,71 @@ def test_a_ring_trade_before_the_stored_ones_at_an_equal_price_gives_its_spellin
         ]
 
     run_with_store(store_url, check)
+
+
+# Stored: the bar's first trade, the first at its extreme (high "65114.00" or low "65110.00") at T0 + 20, a
+# last one. Unstored: the same extreme spelled "65114.0" / "65110.0" in the middle of the bar, before or
+# after the stored one at it (the first by (ts, id) of equal prices gives the spelling), or before it and
+# then beaten by another unstored trade.
+MIDDLE_CASES: dict[str, tuple[list[str], list[tuple[str, int]], tuple[str, str]]] = {
+    "high, ring before the stored extreme": (
+        ["65110.00", "65114.00", "65112.00"],
+        [("65114.0", 10)],
+        ("65114.0", "65110.00"),
+    ),
+    "high, ring after the stored extreme": (
+        ["65110.00", "65114.00", "65112.00"],
+        [("65114.0", 30)],
+        ("65114.00", "65110.00"),
+    ),
+    "high, ring before the stored extreme, then a higher one": (
+        ["65110.00", "65114.00", "65112.00"],
+        [("65114.0", 10), ("65115.0", 30)],
+        ("65115.0", "65110.00"),
+    ),
+    "low, ring before the stored extreme": (
+        ["65118.00", "65110.00", "65112.00"],
+        [("65110.0", 10)],
+        ("65118.00", "65110.0"),
+    ),
+    "low, ring after the stored extreme": (
+        ["65118.00", "65110.00", "65112.00"],
+        [("65110.0", 30)],
+        ("65118.00", "65110.00"),
+    ),
+    "low, ring before the stored extreme, then a lower one": (
+        ["65118.00", "65110.00", "65112.00"],
+        [("65110.0", 10), ("65109.0", 30)],
+        ("65118.00", "65109.0"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MIDDLE_CASES))
+def test_a_ring_trade_in_the_middle_of_a_bar_at_its_extreme_spelled_otherwise(
+    store_url: str, case: str
+) -> None:
+    """Hypothesis could find it (family "mixed"): an unstored trade after the bar's first stored one, at the
+    price of its stored high or low written with another decimal, gives the bar its spelling exactly when it
+    comes before the first stored trade at that price by (ts, id) — as the from-trades function, the brute
+    force reference and the live engine give it."""
+    stored_prices, ring_prices, (high, low) = MIDDLE_CASES[case]
+    symbol = "M-USDT"
+    stored = [t(i, p, "0.01", "buy", T0 + 20 * i, symbol=symbol) for i, p in enumerate(stored_prices)]
+    unstored = [t(10 + i, p, "0.02", "sell", T0 + dt, symbol=symbol) for i, (p, dt) in enumerate(ring_prices)]
+    ordered = by_ts_id(stored + unstored)
+    large = median_notional(ordered)
+
+    async def check(store: TradeStore) -> None:
+        await write(store, stored)
+        ring = ring_of(unstored + stored[:1])
+        got = await stored_candles(store, ring, EXCHANGE, symbol, MIN, T0, None, None)
+        assert got == compute_candles_from_trades(ordered, MIN, since=T0)
+        assert [(c["high"], c["low"]) for c in got["candles"]] == [(high, low)]
+        flow = await stored_order_flow(
+            store, ring, EXCHANGE, symbol, MIN, T0, None, large_trade_notional=large
+        )
+        want = compute_order_flow_from_trades(ordered, MIN, large_trade_notional=large, since=T0)
+        assert flow == want
+
+    run_with_store(store_url, check)
