@@ -13,7 +13,7 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable
 from decimal import Decimal
 from enum import StrEnum
-from typing import NoReturn, Protocol
+from typing import Generic, NoReturn, Protocol, TypeVar
 
 import attrs
 import msgspec
@@ -401,3 +401,36 @@ class BookSync:
         self._id = 0
         self._gaps += 1
         return gap
+
+
+U = TypeVar("U", bound=BookUpdate)
+
+
+class RestSnapshotBook(BookSync, Generic[U]):
+    """A book that buffers its updates until a REST snapshot is fetched and aligned with them (Binance;
+    OKX when no WebSocket snapshot comes): the buffer and the fetch-request state the caller drives."""
+
+    def __init__(self, *, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
+        super().__init__()
+        self.max_buffer = max_buffer
+        self._buffer: list[U] = []
+        """Updates received while waiting, for a REST snapshot to be aligned with."""
+        self._pending = False
+        """A REST fetch is in flight."""
+
+    def needs_snapshot(self) -> bool:
+        return self.state is not BookState.SYNCED and bool(self._buffer) and not self._pending
+
+    def snapshot_requested(self) -> None:
+        self._pending = True
+
+    def snapshot_failed(self) -> None:
+        self._pending = False
+
+    def reset(self) -> None:
+        super().reset()
+        self._buffer = []
+        self._pending = False
+
+    def _buffered(self) -> int:
+        return len(self._buffer)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from marketflow.exchanges.orderbook import DEFAULT_MAX_BUFFER, BookState, BookSync, Gap
+from marketflow.exchanges.orderbook import DEFAULT_MAX_BUFFER, BookState, Gap, RestSnapshotBook
 from marketflow.model import BookUpdate
 
 
-class _BinanceBook(BookSync):
+class _BinanceBook(RestSnapshotBook[BookUpdate]):
     """Buffer events until a REST snapshot arrives, then bridge from it and follow the live rule.
 
     Subclasses give the two venue rules: which event is stale against the snapshot, whether the first
@@ -14,30 +14,13 @@ class _BinanceBook(BookSync):
     """
 
     def __init__(self, *, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
-        super().__init__()
-        self.max_buffer = max_buffer
-        self._buffer: list[BookUpdate] = []
-        self._pending = False
+        super().__init__(max_buffer=max_buffer)
         # True from a snapshot until the first event after it has been applied.
         self._bridging = False
 
-    def needs_snapshot(self) -> bool:
-        return self.state is not BookState.SYNCED and bool(self._buffer) and not self._pending
-
-    def snapshot_requested(self) -> None:
-        self._pending = True
-
-    def snapshot_failed(self) -> None:
-        self._pending = False
-
     def reset(self) -> None:
         super().reset()
-        self._buffer = []
-        self._pending = False
         self._bridging = False
-
-    def _buffered(self) -> int:
-        return len(self._buffer)
 
     def on_update(self, update: BookUpdate) -> Gap | None:
         if update.snapshot:

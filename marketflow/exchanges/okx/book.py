@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from marketflow.exchanges.okx.frames import OkxBookUpdate, RawLevel
-from marketflow.exchanges.orderbook import DEFAULT_MAX_BUFFER, BookState, BookSync, Gap
+from marketflow.exchanges.orderbook import DEFAULT_MAX_BUFFER, BookState, Gap, RestSnapshotBook
 from marketflow.model import BookUpdate, Level
 
 CHECKSUM_LEVELS = 25
@@ -77,15 +77,11 @@ def _apply_raw(raw: dict[Decimal, str], levels: list[Level], received: list[RawL
             raw.pop(price, None)
 
 
-class OkxBook(BookSync):
+class OkxBook(RestSnapshotBook[OkxBookUpdate]):
     """One OKX instrument's book under the chain and checksum rules (see the module docstring)."""
 
     def __init__(self, *, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
-        super().__init__()
-        self.max_buffer = max_buffer
-        self._buffer: list[OkxBookUpdate] = []
-        """Chained updates received while waiting, for a REST snapshot to be aligned with."""
-        self._pending = False
+        super().__init__(max_buffer=max_buffer)
         self._bridge: int | None = None
         """A REST snapshot's seqId no update has continued yet (see `on_update`)."""
         self._raw_bids: dict[Decimal, str] = {}
@@ -104,21 +100,7 @@ class OkxBook(BookSync):
         self._raw_bids = {}
         self._raw_asks = {}
         self._keep_raw = False
-        self._buffer = []
-        self._pending = False
         self._bridge = None
-
-    def needs_snapshot(self) -> bool:
-        return self.state is not BookState.SYNCED and bool(self._buffer) and not self._pending
-
-    def snapshot_requested(self) -> None:
-        self._pending = True
-
-    def snapshot_failed(self) -> None:
-        self._pending = False
-
-    def _buffered(self) -> int:
-        return len(self._buffer)
 
     def on_snapshot(self, update: BookUpdate) -> Gap | None:
         """A REST snapshot (`GET /api/v5/market/books`, `last_id` = its `seqId`): aligned with the buffered
